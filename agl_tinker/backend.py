@@ -1,0 +1,48 @@
+"""Chooses the Tinker service: the offline simulator (default) or the real one.
+
+This is the only module that knows the simulator exists; everything else receives a
+``ServiceClient``-shaped object and uses the real SDK's method names on it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+BACKEND_ENV = "AGL_TINKER_BACKEND"
+Backend = Literal["sim", "live"]
+
+
+class BackendError(RuntimeError):
+    """The backend is misconfigured (unknown name, missing credentials)."""
+
+
+def backend_name(value: str | None = None) -> Backend:
+    """Resolve the backend from ``value`` or ``$AGL_TINKER_BACKEND`` (default ``sim``)."""
+    raw = (value if value is not None else os.environ.get(BACKEND_ENV, "sim")).strip().lower()
+    if raw in ("", "sim", "simulator", "offline", "fake"):
+        return "sim"
+    if raw in ("live", "tinker", "real"):
+        return "live"
+    raise BackendError(f"{BACKEND_ENV}={raw!r} is not a backend; use 'sim' (default) or 'live'")
+
+
+def service_client(backend: str | None = None, **kwargs: Any) -> Any:
+    """Return a ``tinker.ServiceClient`` (live) or the simulator's equivalent (sim).
+
+    ``kwargs`` go to the chosen constructor. Live mode needs ``TINKER_API_KEY`` and fails
+    fast with a clear message instead of deep inside the SDK.
+    """
+    name = backend_name(backend)
+    if name == "live":
+        if not os.environ.get("TINKER_API_KEY") and "api_key" not in kwargs:
+            raise BackendError(
+                f"{BACKEND_ENV}=live needs TINKER_API_KEY in the environment (or unset {BACKEND_ENV} "
+                "to use the offline simulator)"
+            )
+        import tinker
+
+        return tinker.ServiceClient(**kwargs)
+    from fakes.tinker import ServiceClient as SimServiceClient
+
+    return SimServiceClient(**kwargs)
