@@ -46,3 +46,17 @@ def service_client(backend: str | None = None, **kwargs: Any) -> Any:
     from fakes.tinker import ServiceClient as SimServiceClient
 
     return SimServiceClient(**kwargs)
+
+
+def get_tokenizer(model_name: str) -> Any:
+    """The cookbook tokenizer for ``model_name``, using the offline Qwen3 tokenizer when it applies.
+
+    The offline tokenizer is token-for-token identical to the hub's, so it serves live runs too
+    and spares them a download; other models fall through to the cookbook's usual loader.
+    """
+    from tinker_cookbook.tokenizer_utils import get_tokenizer as cookbook_get_tokenizer
+
+    from fakes.tokenizer import register_offline_qwen3_tokenizers
+
+    register_offline_qwen3_tokenizers()
+    return cookbook_get_tokenizer(model_name)
