@@ -51,12 +51,12 @@ def run_smoke(
     """Sample a greeting, fine-tune toward a fixed answer for ``steps`` steps, sample again."""
     start = time.perf_counter()
     service = service_client(backend)
-    trainer = service.create_lora_training_client(base_model=model, rank=8)
+    trainer = service.create_lora_training_client(base_model=model, rank=8).result()
     renderer = renderers.get_renderer(renderer_name, get_tokenizer(model))
     question: list[renderers.Message] = [{"role": "user", "content": "Say you are Ada."}]
     target: list[renderers.Message] = [*question, {"role": "assistant", "content": "I am Ada."}]
 
-    before = _sample(trainer.save_weights_and_get_sampling_client(), renderer, question, seed=0)
+    before = _sample(trainer.save_weights_and_get_sampling_client().result(), renderer, question, seed=0)
     model_input, weights = renderer.build_supervised_example(target)
     datum = datum_from_model_input_weights(model_input, weights)
     losses: list[float] = []
@@ -65,5 +65,5 @@ def run_smoke(
         out = trainer.forward_backward([datum], loss_fn="cross_entropy").result()
         trainer.optim_step(adam).result()
         losses.append(float(out.metrics["loss:sum"]))
-    after = _sample(trainer.save_weights_and_get_sampling_client(), renderer, question, seed=0)
+    after = _sample(trainer.save_weights_and_get_sampling_client().result(), renderer, question, seed=0)
     return SmokeResult(before=before, after=after, losses=losses, seconds=time.perf_counter() - start)

@@ -1,0 +1,62 @@
+"""Agent-lightning ``Algorithm`` wrapper, so ``agl.Trainer(algorithm=...).fit(agent, ...)`` trains on Tinker."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import agentlightning as agl
+from agentlightning.runner import LitAgentRunner
+from agentlightning.tracer.otel import OtelTracer
+
+from agl_tinker.config import TrainConfig
+from agl_tinker.train import TrainResult, train
+
+
+class TinkerAlgorithm(agl.Algorithm):
+    """Runs :func:`agl_tinker.train.train` against the trainer's store.
+
+    The trainer's runners (processes it forks, or runners elsewhere connected to its store) run
+    the agent; this algorithm serves the policy to them, trains on their traces and hot-swaps the
+    weights. ``result`` holds the run's :class:`TrainResult` once ``fit`` returns.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        required_fields: Sequence[str] = (),
+        service: Any = None,
+        show_progress: bool = True,
+    ) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.required_fields = tuple(required_fields)
+        self.service = service
+        self.show_progress = show_progress
+        self.result: TrainResult | None = None
+
+    async def run(  # type: ignore[override]
+        self, train_dataset: Any = None, val_dataset: Any = None
+    ) -> None:
+        if train_dataset is None:
+            raise ValueError("TinkerAlgorithm needs a train_dataset: pass it to Trainer.fit(...)")
+        self.result = await train(
+            self.config,
+            self.get_store(),
+            list(train_dataset),
+            list(val_dataset) if val_dataset is not None else None,
+            required_fields=self.required_fields,
+            service=self.service,
+            show_progress=self.show_progress,
+        )
+
+
+def fast_runner(poll_interval: float = 0.05) -> LitAgentRunner[Any]:
+    """A runner that notices new rollouts within ``poll_interval`` (Agent-lightning's default is 5 s).
+
+    It traces with plain OpenTelemetry: the endpoint already records every LLM call with its
+    tokens, so the runner only needs to capture rewards and the agent's own spans.
+    """
+    return LitAgentRunner(OtelTracer(), poll_interval=poll_interval, interval_jitter=poll_interval / 5)

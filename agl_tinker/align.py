@@ -1,0 +1,443 @@
+"""Message-to-token alignment: ordered LLM calls -> token sequences the cookbook turns into datums.
+
+A sequence grows while each call's prompt starts with the sequence so far (the previous call's
+prompt + sampled response): its new prompt tokens are masked observations, its response tokens are
+trained actions with their own logprobs. When a prompt does not continue any open sequence (the
+history was re-rendered differently: drift; or calls ran concurrently) the call starts a new
+sequence and the event is reported with the first differing token, so nothing is ever trained on
+tokens the model did not sample. The check costs O(new tokens) per call when the writer recorded
+fingerprints (see :mod:`agl_tinker.spans`) and falls back to an exact comparison otherwise.
+
+Output: one ``Trajectory`` per rollout whose transitions are grouped by sequence, so
+``tinker_cookbook.rl.data_processing.trajectory_to_data`` merges each sequence into exactly one
+datum and the rollout's return (hence its group advantage) stays one number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import tinker
+from tinker_cookbook.completers import TokensWithLogprobs
+from tinker_cookbook.rl.types import Trajectory, TrajectoryGroup, Transition
+
+from agl_tinker import spans as S
+from agl_tinker.reconstruct import LLMCall, Reconstruction, ReconstructOptions, reconstruct
+from agl_tinker.rewards import (
+    ExclusionReason,
+    GroupSelection,
+    RewardAttribution,
+    RewardOptions,
+    attribute_rewards,
+    select_group,
+)
+
+Decode = Callable[[list[int]], str]
+
+
+class DriftKind(StrEnum):
+    DRIFT = "drift"
+    """The call started after the sequence's last call ended: its history was re-rendered."""
+    CONCURRENT = "concurrent"
+    """The call overlapped the sequence's last call: a parallel branch, not a rendering bug."""
+
+
+@dataclass(frozen=True)
+class AlignOptions:
+    window: int = 8
+    """Tokens shown on each side of the first difference in a drift report."""
+    max_candidates: int = 8
+    """Open sequences (most recent first) a call may extend; bounds the cost of branchy rollouts."""
+
+
+@dataclass(frozen=True)
+class DriftEvent:
+    call_index: int
+    """The call whose prompt does not continue the sequence."""
+    expected_call_index: int
+    """Last call of the sequence it was compared with (the most recently extended one)."""
+    sequence_index: int
+    token_index: int
+    """First prompt position differing from that sequence (its length if the prompt is shorter)."""
+    expected_tokens: tuple[int, ...]
+    actual_tokens: tuple[int, ...]
+    expected_text: str | None
+    actual_text: str | None
+    kind: DriftKind
+
+
+@dataclass(frozen=True)
+class TokenSequence:
+    index: int
+    call_indices: tuple[int, ...]
+    observation_tokens: int
+    action_tokens: int
+
+    @property
+    def length(self) -> int:
+        return self.observation_tokens + self.action_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class AlignedStep:
+    call_index: int
+    sequence_index: int
+    ob: tinker.ModelInput
+    """The call's full prompt: it extends the previous step's ob + ac within a sequence."""
+    ac: TokensWithLogprobs
+    observation_tokens: int
+    """Prompt tokens this step adds to its sequence (masked in the datum)."""
+
+
+@dataclass(frozen=True)
+class Alignment:
+    steps: tuple[AlignedStep, ...]
+    """Grouped by sequence (in order of creation), call order within a sequence."""
+    sequences: tuple[TokenSequence, ...]
+    drift: tuple[DriftEvent, ...]
+    skipped: tuple[tuple[int, str], ...]
+    """(call index, reason) of calls not trained; their tokens may be context of later calls."""
+    metrics: Mapping[str, int]
+
+    @property
+    def step_calls(self) -> tuple[int, ...]:
+        return tuple(step.call_index for step in self.steps)
+
+    def trajectory(self, step_rewards: Sequence[float] | None = None) -> Trajectory:
+        """The cookbook ``Trajectory``; ``episode_done`` marks the last transition."""
+        rewards = step_rewards if step_rewards is not None else [0.0] * len(self.steps)
+        if len(rewards) != len(self.steps):
+            raise ValueError(f"{len(rewards)} rewards for {len(self.steps)} steps")
+        last = len(self.steps) - 1
+        transitions = [
+            Transition(
+                ob=step.ob,
+                ac=step.ac,
+                reward=float(reward),
+                episode_done=i == last,
+                logs={"call_index": step.call_index, "sequence_index": step.sequence_index},
+            )
+            for i, (step, reward) in enumerate(zip(self.steps, rewards, strict=True))
+        ]
+        return Trajectory(transitions=transitions, final_ob=_EMPTY)
+
+
+class _Seq:
+    __slots__ = ("acts", "anchors", "calls", "end_len", "index", "last", "obs", "steps")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.steps: list[AlignedStep] = []
+        self.calls: list[int] = []
+        self.anchors: dict[int, Any] = {}
+        self.end_len = 0
+        self.obs = 0
+        self.acts = 0
+        self.last: LLMCall | None = None
+
+
+_EMPTY = tinker.ModelInput(chunks=[])  # frozen: safe to share
+_set = object.__setattr__
+_CHUNK_FIELDS = frozenset({"tokens", "type"})
+_INPUT_FIELDS = frozenset({"chunks"})
+
+
+def _model_input(tokens: Sequence[int]) -> tinker.ModelInput:
+    """``ModelInput.from_ints(tokens)`` without validation, which would copy the whole prompt
+    (O(history) per call) and costs more than the rest of the pipeline; the tokens come from the
+    span as they were sampled. Equivalent to pydantic's ``model_construct``, minus its overhead
+    (a test checks the result equals the validated one)."""
+    chunk = object.__new__(tinker.EncodedTextChunk)
+    _set(chunk, "__dict__", {"tokens": tokens, "type": "encoded_text"})
+    _set(chunk, "__pydantic_fields_set__", set(_CHUNK_FIELDS))
+    _set(chunk, "__pydantic_extra__", None)
+    _set(chunk, "__pydantic_private__", None)
+    model_input = object.__new__(tinker.ModelInput)
+    _set(model_input, "__dict__", {"chunks": [chunk]})
+    _set(model_input, "__pydantic_fields_set__", set(_INPUT_FIELDS))
+    _set(model_input, "__pydantic_extra__", None)
+    _set(model_input, "__pydantic_private__", None)
+    return model_input
+
+
+def _same(a: Sequence[int], b: Sequence[int]) -> bool:
+    if type(a) is type(b):
+        return a == b
+    return list(a) == list(b)
+
+
+def _starts_with(prompt: Sequence[int], head: Sequence[int], tail: Sequence[int]) -> bool:
+    """``prompt`` starts with ``head + tail``; cheap end checks first, then an exact comparison."""
+    n, m = len(head), len(tail)
+    if len(prompt) < n + m:
+        return False
+    if m and prompt[n + m - 1] != tail[-1]:
+        return False
+    if n and prompt[n - 1] != head[-1]:
+        return False
+    return _same(prompt[n : n + m], tail) and _same(prompt[:n], head)
+
+
+def _extends(call: LLMCall, seq: _Seq, counts: dict[str, int]) -> bool:
+    prompt = call.prompt_token_ids
+    last = seq.last
+    assert prompt is not None and last is not None
+    if len(prompt) < seq.end_len:
+        return False
+    attrs = call.attributes
+    claimed = attrs.get(S.AGL_PREFIX_LENGTH)
+    if claimed is not None:
+        anchor = seq.anchors.get(claimed)
+        if anchor is not None:
+            counts["fingerprint_checks"] += 1
+            if anchor == attrs.get(S.AGL_PREFIX_FINGERPRINT):
+                return True
+            if claimed == seq.end_len:
+                return False  # different fingerprints of the same span of tokens: they differ
+    counts["exact_checks"] += 1
+    assert last.prompt_token_ids is not None and last.response_token_ids is not None
+    return _starts_with(prompt, last.prompt_token_ids, last.response_token_ids)
+
+
+def _first_difference(prompt: Sequence[int], expected: list[int]) -> int:
+    """First index where they differ, or the shorter length (runs only on a mismatch)."""
+    n = min(len(prompt), len(expected))
+    block = 512
+    for start in range(0, n, block):
+        end = min(start + block, n)
+        a, b = list(prompt[start:end]), expected[start:end]
+        if a != b:
+            return start + next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+    return n
+
+
+def _drift(call: LLMCall, seq: _Seq, decode: Decode | None, window: int) -> DriftEvent:
+    last = seq.last
+    assert last is not None and call.prompt_token_ids is not None
+    assert last.prompt_token_ids is not None and last.response_token_ids is not None
+    expected = list(last.prompt_token_ids) + list(last.response_token_ids)
+    prompt = call.prompt_token_ids
+    at = _first_difference(prompt, expected)
+    lo = max(0, at - window)
+    exp_win = tuple(expected[lo : at + window])
+    act_win = tuple(prompt[lo : at + window])
+    concurrent = call.start_time is not None and last.end_time is not None and call.start_time < last.end_time
+    return DriftEvent(
+        call_index=call.index,
+        expected_call_index=last.index,
+        sequence_index=seq.index,
+        token_index=at,
+        expected_tokens=exp_win,
+        actual_tokens=act_win,
+        expected_text=decode(list(exp_win)) if decode is not None else None,
+        actual_text=decode(list(act_win)) if decode is not None else None,
+        kind=DriftKind.CONCURRENT if concurrent else DriftKind.DRIFT,
+    )
+
+
+def align_calls(
+    calls: Iterable[LLMCall], *, decode: Decode | None = None, options: AlignOptions = AlignOptions()
+) -> Alignment:
+    """Token sequences for one rollout's calls (in call order, as ``reconstruct`` returns them)."""
+    seqs: list[_Seq] = []
+    recent: list[_Seq] = []  # most recently extended last
+    drift: list[DriftEvent] = []
+    skipped: list[tuple[int, str]] = []
+    counts = {"fingerprint_checks": 0, "exact_checks": 0}
+    n_calls = 0
+    for call in calls:
+        n_calls += 1
+        prompt, response = call.prompt_token_ids, call.response_token_ids
+        if prompt is None or response is None or not prompt:
+            skipped.append((call.index, str(call.problem)))
+            continue
+        match: _Seq | None = None
+        for seq in reversed(recent[-options.max_candidates :]):
+            if _extends(call, seq, counts):
+                match = seq
+                break
+        full_len = len(prompt) + len(response)
+        fingerprint = call.attributes.get(S.AGL_SEQUENCE_FINGERPRINT)
+        if call.problem is not None:
+            # Not trainable, but a later call may continue it: remember where it ended.
+            if match is not None and fingerprint is not None:
+                match.anchors[full_len] = fingerprint
+            skipped.append((call.index, str(call.problem)))
+            continue
+        if match is None:
+            if recent:
+                drift.append(_drift(call, recent[-1], decode, options.window))
+            match = _Seq(len(seqs))
+            seqs.append(match)
+        else:
+            recent.remove(match)
+        recent.append(match)
+        new_obs = len(prompt) - match.end_len
+        logprobs = call.logprobs
+        assert logprobs is not None
+        ac = TokensWithLogprobs(
+            tokens=list(response),
+            maybe_logprobs=list(logprobs),
+            stop_reason="length" if call.finish_reason == "length" else "stop",
+        )
+        match.steps.append(AlignedStep(call.index, match.index, _model_input(prompt), ac, new_obs))
+        match.calls.append(call.index)
+        match.obs += new_obs
+        match.acts += len(response)
+        match.end_len = full_len
+        match.anchors = {full_len: fingerprint} if fingerprint is not None else {}
+        match.last = call
+
+    if _merge_cookbook_continuations(seqs):
+        for seq in seqs:
+            seq.steps = [
+                AlignedStep(s.call_index, seq.index, s.ob, s.ac, s.observation_tokens) for s in seq.steps
+            ]
+    steps = tuple(step for seq in seqs for step in seq.steps)
+    sequences = tuple(TokenSequence(seq.index, tuple(seq.calls), seq.obs, seq.acts) for seq in seqs)
+    metrics = {
+        "calls": n_calls,
+        "trained_calls": len(steps),
+        "skipped_calls": len(skipped),
+        "sequences": len(sequences),
+        "drift_events": sum(1 for d in drift if d.kind is DriftKind.DRIFT),
+        "concurrent_branches": sum(1 for d in drift if d.kind is DriftKind.CONCURRENT),
+        "observation_tokens": sum(s.observation_tokens for s in sequences),
+        "action_tokens": sum(s.action_tokens for s in sequences),
+        **counts,
+    }
+    return Alignment(steps, sequences, tuple(drift), tuple(skipped), metrics)
+
+
+def _merge_cookbook_continuations(seqs: list[_Seq]) -> bool:
+    """The cookbook merges consecutive transitions whenever one's ob extends the accumulated
+    tokens. Sequences are emitted one after another, so if a sequence's first prompt happens to
+    extend the previous sequence's final tokens, fold it in to keep one datum per sequence."""
+    merged = False
+    i = 1
+    while i < len(seqs):
+        prev, cur = seqs[i - 1], seqs[i]
+        first = cur.steps[0]
+        last = prev.last
+        assert last is not None and last.prompt_token_ids is not None and last.response_token_ids is not None
+        prompt = first.ob.chunks[0].tokens  # type: ignore[union-attr]
+        if len(prompt) >= prev.end_len and _starts_with(
+            prompt, last.prompt_token_ids, last.response_token_ids
+        ):
+            delta = len(prompt) - prev.end_len
+            prev.steps.append(AlignedStep(first.call_index, prev.index, first.ob, first.ac, delta))
+            prev.steps.extend(cur.steps[1:])
+            prev.calls.extend(cur.calls)
+            prev.obs += cur.obs - first.observation_tokens + delta
+            prev.acts += cur.acts
+            prev.end_len, prev.last = cur.end_len, cur.last
+            del seqs[i]
+            for j, seq in enumerate(seqs):
+                seq.index = j
+            merged = True
+        else:
+            i += 1
+    return merged
+
+
+# --- one rollout, end to end -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RolloutTrajectory:
+    """Everything the training loop needs from one rollout, and everything it should log."""
+
+    rollout_id: str | None
+    trajectory: Trajectory | None
+    """``None`` when the rollout is excluded (and not scored)."""
+    exclusion: ExclusionReason | None
+    reconstruction: Reconstruction
+    alignment: Alignment
+    attribution: RewardAttribution
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Flat counters for logging (built on demand: most rollouts are never logged one by one)."""
+        out: dict[str, float] = {f"reconstruct/{k}": v for k, v in self.reconstruction.metrics.items()}
+        out.update({f"align/{k}": v for k, v in self.alignment.metrics.items()})
+        out["reward/events"] = self.attribution.reward_events
+        out["reward/return"] = self.attribution.episode_return
+        return out
+
+
+def rollout_trajectory(
+    spans: Iterable[Any],
+    *,
+    status: str | None,
+    decode: Decode | None = None,
+    reconstruct_options: ReconstructOptions | None = None,
+    align_options: AlignOptions | None = None,
+    reward_options: RewardOptions | None = None,
+) -> RolloutTrajectory:
+    """Spans of one rollout -> its cookbook ``Trajectory`` (or why it is excluded).
+
+    ``status``: the rollout's status (``Rollout.status``, or the attempt's for timeouts); ``None``
+    when the caller already knows it finished.
+    """
+    rec = reconstruct(spans, reconstruct_options or ReconstructOptions())
+    alignment = align_calls(rec.calls, decode=decode, options=align_options or AlignOptions())
+    attribution = attribute_rewards(
+        rec.rewards, alignment.step_calls, status, reward_options or RewardOptions()
+    )
+    trajectory: Trajectory | None = None
+    if attribution.trainable:
+        if alignment.steps:
+            trajectory = alignment.trajectory(attribution.step_rewards)
+        else:
+            # A scored rollout with nothing to train still counts in its group's mean: the
+            # cookbook's own convention is one empty transition carrying the reward.
+            transition = Transition(
+                ob=_EMPTY,
+                ac=TokensWithLogprobs(tokens=[], maybe_logprobs=[]),
+                reward=attribution.episode_return,
+                episode_done=True,
+            )
+            trajectory = Trajectory(transitions=[transition], final_ob=_EMPTY)
+    return RolloutTrajectory(rec.rollout_id, trajectory, attribution.exclusion, rec, alignment, attribution)
+
+
+@dataclass(frozen=True)
+class GroupReport:
+    selection: GroupSelection
+    exclusions: Mapping[str, int]
+
+
+def trajectory_group(
+    rollouts: Sequence[RolloutTrajectory | None], *, min_valid: int | None = None
+) -> tuple[TrajectoryGroup | None, GroupReport]:
+    """A cookbook ``TrajectoryGroup`` from the rollouts of one task, or ``None`` if it is dropped.
+
+    ``None`` entries are rollouts that produced no spans at all; they count as excluded.
+    ``min_valid`` defaults to ``RewardOptions().min_valid_per_group``.
+    """
+    attributions = [r.attribution if r is not None else None for r in rollouts]
+    if min_valid is None:
+        min_valid = RewardOptions().min_valid_per_group
+    selection = select_group(attributions, min_valid)
+    exclusions: dict[str, int] = {}
+    for r in rollouts:
+        reason = "no_spans" if r is None else (str(r.exclusion) if r.exclusion is not None else None)
+        if reason is not None:
+            exclusions[reason] = exclusions.get(reason, 0) + 1
+    report = GroupReport(selection, exclusions)
+    if selection.dropped:
+        return None, report
+    trajectories = []
+    for i in selection.kept:
+        r = rollouts[i]
+        assert r is not None and r.trajectory is not None
+        trajectories.append(r.trajectory)
+    group = TrajectoryGroup(
+        trajectories_G=trajectories,
+        final_rewards_G=[0.0] * len(trajectories),
+        metrics_G=[{} for _ in trajectories],
+    )
+    return group, report

@@ -1,0 +1,144 @@
+"""An OpenAI chat-completions request, validated once into renderer messages and sampling settings.
+
+Validation reuses tinker-cookbook's capture proxy (message/tool parsing and its field checks) so the
+lean server and the LLMProxy compatibility mode reject exactly the same inputs with the same
+messages; this module adds what that proxy does not check (ranges, ``logprobs``, context limit).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from tinker_cookbook.capture.proxy.app import (
+    _BadRequest,
+    _parse_openai,
+    _validated_max_tokens,
+    _validated_number,
+    _validated_optional_int,
+    _validated_stop_strings,
+)
+from tinker_cookbook.renderers import Message, Renderer, ToolSpec
+
+BadRequest = _BadRequest
+"""Raised for a client mistake; its message names the offending field, never its content."""
+
+MAX_STOP_SEQUENCES = 4
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The sampling knobs a request may set; ``None`` means the sampler's default."""
+
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A validated chat request, ready to render."""
+
+    messages: list[Message]
+    """Conversation in renderer form, tool/system prefix already prepended."""
+    tool_specs: list[ToolSpec]
+    suppress_tool_calls: bool
+    sampling: SamplingSettings
+    logprobs: bool = False
+    stream: bool = False
+    include_usage: bool = False
+
+
+def _check_range(name: str, value: float | None, low: float, high: float, *, low_open: bool = False) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise BadRequest(f"{name!r} must be in {bracket}{low}, {high}]")
+
+
+def _sampling_settings(body: dict[str, Any], default_max_tokens: int) -> SamplingSettings:
+    raw_max: object = body.get("max_completion_tokens")
+    key = "max_completion_tokens"
+    if raw_max is None:
+        raw_max, key = body.get("max_tokens"), "max_tokens"
+    temperature = _validated_number(body, "temperature")
+    top_p = _validated_number(body, "top_p")
+    _check_range("temperature", temperature, 0.0, 2.0)
+    _check_range("top_p", top_p, 0.0, 1.0, low_open=True)
+    top_k = _validated_optional_int(body, "top_k")
+    if top_k is not None and top_k != -1 and top_k < 1:
+        raise BadRequest("'top_k' must be a positive integer, or -1 for no limit")
+    stop = _validated_stop_strings(body.get("stop"), "stop")
+    if stop is not None:
+        if len(stop) > MAX_STOP_SEQUENCES:
+            raise BadRequest(f"'stop' allows at most {MAX_STOP_SEQUENCES} sequences")
+        if any(not s for s in stop):
+            raise BadRequest("'stop' sequences must be non-empty strings")
+    return SamplingSettings(
+        max_tokens=_validated_max_tokens(raw_max, key, default_max_tokens),
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=_validated_optional_int(body, "seed"),
+        stop=stop or None,
+    )
+
+
+def _logprobs_requested(body: dict[str, Any]) -> bool:
+    value = body.get("logprobs")
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest("'logprobs' must be a boolean")
+    top = body.get("top_logprobs")
+    if top not in (None, 0):
+        raise BadRequest(
+            "'top_logprobs' is not supported; the sampler returns the chosen token's logprob only"
+        )
+    return bool(value)
+
+
+def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadRequest("'stream_options' must be an object")
+    return bool(stream), bool(options and options.get("include_usage"))
+
+
+def parse_chat_request(body: dict[str, Any], renderer: Renderer, *, default_max_tokens: int) -> ChatRequest:
+    """Validate an OpenAI chat-completions body and turn it into renderer messages.
+
+    Raises ``BadRequest`` with a message saying which field is wrong.
+    """
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    logprobs = _logprobs_requested(body)
+    stream, include_usage = _stream_flags(body)
+    # The cookbook parser rejects logprobs outright (its proxy cannot return them); this endpoint can.
+    parsed = _parse_openai({k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")})
+    messages = parsed.messages
+    if parsed.tool_specs:
+        try:
+            prefix = renderer.create_conversation_prefix_with_tools(
+                parsed.tool_specs, system_prompt=parsed.system_text or ""
+            )
+        except NotImplementedError:
+            raise BadRequest("this model's renderer does not support tool calling; omit 'tools'") from None
+        messages = [*prefix, *messages]
+    elif parsed.system_text is not None:
+        messages = [Message(role="system", content=parsed.system_text), *messages]
+    return ChatRequest(
+        messages=messages,
+        tool_specs=parsed.tool_specs,
+        suppress_tool_calls=parsed.suppress_tool_calls,
+        sampling=_sampling_settings(body, default_max_tokens),
+        logprobs=logprobs,
+        stream=stream,
+        include_usage=include_usage,
+    )

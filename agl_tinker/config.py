@@ -1,0 +1,114 @@
+"""Training configuration, in the cookbook's ``chz`` style, validated before anything starts."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import chz
+
+from agl_tinker.rewards import RewardMode
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or inconsistent; the message names the field."""
+
+
+@chz.chz
+class TrainConfig:
+    """One RL run: model, batch shape, optimiser, rollout policy, evaluation, checkpoints, logging."""
+
+    log_path: str
+    """Metrics, checkpoints and the reward curve go here; an existing run here is resumed."""
+    model_name: str = "Qwen/Qwen3-4B-Instruct-2507"
+    renderer_name: str | None = None
+    """Cookbook renderer; ``None`` uses the one the cookbook recommends for ``model_name``."""
+    lora_rank: int = 16
+    learning_rate: float = 4e-5
+    loss_fn: Literal["importance_sampling", "ppo"] = "importance_sampling"
+    loss_fn_config: dict[str, Any] | None = None
+    num_substeps: int = 1
+    kl_penalty_coef: float = 0.0
+    """> 0 adds a KL penalty against the base model to the advantages (cookbook's own)."""
+    kl_discount_factor: float = 0.0
+
+    batch_size: int = 8
+    """Tasks per training step."""
+    group_size: int = 4
+    """Rollouts per task; advantages are centred within each group."""
+    n_epochs: int = 1
+    max_steps: int | None = None
+    """Stop after this many steps even if epochs remain."""
+    seed: int = 0
+    val_fraction: float = 0.0
+    """When no validation set is given, hold out this fraction of the training tasks."""
+
+    temperature: float = 1.0
+    max_tokens: int = 256
+    eval_every: int = 0
+    """Evaluate on the validation set every N steps (and at the end); 0 turns evaluation off."""
+    eval_temperature: float = 0.0
+    save_every: int = 0
+    """Full checkpoint (weights + optimiser) every N steps; 0 saves only at the end."""
+
+    reward_mode: RewardMode = RewardMode.FINAL
+    excluded_score: float | None = None
+    """``None`` excludes failed and reward-less rollouts; a number trains them with that return."""
+    min_valid_per_group: int = 2
+    remove_constant_reward_groups: bool = False
+    """Drop groups whose rollouts all scored the same (they carry no advantage signal)."""
+
+    rollout_timeout_s: float | None = 300.0
+    max_attempts: int = 1
+    """Attempts per rollout; > 1 retries failed or timed-out attempts through ``RolloutConfig``."""
+    max_in_flight: int | None = None
+    batch_timeout_s: float | None = None
+
+    endpoint_mode: Literal["lean", "proxy"] = "lean"
+    endpoint_host: str = "127.0.0.1"
+    """Bind address of the policy endpoint; set 0.0.0.0 (and ``endpoint_public_host``) for remote runners."""
+    endpoint_port: int = 0
+    endpoint_public_host: str | None = None
+    token_in_token_out: bool = True
+    max_context_tokens: int = 32768
+
+    wandb_project: str | None = None
+    wandb_name: str | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for values that would fail later, far from their cause."""
+        positive = {
+            "lora_rank": self.lora_rank,
+            "batch_size": self.batch_size,
+            "group_size": self.group_size,
+            "n_epochs": self.n_epochs,
+            "num_substeps": self.num_substeps,
+            "max_tokens": self.max_tokens,
+            "max_attempts": self.max_attempts,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        for name, value in {"eval_every": self.eval_every, "save_every": self.save_every}.items():
+            if value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.temperature < 0 or self.eval_temperature < 0:
+            raise ConfigError("temperature and eval_temperature must be >= 0")
+        if self.kl_penalty_coef < 0:
+            raise ConfigError(f"kl_penalty_coef must be >= 0, got {self.kl_penalty_coef}")
+        if self.min_valid_per_group > self.group_size:
+            raise ConfigError(
+                f"min_valid_per_group ({self.min_valid_per_group}) exceeds group_size ({self.group_size}): "
+                "every group would be dropped"
+            )
+        if self.rollout_timeout_s is not None and self.rollout_timeout_s <= 0:
+            raise ConfigError(f"rollout_timeout_s must be > 0 or None, got {self.rollout_timeout_s}")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ConfigError(f"max_in_flight must be >= 1 or None, got {self.max_in_flight}")
+        if not 0 <= self.endpoint_port <= 65535:
+            raise ConfigError(f"endpoint_port must be in 0..65535, got {self.endpoint_port}")

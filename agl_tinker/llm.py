@@ -1,0 +1,375 @@
+"""LiteLLM provider over a Tinker ``SamplingClient``: render, sample, parse, with token ids and logprobs.
+
+Both servers (the lean one and Agent-lightning's LLMProxy) reach the policy through this provider via
+LiteLLM, so every answer carries the same extras: ``prompt_token_ids`` and ``weights_version`` on the
+response, ``token_ids`` and ``token_logprobs`` on the choice (vLLM's names where vLLM has one). The
+policy is swapped atomically: a request reads the current ``(sampling_client, version)`` pair once,
+so requests in flight finish on the weights they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import litellm
+import tinker
+from litellm.llms.custom_llm import CustomLLM
+from litellm.types.utils import Choices, Message, ModelResponse, Usage
+from tinker_cookbook import renderers
+from tinker_cookbook.capture.proxy.app import _is_context_overflow
+from tinker_cookbook.model_info import get_recommended_renderer_name
+from tinker_cookbook.renderers import ToolCall, get_text_content
+
+from agl_tinker.chat_request import BadRequest, ChatRequest, parse_chat_request
+from agl_tinker.spans import llm_call_attributes
+from agl_tinker.tito import TokenMemory
+
+logger = logging.getLogger(__name__)
+
+PROVIDER_NAME = "agl_tinker"
+"""Prefix of the LiteLLM provider names :func:`register` hands out."""
+
+_REUSED_PREFIX = "agl_tinker_reused_prefix_length"
+_TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    tinker.InternalServerError,
+    tinker.APIConnectionError,
+    tinker.RateLimitError,
+)
+
+
+class InvalidChatRequest(litellm.BadRequestError):  # type: ignore[misc]
+    """A client mistake; LiteLLM and its proxy turn it into HTTP 400. ``detail`` is the bare reason."""
+
+    def __init__(self, detail: str, model: str) -> None:
+        super().__init__(message=detail, model=model, llm_provider=PROVIDER_NAME)
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The weights that answer: a sampling client and the version it was made from."""
+
+    sampling_client: Any
+    version: int | str
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One answered request: exactly what was sampled and what the agent sees."""
+
+    response_id: str
+    prompt_token_ids: list[int]
+    response_token_ids: list[int]
+    logprobs: list[float] | None
+    text: str
+    tool_calls: list[dict[str, Any]]
+    finish_reason: str
+    weights_version: int | str
+    reused_prefix_length: int | None
+    """Prompt tokens taken verbatim from an earlier answer (token-in-token-out), if any."""
+
+
+def _openai_tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": call.id or f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {"name": call.function.name, "arguments": call.function.arguments},
+        }
+        for call in calls
+    ]
+
+
+def _truncate_at_stop(tokenizer: Any, tokens: list[int], stops: list[str]) -> tuple[int, str] | None:
+    """Shortest token prefix whose text contains a client stop string, and the text before the stop.
+
+    The sampler only takes this model's token-id stops, so client strings are applied here; the
+    tokens kept are the ones that produced the stop, like a sampler-side string stop would keep.
+    """
+    text = tokenizer.decode(tokens)
+    hits = [(text.find(s), s) for s in stops if s in text]
+    if not hits:
+        return None
+    cut, _ = min(hits)
+    low, high = 1, len(tokens)
+    while low < high:  # smallest k with a stop inside decode(tokens[:k]); monotone in k
+        mid = (low + high) // 2
+        if any(s in tokenizer.decode(tokens[:mid]) for s in stops):
+            high = mid
+        else:
+            low = mid + 1
+    return low, text[:cut]
+
+
+class TinkerChatProvider(CustomLLM):
+    """LiteLLM ``CustomLLM`` answering chat completions from a Tinker sampling client."""
+
+    def __init__(
+        self,
+        sampling_client: Any,
+        *,
+        base_model: str,
+        tokenizer: Any,
+        renderer_name: str | None = None,
+        weights_version: int | str = 0,
+        token_in_token_out: bool = True,
+        max_context_tokens: int = 32768,
+        default_max_tokens: int = 1024,
+        sample_retries: int = 2,
+        tito_max_entries: int = 4096,
+    ) -> None:
+        super().__init__()
+        self.base_model = base_model
+        self.tokenizer = tokenizer
+        self.renderer = renderers.get_renderer(
+            renderer_name or get_recommended_renderer_name(base_model), tokenizer
+        )
+        self.max_context_tokens = max_context_tokens
+        self.default_max_tokens = default_max_tokens
+        self.sample_retries = sample_retries
+        self.memory: TokenMemory | None = (
+            TokenMemory(self.renderer, max_entries=tito_max_entries) if token_in_token_out else None
+        )
+        self._policy = Policy(sampling_client, weights_version)
+        self._stop_tokens = self.renderer.get_stop_sequences()
+
+    # -- policy ---------------------------------------------------------------------------------
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    def swap(self, sampling_client: Any, version: int | str) -> None:
+        """Answer new requests from ``sampling_client``; requests in flight keep their weights."""
+        self._policy = Policy(sampling_client, version)
+
+    # -- core -----------------------------------------------------------------------------------
+    def parse(self, body: dict[str, Any]) -> ChatRequest:
+        return parse_chat_request(body, self.renderer, default_max_tokens=self.default_max_tokens)
+
+    def _sampling_params(self, request: ChatRequest) -> tinker.SamplingParams:
+        s = request.sampling
+        kwargs: dict[str, Any] = {"max_tokens": s.max_tokens, "stop": self._stop_tokens}
+        if s.temperature is not None:
+            kwargs["temperature"] = s.temperature
+        if s.top_p is not None:
+            kwargs["top_p"] = s.top_p
+        if s.top_k is not None:
+            kwargs["top_k"] = s.top_k
+        if s.seed is not None:
+            kwargs["seed"] = s.seed
+        try:
+            return tinker.SamplingParams(**kwargs)
+        except (ValueError, TypeError) as exc:
+            raise BadRequest(f"invalid sampling parameters: {exc}") from None
+
+    async def _sample(self, policy: Policy, prompt: list[int], params: tinker.SamplingParams) -> Any:
+        model_input = tinker.ModelInput.from_ints(prompt)
+        for attempt in range(self.sample_retries + 1):
+            try:
+                return await policy.sampling_client.sample_async(
+                    prompt=model_input, num_samples=1, sampling_params=params
+                )
+            except tinker.BadRequestError as exc:
+                if _is_context_overflow(str(exc)):
+                    raise BadRequest(
+                        f"prompt is too long: {len(prompt)} prompt tokens plus {params.max_tokens} "
+                        "max_tokens exceed the model's context window"
+                    ) from exc
+                raise
+            except _TRANSIENT_ERRORS:
+                if attempt == self.sample_retries:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def generate(self, request: ChatRequest) -> Generation:
+        """Render (reusing remembered tokens), sample once, parse. Raises ``BadRequest`` on client errors."""
+        policy = self._policy
+        if self.memory is not None:
+            plan, digests = self.memory.plan(request.messages)
+            prompt, reused = plan.tokens, plan.reused_length
+        else:
+            prompt = self.renderer.build_generation_prompt(request.messages).to_ints()
+            digests, reused = [], None
+        if len(prompt) + request.sampling.max_tokens > self.max_context_tokens:
+            raise BadRequest(
+                f"prompt is too long: {len(prompt)} prompt tokens plus {request.sampling.max_tokens} "
+                f"max_tokens exceed the context window of {self.max_context_tokens} tokens"
+            )
+        response = await self._sample(policy, prompt, self._sampling_params(request))
+        sequence = response.sequences[0]
+        tokens = list(sequence.tokens)
+        logprobs = None if sequence.logprobs is None else list(sequence.logprobs)
+
+        stopped = (
+            _truncate_at_stop(self.tokenizer, tokens, request.sampling.stop)
+            if request.sampling.stop
+            else None
+        )
+        if stopped is not None:
+            keep, text = stopped
+            tokens = tokens[:keep]
+            logprobs = None if logprobs is None else logprobs[:keep]
+            calls: list[ToolCall] = []
+            finish_reason = "stop"
+            clean = False
+        else:
+            message, termination = self.renderer.parse_response(tokens)
+            text = get_text_content(message)
+            calls = [] if request.suppress_tool_calls else list(message.get("tool_calls") or [])
+            clean = termination.is_clean
+            if calls:
+                finish_reason = "tool_calls"
+            elif sequence.stop_reason == "length" or not clean:
+                finish_reason = "length"
+            else:
+                finish_reason = "stop"
+        tool_calls = _openai_tool_calls(calls)
+        if self.memory is not None and clean:
+            answer = renderers.Message(role="assistant", content=text)
+            if calls:
+                answer["tool_calls"] = calls
+            self.memory.remember(digests, answer, prompt, tokens)
+        return Generation(
+            response_id=f"chatcmpl-{uuid.uuid4().hex}",
+            prompt_token_ids=prompt,
+            response_token_ids=tokens,
+            logprobs=logprobs,
+            text=text,
+            tool_calls=tool_calls,
+            finish_reason=finish_reason,
+            weights_version=policy.version,
+            reused_prefix_length=reused,
+        )
+
+    # -- LiteLLM --------------------------------------------------------------------------------
+    def _openai_logprobs(self, generation: Generation) -> dict[str, Any] | None:
+        if generation.logprobs is None:
+            return None
+        pieces = self.tokenizer.convert_ids_to_tokens(generation.response_token_ids)
+        return {
+            "content": [
+                {"token": str(piece), "logprob": lp, "bytes": None, "top_logprobs": []}
+                for piece, lp in zip(pieces, generation.logprobs, strict=False)
+            ]
+        }
+
+    def fill_response(
+        self, generation: Generation, request: ChatRequest, model: str, response: ModelResponse
+    ) -> ModelResponse:
+        """Write ``generation`` into a LiteLLM ``ModelResponse`` (OpenAI shape plus token extras)."""
+        response.id = generation.response_id
+        response.created = int(time.time())
+        response.model = model
+        choice = Choices(
+            index=0,
+            finish_reason=generation.finish_reason,
+            message=Message(
+                role="assistant",
+                content=generation.text if generation.text or not generation.tool_calls else None,
+                tool_calls=generation.tool_calls or None,
+            ),
+            logprobs=self._openai_logprobs(generation) if request.logprobs else None,
+        )
+        choice.token_ids = generation.response_token_ids  # type: ignore[attr-defined]
+        choice.token_logprobs = generation.logprobs  # type: ignore[attr-defined]
+        response.choices = [choice]
+        response.usage = Usage(  # type: ignore[attr-defined]
+            prompt_tokens=len(generation.prompt_token_ids),
+            completion_tokens=len(generation.response_token_ids),
+            total_tokens=len(generation.prompt_token_ids) + len(generation.response_token_ids),
+        )
+        response.prompt_token_ids = generation.prompt_token_ids  # type: ignore[attr-defined]
+        response.weights_version = generation.weights_version  # type: ignore[attr-defined]
+        # The cost is known (nothing is billed); saying so spares LiteLLM a pricing lookup per call.
+        response._hidden_params["response_cost"] = 0.0
+        response._hidden_params[_REUSED_PREFIX] = generation.reused_prefix_length
+        return response
+
+    async def acompletion(  # type: ignore[override]
+        self,
+        model: str,
+        messages: list,
+        api_base: str,
+        custom_prompt_dict: dict,
+        model_response: ModelResponse,
+        print_verbose: Callable,
+        encoding: Any,
+        api_key: Any,
+        logging_obj: Any,
+        optional_params: dict,
+        acompletion: Any = None,
+        litellm_params: Any = None,
+        logger_fn: Any = None,
+        headers: Any = None,
+        timeout: Any = None,
+        client: Any = None,
+    ) -> ModelResponse:
+        body = {**optional_params, "messages": messages}
+        body.pop("stream", None)  # streaming is served from the finished answer by the server
+        try:
+            request = self.parse(body)
+            generation = await self.generate(request)
+        except BadRequest as exc:
+            raise InvalidChatRequest(str(exc), model) from None
+        return self.fill_response(generation, request, model, model_response)
+
+
+def span_attributes(
+    response: ModelResponse, messages: Sequence[Mapping[str, Any]], model: str
+) -> dict[str, Any]:
+    """The LLM-call span attributes (:mod:`agl_tinker.spans` schema) of an answer this provider gave."""
+    choice = response.choices[0]
+    message = choice.message  # type: ignore[union-attr,attr-defined]
+    completion: dict[str, Any] = {"role": "assistant", "content": message.content}
+    if message.tool_calls:
+        completion["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+    return llm_call_attributes(
+        prompt_token_ids=response.prompt_token_ids,  # type: ignore[attr-defined]
+        response_token_ids=choice.token_ids,  # type: ignore[union-attr,attr-defined]
+        logprobs=choice.token_logprobs,  # type: ignore[union-attr,attr-defined]
+        response_id=response.id,
+        model=model,
+        response_model=model,
+        finish_reason=choice.finish_reason,
+        weights_version=response.weights_version,  # type: ignore[attr-defined]
+        messages=messages,
+        completion=completion,
+        prefix_length=response._hidden_params.get(_REUSED_PREFIX),
+    )
+
+
+def register(provider: TinkerChatProvider, served_model: str) -> str:
+    """Register ``provider`` with LiteLLM under a name of its own; return its LiteLLM model string.
+
+    Each provider gets its own LiteLLM provider name so several endpoints can live in one process
+    (the tests run a lean server and an LLMProxy side by side).
+    """
+    name = f"{PROVIDER_NAME}_{uuid.uuid4().hex[:8]}"
+    litellm.custom_provider_map.append({"provider": name, "custom_handler": provider})
+    litellm.utils.custom_llm_setup()
+    model = f"{name}/{served_model}"
+    # Zero pricing: LiteLLM otherwise searches its cost map (and fallbacks) for an unknown model per call.
+    litellm.register_model(
+        {
+            model: {
+                "input_cost_per_token": 0.0,
+                "output_cost_per_token": 0.0,
+                "litellm_provider": name,
+                "mode": "chat",
+            }
+        }
+    )
+    return model
+
+
+def unregister(model: str) -> None:
+    """Forget a provider registered by :func:`register` (its LiteLLM model string)."""
+    name = model.split("/", 1)[0]
+    litellm.custom_provider_map[:] = [e for e in litellm.custom_provider_map if e.get("provider") != name]

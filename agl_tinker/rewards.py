@@ -1,0 +1,171 @@
+"""Reward attribution: reward events + rollout status -> per-transition rewards, or an exclusion.
+
+The reference trained failed and reward-less rollouts as reward 0.0, which teaches the policy that
+crashing is as good as a wrong answer. Here such rollouts are excluded and counted unless the caller
+asks for a fixed score, and a group that loses too many rollouts is dropped rather than centred on
+what is left.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+@dataclass(frozen=True)
+class RewardEvent:
+    """One ``agl.emit_reward`` value, placed in time relative to the rollout's LLM calls."""
+
+    value: float
+    """Primary reward (the first dimension)."""
+    time: float | None
+    sequence_id: int
+    span_id: str
+    after_call: int | None
+    """Index of the last LLM call that ended before the reward; ``None``: before every call."""
+    dimensions: Mapping[str, float] = field(default_factory=dict)
+
+
+class RewardMode(StrEnum):
+    FINAL = "final"
+    """The last reward emitted is the episode return, credited to the last transition."""
+    PER_STEP = "per_step"
+    """Each reward is credited to the LLM call before it (earlier ones to the first transition)."""
+    SUM = "sum"
+    """The sum of all rewards is the return, credited to the last transition."""
+
+
+class ExclusionReason(StrEnum):
+    NO_REWARD = "no_reward"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    UNFINISHED = "unfinished"
+    NO_TRAINABLE_CALLS = "no_trainable_calls"
+
+
+_STATUS_EXCLUSION: Mapping[str, ExclusionReason] = {
+    "failed": ExclusionReason.FAILED,
+    "cancelled": ExclusionReason.CANCELLED,
+    "timeout": ExclusionReason.TIMEOUT,
+    "unresponsive": ExclusionReason.TIMEOUT,
+    "queuing": ExclusionReason.UNFINISHED,
+    "preparing": ExclusionReason.UNFINISHED,
+    "running": ExclusionReason.UNFINISHED,
+    "requeuing": ExclusionReason.UNFINISHED,
+}
+
+
+@dataclass(frozen=True)
+class RewardOptions:
+    mode: RewardMode = RewardMode.FINAL
+    excluded_score: float | None = None
+    """``None``: excluded rollouts are not trained. A number: they are trained with this return."""
+    min_valid_per_group: int = 1
+    """Groups with fewer valid rollouts than this are dropped (GRPO needs at least 2 to learn)."""
+
+    def __post_init__(self) -> None:
+        if self.min_valid_per_group < 0:
+            raise ValueError(f"min_valid_per_group must be >= 0, got {self.min_valid_per_group}")
+
+
+@dataclass(frozen=True)
+class RewardAttribution:
+    step_rewards: tuple[float, ...]
+    """One reward per transition, in the order of ``step_calls``."""
+    episode_return: float
+    exclusion: ExclusionReason | None
+    """Why the rollout is not valid; with ``scored`` it is still trained at ``excluded_score``."""
+    scored: bool
+    reward_events: int
+    early_rewards: int
+    """Per-step rewards emitted before any trainable call (credited to the first transition)."""
+
+    @property
+    def trainable(self) -> bool:
+        return self.exclusion is None or self.scored
+
+
+def exclusion_for(status: str | None, has_reward: bool, has_steps: bool) -> ExclusionReason | None:
+    """Status first (a failed rollout's partial reward is not trusted), then reward, then calls."""
+    if status is not None and status != "succeeded":
+        return _STATUS_EXCLUSION.get(status, ExclusionReason.FAILED)
+    if not has_reward:
+        return ExclusionReason.NO_REWARD
+    if not has_steps:
+        return ExclusionReason.NO_TRAINABLE_CALLS
+    return None
+
+
+def attribute_rewards(
+    events: Sequence[RewardEvent],
+    step_calls: Sequence[int],
+    status: str | None,
+    options: RewardOptions = RewardOptions(),
+) -> RewardAttribution:
+    """Per-transition rewards for one rollout.
+
+    ``step_calls``: the LLM call index of each transition (any order). ``status``: the rollout's
+    (or attempt's) status; ``None`` means the caller knows it finished. Events must be in emission
+    order, as :func:`agl_tinker.reconstruct.reconstruct` returns them.
+    """
+    n = len(step_calls)
+    exclusion = exclusion_for(status, bool(events), n > 0)
+    if exclusion is not None:
+        scored = options.excluded_score is not None
+        value = float(options.excluded_score) if options.excluded_score is not None else 0.0
+        rewards = [0.0] * n
+        if scored and n:
+            rewards[_last_step(step_calls)] = value
+        return RewardAttribution(tuple(rewards), value, exclusion, scored, len(events), 0)
+
+    rewards = [0.0] * n
+    early = 0
+    if options.mode is RewardMode.PER_STEP:
+        order = sorted(range(n), key=step_calls.__getitem__)
+        calls_sorted = [step_calls[i] for i in order]
+        for event in events:
+            pos = (
+                len(calls_sorted)
+                if event.after_call is None
+                else bisect.bisect_right(calls_sorted, event.after_call)
+            )
+            if event.after_call is None or pos == 0:
+                early += 1
+                pos = 1
+            rewards[order[pos - 1]] += event.value
+        total = sum(event.value for event in events)
+    else:
+        total = events[-1].value if options.mode is RewardMode.FINAL else sum(e.value for e in events)
+        rewards[_last_step(step_calls)] = total
+    return RewardAttribution(tuple(rewards), total, None, False, len(events), early)
+
+
+def _last_step(step_calls: Sequence[int]) -> int:
+    return max(range(len(step_calls)), key=step_calls.__getitem__)
+
+
+@dataclass(frozen=True)
+class GroupSelection:
+    kept: tuple[int, ...]
+    """Indices of the rollouts to train on; empty when the group is dropped."""
+    dropped: bool
+    valid: int
+    scored: int
+    excluded: int
+
+
+def select_group(attributions: Sequence[RewardAttribution | None], min_valid: int) -> GroupSelection:
+    """Keep the trainable rollouts of one group, or drop it when fewer than ``min_valid`` are valid.
+
+    ``None`` stands for a rollout that produced nothing at all (counted as excluded). Scored
+    exclusions are trained but do not count toward ``min_valid``: a group of crashes is no signal.
+    """
+    valid = [i for i, a in enumerate(attributions) if a is not None and a.exclusion is None]
+    scored = [i for i, a in enumerate(attributions) if a is not None and a.exclusion is not None and a.scored]
+    excluded = len(attributions) - len(valid) - len(scored)
+    if len(valid) < max(min_valid, 1):
+        return GroupSelection((), True, len(valid), len(scored), excluded)
+    return GroupSelection(tuple(sorted(valid + scored)), False, len(valid), len(scored), excluded)

@@ -1,0 +1,165 @@
+"""Writes LLM-call spans to the LightningStore off the request path, in batches.
+
+A request only appends a record to a buffer (thread-safe, O(1)); one writer task per recorder
+drains it, allocating sequence ids and adding spans in one store call each per batch. A store error
+is logged with the batch size and the batch is kept for the next try, so a slow or failing store
+never delays or fails an answer; :meth:`flush` waits until everything recorded so far is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agentlightning.store.base import LightningStore
+from agentlightning.types import Span
+
+from agl_tinker.spans import LLM_CALL_SPAN_NAME
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One LLM call to store: where it belongs, when it ran, and its span attributes."""
+
+    rollout_id: str
+    attempt_id: str
+    attributes: dict[str, Any]
+    start_time: float
+    end_time: float
+    sequence_id: int | None = None
+    """Already allocated by the caller (LLMProxy's middleware does); else allocated per batch."""
+
+
+class SpanRecorder:
+    """Batched, non-blocking span writer bound to the event loop it is started on."""
+
+    def __init__(self, store: LightningStore, *, max_batch: int = 512, retry_delay_s: float = 0.2) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self.retry_delay_s = retry_delay_s
+        self._pending: list[CallRecord] = []
+        self._lock = threading.Lock()
+        self._recorded = 0
+        self._written = 0
+        self._dropped = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._progress: asyncio.Condition | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def written(self) -> int:
+        """Spans stored so far."""
+        return self._written
+
+    @property
+    def dropped(self) -> int:
+        """Spans the store refused (unknown rollout or attempt); logged, never retried."""
+        return self._dropped
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._task = asyncio.create_task(self._run(), name="agl-tinker-span-recorder")
+
+    def record(self, record: CallRecord) -> None:
+        """Queue a call for storage; callable from any thread, never blocks on the store."""
+        with self._lock:
+            self._pending.append(record)
+            self._recorded += 1
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            wake.set()
+        else:
+            loop.call_soon_threadsafe(wake.set)
+
+    async def flush(self) -> None:
+        """Wait until every call recorded before this one is stored (or refused by the store)."""
+        if self._task is None or self._progress is None or self._wake is None:
+            raise RuntimeError("SpanRecorder.flush() before start()")
+        with self._lock:
+            target = self._recorded
+        self._wake.set()
+        async with self._progress:
+            await self._progress.wait_for(
+                lambda: self._written + self._dropped >= target or self._task is None
+            )
+
+    async def close(self) -> None:
+        """Flush, then stop the writer."""
+        if self._task is None:
+            return
+        await self.flush()
+        task, self._task = self._task, None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _run(self) -> None:
+        assert self._wake is not None and self._progress is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while True:
+                with self._lock:
+                    batch = self._pending[: self.max_batch]
+                    del self._pending[: len(batch)]
+                if not batch:
+                    break
+                try:
+                    stored, refused = await self._write(batch)
+                except Exception:
+                    logger.exception("storing %d LLM-call spans failed; retrying", len(batch))
+                    with self._lock:
+                        self._pending[:0] = batch
+                    await asyncio.sleep(self.retry_delay_s)
+                    continue
+                self._written += stored
+                self._dropped += refused
+                async with self._progress:
+                    self._progress.notify_all()
+
+    async def _write(self, batch: Sequence[CallRecord]) -> tuple[int, int]:
+        missing = [(r.rollout_id, r.attempt_id) for r in batch if r.sequence_id is None]
+        allocated = iter(await self.store.get_many_span_sequence_ids(missing) if missing else [])
+        spans = [
+            Span.from_attributes(
+                attributes=r.attributes,
+                rollout_id=r.rollout_id,
+                attempt_id=r.attempt_id,
+                sequence_id=r.sequence_id if r.sequence_id is not None else next(allocated),
+                name=LLM_CALL_SPAN_NAME,
+                start_time=r.start_time,
+                end_time=r.end_time,
+            )
+            for r in batch
+        ]
+        try:
+            await self.store.add_many_spans(spans)
+            return len(spans), 0
+        except ValueError:
+            # One unknown rollout/attempt must not sink the batch: store span by span, count refusals.
+            refused = 0
+            for span in spans:
+                try:
+                    await self.store.add_span(span)
+                except ValueError as exc:
+                    refused += 1
+                    logger.warning("store refused span of rollout %s: %s", span.rollout_id, exc)
+            return len(spans) - refused, refused

@@ -1,0 +1,124 @@
+"""Endpoint overhead: lean server vs Agent-lightning's LLMProxy, same provider over an instant simulator.
+
+Run ``python benchmarks/endpoint.py``; prints one JSON object. Clients are ``openai.OpenAI`` on the
+rollout path in a separate process (so their CPU does not share the server's GIL); every call is
+recorded as a span. The swap is timed while 16 clients keep calling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import threading
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+MODEL = "Qwen/Qwen3-4B-Instruct-2507"
+SECONDS = float(os.environ.get("AGL_BENCH_SECONDS", "4"))
+
+
+def drive(url: str, clients: int, seconds: float) -> dict[str, Any]:
+    """Run ``clients`` threads calling ``url`` for ``seconds``; latencies in ms and failures."""
+    import openai
+
+    latencies: list[float] = []
+    failures = [0]
+    deadline = time.perf_counter() + seconds
+
+    def loop() -> None:
+        client = openai.OpenAI(base_url=url, api_key="bench", max_retries=0)
+        ask = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16}
+        client.chat.completions.create(**ask)  # warm the connection
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            try:
+                client.chat.completions.create(**ask)
+                latencies.append((time.perf_counter() - t) * 1000)
+            except Exception:
+                failures[0] += 1
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=loop) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"latencies": latencies, "failures": failures[0], "elapsed": time.perf_counter() - start}
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3) if ordered else float("nan")
+
+
+async def measure(mode: str, pool: concurrent.futures.ProcessPoolExecutor) -> dict[str, Any]:
+    from agentlightning.store.memory import InMemoryLightningStore
+    from agentlightning.store.threading import LightningStoreThreaded
+
+    from agl_tinker.backend import get_tokenizer, service_client
+    from agl_tinker.endpoint import EndpointConfig, start_endpoint
+
+    tokenizer = get_tokenizer(MODEL)
+    future = service_client(latency_s=0.0).create_sampling_client(base_model=MODEL)
+    sampler = future.result() if hasattr(future, "result") else future
+    store = LightningStoreThreaded(InMemoryLightningStore())
+    endpoint = await start_endpoint(
+        EndpointConfig(mode=mode),  # type: ignore[arg-type]
+        store=store,
+        sampling_client=sampler,
+        base_model=MODEL,
+        tokenizer=tokenizer,
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        rollout = await store.start_rollout(input={"bench": mode})
+        url = endpoint.as_resource(rollout.rollout_id, rollout.attempt.attempt_id).endpoint
+        result: dict[str, Any] = {"overhead_ms_p50": {}, "overhead_ms_p99": {}, "calls_per_s": {}}
+        failed = 0
+        for clients in (1, 16):
+            run = await loop.run_in_executor(pool, drive, url, clients, SECONDS)
+            result["overhead_ms_p50"][str(clients)] = _pct(run["latencies"], 0.5)
+            result["overhead_ms_p99"][str(clients)] = _pct(run["latencies"], 0.99)
+            result["calls_per_s"][str(clients)] = round(len(run["latencies"]) / run["elapsed"], 1)
+            failed += run["failures"]
+        load = loop.run_in_executor(pool, drive, url, 16, SECONDS)
+        swaps: list[float] = []
+        await asyncio.sleep(SECONDS / 4)
+        for version in range(1, 21):
+            t = time.perf_counter()
+            endpoint.swap(sampler, version)
+            swaps.append((time.perf_counter() - t) * 1000)
+            await asyncio.sleep(SECONDS / 40)
+        run = await load
+        failed += run["failures"]
+        await endpoint.flush()
+        result["swap_ms_p50"] = round(statistics.median(swaps), 4)
+        result["failed_requests"] = failed
+        result["spans_recorded"] = len(await store.query_spans(rollout.rollout_id))
+        return result
+    finally:
+        await endpoint.stop()
+
+
+async def main() -> None:
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+        lean = await measure("lean", pool)
+        baseline = await measure("proxy", pool)
+    print(json.dumps({**lean, "baseline": baseline}))
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.disable(logging.WARNING)
+    asyncio.run(main())

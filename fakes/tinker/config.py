@@ -1,0 +1,74 @@
+"""Knobs of the simulated service, set per ``ServiceClient`` or from ``AGL_TINKER_SIM_*``.
+
+They exist so tests can make the fake service slow, flaky, or produce non-canonical
+tokenizations on purpose, while the default stays fast, reliable and canonical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+ENV_PREFIX = "AGL_TINKER_SIM_"
+
+
+@dataclasses.dataclass(frozen=True)
+class SimConfig:
+    """Service-level knobs.
+
+    - ``latency_s``: seconds every call takes before its future completes (not a CPU spin:
+      concurrent calls overlap, like network latency).
+    - ``failure_rate``: probability that a call fails with a transient, retryable SDK error
+      (``tinker.InternalServerError``, HTTP 503); drawn from a RNG seeded by ``failure_seed``.
+    - ``drift``: probability that a sampled answer uses a non-canonical tokenization of its text
+      (one token split into two whose bytes concatenate to it). Part of the model's
+      distribution, so sampler and trainer logprobs stay equal.
+    - ``background_eps``: initial probability, per answer token, of leaving the prior's
+      candidate answers for free text (a trainable gate afterwards).
+    - ``root_dir``: where checkpoints live (``$AGL_TINKER_SIM_DIR``, else
+      ``~/.cache/agl-tinker/sim``).
+    """
+
+    latency_s: float = 0.0
+    failure_rate: float = 0.0
+    failure_seed: int = 0
+    drift: float = 0.0
+    background_eps: float = 1e-4
+    root_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.latency_s < 0:
+            raise ValueError(f"latency_s must be >= 0, got {self.latency_s}")
+        for name in ("failure_rate", "drift"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if not 0.0 < self.background_eps < 1.0:
+            raise ValueError(f"background_eps must be in (0, 1), got {self.background_eps}")
+
+    @property
+    def checkpoint_root(self) -> Path:
+        if self.root_dir is not None:
+            return Path(self.root_dir)
+        env = os.environ.get(ENV_PREFIX + "DIR")
+        if env:
+            return Path(env)
+        return Path.home() / ".cache" / "agl-tinker" / "sim"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> SimConfig:
+        """Defaults, then ``AGL_TINKER_SIM_<FIELD>`` variables, then explicit ``overrides``."""
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            raw = os.environ.get(ENV_PREFIX + field.name.upper())
+            if raw is None or field.name == "root_dir":
+                continue
+            values[field.name] = int(raw) if field.name == "failure_seed" else float(raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown SimConfig fields: {sorted(unknown)}")
+        if "root_dir" in values:
+            values["root_dir"] = Path(str(values["root_dir"]))
+        return cls(**values)  # type: ignore[arg-type]

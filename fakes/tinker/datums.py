@@ -1,0 +1,57 @@
+"""Turning SDK ``Datum`` objects into arrays, with the service's validation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from tinker import types
+
+from . import errors
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedDatum:
+    inputs: np.ndarray  # int64 [N]
+    targets: np.ndarray  # int64 [N]
+    tensors: dict[str, torch.Tensor]  # float64 [N] loss inputs other than target_tokens
+
+
+def tokens_of(model_input: types.ModelInput, vocab_size: int, what: str = "model_input") -> np.ndarray:
+    try:
+        ids = np.asarray(model_input.to_ints(), dtype=np.int64)
+    except ValueError as exc:
+        raise errors.bad_request(f"{what}: the simulator only takes text tokens ({exc})") from None
+    if len(ids) and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise errors.bad_request(f"{what}: token ids must be in [0, {vocab_size})")
+    return ids
+
+
+def parse(datum: types.Datum, vocab_size: int) -> ParsedDatum:
+    inputs = tokens_of(datum.model_input, vocab_size)
+    n = len(inputs)
+    if n == 0:
+        raise errors.bad_request("a datum needs at least one input token", path="forward_backward")
+    raw = datum.loss_fn_inputs
+    if "target_tokens" not in raw:
+        raise errors.bad_request("loss_fn_inputs needs target_tokens", path="forward_backward")
+    targets = np.asarray(raw["target_tokens"].to_numpy(), dtype=np.int64)
+    if targets.shape != (n,):
+        raise errors.bad_request(
+            f"target_tokens has shape {list(targets.shape)}, the simulator needs [{n}] (one per input token)",
+            path="forward_backward",
+        )
+    if targets.min() < 0 or targets.max() >= vocab_size:
+        raise errors.bad_request(f"target_tokens must be in [0, {vocab_size})", path="forward_backward")
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        if key == "target_tokens":
+            continue
+        array = np.asarray(value.to_numpy(), dtype=np.float64)
+        if array.shape != (n,):
+            raise errors.bad_request(
+                f"{key} has shape {list(array.shape)}, expected [{n}]", path="forward_backward"
+            )
+        tensors[key] = torch.from_numpy(array)
+    return ParsedDatum(inputs, targets, tensors)

@@ -1,0 +1,53 @@
+"""The SDK's own exception types, built the way its HTTP layer builds them.
+
+Callers of the simulator catch exactly what they would catch with the live service:
+``tinker.BadRequestError`` (400) for invalid input, ``tinker.NotFoundError`` (404) for unknown
+checkpoints, and ``tinker.InternalServerError`` (503, retryable by the SDK's own rules) for
+injected transient failures.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import httpx
+import tinker
+
+SIM_BASE_URL = "https://sim.tinker.invalid"
+
+
+def _response(status: int, path: str, message: str) -> httpx.Response:
+    request = httpx.Request("POST", f"{SIM_BASE_URL}/api/v1/{path}")
+    return httpx.Response(status, request=request, json={"detail": message})
+
+
+def bad_request(message: str, path: str = "request") -> tinker.BadRequestError:
+    return tinker.BadRequestError(message, response=_response(400, path, message), body={"detail": message})
+
+
+def not_found(message: str, path: str = "weights") -> tinker.NotFoundError:
+    return tinker.NotFoundError(message, response=_response(404, path, message), body={"detail": message})
+
+
+def transient(message: str, path: str = "request") -> tinker.InternalServerError:
+    return tinker.InternalServerError(
+        message, response=_response(503, path, message), body={"detail": message}
+    )
+
+
+class FaultInjector:
+    """Seeded coin flips deciding which calls fail, shared by all clients of one service."""
+
+    def __init__(self, rate: float, seed: int) -> None:
+        self._rate = rate
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def maybe_fail(self, operation: str) -> None:
+        if self._rate <= 0.0:
+            return
+        with self._lock:
+            fail = self._rng.random() < self._rate
+        if fail:
+            raise transient(f"simulated transient failure in {operation}", path=operation)

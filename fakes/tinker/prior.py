@@ -1,0 +1,206 @@
+"""The simulated base model's "pretraining": generic chat behaviours with copied slots.
+
+A base model knows how to greet, claim or refuse an identity, ask yes/no questions, guess,
+answer with a number and call a declared tool; what it says depends on the conversation only
+through generic cues and spans it copies (an induction/copy mechanism). It knows nothing about
+any task or reward: training decides which behaviours win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import re
+from importlib import resources
+from typing import Any
+
+_SLOT = re.compile(r"\[\[(\w+)\]\]")
+_WORD = re.compile(r"[a-z0-9][a-z0-9'\-]*")
+_INT = re.compile(r"(?<![\w.])-?\d{1,6}(?![\w.]\d)")
+_QUOTED = re.compile(r"[\"“']([^\"”'\n]{1,60})[\"”']")
+_IDENTITY = re.compile(
+    r"(?:\byou(?:'re| are)|\byour name is|\bcall yourself|\bpretend to be|\bact as)\s+([^.,!?;:\n\"]{1,60})",
+    re.IGNORECASE,
+)
+_TOOLS_BLOCK = re.compile(r"<tools>\s*(.*?)\s*</tools>", re.DOTALL)
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversation:
+    """The chat a prompt renders, parsed back from its text (Qwen's ``<|im_start|>`` format)."""
+
+    messages: tuple[Message, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Conversation:
+        messages = []
+        for part in text.split("<|im_start|>")[1:]:
+            role, _, content = part.partition("\n")
+            messages.append(Message(role.strip(), content.split("<|im_end|>")[0].strip()))
+        return cls(tuple(messages))
+
+    @property
+    def system(self) -> str:
+        return "\n".join(m.content for m in self.messages if m.role == "system")
+
+    @property
+    def last_user(self) -> str:
+        for message in reversed(self.messages):
+            if message.role in ("user", "tool"):
+                return message.content
+        return ""
+
+    def dialogue(self) -> list[Message]:
+        return [m for m in self.messages if m.role != "system" and m.content]
+
+    def tools(self) -> list[tuple[str, str]]:
+        """(name, first argument name) of each tool declared in the system prompt."""
+        found: list[tuple[str, str]] = []
+        for block in _TOOLS_BLOCK.findall(self.system):
+            for line in block.splitlines():
+                try:
+                    spec = json.loads(line)
+                except ValueError:
+                    continue
+                function = spec.get("function", spec) if isinstance(spec, dict) else None
+                if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                    continue
+                properties = (function.get("parameters") or {}).get("properties") or {}
+                arg = next(iter(properties), "query")
+                found.append((function["name"], str(arg)))
+        return found
+
+
+@dataclasses.dataclass(frozen=True)
+class Behaviour:
+    """One candidate answer: its text, where it came from, and its prior logit."""
+
+    text: str
+    template: str
+    category: str
+    fills: tuple[tuple[str, str], ...]
+    prior_logit: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Prior:
+    categories: dict[str, dict[str, Any]]
+    templates: list[dict[str, Any]]
+    nouns: list[str]
+    limits: dict[str, int]
+
+    def behaviours(self, conversation: Conversation) -> list[Behaviour]:
+        slots = self._slots(conversation)
+        cue_text = (conversation.system + "\n" + conversation.last_user).lower()
+        category_weight: dict[str, float] = {}
+        for template in self.templates:
+            category_weight[template["category"]] = category_weight.get(template["category"], 0.0) + float(
+                template["weight"]
+            )
+        out: list[Behaviour] = []
+        for template in self.templates:
+            spec = self.categories[template["category"]]
+            logit = float(spec["logit"])
+            if any(cue in cue_text for cue in spec["cues"]):
+                logit += float(spec["cue_bonus"])
+            logit += math.log(float(template["weight"]) / category_weight[template["category"]])
+            fillings = _fillings(template["text"], slots)
+            if not fillings:
+                continue
+            share = math.log(len(fillings))
+            for text, fills in fillings:
+                out.append(Behaviour(text, template["id"], template["category"], fills, logit - share))
+        return out
+
+    def _slots(self, conversation: Conversation) -> dict[str, list[Any]]:
+        last = conversation.last_user
+        every = "\n".join(m.content for m in conversation.dialogue())
+        nouns = _nouns(every, self.nouns, self.limits["nouns_from_context"])
+        generic = [n for n in self.nouns[: self.limits["generic_nouns"]] if n not in nouns]
+        identity = [_clip_words(m, 4) for m in _IDENTITY.findall(last)]
+        quoted = [q.strip() for q in _QUOTED.findall(last) if q.strip()]
+        tools = conversation.tools()
+        queries = list(dict.fromkeys(nouns[:4] + quoted[:1] + identity[:1] + [_clip_words(last, 6)]))
+        queries = [q for q in queries if q][: self.limits["queries"]] or ["information"]
+        return {
+            "identity": list(dict.fromkeys(i for i in identity if i))[:2],
+            "quoted": list(dict.fromkeys(quoted))[:2],
+            "a_noun": [_with_article(n) for n in nouns + generic],
+            "number": _numbers(last, every, self.limits["numbers"]),
+            "tool": [(name, arg, query) for name, arg in tools[:3] for query in queries],
+        }
+
+
+def _fillings(text: str, slots: dict[str, list[Any]]) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    names = list(dict.fromkeys(_SLOT.findall(text)))
+    if not names:
+        return [(text, ())]
+    out: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    if set(names) == {"tool", "arg", "query"}:
+        for name, arg, query in slots["tool"]:
+            values = {"tool": name, "arg": arg, "query": _json_text(query)}
+            out.append((_fill(text, values), (("tool", name), ("query", query))))
+        return out
+    if len(names) != 1:
+        raise ValueError(f"template {text!r} mixes slots {names}")
+    name = names[0]
+    for value in slots[name]:
+        out.append((_fill(text, {name: str(value)}), ((name, str(value)),)))
+    return out
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    return _SLOT.sub(lambda match: values[match.group(1)], text)
+
+
+def _json_text(value: str) -> str:
+    return json.dumps(value)[1:-1]
+
+
+def _clip_words(text: str, n: int) -> str:
+    words = text.strip().strip("\"'“”").split()
+    return " ".join(words[:n]).rstrip(".,!?;:")
+
+
+def _with_article(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
+
+
+def _nouns(text: str, known: list[str], limit: int) -> list[str]:
+    """Known nouns in order of last mention (copying favours recent context)."""
+    seen: dict[str, int] = {}
+    for position, match in enumerate(_WORD.finditer(text.lower())):
+        word = match.group(0)
+        singular = word[:-1] if word.endswith("s") and word[:-1] in known else word
+        if singular in known:
+            seen[singular] = position
+    return sorted(seen, key=lambda w: -seen[w])[:limit]
+
+
+def _numbers(last: str, every: str, limit: int) -> list[int]:
+    """Numbers to say: copied from the last message and the dialogue, and midpoints between them."""
+    recent = [int(x) for x in _INT.findall(last)]
+    older = [int(x) for x in _INT.findall(every)]
+    out: list[int] = []
+    if len(recent) >= 2:
+        out.append((min(recent) + max(recent)) // 2)
+    pool = list(dict.fromkeys(recent + older[::-1]))
+    for i, a in enumerate(pool[:5]):
+        for b in pool[i + 1 : 5]:
+            out.append((a + b) // 2)
+    out = pool[:6] + out
+    return list(dict.fromkeys(out))[:limit]
+
+
+@functools.cache
+def load_prior(name: str = "prior.json") -> Prior:
+    raw = json.loads(resources.files("fakes.tinker").joinpath("data").joinpath(name).read_text())
+    return Prior(raw["categories"], raw["templates"], raw["nouns"], raw["limits"])

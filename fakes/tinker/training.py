@@ -1,0 +1,427 @@
+"""``TrainingClient`` of the simulator: same methods, arguments and return types as the SDK's.
+
+Requests run in submission order on one worker thread, like the service's per-model queue.
+Gradients accumulate over ``forward_backward`` calls until ``optim_step`` applies them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from tinker import types
+from tinker.lib.public_interfaces.api_future import APIFuture
+from tinker.types.optimizer import OptimParamsBase
+from typing_extensions import deprecated
+
+from . import errors, losses
+from .checkpoints import TinkerPath
+from .datums import ParsedDatum, parse
+from .futures import ClientFuture
+from .optim import Adam
+from .policy import Policy, PolicyConfig
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+    from .sampling import SamplingClient
+
+_ASYNC = "deprecated in the SDK: call the method without _async; it returns an APIFuture at once"
+CustomLossFn = Callable[[list[types.Datum], list[Any]], tuple[Any, dict[str, float]]]
+
+
+def policy_meta(config: PolicyConfig) -> dict[str, Any]:
+    return {
+        "base_model": config.base_model.name,
+        "rank": config.rank,
+        "seed": config.seed,
+        "train_attn": config.train_attn,
+        "train_mlp": config.train_mlp,
+        "train_unembed": config.train_unembed,
+    }
+
+
+class TrainingClient:
+    """A LoRA training run of the simulated policy."""
+
+    def __init__(self, runtime: Runtime, model_id: str, policy: Policy, optimizer: Adam) -> None:
+        self._runtime = runtime
+        self.model_id = model_id
+        self._policy = policy
+        self._optimizer = optimizer
+        self._grads = {k: torch.zeros_like(v) for k, v in policy.trainable_params().items()}
+        self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tinker-sim-train-{model_id}")
+        base = policy.config.base_model.name
+        self._info = types.GetInfoResponse(
+            model_data=types.ModelData(arch="sim-trie-lora", model_name=base, tokenizer_id=base),
+            model_id=model_id,
+            is_lora=True,
+            lora_rank=policy.config.rank,
+            model_name=base,
+        )
+
+    # ---- plumbing ------------------------------------------------------------------------
+    def _submit(self, operation: str, fn: Callable[[], Any]) -> Any:
+        return self._runtime.dispatcher.call(self._queue, operation, fn)
+
+    def _parse(self, data: list[types.Datum]) -> list[ParsedDatum]:
+        if not data:
+            raise ValueError("No data provided")
+        return [parse(d, self._runtime.vocab.size) for d in data]
+
+    def _logprobs(self, parsed: list[ParsedDatum]) -> list[torch.Tensor]:
+        return self._policy.score([p.inputs for p in parsed], [p.targets for p in parsed])
+
+    def _accumulate(self, loss: torch.Tensor) -> None:
+        params = self._policy.trainable_params()
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        for (name, _), grad in zip(params.items(), grads, strict=True):
+            if grad is not None:
+                self._grads[name] += grad
+
+    @staticmethod
+    def _output(logprobs: list[torch.Tensor], loss_sum: float) -> types.ForwardBackwardOutput:
+        outputs = [
+            {"logprobs": types.TensorData.from_numpy(lp.detach().numpy().astype(np.float32))}
+            for lp in logprobs
+        ]
+        return types.ForwardBackwardOutput(
+            loss_fn_output_type="ArrayRecord", loss_fn_outputs=outputs, metrics={"loss:sum": loss_sum}
+        )
+
+    def _run_loss(
+        self,
+        data: list[types.Datum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float | str] | None,
+        backward: bool,
+    ) -> types.ForwardBackwardOutput:
+        parsed = self._parse(data)
+        for p in parsed:
+            losses.check(loss_fn, {"target_tokens", *p.tensors}, loss_fn_config)
+        with torch.set_grad_enabled(backward):
+            logprobs = self._logprobs(parsed)
+            per_datum = [
+                losses.datum_loss(loss_fn, lp, p.tensors, loss_fn_config)
+                for lp, p in zip(logprobs, parsed, strict=True)
+            ]
+            total = torch.stack(per_datum).sum()
+            if backward:
+                self._accumulate(total)
+        return self._output(logprobs, total.item())
+
+    # ---- forward / backward ----------------------------------------------------------------
+    def forward(
+        self,
+        data: list[types.Datum],
+        loss_fn: types.LossFnType,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+    ) -> APIFuture[types.ForwardBackwardOutput]:
+        """Logprobs and loss without gradients."""
+        return self._submit("forward", lambda: self._run_loss(data, loss_fn, loss_fn_config, backward=False))
+
+    @deprecated(_ASYNC, category=FutureWarning)
+    async def forward_async(
+        self,
+        data: list[types.Datum],
+        loss_fn: types.LossFnType,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+    ) -> APIFuture[types.ForwardBackwardOutput]:
+        return self.forward(data, loss_fn, loss_fn_config)
+
+    def forward_backward(
+        self,
+        data: list[types.Datum],
+        loss_fn: types.LossFnType,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+    ) -> APIFuture[types.ForwardBackwardOutput]:
+        """Logprobs and loss; gradients are added to the pending update."""
+        return self._submit(
+            "forward_backward", lambda: self._run_loss(data, loss_fn, loss_fn_config, backward=True)
+        )
+
+    @deprecated(_ASYNC, category=FutureWarning)
+    async def forward_backward_async(
+        self,
+        data: list[types.Datum],
+        loss_fn: types.LossFnType,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+    ) -> APIFuture[types.ForwardBackwardOutput]:
+        return self.forward_backward(data, loss_fn, loss_fn_config)
+
+    def forward_backward_custom(
+        self,
+        data: list[types.Datum],
+        loss_fn: CustomLossFn,
+        *,
+        loss_type_input: Literal["logprobs"] | None = None,
+    ) -> APIFuture[types.ForwardBackwardOutput]:
+        """A user loss on per-datum logprob tensors (callables only, not traced ``LossHandle``s)."""
+        if loss_type_input is not None and loss_type_input != "logprobs":
+            raise ValueError(f"Unsupported loss_type_input={loss_type_input!r}")
+        if not callable(loss_fn):
+            raise errors.bad_request("the simulator runs custom losses given as Python callables only")
+
+        def run() -> types.ForwardBackwardOutput:
+            parsed = self._parse(data)
+            with torch.enable_grad():
+                logprobs = self._logprobs(parsed)
+                loss, metrics = loss_fn(data, logprobs)
+                self._accumulate(loss)
+            out = self._output(logprobs, float(loss.detach()))
+            out.metrics.update({k: float(v) for k, v in metrics.items()})
+            return out
+
+        return self._submit("forward_backward_custom", run)
+
+    @deprecated(_ASYNC, category=FutureWarning)
+    async def forward_backward_custom_async(
+        self,
+        data: list[types.Datum],
+        loss_fn: CustomLossFn,
+        *,
+        loss_type_input: Literal["logprobs"] | None = None,
+    ) -> APIFuture[types.ForwardBackwardOutput]:
+        return self.forward_backward_custom(data, loss_fn, loss_type_input=loss_type_input)
+
+    # ---- optimizer ---------------------------------------------------------------------------
+    def optim_step(
+        self,
+        optim_params: types.OptimParams | None = None,
+        *,
+        adam_params: types.AdamParams | None = None,
+    ) -> APIFuture[types.OptimStepResponse]:
+        """Apply the accumulated gradients with AdamW and clear them."""
+        if optim_params is not None and adam_params is not None:
+            raise ValueError("Specify optim_params or legacy adam_params, not both")
+        params = optim_params if optim_params is not None else adam_params
+        if not isinstance(params, (types.AdamParams, OptimParamsBase)):
+            raise TypeError("Expected AdamParams or OptimParamsBase")
+
+        def run() -> types.OptimStepResponse:
+            if not isinstance(params, types.AdamParams):
+                raise errors.bad_request("this training run was created with the Adam optimizer")
+            metrics = self._optimizer.step(
+                self._grads,
+                learning_rate=params.learning_rate,
+                beta1=params.beta1,
+                beta2=params.beta2,
+                eps=params.eps,
+                weight_decay=params.weight_decay,
+                grad_clip_norm=params.grad_clip_norm,
+            )
+            for grad in self._grads.values():
+                grad.zero_()
+            self._policy.invalidate()
+            return types.OptimStepResponse(metrics=metrics)
+
+        return self._submit("optim_step", run)
+
+    @deprecated(_ASYNC, category=FutureWarning)
+    async def optim_step_async(
+        self,
+        optim_params: types.OptimParams | None = None,
+        *,
+        adam_params: types.AdamParams | None = None,
+    ) -> APIFuture[types.OptimStepResponse]:
+        return self.optim_step(optim_params, adam_params=adam_params)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _save(
+        self,
+        kind: str,
+        name: str,
+        with_optimizer: bool,
+        user_metadata: dict[str, str] | None,
+        overwrite: bool,
+    ) -> str:
+        if not name or "/" in name:
+            raise errors.bad_request(f"invalid checkpoint name {name!r}", path="weights/save")
+        path = TinkerPath(self.model_id, kind, name)
+        meta = {**policy_meta(self._policy.config), "user_metadata": user_metadata}
+        optimizer = self._optimizer.state_dict() if with_optimizer else None
+        return self._runtime.store.save(path, meta, self._policy.params, optimizer, overwrite=overwrite)
+
+    def save_state(
+        self,
+        name: str,
+        ttl_seconds: int | None = None,
+        overwrite: bool = False,
+        user_metadata: dict[str, str] | None = None,
+    ) -> APIFuture[types.SaveWeightsResponse]:
+        """Weights and optimizer state under ``tinker://<model_id>/weights/<name>``."""
+
+        def run() -> types.SaveWeightsResponse:
+            return types.SaveWeightsResponse(path=self._save("weights", name, True, user_metadata, overwrite))
+
+        return self._submit("save_state", run)
+
+    @deprecated(_ASYNC, category=FutureWarning)
+    async def save_state_async(
+        self,
+        name: str,
+        ttl_seconds: int | None = None,
+        overwrite: bool = False,
+        user_metadata: dict[str, str] | None = None,
+    ) -> APIFuture[types.SaveWeightsResponse]:
+        return self.save_state(
+            name, ttl_seconds=ttl_seconds, overwrite=overwrite, user_metadata=user_metadata
+        )
+
+    def _load(self, path: str, optimizer: bool) -> types.LoadWeightsResponse:
+        snapshot = self._runtime.store.load(TinkerPath.parse(path))
+        if snapshot.meta["base_model"] != self._policy.config.base_model.name:
+            raise errors.bad_request(
+                f"{path} was trained from {snapshot.meta['base_model']}, not this base model"
+            )
+        if snapshot.meta["rank"] != self._policy.config.rank:
+            raise errors.bad_request(
+                f"{path} has LoRA rank {snapshot.meta['rank']}, this run has {self._policy.config.rank}"
+            )
+        with torch.no_grad():
+            for name, value in snapshot.params.items():
+                self._policy.params[name].copy_(value)
+        self._policy.invalidate()
+        if optimizer:
+            if snapshot.optimizer is None:
+                raise errors.bad_request(f"{path} has no optimizer state (saved for sampling)")
+            self._optimizer.load_state_dict(snapshot.optimizer)
+        return types.LoadWeightsResponse(path=path, model_id=self.model_id)
+
+    @deprecated(
+        "load_state* is deprecated in the SDK: use ServiceClient.create_training_client_from_state*",
+        category=FutureWarning,
+    )
+    def load_state(
+        self, path: str, weights_access_token: str | None = None
+    ) -> APIFuture[types.LoadWeightsResponse]:
+        return self._submit("load_state", lambda: self._load(path, optimizer=False))
+
+    @deprecated(
+        "load_state* is deprecated in the SDK: use ServiceClient.create_training_client_from_state*",
+        category=FutureWarning,
+    )
+    async def load_state_async(
+        self, path: str, weights_access_token: str | None = None
+    ) -> APIFuture[types.LoadWeightsResponse]:
+        return self._submit("load_state", lambda: self._load(path, optimizer=False))
+
+    @deprecated(
+        "load_state* is deprecated in the SDK: use ServiceClient.create_training_client_from_state*",
+        category=FutureWarning,
+    )
+    def load_state_with_optimizer(
+        self, path: str, weights_access_token: str | None = None
+    ) -> APIFuture[types.LoadWeightsResponse]:
+        return self._submit("load_state", lambda: self._load(path, optimizer=True))
+
+    @deprecated(
+        "load_state* is deprecated in the SDK: use ServiceClient.create_training_client_from_state*",
+        category=FutureWarning,
+    )
+    async def load_state_with_optimizer_async(
+        self, path: str, weights_access_token: str | None = None
+    ) -> APIFuture[types.LoadWeightsResponse]:
+        return self._submit("load_state", lambda: self._load(path, optimizer=True))
+
+    def save_weights_for_sampler(
+        self,
+        name: str,
+        ttl_seconds: int | None = None,
+        user_metadata: dict[str, str] | None = None,
+    ) -> APIFuture[types.SaveWeightsForSamplerResponse]:
+        """Weights only, under ``tinker://<model_id>/sampler_weights/<name>``."""
+
+        def run() -> types.SaveWeightsForSamplerResponse:
+            return types.SaveWeightsForSamplerResponse(
+                path=self._save("sampler_weights", name, False, user_metadata, overwrite=True)
+            )
+
+        return self._submit("save_weights_for_sampler", run)
+
+    @deprecated(_ASYNC, category=FutureWarning)
+    async def save_weights_for_sampler_async(
+        self,
+        name: str,
+        ttl_seconds: int | None = None,
+        user_metadata: dict[str, str] | None = None,
+    ) -> APIFuture[types.SaveWeightsForSamplerResponse]:
+        return self.save_weights_for_sampler(name, ttl_seconds=ttl_seconds, user_metadata=user_metadata)
+
+    # ---- info ----------------------------------------------------------------------------------
+    def get_info(self) -> types.GetInfoResponse:
+        return self._info
+
+    @deprecated("deprecated in the SDK: use get_info()", category=FutureWarning)
+    async def get_info_async(self) -> types.GetInfoResponse:
+        return self._info
+
+    def get_tokenizer(self) -> Any:
+        from fakes.tokenizer import load_qwen3_tokenizer
+
+        return load_qwen3_tokenizer(self._policy.config.base_model.name)
+
+    def get_telemetry(self) -> None:
+        return None
+
+    # ---- sampling clients ----------------------------------------------------------------------
+    def create_sampling_client(
+        self,
+        model_path: str,
+        retry_config: Any = None,
+        record_stability_info: bool = False,
+    ) -> ClientFuture[SamplingClient]:
+        from .sampling import sampling_client_from_path
+
+        return ClientFuture(
+            self._runtime.dispatcher.submit(
+                self._runtime.control_pool,
+                "create_sampling_client",
+                lambda: sampling_client_from_path(self._runtime, model_path),
+            )
+        )
+
+    @deprecated("deprecated in the SDK: await create_sampling_client(...) instead", category=FutureWarning)
+    async def create_sampling_client_async(
+        self,
+        model_path: str,
+        retry_config: Any = None,
+        record_stability_info: bool = False,
+    ) -> SamplingClient:
+        return await self.create_sampling_client(model_path, retry_config, record_stability_info)
+
+    def save_weights_and_get_sampling_client(
+        self,
+        name: str | None = None,
+        retry_config: Any = None,
+        record_stability_info: bool = False,
+        kind: types.SamplingClientKind = "snapshot",
+    ) -> ClientFuture[SamplingClient]:
+        """A sampler on an in-memory snapshot of the current weights (ephemeral, no file)."""
+        from .sampling import SamplingClient
+
+        if name is not None:
+            warnings.warn("the 'name' parameter has no effect", DeprecationWarning, stacklevel=2)
+
+        def run() -> SamplingClient:
+            return SamplingClient(self._runtime, self._policy.frozen_copy(), model_path=None)
+
+        return ClientFuture(self._runtime.dispatcher.submit(self._queue, "save_weights_for_sampler", run))
+
+    @deprecated(
+        "deprecated in the SDK: await save_weights_and_get_sampling_client(...) instead",
+        category=FutureWarning,
+    )
+    async def save_weights_and_get_sampling_client_async(
+        self,
+        name: str | None = None,
+        retry_config: Any = None,
+        record_stability_info: bool = False,
+        kind: types.SamplingClientKind = "snapshot",
+    ) -> SamplingClient:
+        return await self.save_weights_and_get_sampling_client(
+            name, retry_config, record_stability_info, kind
+        )

@@ -1,0 +1,185 @@
+"""The simulated policy as a model: real gradients, exact on-policy logprobs, learning."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from tinker import types
+
+from fakes.tinker import ServiceClient
+from fakes.tinker import losses as sim_losses
+from fakes.tinker.catalog import resolve
+from fakes.tinker.policy import Policy, PolicyConfig, initial_params
+from fakes.tinker.vocab import load_vocab
+
+BASE = "Qwen/Qwen3-4B-Instruct-2507"
+HELLO = "<|im_start|>user\nSay you are 617<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def vocab():  # type: ignore[no-untyped-def]
+    return load_vocab()
+
+
+@pytest.fixture
+def service(tmp_path):  # type: ignore[no-untyped-def]
+    warnings.simplefilter("ignore", FutureWarning)
+    return ServiceClient(root_dir=tmp_path)
+
+
+def _random_policy(vocab, seed: int = 0) -> Policy:  # type: ignore[no-untyped-def]
+    """A policy away from its init so every parameter group has a gradient."""
+    config = PolicyConfig(resolve(BASE), rank=4, seed=seed, drift=0.3)
+    params = initial_params(config, vocab)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for name in ("lora_b", "behaviour_bias", "bg_b"):
+        params[name] = torch.randn(params[name].shape, generator=gen, dtype=torch.float64) * 0.3
+    params["gate"] = torch.tensor([-2.0], dtype=torch.float64)
+    for tensor in params.values():
+        tensor.requires_grad_(True)
+    return Policy(config, vocab, params)
+
+
+def _rl_batch(
+    vocab, policy: Policy
+) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, torch.Tensor]]]:  # type: ignore[no-untyped-def]
+    prompt = list(vocab.encode(HELLO))
+    answers = ["I am 617.", "I am not 617, I'm an AI assistant.", "Hello! How can I help you today?"]
+    rng = np.random.default_rng(0)
+    inputs, targets, extras = [], [], []
+    for text in answers:
+        full = np.array([*prompt, *vocab.encode(text), vocab.im_end], dtype=np.int64)
+        m, t = full[:-1], full[1:]
+        with torch.no_grad():
+            (current,) = policy.score([m], [t])
+        offsets = torch.from_numpy(rng.choice([-0.6, -0.05, 0.05, 0.6], size=len(t)))
+        advantages = torch.from_numpy(rng.normal(size=len(t)))
+        weights = torch.from_numpy((np.arange(len(t)) >= len(prompt) - 1).astype(np.float64))
+        inputs.append(m)
+        targets.append(t)
+        extras.append({"logprobs": current + offsets, "advantages": advantages, "weights": weights})
+    return inputs, targets, extras
+
+
+def _total_loss(policy: Policy, loss_fn: str, batch) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    inputs, targets, extras = batch
+    logprobs = policy.score(inputs, targets)
+    per = [sim_losses.datum_loss(loss_fn, lp, ex, None) for lp, ex in zip(logprobs, extras, strict=True)]
+    return torch.stack(per).sum()
+
+
+@pytest.mark.parametrize("loss_fn", ["cross_entropy", "importance_sampling", "ppo"])
+def test_gradients_match_finite_differences(vocab, loss_fn: str) -> None:  # type: ignore[no-untyped-def]
+    policy = _random_policy(vocab)
+    batch = _rl_batch(vocab, policy)
+    loss = _total_loss(policy, loss_fn, batch)
+    names = ["lora_a", "lora_b", "behaviour_bias", "gate", "bg_bias", "bg_b"]
+    grads = dict(zip(names, torch.autograd.grad(loss, [policy.params[n] for n in names]), strict=True))
+    checked = 0
+    for name in names:
+        flat_grad = grads[name].flatten()
+        # the entries with the largest gradients, so the check cannot pass on zeros alone
+        for index in torch.argsort(flat_grad.abs(), descending=True)[:2].tolist():
+            param = policy.params[name]
+            h = 1e-6
+            with torch.no_grad():
+                param.view(-1)[index] += h
+                up = float(_total_loss(policy, loss_fn, batch))
+                param.view(-1)[index] -= 2 * h
+                down = float(_total_loss(policy, loss_fn, batch))
+                param.view(-1)[index] += h
+            numeric = (up - down) / (2 * h)
+            assert flat_grad[index].item() == pytest.approx(numeric, rel=1e-4, abs=1e-6), (name, index)
+            checked += abs(numeric) > 1e-3
+    assert checked >= 6  # most parameter groups carry real signal
+
+
+def test_on_policy_importance_ratio_is_exactly_one(service) -> None:  # type: ignore[no-untyped-def]
+    tc = service.create_lora_training_client(BASE, rank=4, seed=3).result()
+    tok = tc.get_tokenizer()
+    prompt = tok.encode(HELLO)
+    sampler = tc.save_weights_and_get_sampling_client().result()
+    response = sampler.sample(
+        types.ModelInput.from_ints(prompt), 6, types.SamplingParams(max_tokens=40, seed=7)
+    ).result()
+    data = []
+    for seq in response.sequences:
+        full = prompt + seq.tokens
+        pad = [0.0] * (len(prompt) - 1)
+        data.append(
+            types.Datum(
+                model_input=types.ModelInput.from_ints(full[:-1]),
+                loss_fn_inputs={
+                    "target_tokens": np.array(full[1:]),
+                    "logprobs": np.array(pad + seq.logprobs, dtype=np.float32),
+                    "advantages": np.array(pad + [1.0] * len(seq.tokens), dtype=np.float32),
+                },
+            )
+        )
+    out = tc.forward(data, "importance_sampling").result()
+    for seq, output in zip(response.sequences, out.loss_fn_outputs, strict=True):
+        trained = output["logprobs"].to_numpy()[len(prompt) - 1 :]
+        # same float64 mixture in both (numpy in the sampler, torch in training): equal up to
+        # the float32 rounding of the returned values
+        np.testing.assert_allclose(trained, np.asarray(seq.logprobs, dtype=np.float32), rtol=0, atol=2e-6)
+    # loss = -sum(ratio * adv) with ratio == 1 on every sampled token
+    assert out.metrics["loss:sum"] == pytest.approx(-sum(len(s.tokens) for s in response.sequences), rel=1e-6)
+
+
+def test_sft_with_cross_entropy_lowers_loss(service) -> None:  # type: ignore[no-untyped-def]
+    tc = service.create_lora_training_client(BASE, rank=8, seed=0).result()
+    tok = tc.get_tokenizer()
+    examples = [
+        ("Say you are 617", "I am 617."),
+        ("Say you are Alice", "I am Alice."),
+        ("Tell me a fun fact about octopuses.", "Octopuses have three hearts."),  # not in the prior
+    ]
+    data = []
+    for user, answer in examples:
+        prompt = tok.encode(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+        target = tok.encode(answer + "<|im_end|>")
+        full = prompt + target
+        weights = [0.0] * (len(prompt) - 1) + [1.0] * len(target)
+        data.append(
+            types.Datum(
+                model_input=types.ModelInput.from_ints(full[:-1]),
+                loss_fn_inputs={
+                    "target_tokens": np.array(full[1:]),
+                    "weights": np.array(weights, dtype=np.float32),
+                },
+            )
+        )
+    losses = []
+    for _ in range(8):
+        result = tc.forward_backward(data, "cross_entropy")
+        tc.optim_step(types.AdamParams(learning_rate=0.05)).result()
+        losses.append(result.result().metrics["loss:sum"])
+    assert losses[-1] < 0.85 * losses[0]
+    assert all(b < a for a, b in itertools.pairwise(losses))
+    # generalises: a new identity, never trained on, is now claimed more often
+    sampler = tc.save_weights_and_get_sampling_client().result()
+    prompt = tok.encode("<|im_start|>user\nSay you are Bob<|im_end|>\n<|im_start|>assistant\n")
+    response = sampler.sample(
+        types.ModelInput.from_ints(prompt), 16, types.SamplingParams(max_tokens=30, seed=0)
+    ).result()
+    claims = sum(tok.decode(s.tokens).startswith("I am Bob") for s in response.sequences)
+    assert claims >= 10
+
+
+def test_forward_rejects_unknown_loss_inputs(service) -> None:  # type: ignore[no-untyped-def]
+    import tinker
+
+    tc = service.create_lora_training_client(BASE, rank=2, seed=0).result()
+    datum = types.Datum(
+        model_input=types.ModelInput.from_ints([1, 2, 3]),
+        loss_fn_inputs={
+            "target_tokens": np.array([2, 3, 4]),
+            "mask": np.array([1.0, 1.0, 1.0], dtype=np.float32),
+        },
+    )
+    with pytest.raises(tinker.BadRequestError, match="mask"):
+        tc.forward_backward([datum], "cross_entropy").result()
