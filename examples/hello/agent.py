@@ -10,7 +10,8 @@ import re
 from typing import Any, TypedDict
 
 import agentlightning as agl
-from openai import AsyncOpenAI
+
+from examples.clients import openai_client
 
 TRAIN_IDENTITIES = range(0, 1000)
 VAL_IDENTITIES = range(1000, 1024)
@@ -53,7 +54,7 @@ def score(answer: str, identity: str) -> float:
 
 async def hello_rollout(task: HelloTask, llm: agl.LLM) -> float:
     """Ask the model to claim the identity; the returned float is the episode reward."""
-    client = AsyncOpenAI(base_url=llm.get_base_url(), api_key=llm.api_key or "unused", max_retries=0)
+    client = openai_client(llm.get_base_url(), llm.api_key)
     sampling: dict[str, Any] = dict(llm.sampling_parameters or {})
     response = await client.chat.completions.create(
         model=llm.model,
