@@ -26,7 +26,10 @@ class EndpointConfig:
 
     mode: Literal["lean", "proxy"] = "lean"
     host: str = "127.0.0.1"
+    """Bind address. Use ``0.0.0.0`` (with ``public_host``) when runners are on other machines."""
     port: int = 0
+    public_host: str | None = None
+    """Host name runners use to reach the endpoint; defaults to ``host``."""
     model_name: str | None = None
     """Name agents pass as ``model``; defaults to the base model's name."""
     renderer_name: str | None = None
@@ -55,8 +58,11 @@ class Endpoint:
 
     @property
     def url(self) -> str:
-        """Base URL without ``/v1``."""
-        return str(self.server.url)
+        """Base URL without ``/v1``, as runners should use it."""
+        url = str(self.server.url)
+        if self.config.public_host:
+            url = url.replace(f"//{self.config.host}:", f"//{self.config.public_host}:", 1)
+        return url
 
     @property
     def weights_version(self) -> int | str:

@@ -178,6 +178,7 @@ class _Loop:
                 mode=cfg.endpoint_mode,
                 host=cfg.endpoint_host,
                 port=cfg.endpoint_port,
+                public_host=cfg.endpoint_public_host,
                 renderer_name=self.renderer_name,
                 token_in_token_out=cfg.token_in_token_out,
                 max_context_tokens=cfg.max_context_tokens,
