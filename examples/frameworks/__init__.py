@@ -1,0 +1,1 @@
+"""Agents written with mainstream frameworks, trained through the same endpoint unchanged."""
