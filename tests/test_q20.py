@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -18,7 +18,15 @@ import pytest_asyncio
 from aiohttp import web
 from openai.types.chat import ChatCompletion
 
-from examples.q20.agent import MAX_QUESTIONS, GameResult, as_bool, game_reward, parse_task, play_game
+from examples.q20.agent import (
+    MAX_QUESTIONS,
+    EndReason,
+    GameResult,
+    as_bool,
+    game_reward,
+    parse_task,
+    play_game,
+)
 from examples.q20.answerer import (
     LLMAnswerer,
     OfflineAnswerer,
@@ -417,17 +425,15 @@ def test_reward_shape() -> None:
 def test_summary_groups_and_excludes_errors_from_rates() -> None:
     def game(category: str, won: bool, search: bool) -> GameResult:
         turns = 4 if won else 20
-        return GameResult(
-            category, "x", search, won, turns, 1, 0, turns + 1, game_reward(won, turns), "correct"
-        )
+        end: EndReason = "correct" if won else "out_of_questions"
+        return GameResult(category, "x", search, won, turns, 1, 0, turns + 1, game_reward(won, turns), end)
 
     failed = [parse_task({"category": "food", "answer": "egg", "search_enabled": True})]
     summary = summarize(
         [game("animal", True, True), game("animal", False, False), game("food", True, True)], failed
     )
-    assert summary.overall == Stats(
-        3, 1, 2, 2 / 3, 28 / 3, 4.0, 1.0, pytest.approx(2 * game_reward(True, 4) / 3)
-    )
+    expected = Stats(3, 1, 2, 2 / 3, 28 / 3, 4.0, 1.0, 2 * game_reward(True, 4) / 3)
+    assert asdict(summary.overall) == pytest.approx(asdict(expected))
     assert summary.by_category["food"].errors == 1 and summary.by_category["food"].games == 1
     assert summary.by_search["off"].wins == 0 and summary.by_search["on"].games == 2
     table = summary.table()

@@ -65,7 +65,7 @@ def check_transcript(result: GameResult) -> None:
     assert result.reward == game_reward(result.won, result.turns)
     assert result.won == (result.end_reason == "correct") == (messages[-1]["content"].startswith("Correct!"))
     if not result.won:
-        assert result.turns == 20
+        assert result.turns >= 20
 
 
 async def test_games_with_search_are_multi_turn_and_use_the_tool(served: tuple[Endpoint, Any]) -> None:

@@ -136,7 +136,8 @@ class GameResult:
     search_enabled: bool
     won: bool
     turns: int
-    """Questions the answerer heard (the winning guess included), plus refused tool calls."""
+    """Questions the answerer heard (the winning guess included), plus refused tool calls; a lost
+    game can end past ``max_questions`` when its last answer held several refused calls."""
     tool_calls: int
     """Searches executed."""
     refused_tool_calls: int

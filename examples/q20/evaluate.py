@@ -132,6 +132,10 @@ class Summary:
         rows = [header, "-" * len(header)]
 
         def row(name: str, s: Stats) -> str:
+            if not s.games:  # only failed games: no rates to show
+                return f"{name:<22}{s.games:>6}{s.errors:>5}" + "".join(
+                    f"{'-':>{w}}" for w in (6, 7, 7, 8, 7, 8)
+                )
             won = "-" if s.mean_turns_won is None else f"{s.mean_turns_won:.1f}"
             return (
                 f"{name:<22}{s.games:>6}{s.errors:>5}{s.wins:>6}{100 * s.win_rate:>6.1f}%"
@@ -262,7 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(summary.table())
     print(f"games written to {args.out}")
-    return 0
+    if summary.overall.errors:
+        print(f"warning: {summary.overall.errors} game(s) failed; see 'error' in {args.out}", file=sys.stderr)
+    return 1 if summary.overall.errors and not summary.overall.games else 0
 
 
 if __name__ == "__main__":
