@@ -60,3 +60,40 @@ def fast_runner(poll_interval: float = 0.05) -> LitAgentRunner[Any]:
     tokens, so the runner only needs to capture rewards and the agent's own spans.
     """
     return LitAgentRunner(OtelTracer(), poll_interval=poll_interval, interval_jitter=poll_interval / 5)
+
+
+def fit(
+    agent: agl.LitAgent[Any],
+    config: TrainConfig,
+    train_tasks: Sequence[Any],
+    val_tasks: Sequence[Any] | None = None,
+    *,
+    n_runners: int = 2,
+    required_fields: Sequence[str] = (),
+    store_host: str = "127.0.0.1",
+    store_port: int | None = None,
+) -> TrainResult:
+    """One command: store server, this algorithm and ``n_runners`` runner processes via ``agl.Trainer``."""
+    from agentlightning.execution.client_server import ClientServerExecutionStrategy
+
+    algorithm = TinkerAlgorithm(config, required_fields=required_fields)
+    trainer = agl.Trainer(
+        algorithm=algorithm,
+        n_runners=n_runners,
+        runner=fast_runner(),
+        strategy=ClientServerExecutionStrategy(
+            n_runners=n_runners, server_host=store_host, server_port=store_port or _free_port(store_host)
+        ),
+    )
+    trainer.fit(agent, train_dataset=list(train_tasks), val_dataset=list(val_tasks) if val_tasks else None)
+    if algorithm.result is None:
+        raise RuntimeError("training did not finish: see the log above")
+    return algorithm.result
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

@@ -43,6 +43,56 @@ def _hello(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_transcripts(path: str) -> None:
+    import json
+
+    with open(path) as f:
+        for line in f:
+            game = json.loads(line)
+            print(
+                f"--- {game.get('category')}: {game.get('answer')} (won={game.get('won')}, turns={game.get('turns')})"
+            )
+            for m in game.get("messages", [])[1:]:
+                text = m.get("content") or ""
+                calls = [
+                    c["function"]["name"] + c["function"]["arguments"] for c in m.get("tool_calls") or []
+                ]
+                print(f"  {m['role']:>9}: {(text or ' '.join(calls))[:110]}")
+
+
+def _q20(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from examples.q20 import train as q20
+
+    if args.mode == "dryrun":
+        out = args.out or "q20_dryrun.jsonl"
+        summary = asyncio.run(q20.run_dryrun(args.games, out))
+        _print_transcripts(out)
+        print(summary.table())
+        return 0
+    if args.mode == "evaluate":
+        if args.base_url:
+            from examples.q20.evaluate import main as evaluate_main
+
+            argv = ["--base-url", args.base_url, "--model", args.model, "--split", args.split]
+            argv += ["--out", args.out or "q20_eval.jsonl"]
+            argv += ["--limit", str(args.limit)] if args.limit else []
+            return evaluate_main(argv)
+        out = args.out or "q20_eval.jsonl"
+        summary = asyncio.run(q20.run_evaluate_offline(args.split, out, args.limit))
+        print(summary.table())
+        print(f"games written to {out}")
+        return 0
+    log_path = args.log_path or q20.default_log_path()
+    settings = q20.Q20Settings.ci(log_path) if args.ci else q20.Q20Settings(log_path=log_path)
+    if args.steps is not None:
+        settings = q20.Q20Settings(**{**settings.__dict__, "steps": args.steps})
+    print(f"20 Questions training, logging to {log_path}", flush=True)
+    q20.print_train_summary(q20.run_train(settings))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agl-tinker", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -67,6 +117,27 @@ def build_parser() -> argparse.ArgumentParser:
     hello.add_argument("--log-path", help="where metrics, checkpoints and the reward curve go (resumes)")
     hello.add_argument("--store", default="http://127.0.0.1:4747", help="store URL for split mode")
     hello.set_defaults(func=_hello)
+
+    q20 = sub.add_parser(
+        "q20",
+        help="20 Questions with a search tool: dryrun, train, evaluate",
+        description="dryrun plays a few games against the untrained policy and prints them; train runs "
+        "one-click training; evaluate scores the base model offline, or any OpenAI-compatible model "
+        "with --base-url.",
+    )
+    q20.add_argument("mode", choices=["dryrun", "train", "evaluate"])
+    q20.add_argument("--games", type=int, default=4, help="dryrun: games to play")
+    q20.add_argument("--ci", action="store_true", help="train: a short configuration")
+    q20.add_argument("--steps", type=int, help="train: training steps")
+    q20.add_argument("--log-path", help="train: where metrics and checkpoints go (resumes)")
+    q20.add_argument(
+        "--base-url", help="evaluate: an OpenAI-compatible /v1 URL (default: the offline base model)"
+    )
+    q20.add_argument("--model", default="Qwen/Qwen3-4B-Instruct-2507", help="evaluate: model name")
+    q20.add_argument("--split", default="val", choices=["train", "val", "all"])
+    q20.add_argument("--limit", type=int, help="evaluate: play only the first N tasks")
+    q20.add_argument("--out", help="JSONL file for the games")
+    q20.set_defaults(func=_q20)
     return parser
 
 

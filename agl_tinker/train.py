@@ -163,16 +163,16 @@ class _Loop:
     async def start(self, start_step: int, state_path: str | None) -> None:
         cfg = self.config
         if state_path is not None:
-            self.training_client = await self.service.create_training_client_from_state_with_optimizer_async(
+            self.training_client = await self.service.create_training_client_from_state_with_optimizer(
                 state_path
             )
         else:
-            self.training_client = await self.service.create_lora_training_client_async(
+            self.training_client = await self.service.create_lora_training_client(
                 cfg.model_name, rank=cfg.lora_rank, seed=cfg.seed
             )
         if cfg.kl_penalty_coef > 0:
-            self.kl_reference = self.service.create_sampling_client(base_model=cfg.model_name)
-        sampling_client = await self.training_client.save_weights_and_get_sampling_client_async()
+            self.kl_reference = await self.service.create_sampling_client(base_model=cfg.model_name)
+        sampling_client = await self.training_client.save_weights_and_get_sampling_client()
         self.endpoint = await start_endpoint(
             EndpointConfig(
                 mode=cfg.endpoint_mode,
@@ -302,7 +302,7 @@ class _Loop:
                 metrics.update({f"optim/{k}": v for k, v in optim_metrics.items()})
         metrics["train/datums"] = n_datums
         t_trained = time.perf_counter()
-        sampling_client = await self.training_client.save_weights_and_get_sampling_client_async()
+        sampling_client = await self.training_client.save_weights_and_get_sampling_client()
         self.endpoint.swap(sampling_client, version=step + 1)
         stats = batch.stats
         metrics.update(

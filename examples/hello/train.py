@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import agentlightning as agl
 from agentlightning.execution.client_server import ClientServerExecutionStrategy
 from agentlightning.store.client_server import LightningStoreClient
 
-from agl_tinker.algo import TinkerAlgorithm, fast_runner
+from agl_tinker.algo import fast_runner, fit
 from agl_tinker.config import TrainConfig
 from agl_tinker.report import summary_lines
 from agl_tinker.train import TrainResult, train
@@ -66,27 +65,16 @@ def default_log_path() -> str:
     return os.path.join(tempfile.gettempdir(), "agl-tinker", f"hello-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_one_click(settings: HelloSettings) -> TrainResult:
     """Store, algorithm and ``n_runners`` runner processes, all from ``agl.Trainer``."""
-    algorithm = TinkerAlgorithm(settings.config(), required_fields=("identity",))
-    trainer = agl.Trainer(
-        algorithm=algorithm,
+    return fit(
+        hello_agent,
+        settings.config(),
+        hello_dataset("train"),
+        hello_dataset("val"),
         n_runners=settings.n_runners,
-        runner=fast_runner(),
-        strategy=ClientServerExecutionStrategy(
-            n_runners=settings.n_runners, server_host="127.0.0.1", server_port=_free_port()
-        ),
+        required_fields=("identity",),
     )
-    trainer.fit(hello_agent, train_dataset=hello_dataset("train"), val_dataset=hello_dataset("val"))
-    if algorithm.result is None:
-        raise RuntimeError("training did not finish: see the log above")
-    return algorithm.result
 
 
 def run_algo(settings: HelloSettings, store_url: str) -> TrainResult:
