@@ -24,6 +24,34 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 SECONDS = float(os.environ.get("AGL_BENCH_SECONDS", "4"))
+ANSWER = "Hello! How can I help you today?"
+
+
+class InstantSampler:
+    """A sampling client that answers a fixed, pre-tokenized message at once.
+
+    It isolates the endpoint's own cost (HTTP, validation, rendering, LiteLLM, parsing, spans)
+    from the model's, as the issue's measurements of LLMProxy and aiohttp did.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        import numpy as np
+        import tinker
+
+        tokens = [*tokenizer.encode(ANSWER), tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        self._response = tinker.SampleResponse(
+            sequences=[
+                tinker.SampledSequence(
+                    stop_reason="stop",
+                    sequence_id="instant",
+                    tokens_np=np.asarray(tokens, dtype=np.int32),
+                    logprobs_np=np.full(len(tokens), -0.1, dtype=np.float32),
+                )
+            ]
+        )
+
+    async def sample_async(self, prompt: Any, num_samples: int, sampling_params: Any) -> Any:
+        return self._response
 
 
 def drive(url: str, clients: int, seconds: float) -> dict[str, Any]:
@@ -60,7 +88,9 @@ def _pct(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3) if ordered else float("nan")
 
 
-async def measure(mode: str, pool: concurrent.futures.ProcessPoolExecutor) -> dict[str, Any]:
+async def measure(
+    mode: str, pool: concurrent.futures.ProcessPoolExecutor, instant: bool = True
+) -> dict[str, Any]:
     from agentlightning.store.memory import InMemoryLightningStore
     from agentlightning.store.threading import LightningStoreThreaded
 
@@ -68,8 +98,11 @@ async def measure(mode: str, pool: concurrent.futures.ProcessPoolExecutor) -> di
     from agl_tinker.endpoint import EndpointConfig, start_endpoint
 
     tokenizer = get_tokenizer(MODEL)
-    future = service_client(latency_s=0.0).create_sampling_client(base_model=MODEL)
-    sampler = future.result() if hasattr(future, "result") else future
+    sampler: Any = (
+        InstantSampler(tokenizer)
+        if instant
+        else await service_client(latency_s=0.0).create_sampling_client(base_model=MODEL)
+    )
     store = LightningStoreThreaded(InMemoryLightningStore())
     endpoint = await start_endpoint(
         EndpointConfig(mode=mode),  # type: ignore[arg-type]
@@ -114,7 +147,9 @@ async def main() -> None:
     with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
         lean = await measure("lean", pool)
         baseline = await measure("proxy", pool)
-    print(json.dumps({**lean, "baseline": baseline}))
+        with_model = await measure("lean", pool, instant=False)
+    with_model = {k: with_model[k] for k in ("overhead_ms_p50", "calls_per_s")}
+    print(json.dumps({**lean, "baseline": baseline, "lean_with_simulated_model": with_model}))
 
 
 if __name__ == "__main__":
