@@ -229,6 +229,8 @@ class _Loop:
             rollout_config=rollout_config,
             max_in_flight=cfg.max_in_flight,
             batch_timeout_s=cfg.batch_timeout_s,
+            # The endpoint stores spans off the request path: store them before reading a rollout's.
+            before_read=self.endpoint.flush if self.endpoint is not None else None,
         )
         self.progress.begin(label, len(tasks) * group_size)
         try:
@@ -383,9 +385,10 @@ async def train(
                 result.evals.append({"step": step, **evaluation})
                 metrics.update(evaluation)
             metrics.update(await loop.train_step(step))
+            # Metrics first: a kill between the two repeats this step on resume, never hides it.
+            ml_logger.log_metrics(metrics, step=step)
             if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < n_steps:
                 await loop.checkpoint(f"{step + 1:06d}", step + 1)
-            ml_logger.log_metrics(metrics, step=step)
             result.steps.append({"step": step, **metrics})
             loop.progress.step_done(step, n_steps, metrics)
             if on_step is not None:
