@@ -129,6 +129,11 @@ class DispatchConfig:
         watchdog_s: ``events`` mode only: how often to let the store run its timeout watchdog.
         store_retries: retries of a store call that failed with a transient (network) error.
         metadata: extra rollout metadata (``group_index`` and ``group_slot`` are always added).
+        before_read: awaited before the spans of finished rollouts are read. Pass the endpoint's
+            ``flush``: it records a call's span off the request path, so a rollout can finish
+            before the span of its last call reaches the store; every call of a finished rollout
+            was answered (hence recorded) before it finished, so a flush begun after the store
+            reports it finished covers them all.
     """
 
     mode: RolloutMode = "train"
@@ -142,6 +147,7 @@ class DispatchConfig:
     watchdog_s: float = 1.0
     store_retries: int = 3
     metadata: Mapping[str, Any] | None = None
+    before_read: Callable[[], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         if self.max_in_flight is not None and self.max_in_flight < 1:
@@ -615,6 +621,8 @@ class _Dispatch(Generic[T]):
         per rollout instead of two, which matters when a burst of completions queues at the server.
         """
         t = time.perf_counter()
+        if self.cfg.before_read is not None:
+            await self.cfg.before_read()
         store = self.store
         ids = [rid for rid, _ in items]
         rollouts = asyncio.ensure_future(
