@@ -9,6 +9,7 @@ so requests in flight finish on the weights they started with.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import logging
 import time
@@ -36,6 +37,8 @@ PROVIDER_NAME = "agl_tinker"
 """Prefix of the LiteLLM provider names :func:`register` hands out."""
 
 _REUSED_PREFIX = "agl_tinker_reused_prefix_length"
+TITO_SCOPE = "agl_tinker_tito_scope"
+"""LiteLLM ``metadata`` key under which the lean server passes a request's rollout attempt."""
 _TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     tinker.InternalServerError,
     tinker.APIConnectionError,
@@ -84,6 +87,32 @@ def _openai_tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
         }
         for call in calls
     ]
+
+
+def tito_scope(litellm_params: Mapping[str, Any] | None) -> str | None:
+    """The rollout attempt a request belongs to, for scoping token-in-token-out; ``None`` if unknown.
+
+    The lean server puts it in LiteLLM's ``metadata`` (:data:`TITO_SCOPE`); behind Agent-lightning's
+    LLMProxy it arrives as the ``x-rollout-id``/``x-attempt-id`` headers its middleware adds.
+    """
+    metadata = (litellm_params or {}).get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        return None
+    scope = metadata.get(TITO_SCOPE)
+    if scope is not None:
+        return str(scope)
+    for key in ("requester_custom_headers", "headers"):
+        headers = metadata.get(key)
+        if isinstance(headers, str):
+            try:
+                headers = ast.literal_eval(headers)
+            except (ValueError, SyntaxError):
+                continue
+        if isinstance(headers, Mapping):
+            lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+            if lowered.get("x-rollout-id") and lowered.get("x-attempt-id"):
+                return f"{lowered['x-rollout-id']}/{lowered['x-attempt-id']}"
+    return None
 
 
 def _truncate_at_stop(tokenizer: Any, tokens: list[int], stops: list[str]) -> tuple[int, str] | None:
@@ -188,11 +217,12 @@ class TinkerChatProvider(CustomLLM):
                 await asyncio.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
 
-    async def generate(self, request: ChatRequest) -> Generation:
-        """Render (reusing remembered tokens), sample once, parse. Raises ``BadRequest`` on client errors."""
+    async def generate(self, request: ChatRequest, scope: str | None = None) -> Generation:
+        """Render (reusing tokens remembered in ``scope``, the request's rollout attempt), sample
+        once, parse. Raises ``BadRequest`` on client errors."""
         policy = self._policy
         if self.memory is not None:
-            plan, digests = self.memory.plan(request.messages)
+            plan, digests = self.memory.plan(request.messages, scope)
             prompt, reused = plan.tokens, plan.reused_length
         else:
             prompt = self.renderer.build_generation_prompt(request.messages).to_ints()
@@ -235,7 +265,7 @@ class TinkerChatProvider(CustomLLM):
             answer = renderers.Message(role="assistant", content=text)
             if calls:
                 answer["tool_calls"] = calls
-            self.memory.remember(digests, answer, prompt, tokens)
+            self.memory.remember(digests, answer, prompt, tokens, scope)
         return Generation(
             response_id=f"chatcmpl-{uuid.uuid4().hex}",
             prompt_token_ids=prompt,
@@ -315,7 +345,7 @@ class TinkerChatProvider(CustomLLM):
         body.pop("stream", None)  # streaming is served from the finished answer by the server
         try:
             request = self.parse(body)
-            generation = await self.generate(request)
+            generation = await self.generate(request, tito_scope(litellm_params))
         except BadRequest as exc:
             raise InvalidChatRequest(str(exc), model) from None
         return self.fill_response(generation, request, model, model_response)

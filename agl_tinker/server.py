@@ -23,7 +23,7 @@ from aiohttp import web
 from litellm.types.utils import ModelResponse
 
 from agl_tinker.chat_request import BadRequest
-from agl_tinker.llm import InvalidChatRequest, TinkerChatProvider, span_attributes
+from agl_tinker.llm import TITO_SCOPE, InvalidChatRequest, TinkerChatProvider, span_attributes
 from agl_tinker.span_recorder import CallRecord, SpanRecorder
 
 logger = logging.getLogger(__name__)
@@ -199,6 +199,9 @@ class LeanServer:
         except BadRequest as exc:
             return openai_error(400, str(exc))
         forwarded = {k: v for k, v in body.items() if k not in _NOT_FORWARDED}
+        rollout_id = request.match_info.get("rollout_id")
+        if rollout_id is not None:  # token-in-token-out reuses only this attempt's own tokens
+            forwarded["metadata"] = {TITO_SCOPE: f"{rollout_id}/{request.match_info['attempt_id']}"}
         try:
             response: ModelResponse = await litellm.acompletion(
                 model=self.litellm_model, messages=body["messages"], **forwarded
@@ -212,7 +215,6 @@ class LeanServer:
             return openai_error(500, "the sampler failed to answer; see the server log", "server_error")
         response.model = model
         completion = response.model_dump()
-        rollout_id = request.match_info.get("rollout_id")
         if rollout_id is not None and self.recorder is not None:
             self.recorder.record(
                 CallRecord(

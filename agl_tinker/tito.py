@@ -8,6 +8,11 @@ exact token sequence ``prompt + sampled`` keyed by a digest of the conversation 
 that answer. When a later request's history starts with such a conversation, its prompt becomes
 those tokens plus the rendering of the new messages (and the generation prompt). A history the agent
 edited has a different digest, misses, and is rendered as usual; alignment then reports the drift.
+
+Entries are scoped (the endpoint passes the rollout attempt a request belongs to): two rollouts of
+one group often say the same text with different tokens (a sampler may tokenize non-canonically),
+and without a scope the second answer's tokens would replace the first's, so the first rollout's
+next prompt would continue tokens it never sampled.
 """
 
 from __future__ import annotations
@@ -38,10 +43,17 @@ def _message_key(message: Message) -> bytes:
     return json.dumps(fields, ensure_ascii=False).encode()
 
 
-def conversation_digests(messages: Sequence[Message]) -> list[bytes]:
-    """``digests[i]`` identifies ``messages[: i + 1]``; a chain so each prefix costs one hash."""
+def scope_digest(scope: str | None) -> bytes:
+    """Start of the digest chain of conversations in ``scope`` (``None``: the unscoped chain)."""
+    if scope is None:
+        return b""
+    return blake2b(b"scope\0" + scope.encode(), digest_size=_DIGEST_SIZE).digest()
+
+
+def conversation_digests(messages: Sequence[Message], scope: str | None = None) -> list[bytes]:
+    """``digests[i]`` identifies ``messages[: i + 1]`` in ``scope``; a chain so each prefix costs one hash."""
     digests: list[bytes] = []
-    previous = b""
+    previous = scope_digest(scope)
     for message in messages:
         previous = blake2b(previous + _message_key(message), digest_size=_DIGEST_SIZE).digest()
         digests.append(previous)
@@ -122,12 +134,13 @@ class TokenMemory:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def plan(self, messages: Sequence[Message]) -> tuple[PromptPlan, list[bytes]]:
-        """The prompt for ``messages``: remembered tokens + rendered continuation when possible.
+    def plan(self, messages: Sequence[Message], scope: str | None = None) -> tuple[PromptPlan, list[bytes]]:
+        """The prompt for ``messages``: remembered tokens (of the same ``scope``) + rendered
+        continuation when possible.
 
         Also returns the conversation digests so :meth:`remember` does not hash the history twice.
         """
-        digests = conversation_digests(messages) if self.enabled else []
+        digests = conversation_digests(messages, scope) if self.enabled else []
         for i in range(len(messages) - 1, -1, -1):
             if not self.enabled or messages[i]["role"] != "assistant":
                 continue
@@ -143,12 +156,18 @@ class TokenMemory:
         return PromptPlan(rendered), digests
 
     def remember(
-        self, digests: Sequence[bytes], answer: Message, prompt: Sequence[int], sampled: Sequence[int]
+        self,
+        digests: Sequence[bytes],
+        answer: Message,
+        prompt: Sequence[int],
+        sampled: Sequence[int],
+        scope: str | None = None,
     ) -> None:
-        """Remember the exact tokens of ``conversation + [answer]`` (digests of the conversation)."""
+        """Remember the exact tokens of ``conversation + [answer]`` (digests of the conversation,
+        as :meth:`plan` returned them for the same ``scope``)."""
         if not self.enabled:
             return
-        key = extend_digest(digests[-1] if digests else b"", answer)
+        key = extend_digest(digests[-1] if digests else scope_digest(scope), answer)
         sequence = (*prompt, *sampled)
         if len(sequence) > self._max_tokens:
             return
