@@ -67,7 +67,9 @@ def sse_chunks(completion: dict[str, Any], include_usage: bool) -> Iterator[byte
         "token_ids": choice.get("token_ids"),
         "token_logprobs": choice.get("token_logprobs"),
     }
-    extras: dict[str, Any] = {k: completion[k] for k in ("prompt_token_ids", "weights_version") if k in completion}
+    extras: dict[str, Any] = {
+        k: completion[k] for k in ("prompt_token_ids", "weights_version") if k in completion
+    }
     yield event({**base, "choices": [last_choice], **usage_field, **extras})
     if include_usage:
         yield event({**base, "choices": [], "usage": completion["usage"]})
