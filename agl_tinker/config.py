@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import chz
 
-from agl_tinker.rewards import RewardMode
+from agl_tinker.rewards import RewardMode, RewardOptions
 
 
 class ConfigError(ValueError):
     """A configuration value is out of range or inconsistent; the message names the field."""
+
+
+LossFn = Literal["importance_sampling", "ppo"]
+EndpointMode = Literal["lean", "proxy"]
 
 
 @chz.chz
@@ -24,7 +28,7 @@ class TrainConfig:
     """Cookbook renderer; ``None`` uses the one the cookbook recommends for ``model_name``."""
     lora_rank: int = 16
     learning_rate: float = 4e-5
-    loss_fn: Literal["importance_sampling", "ppo"] = "importance_sampling"
+    loss_fn: LossFn = "importance_sampling"
     loss_fn_config: dict[str, Any] | None = None
     num_substeps: int = 1
     kl_penalty_coef: float = 0.0
@@ -63,7 +67,7 @@ class TrainConfig:
     max_in_flight: int | None = None
     batch_timeout_s: float | None = None
 
-    endpoint_mode: Literal["lean", "proxy"] = "lean"
+    endpoint_mode: EndpointMode = "lean"
     endpoint_host: str = "127.0.0.1"
     """Bind address of the policy endpoint; set 0.0.0.0 (and ``endpoint_public_host``) for remote runners."""
     endpoint_port: int = 0
@@ -112,3 +116,33 @@ class TrainConfig:
             raise ConfigError(f"max_in_flight must be >= 1 or None, got {self.max_in_flight}")
         if not 0 <= self.endpoint_port <= 65535:
             raise ConfigError(f"endpoint_port must be in 0..65535, got {self.endpoint_port}")
+        if self.min_valid_per_group < 0:
+            raise ConfigError(f"min_valid_per_group must be >= 0, got {self.min_valid_per_group}")
+        if self.batch_timeout_s is not None and not self.batch_timeout_s > 0:
+            raise ConfigError(f"batch_timeout_s must be > 0 or None, got {self.batch_timeout_s}")
+        if self.max_context_tokens < 1:
+            raise ConfigError(f"max_context_tokens must be >= 1, got {self.max_context_tokens}")
+        # chz does not check Literal/enum values: a typo would only fail (or silently differ) later.
+        choices: dict[str, tuple[str, tuple[str, ...]]] = {
+            "loss_fn": (self.loss_fn, get_args(LossFn)),
+            "endpoint_mode": (self.endpoint_mode, get_args(EndpointMode)),
+        }
+        for name, (choice, allowed) in choices.items():
+            if choice not in allowed:
+                raise ConfigError(f"{name} must be one of {list(allowed)}, got {choice!r}")
+        if self.reward_mode not in {m.value for m in RewardMode}:
+            raise ConfigError(
+                f"reward_mode must be one of {[m.value for m in RewardMode]}, got {self.reward_mode!r}"
+            )
+
+    def reward_options(self) -> RewardOptions:
+        """The reward settings as the pure core takes them (``reward_mode`` as a ``RewardMode``).
+
+        The core compares modes by identity, so a plain string such as ``"sum"`` must become the
+        enum member here, or it would silently behave as neither mode.
+        """
+        return RewardOptions(
+            mode=RewardMode(self.reward_mode),
+            excluded_score=self.excluded_score,
+            min_valid_per_group=self.min_valid_per_group,
+        )

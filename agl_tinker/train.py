@@ -38,7 +38,6 @@ from agl_tinker.data import TaskDataset, build_datasets
 from agl_tinker.endpoint import Endpoint, EndpointConfig, start_endpoint
 from agl_tinker.progress import ProgressDisplay
 from agl_tinker.report import write_reward_curve
-from agl_tinker.rewards import RewardOptions
 from agl_tinker.rollout import BatchResult, DispatchConfig, dispatch_batch
 
 logger = logging.getLogger(__name__)
@@ -146,11 +145,7 @@ class _Loop:
         self.renderer_name = config.renderer_name or model_info.get_recommended_renderer_name(
             config.model_name
         )
-        self.reward_options = RewardOptions(
-            mode=config.reward_mode,
-            excluded_score=config.excluded_score,
-            min_valid_per_group=config.min_valid_per_group,
-        )
+        self.reward_options = config.reward_options()
         self.progress = ProgressDisplay(enabled=show_progress)
         self.endpoint: Endpoint | None = None
         self.training_client: Any = None

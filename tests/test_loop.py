@@ -19,6 +19,7 @@ import pytest
 from agl_tinker.algo import fit
 from agl_tinker.config import ConfigError, TrainConfig
 from agl_tinker.data import DatasetError, build_datasets
+from agl_tinker.rewards import RewardMode
 from examples.hello.agent import hello_agent, hello_dataset
 
 AGL_TINKER = str(Path(sys.executable).with_name("agl-tinker"))
@@ -54,12 +55,26 @@ def _free_port() -> int:
         ("val_fraction", 1.0),
         ("endpoint_port", 70000),
         ("min_valid_per_group", 9),
+        ("min_valid_per_group", -1),
+        ("batch_timeout_s", 0.0),
+        ("max_context_tokens", 0),
+        ("loss_fn", "ppo2"),
+        ("endpoint_mode", "leen"),
+        ("reward_mode", "last"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path: Path, field: str, value: Any) -> None:
     config = TrainConfig(log_path=str(tmp_path), **{field: value})
     with pytest.raises(ConfigError, match=field):
         config.validate()
+
+
+def test_reward_mode_given_as_a_string_reaches_the_core_as_the_enum(tmp_path: Path) -> None:
+    """The core compares modes by identity: ``"sum"`` used to behave as neither sum nor final."""
+    for mode in RewardMode:
+        config = TrainConfig(log_path=str(tmp_path), reward_mode=str(mode.value))  # type: ignore[arg-type]
+        config.validate()
+        assert config.reward_options().mode is mode
 
 
 def test_missing_task_field_fails_before_training() -> None:
