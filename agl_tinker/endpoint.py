@@ -39,6 +39,9 @@ class EndpointConfig:
     default_max_tokens: int = 1024
     sampling_parameters: dict[str, Any] = field(default_factory=dict)
     """Defaults handed to runners in the ``LLM`` resource (e.g. temperature)."""
+    litellm_dispatch: bool = False
+    """Lean mode only: route each call through ``litellm.acompletion`` (LiteLLM callbacks run;
+    3-5 ms more per call) instead of calling the provider directly. Proxy mode always does."""
 
 
 class Endpoint:
@@ -125,7 +128,13 @@ async def start_endpoint(
         from agl_tinker.server import LeanServer
 
         server = LeanServer(
-            provider, litellm_model, served, recorder=recorder, host=config.host, port=config.port
+            provider,
+            litellm_model,
+            served,
+            recorder=recorder,
+            host=config.host,
+            port=config.port,
+            litellm_dispatch=config.litellm_dispatch,
         )
     elif config.mode == "proxy":
         from agl_tinker.compat import ProxyServer

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import litellm
 import tinker
@@ -26,8 +26,10 @@ from tinker_cookbook import renderers
 from tinker_cookbook.capture.proxy.app import _is_context_overflow
 from tinker_cookbook.model_info import get_recommended_renderer_name
 from tinker_cookbook.renderers import ToolCall, get_text_content
+from tinker_cookbook.tokenizer_utils import Tokenizer
 
 from agl_tinker.chat_request import BadRequest, ChatRequest, parse_chat_request
+from agl_tinker.encode_cache import CachedEncodeTokenizer
 from agl_tinker.spans import llm_call_attributes
 from agl_tinker.tito import TokenMemory
 
@@ -156,8 +158,10 @@ class TinkerChatProvider(CustomLLM):
         super().__init__()
         self.base_model = base_model
         self.tokenizer = tokenizer
+        # Renderers encode the same pieces (role headers, end markers) on every request.
         self.renderer = renderers.get_renderer(
-            renderer_name or get_recommended_renderer_name(base_model), tokenizer
+            renderer_name or get_recommended_renderer_name(base_model),
+            cast(Tokenizer, CachedEncodeTokenizer(tokenizer)),  # same interface, cached encode
         )
         self.max_context_tokens = max_context_tokens
         self.default_max_tokens = default_max_tokens

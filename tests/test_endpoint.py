@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+import litellm
 import openai
 import pytest
 import pytest_asyncio
@@ -66,14 +67,21 @@ def tokenizer() -> Any:
     return get_tokenizer(MODEL)
 
 
-@pytest_asyncio.fixture(scope="module", params=["lean", "proxy"], loop_scope="module")
+@pytest_asyncio.fixture(
+    scope="module", params=["lean", "lean+litellm_dispatch", "proxy"], loop_scope="module"
+)
 async def served(
     request: pytest.FixtureRequest, tokenizer: Any
 ) -> AsyncIterator[tuple[Endpoint, RecordingClient, Any]]:
     store = LightningStoreThreaded(InMemoryLightningStore())
     client = RecordingClient(_sampler(latency_s=0.0, drift=0.0), tokenizer=tokenizer)
     endpoint = await start_endpoint(
-        EndpointConfig(mode=request.param, max_context_tokens=4096, default_max_tokens=64),
+        EndpointConfig(
+            mode="proxy" if request.param == "proxy" else "lean",
+            litellm_dispatch=request.param.endswith("litellm_dispatch"),
+            max_context_tokens=4096,
+            default_max_tokens=64,
+        ),
         store=store,
         sampling_client=client,
         base_model=MODEL,
@@ -294,3 +302,33 @@ async def test_token_in_token_out_keeps_one_sequence_under_drift(tito: bool, tok
         assert len(alignment.sequences) == 1 and not alignment.drift
     else:
         assert alignment.drift and len(alignment.sequences) > 1
+
+
+async def test_lean_server_skips_litellm_dispatch_unless_asked(
+    tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``litellm.acompletion`` costs more than the rest of the endpoint; the lean default skips it."""
+    calls: list[str] = []
+    real = litellm.acompletion
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["model"])
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(litellm, "acompletion", counting)
+    for dispatch in (False, True):
+        store = LightningStoreThreaded(InMemoryLightningStore())
+        endpoint = await start_endpoint(
+            EndpointConfig(litellm_dispatch=dispatch, default_max_tokens=8),
+            store=store,
+            sampling_client=_sampler(),
+            base_model=MODEL,
+            tokenizer=tokenizer,
+        )
+        try:
+            _, client = await _rollout(store, endpoint)
+            answer = await _chat(client, messages=[{"role": "user", "content": "Hi"}])
+            assert answer.choices[0].model_extra["token_ids"]
+        finally:
+            await endpoint.stop()
+        assert len(calls) == int(dispatch)
