@@ -28,16 +28,21 @@ sequence id, add span, update attempt; the real one also fetches resources and h
 
 Where the ``http`` time goes (2 shared cores, measured with an instrumented server): the store
 server (uvicorn + FastAPI, one event loop) spends 3-5 ms of CPU per request, whatever the route,
-and serves ~150 requests/s in this workload, about two thirds of them from the runners (a third of
-those are idle dequeue polls). While the 32 rollouts finish it runs at 60-100% of a core, and a
-request's time in the server grows with the requests in flight (dequeue, add_span and
-update_attempt take as long as the algorithm's reads: ~100 ms p50 on a quiet machine, 200+ ms when
-other processes compete for the cores). Client-side queueing is nil (client round trip = server
-handler time; aiohttp's pool allows 100 connections). ``http_floor`` is one such round trip plus
-the tail of the runner's ``update_attempt``, and ``http`` stays within a few tens of ms of it: the
-50 ms target needs a store server that answers faster under the runners' own load, not a
-different wait. Spans cannot be read for several rollouts in one call (the store's
-``query_spans`` takes exactly one rollout id).
+and serves ~150 requests/s in this workload, about two thirds of them from the runners (a quarter
+of those are idle dequeue polls) and a fifth from the algorithm's waits. While the 32 rollouts
+finish it runs at 60-100% of a core, and a request's time in the server grows with the requests in
+flight: the runners' own dequeue, add_span and update_attempt take as long as the algorithm's
+reads, ~100 ms p50 on a quiet machine, 200+ ms when other processes compete for the cores.
+Client-side queueing is nil (client round trip = server handler time; aiohttp's pool allows 100
+connections), and the server's waits do not hold its event loop (each waiting rollout id holds
+one of its ``min(32, cpus + 4)`` executor threads instead). ``detect_ms_p50``/``read_ms_p50``
+split each overhead at the moment dispatch noticed the rollout: in ``http_floor`` the detection
+part is the tail of the runner's ``update_attempt`` (~40 ms), in ``http`` it is ~50-60 ms more (a
+rollout no long-poll slot holds waits for the next sweep, one more round trip); the read part is
+one round trip in both. So ``http`` is about two loaded round trips and ``http_floor`` one and a
+bit: the 50 ms target needs a store server that answers faster under the runners' own load. Not
+better: 2 slots instead of 4, re-arming a slot while its sweep runs (both within noise); spans
+cannot be read for several rollouts in one call (``query_spans`` takes exactly one rollout id).
 """
 
 from __future__ import annotations
@@ -147,23 +152,25 @@ def _process(rollout: Rollout, spans: Sequence[Span]) -> float | None:
 async def _measure(store: Any) -> dict[str, Any]:
     tasks = [{"x": i} for i in range(BATCH_SIZE)]
     overheads: list[float] = []
+    detects: list[float] = []
+    reads: list[float] = []
     walls: list[float] = []
-    strategy = ""
     for _ in range(N_BATCHES):
         result = await dispatch_batch(store, tasks, GROUP_SIZE, _process, config=DispatchConfig())
         if result.stats.status_counts != {"succeeded": BATCH_SIZE * GROUP_SIZE}:
             raise RuntimeError(f"benchmark batch did not fully succeed: {result.stats.status_counts}")
         overheads += [o * 1000 for o in result.stats.overheads_s]
+        detects += [o * 1000 for o in result.stats.detects_s]
+        reads += [o * 1000 for o in result.stats.reads_s]
         walls.append(result.stats.wall_s)
     from agl_tinker.rollout import _CompletionWatcher  # which waiting strategy was measured
 
     strategy = _CompletionWatcher(store, DispatchConfig(), None).strategy  # type: ignore[arg-type]
-    overheads.sort()
     return {
-        "p50": round(statistics.median(overheads), 2),
-        "p99": round(overheads[min(len(overheads) - 1, round(0.99 * (len(overheads) - 1)))], 2),
-        "max": round(overheads[-1], 2),
-        "n": len(overheads),
+        **_quantiles(overheads),
+        # the overhead's two parts: end_time -> dispatch noticed it; noticed -> process() returned
+        "detect_ms_p50": _quantiles(detects)["p50"],
+        "read_ms_p50": _quantiles(reads)["p50"],
         "batch_wall_s_mean": round(statistics.fmean(walls), 3),
         "wait": strategy,
     }
@@ -202,7 +209,7 @@ async def _bench_floor(endpoint: str, notify: Any) -> dict[str, Any]:
     """
     client = LightningStoreClient(endpoint)
     loop = asyncio.get_running_loop()
-    arrived: asyncio.Queue[str] = asyncio.Queue()
+    arrived: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
     stop = threading.Event()
 
     def pump() -> None:  # the notify queue blocks; hand ids to the loop from a thread
@@ -211,13 +218,15 @@ async def _bench_floor(endpoint: str, notify: Any) -> dict[str, Any]:
                 rid = notify.get(timeout=0.05)
             except queue.Empty:
                 continue
-            loop.call_soon_threadsafe(arrived.put_nowait, rid)
+            loop.call_soon_threadsafe(arrived.put_nowait, (rid, time.time()))
 
     pumper = threading.Thread(target=pump, daemon=True)
     pumper.start()
     overheads: list[float] = []
+    detects: list[float] = []
+    reads: list[float] = []
 
-    async def read(ids: list[str]) -> None:
+    async def read(ids: list[str], noticed: float) -> None:
         rollouts = asyncio.ensure_future(client.query_rollouts(rollout_id_in=ids))
 
         async def one(rid: str) -> None:
@@ -225,7 +234,10 @@ async def _bench_floor(endpoint: str, notify: Any) -> dict[str, Any]:
             rollout = next(r for r in await rollouts if r.rollout_id == rid)
             _process(rollout, spans)
             assert rollout.end_time is not None
-            overheads.append((time.time() - rollout.end_time) * 1000)
+            ready = time.time()
+            overheads.append((ready - rollout.end_time) * 1000)
+            detects.append((noticed - rollout.end_time) * 1000)
+            reads.append((ready - noticed) * 1000)
 
         await asyncio.gather(*(one(rid) for rid in ids))
 
@@ -239,18 +251,22 @@ async def _bench_floor(endpoint: str, notify: Any) -> dict[str, Any]:
             pending = {r.rollout_id for r in await client.enqueue_many_rollouts(requests)}
             async with asyncio.TaskGroup() as tg:
                 while pending:
-                    ids = [await arrived.get()]
+                    got = [await arrived.get()]
                     while not arrived.empty():
-                        ids.append(arrived.get_nowait())
-                    ids = [rid for rid in ids if rid in pending]
+                        got.append(arrived.get_nowait())
+                    ids = [rid for rid, _ in got if rid in pending]
                     pending.difference_update(ids)
                     if ids:
-                        tg.create_task(read(ids))
+                        tg.create_task(read(ids, got[0][1]))
     finally:
         stop.set()
         pumper.join()
         await client.close()
-    return _quantiles(overheads)
+    return {
+        **_quantiles(overheads),
+        "detect_ms_p50": _quantiles(detects)["p50"],  # end_time -> the runner told us
+        "read_ms_p50": _quantiles(reads)["p50"],
+    }
 
 
 def _quantiles(overheads_ms: list[float]) -> dict[str, Any]:
