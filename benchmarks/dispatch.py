@@ -36,13 +36,15 @@ reads, ~100 ms p50 on a quiet machine, 200+ ms when other processes compete for 
 Client-side queueing is nil (client round trip = server handler time; aiohttp's pool allows 100
 connections), and the server's waits do not hold its event loop (each waiting rollout id holds
 one of its ``min(32, cpus + 4)`` executor threads instead). ``detect_ms_p50``/``read_ms_p50``
-split each overhead at the moment dispatch noticed the rollout: in ``http_floor`` the detection
-part is the tail of the runner's ``update_attempt`` (~40 ms), in ``http`` it is ~50-60 ms more (a
-rollout no long-poll slot holds waits for the next sweep, one more round trip); the read part is
-one round trip in both. So ``http`` is about two loaded round trips and ``http_floor`` one and a
-bit: the 50 ms target needs a store server that answers faster under the runners' own load. Not
-better: 2 slots instead of 4, re-arming a slot while its sweep runs (both within noise); spans
-cannot be read for several rollouts in one call (``query_spans`` takes exactly one rollout id).
+split each overhead at the moment dispatch noticed the rollout. In ``http_floor`` the detection
+part is the tail of the runner's ``update_attempt`` (17-40 ms p50 over our runs), in ``http``
+60-90 ms more (a rollout no long-poll slot holds waits for the next sweep: one more round trip);
+the read part is one round trip in both (60-120 ms), a little slower in ``http`` since the waits
+add a fifth to the server's requests. So ``http`` is about two loaded round trips (p50 160-220 ms)
+and ``http_floor`` one and a bit (80-160 ms): the 50 ms target needs a store server that answers
+faster under the runners' own load, which no waiting design reaches. Tried, not better: 2 slots
+instead of 4, re-arming a slot while its sweep runs (both within noise). Spans cannot be read for
+several rollouts in one call (``query_spans`` takes exactly one rollout id).
 """
 
 from __future__ import annotations
