@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import agentlightning as agl
@@ -28,6 +28,7 @@ class TinkerAlgorithm(agl.Algorithm):
         required_fields: Sequence[str] = (),
         service: Any = None,
         show_progress: bool = True,
+        on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
     ) -> None:
         super().__init__()
         config.validate()
@@ -35,6 +36,7 @@ class TinkerAlgorithm(agl.Algorithm):
         self.required_fields = tuple(required_fields)
         self.service = service
         self.show_progress = show_progress
+        self.on_step = on_step
         self.result: TrainResult | None = None
 
     async def run(  # type: ignore[override]
@@ -50,6 +52,7 @@ class TinkerAlgorithm(agl.Algorithm):
             required_fields=self.required_fields,
             service=self.service,
             show_progress=self.show_progress,
+            on_step=self.on_step,
         )
 
 
@@ -72,11 +75,15 @@ def fit(
     required_fields: Sequence[str] = (),
     store_host: str = "127.0.0.1",
     store_port: int | None = None,
+    on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """One command: store server, this algorithm and ``n_runners`` runner processes via ``agl.Trainer``."""
+    """One command: store server, this algorithm and ``n_runners`` runner processes via ``agl.Trainer``.
+
+    ``on_step(step, metrics)`` is called after each training step (see :func:`agl_tinker.train.train`).
+    """
     from agentlightning.execution.client_server import ClientServerExecutionStrategy
 
-    algorithm = TinkerAlgorithm(config, required_fields=required_fields)
+    algorithm = TinkerAlgorithm(config, required_fields=required_fields, on_step=on_step)
     trainer = agl.Trainer(
         algorithm=algorithm,
         n_runners=n_runners,

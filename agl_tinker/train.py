@@ -313,6 +313,7 @@ class _Loop:
                 "time/training_s": t_trained - t_sampled,
                 "time/swap_s": time.perf_counter() - t_trained,
                 "dispatch/overhead_ms_p50": stats.overhead_ms(0.5),
+                "dispatch/detect_ms_p50": stats.detect_ms(0.5),
             }
         )
         return metrics

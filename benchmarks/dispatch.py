@@ -10,26 +10,61 @@ Run ``python benchmarks/dispatch.py``; prints one JSON object:
     runners are another process talking HTTP to that server.
   - ``http``: the algorithm is a separate process from the store: the server runs in its own
     process, the algorithm uses ``LightningStoreClient`` (long-poll waits), runners as above.
-* ``steps_per_s``: the whole offline loop on a Hello-sized task. ``null`` until the training loop
-  (``agl_tinker/train.py``) exists; the reason is in ``notes``.
+* ``steps_per_s``: the whole offline loop on a Hello-sized task: Hello's CI configuration
+  (``agl-tinker hello --ci``: 8 tasks × group 4, 6 steps, eval and checkpoint every 3, 2 runner
+  processes, the in-process Tinker simulator) through ``agl_tinker.algo.fit``, in a child forked at
+  start-up and run after the dispatch phases. Steps per second over steps 2-6 (step 1 is the
+  warm-up: store, endpoint and runner start-up); the eval and checkpoint at step 3 are included.
+* ``detail.http_floor``: the ``http`` setup with detection for free: runners report each
+  finished rollout on a pipe and the algorithm only reads (``query_spans`` per rollout alongside
+  one ``query_rollouts`` per round, as ``dispatch_batch`` does). No waiting design can beat it;
+  ``http`` minus ``http_floor`` is what waiting costs.
 
 Workload: Hello-sized batches (8 tasks × group 4 = 32 rollouts, all in flight), 32 runner
 coroutines (idle ones re-check the queue every 0.5-1 s) whose "agent" takes 50-300 ms and emits
 one reward span, a process() that reads the reward (the pure pipeline has its own benchmark).
+Per rollout a runner makes the calls an Agent-lightning runner makes at least (dequeue, next
+sequence id, add span, update attempt; the real one also fetches resources and heartbeats).
+
+Where the ``http`` time goes (2 shared cores, measured with an instrumented server): the store
+server (uvicorn + FastAPI, one event loop) spends 3-5 ms of CPU per request, whatever the route,
+and serves ~150 requests/s in this workload, about two thirds of them from the runners (a quarter
+of those are idle dequeue polls) and a fifth from the algorithm's waits. While the 32 rollouts
+finish it runs at 60-100% of a core, and a request's time in the server grows with the requests in
+flight: the runners' own dequeue, add_span and update_attempt take as long as the algorithm's
+reads, ~100 ms p50 on a quiet machine, 200+ ms when other processes compete for the cores.
+Client-side queueing is nil (client round trip = server handler time; aiohttp's pool allows 100
+connections), and the server's waits do not hold its event loop (each waiting rollout id holds
+one of its ``min(32, cpus + 4)`` executor threads instead). ``detect_ms_p50``/``read_ms_p50``
+split each overhead at the moment dispatch noticed the rollout. In ``http_floor`` the detection
+part is the tail of the runner's ``update_attempt`` (17-40 ms p50 over our runs), in ``http``
+60-90 ms more (a rollout no long-poll slot holds waits for the next sweep: one more round trip);
+the read part is one round trip in both (60-120 ms), a little slower in ``http`` since the waits
+add a fifth to the server's requests. So ``http`` is about two loaded round trips (p50 160-220 ms)
+and ``http_floor`` one and a bit (80-160 ms): the 50 ms target needs a store server that answers
+faster under the runners' own load, which no waiting design reaches. Tried, not better: 2 slots
+instead of 4, re-arming a slot while its sweep runs (both within noise). Spans cannot be read for
+several rollouts in one call (``query_spans`` takes exactly one rollout id).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import logging
 import multiprocessing as mp
 import os
 import platform
+import queue
 import random
+import shutil
 import socket
 import statistics
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,13 +77,14 @@ import agentlightning as agl
 from agentlightning.emitter.reward import get_reward_value
 from agentlightning.store.client_server import LightningStoreClient, LightningStoreServer
 from agentlightning.store.memory import InMemoryLightningStore
-from agentlightning.types import Rollout, Span
+from agentlightning.types import EnqueueRolloutRequest, Rollout, Span
 
 from agl_tinker.rollout import DispatchConfig, dispatch_batch
 
 BATCH_SIZE, GROUP_SIZE, N_BATCHES, N_RUNNERS = 8, 4, 6, 32
 WORK_S = (0.05, 0.3)
 IDLE_POLL_S = (0.5, 1.0)  # agl runners default to 5 s; faster here so batches start promptly
+HELLO_TIMEOUT_S = 240.0
 
 
 def _free_port() -> int:
@@ -74,12 +110,12 @@ def _server_main(port: int) -> None:
     asyncio.run(server.run_forever())
 
 
-def _runners_main(endpoint: str, seed: int) -> None:
+def _runners_main(endpoint: str, seed: int, notify: Any = None) -> None:
     _quiet()
-    asyncio.run(_runners(endpoint, seed))
+    asyncio.run(_runners(endpoint, seed, notify))
 
 
-async def _runners(endpoint: str, seed: int) -> None:
+async def _runners(endpoint: str, seed: int, notify: Any = None) -> None:
     store = LightningStoreClient(endpoint)
     rng = random.Random(seed)
 
@@ -101,6 +137,8 @@ async def _runners(endpoint: str, seed: int) -> None:
                 )
             )
             await store.update_attempt(ar.rollout_id, ar.attempt.attempt_id, status="succeeded")
+            if notify is not None:  # floor phase only: tell the algorithm directly, bypassing the store
+                notify.put(ar.rollout_id)
 
     await asyncio.gather(*(runner(i) for i in range(N_RUNNERS)))
 
@@ -116,23 +154,25 @@ def _process(rollout: Rollout, spans: Sequence[Span]) -> float | None:
 async def _measure(store: Any) -> dict[str, Any]:
     tasks = [{"x": i} for i in range(BATCH_SIZE)]
     overheads: list[float] = []
+    detects: list[float] = []
+    reads: list[float] = []
     walls: list[float] = []
-    strategy = ""
     for _ in range(N_BATCHES):
         result = await dispatch_batch(store, tasks, GROUP_SIZE, _process, config=DispatchConfig())
         if result.stats.status_counts != {"succeeded": BATCH_SIZE * GROUP_SIZE}:
             raise RuntimeError(f"benchmark batch did not fully succeed: {result.stats.status_counts}")
         overheads += [o * 1000 for o in result.stats.overheads_s]
+        detects += [o * 1000 for o in result.stats.detects_s]
+        reads += [o * 1000 for o in result.stats.reads_s]
         walls.append(result.stats.wall_s)
     from agl_tinker.rollout import _CompletionWatcher  # which waiting strategy was measured
 
     strategy = _CompletionWatcher(store, DispatchConfig(), None).strategy  # type: ignore[arg-type]
-    overheads.sort()
     return {
-        "p50": round(statistics.median(overheads), 2),
-        "p99": round(overheads[min(len(overheads) - 1, round(0.99 * (len(overheads) - 1)))], 2),
-        "max": round(overheads[-1], 2),
-        "n": len(overheads),
+        **_quantiles(overheads),
+        # the overhead's two parts: end_time -> dispatch noticed it; noticed -> process() returned
+        "detect_ms_p50": _quantiles(detects)["p50"],
+        "read_ms_p50": _quantiles(reads)["p50"],
         "batch_wall_s_mean": round(statistics.fmean(walls), 3),
         "wait": strategy,
     }
@@ -161,55 +201,193 @@ async def _bench_http(endpoint: str) -> dict[str, Any]:
         await client.close()
 
 
+async def _bench_floor(endpoint: str, notify: Any) -> dict[str, Any]:
+    """The same reads as ``dispatch_batch`` with detection for free: runners report finishing on a pipe.
+
+    Whatever the waiting design, a finished rollout costs at least the tail of the runner's own
+    ``update_attempt`` (the store sets ``end_time`` before it answers) plus one read round trip
+    (``query_spans`` alongside one ``query_rollouts`` per round), both through the same server
+    under the same runner load. That sum is this phase's overhead: the floor for ``http``.
+    """
+    client = LightningStoreClient(endpoint)
+    loop = asyncio.get_running_loop()
+    arrived: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
+    stop = threading.Event()
+
+    def pump() -> None:  # the notify queue blocks; hand ids to the loop from a thread
+        while not stop.is_set():
+            try:
+                rid = notify.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            loop.call_soon_threadsafe(arrived.put_nowait, (rid, time.time()))
+
+    pumper = threading.Thread(target=pump, daemon=True)
+    pumper.start()
+    overheads: list[float] = []
+    detects: list[float] = []
+    reads: list[float] = []
+
+    async def read(ids: list[str], noticed: float) -> None:
+        rollouts = asyncio.ensure_future(client.query_rollouts(rollout_id_in=ids))
+
+        async def one(rid: str) -> None:
+            spans = await client.query_spans(rid, "latest")
+            rollout = next(r for r in await rollouts if r.rollout_id == rid)
+            _process(rollout, spans)
+            assert rollout.end_time is not None
+            ready = time.time()
+            overheads.append((ready - rollout.end_time) * 1000)
+            detects.append((noticed - rollout.end_time) * 1000)
+            reads.append((ready - noticed) * 1000)
+
+        await asyncio.gather(*(one(rid) for rid in ids))
+
+    try:
+        requests = [
+            EnqueueRolloutRequest(input={"x": i}, metadata={"group_slot": k})
+            for i in range(BATCH_SIZE)
+            for k in range(GROUP_SIZE)
+        ]
+        for _ in range(N_BATCHES):
+            pending = {r.rollout_id for r in await client.enqueue_many_rollouts(requests)}
+            async with asyncio.TaskGroup() as tg:
+                while pending:
+                    got = [await arrived.get()]
+                    while not arrived.empty():
+                        got.append(arrived.get_nowait())
+                    ids = [rid for rid, _ in got if rid in pending]
+                    pending.difference_update(ids)
+                    if ids:
+                        tg.create_task(read(ids, got[0][1]))
+    finally:
+        stop.set()
+        pumper.join()
+        await client.close()
+    return {
+        **_quantiles(overheads),
+        "detect_ms_p50": _quantiles(detects)["p50"],  # end_time -> the runner told us
+        "read_ms_p50": _quantiles(reads)["p50"],
+    }
+
+
+def _quantiles(overheads_ms: list[float]) -> dict[str, Any]:
+    ordered = sorted(overheads_ms)
+    return {
+        "p50": round(statistics.median(ordered), 2),
+        "p99": round(ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))], 2),
+        "max": round(ordered[-1], 2),
+        "n": len(ordered),
+    }
+
+
+def _hello_main(conn: Any, log_dir: str) -> None:
+    """Hello's CI configuration end to end (``agl-tinker hello --ci``), timing each step."""
+    _quiet()
+    os.dup2(2, 1)  # the loop's progress lines must not reach the benchmark's JSON on stdout
+    if not conn.recv():  # "go" once the dispatch phases are done; False means "not needed"
+        return
+    from agl_tinker.algo import fit
+    from examples.hello.agent import hello_agent, hello_dataset
+    from examples.hello.train import HelloSettings
+
+    settings = HelloSettings.ci(log_dir)
+    marks: list[float] = []
+    t0 = time.perf_counter()
+    fit(
+        hello_agent,
+        settings.config(),
+        hello_dataset("train"),
+        hello_dataset("val"),
+        n_runners=settings.n_runners,
+        required_fields=("identity",),
+        on_step=lambda _step, _metrics: marks.append(time.perf_counter()),
+    )
+    conn.send({"marks": [m - t0 for m in marks], "wall_s": time.perf_counter() - t0})
+
+
+def _steps_per_s(hello: dict[str, Any]) -> dict[str, Any]:
+    marks = hello["marks"]
+    steps = len(marks) - 1  # the first step is the warm-up
+    return {
+        "steps_per_s": round(steps / (marks[-1] - marks[0]), 3),
+        "timed_steps": steps,
+        "step_s": [round(b - a, 2) for a, b in itertools.pairwise(marks)],
+        "first_step_s": round(marks[0], 2),
+        "run_wall_s": round(hello["wall_s"], 1),
+    }
+
+
 def main() -> None:
     _quiet()
     # fork before this process starts any thread (the memory benchmark's server thread).
     ctx = mp.get_context("fork")
     mem_port, http_port = _free_port(), _free_port()
     http_endpoint = f"http://127.0.0.1:{http_port}"
+    notify = ctx.Queue()
+    hello_conn, hello_child_conn = ctx.Pipe()
+    log_dir = tempfile.mkdtemp(prefix="agl-tinker-bench-hello-")
+    # not daemonic: the Hello run starts runner processes of its own
+    hello = ctx.Process(target=_hello_main, args=(hello_child_conn, log_dir))
     children = [
         ctx.Process(target=_runners_main, args=(f"http://127.0.0.1:{mem_port}", 1), daemon=True),
         ctx.Process(target=_server_main, args=(http_port,), daemon=True),
     ]
-    for p in children:
+    for p in [*children, hello]:
         p.start()
     try:
-        memory = asyncio.run(_bench_memory(mem_port))
-    finally:
-        children[0].terminate()
-    http_runners = ctx.Process(target=_runners_main, args=(http_endpoint, 2), daemon=True)
-    http_runners.start()
-    children.append(http_runners)
-    try:
-        http = asyncio.run(_bench_http(http_endpoint))
+        try:
+            memory = asyncio.run(_bench_memory(mem_port))
+        finally:
+            children[0].terminate()
+        http_runners = ctx.Process(target=_runners_main, args=(http_endpoint, 2), daemon=True)
+        http_runners.start()
+        children.append(http_runners)
+        try:
+            http = asyncio.run(_bench_http(http_endpoint))
+        finally:
+            http_runners.terminate()
+        floor_runners = ctx.Process(target=_runners_main, args=(http_endpoint, 3, notify), daemon=True)
+        floor_runners.start()
+        children.append(floor_runners)
+        floor = asyncio.run(_bench_floor(http_endpoint, notify))
+        for p in children:
+            p.terminate()
+        hello_conn.send(True)
+        if not hello_conn.poll(HELLO_TIMEOUT_S):
+            raise RuntimeError(f"the Hello run did not finish within {HELLO_TIMEOUT_S}s")
+        steps = _steps_per_s(hello_conn.recv())
     finally:
         for p in children:
             p.terminate()
+        if hello.is_alive() and hello.exitcode is None:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                hello_conn.send(False)
+        hello.join(30)
+        if hello.is_alive():
+            hello.terminate()
         for p in children:
             p.join(5)
+        shutil.rmtree(log_dir, ignore_errors=True)
 
-    train_exists = (Path(__file__).resolve().parents[1] / "agl_tinker" / "train.py").exists()
     out = {
         "overhead_ms_p50": {"memory": memory["p50"], "http": http["p50"]},
         "overhead_ms_p99": {"memory": memory["p99"], "http": http["p99"]},
-        "steps_per_s": None,
-        "detail": {"memory": memory, "http": http},
+        "steps_per_s": steps["steps_per_s"],
+        "detail": {"memory": memory, "http": http, "http_floor": floor, "hello": steps},
         "workload": {
             "batch_size": BATCH_SIZE,
             "group_size": GROUP_SIZE,
             "batches": N_BATCHES,
             "runners": N_RUNNERS,
             "agent_work_s": list(WORK_S),
+            "runner_idle_poll_s": list(IDLE_POLL_S),
         },
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "notes": (
-            "steps_per_s needs the offline training loop (agl_tinker/train.py)"
-            + (
-                ", which is not wired into this benchmark yet"
-                if train_exists
-                else ", which does not exist yet"
-            )
-        ),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        },
     }
     print(json.dumps(out))
 

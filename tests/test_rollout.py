@@ -152,6 +152,7 @@ async def test_batch_end_to_end_in_memory(wait: str) -> None:
     assert s.n_rollouts == 12 and s.n_skipped == 0 and s.status_counts == {"succeeded": 12}
     assert len(s.overheads_s) == 12 and all(o >= 0 for o in s.overheads_s)
     assert s.overhead_ms(0.5) is not None
+    _check_overhead_split(result)
     assert s.wait_s > 0 and s.wall_s >= s.wait_s
     assert progress[-1] == DispatchProgress(total=12, done=12, in_flight=0, not_started=0)
     assert [p.done for p in progress] == sorted(p.done for p in progress)
@@ -318,6 +319,19 @@ async def test_batch_over_http(http_stores: tuple[LightningStoreClient, Lightnin
     assert (
         len(result.stats.overheads_s) == 12
     )  # latency targets are benchmarks/dispatch.py's job, not a test's
+    _check_overhead_split(result)
+
+
+def _check_overhead_split(result: Any) -> None:
+    """Each overhead splits into detection (end -> noticed) and read (noticed -> ready)."""
+    s = result.stats
+    assert len(s.detects_s) == len(s.reads_s) == len(s.overheads_s)
+    for o in result.outcomes:
+        assert o.noticed_time is not None and o.detect_s is not None and o.read_s is not None
+        assert o.read_s >= 0 and o.detect_s > -0.01  # end_time and noticed_time are wall clocks
+        assert o.detect_s + o.read_s == pytest.approx(o.overhead_s)
+    assert s.detect_ms(0.5) is not None and s.read_ms(0.5) is not None
+    assert {"overhead_ms/detect_p50", "overhead_ms/read_p50"} <= set(s.summary())
 
 
 async def test_timeout_and_retry_over_http(
