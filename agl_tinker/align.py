@@ -303,7 +303,16 @@ def align_calls(
         "action_tokens": sum(s.action_tokens for s in sequences),
         **counts,
     }
-    return Alignment(steps, sequences, tuple(drift), tuple(skipped), metrics)
+    return construct(
+        Alignment,
+        {
+            "steps": steps,
+            "sequences": sequences,
+            "drift": tuple(drift),
+            "skipped": tuple(skipped),
+            "metrics": metrics,
+        },
+    )
 
 
 def _merge_cookbook_continuations(seqs: list[_Seq]) -> bool:
@@ -362,6 +371,14 @@ class RolloutTrajectory:
         return out
 
 
+# Frozen, so one shared instance each (building them per rollout is measurable at this rate).
+_RECONSTRUCT_DEFAULTS, _ALIGN_DEFAULTS, _REWARD_DEFAULTS = (
+    ReconstructOptions(),
+    AlignOptions(),
+    RewardOptions(),
+)
+
+
 def rollout_trajectory(
     spans: Iterable[Any],
     *,
@@ -376,10 +393,10 @@ def rollout_trajectory(
     ``status``: the rollout's status (``Rollout.status``, or the attempt's for timeouts); ``None``
     when the caller already knows it finished.
     """
-    rec = reconstruct(spans, reconstruct_options or ReconstructOptions())
-    alignment = align_calls(rec.calls, decode=decode, options=align_options or AlignOptions())
+    rec = reconstruct(spans, reconstruct_options or _RECONSTRUCT_DEFAULTS)
+    alignment = align_calls(rec.calls, decode=decode, options=align_options or _ALIGN_DEFAULTS)
     attribution = attribute_rewards(
-        rec.rewards, alignment.step_calls, status, reward_options or RewardOptions()
+        rec.rewards, alignment.step_calls, status, reward_options or _REWARD_DEFAULTS
     )
     trajectory: Trajectory | None = None
     if attribution.trainable:
@@ -395,7 +412,17 @@ def rollout_trajectory(
                 episode_done=True,
             )
             trajectory = Trajectory(transitions=[transition], final_ob=_EMPTY)
-    return RolloutTrajectory(rec.rollout_id, trajectory, attribution.exclusion, rec, alignment, attribution)
+    return construct(
+        RolloutTrajectory,
+        {
+            "rollout_id": rec.rollout_id,
+            "trajectory": trajectory,
+            "exclusion": attribution.exclusion,
+            "reconstruction": rec,
+            "alignment": alignment,
+            "attribution": attribution,
+        },
+    )
 
 
 @dataclass(frozen=True)

@@ -62,3 +62,18 @@ def test_construct_equals_the_dataclass_constructor(cls: type, fields: dict[str,
     if cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
         with pytest.raises(dataclasses.FrozenInstanceError):
             fast.x = 1
+
+
+def test_every_result_object_carries_exactly_its_fields() -> None:
+    from spanfactory import conversation
+
+    from agl_tinker.align import rollout_trajectory
+
+    _, spans = conversation(3, final_reward=1.0)
+    r = rollout_trajectory(spans, status="succeeded")
+    assert r.trajectory is not None
+    rec, al = r.reconstruction, r.alignment
+    objects = [r, rec, al, r.attribution, r.trajectory, *rec.calls, *rec.rewards, *al.steps, *al.sequences]
+    objects += [t for t in r.trajectory.transitions] + [t.ac for t in r.trajectory.transitions]
+    for obj in objects:
+        assert set(vars(obj)) == {f.name for f in dataclasses.fields(obj)}, type(obj)
