@@ -239,10 +239,13 @@ def align_calls(
             skipped.append((call.index, str(call.problem)))
             continue
         match: _Seq | None = None
-        for seq in reversed(recent[-options.max_candidates :]):
-            if _extends(call, seq, counts):
-                match = seq
-                break
+        if recent and _extends(call, recent[-1], counts):
+            match = recent[-1]  # the usual case: the conversation goes on
+        else:
+            for seq in reversed(recent[-options.max_candidates : -1]):
+                if _extends(call, seq, counts):
+                    match = seq
+                    break
         full_len = len(prompt) + len(response)
         fingerprint = call.attributes.get(S.AGL_SEQUENCE_FINGERPRINT)
         if call.problem is not None:
@@ -256,9 +259,10 @@ def align_calls(
                 drift.append(_drift(call, recent[-1], decode, options.window))
             match = _Seq(len(seqs))
             seqs.append(match)
-        else:
+            recent.append(match)
+        elif match is not recent[-1]:
             recent.remove(match)
-        recent.append(match)
+            recent.append(match)
         new_obs = len(prompt) - match.end_len
         logprobs = call.logprobs
         assert logprobs is not None

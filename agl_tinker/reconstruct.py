@@ -325,9 +325,10 @@ def _finish(r: Record, index: int, problem: CallProblem | None) -> LLMCall:
     r["span_ids"] = tuple(r["span_ids"])
     if r["response_id"] is not None and not isinstance(r["response_id"], str):
         r["response_id"] = None
-    for name in ("prompt_token_ids", "response_token_ids", "logprobs"):
-        if r[name] is _BAD:
-            r[name] = None
+    if problem is not None:  # a trainable call has no malformed values
+        for name in ("prompt_token_ids", "response_token_ids", "logprobs"):
+            if r[name] is _BAD:
+                r[name] = None
     if r["finish_reason"] is not None and not isinstance(r["finish_reason"], str):
         r["finish_reason"] = None
     if r["model"] is not None:

@@ -168,7 +168,7 @@ def _attribution(
 
 
 def _last_step(step_calls: Sequence[int]) -> int:
-    return max(range(len(step_calls)), key=step_calls.__getitem__)
+    return list(step_calls).index(max(step_calls))  # the first of equal maxima, as max(key=) gives
 
 
 @dataclass(frozen=True)
