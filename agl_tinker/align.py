@@ -25,6 +25,7 @@ from tinker_cookbook.completers import TokensWithLogprobs
 from tinker_cookbook.rl.types import Trajectory, TrajectoryGroup, Transition
 
 from agl_tinker import spans as S
+from agl_tinker._construct import construct, model_input
 from agl_tinker.reconstruct import LLMCall, Reconstruction, ReconstructOptions, reconstruct
 from agl_tinker.rewards import (
     ExclusionReason,
@@ -81,7 +82,7 @@ class TokenSequence:
         return self.observation_tokens + self.action_tokens
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AlignedStep:
     call_index: int
     sequence_index: int
@@ -113,16 +114,20 @@ class Alignment:
             raise ValueError(f"{len(rewards)} rewards for {len(self.steps)} steps")
         last = len(self.steps) - 1
         transitions = [
-            Transition(
-                ob=step.ob,
-                ac=step.ac,
-                reward=float(reward),
-                episode_done=i == last,
-                logs={"call_index": step.call_index, "sequence_index": step.sequence_index},
+            construct(
+                Transition,
+                {
+                    "ob": step.ob,
+                    "ac": step.ac,
+                    "reward": float(reward),
+                    "episode_done": i == last,
+                    "metrics": {},
+                    "logs": {"call_index": step.call_index, "sequence_index": step.sequence_index},
+                },
             )
             for i, (step, reward) in enumerate(zip(self.steps, rewards, strict=True))
         ]
-        return Trajectory(transitions=transitions, final_ob=_EMPTY)
+        return construct(Trajectory, {"transitions": transitions, "final_ob": _EMPTY, "stop_reason": None})
 
 
 class _Seq:
@@ -140,27 +145,6 @@ class _Seq:
 
 
 _EMPTY = tinker.ModelInput(chunks=[])  # frozen: safe to share
-_set = object.__setattr__
-_CHUNK_FIELDS = frozenset({"tokens", "type"})
-_INPUT_FIELDS = frozenset({"chunks"})
-
-
-def _model_input(tokens: Sequence[int]) -> tinker.ModelInput:
-    """``ModelInput.from_ints(tokens)`` without validation, which would copy the whole prompt
-    (O(history) per call) and costs more than the rest of the pipeline; the tokens come from the
-    span as they were sampled. Equivalent to pydantic's ``model_construct``, minus its overhead
-    (a test checks the result equals the validated one)."""
-    chunk = object.__new__(tinker.EncodedTextChunk)
-    _set(chunk, "__dict__", {"tokens": tokens, "type": "encoded_text"})
-    _set(chunk, "__pydantic_fields_set__", set(_CHUNK_FIELDS))
-    _set(chunk, "__pydantic_extra__", None)
-    _set(chunk, "__pydantic_private__", None)
-    model_input = object.__new__(tinker.ModelInput)
-    _set(model_input, "__dict__", {"chunks": [chunk]})
-    _set(model_input, "__pydantic_fields_set__", set(_INPUT_FIELDS))
-    _set(model_input, "__pydantic_extra__", None)
-    _set(model_input, "__pydantic_private__", None)
-    return model_input
 
 
 def _same(a: Sequence[int], b: Sequence[int]) -> bool:
@@ -255,10 +239,13 @@ def align_calls(
             skipped.append((call.index, str(call.problem)))
             continue
         match: _Seq | None = None
-        for seq in reversed(recent[-options.max_candidates :]):
-            if _extends(call, seq, counts):
-                match = seq
-                break
+        if recent and _extends(call, recent[-1], counts):
+            match = recent[-1]  # the usual case: the conversation goes on
+        else:
+            for seq in reversed(recent[-options.max_candidates : -1]):
+                if _extends(call, seq, counts):
+                    match = seq
+                    break
         full_len = len(prompt) + len(response)
         fingerprint = call.attributes.get(S.AGL_SEQUENCE_FINGERPRINT)
         if call.problem is not None:
@@ -272,18 +259,29 @@ def align_calls(
                 drift.append(_drift(call, recent[-1], decode, options.window))
             match = _Seq(len(seqs))
             seqs.append(match)
-        else:
+            recent.append(match)
+        elif match is not recent[-1]:
             recent.remove(match)
-        recent.append(match)
+            recent.append(match)
         new_obs = len(prompt) - match.end_len
         logprobs = call.logprobs
         assert logprobs is not None
-        ac = TokensWithLogprobs(
-            tokens=list(response),
-            maybe_logprobs=list(logprobs),
-            stop_reason="length" if call.finish_reason == "length" else "stop",
+        ac = construct(
+            TokensWithLogprobs,
+            {
+                "tokens": list(response),
+                "maybe_logprobs": list(logprobs),
+                "stop_reason": "length" if call.finish_reason == "length" else "stop",
+            },
         )
-        match.steps.append(AlignedStep(call.index, match.index, _model_input(prompt), ac, new_obs))
+        step = {
+            "call_index": call.index,
+            "sequence_index": match.index,
+            "ob": model_input(prompt),
+            "ac": ac,
+            "observation_tokens": new_obs,
+        }
+        match.steps.append(construct(AlignedStep, step))
         match.calls.append(call.index)
         match.obs += new_obs
         match.acts += len(response)
@@ -309,7 +307,16 @@ def align_calls(
         "action_tokens": sum(s.action_tokens for s in sequences),
         **counts,
     }
-    return Alignment(steps, sequences, tuple(drift), tuple(skipped), metrics)
+    return construct(
+        Alignment,
+        {
+            "steps": steps,
+            "sequences": sequences,
+            "drift": tuple(drift),
+            "skipped": tuple(skipped),
+            "metrics": metrics,
+        },
+    )
 
 
 def _merge_cookbook_continuations(seqs: list[_Seq]) -> bool:
@@ -368,6 +375,14 @@ class RolloutTrajectory:
         return out
 
 
+# Frozen, so one shared instance each (building them per rollout is measurable at this rate).
+_RECONSTRUCT_DEFAULTS, _ALIGN_DEFAULTS, _REWARD_DEFAULTS = (
+    ReconstructOptions(),
+    AlignOptions(),
+    RewardOptions(),
+)
+
+
 def rollout_trajectory(
     spans: Iterable[Any],
     *,
@@ -382,10 +397,10 @@ def rollout_trajectory(
     ``status``: the rollout's status (``Rollout.status``, or the attempt's for timeouts); ``None``
     when the caller already knows it finished.
     """
-    rec = reconstruct(spans, reconstruct_options or ReconstructOptions())
-    alignment = align_calls(rec.calls, decode=decode, options=align_options or AlignOptions())
+    rec = reconstruct(spans, reconstruct_options or _RECONSTRUCT_DEFAULTS)
+    alignment = align_calls(rec.calls, decode=decode, options=align_options or _ALIGN_DEFAULTS)
     attribution = attribute_rewards(
-        rec.rewards, alignment.step_calls, status, reward_options or RewardOptions()
+        rec.rewards, alignment.step_calls, status, reward_options or _REWARD_DEFAULTS
     )
     trajectory: Trajectory | None = None
     if attribution.trainable:
@@ -401,7 +416,17 @@ def rollout_trajectory(
                 episode_done=True,
             )
             trajectory = Trajectory(transitions=[transition], final_ob=_EMPTY)
-    return RolloutTrajectory(rec.rollout_id, trajectory, attribution.exclusion, rec, alignment, attribution)
+    return construct(
+        RolloutTrajectory,
+        {
+            "rollout_id": rec.rollout_id,
+            "trajectory": trajectory,
+            "exclusion": attribution.exclusion,
+            "reconstruction": rec,
+            "alignment": alignment,
+            "attribution": attribution,
+        },
+    )
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from agl_tinker import spans as S
+from agl_tinker._construct import construct
 from agl_tinker.rewards import RewardEvent
 
 if TYPE_CHECKING:
@@ -123,13 +124,6 @@ class Reconstruction:
         return tuple(c for c in self.calls if c.problem is not None)
 
 
-_set = object.__setattr__
-
-
-def _new_call() -> LLMCall:
-    return object.__new__(LLMCall)
-
-
 # --- reading attribute values ------------------------------------------------------------------
 
 
@@ -188,93 +182,60 @@ def _flat_messages(attrs: Mapping[str, Any], prefix: str) -> list[dict[str, Any]
     return out or None
 
 
-class _Record:
-    """Mutable scratch for one call while its spans are merged."""
-
-    __slots__ = (
-        "agent",
-        "attrs",
-        "end",
-        "failed",
-        "finish",
-        "key",
-        "logprobs",
-        "model",
-        "prompt",
-        "rank",
-        "response",
-        "response_id",
-        "seq",
-        "span_id",
-        "span_ids",
-        "start",
-        "version",
-    )
-
-    agent: Any
-    attrs: Mapping[str, Any]
-    end: float | None
-    failed: bool
-    finish: Any
-    key: str
-    logprobs: Any
-    model: Any
-    prompt: Any
-    rank: int
-    response: Any
-    response_id: Any
-    seq: int
-    span_id: str
-    span_ids: list[str]
-    start: float | None
-    version: Any
-
-    def __init__(self) -> None:
-        self.span_ids = []
-
-
 _SOURCE_NAMES = ("agl_tinker", "llm_proxy", "llm_proxy_raw", "client", "other")
 
+Record = dict[str, Any]
+"""One call while its spans are merged: the ``LLMCall`` fields, raw as read (``_BAD`` for malformed
+values), ``span_ids`` a list, ``source`` the span's rank (0: our schema, the best source, to 4) and
+``problem`` whether the span failed. :func:`reconstruct` finishes it into the call's ``__dict__``, so
+each call's fields are stored once rather than copied from a scratch object."""
 
-def _read_llm_span(span: Span) -> _Record:
+
+def _read_llm_span(span: Span) -> Record:
     attrs = span.attributes
-    r = _Record()
-    r.span_id = span.span_id
-    r.span_ids.append(span.span_id)
-    r.attrs = attrs
-    r.start = span.start_time
-    r.end = span.end_time
-    r.seq = span.sequence_id
-    r.failed = span.status.status_code == "ERROR"
     get = attrs.get
-    r.prompt = _ids(get(S.PROMPT_TOKEN_IDS))
-    r.response = _ids(get(S.RESPONSE_TOKEN_IDS))
-    r.logprobs = _floats(get(S.AGL_RESPONSE_LOGPROBS))
-    r.response_id = get(S.RESPONSE_ID) or get(S.OPERATION_OUTPUT_ID)
-    r.model = get(S.REQUEST_MODEL) or get(S.RESPONSE_MODEL)
-    r.version = get(S.AGL_WEIGHTS_VERSION)
-    r.agent = get(S.AGL_AGENT_NAME)
-    r.finish = get(S.COMPLETION_FINISH_REASON)
     name = span.name
     if S.AGL_SEQUENCE_FINGERPRINT in attrs:
-        r.rank = 0
+        rank = 0
     elif name == S.LLM_CALL_SPAN_NAME:
-        r.rank = 1
+        rank = 1
     elif name == S.RAW_LLM_CALL_SPAN_NAME:
-        r.rank = 2
+        rank = 2
     elif name == S.CLIENT_LLM_CALL_SPAN_NAME:
-        r.rank = 3
+        rank = 3
     else:
-        r.rank = 4
-    if r.finish is None:
+        rank = 4
+    r: Record = {
+        "index": 0,
+        "span_id": span.span_id,
+        "span_ids": [span.span_id],
+        "response_id": get(S.RESPONSE_ID) or get(S.OPERATION_OUTPUT_ID),
+        "prompt_token_ids": _ids(get(S.PROMPT_TOKEN_IDS)),
+        "response_token_ids": _ids(get(S.RESPONSE_TOKEN_IDS)),
+        "logprobs": _floats(get(S.AGL_RESPONSE_LOGPROBS)),
+        "finish_reason": get(S.COMPLETION_FINISH_REASON),
+        "start_time": span.start_time,
+        "end_time": span.end_time,
+        "sequence_id": span.sequence_id,
+        "model": get(S.REQUEST_MODEL) or get(S.RESPONSE_MODEL),
+        "agent_name": get(S.AGL_AGENT_NAME),
+        "weights_version": get(S.AGL_WEIGHTS_VERSION),
+        "source": rank,
+        "problem": span.status.status_code == "ERROR",
+        "attributes": attrs,
+    }
+    if r["finish_reason"] is None:
         reasons = _literal(get(S.FINISH_REASONS))
         if isinstance(reasons, list) and reasons and isinstance(reasons[0], str):
-            r.finish = reasons[0]
-    if r.logprobs is None and S.CLIENT_LOGPROBS in attrs:
-        r.logprobs = _logprobs_from_content(_literal(attrs[S.CLIENT_LOGPROBS]))
-    if r.rank == 2 or (r.prompt is None and f"{S.HOSTED_VLLM_PREFIX}prompt_token_ids" in attrs):
+            r["finish_reason"] = reasons[0]
+    if r["logprobs"] is None and S.CLIENT_LOGPROBS in attrs:
+        r["logprobs"] = _logprobs_from_content(_literal(attrs[S.CLIENT_LOGPROBS]))
+    if rank == 2 or (r["prompt_token_ids"] is None and _HOSTED_PROMPT in attrs):
         _read_hosted_vllm(attrs, r)
     return r
+
+
+_HOSTED_PROMPT = S.HOSTED_VLLM_PREFIX + "prompt_token_ids"
 
 
 def _logprobs_from_content(content: Any) -> Any:
@@ -286,61 +247,98 @@ def _logprobs_from_content(content: Any) -> Any:
         return _BAD
 
 
-def _read_hosted_vllm(attrs: Mapping[str, Any], r: _Record) -> None:
+def _read_hosted_vllm(attrs: Mapping[str, Any], r: Record) -> None:
     """LLMProxy raw spans stringify the provider's request and response (``str(list)``)."""
     p = S.HOSTED_VLLM_PREFIX
-    if r.prompt is None:
-        r.prompt = _ids(attrs.get(p + "prompt_token_ids"))
-    if r.response_id is None and isinstance(attrs.get(p + "id"), str):
-        r.response_id = attrs[p + "id"]
+    if r["prompt_token_ids"] is None:
+        r["prompt_token_ids"] = _ids(attrs.get(p + "prompt_token_ids"))
+    if r["response_id"] is None and isinstance(attrs.get(p + "id"), str):
+        r["response_id"] = attrs[p + "id"]
     choices = _literal(attrs.get(p + "choices"))
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-    if r.response is None:
+    if r["response_token_ids"] is None:
         nested = _literal(attrs.get(p + "response_token_ids"))
         if isinstance(nested, list) and nested and isinstance(nested[0], list):
-            r.response = _ids(nested[0])
+            r["response_token_ids"] = _ids(nested[0])
         elif "token_ids" in choice:
-            r.response = _ids(choice["token_ids"])
-    if r.logprobs is None and isinstance(choice.get("logprobs"), dict):
-        r.logprobs = _logprobs_from_content(choice["logprobs"].get("content"))
-    if r.finish is None and isinstance(choice.get("finish_reason"), str):
-        r.finish = choice["finish_reason"]
+            r["response_token_ids"] = _ids(choice["token_ids"])
+    if r["logprobs"] is None and isinstance(choice.get("logprobs"), dict):
+        r["logprobs"] = _logprobs_from_content(choice["logprobs"].get("content"))
+    if r["finish_reason"] is None and isinstance(choice.get("finish_reason"), str):
+        r["finish_reason"] = choice["finish_reason"]
 
 
-def _merge(into: _Record, other: _Record) -> None:
+_MERGED_FIELDS = (
+    "prompt_token_ids",
+    "response_token_ids",
+    "logprobs",
+    "response_id",
+    "model",
+    "weights_version",
+    "agent_name",
+    "finish_reason",
+)
+
+
+def _merge(into: Record, other: Record) -> None:
     """Fill ``into`` (the higher-priority source) from ``other``; times widen to cover both."""
-    into.span_ids.extend(other.span_ids)
-    for name in ("prompt", "response", "logprobs", "response_id", "model", "version", "agent", "finish"):
-        if getattr(into, name) is None and getattr(other, name) is not None:
-            setattr(into, name, getattr(other, name))
-    if other.start is not None and (into.start is None or other.start < into.start):
-        into.start = other.start
-    if other.end is not None and (into.end is None or other.end > into.end):
-        into.end = other.end
-    into.seq = min(into.seq, other.seq)
-    into.failed = into.failed and other.failed
+    into["span_ids"].extend(other["span_ids"])
+    for name in _MERGED_FIELDS:
+        if into[name] is None and other[name] is not None:
+            into[name] = other[name]
+    start, end = other["start_time"], other["end_time"]
+    if start is not None and (into["start_time"] is None or start < into["start_time"]):
+        into["start_time"] = start
+    if end is not None and (into["end_time"] is None or end > into["end_time"]):
+        into["end_time"] = end
+    into["sequence_id"] = min(into["sequence_id"], other["sequence_id"])
+    into["problem"] = into["problem"] and other["problem"]  # failed only if every span failed
 
 
-def _call_key(r: _Record) -> str:
-    return r.response_id if isinstance(r.response_id, str) and r.response_id else r.span_id
+def _call_key(r: Record) -> str:
+    rid = r["response_id"]
+    return rid if isinstance(rid, str) and rid else r["span_id"]
 
 
-def _problem(r: _Record) -> CallProblem | None:
-    if r.prompt is _BAD or r.response is _BAD:
+def _problem(r: Record) -> CallProblem | None:
+    prompt, response, logprobs = r["prompt_token_ids"], r["response_token_ids"], r["logprobs"]
+    if prompt is _BAD or response is _BAD:
         return CallProblem.MALFORMED_TOKEN_IDS
-    if r.failed and not r.response:
+    if r["problem"] and not response:
         return CallProblem.FAILED
-    if r.prompt is None:
+    if prompt is None:
         return CallProblem.MISSING_PROMPT_TOKEN_IDS
-    if r.response is None:
+    if response is None:
         return CallProblem.MISSING_RESPONSE_TOKEN_IDS
-    if not r.prompt:
+    if not prompt:
         return CallProblem.EMPTY_PROMPT
-    if r.logprobs is None or r.logprobs is _BAD:
+    if logprobs is None or logprobs is _BAD:
         return CallProblem.MISSING_LOGPROBS
-    if len(r.logprobs) != len(r.response):
+    if len(logprobs) != len(response):
         return CallProblem.LOGPROB_COUNT_MISMATCH
     return None
+
+
+def _finish(r: Record, index: int, problem: CallProblem | None) -> LLMCall:
+    """The call from its merged record: malformed values become ``None``, the rank its source name."""
+    r["index"] = index
+    r["span_ids"] = tuple(r["span_ids"])
+    if r["response_id"] is not None and not isinstance(r["response_id"], str):
+        r["response_id"] = None
+    if problem is not None:  # a trainable call has no malformed values
+        for name in ("prompt_token_ids", "response_token_ids", "logprobs"):
+            if r[name] is _BAD:
+                r[name] = None
+    if r["finish_reason"] is not None and not isinstance(r["finish_reason"], str):
+        r["finish_reason"] = None
+    if r["model"] is not None:
+        r["model"] = str(r["model"])
+    version = r["weights_version"]
+    if version is not None and (not isinstance(version, (int, str)) or isinstance(version, bool)):
+        r["weights_version"] = None
+    r["source"] = _SOURCE_NAMES[r["source"]]
+    r["problem"] = problem
+    return construct(LLMCall, r)
 
 
 # --- rewards -----------------------------------------------------------------------------------
@@ -409,6 +407,9 @@ def _select_attempt(spans: Sequence[Span], attempt: str) -> tuple[str | None, li
         return (None, list(spans))
     if attempt != "latest":
         return (attempt, [s for s in spans if s.attempt_id == attempt])
+    first = spans[0].attempt_id
+    if all(s.attempt_id == first for s in spans):  # the usual case: one attempt
+        return (first, list(spans))
     # Sequence ids grow per rollout across attempts, so the newest attempt holds the largest one.
     newest: dict[str, tuple[int, float]] = {}
     for s in spans:
@@ -420,6 +421,15 @@ def _select_attempt(spans: Sequence[Span], attempt: str) -> tuple[str | None, li
         return (spans[0].attempt_id, list(spans))
     latest = max(newest, key=lambda a: (newest[a], a))
     return (latest, [s for s in spans if s.attempt_id == latest])
+
+
+def _order(r: Record) -> tuple[float, int, str]:
+    """Call order: start time (missing last), then sequence id, then span id."""
+    start = r["start_time"]
+    return (start if start is not None else _INF, r["sequence_id"], r["span_id"])
+
+
+_INF = float("inf")
 
 
 def reconstruct(spans: Iterable[Span], options: ReconstructOptions = ReconstructOptions()) -> Reconstruction:
@@ -441,7 +451,7 @@ def reconstruct(spans: Iterable[Span], options: ReconstructOptions = Reconstruct
     metrics["duplicate_spans"] = len(chosen) - len(by_id)
 
     names = options.llm_span_names
-    records: dict[str, _Record] = {}
+    records: dict[str, Record] = {}
     reward_items: list[tuple[float, int, str, float | None, float, dict[str, float]]] = []
     for s in by_id.values():
         if s.name in names or S.PROMPT_TOKEN_IDS in s.attributes:
@@ -454,21 +464,23 @@ def reconstruct(spans: Iterable[Span], options: ReconstructOptions = Reconstruct
 
     # Merge raw provider spans into their litellm_request parent, then spans sharing a response id.
     merged = 0
-    if any(r.rank == 2 for r in records.values()):
-        for sid in sorted(records, key=lambda k: (records[k].rank, k)):
+    if any(r["source"] == 2 for r in records.values()):
+        for sid in sorted(records, key=lambda k: (records[k]["source"], k)):
             r = records[sid]
             parent = records.get(by_id[sid].parent_id or "")
-            if r.rank == 2 and parent is not None and parent.rank < r.rank:
+            if r["source"] == 2 and parent is not None and parent["source"] < 2:
                 _merge(parent, r)
                 del records[sid]
                 merged += 1
-    groups: dict[str, _Record] = {}
+    groups: dict[str, Record] = {}
     for r in records.values():
         groups.setdefault(_call_key(r), r)
     if len(groups) < len(records):
         # Several spans of one response (client-side and proxy): merge in a fixed priority order.
         groups = {}
-        for r in sorted(records.values(), key=lambda rec: (rec.rank, rec.seq, rec.span_id)):
+        for r in sorted(
+            records.values(), key=lambda rec: (rec["source"], rec["sequence_id"], rec["span_id"])
+        ):
             head = groups.setdefault(_call_key(r), r)
             if head is not r:
                 _merge(head, r)
@@ -478,66 +490,63 @@ def reconstruct(spans: Iterable[Span], options: ReconstructOptions = Reconstruct
     agent_memo: dict[str, str | None] = {}
     agent_re = re.compile(options.agent_match) if options.agent_match is not None else None
     model_re = re.compile(options.model_match) if options.model_match is not None else None
-    kept: list[_Record] = []
+    find_agents = agent_re is not None or len(by_id) > len(records)
+    kept: list[Record] = []
     filtered = 0
     for r in groups.values():
-        if r.agent is None and (agent_re is not None or len(by_id) > len(records)):
-            r.agent = _agent_of(by_id[r.span_id].parent_id, by_id, agent_memo)
-        if agent_re is not None and (r.agent is None or agent_re.search(r.agent) is None):
+        if r["agent_name"] is None and find_agents:
+            parent_id = by_id[r["span_id"]].parent_id
+            if parent_id is not None:
+                r["agent_name"] = _agent_of(parent_id, by_id, agent_memo)
+        if agent_re is not None and (r["agent_name"] is None or agent_re.search(r["agent_name"]) is None):
             filtered += 1
             continue
-        if model_re is not None and (r.model is None or model_re.search(str(r.model)) is None):
+        if model_re is not None and (r["model"] is None or model_re.search(str(r["model"])) is None):
             filtered += 1
             continue
         kept.append(r)
     metrics["filtered_calls"] = filtered
     inf = float("inf")
-    kept.sort(key=lambda rec: (rec.start if rec.start is not None else inf, rec.seq, rec.span_id))
+    kept.sort(key=_order)
 
     calls: list[LLMCall] = []
     for i, r in enumerate(kept):
         problem = _problem(r)
         if problem is not None:
             metrics[f"problem/{problem}"] = metrics.get(f"problem/{problem}", 0) + 1
-        finish = r.finish if isinstance(r.finish, str) else None
-        version = r.version if isinstance(r.version, (int, str)) and not isinstance(r.version, bool) else None
-        # One call object per LLM call is the hot path: fill the frozen dataclass's __dict__ in one
-        # step instead of 17 frozen __setattr__ calls (same object, same equality, 2-3x faster).
-        call = _new_call()
-        _set(
-            call,
-            "__dict__",
-            {
-                "index": i,
-                "span_id": r.span_id,
-                "span_ids": tuple(r.span_ids),
-                "response_id": r.response_id if isinstance(r.response_id, str) else None,
-                "prompt_token_ids": None if r.prompt is _BAD else r.prompt,
-                "response_token_ids": None if r.response is _BAD else r.response,
-                "logprobs": None if r.logprobs is _BAD else r.logprobs,
-                "finish_reason": finish,
-                "start_time": r.start,
-                "end_time": r.end,
-                "sequence_id": r.seq,
-                "model": str(r.model) if r.model is not None else None,
-                "agent_name": r.agent,
-                "weights_version": version,
-                "source": _SOURCE_NAMES[r.rank],
-                "problem": problem,
-                "attributes": r.attrs,
-            },
-        )
-        calls.append(call)
+        calls.append(_finish(r, i, problem))
     metrics["calls"] = len(calls)
 
     reward_items.sort(key=lambda item: item[:3])
     starts = [c.start_time if c.start_time is not None else inf for c in calls]
     rewards: list[RewardEvent] = []
     for _, seq, sid, t, value, dims in reward_items:
-        rewards.append(RewardEvent(value, t, seq, sid, _call_before(calls, starts, t, seq), dims))
+        after = _call_before(calls, starts, t, seq)
+        rewards.append(
+            construct(
+                RewardEvent,
+                {
+                    "value": value,
+                    "time": t,
+                    "sequence_id": seq,
+                    "span_id": sid,
+                    "after_call": after,
+                    "dimensions": dims,
+                },
+            )
+        )
     metrics["rewards"] = len(rewards)
     rollout_id = next(iter(rollout_ids)) if rollout_ids else None
-    return Reconstruction(rollout_id, attempt_id, tuple(calls), tuple(rewards), metrics)
+    return construct(
+        Reconstruction,
+        {
+            "rollout_id": rollout_id,
+            "attempt_id": attempt_id,
+            "calls": tuple(calls),
+            "rewards": tuple(rewards),
+            "metrics": metrics,
+        },
+    )
 
 
 def _call_before(calls: Sequence[LLMCall], starts: Sequence[float], t: float | None, seq: int) -> int | None:

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from agl_tinker._construct import construct
+
 
 @dataclass(frozen=True)
 class RewardEvent:
@@ -119,7 +121,7 @@ def attribute_rewards(
         rewards = [0.0] * n
         if scored and n:
             rewards[_last_step(step_calls)] = value
-        return RewardAttribution(tuple(rewards), value, exclusion, scored, len(events), 0)
+        return _attribution(rewards, value, exclusion, scored, len(events), 0)
 
     rewards = [0.0] * n
     early = 0
@@ -140,11 +142,33 @@ def attribute_rewards(
     else:
         total = events[-1].value if options.mode is RewardMode.FINAL else sum(e.value for e in events)
         rewards[_last_step(step_calls)] = total
-    return RewardAttribution(tuple(rewards), total, None, False, len(events), early)
+    return _attribution(rewards, total, None, False, len(events), early)
+
+
+def _attribution(
+    rewards: list[float],
+    total: float,
+    exclusion: ExclusionReason | None,
+    scored: bool,
+    events: int,
+    early: int,
+) -> RewardAttribution:
+    # One per rollout: skip the frozen dataclass's field-by-field __init__ (see agl_tinker._construct).
+    return construct(
+        RewardAttribution,
+        {
+            "step_rewards": tuple(rewards),
+            "episode_return": total,
+            "exclusion": exclusion,
+            "scored": scored,
+            "reward_events": events,
+            "early_rewards": early,
+        },
+    )
 
 
 def _last_step(step_calls: Sequence[int]) -> int:
-    return max(range(len(step_calls)), key=step_calls.__getitem__)
+    return list(step_calls).index(max(step_calls))  # the first of equal maxima, as max(key=) gives
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from spanfactory import CallSpec, call_spans, conversation, span_id
 from tinker_cookbook.rl.data_processing import trajectory_to_data
 
 from agl_tinker import spans as S
-from agl_tinker.align import DriftKind, _model_input, align_calls, rollout_trajectory, trajectory_group
+from agl_tinker._construct import model_input
+from agl_tinker.align import DriftKind, align_calls, rollout_trajectory, trajectory_group
 from agl_tinker.reconstruct import reconstruct
 from agl_tinker.rewards import ExclusionReason, RewardOptions
 
@@ -112,7 +113,7 @@ def test_call_without_tokens_does_not_break_the_sequence() -> None:
 
 
 def test_model_input_shortcut_equals_the_validated_model() -> None:
-    fast = _model_input([5, 6, 7])
+    fast = model_input([5, 6, 7])
     assert fast == tinker.ModelInput.from_ints([5, 6, 7])
     assert fast.length == 3 and fast.to_ints() == [5, 6, 7]
     assert fast.model_dump() == tinker.ModelInput.from_ints([5, 6, 7]).model_dump()

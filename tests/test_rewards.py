@@ -82,3 +82,10 @@ def test_group_selection_drops_groups_with_too_few_valid_rollouts() -> None:
 def test_invalid_options() -> None:
     with pytest.raises(ValueError, match="min_valid_per_group"):
         RewardOptions(min_valid_per_group=-1)
+
+
+def test_final_reward_goes_to_the_latest_call_in_any_step_order() -> None:
+    from agl_tinker.rewards import _last_step
+
+    assert _last_step([2, 7, 1, 3]) == 1 and _last_step((5,)) == 0
+    assert _last_step([2, 7, 1, 7]) == 1  # ties (not produced by align): the first, as before
