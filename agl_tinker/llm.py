@@ -395,6 +395,8 @@ def register(provider: TinkerChatProvider, served_model: str) -> str:
             model: {
                 "input_cost_per_token": 0.0,
                 "output_cost_per_token": 0.0,
+                "cache_creation_input_token_cost": 0.0,  # else LiteLLM warns at every start
+                "cache_read_input_token_cost": 0.0,
                 "litellm_provider": name,
                 "mode": "chat",
             }
