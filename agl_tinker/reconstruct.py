@@ -199,17 +199,18 @@ def _read_llm_span(span: Span) -> Record:
     get = attrs.get
     fingerprinted = S.AGL_SEQUENCE_FINGERPRINT in attrs  # our schema: the best source
     source = "agl_tinker" if fingerprinted else _SOURCE_BY_NAME.get(span.name, "other")
+    typical = True  # non-empty lists of ints, ints and floats: the call's problem is only a count
     prompt = get(S.PROMPT_TOKEN_IDS)
     if not (type(prompt) is list and prompt and type(prompt[0]) is int and type(prompt[-1]) is int):
-        prompt = _ids(prompt)
+        prompt, typical = _ids(prompt), False
     response = get(S.RESPONSE_TOKEN_IDS)
     if not (type(response) is list and response and type(response[0]) is int and type(response[-1]) is int):
-        response = _ids(response)
+        response, typical = _ids(response), False
     logprobs = get(S.AGL_RESPONSE_LOGPROBS)
     if not (
         type(logprobs) is list and logprobs and type(logprobs[0]) is float and type(logprobs[-1]) is float
     ):
-        logprobs = _floats(logprobs)
+        logprobs, typical = _floats(logprobs), False
     response_id = get(S.RESPONSE_ID) or get(S.OPERATION_OUTPUT_ID)
     if response_id is not None and not isinstance(response_id, str):
         response_id = None
@@ -255,7 +256,8 @@ def _read_llm_span(span: Span) -> Record:
         r["logprobs"] = _logprobs_from_content(_literal(attrs[S.CLIENT_LOGPROBS]))
     if source == "llm_proxy_raw" or (prompt is None and _HOSTED_PROMPT in attrs):
         _read_hosted_vllm(attrs, r)
-    r["problem"] = _problem(r, span.status.status_code == "ERROR")
+    if not typical or len(logprobs) != len(response):  # (a failed span with a response is trainable)
+        r["problem"] = _problem(r, span.status.status_code == "ERROR")
     return r
 
 
