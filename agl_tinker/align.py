@@ -105,7 +105,7 @@ class Alignment:
 
     @property
     def step_calls(self) -> tuple[int, ...]:
-        return tuple(step.call_index for step in self.steps)
+        return tuple([step.call_index for step in self.steps])
 
     def trajectory(self, step_rewards: Sequence[float] | None = None) -> Trajectory:
         """The cookbook ``Trajectory``; ``episode_done`` marks the last transition."""
@@ -131,13 +131,16 @@ class Alignment:
 
 
 class _Seq:
-    __slots__ = ("acts", "anchors", "calls", "end_len", "index", "last", "obs", "steps")
+    __slots__ = ("acts", "anchors", "calls", "end_fingerprint", "end_len", "index", "last", "obs", "steps")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.steps: list[AlignedStep] = []
         self.calls: list[int] = []
+        self.end_fingerprint: Any = None
+        """Writer's fingerprint of the sequence's ``end_len`` tokens (the usual continuation point)."""
         self.anchors: dict[int, Any] = {}
+        """Further points a later call may continue from: where untrainable calls ended."""
         self.end_len = 0
         self.obs = 0
         self.acts = 0
@@ -174,7 +177,7 @@ def _extends(call: LLMCall, seq: _Seq, counts: dict[str, int]) -> bool:
     attrs = call.attributes
     claimed = attrs.get(S.AGL_PREFIX_LENGTH)
     if claimed is not None:
-        anchor = seq.anchors.get(claimed)
+        anchor = seq.end_fingerprint if claimed == seq.end_len else seq.anchors.get(claimed)
         if anchor is not None:
             counts["fingerprint_checks"] += 1
             if anchor == attrs.get(S.AGL_PREFIX_FINGERPRINT):
@@ -266,19 +269,17 @@ def align_calls(
         new_obs = len(prompt) - match.end_len
         logprobs = call.logprobs
         assert logprobs is not None
-        ac = construct(
-            TokensWithLogprobs,
-            {
-                "tokens": list(response),
-                "maybe_logprobs": list(logprobs),
-                "stop_reason": "length" if call.finish_reason == "length" else "stop",
-            },
-        )
+        # Token lists are shared with the call (as the ob's prompt is), copied only if not lists.
+        ac = {
+            "tokens": response if type(response) is list else list(response),
+            "maybe_logprobs": logprobs if type(logprobs) is list else list(logprobs),
+            "stop_reason": "length" if call.finish_reason == "length" else "stop",
+        }
         step = {
             "call_index": call.index,
             "sequence_index": match.index,
             "ob": model_input(prompt),
-            "ac": ac,
+            "ac": construct(TokensWithLogprobs, ac),
             "observation_tokens": new_obs,
         }
         match.steps.append(construct(AlignedStep, step))
@@ -286,7 +287,9 @@ def align_calls(
         match.obs += new_obs
         match.acts += len(response)
         match.end_len = full_len
-        match.anchors = {full_len: fingerprint} if fingerprint is not None else {}
+        match.end_fingerprint = fingerprint
+        if match.anchors:
+            match.anchors = {}
         match.last = call
 
     if _merge_cookbook_continuations(seqs):
@@ -294,17 +297,18 @@ def align_calls(
             seq.steps = [
                 AlignedStep(s.call_index, seq.index, s.ob, s.ac, s.observation_tokens) for s in seq.steps
             ]
-    steps = tuple(step for seq in seqs for step in seq.steps)
+    steps = tuple(seqs[0].steps) if len(seqs) == 1 else tuple(step for seq in seqs for step in seq.steps)
+    concurrent = sum([d.kind is DriftKind.CONCURRENT for d in drift]) if drift else 0
     sequences = tuple(TokenSequence(seq.index, tuple(seq.calls), seq.obs, seq.acts) for seq in seqs)
     metrics = {
         "calls": n_calls,
         "trained_calls": len(steps),
         "skipped_calls": len(skipped),
         "sequences": len(sequences),
-        "drift_events": sum(1 for d in drift if d.kind is DriftKind.DRIFT),
-        "concurrent_branches": sum(1 for d in drift if d.kind is DriftKind.CONCURRENT),
-        "observation_tokens": sum(s.observation_tokens for s in sequences),
-        "action_tokens": sum(s.action_tokens for s in sequences),
+        "drift_events": len(drift) - concurrent,
+        "concurrent_branches": concurrent,
+        "observation_tokens": sum([seq.obs for seq in seqs]),
+        "action_tokens": sum([seq.acts for seq in seqs]),
         **counts,
     }
     return construct(

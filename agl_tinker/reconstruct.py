@@ -183,58 +183,89 @@ def _flat_messages(attrs: Mapping[str, Any], prefix: str) -> list[dict[str, Any]
 
 
 _SOURCE_NAMES = ("agl_tinker", "llm_proxy", "llm_proxy_raw", "client", "other")
+_RANK = {name: rank for rank, name in enumerate(_SOURCE_NAMES)}
+"""Merge priority of a source (0: our schema, the best)."""
 
 Record = dict[str, Any]
-"""One call while its spans are merged: the ``LLMCall`` fields, raw as read (``_BAD`` for malformed
-values), ``span_ids`` a list, ``source`` the span's rank (0: our schema, the best source, to 4) and
-``problem`` whether the span failed. :func:`reconstruct` finishes it into the call's ``__dict__``, so
-each call's fields are stored once rather than copied from a scratch object."""
+"""One call while its spans are merged: exactly the ``LLMCall`` fields, already of their types
+except that malformed token values are ``_BAD``. :func:`reconstruct` sets ``index`` and turns it
+into the call's ``__dict__``, so each call's fields are stored once rather than copied."""
 
 
 def _read_llm_span(span: Span) -> Record:
+    """One LLM span as a call. The common values (lists of ints and floats, strings) are checked
+    inline; anything else goes through :func:`_ids` / :func:`_floats`, which report it."""
     attrs = span.attributes
     get = attrs.get
-    name = span.name
-    if S.AGL_SEQUENCE_FINGERPRINT in attrs:
-        rank = 0
-    elif name == S.LLM_CALL_SPAN_NAME:
-        rank = 1
-    elif name == S.RAW_LLM_CALL_SPAN_NAME:
-        rank = 2
-    elif name == S.CLIENT_LLM_CALL_SPAN_NAME:
-        rank = 3
-    else:
-        rank = 4
+    fingerprinted = S.AGL_SEQUENCE_FINGERPRINT in attrs  # our schema: the best source
+    source = "agl_tinker" if fingerprinted else _SOURCE_BY_NAME.get(span.name, "other")
+    typical = True  # non-empty lists of ints, ints and floats: the call's problem is only a count
+    prompt = get(S.PROMPT_TOKEN_IDS)
+    if not (type(prompt) is list and prompt and type(prompt[0]) is int and type(prompt[-1]) is int):
+        prompt, typical = _ids(prompt), False
+    response = get(S.RESPONSE_TOKEN_IDS)
+    if not (type(response) is list and response and type(response[0]) is int and type(response[-1]) is int):
+        response, typical = _ids(response), False
+    logprobs = get(S.AGL_RESPONSE_LOGPROBS)
+    if not (
+        type(logprobs) is list and logprobs and type(logprobs[0]) is float and type(logprobs[-1]) is float
+    ):
+        logprobs, typical = _floats(logprobs), False
+    response_id = get(S.RESPONSE_ID) or get(S.OPERATION_OUTPUT_ID)
+    if response_id is not None and not isinstance(response_id, str):
+        response_id = None
+    finish_reason = get(S.COMPLETION_FINISH_REASON)
+    if finish_reason is None:
+        reasons = _literal(get(S.FINISH_REASONS))
+        if isinstance(reasons, list) and reasons and isinstance(reasons[0], str):
+            finish_reason = reasons[0]
+    elif not isinstance(finish_reason, str):
+        finish_reason = None
+    model = get(S.REQUEST_MODEL) or get(S.RESPONSE_MODEL)
+    if model is not None and type(model) is not str:
+        model = str(model)
+    version = get(S.AGL_WEIGHTS_VERSION)
+    if (
+        version is not None
+        and type(version) is not int
+        and (type(version) is bool or not isinstance(version, (int, str)))
+    ):
+        version = None
+    agent = get(S.AGL_AGENT_NAME)
+    span_id = span.span_id
     r: Record = {
         "index": 0,
-        "span_id": span.span_id,
-        "span_ids": [span.span_id],
-        "response_id": get(S.RESPONSE_ID) or get(S.OPERATION_OUTPUT_ID),
-        "prompt_token_ids": _ids(get(S.PROMPT_TOKEN_IDS)),
-        "response_token_ids": _ids(get(S.RESPONSE_TOKEN_IDS)),
-        "logprobs": _floats(get(S.AGL_RESPONSE_LOGPROBS)),
-        "finish_reason": get(S.COMPLETION_FINISH_REASON),
+        "span_id": span_id,
+        "span_ids": (span_id,),
+        "response_id": response_id,
+        "prompt_token_ids": prompt,
+        "response_token_ids": response,
+        "logprobs": logprobs,
+        "finish_reason": finish_reason,
         "start_time": span.start_time,
         "end_time": span.end_time,
         "sequence_id": span.sequence_id,
-        "model": get(S.REQUEST_MODEL) or get(S.RESPONSE_MODEL),
-        "agent_name": get(S.AGL_AGENT_NAME),
-        "weights_version": get(S.AGL_WEIGHTS_VERSION),
-        "source": rank,
-        "problem": span.status.status_code == "ERROR",
+        "model": model,
+        "agent_name": agent if agent is None or isinstance(agent, str) else str(agent),
+        "weights_version": version,
+        "source": source,
+        "problem": None,
         "attributes": attrs,
     }
-    if r["finish_reason"] is None:
-        reasons = _literal(get(S.FINISH_REASONS))
-        if isinstance(reasons, list) and reasons and isinstance(reasons[0], str):
-            r["finish_reason"] = reasons[0]
-    if r["logprobs"] is None and S.CLIENT_LOGPROBS in attrs:
+    if logprobs is None and S.CLIENT_LOGPROBS in attrs:
         r["logprobs"] = _logprobs_from_content(_literal(attrs[S.CLIENT_LOGPROBS]))
-    if rank == 2 or (r["prompt_token_ids"] is None and _HOSTED_PROMPT in attrs):
+    if source == "llm_proxy_raw" or (prompt is None and _HOSTED_PROMPT in attrs):
         _read_hosted_vllm(attrs, r)
+    if not typical or len(logprobs) != len(response):  # (a failed span with a response is trainable)
+        r["problem"] = _problem(r, span.status.status_code == "ERROR")
     return r
 
 
+_SOURCE_BY_NAME = {
+    S.LLM_CALL_SPAN_NAME: "llm_proxy",
+    S.RAW_LLM_CALL_SPAN_NAME: "llm_proxy_raw",
+    S.CLIENT_LLM_CALL_SPAN_NAME: "client",
+}
 _HOSTED_PROMPT = S.HOSTED_VLLM_PREFIX + "prompt_token_ids"
 
 
@@ -281,8 +312,9 @@ _MERGED_FIELDS = (
 
 
 def _merge(into: Record, other: Record) -> None:
-    """Fill ``into`` (the higher-priority source) from ``other``; times widen to cover both."""
-    into["span_ids"].extend(other["span_ids"])
+    """Fill ``into`` (the higher-priority source) from ``other``; times widen to cover both. The
+    caller recomputes ``problem`` once merging is done (see :func:`_recheck`)."""
+    into["span_ids"] += other["span_ids"]
     for name in _MERGED_FIELDS:
         if into[name] is None and other[name] is not None:
             into[name] = other[name]
@@ -292,19 +324,23 @@ def _merge(into: Record, other: Record) -> None:
     if end is not None and (into["end_time"] is None or end > into["end_time"]):
         into["end_time"] = end
     into["sequence_id"] = min(into["sequence_id"], other["sequence_id"])
-    into["problem"] = into["problem"] and other["problem"]  # failed only if every span failed
+
+
+def _recheck(r: Record, by_id: Mapping[str, Span]) -> None:
+    """A merged call's problem from its merged values; failed only if every span failed."""
+    failed = all(by_id[sid].status.status_code == "ERROR" for sid in r["span_ids"])
+    r["problem"] = _problem(r, failed)
 
 
 def _call_key(r: Record) -> str:
-    rid = r["response_id"]
-    return rid if isinstance(rid, str) and rid else r["span_id"]
+    return r["response_id"] or r["span_id"]  # type: ignore[no-any-return]
 
 
-def _problem(r: Record) -> CallProblem | None:
+def _problem(r: Record, failed: bool) -> CallProblem | None:
     prompt, response, logprobs = r["prompt_token_ids"], r["response_token_ids"], r["logprobs"]
     if prompt is _BAD or response is _BAD:
         return CallProblem.MALFORMED_TOKEN_IDS
-    if r["problem"] and not response:
+    if failed and not response:
         return CallProblem.FAILED
     if prompt is None:
         return CallProblem.MISSING_PROMPT_TOKEN_IDS
@@ -319,32 +355,47 @@ def _problem(r: Record) -> CallProblem | None:
     return None
 
 
-def _finish(r: Record, index: int, problem: CallProblem | None) -> LLMCall:
-    """The call from its merged record: malformed values become ``None``, the rank its source name."""
-    r["index"] = index
-    r["span_ids"] = tuple(r["span_ids"])
-    if r["response_id"] is not None and not isinstance(r["response_id"], str):
-        r["response_id"] = None
-    if problem is not None:  # a trainable call has no malformed values
-        for name in ("prompt_token_ids", "response_token_ids", "logprobs"):
-            if r[name] is _BAD:
-                r[name] = None
-    if r["finish_reason"] is not None and not isinstance(r["finish_reason"], str):
-        r["finish_reason"] = None
-    if r["model"] is not None:
-        r["model"] = str(r["model"])
-    version = r["weights_version"]
-    if version is not None and (not isinstance(version, (int, str)) or isinstance(version, bool)):
-        r["weights_version"] = None
-    r["source"] = _SOURCE_NAMES[r["source"]]
-    r["problem"] = problem
-    return construct(LLMCall, r)
+def _merge_calls(records: list[Record], by_id: Mapping[str, Span]) -> tuple[list[Record], int]:
+    """Raw provider spans into their ``litellm_request`` parent, then spans sharing a response id
+    (client-side and proxy), in a fixed priority order. Returns the calls and the spans merged."""
+    merged = 0
+    if any(r["source"] == "llm_proxy_raw" for r in records):
+        by_span = {r["span_id"]: r for r in records}
+        for sid in sorted(by_span, key=lambda k: (_RANK[by_span[k]["source"]], k)):
+            r = by_span[sid]
+            parent = by_span.get(by_id[sid].parent_id or "")
+            if r["source"] == "llm_proxy_raw" and parent is not None and _RANK[parent["source"]] < 2:
+                _merge(parent, r)
+                _recheck(parent, by_id)
+                del by_span[sid]
+                merged += 1
+        records = list(by_span.values())
+    if len({_call_key(r) for r in records}) < len(records):
+        groups: dict[str, Record] = {}
+        for r in sorted(records, key=lambda rec: (_RANK[rec["source"]], rec["sequence_id"], rec["span_id"])):
+            head = groups.setdefault(_call_key(r), r)
+            if head is not r:
+                _merge(head, r)
+                merged += 1
+        records = list(groups.values())
+        for r in records:
+            if len(r["span_ids"]) > 1:
+                _recheck(r, by_id)
+    return records, merged
 
 
 # --- rewards -----------------------------------------------------------------------------------
 
 _REWARD_VALUE0 = f"{S.REWARD_PREFIX}.0.value"
+_REWARD_KEYS = tuple((f"{S.REWARD_PREFIX}.{i}.value", f"{S.REWARD_PREFIX}.{i}.name") for i in range(16))
+"""Keys of the first dimensions, formatted once (more are formatted on demand)."""
 _LEGACY_REWARD_KEYS = ("agentops.task.output", "agentops.entity.output", "reward")
+
+
+def _reward_keys(i: int) -> tuple[str, str]:
+    if i < len(_REWARD_KEYS):
+        return _REWARD_KEYS[i]
+    return (f"{S.REWARD_PREFIX}.{i}.value", f"{S.REWARD_PREFIX}.{i}.name")
 
 
 def _read_reward(span: Span) -> tuple[float, dict[str, float]] | None:
@@ -354,10 +405,11 @@ def _read_reward(span: Span) -> tuple[float, dict[str, float]] | None:
         dims: dict[str, float] = {}
         i = 0
         while True:
-            v = attrs.get(f"{S.REWARD_PREFIX}.{i}.value")
+            value_key, name_key = _reward_keys(i)
+            v = attrs.get(value_key)
             if not isinstance(v, (int, float)):
                 break
-            dims[str(attrs.get(f"{S.REWARD_PREFIX}.{i}.name", i))] = float(v)
+            dims[str(attrs.get(name_key, i))] = float(v)
             i += 1
         return float(value), dims
     if span.name == S.REWARD_SPAN_NAME or any(k in attrs for k in _LEGACY_REWARD_KEYS[:2]):
@@ -402,14 +454,15 @@ def _agent_of(span_id: str | None, by_id: Mapping[str, Span], memo: dict[str, st
     return found
 
 
-def _select_attempt(spans: Sequence[Span], attempt: str) -> tuple[str | None, list[Span]]:
+def _select_attempt(spans: list[Span], attempt: str) -> tuple[str | None, list[Span]]:
+    """The chosen attempt's spans (``spans`` itself, not a copy, when that is all of them)."""
     if attempt == "all" or not spans:
-        return (None, list(spans))
+        return (None, spans)
     if attempt != "latest":
         return (attempt, [s for s in spans if s.attempt_id == attempt])
     first = spans[0].attempt_id
     if all(s.attempt_id == first for s in spans):  # the usual case: one attempt
-        return (first, list(spans))
+        return (first, spans)
     # Sequence ids grow per rollout across attempts, so the newest attempt holds the largest one.
     newest: dict[str, tuple[int, float]] = {}
     for s in spans:
@@ -417,10 +470,20 @@ def _select_attempt(spans: Sequence[Span], attempt: str) -> tuple[str | None, li
         prev = newest.get(s.attempt_id)
         if prev is None or key > prev:
             newest[s.attempt_id] = key
-    if len(newest) == 1:
-        return (spans[0].attempt_id, list(spans))
     latest = max(newest, key=lambda a: (newest[a], a))
     return (latest, [s for s in spans if s.attempt_id == latest])
+
+
+def _dedupe(spans: list[Span]) -> dict[str, Span]:
+    """Spans by id; a re-export may carry more attributes, so a duplicate keeps the richest copy."""
+    by_id = {s.span_id: s for s in spans}
+    if len(by_id) < len(spans):
+        by_id = {}
+        for s in spans:
+            prev = by_id.get(s.span_id)
+            if prev is None or len(s.attributes) > len(prev.attributes):
+                by_id[s.span_id] = s
+    return by_id
 
 
 def _order(r: Record) -> tuple[float, int, str]:
@@ -435,106 +498,76 @@ _INF = float("inf")
 def reconstruct(spans: Iterable[Span], options: ReconstructOptions = ReconstructOptions()) -> Reconstruction:
     """The ordered LLM calls and reward events of one rollout's spans (any order, duplicates ok)."""
     all_spans = list(spans)
-    metrics: dict[str, int] = {"spans": len(all_spans)}
     rollout_ids = {s.rollout_id for s in all_spans}
     if len(rollout_ids) > 1:
         raise ValueError(f"spans of several rollouts given to reconstruct(): {sorted(rollout_ids)}")
     attempt_id, chosen = _select_attempt(all_spans, options.attempt)
-    metrics["other_attempt_spans"] = len(all_spans) - len(chosen)
-
-    # Deduplicate by span id; a re-export may carry more attributes, so keep the richest copy.
-    by_id: dict[str, Span] = {}
-    for s in chosen:
-        prev = by_id.get(s.span_id)
-        if prev is None or len(s.attributes) > len(prev.attributes):
-            by_id[s.span_id] = s
-    metrics["duplicate_spans"] = len(chosen) - len(by_id)
+    by_id = _dedupe(chosen)
 
     names = options.llm_span_names
-    records: dict[str, Record] = {}
+    records: list[Record] = []
+    orphans: list[tuple[Record, str]] = []  # calls naming no agent, under a parent span
     reward_items: list[tuple[float, int, str, float | None, float, dict[str, float]]] = []
     for s in by_id.values():
         if s.name in names or S.PROMPT_TOKEN_IDS in s.attributes:
-            records[s.span_id] = _read_llm_span(s)
+            r = _read_llm_span(s)
+            records.append(r)
+            if r["agent_name"] is None and s.parent_id is not None:
+                orphans.append((r, s.parent_id))
             continue
         reward = _read_reward(s)
         if reward is not None:
             t = s.start_time if s.start_time is not None else s.end_time
-            reward_items.append((t if t is not None else float("inf"), s.sequence_id, s.span_id, t, *reward))
+            reward_items.append((t if t is not None else _INF, s.sequence_id, s.span_id, t, *reward))
+    n_read = len(records)
+    records, merged = _merge_calls(records, by_id)
 
-    # Merge raw provider spans into their litellm_request parent, then spans sharing a response id.
-    merged = 0
-    if any(r["source"] == 2 for r in records.values()):
-        for sid in sorted(records, key=lambda k: (records[k]["source"], k)):
-            r = records[sid]
-            parent = records.get(by_id[sid].parent_id or "")
-            if r["source"] == 2 and parent is not None and parent["source"] < 2:
-                _merge(parent, r)
-                del records[sid]
-                merged += 1
-    groups: dict[str, Record] = {}
-    for r in records.values():
-        groups.setdefault(_call_key(r), r)
-    if len(groups) < len(records):
-        # Several spans of one response (client-side and proxy): merge in a fixed priority order.
-        groups = {}
-        for r in sorted(
-            records.values(), key=lambda rec: (rec["source"], rec["sequence_id"], rec["span_id"])
-        ):
-            head = groups.setdefault(_call_key(r), r)
-            if head is not r:
-                _merge(head, r)
-                merged += 1
-    metrics["merged_spans"] = merged
-
-    agent_memo: dict[str, str | None] = {}
     agent_re = re.compile(options.agent_match) if options.agent_match is not None else None
     model_re = re.compile(options.model_match) if options.model_match is not None else None
-    find_agents = agent_re is not None or len(by_id) > len(records)
-    kept: list[Record] = []
-    filtered = 0
-    for r in groups.values():
-        if r["agent_name"] is None and find_agents:
-            parent_id = by_id[r["span_id"]].parent_id
-            if parent_id is not None:
-                r["agent_name"] = _agent_of(parent_id, by_id, agent_memo)
-        if agent_re is not None and (r["agent_name"] is None or agent_re.search(r["agent_name"]) is None):
-            filtered += 1
-            continue
-        if model_re is not None and (r["model"] is None or model_re.search(str(r["model"])) is None):
-            filtered += 1
-            continue
-        kept.append(r)
-    metrics["filtered_calls"] = filtered
-    inf = float("inf")
+    if orphans and (agent_re is not None or len(by_id) > n_read):
+        memo: dict[str, str | None] = {}
+        for r, parent_id in orphans:  # merged-away records too: harmless, they are dropped below
+            if r["agent_name"] is None:
+                r["agent_name"] = _agent_of(parent_id, by_id, memo)
+    kept = records
+    if agent_re is not None or model_re is not None:
+        kept = [r for r in records if _wanted(r, agent_re, model_re)]
     kept.sort(key=_order)
 
-    calls: list[LLMCall] = []
+    metrics: dict[str, int] = {
+        "spans": len(all_spans),
+        "other_attempt_spans": len(all_spans) - len(chosen),
+        "duplicate_spans": len(chosen) - len(by_id),
+        "merged_spans": merged,
+        "filtered_calls": len(records) - len(kept),
+    }
     for i, r in enumerate(kept):
-        problem = _problem(r)
+        r["index"] = i
+        problem = r["problem"]
         if problem is not None:
-            metrics[f"problem/{problem}"] = metrics.get(f"problem/{problem}", 0) + 1
-        calls.append(_finish(r, i, problem))
+            key = f"problem/{problem}"
+            metrics[key] = metrics.get(key, 0) + 1
+            for name in ("prompt_token_ids", "response_token_ids", "logprobs"):
+                if r[name] is _BAD:  # a trainable call has no malformed values
+                    r[name] = None
+    calls = [construct(LLMCall, r) for r in kept]
     metrics["calls"] = len(calls)
 
-    reward_items.sort(key=lambda item: item[:3])
-    starts = [c.start_time if c.start_time is not None else inf for c in calls]
     rewards: list[RewardEvent] = []
-    for _, seq, sid, t, value, dims in reward_items:
-        after = _call_before(calls, starts, t, seq)
-        rewards.append(
-            construct(
-                RewardEvent,
-                {
-                    "value": value,
-                    "time": t,
-                    "sequence_id": seq,
-                    "span_id": sid,
-                    "after_call": after,
-                    "dimensions": dims,
-                },
-            )
-        )
+    if reward_items:
+        reward_items.sort(key=lambda item: item[:3])
+        starts = [c.start_time if c.start_time is not None else _INF for c in calls]
+        for _, seq, sid, t, value, dims in reward_items:
+            after = _call_before(calls, starts, t, seq)
+            event = {
+                "value": value,
+                "time": t,
+                "sequence_id": seq,
+                "span_id": sid,
+                "after_call": after,
+                "dimensions": dims,
+            }
+            rewards.append(construct(RewardEvent, event))
     metrics["rewards"] = len(rewards)
     rollout_id = next(iter(rollout_ids)) if rollout_ids else None
     return construct(
@@ -547,6 +580,12 @@ def reconstruct(spans: Iterable[Span], options: ReconstructOptions = Reconstruct
             "metrics": metrics,
         },
     )
+
+
+def _wanted(r: Record, agent_re: re.Pattern[str] | None, model_re: re.Pattern[str] | None) -> bool:
+    if agent_re is not None and (r["agent_name"] is None or agent_re.search(r["agent_name"]) is None):
+        return False
+    return model_re is None or (r["model"] is not None and model_re.search(r["model"]) is not None)
 
 
 def _call_before(calls: Sequence[LLMCall], starts: Sequence[float], t: float | None, seq: int) -> int | None:
