@@ -24,7 +24,6 @@ import tinker
 from tinker_cookbook.completers import TokensWithLogprobs
 from tinker_cookbook.rl.types import Trajectory, TrajectoryGroup, Transition
 
-from agl_tinker import spans as S
 from agl_tinker._construct import construct, model_input
 from agl_tinker.reconstruct import LLMCall, Reconstruction, ReconstructOptions, reconstruct
 from agl_tinker.rewards import (
@@ -35,6 +34,7 @@ from agl_tinker.rewards import (
     attribute_rewards,
     select_group,
 )
+from agl_tinker.spans import AGL_PREFIX_FINGERPRINT, AGL_PREFIX_LENGTH, AGL_SEQUENCE_FINGERPRINT
 
 Decode = Callable[[list[int]], str]
 
@@ -105,6 +105,9 @@ class Alignment:
 
     @property
     def step_calls(self) -> tuple[int, ...]:
+        """Call index of each step: the sequences' call indices, one after another."""
+        if len(self.sequences) == 1:  # the usual case: already a tuple
+            return self.sequences[0].call_indices
         return tuple([step.call_index for step in self.steps])
 
     def trajectory(self, step_rewards: Sequence[float] | None = None) -> Trajectory:
@@ -175,12 +178,12 @@ def _extends(call: LLMCall, seq: _Seq, counts: dict[str, int]) -> bool:
     if len(prompt) < seq.end_len:
         return False
     attrs = call.attributes
-    claimed = attrs.get(S.AGL_PREFIX_LENGTH)
+    claimed = attrs.get(AGL_PREFIX_LENGTH)
     if claimed is not None:
         anchor = seq.end_fingerprint if claimed == seq.end_len else seq.anchors.get(claimed)
         if anchor is not None:
             counts["fingerprint_checks"] += 1
-            if anchor == attrs.get(S.AGL_PREFIX_FINGERPRINT):
+            if anchor == attrs.get(AGL_PREFIX_FINGERPRINT):
                 return True
             if claimed == seq.end_len:
                 return False  # different fingerprints of the same span of tokens: they differ
@@ -241,16 +244,29 @@ def align_calls(
         if prompt is None or response is None or not prompt:
             skipped.append((call.index, str(call.problem)))
             continue
+        attrs = call.attributes
         match: _Seq | None = None
-        if recent and _extends(call, recent[-1], counts):
-            match = recent[-1]  # the usual case: the conversation goes on
-        else:
-            for seq in reversed(recent[-options.max_candidates : -1]):
-                if _extends(call, seq, counts):
-                    match = seq
-                    break
+        if recent:
+            last_seq = recent[-1]
+            # The usual case, checked inline: the writer says the prompt continues the most recent
+            # sequence's end, and the fingerprints agree (else _extends does the full check).
+            if (
+                attrs.get(AGL_PREFIX_LENGTH) == last_seq.end_len
+                and last_seq.end_fingerprint is not None
+                and len(prompt) >= last_seq.end_len
+                and last_seq.end_fingerprint == attrs.get(AGL_PREFIX_FINGERPRINT)
+            ):
+                counts["fingerprint_checks"] += 1
+                match = last_seq
+            elif _extends(call, last_seq, counts):
+                match = last_seq
+            else:
+                for seq in reversed(recent[-options.max_candidates : -1]):
+                    if _extends(call, seq, counts):
+                        match = seq
+                        break
         full_len = len(prompt) + len(response)
-        fingerprint = call.attributes.get(S.AGL_SEQUENCE_FINGERPRINT)
+        fingerprint = attrs.get(AGL_SEQUENCE_FINGERPRINT)
         if call.problem is not None:
             # Not trainable, but a later call may continue it: remember where it ended.
             if match is not None and fingerprint is not None:
@@ -297,9 +313,27 @@ def align_calls(
             seq.steps = [
                 AlignedStep(s.call_index, seq.index, s.ob, s.ac, s.observation_tokens) for s in seq.steps
             ]
-    steps = tuple(seqs[0].steps) if len(seqs) == 1 else tuple(step for seq in seqs for step in seq.steps)
+    sequences = tuple(
+        [
+            construct(
+                TokenSequence,
+                {
+                    "index": seq.index,
+                    "call_indices": tuple(seq.calls),
+                    "observation_tokens": seq.obs,
+                    "action_tokens": seq.acts,
+                },
+            )
+            for seq in seqs
+        ]
+    )
+    if len(seqs) == 1:  # the usual case
+        steps = tuple(seqs[0].steps)
+        obs, acts = seqs[0].obs, seqs[0].acts
+    else:
+        steps = tuple([step for seq in seqs for step in seq.steps])
+        obs, acts = sum([seq.obs for seq in seqs]), sum([seq.acts for seq in seqs])
     concurrent = sum([d.kind is DriftKind.CONCURRENT for d in drift]) if drift else 0
-    sequences = tuple(TokenSequence(seq.index, tuple(seq.calls), seq.obs, seq.acts) for seq in seqs)
     metrics = {
         "calls": n_calls,
         "trained_calls": len(steps),
@@ -307,9 +341,10 @@ def align_calls(
         "sequences": len(sequences),
         "drift_events": len(drift) - concurrent,
         "concurrent_branches": concurrent,
-        "observation_tokens": sum([seq.obs for seq in seqs]),
-        "action_tokens": sum([seq.acts for seq in seqs]),
-        **counts,
+        "observation_tokens": obs,
+        "action_tokens": acts,
+        "fingerprint_checks": counts["fingerprint_checks"],
+        "exact_checks": counts["exact_checks"],
     }
     return construct(
         Alignment,

@@ -22,9 +22,23 @@ from typing import TYPE_CHECKING, Any
 from agl_tinker import spans as S
 from agl_tinker._construct import construct
 from agl_tinker.rewards import RewardEvent
+from agl_tinker.spans import (
+    AGL_AGENT_NAME,
+    AGL_RESPONSE_LOGPROBS,
+    AGL_SEQUENCE_FINGERPRINT,
+    AGL_WEIGHTS_VERSION,
+    COMPLETION_FINISH_REASON,
+    PROMPT_TOKEN_IDS,
+    REQUEST_MODEL,
+    RESPONSE_ID,
+    RESPONSE_TOKEN_IDS,
+)
 
 if TYPE_CHECKING:
     from agentlightning.types import Span
+
+_new = object.__new__
+_set = object.__setattr__
 
 __all__ = [
     "CallProblem",
@@ -197,41 +211,41 @@ def _read_llm_span(span: Span) -> Record:
     inline; anything else goes through :func:`_ids` / :func:`_floats`, which report it."""
     attrs = span.attributes
     get = attrs.get
-    fingerprinted = S.AGL_SEQUENCE_FINGERPRINT in attrs  # our schema: the best source
+    fingerprinted = AGL_SEQUENCE_FINGERPRINT in attrs  # our schema: the best source
     source = "agl_tinker" if fingerprinted else _SOURCE_BY_NAME.get(span.name, "other")
     typical = True  # non-empty lists of ints, ints and floats: the call's problem is only a count
-    prompt = get(S.PROMPT_TOKEN_IDS)
+    prompt = get(PROMPT_TOKEN_IDS)
     if not (type(prompt) is list and prompt and type(prompt[0]) is int and type(prompt[-1]) is int):
         prompt, typical = _ids(prompt), False
-    response = get(S.RESPONSE_TOKEN_IDS)
+    response = get(RESPONSE_TOKEN_IDS)
     if not (type(response) is list and response and type(response[0]) is int and type(response[-1]) is int):
         response, typical = _ids(response), False
-    logprobs = get(S.AGL_RESPONSE_LOGPROBS)
+    logprobs = get(AGL_RESPONSE_LOGPROBS)
     if not (
         type(logprobs) is list and logprobs and type(logprobs[0]) is float and type(logprobs[-1]) is float
     ):
         logprobs, typical = _floats(logprobs), False
-    response_id = get(S.RESPONSE_ID) or get(S.OPERATION_OUTPUT_ID)
+    response_id = get(RESPONSE_ID) or get(S.OPERATION_OUTPUT_ID)
     if response_id is not None and not isinstance(response_id, str):
         response_id = None
-    finish_reason = get(S.COMPLETION_FINISH_REASON)
+    finish_reason = get(COMPLETION_FINISH_REASON)
     if finish_reason is None:
         reasons = _literal(get(S.FINISH_REASONS))
         if isinstance(reasons, list) and reasons and isinstance(reasons[0], str):
             finish_reason = reasons[0]
     elif not isinstance(finish_reason, str):
         finish_reason = None
-    model = get(S.REQUEST_MODEL) or get(S.RESPONSE_MODEL)
+    model = get(REQUEST_MODEL) or get(S.RESPONSE_MODEL)
     if model is not None and type(model) is not str:
         model = str(model)
-    version = get(S.AGL_WEIGHTS_VERSION)
+    version = get(AGL_WEIGHTS_VERSION)
     if (
         version is not None
         and type(version) is not int
         and (type(version) is bool or not isinstance(version, (int, str)))
     ):
         version = None
-    agent = get(S.AGL_AGENT_NAME)
+    agent = get(AGL_AGENT_NAME)
     span_id = span.span_id
     r: Record = {
         "index": 0,
@@ -355,11 +369,12 @@ def _problem(r: Record, failed: bool) -> CallProblem | None:
     return None
 
 
-def _merge_calls(records: list[Record], by_id: Mapping[str, Span]) -> tuple[list[Record], int]:
+def _merge_calls(records: list[Record], by_id: Mapping[str, Span], has_raw: bool) -> tuple[list[Record], int]:
     """Raw provider spans into their ``litellm_request`` parent, then spans sharing a response id
-    (client-side and proxy), in a fixed priority order. Returns the calls and the spans merged."""
+    (client-side and proxy), in a fixed priority order. Returns the calls and the spans merged.
+    ``has_raw``: some record is a raw provider span (counted while reading, to skip a pass)."""
     merged = 0
-    if any(r["source"] == "llm_proxy_raw" for r in records):
+    if has_raw:
         by_span = {r["span_id"]: r for r in records}
         for sid in sorted(by_span, key=lambda k: (_RANK[by_span[k]["source"]], k)):
             r = by_span[sid]
@@ -370,7 +385,7 @@ def _merge_calls(records: list[Record], by_id: Mapping[str, Span]) -> tuple[list
                 del by_span[sid]
                 merged += 1
         records = list(by_span.values())
-    if len({_call_key(r) for r in records}) < len(records):
+    if len(records) > 1 and len({r["response_id"] or r["span_id"] for r in records}) < len(records):
         groups: dict[str, Record] = {}
         for r in sorted(records, key=lambda rec: (_RANK[rec["source"]], rec["sequence_id"], rec["span_id"])):
             head = groups.setdefault(_call_key(r), r)
@@ -387,6 +402,7 @@ def _merge_calls(records: list[Record], by_id: Mapping[str, Span]) -> tuple[list
 # --- rewards -----------------------------------------------------------------------------------
 
 _REWARD_VALUE0 = f"{S.REWARD_PREFIX}.0.value"
+_REWARD_NAME0 = f"{S.REWARD_PREFIX}.0.name"
 _REWARD_KEYS = tuple((f"{S.REWARD_PREFIX}.{i}.value", f"{S.REWARD_PREFIX}.{i}.name") for i in range(16))
 """Keys of the first dimensions, formatted once (more are formatted on demand)."""
 _LEGACY_REWARD_KEYS = ("agentops.task.output", "agentops.entity.output", "reward")
@@ -402,8 +418,9 @@ def _read_reward(span: Span) -> tuple[float, dict[str, float]] | None:
     attrs = span.attributes
     value = attrs.get(_REWARD_VALUE0)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        dims: dict[str, float] = {}
-        i = 0
+        name = attrs.get(_REWARD_NAME0, 0)
+        dims: dict[str, float] = {name if type(name) is str else str(name): float(value)}
+        i = 1
         while True:
             value_key, name_key = _reward_keys(i)
             v = attrs.get(value_key)
@@ -508,10 +525,13 @@ def reconstruct(spans: Iterable[Span], options: ReconstructOptions = Reconstruct
     records: list[Record] = []
     orphans: list[tuple[Record, str]] = []  # calls naming no agent, under a parent span
     reward_items: list[tuple[float, int, str, float | None, float, dict[str, float]]] = []
+    has_raw = False
     for s in by_id.values():
-        if s.name in names or S.PROMPT_TOKEN_IDS in s.attributes:
+        if s.name in names or PROMPT_TOKEN_IDS in s.attributes:
             r = _read_llm_span(s)
             records.append(r)
+            if r["source"] == "llm_proxy_raw":
+                has_raw = True
             if r["agent_name"] is None and s.parent_id is not None:
                 orphans.append((r, s.parent_id))
             continue
@@ -520,7 +540,7 @@ def reconstruct(spans: Iterable[Span], options: ReconstructOptions = Reconstruct
             t = s.start_time if s.start_time is not None else s.end_time
             reward_items.append((t if t is not None else _INF, s.sequence_id, s.span_id, t, *reward))
     n_read = len(records)
-    records, merged = _merge_calls(records, by_id)
+    records, merged = _merge_calls(records, by_id, has_raw)
 
     agent_re = re.compile(options.agent_match) if options.agent_match is not None else None
     model_re = re.compile(options.model_match) if options.model_match is not None else None
@@ -532,7 +552,8 @@ def reconstruct(spans: Iterable[Span], options: ReconstructOptions = Reconstruct
     kept = records
     if agent_re is not None or model_re is not None:
         kept = [r for r in records if _wanted(r, agent_re, model_re)]
-    kept.sort(key=_order)
+    if len(kept) > 1:
+        kept.sort(key=_order)
 
     metrics: dict[str, int] = {
         "spans": len(all_spans),
@@ -541,6 +562,7 @@ def reconstruct(spans: Iterable[Span], options: ReconstructOptions = Reconstruct
         "merged_spans": merged,
         "filtered_calls": len(records) - len(kept),
     }
+    calls: list[LLMCall] = []
     for i, r in enumerate(kept):
         r["index"] = i
         problem = r["problem"]
@@ -550,12 +572,15 @@ def reconstruct(spans: Iterable[Span], options: ReconstructOptions = Reconstruct
             for name in ("prompt_token_ids", "response_token_ids", "logprobs"):
                 if r[name] is _BAD:  # a trainable call has no malformed values
                     r[name] = None
-    calls = [construct(LLMCall, r) for r in kept]
+        call = _new(LLMCall)  # construct(LLMCall, r), inlined: this loop runs once per call
+        _set(call, "__dict__", r)
+        calls.append(call)
     metrics["calls"] = len(calls)
 
     rewards: list[RewardEvent] = []
     if reward_items:
-        reward_items.sort(key=lambda item: item[:3])
+        if len(reward_items) > 1:
+            reward_items.sort(key=lambda item: item[:3])
         starts = [c.start_time if c.start_time is not None else _INF for c in calls]
         for _, seq, sid, t, value, dims in reward_items:
             after = _call_before(calls, starts, t, seq)
