@@ -38,6 +38,9 @@ from agl_tinker.spans import AGL_PREFIX_FINGERPRINT, AGL_PREFIX_LENGTH, AGL_SEQU
 
 Decode = Callable[[list[int]], str]
 
+_new = object.__new__
+_set = object.__setattr__
+
 
 class DriftKind(StrEnum):
     DRIFT = "drift"
@@ -116,9 +119,12 @@ class Alignment:
         if len(rewards) != len(self.steps):
             raise ValueError(f"{len(rewards)} rewards for {len(self.steps)} steps")
         last = len(self.steps) - 1
-        transitions = [
-            construct(
-                Transition,
+        transitions: list[Transition] = []
+        for i, (step, reward) in enumerate(zip(self.steps, rewards, strict=True)):
+            transition = _new(Transition)  # construct(), inlined: once per step
+            _set(
+                transition,
+                "__dict__",
                 {
                     "ob": step.ob,
                     "ac": step.ac,
@@ -128,8 +134,7 @@ class Alignment:
                     "logs": {"call_index": step.call_index, "sequence_index": step.sequence_index},
                 },
             )
-            for i, (step, reward) in enumerate(zip(self.steps, rewards, strict=True))
-        ]
+            transitions.append(transition)
         return construct(Trajectory, {"transitions": transitions, "final_ob": _EMPTY, "stop_reason": None})
 
 
@@ -291,14 +296,21 @@ def align_calls(
             "maybe_logprobs": logprobs if type(logprobs) is list else list(logprobs),
             "stop_reason": "length" if call.finish_reason == "length" else "stop",
         }
-        step = {
-            "call_index": call.index,
-            "sequence_index": match.index,
-            "ob": model_input(prompt),
-            "ac": construct(TokensWithLogprobs, ac),
-            "observation_tokens": new_obs,
-        }
-        match.steps.append(construct(AlignedStep, step))
+        tokens_with_logprobs = _new(TokensWithLogprobs)  # construct(), inlined: once per call
+        _set(tokens_with_logprobs, "__dict__", ac)
+        step = _new(AlignedStep)
+        _set(
+            step,
+            "__dict__",
+            {
+                "call_index": call.index,
+                "sequence_index": match.index,
+                "ob": model_input(prompt),
+                "ac": tokens_with_logprobs,
+                "observation_tokens": new_obs,
+            },
+        )
+        match.steps.append(step)
         match.calls.append(call.index)
         match.obs += new_obs
         match.acts += len(response)
@@ -308,7 +320,7 @@ def align_calls(
             match.anchors = {}
         match.last = call
 
-    if _merge_cookbook_continuations(seqs):
+    if len(seqs) > 1 and _merge_cookbook_continuations(seqs):
         for seq in seqs:
             seq.steps = [
                 AlignedStep(s.call_index, seq.index, s.ob, s.ac, s.observation_tokens) for s in seq.steps

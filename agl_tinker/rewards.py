@@ -114,6 +114,12 @@ def attribute_rewards(
     order, as :func:`agl_tinker.reconstruct.reconstruct` returns them.
     """
     n = len(step_calls)
+    if n and events and (status is None or status == "succeeded") and options.mode is RewardMode.FINAL:
+        # The usual case, without the general path's setup: the last reward to the last step.
+        rewards = [0.0] * n
+        total = events[-1].value
+        rewards[_last_step(step_calls)] = total
+        return _attribution(rewards, total, None, False, len(events), 0)
     exclusion = exclusion_for(status, bool(events), n > 0)
     if exclusion is not None:
         scored = options.excluded_score is not None
