@@ -405,6 +405,7 @@ _REWARD_VALUE0 = f"{S.REWARD_PREFIX}.0.value"
 _REWARD_NAME0 = f"{S.REWARD_PREFIX}.0.name"
 _REWARD_KEYS = tuple((f"{S.REWARD_PREFIX}.{i}.value", f"{S.REWARD_PREFIX}.{i}.name") for i in range(16))
 """Keys of the first dimensions, formatted once (more are formatted on demand)."""
+_N_REWARD_KEYS = len(_REWARD_KEYS)
 _LEGACY_REWARD_KEYS = ("agentops.task.output", "agentops.entity.output", "reward")
 
 
@@ -422,7 +423,7 @@ def _read_reward(span: Span) -> tuple[float, dict[str, float]] | None:
         dims: dict[str, float] = {name if type(name) is str else str(name): float(value)}
         i = 1
         while True:
-            value_key, name_key = _reward_keys(i)
+            value_key, name_key = _REWARD_KEYS[i] if i < _N_REWARD_KEYS else _reward_keys(i)
             v = attrs.get(value_key)
             if not isinstance(v, (int, float)):
                 break
@@ -478,7 +479,10 @@ def _select_attempt(spans: list[Span], attempt: str) -> tuple[str | None, list[S
     if attempt != "latest":
         return (attempt, [s for s in spans if s.attempt_id == attempt])
     first = spans[0].attempt_id
-    if all(s.attempt_id == first for s in spans):  # the usual case: one attempt
+    for s in spans:
+        if s.attempt_id != first:
+            break
+    else:  # the usual case: one attempt
         return (first, spans)
     # Sequence ids grow per rollout across attempts, so the newest attempt holds the largest one.
     newest: dict[str, tuple[int, float]] = {}
@@ -514,10 +518,12 @@ _INF = float("inf")
 
 def reconstruct(spans: Iterable[Span], options: ReconstructOptions = ReconstructOptions()) -> Reconstruction:
     """The ordered LLM calls and reward events of one rollout's spans (any order, duplicates ok)."""
-    all_spans = list(spans)
-    rollout_ids = {s.rollout_id for s in all_spans}
-    if len(rollout_ids) > 1:
-        raise ValueError(f"spans of several rollouts given to reconstruct(): {sorted(rollout_ids)}")
+    all_spans = spans if type(spans) is list else list(spans)  # only read, never modified
+    rollout_id = all_spans[0].rollout_id if all_spans else None
+    for s in all_spans:  # a loop, not a set: this runs once per rollout, usually on a few spans
+        if s.rollout_id != rollout_id:
+            rollout_ids = sorted({x.rollout_id for x in all_spans})
+            raise ValueError(f"spans of several rollouts given to reconstruct(): {rollout_ids}")
     attempt_id, chosen = _select_attempt(all_spans, options.attempt)
     by_id = _dedupe(chosen)
 
@@ -594,7 +600,6 @@ def reconstruct(spans: Iterable[Span], options: ReconstructOptions = Reconstruct
             }
             rewards.append(construct(RewardEvent, event))
     metrics["rewards"] = len(rewards)
-    rollout_id = next(iter(rollout_ids)) if rollout_ids else None
     return construct(
         Reconstruction,
         {
