@@ -17,6 +17,7 @@ sequences, and recording needs the whole token list anyway.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -29,7 +30,13 @@ from aiohttp import web
 from litellm.types.utils import ModelResponse
 
 from agl_tinker.chat_request import BadRequest
-from agl_tinker.llm import TITO_SCOPE, InvalidChatRequest, TinkerChatProvider, span_attributes
+from agl_tinker.llm import (
+    TITO_SCOPE,
+    InvalidChatRequest,
+    TinkerChatProvider,
+    generation_span_attributes,
+    span_attributes,
+)
 from agl_tinker.span_recorder import CallRecord, SpanRecorder
 
 logger = logging.getLogger(__name__)
@@ -214,9 +221,15 @@ class LeanServer:
         try:
             if self.litellm_dispatch:
                 response = await self._via_litellm(body, scope)
+                response.model = model
+                completion = response.model_dump()
+                attributes = functools.partial(span_attributes, response, body["messages"], model)
             else:
                 generation = await self.provider.generate(parsed, scope)
-                response = self.provider.fill_response(generation, parsed, model, ModelResponse())
+                completion = self.provider.completion_dict(generation, parsed, model)
+                attributes = functools.partial(
+                    generation_span_attributes, generation, body["messages"], model
+                )
         except BadRequest as exc:
             return openai_error(400, str(exc))
         except InvalidChatRequest as exc:
@@ -226,14 +239,12 @@ class LeanServer:
         except Exception:
             logger.exception("chat completion failed")
             return openai_error(500, "the sampler failed to answer; see the server log", "server_error")
-        response.model = model
-        completion = response.model_dump()
         if rollout_id is not None and self.recorder is not None:
             self.recorder.record(
                 CallRecord(
                     rollout_id=rollout_id,
                     attempt_id=request.match_info["attempt_id"],
-                    attributes=span_attributes(response, body["messages"], model),
+                    attributes=attributes(),
                     start_time=started,
                     end_time=time.time(),
                 )

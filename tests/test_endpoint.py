@@ -22,6 +22,7 @@ from agl_tinker import spans as S
 from agl_tinker.align import align_calls
 from agl_tinker.backend import get_tokenizer, service_client
 from agl_tinker.endpoint import Endpoint, EndpointConfig, start_endpoint
+from agl_tinker.llm import Generation, TinkerChatProvider, generation_span_attributes, span_attributes
 from agl_tinker.reconstruct import reconstruct
 
 MODEL = "Qwen/Qwen3-4B-Instruct-2507"
@@ -332,3 +333,41 @@ async def test_lean_server_skips_litellm_dispatch_unless_asked(
         finally:
             await endpoint.stop()
         assert len(calls) == int(dispatch)
+
+
+@pytest.mark.parametrize("logprobs", [False, True])
+@pytest.mark.parametrize("kind", ["text", "tool_calls", "text_and_tool_calls"])
+def test_lean_fast_path_body_and_span_equal_the_litellm_response(
+    tokenizer: Any, kind: str, logprobs: bool
+) -> None:
+    """The lean server builds its JSON and span attributes without LiteLLM's ModelResponse; they
+    must be exactly what the ModelResponse path (LiteLLM dispatch, proxy mode) gives."""
+    from litellm.types.utils import ModelResponse
+
+    provider = TinkerChatProvider(_sampler(), base_model=MODEL, tokenizer=tokenizer)
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "search", "arguments": '{"q": "x"}'}}]
+    generation = Generation(
+        response_id="chatcmpl-1",
+        prompt_token_ids=[1, 2, 3],
+        response_token_ids=[9707, 0, 151645],
+        logprobs=[-0.5, -0.25, -0.125],
+        text="" if kind == "tool_calls" else "Hello!",
+        tool_calls=[] if kind == "text" else calls,
+        finish_reason="stop" if kind == "text" else "tool_calls",
+        weights_version=3,
+        reused_prefix_length=2,
+    )
+    messages = [{"role": "user", "content": "Hi"}]
+    request = provider.parse({"messages": messages, "logprobs": logprobs})
+    response = provider.fill_response(generation, request, MODEL, ModelResponse())
+    fast = provider.completion_dict(generation, request, MODEL)
+    slow = response.model_dump()
+    fast["created"] = slow["created"]
+    assert fast == slow
+
+    def decoded(attributes: dict[str, Any]) -> dict[str, Any]:  # JSON attributes: key order aside
+        return {k: json.loads(v) if k == S.AGL_COMPLETION else v for k, v in attributes.items()}
+
+    assert decoded(generation_span_attributes(generation, messages, MODEL)) == decoded(
+        span_attributes(response, messages, MODEL)
+    )
