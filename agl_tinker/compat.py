@@ -10,7 +10,6 @@ thread-safe (it is wrapped in ``LightningStoreThreaded`` when it is not).
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import socket
@@ -23,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from agl_tinker.chat_request import BadRequest
-from agl_tinker.llm import TinkerChatProvider, span_attributes
+from agl_tinker.llm import TinkerChatProvider, llmproxy_rollout_headers, span_attributes
 from agl_tinker.span_recorder import CallRecord, SpanRecorder
 
 
@@ -31,21 +30,6 @@ def _free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _rollout_headers(kwargs: dict[str, Any]) -> dict[str, str]:
-    """The ``x-rollout-id``/``x-attempt-id``/``x-sequence-id`` headers LLMProxy's middleware injected."""
-    metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
-    for key in ("requester_custom_headers", "headers"):
-        headers = metadata.get(key)
-        if isinstance(headers, str):
-            try:
-                headers = ast.literal_eval(headers)
-            except (ValueError, SyntaxError):
-                continue
-        if isinstance(headers, dict) and "x-rollout-id" in headers:
-            return {str(k).lower(): str(v) for k, v in headers.items()}
-    return {}
 
 
 _PROVIDERS: dict[str, TinkerChatProvider] = {}
@@ -98,7 +82,7 @@ class ProxySpanLogger(CustomLogger):
             (v for k, v in self.recorders.items() if k.endswith("/" + model) or k.split("/", 1)[-1] == model),
             None,
         )
-        headers = _rollout_headers(kwargs)
+        headers = llmproxy_rollout_headers(kwargs.get("litellm_params"))
         if target is None or not headers.get("x-rollout-id") or not headers.get("x-attempt-id"):
             return
         recorder, served_model = target

@@ -108,6 +108,18 @@ def tito_scope(litellm_params: Mapping[str, Any] | None) -> str | None:
     scope = metadata.get(TITO_SCOPE)
     if scope is not None:
         return str(scope)
+    headers = llmproxy_rollout_headers(litellm_params)
+    if headers.get("x-rollout-id") and headers.get("x-attempt-id"):
+        return f"{headers['x-rollout-id']}/{headers['x-attempt-id']}"
+    return None
+
+
+def llmproxy_rollout_headers(litellm_params: Mapping[str, Any] | None) -> dict[str, str]:
+    """The request headers (names lower-cased) carrying ``x-rollout-id`` that Agent-lightning's
+    LLMProxy middleware put in LiteLLM's ``metadata`` (a dict, or its ``repr`` string); else ``{}``."""
+    metadata = (litellm_params or {}).get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        return {}
     for key in ("requester_custom_headers", "headers"):
         headers = metadata.get(key)
         if isinstance(headers, str):
@@ -117,9 +129,9 @@ def tito_scope(litellm_params: Mapping[str, Any] | None) -> str | None:
                 continue
         if isinstance(headers, Mapping):
             lowered = {str(k).lower(): str(v) for k, v in headers.items()}
-            if lowered.get("x-rollout-id") and lowered.get("x-attempt-id"):
-                return f"{lowered['x-rollout-id']}/{lowered['x-attempt-id']}"
-    return None
+            if "x-rollout-id" in lowered:
+                return lowered
+    return {}
 
 
 def _truncate_at_stop(tokenizer: Any, tokens: list[int], stops: list[str]) -> tuple[int, str] | None:

@@ -22,7 +22,15 @@ from agl_tinker import spans as S
 from agl_tinker.align import align_calls
 from agl_tinker.backend import get_tokenizer, service_client
 from agl_tinker.endpoint import Endpoint, EndpointConfig, start_endpoint
-from agl_tinker.llm import Generation, TinkerChatProvider, generation_span_attributes, span_attributes
+from agl_tinker.llm import (
+    TITO_SCOPE,
+    Generation,
+    TinkerChatProvider,
+    generation_span_attributes,
+    llmproxy_rollout_headers,
+    span_attributes,
+    tito_scope,
+)
 from agl_tinker.reconstruct import reconstruct
 
 MODEL = "Qwen/Qwen3-4B-Instruct-2507"
@@ -371,3 +379,27 @@ def test_lean_fast_path_body_and_span_equal_the_litellm_response(
     assert decoded(generation_span_attributes(generation, messages, MODEL)) == decoded(
         span_attributes(response, messages, MODEL)
     )
+
+
+def test_rollout_attempt_is_read_from_either_server_s_metadata() -> None:
+    """The lean server passes the attempt in metadata; LLMProxy's middleware as headers (a dict, or
+    its repr under ``requester_custom_headers``); both the span logger and token reuse read them."""
+    headers = {"X-Rollout-Id": "ro-1", "x-attempt-id": "at-1", "x-sequence-id": "3"}
+    for metadata in ({"headers": headers}, {"requester_custom_headers": repr(headers)}):
+        assert llmproxy_rollout_headers({"metadata": metadata}) == {
+            "x-rollout-id": "ro-1",
+            "x-attempt-id": "at-1",
+            "x-sequence-id": "3",
+        }
+        assert tito_scope({"metadata": metadata}) == "ro-1/at-1"
+    assert tito_scope({"metadata": {TITO_SCOPE: "ro-2/at-2", "headers": headers}}) == "ro-2/at-2"
+    for params in (
+        None,
+        {},
+        {"metadata": "x"},
+        {"metadata": {"headers": "{not python"}},
+        {"metadata": {"headers": {"a": "b"}}},
+    ):
+        assert llmproxy_rollout_headers(params) == {}
+        assert tito_scope(params) is None
+    assert tito_scope({"metadata": {"headers": {"x-rollout-id": "ro-3"}}}) is None  # no attempt id
