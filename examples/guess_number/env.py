@@ -23,46 +23,14 @@ from typing import Any
 
 import tinker
 from tinker_cookbook.completers import StopCondition, TinkerTokenCompleter
-from tinker_cookbook.renderers import Message, RenderContext, Renderer, get_text_content
+from tinker_cookbook.renderers import Message, Renderer, get_text_content
 from tinker_cookbook.rl.types import ActionExtra, Env, EnvGroupBuilder, StepResult
 
+from agl_tinker.tito import render_continuation
 from examples.guess_number.game import MAX_TOKENS, Game, GuessTask, opening, sample_seed
 
 SAMPLE_SEED: ContextVar[int | None] = ContextVar("guess_number_sample_seed", default=None)
 """Seed for the next sampling call of the rollout running in this asyncio task."""
-
-
-def render_extension(renderer: Renderer, messages: Sequence[Message], start: int) -> list[int]:
-    """Tokens ``build_generation_prompt(messages)`` writes for ``messages[start:]`` plus the
-    generation prompt, each message rendered in the context of the whole conversation (the same
-    ``RenderContext`` the cookbook's loop gives it)."""
-    convo = list(messages)
-    last_user = max((i for i, m in enumerate(convo) if m["role"] == "user"), default=-1)
-    turn_start = renderer._last_assistant_turn_start_index(convo)
-    tokens: list[int] = []
-    for idx in range(start, len(convo)):
-        ctx = RenderContext(
-            idx=idx,
-            is_last=idx == len(convo) - 1,
-            prev_message=convo[idx - 1] if idx > 0 else None,
-            next_message=convo[idx + 1] if idx + 1 < len(convo) else None,
-            last_user_index=last_user,
-            in_last_assistant_turn=idx >= turn_start,
-        )
-        rendered = renderer.render_message(convo[idx], ctx)
-        for chunk in [rendered.header, *rendered.output]:
-            if chunk is not None:
-                assert isinstance(chunk, tinker.EncodedTextChunk), "text-only game"
-                tokens.extend(chunk.tokens)
-    suffix = RenderContext(
-        idx=len(convo),
-        is_last=True,
-        prev_message=convo[-1] if convo else None,
-        last_user_index=last_user,
-        in_last_assistant_turn=True,
-    )
-    tokens.extend(renderer._get_generation_suffix("assistant", suffix))
-    return tokens
 
 
 class GuessNumberEnv(Env):
@@ -76,6 +44,12 @@ class GuessNumberEnv(Env):
         self.messages: list[Message] = [Message(role="user", content=opening())]
         self.observation: list[int] = []
         self.stop = renderer.get_stop_sequences()
+
+    def _continuation(self) -> list[int]:
+        """Tokens the cookbook's prompt adds for the newest (user) message and the generation prompt."""
+        tokens = render_continuation(self.renderer, self.messages, len(self.messages) - 1)
+        assert tokens is not None, "text-only game"
+        return tokens
 
     def _publish_seed(self) -> None:
         SAMPLE_SEED.set(sample_seed(int(self.task["seed"]), self.slot, self.game.turns))
@@ -103,7 +77,7 @@ class GuessNumberEnv(Env):
         self.observation = [
             *self.observation,
             *action,
-            *render_extension(self.renderer, self.messages, len(self.messages) - 1),
+            *self._continuation(),
         ]
         self._publish_seed()
         return StepResult(
