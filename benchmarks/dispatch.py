@@ -287,22 +287,12 @@ def _hello_main(conn: Any, log_dir: str) -> None:
     os.dup2(2, 1)  # the loop's progress lines must not reach the benchmark's JSON on stdout
     if not conn.recv():  # "go" once the dispatch phases are done; False means "not needed"
         return
-    from agl_tinker.algo import fit
-    from examples.hello.agent import hello_agent, hello_dataset
-    from examples.hello.train import HelloSettings
+    from examples.hello.train import HelloSettings, run_one_click
 
     settings = HelloSettings.ci(log_dir)
     marks: list[float] = []
     t0 = time.perf_counter()
-    fit(
-        hello_agent,
-        settings.config(),
-        hello_dataset("train"),
-        hello_dataset("val"),
-        n_runners=settings.n_runners,
-        required_fields=("identity",),
-        on_step=lambda _step, _metrics: marks.append(time.perf_counter()),
-    )
+    run_one_click(settings, on_step=lambda _step, _metrics: marks.append(time.perf_counter()))
     conn.send({"marks": [m - t0 for m in marks], "wall_s": time.perf_counter() - t0})
 
 

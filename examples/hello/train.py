@@ -11,6 +11,7 @@ import asyncio
 import os
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +66,11 @@ def default_log_path() -> str:
     return os.path.join(tempfile.gettempdir(), "agl-tinker", f"hello-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def run_one_click(settings: HelloSettings) -> TrainResult:
-    """Store, algorithm and ``n_runners`` runner processes, all from ``agl.Trainer``."""
+def run_one_click(
+    settings: HelloSettings, on_step: Callable[[int, Mapping[str, Any]], None] | None = None
+) -> TrainResult:
+    """Store, algorithm and ``n_runners`` runner processes, all from ``agl.Trainer``;
+    ``on_step(step, metrics)`` after each training step."""
     return fit(
         hello_agent,
         settings.config(),
@@ -74,6 +78,7 @@ def run_one_click(settings: HelloSettings) -> TrainResult:
         hello_dataset("val"),
         n_runners=settings.n_runners,
         required_fields=("identity",),
+        on_step=on_step,
     )
 
 
