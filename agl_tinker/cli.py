@@ -20,6 +20,18 @@ def _smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+
+    from agl_tinker.store_server import serve_store
+
+    print(f"agl-tinker store: serving at http://{args.host}:{args.port}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a store is stopped
+        asyncio.run(serve_store(args.host, args.port, args.cors_origins))
+    return 0
+
+
 def _hello_settings(args: argparse.Namespace) -> object:
     from examples.hello.train import HelloSettings, default_log_path
 
@@ -104,11 +116,26 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--lr", type=float, default=5e-2)
     smoke.set_defaults(func=_smoke)
 
+    store = sub.add_parser(
+        "store",
+        help="serve an in-memory LightningStore for split mode (Agent-lightning's API, faster server)",
+        description="The same store and HTTP API as `agl store`, with a lighter request path "
+        "(agl_tinker.store_server). Binds 127.0.0.1 unless --host says otherwise.",
+    )
+    store.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (0.0.0.0: reachable from other machines)"
+    )
+    store.add_argument("--port", type=int, default=4747)
+    store.add_argument(
+        "--cors-origin", dest="cors_origins", action="append", help="allowed CORS origin (repeatable)"
+    )
+    store.set_defaults(func=_store)
+
     hello = sub.add_parser(
         "hello",
         help="Hello 1024: train the agent to say it is a given identity",
         description="One-click by default (store, algorithm and runners in one command); "
-        "'algo' and 'runner' run the split mode against a store started with `agl store`.",
+        "'algo' and 'runner' run the split mode against a store started with `agl-tinker store` (or `agl store`).",
     )
     hello.add_argument("mode", nargs="?", choices=["algo", "runner"], help="split-mode role")
     hello.add_argument("--ci", action="store_true", help="short configuration (finishes in under a minute)")

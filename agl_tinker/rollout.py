@@ -27,11 +27,12 @@ How completions are learned (measured in ``benchmarks/dispatch.py``):
   about ``0.1 s / slots`` for the rest, at ~20 requests/s per slot while rollouts are in flight.
   Per finished round, one ``query_rollouts`` (rollouts with their latest attempts) runs alongside
   one ``query_spans`` per rollout.
-  Measured (``benchmarks/dispatch.py``, 32 runners on 2 shared cores): the store server is the
-  floor. At 3-5 ms of CPU per request it answers everyone, runners included, in ~100 ms while a
-  batch finishes, and each overhead is about two such round trips (detection, then the reads)
-  against one and a bit for a design that learned of completions for free. ``RolloutOutcome``
-  splits the overhead at the moment a completion was noticed (``detect_s``/``read_s``).
+  Measured (``benchmarks/dispatch.py``, 32 runners on 2 shared cores): every store call, the
+  runners' own included, queues at the one store server, so the overhead is about two of its
+  round trips (detection, then the reads). Served by ``agl_tinker.store_server.LeanStoreServer``
+  (``agl-tinker store``) that is 10-20 ms p50; Agent-lightning's own server, at 3-5 ms of CPU per
+  request, takes 100-200 ms. ``RolloutOutcome`` splits the overhead at the moment a completion
+  was noticed (``detect_s``/``read_s``).
 
 ``RolloutConfig`` timeouts and retries are applied by the store, not here: its watchdog
 (``healthcheck_before``) runs at the start of store calls, debounced by the store's
@@ -461,9 +462,8 @@ class _CompletionWatcher:
             while True:
                 free = self._n_slots - len(armed)
                 picks = self._next_unarmed(free, set(armed.values()))
-                spread = not armed
-                for i, rid in enumerate(picks):
-                    timeout = self._slice_s * (len(picks) - i) / len(picks) if spread else self._slice_s
+                timeouts = _spread(self._slice_s, len(picks)) if not armed else [self._slice_s] * len(picks)
+                for rid, timeout in zip(picks, timeouts, strict=True):
                     armed[asyncio.create_task(self._poll_one(rid, timeout))] = rid
                 if not armed:
                     self._new_work.clear()
@@ -541,6 +541,15 @@ class _CompletionWatcher:
             )
             for rollout in done:
                 self._mark(rollout.rollout_id)
+
+
+def _spread(slice_s: float, n: int) -> list[float]:
+    """``n`` timeouts evenly over (0, slice_s], largest first, none above ``slice_s``.
+
+    ``slice_s * k / n`` can round above ``slice_s`` (0.1 * 3 / 3 > 0.1), which the HTTP
+    client refuses; scaling by ``k / n`` (exactly 1.0 for ``k == n``) cannot.
+    """
+    return [slice_s * ((n - i) / n) for i in range(n)]
 
 
 class _Dispatch(Generic[T]):

@@ -8,8 +8,9 @@ Run ``python benchmarks/dispatch.py``; prints one JSON object:
   - ``memory``: the standard Agent-lightning layout. The algorithm owns an ``InMemoryLightningStore``
     behind a ``LightningStoreServer`` (thread) and waits on the store's completion events;
     runners are another process talking HTTP to that server.
-  - ``http``: the algorithm is a separate process from the store: the server runs in its own
-    process, the algorithm uses ``LightningStoreClient`` (long-poll waits), runners as above.
+  - ``http``: split mode. The store server is its own process (``agl-tinker store``: the
+    in-memory store behind ``agl_tinker.store_server.LeanStoreServer``), the algorithm uses
+    ``LightningStoreClient`` (long-poll waits), runners as above.
 * ``steps_per_s``: the whole offline loop on a Hello-sized task: Hello's CI configuration
   (``agl-tinker hello --ci``: 8 tasks × group 4, 6 steps, eval and checkpoint every 3, 2 runner
   processes, the in-process Tinker simulator) through ``agl_tinker.algo.fit``, in a child forked at
@@ -19,6 +20,8 @@ Run ``python benchmarks/dispatch.py``; prints one JSON object:
   finished rollout on a pipe and the algorithm only reads (``query_spans`` per rollout alongside
   one ``query_rollouts`` per round, as ``dispatch_batch`` does). No waiting design can beat it;
   ``http`` minus ``http_floor`` is what waiting costs.
+* ``detail.http_stock_server``: ``http`` against Agent-lightning's own ``LightningStoreServer``
+  (what ``agl store`` runs), for comparison.
 
 Workload: Hello-sized batches (8 tasks × group 4 = 32 rollouts, all in flight), 32 runner
 coroutines (idle ones re-check the queue every 0.5-1 s) whose "agent" takes 50-300 ms and emits
@@ -26,25 +29,16 @@ one reward span, a process() that reads the reward (the pure pipeline has its ow
 Per rollout a runner makes the calls an Agent-lightning runner makes at least (dequeue, next
 sequence id, add span, update attempt; the real one also fetches resources and heartbeats).
 
-Where the ``http`` time goes (2 shared cores, measured with an instrumented server): the store
-server (uvicorn + FastAPI, one event loop) spends 3-5 ms of CPU per request, whatever the route,
-and serves ~150 requests/s in this workload, about two thirds of them from the runners (a quarter
-of those are idle dequeue polls) and a fifth from the algorithm's waits. While the 32 rollouts
-finish it runs at 60-100% of a core, and a request's time in the server grows with the requests in
-flight: the runners' own dequeue, add_span and update_attempt take as long as the algorithm's
-reads, ~100 ms p50 on a quiet machine, 200+ ms when other processes compete for the cores.
-Client-side queueing is nil (client round trip = server handler time; aiohttp's pool allows 100
-connections), and the server's waits do not hold its event loop (each waiting rollout id holds
-one of its ``min(32, cpus + 4)`` executor threads instead). ``detect_ms_p50``/``read_ms_p50``
-split each overhead at the moment dispatch noticed the rollout. In ``http_floor`` the detection
-part is the tail of the runner's ``update_attempt`` (17-40 ms p50 over our runs), in ``http``
-60-90 ms more (a rollout no long-poll slot holds waits for the next sweep: one more round trip);
-the read part is one round trip in both (60-120 ms), a little slower in ``http`` since the waits
-add a fifth to the server's requests. So ``http`` is about two loaded round trips (p50 160-220 ms)
-and ``http_floor`` one and a bit (80-160 ms): the 50 ms target needs a store server that answers
-faster under the runners' own load, which no waiting design reaches. Tried, not better: 2 slots
-instead of 4, re-arming a slot while its sweep runs (both within noise). Spans cannot be read for
-several rollouts in one call (``query_spans`` takes exactly one rollout id).
+Where the ``http`` time goes (2 shared cores): every store call, the runners' own included, goes
+through one server event loop, so the overhead is about two of its round trips under the batch's
+load (detection, then the reads). Agent-lightning 0.3.0's server spends 3-5 ms of CPU per request
+in two ``BaseHTTPMiddleware`` layers, saturates a core while 32 rollouts finish and answers in
+~100 ms then (``http_stock_server``: p50 100-200 ms). ``LeanStoreServer`` replaces those layers
+with one plain ASGI middleware of the same behaviour (and uvicorn parses HTTP with ``httptools``),
+which brings a loaded round trip to a few ms. ``detect_ms_p50``/``read_ms_p50`` split each
+overhead at the moment dispatch noticed the rollout: a rollout no long-poll slot holds waits for
+the next sweep, so detection is the larger part. Spans cannot be read for several rollouts in one
+call (``query_spans`` takes exactly one rollout id).
 """
 
 from __future__ import annotations
@@ -80,6 +74,7 @@ from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import EnqueueRolloutRequest, Rollout, Span
 
 from agl_tinker.rollout import DispatchConfig, dispatch_batch
+from agl_tinker.store_server import serve_store
 
 BATCH_SIZE, GROUP_SIZE, N_BATCHES, N_RUNNERS = 8, 4, 6, 32
 WORK_S = (0.05, 0.3)
@@ -102,10 +97,13 @@ def _quiet() -> None:
 # ---------------------------------------------------------------------------- child processes
 
 
-def _server_main(port: int) -> None:
+def _server_main(port: int, stock: bool = False) -> None:
     _quiet()
-    server = LightningStoreServer(
-        InMemoryLightningStore(), host="127.0.0.1", port=port, launch_mode="asyncio"
+    if not stock:
+        asyncio.run(serve_store("127.0.0.1", port))  # what `agl-tinker store` runs
+        return
+    server = LightningStoreServer(  # what `agl store` runs
+        InMemoryLightningStore(thread_safe=True), host="127.0.0.1", port=port, launch_mode="asyncio"
     )
     asyncio.run(server.run_forever())
 
@@ -312,8 +310,9 @@ def main() -> None:
     _quiet()
     # fork before this process starts any thread (the memory benchmark's server thread).
     ctx = mp.get_context("fork")
-    mem_port, http_port = _free_port(), _free_port()
+    mem_port, http_port, stock_port = _free_port(), _free_port(), _free_port()
     http_endpoint = f"http://127.0.0.1:{http_port}"
+    stock_endpoint = f"http://127.0.0.1:{stock_port}"
     notify = ctx.Queue()
     hello_conn, hello_child_conn = ctx.Pipe()
     log_dir = tempfile.mkdtemp(prefix="agl-tinker-bench-hello-")
@@ -322,6 +321,7 @@ def main() -> None:
     children = [
         ctx.Process(target=_runners_main, args=(f"http://127.0.0.1:{mem_port}", 1), daemon=True),
         ctx.Process(target=_server_main, args=(http_port,), daemon=True),
+        ctx.Process(target=_server_main, args=(stock_port, True), daemon=True),
     ]
     for p in [*children, hello]:
         p.start()
@@ -341,6 +341,11 @@ def main() -> None:
         floor_runners.start()
         children.append(floor_runners)
         floor = asyncio.run(_bench_floor(http_endpoint, notify))
+        floor_runners.terminate()
+        stock_runners = ctx.Process(target=_runners_main, args=(stock_endpoint, 4), daemon=True)
+        stock_runners.start()
+        children.append(stock_runners)
+        stock = asyncio.run(_bench_http(stock_endpoint))
         for p in children:
             p.terminate()
         hello_conn.send(True)
@@ -364,7 +369,13 @@ def main() -> None:
         "overhead_ms_p50": {"memory": memory["p50"], "http": http["p50"]},
         "overhead_ms_p99": {"memory": memory["p99"], "http": http["p99"]},
         "steps_per_s": steps["steps_per_s"],
-        "detail": {"memory": memory, "http": http, "http_floor": floor, "hello": steps},
+        "detail": {
+            "memory": memory,
+            "http": http,
+            "http_floor": floor,
+            "http_stock_server": stock,
+            "hello": steps,
+        },
         "workload": {
             "batch_size": BATCH_SIZE,
             "group_size": GROUP_SIZE,

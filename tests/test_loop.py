@@ -23,7 +23,6 @@ from agl_tinker.rewards import RewardMode
 from examples.hello.agent import hello_agent, hello_dataset
 
 AGL_TINKER = str(Path(sys.executable).with_name("agl-tinker"))
-AGL = str(Path(sys.executable).with_name("agl"))
 ENV = {
     **os.environ,
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -178,6 +177,8 @@ def test_resume_after_kill_neither_repeats_nor_skips(tmp_path: Path) -> None:
 
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    # the runners are told to stop before the store server goes away, not after
+    assert "Cannot connect" not in done.stderr, done.stderr[-3000:]
     steps = Counter(r["step"] for r in _rows(log_path / "metrics.jsonl") if "reward/mean" in r)
     resumed = steps - killed_steps
     assert min(resumed) == 3, f"the restart must begin at the checkpoint's batch, trained {sorted(resumed)}"
@@ -193,7 +194,7 @@ def test_resume_after_kill_neither_repeats_nor_skips(tmp_path: Path) -> None:
 def store_server() -> Iterator[str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [AGL, "store", "--host", "127.0.0.1", "--port", str(port)],
+        [AGL_TINKER, "store", "--port", str(port)],  # binds 127.0.0.1 by default
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -205,8 +206,8 @@ def store_server() -> Iterator[str]:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
-            assert proc.poll() is None, "agl store exited"
-            assert time.monotonic() < deadline, "agl store did not start"
+            assert proc.poll() is None, "agl-tinker store exited"
+            assert time.monotonic() < deadline, "agl-tinker store did not start"
             time.sleep(0.2)
         yield url
     finally:

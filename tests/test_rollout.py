@@ -26,8 +26,10 @@ from agl_tinker.rollout import (
     DispatchError,
     DispatchProgress,
     ProcessError,
+    _spread,
     dispatch_batch,
 )
+from agl_tinker.store_server import LeanStoreServer
 from fakes.store import FaultyStore
 
 logging.getLogger("agentlightning").setLevel(logging.CRITICAL)
@@ -113,10 +115,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-async def http_stores() -> AsyncIterator[tuple[LightningStoreClient, LightningStoreClient]]:
-    """A LightningStoreServer on 127.0.0.1 (its own thread), an algorithm client and a runner client."""
-    server = LightningStoreServer(memory_store(), host="127.0.0.1", port=free_port())
+@pytest.fixture(params=[LightningStoreServer, LeanStoreServer], ids=["agl-server", "lean-server"])
+async def http_stores(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[LightningStoreClient, LightningStoreClient]]:
+    """A store server on 127.0.0.1 (its own thread), an algorithm client and a runner client.
+
+    Both Agent-lightning's server and agl-tinker's lean one: dispatch must not tell them apart.
+    """
+    server = request.param(memory_store(), host="127.0.0.1", port=free_port())
     await server.start()
     algo, runner = LightningStoreClient(server.endpoint), LightningStoreClient(server.endpoint)
     try:
@@ -320,6 +327,28 @@ async def test_batch_over_http(http_stores: tuple[LightningStoreClient, Lightnin
         len(result.stats.overheads_s) == 12
     )  # latency targets are benchmarks/dispatch.py's job, not a test's
     _check_overhead_split(result)
+
+
+@pytest.mark.parametrize("slots", [3, 6])
+async def test_long_poll_slots_never_ask_the_client_for_more_than_it_allows(
+    http_stores: tuple[LightningStoreClient, LightningStoreClient], slots: int
+) -> None:
+    """Spreading the first slots' timeouts over (0, 0.1] once rounded 0.1 * 3 / 3 above 0.1, which
+    ``LightningStoreClient.wait_for_rollouts`` refuses with a ValueError that failed the batch."""
+    algo, runner_store = http_stores
+    async with Runners(runner_store, n=4):
+        result = await dispatch_batch(
+            algo, TASKS, 4, reward_process, config=DispatchConfig(long_poll_slots=slots)
+        )
+    assert result.stats.status_counts == {"succeeded": 12}
+
+
+@pytest.mark.parametrize("n", range(1, 65))
+def test_spread_timeouts_stay_within_the_slice(n: int) -> None:
+    timeouts = _spread(0.1, n)
+    assert len(timeouts) == n and timeouts[0] == 0.1
+    assert all(0 < t <= 0.1 for t in timeouts)
+    assert timeouts == sorted(timeouts, reverse=True)
 
 
 def _check_overhead_split(result: Any) -> None:

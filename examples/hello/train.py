@@ -1,8 +1,9 @@
 """Hello 1024 training: one-click (store + algorithm + runners in one command) or split mode.
 
-Split mode: start a store (``agl store --port 4747``), one algorithm process
-(``agl-tinker hello algo --store http://127.0.0.1:4747``) and any number of runner processes
-(``agl-tinker hello runner --store http://127.0.0.1:4747``), possibly on other machines.
+Split mode: start a store (``agl-tinker store --port 4747``, or Agent-lightning's ``agl store``),
+one algorithm process (``agl-tinker hello algo --store http://127.0.0.1:4747``) and any number of
+runner processes (``agl-tinker hello runner --store http://127.0.0.1:4747``), possibly on other
+machines.
 """
 
 from __future__ import annotations

@@ -1,0 +1,233 @@
+"""agl_tinker.store_server: Agent-lightning's store server without its slow middlewares, same answers."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from agentlightning.store.base import LightningStoreStatistics
+from agentlightning.store.client_server import LightningStoreServer
+from agentlightning.store.memory import InMemoryLightningStore
+from starlette.middleware.base import BaseHTTPMiddleware
+
+from agl_tinker.cli import build_parser
+from agl_tinker.store_server import LeanStoreServer, StoreErrorsAsJson
+
+AGL = "/v1/agl"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BrokenStatsStore(InMemoryLightningStore):
+    """A store with one route that fails the way a store bug would."""
+
+    async def statistics(self) -> LightningStoreStatistics:
+        raise RuntimeError("statistics exploded")
+
+
+async def _serving(cls: type[LightningStoreServer], store: InMemoryLightningStore) -> LightningStoreServer:
+    server = cls(store, host="127.0.0.1", port=free_port())
+    await server.start()
+    return server
+
+
+@pytest.fixture
+async def both() -> AsyncIterator[dict[str, str]]:
+    """A stock and a lean server, each over its own fresh in-memory store: name -> base URL."""
+    servers = {
+        "stock": await _serving(LightningStoreServer, InMemoryLightningStore()),
+        "lean": await _serving(LeanStoreServer, InMemoryLightningStore()),
+    }
+    try:
+        yield {name: s.endpoint for name, s in servers.items()}
+    finally:
+        for s in servers.values():
+            await s.stop()
+
+
+def test_the_two_slow_middlewares_are_replaced_by_one_asgi_layer() -> None:
+    server = LeanStoreServer(InMemoryLightningStore(), host="127.0.0.1", port=free_port())
+    assert server.replaced_middleware
+    assert server.app is not None
+    stack = server.app.user_middleware
+    assert not any(m.cls is BaseHTTPMiddleware for m in stack), stack
+    assert [m.cls for m in stack].count(StoreErrorsAsJson) == 1
+    # CORS (pure ASGI) stays where Agent-lightning put it: inside the error layer
+    stock = LightningStoreServer(InMemoryLightningStore(), host="127.0.0.1", port=free_port())
+    assert stock.app is not None
+    assert [m.cls for m in stack if m.cls is not StoreErrorsAsJson] == [
+        m.cls for m in stock.app.user_middleware if m.cls is not BaseHTTPMiddleware
+    ]
+
+
+def test_an_agent_lightning_without_those_middlewares_is_served_unchanged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = LeanStoreServer(InMemoryLightningStore(), host="127.0.0.1", port=free_port())
+    assert server.app is not None
+    before = list(server.app.user_middleware)
+    with caplog.at_level(logging.WARNING, logger="agl_tinker.store_server"):
+        assert server._replace_middleware() is False  # nothing left to replace
+    assert server.app.user_middleware == before
+    assert "serving it unchanged" in caplog.text
+
+
+_VOLATILE = ("_id", "_time", "time", "timestamp")
+
+
+def _normalized(value: Any) -> Any:
+    """JSON with ids and clock readings blanked (two stores never agree on those), a traceback's
+    frames dropped (the lean server's own frame is one of them): its last line is the error."""
+    if isinstance(value, dict):
+        return {
+            k: "<v>"
+            if k.endswith(_VOLATILE) and v is not None
+            else v.strip().splitlines()[-1]
+            if k == "traceback" and isinstance(v, str)
+            else _normalized(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_normalized(v) for v in value]
+    return value
+
+
+async def _script(base: str) -> list[tuple[str, int, Any]]:
+    """The calls a runner and the algorithm make in a batch, plus bad requests; (what, status, body)."""
+    out: list[tuple[str, int, Any]] = []
+    async with aiohttp.ClientSession(base) as http:
+
+        async def call(what: str, method: str, path: str, **kw: Any) -> Any:
+            async with http.request(method, AGL + path, **kw) as r:
+                body = await r.json() if r.content_type == "application/json" else await r.text()
+                out.append((what, r.status, _normalized(body)))
+                return body
+
+        rollouts = await call(
+            "enqueue",
+            "POST",
+            "/queues/rollouts/enqueue",
+            json={"rollouts": [{"input": {"x": i}, "metadata": {"group_slot": i}} for i in range(3)]},
+        )
+        claimed = await call("dequeue", "POST", "/queues/rollouts/dequeue", json={"worker_id": "w"})
+        rid, aid = claimed[0]["rollout_id"], claimed[0]["attempt"]["attempt_id"]
+        seq = await call(
+            "next sequence id", "POST", "/spans/next", json={"rollout_id": rid, "attempt_id": aid}
+        )
+        span = {
+            "rollout_id": rid,
+            "attempt_id": aid,
+            "sequence_id": seq["sequence_id"],
+            "trace_id": "0" * 32,
+            "span_id": "1" * 16,
+            "parent_id": None,
+            "name": "agentlightning.annotation",
+            "status": {"status_code": "OK"},
+            "attributes": {"agentlightning.reward.0.name": "primary", "agentlightning.reward.0.value": 1.0},
+            "events": [],
+            "links": [],
+            "start_time": 1.0,
+            "end_time": 2.0,
+            "context": None,
+            "parent": None,
+            "resource": {"attributes": {}, "schema_url": ""},
+        }
+        await call("add span", "POST", "/spans", json=span)
+        await call("update attempt", "POST", f"/rollouts/{rid}/attempts/{aid}", json={"status": "succeeded"})
+        await call("wait", "POST", "/waits/rollouts", json={"rollout_ids": [rid], "timeout": 0})
+        ids = [r["rollout_id"] for r in rollouts]
+        await call("query rollouts", "POST", "/rollouts/search", json={"rollout_id_in": ids})
+        await call("query spans", "GET", "/spans", params={"rollout_id": rid, "attempt_id": "latest"})
+        await call("rollout by id", "GET", f"/rollouts/{rid}")
+        await call("unknown rollout", "GET", "/rollouts/nope")
+        await call("statistics", "GET", "/statistics")
+        await call("bad body", "POST", "/spans", json={"rollout_id": rid})
+        await call("bad json", "POST", "/queues/rollouts/enqueue", data=b"{not json")
+        await call("no such route", "GET", "/nothing/here")
+        await call("health", "GET", "/health")
+    return out
+
+
+async def test_every_answer_is_the_stock_servers(both: dict[str, str]) -> None:
+    stock, lean = await _script(both["stock"]), await _script(both["lean"])
+    assert [w for w, _, _ in lean] == [w for w, _, _ in stock]
+    for (what, s_status, s_body), (_, l_status, l_body) in zip(stock, lean, strict=True):
+        assert (what, l_status) == (what, s_status)
+        assert l_body == s_body, what
+    statuses = {what: status for what, status, _ in lean}
+    assert statuses["enqueue"] == 201 and statuses["add span"] == 201
+    assert statuses["bad body"] == 422 and statuses["no such route"] == 404
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def server_log() -> Iterator[list[logging.LogRecord]]:
+    """Records of the stock server's logger, at debug level, taken on the logger itself.
+
+    Not ``caplog``: Agent-lightning's own logging setup (which the examples' runs call) stops
+    ``agentlightning`` records from propagating to the root logger, where caplog listens.
+    """
+    log = logging.getLogger("agentlightning.store.server")
+    handler, level = _Records(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    try:
+        yield handler.records
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+@pytest.mark.parametrize("cls", [LightningStoreServer, LeanStoreServer])
+async def test_a_store_error_becomes_a_retryable_500_with_the_stock_body(
+    cls: type[LightningStoreServer], server_log: list[logging.LogRecord]
+) -> None:
+    server = await _serving(cls, BrokenStatsStore())
+    try:
+        async with aiohttp.ClientSession() as http, http.get(server.endpoint + AGL + "/statistics") as r:
+            status, body = r.status, await r.json()
+    finally:
+        await server.stop()
+    assert status == 500
+    assert set(body) == {"detail", "error_type", "traceback"}
+    assert (body["detail"], body["error_type"]) == ("Internal server error", "RuntimeError")
+    assert "statistics exploded" in body["traceback"]
+    assert any(
+        r.levelno == logging.ERROR and r.getMessage() == "Unhandled application error" for r in server_log
+    )
+
+
+async def test_requests_are_logged_at_debug_like_the_stock_server(
+    server_log: list[logging.LogRecord],
+) -> None:
+    server = await _serving(LeanStoreServer, InMemoryLightningStore())
+    try:
+        async with aiohttp.ClientSession() as http, http.get(server.endpoint + AGL + "/statistics") as r:
+            assert r.status == 200
+    finally:
+        await server.stop()
+    lines = [r.getMessage() for r in server_log]
+    assert any('"GET /v1/agl/statistics HTTP/1.1" 200 in ' in line for line in lines), lines
+
+
+def test_store_command_binds_loopback_by_default() -> None:
+    args = build_parser().parse_args(["store"])
+    assert (args.host, args.port) == ("127.0.0.1", 4747)
+    args = build_parser().parse_args(["store", "--host", "0.0.0.0", "--port", "5000"])
+    assert (args.host, args.port) == ("0.0.0.0", 5000)
