@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import agentlightning as agl
+import aiohttp
 from agentlightning.execution.client_server import ClientServerExecutionStrategy
 from agentlightning.execution.events import ExecutionEvent
 from agentlightning.runner import LitAgentRunner
 from agentlightning.store.base import LightningStore
+from agentlightning.store.client_server import API_V1_AGL_PREFIX
 from agentlightning.tracer.otel import OtelTracer
 
 from agl_tinker.config import TrainConfig
@@ -74,6 +77,8 @@ def fast_runner(poll_interval: float = 0.05) -> LitAgentRunner[Any]:
 
 
 _RUNNER_DRAIN_S = 0.3
+_STORE_PROBE_S = 0.1
+_STORE_START_TIMEOUT_S = 120.0
 
 
 class LeanServerStrategy(ClientServerExecutionStrategy):
@@ -104,6 +109,38 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
             if self.role == "both":
                 await asyncio.sleep(_RUNNER_DRAIN_S)  # ok: a bounded grace before the server stops
             await server.stop()
+
+    async def _execute_runner(
+        self, runner: Any, worker_id: int, store: LightningStore, stop_evt: ExecutionEvent
+    ) -> None:
+        # Runner processes start while the algorithm is still importing and starting the server;
+        # Agent-lightning's client then logs "Server is not healthy yet" warnings until it is up.
+        # Wait for it quietly first (its health route), then run the runner as Agent-lightning does.
+        if self.managed_store:
+            await wait_for_store(f"http://{self.server_host}:{self.server_port}", stop_evt)
+        await super()._execute_runner(runner, worker_id, store, stop_evt)
+
+
+async def wait_for_store(
+    endpoint: str, stop_evt: ExecutionEvent | None = None, timeout_s: float = _STORE_START_TIMEOUT_S
+) -> bool:
+    """Wait until the store server at ``endpoint`` answers its health check; ``False`` if it never did.
+
+    Gives up silently after ``timeout_s`` or once ``stop_evt`` is set: whoever talks to the store
+    next reports a store that is really down.
+    """
+    url = endpoint.rstrip("/") + API_V1_AGL_PREFIX + "/health"
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
+        while time.monotonic() < deadline and not (stop_evt is not None and stop_evt.is_set()):
+            try:
+                async with http.get(url) as response:
+                    if response.status == 200:
+                        return True
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pass
+            await asyncio.sleep(_STORE_PROBE_S)  # ok: start-up readiness probe, not completion polling
+    return False
 
 
 def fit(
