@@ -16,30 +16,37 @@ How completions are learned (measured in ``benchmarks/dispatch.py``):
   unfinished rollout (``min(32, cpus + 4)`` threads), so with more rollouts in flight than
   threads the waits queue up (p99 ~100 ms at 32 in flight on 2 cores) and starve every other
   ``to_thread`` user of the training loop. Awaiting the event costs no thread (p99 < 1 ms).
-* ``long_poll`` (``LightningStoreClient`` over HTTP, and any other store): the client refuses
-  waits over 0.1 s, and the server answers a wait on the in-memory store the same thread-hungry
-  way: one executor thread per unfinished id per request, and a multi-id wait returns only when
-  *all* ids finish or the timeout expires. So ``long_poll_slots`` (4) requests
-  ``wait_for_rollouts(rollout_ids=[rid], timeout=0.1)`` stay open, rotated over the rollouts in
-  flight; each returns one round trip after its rollout finishes. Whenever one returns, a single
-  ``wait_for_rollouts(<all other ids>, timeout=0)`` (non-blocking server-side: no thread) picks
-  up every other finished rollout. Detection latency is one round trip for watched rollouts and
-  about ``0.1 s / slots`` for the rest, at ~20 requests/s per slot while rollouts are in flight.
-  Per finished round, one ``query_rollouts`` (rollouts with their latest attempts) runs alongside
-  one ``query_spans`` per rollout.
-  Measured (``benchmarks/dispatch.py``, 32 runners on 2 shared cores): every store call, the
-  runners' own included, queues at the one store server, so the overhead is about two of its
-  round trips (detection, then the reads). Served by ``agl_tinker.store_server.LeanStoreServer``
-  (``agl-tinker store``) that is 10-20 ms p50; Agent-lightning's own server, at 3-5 ms of CPU per
-  request, takes 100-200 ms. ``RolloutOutcome`` splits the overhead at the moment a completion
-  was noticed (``detect_s``/``read_s``).
+* ``wait_any`` (``LightningStoreClient`` whose server is agl-tinker's ``LeanStoreServer``): one
+  request ``POST /v1/agl/agl-tinker/waits/any`` blocks server-side on the store's completion
+  events (no thread) until any of its rollouts finishes, and answers with the finished rollouts
+  and their latest attempts; rollouts enqueued meanwhile get a request of their own. A completion
+  is seen one round trip after it happens, and only the spans remain to be read.
+* ``long_poll`` (a stock ``agl store`` server, and any other store): Agent-lightning's client
+  refuses waits over 0.1 s, and its server answers a wait on the in-memory store the same
+  thread-hungry way as above: one executor thread per unfinished id per request, and a multi-id
+  wait returns only when *all* ids finish or the timeout expires. So ``long_poll_slots`` (4)
+  requests ``wait_for_rollouts(rollout_ids=[rid], timeout=0.1)`` stay open, rotated over the
+  rollouts in flight; each returns one round trip after its rollout finishes. Whenever one
+  returns, a single ``wait_for_rollouts(<all other ids>, timeout=0)`` (non-blocking server-side:
+  no thread) picks up every other finished rollout. Detection latency is one round trip for
+  watched rollouts and about ``0.1 s / slots`` for the rest, at ~20 requests/s per slot while
+  rollouts are in flight. Per finished round, one ``query_rollouts`` (rollouts with their latest
+  attempts) runs alongside one ``query_spans`` per rollout.
+
+Measured (``benchmarks/dispatch.py``, 32 runners on 2 shared cores, split mode): every store
+call, the runners' own included, queues at the one store server. With ``agl-tinker store``
+(``LeanStoreServer``) the overhead p50 is 10-14 ms by ``wait_any`` and 20-24 ms by
+``long_poll``, against 7-9 ms for a design told of completions for free; Agent-lightning's own
+server, at 3-5 ms of CPU per request, takes 60-75 ms. ``RolloutOutcome`` splits the overhead at
+the moment a completion was noticed (``detect_s``/``read_s``).
 
 ``RolloutConfig`` timeouts and retries are applied by the store, not here: its watchdog
 (``healthcheck_before``) runs at the start of store calls, debounced by the store's
 ``scan_debounce_seconds``, and marks attempts ``timeout``/``unresponsive``; a status listed in
 ``retry_condition`` requeues the rollout until ``max_attempts``, otherwise it fails. Long-poll
-calls drive that watchdog by themselves; in ``events`` mode a tick every ``watchdog_s`` does it
-when a timeout is configured (the tick is not how completions are detected).
+and wait-for-any requests drive that watchdog by themselves (a wait-for-any request blocks at
+most ``watchdog_s``); in ``events`` mode a tick every ``watchdog_s`` does it when a timeout is
+configured (the tick is not how completions are detected).
 """
 
 from __future__ import annotations
@@ -47,7 +54,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -57,7 +63,6 @@ from typing import Any, Generic, Literal, TypeVar
 import aiohttp
 from agentlightning.store.base import LightningStore
 from agentlightning.store.client_server import LightningStoreClient, LightningStoreServer
-from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import (
     AttemptedRollout,
     AttemptStatus,
@@ -68,6 +73,8 @@ from agentlightning.types import (
     RolloutStatus,
     Span,
 )
+
+from agl_tinker.store_server import MAX_WAIT_ANY_S, WAIT_ANY_PATH, WaitAnyResponse, completion_events
 
 __all__ = [
     "BatchResult",
@@ -80,6 +87,7 @@ __all__ = [
     "ProcessError",
     "RolloutOutcome",
     "StoreCallError",
+    "WaitStrategy",
     "dispatch_batch",
 ]
 
@@ -88,7 +96,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-WaitStrategy = Literal["auto", "events", "long_poll"]
+WaitStrategy = Literal["auto", "events", "wait_any", "long_poll"]
 FinalStatus = Literal["succeeded", "failed", "cancelled", "timeout", "unresponsive"]
 
 _CLIENT_MAX_WAIT_S = 0.1  # LightningStoreClient.wait_for_rollouts raises above this
@@ -129,10 +137,13 @@ class DispatchConfig:
         max_in_flight: most rollouts enqueued and unfinished at once; ``None`` enqueues all.
         batch_timeout_s: after this, unfinished rollouts are cancelled in the store and
             not-yet-enqueued ones are skipped, so a batch with no live runner still ends.
-        wait: ``"auto"`` picks ``events`` for an in-process in-memory store, else ``long_poll``.
+        wait: ``"auto"`` picks ``events`` for an in-process in-memory store, ``wait_any`` for a
+            ``LightningStoreClient`` (falling back to ``long_poll`` when its server lacks the
+            route, as a stock ``agl store`` does), else ``long_poll``.
         long_poll_s: server-side block per long-poll request (clamped to 0.1 s for the client).
         long_poll_slots: long-poll requests open at once; each holds one server executor thread.
-        watchdog_s: ``events`` mode only: how often to let the store run its timeout watchdog.
+        watchdog_s: how often the store gets a call that runs its timeout watchdog: the tick of
+            ``events`` mode, and the server-side block of each ``wait_any`` request.
         store_retries: retries of a store call that failed with a transient (network) error.
         metadata: extra rollout metadata (``group_index`` and ``group_slot`` are always added).
         before_read: awaited before the spans of finished rollouts are read. Pass the endpoint's
@@ -254,6 +265,8 @@ class DispatchStats:
     overheads_s: tuple[float, ...] = field(repr=False)
     detects_s: tuple[float, ...] = field(default=(), repr=False)
     reads_s: tuple[float, ...] = field(default=(), repr=False)
+    wait: str = ""
+    """How completions were learned by the end of the batch: ``events``, ``wait_any`` or ``long_poll``."""
 
     def overhead_ms(self, quantile: float) -> float | None:
         """Nearest-rank quantile of the per-rollout overhead, in milliseconds."""
@@ -324,19 +337,8 @@ async def dispatch_batch(
 # --------------------------------------------------------------------------------------------- internals
 
 
-def _completion_events(store: LightningStore) -> Mapping[str, Any] | None:
-    """The in-memory store's per-rollout completion events, when it lives in this process."""
-    inner: Any = store
-    if isinstance(inner, LightningStoreServer):
-        # A server owned by another process (or unpickled) holds no store: it forwards over HTTP.
-        if inner.store is None or getattr(inner, "_owner_pid", None) != os.getpid():
-            return None
-        inner = inner.store
-    if isinstance(inner, InMemoryLightningStore):
-        events = getattr(inner, "_completion_events", None)
-        if isinstance(events, dict):
-            return events
-    return None
+class _NoWaitAny(Exception):
+    """The store server has no wait-for-any route (404 or 405): it is not a ``LeanStoreServer``."""
 
 
 class _Caller:
@@ -365,11 +367,17 @@ class _CompletionWatcher:
     def __init__(self, store: LightningStore, cfg: DispatchConfig, call: _Caller) -> None:
         self._store = store
         self._call = call
-        self._events = _completion_events(store) if cfg.wait != "long_poll" else None
+        self._events = completion_events(store) if cfg.wait in ("auto", "events") else None
         if cfg.wait == "events" and self._events is None:
             raise DispatchError(
                 f"wait='events' needs an in-process InMemoryLightningStore, got {type(store).__name__}"
             )
+        self._wait_any = isinstance(store, LightningStoreClient) and (
+            cfg.wait == "wait_any" or (cfg.wait == "auto" and self._events is None)
+        )
+        if cfg.wait == "wait_any" and not self._wait_any:
+            raise DispatchError(f"wait='wait_any' needs a LightningStoreClient, got {type(store).__name__}")
+        self._fallback = cfg.wait == "auto"  # to long-polling, when the server lacks wait-any
         slice_s = cfg.long_poll_s
         if isinstance(store, (LightningStoreClient, LightningStoreServer)):
             slice_s = min(slice_s, _CLIENT_MAX_WAIT_S)
@@ -387,10 +395,15 @@ class _CompletionWatcher:
         self._new_work = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._background: asyncio.Task[None] | None = None
+        self.finished_rollouts: dict[str, Rollout] = {}
+        """Finished rollouts that came with their completion (``wait_any``), for the reader to take."""
 
     @property
     def strategy(self) -> str:
-        return "events" if self._events is not None else "long_poll"
+        """How completions are learned: ``events``, ``wait_any`` or ``long_poll``."""
+        if self._events is not None:
+            return "events"
+        return "wait_any" if self._wait_any else "long_poll"
 
     def watch(self, rollout_ids: Sequence[str]) -> None:
         for rid in rollout_ids:
@@ -403,7 +416,9 @@ class _CompletionWatcher:
         if self._polled:
             self._new_work.set()
         if self._background is None:
-            if self._events is None:
+            if self._wait_any:
+                self._background = self._spawn(self._wait_any_loop())
+            elif self._events is None:
                 self._background = self._spawn(self._long_poll_loop())
             elif self._needs_watchdog or self._polled:
                 self._background = self._spawn(self._watchdog_loop())
@@ -448,6 +463,72 @@ class _CompletionWatcher:
         await event  # aiologic.Event is awaitable across threads and event loops, no executor thread
         self._mark(rid)
 
+    async def _wait_any_loop(self) -> None:
+        """Wait-for-any requests (``LeanStoreServer``) covering every rollout in flight.
+
+        Each request blocks server-side until one of its rollouts finishes (or ``watchdog_s``
+        passes) and brings the finished ones back with their latest attempts: a completion is seen
+        one round trip after it happens, and the reader need not query the rollout again. Rollouts
+        enqueued while a request is open get a request of their own; a returned request's
+        unfinished rollouts join the next one. A server without the route answers 404 or 405: then
+        this falls back to :meth:`_long_poll_loop` (``wait="auto"``) or fails (``wait="wait_any"``).
+        """
+        armed: dict[asyncio.Task[None], frozenset[str]] = {}
+        try:
+            while True:
+                covered = frozenset().union(*armed.values())
+                fresh = [rid for rid in self._watching if rid not in covered]
+                if fresh:
+                    armed[asyncio.create_task(self._wait_any_once(fresh))] = frozenset(fresh)
+                for task in await self._returned(armed):
+                    del armed[task]
+                    task.result()  # re-raises a StoreCallError, or _NoWaitAny
+        except _NoWaitAny:
+            if not self._fallback:
+                raise DispatchError(
+                    f"wait='wait_any': the store server has no {WAIT_ANY_PATH} route (not an agl-tinker store)"
+                ) from None
+            logger.info("the store server has no wait-for-any route; long-polling instead")
+            self._wait_any = False
+        finally:
+            for task in armed:
+                task.cancel()
+            await asyncio.gather(*armed, return_exceptions=True)
+        await self._long_poll_loop()
+
+    async def _returned(self, armed: Mapping[asyncio.Task[R], Any]) -> list[asyncio.Task[R]]:
+        """Wait until an armed request returns or new rollouts are watched; the returned requests."""
+        if not armed:
+            self._new_work.clear()
+            await self._new_work.wait()
+            return []
+        self._new_work.clear()
+        more_work = asyncio.create_task(self._new_work.wait())
+        done, _ = await asyncio.wait([*armed, more_work], return_when=asyncio.FIRST_COMPLETED)
+        more_work.cancel()
+        return [task for task in armed if task in done]
+
+    async def _wait_any_once(self, ids: list[str]) -> None:
+        client = self._store
+        assert isinstance(client, LightningStoreClient)
+        body = {"rollout_ids": ids, "timeout": min(self._watchdog_s, MAX_WAIT_ANY_S)}
+
+        async def request() -> Any:
+            try:
+                # The client's own request path: its session, retries and health probes.
+                return await client._request_json("post", WAIT_ANY_PATH, json=body)
+            except aiohttp.ClientResponseError as e:
+                if e.status in (404, 405):  # 405: the stock server's dashboard route takes GET only
+                    raise _NoWaitAny from e
+                raise
+
+        answer = WaitAnyResponse.model_validate(await self._call("wait_any", request))
+        if answer.unknown:
+            raise DispatchError(f"rollouts not in the store any more: {', '.join(answer.unknown[:5])}")
+        for rollout in answer.finished:
+            self.finished_rollouts[rollout.rollout_id] = rollout
+            self._mark(rollout.rollout_id)
+
     async def _long_poll_loop(self) -> None:
         """``long_poll_slots`` single-rollout long-polls, rotated over the rollouts in flight.
 
@@ -465,15 +546,7 @@ class _CompletionWatcher:
                 timeouts = _spread(self._slice_s, len(picks)) if not armed else [self._slice_s] * len(picks)
                 for rid, timeout in zip(picks, timeouts, strict=True):
                     armed[asyncio.create_task(self._poll_one(rid, timeout))] = rid
-                if not armed:
-                    self._new_work.clear()
-                    await self._new_work.wait()
-                    continue
-                self._new_work.clear()
-                more_work = asyncio.create_task(self._new_work.wait())
-                done, _ = await asyncio.wait([*armed, more_work], return_when=asyncio.FIRST_COMPLETED)
-                more_work.cancel()
-                returned = [t for t in done if t is not more_work]
+                returned = await self._returned(armed)
                 for task in returned:
                     del armed[task]
                     task.result()  # re-raises a StoreCallError from the slot
@@ -654,31 +727,43 @@ class _Dispatch(Generic[T]):
     async def _finish_round(self, items: list[tuple[str, tuple[int, int]]]) -> None:
         """Read and process the rollouts that finished together.
 
-        One ``query_rollouts`` for the whole round (it returns each rollout with its latest
-        attempt) runs alongside one ``query_spans`` per rollout: over HTTP that is one round trip
-        per rollout instead of two, which matters when a burst of completions queues at the server.
+        Rollouts that came with their completion (``wait_any``) are final as they are; the others
+        are read with one ``query_rollouts`` for the whole round (it returns each rollout with its
+        latest attempt), alongside one ``query_spans`` per rollout: over HTTP that is one round
+        trip per rollout instead of two, which matters when a burst of completions queues at the
+        server.
         """
         t = time.perf_counter()
         if self.cfg.before_read is not None:
             await self.cfg.before_read()
         store = self.store
-        ids = [rid for rid, _ in items]
-        rollouts = asyncio.ensure_future(
-            self.call("query_rollouts", functools.partial(store.query_rollouts, rollout_id_in=ids))
-        )
+        given = self.watcher.finished_rollouts if self.watcher is not None else {}
+        known = {rid: rollout for rid, _ in items if (rollout := given.pop(rid, None)) is not None}
+        missing = [rid for rid, _ in items if rid not in known]
+        rollouts: asyncio.Future[Sequence[Rollout]] | None = None
+        if missing:
+            rollouts = asyncio.ensure_future(
+                self.call("query_rollouts", functools.partial(store.query_rollouts, rollout_id_in=missing))
+            )
         try:
             async with asyncio.TaskGroup() as tg:
                 for rid, slot in items:
-                    tg.create_task(self._finish_one(rid, slot, rollouts))
+                    tg.create_task(self._finish_one(rid, slot, known.get(rid), rollouts))
         finally:
-            rollouts.cancel()
+            if rollouts is not None:
+                rollouts.cancel()
         self.process_s += time.perf_counter() - t
 
     async def _finish_one(
-        self, rid: str, slot: tuple[int, int], rollouts: asyncio.Future[Sequence[Rollout]]
+        self,
+        rid: str,
+        slot: tuple[int, int],
+        rollout: Rollout | None,
+        rollouts: asyncio.Future[Sequence[Rollout]] | None,
     ) -> None:
         spans = await self.call("query_spans", functools.partial(self.store.query_spans, rid, "latest"))
-        rollout = next((r for r in await rollouts if r.rollout_id == rid), None)
+        if rollout is None and rollouts is not None:
+            rollout = next((r for r in await rollouts if r.rollout_id == rid), None)
         if rollout is None:
             raise StoreCallError(f"query_rollouts did not return finished rollout {rid}")
         unique, n_dup = _dedupe_spans(spans)
@@ -773,6 +858,7 @@ class _Dispatch(Generic[T]):
             overheads_s=overheads,
             detects_s=detects,
             reads_s=reads,
+            wait=self.watcher.strategy if self.watcher is not None else "",
         )
         return BatchResult(groups=groups, stats=stats)
 

@@ -13,24 +13,51 @@ everything else are Agent-lightning's own, so ``LightningStoreClient`` and ``agl
 it unchanged. uvicorn also parses HTTP with ``httptools`` when it is installed (a dependency of
 this package), another ~15%.
 
+It also answers one route of its own, ``POST /v1/agl/agl-tinker/waits/any``
+(:data:`WAIT_ANY_PATH`): "return as soon as *any* of these rollouts has finished, with the
+finished ones". Agent-lightning's ``wait_for_rollouts`` returns only when *all* ids finish, its
+client refuses to block over 0.1 s, and its server holds one executor thread per waiting id; so a
+remote algorithm had to rotate single-id long-polls and sweep the rest, learning of most
+completions a sweep late. The route awaits the in-memory store's own completion events on the
+server's event loop (no thread per id), answers one round trip after a completion, and hands the
+finished rollouts (latest attempt included) back in the same answer. ``dispatch_batch`` uses it
+when the server has it and falls back to long-polling against a stock ``agl store``.
+
 Use it wherever a ``LightningStoreServer`` would be: ``agl-tinker store`` (split mode), and
 ``agl_tinker.algo.fit`` starts one for its runners.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
 import time
 import traceback
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
+from agentlightning.store.base import LightningStore
 from agentlightning.store.client_server import API_V1_AGL_PREFIX, API_V1_PREFIX, LightningStoreServer
+from agentlightning.store.memory import InMemoryLightningStore
+from agentlightning.store.threading import LightningStoreThreaded
+from agentlightning.types import AttemptedRollout, Rollout
+from pydantic import BaseModel, Field
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.responses import JSONResponse
 
-__all__ = ["LeanStoreServer", "StoreErrorsAsJson", "serve_store"]
+__all__ = [
+    "MAX_WAIT_ANY_S",
+    "WAIT_ANY_PATH",
+    "LeanStoreServer",
+    "StoreErrorsAsJson",
+    "WaitAnyRequest",
+    "WaitAnyResponse",
+    "completion_events",
+    "serve_store",
+]
 
 logger = logging.getLogger(__name__)
 # The stock server's logger: users who turned its request log on keep getting it.
@@ -41,6 +68,45 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+WAIT_ANY_PATH = "/agl-tinker/waits/any"
+"""The wait-for-any route, relative to ``/v1/agl`` (where ``LightningStoreClient`` sends requests)."""
+MAX_WAIT_ANY_S = 10.0
+"""Longest a wait-for-any request may block: bounds how long a handler outlives a gone client."""
+_WATCH_TTL_S = 300.0  # an unfinished rollout's event watcher lapses after this; the next ask renews it
+
+
+class WaitAnyRequest(BaseModel):
+    rollout_ids: list[str]
+    timeout: float = Field(ge=0, le=MAX_WAIT_ANY_S)
+
+
+class WaitAnyResponse(BaseModel):
+    finished: list[AttemptedRollout | Rollout]
+    """The asked-for rollouts in a terminal status (each with its latest attempt, if any)."""
+    unknown: list[str]
+    """Asked-for ids the store does not know; the answer comes at once when there are any."""
+
+
+def completion_events(store: LightningStore) -> Mapping[str, Any] | None:
+    """The in-memory store's per-rollout completion events (``aiologic.Event``), when it lives here.
+
+    ``None`` for any other store, and for a server whose store lives in another process.
+    """
+    inner: Any = store
+    if isinstance(inner, LightningStoreServer):
+        # A server owned by another process (or unpickled) holds no store: it forwards over HTTP.
+        if inner.store is None or getattr(inner, "_owner_pid", None) != os.getpid():
+            return None
+        inner = inner.store
+    if isinstance(inner, LightningStoreThreaded):
+        inner = inner.store
+    if isinstance(inner, InMemoryLightningStore):
+        events = getattr(inner, "_completion_events", None)
+        if isinstance(events, dict):
+            return events
+    return None
+
 
 # The ``@app.middleware("http")`` functions of LightningStoreServer._setup_routes that
 # StoreErrorsAsJson replaces. Any other BaseHTTPMiddleware (a metrics tracker's) is left alone.
@@ -108,12 +174,81 @@ class LeanStoreServer(LightningStoreServer):
 
     Takes exactly ``LightningStoreServer``'s arguments. If a future Agent-lightning no longer adds
     those two middlewares, nothing is replaced and a warning says so: the server still works, at
-    the stock speed.
+    the stock speed. Over a store with completion events (the in-memory one) it also serves
+    :data:`WAIT_ANY_PATH`; over any other store that route is absent (404), as on a stock server.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.replaced_middleware = self._replace_middleware()
+        self._events = completion_events(self.store) if self.store is not None else None
+        # Both live on the server's event loop, where every request handler runs.
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._finished_signal: asyncio.Event | None = None
+        if self.app is not None and self._events is not None:
+            self.app.add_api_route(
+                API_V1_AGL_PREFIX + WAIT_ANY_PATH,
+                self.wait_any,
+                methods=["POST"],
+                response_model=WaitAnyResponse,
+            )
+
+    async def wait_any(self, request: WaitAnyRequest) -> WaitAnyResponse:
+        """Block until any of ``request.rollout_ids`` is finished or ``request.timeout`` passes.
+
+        Each check is the store's own ``wait_for_rollouts(timeout=0)``, which also runs its
+        ``RolloutConfig`` watchdog. Between checks the request sleeps on a server-wide signal that
+        a watcher task per asked-for rollout (one per rollout, shared by requests) raises when the
+        rollout's completion event fires, so a check costs O(ids) and a wait no thread.
+        """
+        events = self._events
+        if events is None:  # the route is only registered with events; a direct call may lack them
+            raise RuntimeError("wait_any needs an in-process in-memory store")
+        ids = list(dict.fromkeys(request.rollout_ids))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.timeout
+        unknown = [rid for rid in ids if rid not in events]
+        while True:
+            signal = self._signal()  # taken before the check: a completion after it sets this one
+            done = await self.wait_for_rollouts(rollout_ids=ids, timeout=0)
+            remaining = deadline - loop.time()
+            if done or unknown or remaining <= 0:
+                break
+            if self._watch(ids, events):
+                continue  # one finished between the check and its watcher: check again
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(signal.wait(), remaining)
+        finished: list[AttemptedRollout | Rollout] = []
+        if done:
+            finished = list(await self.query_rollouts(rollout_id_in=[r.rollout_id for r in done]))
+        return WaitAnyResponse(finished=finished, unknown=unknown)
+
+    def _signal(self) -> asyncio.Event:
+        if self._finished_signal is None:
+            self._finished_signal = asyncio.Event()
+        return self._finished_signal
+
+    def _watch(self, ids: list[str], events: Mapping[str, Any]) -> bool:
+        """Start a watcher for each unwatched id; ``True`` if one's event is already set."""
+        for rid in ids:
+            if rid in self._watchers:
+                continue
+            event = events[rid]
+            if event.is_set():
+                return True
+            self._watchers[rid] = asyncio.create_task(self._watch_one(rid, event))
+        return False
+
+    async def _watch_one(self, rid: str, event: Any) -> None:
+        try:
+            # aiologic.Event is awaitable from any loop and thread, without an executor thread
+            await asyncio.wait_for(_awaited(event), _WATCH_TTL_S)
+        except TimeoutError:
+            return
+        finally:
+            self._watchers.pop(rid, None)
+        signal, self._finished_signal = self._signal(), asyncio.Event()
+        signal.set()
 
     def _replace_middleware(self) -> bool:
         app = self.app
@@ -136,6 +271,10 @@ class LeanStoreServer(LightningStoreServer):
         return True
 
 
+async def _awaited(event: Any) -> None:
+    await event
+
+
 def _dispatch_name(middleware: Middleware) -> str | None:
     if middleware.cls is not BaseHTTPMiddleware:
         return None
@@ -147,8 +286,6 @@ async def serve_store(
     host: str = "127.0.0.1", port: int = 4747, cors_origins: list[str] | None = None
 ) -> None:
     """Serve a fresh in-memory store until cancelled (what ``agl-tinker store`` runs)."""
-    from agentlightning.store.memory import InMemoryLightningStore
-
     server = LeanStoreServer(
         InMemoryLightningStore(thread_safe=True),
         host=host,

@@ -10,7 +10,7 @@ Run ``python benchmarks/dispatch.py``; prints one JSON object:
     runners are another process talking HTTP to that server.
   - ``http``: split mode. The store server is its own process (``agl-tinker store``: the
     in-memory store behind ``agl_tinker.store_server.LeanStoreServer``), the algorithm uses
-    ``LightningStoreClient`` (long-poll waits), runners as above.
+    ``LightningStoreClient`` (wait-for-any requests), runners as above.
 * ``steps_per_s``: the whole offline loop on a Hello-sized task: Hello's CI configuration
   (``agl-tinker hello --ci``: 8 tasks × group 4, 6 steps, eval and checkpoint every 3, 2 runner
   processes, the in-process Tinker simulator) through ``agl_tinker.algo.fit``, in a child forked at
@@ -20,8 +20,10 @@ Run ``python benchmarks/dispatch.py``; prints one JSON object:
   finished rollout on a pipe and the algorithm only reads (``query_spans`` per rollout alongside
   one ``query_rollouts`` per round, as ``dispatch_batch`` does). No waiting design can beat it;
   ``http`` minus ``http_floor`` is what waiting costs.
+* ``detail.http_long_poll``: ``http`` with ``DispatchConfig(wait="long_poll")``: what
+  wait-for-any saves over long-polling through Agent-lightning's own wait route.
 * ``detail.http_stock_server``: ``http`` against Agent-lightning's own ``LightningStoreServer``
-  (what ``agl store`` runs), for comparison.
+  (what ``agl store`` runs; it has no wait-for-any route, so dispatch long-polls), for comparison.
 
 Workload: Hello-sized batches (8 tasks × group 4 = 32 rollouts, all in flight), 32 runner
 coroutines (idle ones re-check the queue every 0.5-1 s) whose "agent" takes 50-300 ms and emits
@@ -30,15 +32,16 @@ Per rollout a runner makes the calls an Agent-lightning runner makes at least (d
 sequence id, add span, update attempt; the real one also fetches resources and heartbeats).
 
 Where the ``http`` time goes (2 shared cores): every store call, the runners' own included, goes
-through one server event loop, so the overhead is about two of its round trips under the batch's
-load (detection, then the reads). Agent-lightning 0.3.0's server spends 3-5 ms of CPU per request
-in two ``BaseHTTPMiddleware`` layers, saturates a core while 32 rollouts finish and answers in
-~100 ms then (``http_stock_server``: p50 100-200 ms). ``LeanStoreServer`` replaces those layers
-with one plain ASGI middleware of the same behaviour (and uvicorn parses HTTP with ``httptools``),
-which brings a loaded round trip to a few ms. ``detect_ms_p50``/``read_ms_p50`` split each
-overhead at the moment dispatch noticed the rollout: a rollout no long-poll slot holds waits for
-the next sweep, so detection is the larger part. Spans cannot be read for several rollouts in one
-call (``query_spans`` takes exactly one rollout id).
+through one server event loop, so the overhead is a round trip or two under the batch's load
+(detection, then the reads). Agent-lightning 0.3.0's server spends 3-5 ms of CPU per request in
+two ``BaseHTTPMiddleware`` layers, saturates a core while 32 rollouts finish and answers in tens
+of ms then (``http_stock_server``). ``LeanStoreServer`` replaces those layers with one plain ASGI
+middleware of the same behaviour (and uvicorn parses HTTP with ``httptools``), which brings a
+loaded round trip to a few ms. ``detect_ms_p50``/``read_ms_p50`` split each overhead at the
+moment dispatch noticed the rollout: long-polling notices a rollout no slot holds only at the
+next sweep; wait-for-any notices every rollout one round trip after it finished, and its answer
+already carries the rollout, so the read is the spans alone. Spans cannot be read for several
+rollouts in one call (``query_spans`` takes exactly one rollout id).
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ from agentlightning.store.client_server import LightningStoreClient, LightningSt
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import EnqueueRolloutRequest, Rollout, Span
 
-from agl_tinker.rollout import DispatchConfig, dispatch_batch
+from agl_tinker.rollout import DispatchConfig, WaitStrategy, dispatch_batch
 from agl_tinker.store_server import serve_store
 
 BATCH_SIZE, GROUP_SIZE, N_BATCHES, N_RUNNERS = 8, 4, 6, 32
@@ -149,30 +152,29 @@ def _process(rollout: Rollout, spans: Sequence[Span]) -> float | None:
     return rewards[-1] if rewards else None
 
 
-async def _measure(store: Any) -> dict[str, Any]:
+async def _measure(store: Any, wait: WaitStrategy = "auto") -> dict[str, Any]:
     tasks = [{"x": i} for i in range(BATCH_SIZE)]
     overheads: list[float] = []
     detects: list[float] = []
     reads: list[float] = []
     walls: list[float] = []
+    waits: set[str] = set()
     for _ in range(N_BATCHES):
-        result = await dispatch_batch(store, tasks, GROUP_SIZE, _process, config=DispatchConfig())
+        result = await dispatch_batch(store, tasks, GROUP_SIZE, _process, config=DispatchConfig(wait=wait))
+        waits.add(result.stats.wait)
         if result.stats.status_counts != {"succeeded": BATCH_SIZE * GROUP_SIZE}:
             raise RuntimeError(f"benchmark batch did not fully succeed: {result.stats.status_counts}")
         overheads += [o * 1000 for o in result.stats.overheads_s]
         detects += [o * 1000 for o in result.stats.detects_s]
         reads += [o * 1000 for o in result.stats.reads_s]
         walls.append(result.stats.wall_s)
-    from agl_tinker.rollout import _CompletionWatcher  # which waiting strategy was measured
-
-    strategy = _CompletionWatcher(store, DispatchConfig(), None).strategy  # type: ignore[arg-type]
     return {
         **_quantiles(overheads),
         # the overhead's two parts: end_time -> dispatch noticed it; noticed -> process() returned
         "detect_ms_p50": _quantiles(detects)["p50"],
         "read_ms_p50": _quantiles(reads)["p50"],
         "batch_wall_s_mean": round(statistics.fmean(walls), 3),
-        "wait": strategy,
+        "wait": "/".join(sorted(waits)),  # how completions were learned
     }
 
 
@@ -185,7 +187,7 @@ async def _bench_memory(port: int) -> dict[str, Any]:
         await server.stop()
 
 
-async def _bench_http(endpoint: str) -> dict[str, Any]:
+async def _bench_http(endpoint: str, wait: WaitStrategy = "auto") -> dict[str, Any]:
     client = LightningStoreClient(endpoint)
     try:
         for _ in range(600):  # the server child is importing; wait until it answers
@@ -194,7 +196,7 @@ async def _bench_http(endpoint: str) -> dict[str, Any]:
                 break
             except Exception:
                 await asyncio.sleep(0.1)
-        return await _measure(client)
+        return await _measure(client, wait)
     finally:
         await client.close()
 
@@ -342,6 +344,11 @@ def main() -> None:
         children.append(floor_runners)
         floor = asyncio.run(_bench_floor(http_endpoint, notify))
         floor_runners.terminate()
+        poll_runners = ctx.Process(target=_runners_main, args=(http_endpoint, 5), daemon=True)
+        poll_runners.start()
+        children.append(poll_runners)
+        long_poll = asyncio.run(_bench_http(http_endpoint, "long_poll"))
+        poll_runners.terminate()
         stock_runners = ctx.Process(target=_runners_main, args=(stock_endpoint, 4), daemon=True)
         stock_runners.start()
         children.append(stock_runners)
@@ -373,6 +380,7 @@ def main() -> None:
             "memory": memory,
             "http": http,
             "http_floor": floor,
+            "http_long_poll": long_poll,
             "http_stock_server": stock,
             "hello": steps,
         },

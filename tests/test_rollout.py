@@ -10,6 +10,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from agl_tinker.rollout import (
     _spread,
     dispatch_batch,
 )
-from agl_tinker.store_server import LeanStoreServer
+from agl_tinker.store_server import WAIT_ANY_PATH, LeanStoreServer
 from fakes.store import FaultyStore
 
 logging.getLogger("agentlightning").setLevel(logging.CRITICAL)
@@ -115,15 +116,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(params=[LightningStoreServer, LeanStoreServer], ids=["agl-server", "lean-server"])
-async def http_stores(
-    request: pytest.FixtureRequest,
+@asynccontextmanager
+async def _served(
+    cls: type[LightningStoreServer], store: LightningStore | None = None
 ) -> AsyncIterator[tuple[LightningStoreClient, LightningStoreClient]]:
-    """A store server on 127.0.0.1 (its own thread), an algorithm client and a runner client.
-
-    Both Agent-lightning's server and agl-tinker's lean one: dispatch must not tell them apart.
-    """
-    server = request.param(memory_store(), host="127.0.0.1", port=free_port())
+    server = cls(store or memory_store(), host="127.0.0.1", port=free_port())
     await server.start()
     algo, runner = LightningStoreClient(server.endpoint), LightningStoreClient(server.endpoint)
     try:
@@ -132,6 +129,18 @@ async def http_stores(
         await algo.close()
         await runner.close()
         await server.stop()
+
+
+@pytest.fixture(params=[LightningStoreServer, LeanStoreServer], ids=["agl-server", "lean-server"])
+async def http_stores(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[LightningStoreClient, LightningStoreClient]]:
+    """A store server on 127.0.0.1 (its own thread), an algorithm client and a runner client.
+
+    Both Agent-lightning's server and agl-tinker's lean one: dispatch must not tell them apart.
+    """
+    async with _served(request.param) as clients:
+        yield clients
 
 
 # ------------------------------------------------------------------------------------ in memory
@@ -385,4 +394,61 @@ async def test_in_process_server_uses_events(
     from agl_tinker.rollout import _CompletionWatcher  # the choice is internal; check it directly
 
     assert _CompletionWatcher(server, DispatchConfig(), None).strategy == "events"  # type: ignore[arg-type]
-    assert _CompletionWatcher(http_stores[0], DispatchConfig(), None).strategy == "long_poll"  # type: ignore[arg-type]
+    # a client tries wait-for-any first (a stock server makes it fall back: test_batch_over_http)
+    assert _CompletionWatcher(http_stores[0], DispatchConfig(), None).strategy == "wait_any"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("server_cls", "wait", "rollout_reads"),
+    [(LeanStoreServer, "wait_any", 0), (LightningStoreServer, "long_poll", None)],
+    ids=["lean-server", "agl-server"],
+)
+async def test_split_mode_learns_completions_by_wait_any_where_the_server_has_it(
+    server_cls: type[LightningStoreServer], wait: str, rollout_reads: int | None
+) -> None:
+    async with _served(server_cls) as (algo, runner_store):
+        reads: list[list[str]] = []
+        query_rollouts = algo.query_rollouts
+
+        async def counted(**kw: Any) -> Any:
+            reads.append(list(kw.get("rollout_id_in") or []))
+            return await query_rollouts(**kw)
+
+        algo.query_rollouts = counted  # type: ignore[method-assign]
+        async with Runners(runner_store, n=4):
+            result = await dispatch_batch(
+                algo, TASKS, 4, reward_process, config=DispatchConfig(max_in_flight=5)
+            )
+    assert result.stats.wait == wait
+    assert result.stats.status_counts == {"succeeded": 12}
+    assert all(r["rewards"] == [float(g.task["x"])] for g in result.groups for r in g.results)
+    # wait-for-any brings each finished rollout with its completion: nothing to read again
+    if rollout_reads is not None:
+        assert len(reads) == rollout_reads, reads
+    else:
+        assert sorted(rid for ids in reads for rid in ids) == sorted(o.rollout_id for o in result.outcomes)
+
+
+async def test_asking_for_wait_any_from_a_stock_server_is_a_clear_error() -> None:
+    async with _served(LightningStoreServer) as (algo, runner_store), Runners(runner_store, n=2):
+        with pytest.raises(DispatchError, match="no /agl-tinker/waits/any route"):
+            await dispatch_batch(algo, TASKS[:1], 1, reward_process, config=DispatchConfig(wait="wait_any"))
+    with pytest.raises(DispatchError, match="needs a LightningStoreClient"):
+        await dispatch_batch(
+            memory_store(), TASKS[:1], 1, reward_process, config=DispatchConfig(wait="wait_any")
+        )
+
+
+async def test_wait_any_reports_a_rollout_the_store_lost() -> None:
+    async with _served(LeanStoreServer) as (algo, _):
+        request_json = algo._request_json
+
+        async def forgetful(method: str, path: str, **kw: Any) -> Any:
+            answer = await request_json(method, path, **kw)  # type: ignore[arg-type]
+            if path == WAIT_ANY_PATH:  # as if the store had restarted and lost the batch
+                answer = {"finished": [], "unknown": kw["json"]["rollout_ids"]}
+            return answer
+
+        algo._request_json = forgetful  # type: ignore[method-assign]
+        with pytest.raises(DispatchError, match="not in the store any more"):
+            await dispatch_batch(algo, TASKS[:1], 1, reward_process, config=DispatchConfig(wait="wait_any"))

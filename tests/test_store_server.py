@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 from agentlightning.store.base import LightningStoreStatistics
-from agentlightning.store.client_server import LightningStoreServer
+from agentlightning.store.client_server import LightningStoreClient, LightningStoreServer
 from agentlightning.store.memory import InMemoryLightningStore
+from agentlightning.types import EnqueueRolloutRequest
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from agl_tinker.cli import build_parser
-from agl_tinker.store_server import LeanStoreServer, StoreErrorsAsJson
+from agl_tinker.store_server import MAX_WAIT_ANY_S, WAIT_ANY_PATH, LeanStoreServer, StoreErrorsAsJson
+from fakes.store import FaultyStore
 
 AGL = "/v1/agl"
 
@@ -231,3 +235,85 @@ def test_store_command_binds_loopback_by_default() -> None:
     assert (args.host, args.port) == ("127.0.0.1", 4747)
     args = build_parser().parse_args(["store", "--host", "0.0.0.0", "--port", "5000"])
     assert (args.host, args.port) == ("0.0.0.0", 5000)
+
+
+# ------------------------------------------------------------------------------- wait for any
+
+
+async def _wait_any(http: aiohttp.ClientSession, ids: list[str], timeout: float) -> tuple[int, Any, float]:
+    t = time.perf_counter()
+    async with http.post(AGL + WAIT_ANY_PATH, json={"rollout_ids": ids, "timeout": timeout}) as r:
+        return r.status, await r.json(), time.perf_counter() - t
+
+
+@pytest.fixture
+async def lean() -> AsyncIterator[tuple[LeanStoreServer, LightningStoreClient, aiohttp.ClientSession]]:
+    server = await _serving(LeanStoreServer, InMemoryLightningStore())
+    client = LightningStoreClient(server.endpoint)
+    try:
+        async with aiohttp.ClientSession(server.endpoint) as http:
+            yield server, client, http
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def test_wait_any_answers_when_the_first_rollout_finishes_with_it(
+    lean: tuple[LeanStoreServer, LightningStoreClient, aiohttp.ClientSession],
+) -> None:
+    _, client, http = lean
+    ids = [r.rollout_id for r in await client.enqueue_many_rollouts([EnqueueRolloutRequest(input={})] * 3)]
+    claimed = await client.dequeue_rollout(worker_id="w")
+    assert claimed is not None
+
+    async def finish_soon() -> None:
+        await asyncio.sleep(0.3)
+        await client.update_attempt(claimed.rollout_id, claimed.attempt.attempt_id, status="succeeded")
+
+    finisher = asyncio.create_task(finish_soon())
+    status, body, took = await _wait_any(http, ids, MAX_WAIT_ANY_S)
+    await finisher
+    assert status == 200
+    assert body["unknown"] == []
+    [finished] = body["finished"]
+    assert finished["rollout_id"] == claimed.rollout_id and finished["status"] == "succeeded"
+    assert finished["attempt"]["attempt_id"] == claimed.attempt.attempt_id  # the latest attempt comes along
+    assert 0.3 <= took < MAX_WAIT_ANY_S / 2  # woken by the completion, not by the timeout
+
+    # already finished: answered at once, every time
+    status, body, took = await _wait_any(http, ids, MAX_WAIT_ANY_S)
+    assert [r["rollout_id"] for r in body["finished"]] == [claimed.rollout_id]
+    assert took < MAX_WAIT_ANY_S / 2
+
+
+async def test_wait_any_times_out_empty_and_reports_unknown_ids_at_once(
+    lean: tuple[LeanStoreServer, LightningStoreClient, aiohttp.ClientSession],
+) -> None:
+    _, client, http = lean
+    [rollout] = await client.enqueue_many_rollouts([EnqueueRolloutRequest(input={})])
+    status, body, took = await _wait_any(http, [rollout.rollout_id], 0.3)
+    assert (status, body) == (200, {"finished": [], "unknown": []}) and took >= 0.3
+    status, body, took = await _wait_any(http, [rollout.rollout_id, "ro-nope"], MAX_WAIT_ANY_S)
+    assert (status, body) == (200, {"finished": [], "unknown": ["ro-nope"]}) and took < MAX_WAIT_ANY_S / 2
+
+
+async def test_wait_any_checks_its_request(
+    lean: tuple[LeanStoreServer, LightningStoreClient, aiohttp.ClientSession],
+) -> None:
+    _, _, http = lean
+    for bad in ({"rollout_ids": [], "timeout": MAX_WAIT_ANY_S + 1}, {"rollout_ids": [], "timeout": -1}, {}):
+        async with http.post(AGL + WAIT_ANY_PATH, json=bad) as r:
+            assert r.status == 422, bad
+
+
+async def test_wait_any_needs_completion_events_else_the_route_is_absent() -> None:
+    for server in (
+        await _serving(LightningStoreServer, InMemoryLightningStore()),  # a stock server
+        await _serving(LeanStoreServer, FaultyStore(InMemoryLightningStore())),  # a store without events
+    ):
+        try:
+            async with aiohttp.ClientSession(server.endpoint) as http:
+                status, _, _ = await _wait_any(http, ["ro-x"], 0)
+            assert status in (404, 405)
+        finally:
+            await server.stop()
