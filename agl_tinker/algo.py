@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing as mp
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -79,6 +81,8 @@ def fast_runner(poll_interval: float = 0.05) -> LitAgentRunner[Any]:
 _RUNNER_DRAIN_S = 0.3
 _STORE_PROBE_S = 0.1
 _STORE_START_TIMEOUT_S = 120.0
+_ORPHAN_CHECK_S = 0.5
+_ORPHAN_GRACE_S = 5.0
 
 
 class LeanServerStrategy(ClientServerExecutionStrategy):
@@ -118,7 +122,25 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
         # Wait for it quietly first (its health route), then run the runner as Agent-lightning does.
         if self.managed_store:
             await wait_for_store(f"http://{self.server_host}:{self.server_port}", stop_evt)
-        await super()._execute_runner(runner, worker_id, store, stop_evt)
+        # A runner process outlives a training process that was killed (SIGKILL, OOM) and would
+        # poll a store that is gone forever: watch for that and stop.
+        watch = asyncio.create_task(_stop_when_orphaned(stop_evt)) if mp.parent_process() else None
+        try:
+            await super()._execute_runner(runner, worker_id, store, stop_evt)
+        finally:
+            if watch is not None:
+                watch.cancel()
+
+
+async def _stop_when_orphaned(stop_evt: ExecutionEvent) -> None:
+    """Stop this runner process (gracefully, then for good) once the process that forked it is gone."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(_ORPHAN_CHECK_S)  # ok: no event tells a child that its parent died
+    logger.warning("runner process %d: the process that started it is gone; stopping", os.getpid())
+    stop_evt.set()
+    await asyncio.sleep(_ORPHAN_GRACE_S)  # ok: time for the current rollout to end before exiting
+    os._exit(1)
 
 
 async def wait_for_store(

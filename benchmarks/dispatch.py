@@ -76,6 +76,7 @@ from agentlightning.store.client_server import LightningStoreClient, LightningSt
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import EnqueueRolloutRequest, Rollout, Span
 
+from agl_tinker.algo import wait_for_store
 from agl_tinker.rollout import DispatchConfig, WaitStrategy, dispatch_batch
 from agl_tinker.store_server import serve_store
 
@@ -188,14 +189,10 @@ async def _bench_memory(port: int) -> dict[str, Any]:
 
 
 async def _bench_http(endpoint: str, wait: WaitStrategy = "auto") -> dict[str, Any]:
+    if not await wait_for_store(endpoint, timeout_s=60):  # the server child may still be importing
+        raise RuntimeError(f"the store server at {endpoint} did not start")
     client = LightningStoreClient(endpoint)
     try:
-        for _ in range(600):  # the server child is importing; wait until it answers
-            try:
-                await client.statistics()
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
         return await _measure(client, wait)
     finally:
         await client.close()

@@ -154,6 +154,28 @@ def test_reward_rises(one_process_run: Any) -> None:
 # --------------------------------------------------------------------------------------------- resume
 
 
+def _children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (Linux ``/proc``)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited while we looked
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for a parent that will never reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 @pytest.mark.slow
 def test_resume_after_kill_neither_repeats_nor_skips(tmp_path: Path) -> None:
     """Kill the run right after its step-3 checkpoint; the restart trains step 3 only, then finishes."""
@@ -167,8 +189,15 @@ def test_resume_after_kill_neither_repeats_nor_skips(tmp_path: Path) -> None:
             assert proc.poll() is None, "training exited before its first checkpoint"
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.1)
+        runners = _children(proc.pid)
+        assert len(runners) == 2, runners  # --ci runs 2 runner processes
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        # orphaned runner processes notice and stop instead of polling a dead store forever
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in runners):
+            assert time.monotonic() < deadline, f"runner processes {runners} outlived the killed run"
+            time.sleep(0.2)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import agentlightning as agl
-from agentlightning.execution.client_server import ClientServerExecutionStrategy
 from agentlightning.store.client_server import LightningStoreClient
 
-from agl_tinker.algo import fast_runner, fit
+from agl_tinker.algo import LeanServerStrategy, fast_runner, fit
 from agl_tinker.config import TrainConfig
 from agl_tinker.report import summary_lines
 from agl_tinker.train import TrainResult, train
@@ -104,7 +103,7 @@ def run_runners(store_url: str, n_runners: int) -> None:
     trainer = agl.Trainer(
         n_runners=n_runners,
         runner=fast_runner(),
-        strategy=ClientServerExecutionStrategy(
+        strategy=LeanServerStrategy(
             role="runner", n_runners=n_runners, server_host=host, server_port=int(port or 4747)
         ),
     )
