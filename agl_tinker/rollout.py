@@ -35,7 +35,7 @@ How completions are learned (measured in ``benchmarks/dispatch.py``):
 
 Measured (``benchmarks/dispatch.py``, 32 runners on 2 shared cores, split mode): every store
 call, the runners' own included, queues at the one store server. With ``agl-tinker store``
-(``LeanStoreServer``) the overhead p50 is 10-14 ms by ``wait_any`` and 20-24 ms by
+(``LeanStoreServer``) the overhead p50 is 8-14 ms by ``wait_any`` and 20-24 ms by
 ``long_poll``, against 7-9 ms for a design told of completions for free; Agent-lightning's own
 server, at 3-5 ms of CPU per request, takes 60-75 ms. ``RolloutOutcome`` splits the overhead at
 the moment a completion was noticed (``detect_s``/``read_s``).
