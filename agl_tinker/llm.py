@@ -235,7 +235,7 @@ class TinkerChatProvider(CustomLLM):
             except _TRANSIENT_ERRORS:
                 if attempt == self.sample_retries:
                     raise
-                await asyncio.sleep(0.05 * 2**attempt)
+                await asyncio.sleep(0.05 * 2**attempt)  # ok: backoff before retrying a failed sample
         raise AssertionError("unreachable")
 
     async def generate(self, request: ChatRequest, scope: str | None = None) -> Generation:

@@ -150,7 +150,7 @@ class SpanRecorder:
                     logger.exception("storing %d LLM-call spans failed; retrying", len(batch))
                     with self._lock:
                         self._pending[:0] = batch
-                    await asyncio.sleep(self.retry_delay_s)
+                    await asyncio.sleep(self.retry_delay_s)  # ok: backoff before retrying a failed store write
                     continue
                 self._written += stored
                 self._dropped += refused
