@@ -117,15 +117,15 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
     async def _execute_runner(
         self, runner: Any, worker_id: int, store: LightningStore, stop_evt: ExecutionEvent
     ) -> None:
-        # Runner processes start while the algorithm is still importing and starting the server;
-        # Agent-lightning's client then logs "Server is not healthy yet" warnings until it is up.
-        # Wait for it quietly first (its health route), then run the runner as Agent-lightning does.
-        if self.managed_store:
-            await wait_for_store(f"http://{self.server_host}:{self.server_port}", stop_evt)
         # A runner process outlives a training process that was killed (SIGKILL, OOM) and would
-        # poll a store that is gone forever: watch for that and stop.
+        # poll a store that is gone forever: watch for that (from the start) and stop.
         watch = asyncio.create_task(_stop_when_orphaned(stop_evt)) if mp.parent_process() else None
         try:
+            # Runner processes start while the algorithm is still importing and starting the
+            # server; Agent-lightning's client then logs "Server is not healthy yet" warnings
+            # until it is up. Wait for it quietly first (its health route).
+            if self.managed_store:
+                await wait_for_store(f"http://{self.server_host}:{self.server_port}", stop_evt)
             await super()._execute_runner(runner, worker_id, store, stop_evt)
         finally:
             if watch is not None:
