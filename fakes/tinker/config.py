@@ -21,6 +21,12 @@ class SimConfig:
       concurrent calls overlap, like network latency).
     - ``failure_rate``: probability that a call fails with a transient, retryable SDK error
       (``tinker.InternalServerError``, HTTP 503); drawn from a RNG seeded by ``failure_seed``.
+      Every call kind can fail: client creation (``create_model``, ``load_weights``,
+      ``create_sampling_session``, ``create_sampling_client``), ``asample``, ``forward``,
+      ``forward_backward``, ``optim_step``, ``save_state``, ``save_weights_for_sampler``,
+      ``load_state``, REST calls. The failure is raised before the call has any effect.
+    - ``failure_operations``: restrict failures to these operation names (empty: all); from the
+      environment as a comma-separated list.
     - ``drift``: probability that a sampled answer uses a non-canonical tokenization of its text
       (one token split into two whose bytes concatenate to it). Part of the model's
       distribution, so sampler and trainer logprobs stay equal.
@@ -33,11 +39,15 @@ class SimConfig:
     latency_s: float = 0.0
     failure_rate: float = 0.0
     failure_seed: int = 0
+    failure_operations: tuple[str, ...] = ()
     drift: float = 0.0
     background_eps: float = 1e-4
     root_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        ops = self.failure_operations
+        ops = ops.split(",") if isinstance(ops, str) else ops
+        object.__setattr__(self, "failure_operations", tuple(op.strip() for op in ops if op.strip()))
         if self.latency_s < 0:
             raise ValueError(f"latency_s must be >= 0, got {self.latency_s}")
         for name in ("failure_rate", "drift"):
@@ -64,7 +74,10 @@ class SimConfig:
             raw = os.environ.get(ENV_PREFIX + field.name.upper())
             if raw is None or field.name == "root_dir":
                 continue
-            values[field.name] = int(raw) if field.name == "failure_seed" else float(raw)
+            if field.name == "failure_operations":
+                values[field.name] = tuple(op.strip() for op in raw.split(",") if op.strip())
+            else:
+                values[field.name] = int(raw) if field.name == "failure_seed" else float(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
