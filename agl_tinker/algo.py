@@ -21,9 +21,13 @@ from agentlightning.tracer.otel import OtelTracer
 
 from agl_tinker.config import TrainConfig
 from agl_tinker.store_server import LeanStoreServer
+from agl_tinker.tracing import repair_store_otlp_export
 from agl_tinker.train import TrainResult, train
 
 logger = logging.getLogger(__name__)
+
+# Runner tracers must reach the store, not an OTLP collector at localhost:4318 (see tracing.py).
+repair_store_otlp_export()
 
 
 class TinkerAlgorithm(agl.Algorithm):
