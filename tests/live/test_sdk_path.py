@@ -119,7 +119,7 @@ _RESUME = textwrap.dedent(
 def test_save_state_and_resume_in_a_new_process(training: Any, target: Target) -> None:
     saved = training.save_state("live-resume").result()
     assert saved.path.startswith("tinker://") and "/weights/live-resume" in saved.path
-    tokens = chat_prompt(target.model, "Hello there.").to_ints() + [9707, 0]
+    tokens = [*chat_prompt(target.model, "Hello there.").to_ints(), 9707, 0]
     datum = types.Datum(
         model_input=types.ModelInput.from_ints(tokens[:-1]),
         loss_fn_inputs={"target_tokens": types.TensorData(data=tokens[1:], dtype="int64")},
