@@ -60,13 +60,18 @@ class TinkerAlgorithm(agl.Algorithm):
         self.result = await train(
             self.config,
             self.get_store(),
-            list(train_dataset),
-            list(val_dataset) if val_dataset is not None else None,
+            _as_task_source(train_dataset),
+            _as_task_source(val_dataset) if val_dataset is not None else None,
             required_fields=self.required_fields,
             service=self.service,
             show_progress=self.show_progress,
             on_step=self.on_step,
         )
+
+
+def _as_task_source(dataset: Any) -> Any:
+    """A dataset as :func:`agl_tinker.train.train` takes it: a file path stays a path, anything else a list."""
+    return dataset if isinstance(dataset, (str, os.PathLike)) else list(dataset)
 
 
 def fast_runner(poll_interval: float = 0.05) -> LitAgentRunner[Any]:
