@@ -588,7 +588,12 @@ async def train(
         loop.progress.note(resume_message(resume.name, resume.state_path, start_step, n_steps))
     try:
         await loop.start(start_step)
-        for step in range(start_step, n_steps):
+        sync_from = start_step
+        if config.async_config is not None or config.stream_minibatch_config is not None:
+            from agl_tinker.async_loop import run_overlapped  # it builds on this module
+
+            sync_from = await run_overlapped(loop, ml_logger, result, n_steps, resume, on_step)
+        for step in range(sync_from, n_steps):
             metrics: dict[str, Any] = {}
             if val_ds is not None and config.eval_every and step % config.eval_every == 0:
                 evaluation = await loop.evaluate(step)
