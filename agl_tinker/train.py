@@ -574,9 +574,8 @@ async def train(
     resume = await loop.resume()
     start_step = int(resume.batch) if resume is not None and resume.batch is not None else 0
     result = TrainResult(log_path=log_path, start_step=start_step, end_step=max(start_step, n_steps))
-    if resume is not None:
-        if start_step < n_steps:
-            truncate_metrics(log_path, start_step)  # the steps from start_step on are redone
+    if resume is not None and start_step < n_steps:
+        truncate_metrics(log_path, start_step)  # the steps from start_step on are redone
     ml_logger = ml_log.setup_logging(
         log_dir=str(log_path),
         wandb_project=config.wandb_project,
