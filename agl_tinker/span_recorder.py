@@ -142,7 +142,7 @@ class SpanRecorder:
                 await self.flush()
         except TimeoutError:
             with self._lock:
-                left = len(self._pending)
+                left = self._recorded - self._written - self._dropped  # queued or inside a store call
                 self._pending.clear()
             self._dropped += left
             logger.error(
