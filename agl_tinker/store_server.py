@@ -50,6 +50,7 @@ from starlette.responses import JSONResponse
 
 __all__ = [
     "MAX_WAIT_ANY_S",
+    "RUN_PATH",
     "WAIT_ANY_PATH",
     "LeanStoreServer",
     "StoreErrorsAsJson",
@@ -71,6 +72,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 WAIT_ANY_PATH = "/agl-tinker/waits/any"
 """The wait-for-any route, relative to ``/v1/agl`` (where ``LightningStoreClient`` sends requests)."""
+RUN_PATH = "/agl-tinker/run"
+"""``GET`` answers ``{"run_id": ...}``: which run this server belongs to (``null`` for none)."""
 MAX_WAIT_ANY_S = 10.0
 """Longest a wait-for-any request may block: bounds how long a handler outlives a gone client."""
 _WATCH_TTL_S = 300.0  # an unfinished rollout's event watcher lapses after this; the next ask renews it
@@ -172,19 +175,27 @@ class StoreErrorsAsJson:
 class LeanStoreServer(LightningStoreServer):
     """``LightningStoreServer`` with :class:`StoreErrorsAsJson` in place of its two slow middlewares.
 
-    Takes exactly ``LightningStoreServer``'s arguments. If a future Agent-lightning no longer adds
-    those two middlewares, nothing is replaced and a warning says so: the server still works, at
-    the stock speed. Over a store with completion events (the in-memory one) it also serves
-    :data:`WAIT_ANY_PATH`; over any other store that route is absent (404), as on a stock server.
+    Takes ``LightningStoreServer``'s arguments, plus ``run_id``: the run this server belongs to,
+    served at :data:`RUN_PATH` so that runners started for a run can check they reached its store.
+    If a future Agent-lightning no longer adds those two middlewares, nothing is replaced and a
+    warning says so: the server still works, at the stock speed. Over a store with completion
+    events (the in-memory one) it also serves :data:`WAIT_ANY_PATH`; over any other store that
+    route is absent (404), as on a stock server.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, run_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.run_id = run_id
         self.replaced_middleware = self._replace_middleware()
         self._events = completion_events(self.store) if self.store is not None else None
         # Both live on the server's event loop, where every request handler runs.
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._finished_signal: asyncio.Event | None = None
+        if self.app is not None:
+            self.app.add_api_route(API_V1_AGL_PREFIX + RUN_PATH, self.run_info, methods=["GET"])
+            # Ahead of the stock server's GET catch-all (its dashboard's page fallback).
+            routes = self.app.router.routes
+            routes.insert(0, routes.pop())
         if self.app is not None and self._events is not None:
             self.app.add_api_route(
                 API_V1_AGL_PREFIX + WAIT_ANY_PATH,
@@ -192,6 +203,10 @@ class LeanStoreServer(LightningStoreServer):
                 methods=["POST"],
                 response_model=WaitAnyResponse,
             )
+
+    async def run_info(self) -> dict[str, str | None]:
+        """The body of :data:`RUN_PATH`."""
+        return {"run_id": self.run_id}
 
     async def wait_any(self, request: WaitAnyRequest) -> WaitAnyResponse:
         """Block until any of ``request.rollout_ids`` is finished or ``request.timeout`` passes.
