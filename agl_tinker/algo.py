@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import multiprocessing as mp
 import os
 import secrets
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from multiprocessing.context import BaseContext
+from typing import Any, cast
 
 import agentlightning as agl
 import aiohttp
@@ -24,6 +26,7 @@ from agentlightning.tracer.otel import OtelTracer
 from agl_tinker.config import TrainConfig
 from agl_tinker.runner import DeadlineRunner
 from agl_tinker.store_server import RUN_PATH, LeanStoreServer
+from agl_tinker.supervise import RunnerSupervisor
 from agl_tinker.tracing import repair_store_otlp_export
 from agl_tinker.train import TrainResult, train
 
@@ -119,6 +122,39 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
             self.server_port = _free_port(_bind_host(self.server_host))
         self.run_id = secrets.token_hex(8)
 
+    def _spawn_runners(
+        self, runner: Any, store: LightningStore, stop_evt: ExecutionEvent, *, ctx: BaseContext
+    ) -> list[multiprocessing.Process]:
+        """Agent-lightning's runner processes, watched by a :class:`RunnerSupervisor` that reports,
+        gives up the rollout of, and replaces one that dies.
+
+        In ``role="both"`` the supervisor is a thread beside the algorithm; in ``role="runner"``
+        (split mode) this launcher has nothing else to do, so it supervises here until the run
+        stops, then returns the processes for Agent-lightning's shutdown.
+        """
+
+        def spawn(worker_id: int) -> multiprocessing.Process:
+            process = ctx.Process(  # type: ignore[attr-defined]
+                target=_runner_process,
+                args=(self, runner, worker_id, store, stop_evt),
+                name=f"runner-{worker_id}",
+            )
+            process.start()
+            return cast(multiprocessing.Process, process)
+
+        processes = [spawn(i) for i in range(self.n_runners)]
+        store_url = f"http://{self.server_host}:{self.server_port}" if self.managed_store else None
+        supervisor = RunnerSupervisor(processes, spawn, stop_evt, store_url)
+        if self.role != "runner":
+            supervisor.start()
+            return processes
+        try:
+            supervisor.run()
+        except KeyboardInterrupt:
+            self._shutdown_processes(processes, stop_evt)
+            raise
+        return processes
+
     async def _execute_algorithm(
         self, algorithm: Any, store: LightningStore, stop_evt: ExecutionEvent
     ) -> None:
@@ -165,6 +201,19 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
         finally:
             if watch is not None:
                 watch.cancel()
+
+
+def _runner_process(
+    strategy: LeanServerStrategy, runner: Any, worker_id: int, store: LightningStore, stop_evt: ExecutionEvent
+) -> None:
+    """A runner process's body: what Agent-lightning's own runner processes run."""
+    try:
+        asyncio.run(strategy._execute_runner(runner, worker_id, store, stop_evt))
+    except KeyboardInterrupt:
+        logger.warning("runner %d received KeyboardInterrupt; exiting", worker_id)
+    except BaseException:
+        logger.exception("runner %d crashed; signaling stop event", worker_id)
+        raise
 
 
 async def _stop_when_orphaned(stop_evt: ExecutionEvent) -> None:

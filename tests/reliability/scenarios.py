@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 from typing import Any
 
 import agentlightning as agl
@@ -76,7 +78,43 @@ def own_run(log_path: str, reward: float) -> dict[str, Any]:
     return {"steps": algorithm.result.steps, "rewards": algorithm.result.rewards}
 
 
-SCENARIOS = {"hang": hang, "own_run": own_run}
+def victim_agent(log_path: str) -> agl.LitAgent[Any]:
+    """Hello, except that the first rollout of identity 1 writes its runner's pid to
+    ``LOG_PATH/victim`` and waits there to be killed."""
+    victim = os.path.join(log_path, "victim")
+
+    async def rollout(task: dict[str, str], llm: agl.LLM) -> float:
+        if task["identity"] == "1":
+            with contextlib.suppress(FileExistsError):
+                fd = os.open(victim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                await asyncio.Event().wait()  # until killed
+        return await hang_on_odd_identities({"identity": "0"}, llm)
+
+    return agl.rollout(rollout)
+
+
+def kill_runner(log_path: str) -> dict[str, Any]:
+    """Two runner processes; the test SIGKILLs the one running the victim rollout. The rollout
+    timeout is far longer than the test waits: only noticing the death ends that rollout."""
+    os.makedirs(log_path, exist_ok=True)
+    config = TrainConfig(
+        log_path=log_path,
+        max_steps=2,
+        batch_size=2,
+        group_size=2,
+        max_tokens=8,
+        eval_every=0,
+        save_every=0,
+        rollout_timeout_s=3600.0,
+        min_valid_per_group=1,
+    )
+    result = algo.fit(victim_agent(log_path), config, hello_dataset()[:4], n_runners=2)
+    return {"steps": result.steps}
+
+
+SCENARIOS = {"hang": hang, "own_run": own_run, "kill_runner": kill_runner}
 
 
 def main() -> None:
