@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import multiprocessing as mp
 import os
+import secrets
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from multiprocessing.context import BaseContext
+from typing import Any, cast
 
 import agentlightning as agl
 import aiohttp
@@ -20,7 +24,9 @@ from agentlightning.store.client_server import API_V1_AGL_PREFIX
 from agentlightning.tracer.otel import OtelTracer
 
 from agl_tinker.config import TrainConfig
-from agl_tinker.store_server import LeanStoreServer
+from agl_tinker.runner import DeadlineRunner
+from agl_tinker.store_server import RUN_PATH, LeanStoreServer
+from agl_tinker.supervise import RunnerSupervisor
 from agl_tinker.tracing import repair_store_otlp_export
 from agl_tinker.train import TrainResult, train
 
@@ -88,9 +94,11 @@ def fast_runner(poll_interval: float = 0.05) -> LitAgentRunner[Any]:
     """A runner that notices new rollouts within ``poll_interval`` (Agent-lightning's default is 5 s).
 
     It traces with plain OpenTelemetry: the endpoint already records every LLM call with its
-    tokens, so the runner only needs to capture rewards and the agent's own spans.
+    tokens, so the runner only needs to capture rewards and the agent's own spans. A rollout that
+    runs past its ``timeout_seconds`` is cancelled and reported ``timeout`` (see
+    :class:`agl_tinker.runner.DeadlineRunner`).
     """
-    return LitAgentRunner(OtelTracer(), poll_interval=poll_interval, interval_jitter=poll_interval / 5)
+    return DeadlineRunner(OtelTracer(), poll_interval=poll_interval, interval_jitter=poll_interval / 5)
 
 
 _RUNNER_DRAIN_S = 0.3
@@ -100,12 +108,63 @@ _ORPHAN_CHECK_S = 0.5
 _ORPHAN_GRACE_S = 5.0
 
 
-class LeanServerStrategy(ClientServerExecutionStrategy):
-    """``ClientServerExecutionStrategy`` whose managed store server is a :class:`LeanStoreServer`.
+class StoreOfAnotherRun(RuntimeError):
+    """A runner reached a store server that is not the one of the run that started it."""
 
-    Same roles, processes and shutdown as Agent-lightning's strategy; only the server the
-    algorithm side starts for its runners differs (same HTTP API, a fraction of the CPU per request).
+
+class LeanServerStrategy(ClientServerExecutionStrategy):
+    """``ClientServerExecutionStrategy`` whose managed store server is a :class:`LeanStoreServer`,
+    on a port of its own, serving only the runners it started.
+
+    Same roles, processes and shutdown as Agent-lightning's strategy. What differs:
+
+    - the server: same HTTP API, a fraction of the CPU per request;
+    - the port: without ``server_port`` (and ``AGL_SERVER_PORT``) a free one, not Agent-lightning's
+      fixed 4747, so two runs on one machine never meet at one store;
+    - in ``role="both"`` (one command: server, algorithm and runners), each run has a ``run_id``
+      its server announces; a runner process checks it before taking any rollout and stops with
+      :class:`StoreOfAnotherRun` when it reached another run's store (a port taken meanwhile).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        fixed = kwargs.get("server_port") is not None or os.environ.get("AGL_SERVER_PORT")
+        super().__init__(*args, **kwargs)
+        if not fixed:
+            self.server_port = _free_port(_bind_host(self.server_host))
+        self.run_id = secrets.token_hex(8)
+
+    def _spawn_runners(
+        self, runner: Any, store: LightningStore, stop_evt: ExecutionEvent, *, ctx: BaseContext
+    ) -> list[multiprocessing.Process]:
+        """Agent-lightning's runner processes, watched by a :class:`RunnerSupervisor` that reports,
+        gives up the rollout of, and replaces one that dies.
+
+        In ``role="both"`` the supervisor is a thread beside the algorithm; in ``role="runner"``
+        (split mode) this launcher has nothing else to do, so it supervises here until the run
+        stops, then returns the processes for Agent-lightning's shutdown.
+        """
+
+        def spawn(worker_id: int) -> multiprocessing.Process:
+            process = ctx.Process(  # type: ignore[attr-defined]
+                target=_runner_process,
+                args=(self, runner, worker_id, store, stop_evt),
+                name=f"runner-{worker_id}",
+            )
+            process.start()
+            return cast(multiprocessing.Process, process)
+
+        processes = [spawn(i) for i in range(self.n_runners)]
+        store_url = f"http://{self.server_host}:{self.server_port}" if self.managed_store else None
+        supervisor = RunnerSupervisor(processes, spawn, stop_evt, store_url)
+        if self.role != "runner":
+            supervisor.start()
+            return processes
+        try:
+            supervisor.run()
+        except KeyboardInterrupt:
+            self._shutdown_processes(processes, stop_evt)
+            raise
+        return processes
 
     async def _execute_algorithm(
         self, algorithm: Any, store: LightningStore, stop_evt: ExecutionEvent
@@ -113,7 +172,7 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
         if not self.managed_store:
             await super()._execute_algorithm(algorithm, store, stop_evt)
             return
-        server = LeanStoreServer(store, host=self.server_host, port=self.server_port)
+        server = LeanStoreServer(store, host=self.server_host, port=self.server_port, run_id=self.run_id)
         await server.start()
         try:
             await algorithm(server, stop_evt)
@@ -140,11 +199,32 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
             # server; Agent-lightning's client then logs "Server is not healthy yet" warnings
             # until it is up. Wait for it quietly first (its health route).
             if self.managed_store:
-                await wait_for_store(f"http://{self.server_host}:{self.server_port}", stop_evt)
+                own_run = self.run_id if self.role == "both" else None
+                try:
+                    await wait_for_store(
+                        f"http://{self.server_host}:{self.server_port}", stop_evt, run_id=own_run
+                    )
+                except StoreOfAnotherRun:
+                    logger.exception("runner %d stops: it was not started for this store's run", worker_id)
+                    stop_evt.set()  # this run's own server is not where it should be: stop the run, loudly
+                    raise
             await super()._execute_runner(runner, worker_id, store, stop_evt)
         finally:
             if watch is not None:
                 watch.cancel()
+
+
+def _runner_process(
+    strategy: LeanServerStrategy, runner: Any, worker_id: int, store: LightningStore, stop_evt: ExecutionEvent
+) -> None:
+    """A runner process's body: what Agent-lightning's own runner processes run."""
+    try:
+        asyncio.run(strategy._execute_runner(runner, worker_id, store, stop_evt))
+    except KeyboardInterrupt:
+        logger.warning("runner %d received KeyboardInterrupt; exiting", worker_id)
+    except BaseException:
+        logger.exception("runner %d crashed; signaling stop event", worker_id)
+        raise
 
 
 async def _stop_when_orphaned(stop_evt: ExecutionEvent) -> None:
@@ -159,25 +239,43 @@ async def _stop_when_orphaned(stop_evt: ExecutionEvent) -> None:
 
 
 async def wait_for_store(
-    endpoint: str, stop_evt: ExecutionEvent | None = None, timeout_s: float = _STORE_START_TIMEOUT_S
+    endpoint: str,
+    stop_evt: ExecutionEvent | None = None,
+    timeout_s: float = _STORE_START_TIMEOUT_S,
+    *,
+    run_id: str | None = None,
 ) -> bool:
     """Wait until the store server at ``endpoint`` answers its health check; ``False`` if it never did.
 
     Gives up silently after ``timeout_s`` or once ``stop_evt`` is set: whoever talks to the store
-    next reports a store that is really down.
+    next reports a store that is really down. With ``run_id``, the server must also announce that
+    run (:data:`~agl_tinker.store_server.RUN_PATH`); one that answers with another (or is not a
+    :class:`LeanStoreServer`) raises :class:`StoreOfAnotherRun`.
     """
-    url = endpoint.rstrip("/") + API_V1_AGL_PREFIX + "/health"
+    base = endpoint.rstrip("/") + API_V1_AGL_PREFIX
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
         while time.monotonic() < deadline and not (stop_evt is not None and stop_evt.is_set()):
             try:
-                async with http.get(url) as response:
+                async with http.get(base + "/health") as response:
                     if response.status == 200:
+                        if run_id is not None:
+                            await _check_run(http, base, endpoint, run_id)
                         return True
             except (aiohttp.ClientError, OSError, TimeoutError):
                 pass
             await asyncio.sleep(_STORE_PROBE_S)  # ok: start-up readiness probe, not completion polling
     return False
+
+
+async def _check_run(http: aiohttp.ClientSession, base: str, endpoint: str, run_id: str) -> None:
+    async with http.get(base + RUN_PATH) as response:
+        found = (await response.json()).get("run_id") if response.status == 200 else None
+    if found != run_id:
+        raise StoreOfAnotherRun(
+            f"the store server at {endpoint} belongs to another run (run id {found!r}, this runner's "
+            f"{run_id!r}): its port was taken before this run's server bound it; not taking its rollouts"
+        )
 
 
 def fit(
@@ -201,9 +299,7 @@ def fit(
         algorithm=algorithm,
         n_runners=n_runners,
         runner=fast_runner(),
-        strategy=LeanServerStrategy(
-            n_runners=n_runners, server_host=store_host, server_port=store_port or _free_port(store_host)
-        ),
+        strategy=LeanServerStrategy(n_runners=n_runners, server_host=store_host, server_port=store_port),
     )
     trainer.fit(agent, train_dataset=list(train_tasks), val_dataset=list(val_tasks) if val_tasks else None)
     if algorithm.error is not None:
@@ -213,9 +309,11 @@ def fit(
     return algorithm.result
 
 
-def _free_port(host: str) -> int:
-    import socket
+def _bind_host(host: str) -> str:
+    return "127.0.0.1" if host == "localhost" else host
 
+
+def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

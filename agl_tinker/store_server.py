@@ -35,11 +35,17 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from agentlightning.store.base import LightningStore
-from agentlightning.store.client_server import API_V1_AGL_PREFIX, API_V1_PREFIX, LightningStoreServer
+import aiohttp
+from agentlightning.store.base import LightningStore, is_finished
+from agentlightning.store.client_server import (
+    API_V1_AGL_PREFIX,
+    API_V1_PREFIX,
+    LightningStoreClient,
+    LightningStoreServer,
+)
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.store.threading import LightningStoreThreaded
 from agentlightning.types import AttemptedRollout, Rollout
@@ -50,12 +56,17 @@ from starlette.responses import JSONResponse
 
 __all__ = [
     "MAX_WAIT_ANY_S",
+    "RELEASE_PATH",
+    "RUN_PATH",
     "WAIT_ANY_PATH",
     "LeanStoreServer",
+    "ReleaseRequest",
+    "ReleaseResponse",
     "StoreErrorsAsJson",
     "WaitAnyRequest",
     "WaitAnyResponse",
     "completion_events",
+    "release_rollouts",
     "serve_store",
 ]
 
@@ -71,6 +82,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 WAIT_ANY_PATH = "/agl-tinker/waits/any"
 """The wait-for-any route, relative to ``/v1/agl`` (where ``LightningStoreClient`` sends requests)."""
+RELEASE_PATH = "/agl-tinker/rollouts/release"
+"""``POST {"rollout_ids": [...]}``: forget those finished rollouts (see :func:`release_rollouts`)."""
+RUN_PATH = "/agl-tinker/run"
+"""``GET`` answers ``{"run_id": ...}``: which run this server belongs to (``null`` for none)."""
 MAX_WAIT_ANY_S = 10.0
 """Longest a wait-for-any request may block: bounds how long a handler outlives a gone client."""
 _WATCH_TTL_S = 300.0  # an unfinished rollout's event watcher lapses after this; the next ask renews it
@@ -88,8 +103,17 @@ class WaitAnyResponse(BaseModel):
     """Asked-for ids the store does not know; the answer comes at once when there are any."""
 
 
-def completion_events(store: LightningStore) -> Mapping[str, Any] | None:
-    """The in-memory store's per-rollout completion events (``aiologic.Event``), when it lives here.
+class ReleaseRequest(BaseModel):
+    rollout_ids: list[str]
+
+
+class ReleaseResponse(BaseModel):
+    released: list[str]
+    """The asked-for rollouts that were finished and are gone now (unknown or unfinished ones stay)."""
+
+
+def in_process_memory_store(store: LightningStore) -> InMemoryLightningStore | None:
+    """The ``InMemoryLightningStore`` behind ``store`` when it lives in this process, else ``None``.
 
     ``None`` for any other store, and for a server whose store lives in another process.
     """
@@ -101,11 +125,81 @@ def completion_events(store: LightningStore) -> Mapping[str, Any] | None:
         inner = inner.store
     if isinstance(inner, LightningStoreThreaded):
         inner = inner.store
-    if isinstance(inner, InMemoryLightningStore):
-        events = getattr(inner, "_completion_events", None)
-        if isinstance(events, dict):
-            return events
+    return inner if isinstance(inner, InMemoryLightningStore) else None
+
+
+def completion_events(store: LightningStore) -> Mapping[str, Any] | None:
+    """The in-memory store's per-rollout completion events (``aiologic.Event``), when it lives here.
+
+    ``None`` for any other store, and for a server whose store lives in another process.
+    """
+    inner = in_process_memory_store(store)
+    events = getattr(inner, "_completion_events", None) if inner is not None else None
+    return events if isinstance(events, dict) else None
+
+
+async def release_rollouts(store: LightningStore, rollout_ids: Sequence[str]) -> list[str] | None:
+    """Forget finished rollouts: the rollout, its attempts, spans and bookkeeping; the ids released.
+
+    A store otherwise keeps every rollout and span for its whole life, so a long run grows by a
+    batch of them each step. Call this once a rollout's result is taken (trained on or excluded).
+    Unfinished and unknown ids are left alone. Works on an in-memory store in this process (the
+    one-click layout) and, over ``LightningStoreClient``, on a :class:`LeanStoreServer` in another
+    (split mode: its :data:`RELEASE_PATH`). ``None`` when ``store`` cannot release (another kind
+    of store, or a stock ``agl store`` server): the caller keeps going, the store keeps growing.
+    """
+    ids = list(dict.fromkeys(rollout_ids))
+    if not ids:
+        return []
+    inner = in_process_memory_store(store)
+    if inner is not None:
+        return await release_from_memory_store(inner, ids)
+    if isinstance(store, LightningStoreClient):
+        try:
+            answer = await store._request_json("post", RELEASE_PATH, json={"rollout_ids": ids})
+        except aiohttp.ClientResponseError as e:
+            if e.status in (404, 405):  # not an agl-tinker store server
+                return None
+            raise
+        return ReleaseResponse.model_validate(answer).released
     return None
+
+
+async def release_from_memory_store(store: InMemoryLightningStore, rollout_ids: Sequence[str]) -> list[str]:
+    """Delete finished rollouts and everything the in-memory store keeps for them.
+
+    Agent-lightning 0.3.0's stores have no public delete. This uses the store's collections' own
+    ``query`` / ``delete`` / ``pop`` under the store's locks, and private attributes for the rest:
+    the emptied per-rollout level of the collections' indexes, and the per-rollout bookkeeping
+    ``InMemoryLightningStore`` keeps beside its collections (completion events, start times, span
+    byte counts, running ids). This is the one place the package touches them; revisit when
+    Agent-lightning gains a delete.
+    """
+    released: list[str] = []
+    labels: Any = ["rollouts", "attempts", "spans", "span_sequence_ids"]
+    async with store.collections.atomic(mode="rw", labels=labels) as collections:
+        for rid in rollout_ids:
+            rollout = await collections.rollouts.get({"rollout_id": {"exact": rid}})
+            if rollout is None or not is_finished(rollout):
+                continue
+            for collection in (collections.spans, collections.attempts):
+                items = await collection.query(filter={"rollout_id": {"exact": rid}})
+                await collection.delete(list(items.items))
+                collection._items.pop(rid, None)  # the emptied per-rollout level of its index
+            await collections.span_sequence_ids.pop(rid)
+            await collections.rollouts.delete([rollout])
+            _forget_bookkeeping(store, rid)
+            released.append(rid)
+    return released
+
+
+def _forget_bookkeeping(store: InMemoryLightningStore, rid: str) -> None:
+    store._completion_events.pop(rid, None)
+    store._start_time_by_rollout.pop(rid, None)
+    store._running_rollout_ids.discard(rid)
+    store._evicted_rollout_span_sets.discard(rid)
+    removed = store._span_bytes_by_rollout.pop(rid, 0)
+    store._total_span_bytes = max(store._total_span_bytes - removed, 0)
 
 
 # The ``@app.middleware("http")`` functions of LightningStoreServer._setup_routes that
@@ -172,19 +266,34 @@ class StoreErrorsAsJson:
 class LeanStoreServer(LightningStoreServer):
     """``LightningStoreServer`` with :class:`StoreErrorsAsJson` in place of its two slow middlewares.
 
-    Takes exactly ``LightningStoreServer``'s arguments. If a future Agent-lightning no longer adds
-    those two middlewares, nothing is replaced and a warning says so: the server still works, at
-    the stock speed. Over a store with completion events (the in-memory one) it also serves
-    :data:`WAIT_ANY_PATH`; over any other store that route is absent (404), as on a stock server.
+    Takes ``LightningStoreServer``'s arguments, plus ``run_id``: the run this server belongs to,
+    served at :data:`RUN_PATH` so that runners started for a run can check they reached its store.
+    If a future Agent-lightning no longer adds those two middlewares, nothing is replaced and a
+    warning says so: the server still works, at the stock speed. Over a store with completion
+    events (the in-memory one) it also serves :data:`WAIT_ANY_PATH`; over any other store that
+    route is absent (404), as on a stock server.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, run_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.run_id = run_id
         self.replaced_middleware = self._replace_middleware()
         self._events = completion_events(self.store) if self.store is not None else None
         # Both live on the server's event loop, where every request handler runs.
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._finished_signal: asyncio.Event | None = None
+        if self.app is not None:
+            self.app.add_api_route(API_V1_AGL_PREFIX + RUN_PATH, self.run_info, methods=["GET"])
+            # Ahead of the stock server's GET catch-all (its dashboard's page fallback).
+            routes = self.app.router.routes
+            routes.insert(0, routes.pop())
+        if self.app is not None and in_process_memory_store(self) is not None:
+            self.app.add_api_route(
+                API_V1_AGL_PREFIX + RELEASE_PATH,
+                self.release,
+                methods=["POST"],
+                response_model=ReleaseResponse,
+            )
         if self.app is not None and self._events is not None:
             self.app.add_api_route(
                 API_V1_AGL_PREFIX + WAIT_ANY_PATH,
@@ -192,6 +301,15 @@ class LeanStoreServer(LightningStoreServer):
                 methods=["POST"],
                 response_model=WaitAnyResponse,
             )
+
+    async def release(self, request: ReleaseRequest) -> ReleaseResponse:
+        """The :data:`RELEASE_PATH` route: :func:`release_rollouts` on the store served here."""
+        released = await release_rollouts(self, request.rollout_ids)
+        return ReleaseResponse(released=released or [])
+
+    async def run_info(self) -> dict[str, str | None]:
+        """The body of :data:`RUN_PATH`."""
+        return {"run_id": self.run_id}
 
     async def wait_any(self, request: WaitAnyRequest) -> WaitAnyResponse:
         """Block until any of ``request.rollout_ids`` is finished or ``request.timeout`` passes.

@@ -83,6 +83,7 @@ from agl_tinker.rollout import (
     StoreCallError,
     dispatch_batch,
 )
+from agl_tinker.store_server import release_rollouts
 
 logger = logging.getLogger(__name__)
 
@@ -375,7 +376,21 @@ class _Loop:
             raise StoreLost(self._lost_message(step, exc)) from exc
         finally:
             self.progress.end()
+        await self._release(batch)
         return batch
+
+    async def _release(self, batch: BatchResult[RolloutTrajectory]) -> None:
+        """Let the store forget the batch's finished rollouts and spans: their results are taken.
+
+        Without it the store (in this process in one-click mode) grows by a batch of rollouts and
+        spans every step. Cancelled rollouts stay: a runner may still be writing to them. A store
+        that cannot release, or fails to, is left as it is (logged, the run goes on).
+        """
+        finished = [o.rollout_id for o in batch.outcomes if o.status in ("succeeded", "failed")]
+        try:
+            await release_rollouts(self.store, finished)
+        except Exception as e:  # the results are safe; only the store's memory is at stake
+            logger.warning("could not release %d finished rollouts from the store: %s", len(finished), e)
 
     # -- one step ------------------------------------------------------------------------------
 

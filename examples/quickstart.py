@@ -20,7 +20,7 @@ import agl_tinker  # noqa: F401  (before agentlightning: keeps LiteLLM from fetc
 import agentlightning as agl
 from openai import AsyncOpenAI
 
-from agl_tinker.algo import TinkerAlgorithm, fast_runner
+from agl_tinker.algo import LeanServerStrategy, TinkerAlgorithm, fast_runner
 from agl_tinker.config import TrainConfig
 from agl_tinker.data import load_tasks
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         save_every=4,  # checkpoints, so that a rerun resumes
     )
     algorithm = TinkerAlgorithm(config)  # checks the config, model and log path now, not mid-run
-    trainer = agl.Trainer(algorithm=algorithm, n_runners=2, runner=fast_runner())
+    trainer = agl.Trainer(algorithm=algorithm, runner=fast_runner(), strategy=LeanServerStrategy(n_runners=2))
     trainer.fit(agl.rollout(repeat_rollout), train_dataset=train_tasks, val_dataset=val_tasks)
 
     result = algorithm.result  # agl_tinker.train.TrainResult, set once fit returns

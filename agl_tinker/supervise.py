@@ -1,0 +1,152 @@
+"""Runner processes that die are reported and replaced, and their rollout is given up at once.
+
+Agent-lightning 0.3.0's ``ClientServerExecutionStrategy`` starts its runner processes and only
+looks at them again at shutdown: a runner killed mid-run (SIGKILL, the OOM killer) silently left
+the run with one runner fewer, and its rollout sat ``running`` in the store until the store's
+watchdog timed it out (``rollout_timeout_s`` later). :class:`RunnerSupervisor` waits on the
+processes' sentinels (no polling), and when one ends while the run is going it
+
+1. logs an error naming the runner, its pid and exit code;
+2. marks the attempt the store last saw that runner on (its ``Worker`` record) ``unresponsive``,
+   so the rollout is retried or excluded now instead of at its timeout;
+3. starts a replacement with the same worker id, in the same slot of the launcher's process list
+   (so Agent-lightning's shutdown and exit-code check see the replacement, not the dead one).
+
+A runner that keeps dying (``max_deaths`` within ``window_s``) is not replaced again: the
+supervisor stops the run, loudly, instead of restarting a crash loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import multiprocessing.connection
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, MutableSequence
+
+from agentlightning.execution.events import ExecutionEvent
+from agentlightning.store.client_server import LightningStoreClient
+
+__all__ = ["RunnerSupervisor", "give_up_current_attempt"]
+
+logger = logging.getLogger(__name__)
+
+_WAKE_S = 0.5  # how often the wait on the sentinels also looks at the stop event
+_STORE_CALL_S = 10.0
+
+
+async def give_up_current_attempt(store_url: str, worker_id: str) -> str | None:
+    """Mark the attempt ``worker_id`` was running ``unresponsive``; the rollout id, or ``None``.
+
+    Reads the store's ``Worker`` record (Agent-lightning's runners are ``Worker-<n>``); does
+    nothing when it shows no attempt in progress.
+    """
+    client = LightningStoreClient(store_url)
+    try:
+        async with asyncio.timeout(_STORE_CALL_S):
+            worker = await client.get_worker_by_id(worker_id)
+            if worker is None or not worker.current_rollout_id or not worker.current_attempt_id:
+                return None
+            rollout_id, attempt_id = worker.current_rollout_id, worker.current_attempt_id
+            attempts = await client.query_attempts(rollout_id)
+            current = next((a for a in attempts if a.attempt_id == attempt_id), None)
+            if current is None or current.status not in ("preparing", "running"):
+                return None
+            await client.update_attempt(rollout_id, attempt_id, status="unresponsive")
+            return rollout_id
+    finally:
+        await client.close()
+
+
+class RunnerSupervisor:
+    """Watches runner processes; reports, gives up the rollout of, and replaces one that dies.
+
+    ``processes[i]`` runs worker ``i``; ``spawn(i)`` starts a new process for it. The list is
+    updated in place. Runs in a thread (:meth:`start`) or in the caller (:meth:`run`) until
+    ``stop_evt`` is set.
+    """
+
+    def __init__(
+        self,
+        processes: MutableSequence[multiprocessing.Process],
+        spawn: Callable[[int], multiprocessing.Process],
+        stop_evt: ExecutionEvent,
+        store_url: str | None,
+        *,
+        max_deaths: int = 3,
+        window_s: float = 60.0,
+    ) -> None:
+        self.processes = processes
+        self.spawn = spawn
+        self.stop_evt = stop_evt
+        self.store_url = store_url
+        self.max_deaths = max_deaths
+        self.window_s = window_s
+        self.replaced = 0
+        self._deaths: dict[int, deque[float]] = defaultdict(deque)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="runner-supervisor", daemon=True)
+        self._thread.start()
+
+    def run(self) -> None:
+        """Watch until the stop event is set (or every runner has ended on its own, exit code 0)."""
+        retired: set[int] = set()
+        while not self.stop_evt.is_set():
+            by_sentinel = {p.sentinel: i for i, p in enumerate(self.processes) if i not in retired}
+            if not by_sentinel:
+                return
+            for sentinel in multiprocessing.connection.wait(list(by_sentinel), timeout=_WAKE_S):
+                if self.stop_evt.is_set():
+                    return
+                worker = by_sentinel[sentinel]  # type: ignore[index]
+                self.processes[worker].join(0)
+                if self.processes[worker].exitcode == 0:
+                    retired.add(worker)  # finished its work (max_rollouts): not a death
+                else:
+                    self._handle_death(worker)
+
+    def _handle_death(self, worker: int) -> None:
+        dead = self.processes[worker]
+        logger.error(
+            "runner process %s (pid %s) died with exit code %s while the run was going",
+            dead.name,
+            dead.pid,
+            dead.exitcode,
+        )
+        self._give_up_rollout(worker)
+        if self._keeps_dying(worker):
+            logger.error(
+                "runner %d died %d times within %.0fs: not replacing it again; stopping the run",
+                worker,
+                self.max_deaths,
+                self.window_s,
+            )
+            self.stop_evt.set()
+            return
+        self.processes[worker] = self.spawn(worker)
+        self.replaced += 1
+        logger.warning("runner %d replaced by a new process (pid %s)", worker, self.processes[worker].pid)
+
+    def _keeps_dying(self, worker: int) -> bool:
+        now = time.monotonic()
+        deaths = self._deaths[worker]
+        deaths.append(now)
+        while deaths and now - deaths[0] > self.window_s:
+            deaths.popleft()
+        return len(deaths) >= self.max_deaths
+
+    def _give_up_rollout(self, worker: int) -> None:
+        if self.store_url is None:
+            return
+        try:
+            rollout_id = asyncio.run(give_up_current_attempt(self.store_url, f"Worker-{worker}"))
+        except Exception as e:  # the store's watchdog still times the rollout out
+            logger.warning("could not give up the rollout of dead runner %d: %s", worker, e)
+            return
+        if rollout_id is not None:
+            logger.warning("rollout %s of dead runner %d marked unresponsive", rollout_id, worker)

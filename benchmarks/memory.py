@@ -1,0 +1,174 @@
+"""Memory growth per training step of Hello: the algorithm process, and the store in split mode.
+
+Run ``python benchmarks/memory.py [--steps 100] [--warmup 20]``; prints one JSON line:
+
+* ``algorithm_mb_per_step``: one-click Hello (``agl_tinker.algo.fit``: the store server, the
+  algorithm and the endpoint in this process, 2 runner processes), RSS slope of this process.
+* ``store_mb_per_step``: split mode (``agl-tinker store`` in its own process, the algorithm in a
+  process of its own against it over HTTP, ``agl-tinker hello runner`` processes), RSS slope of the
+  store process; ``split_algorithm_mb_per_step`` is that algorithm process's.
+* ``steps``: training steps per run; slopes are least-squares fits of RSS (MB) against the step
+  over the steps after ``warmup``. ``rss_mb``: first and last RSS of each measured process.
+
+Hello as ``agl-tinker hello`` trains it (8 tasks x group 4), without evaluation or intermediate
+checkpoints (they only add a constant), on the in-process Tinker simulator. RSS is read from
+``/proc/<pid>/status`` (``VmRSS``) right after each step. A flat process shows a slope of a few
+hundredths of a MB per step either way (allocator noise); one that keeps what it no longer needs
+grows by its per-step data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agentlightning.store.client_server import LightningStoreClient  # noqa: E402
+
+from agl_tinker.algo import fit, wait_for_store  # noqa: E402
+from agl_tinker.train import train  # noqa: E402
+from examples.hello.agent import hello_agent, hello_dataset  # noqa: E402
+from examples.hello.train import HelloSettings  # noqa: E402
+
+
+def rss_mb(pid: int | None = None) -> float:
+    """Resident set size of ``pid`` (this process by default), in MB."""
+    with open(f"/proc/{pid or 'self'}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS line")
+
+
+def slope(values: list[float], warmup: int) -> float | None:
+    """Least-squares slope of ``values`` against their index, from index ``warmup`` on."""
+    ys = values[warmup:]
+    n = len(ys)
+    if n < 2:
+        return None
+    mean_x, mean_y = (n - 1) / 2, sum(ys) / n
+    cov = sum((i - mean_x) * (y - mean_y) for i, y in enumerate(ys))
+    var = sum((i - mean_x) ** 2 for i in range(n))
+    return cov / var
+
+
+def _settings(log_path: str, steps: int) -> HelloSettings:
+    return HelloSettings(log_path=log_path, steps=steps, eval_every=0, save_every=0)
+
+
+def one_click(steps: int) -> list[float]:
+    """RSS of this process after each step of one-click Hello."""
+    samples: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = _settings(tmp, steps)
+        fit(
+            hello_agent,
+            settings.config(),
+            hello_dataset("train"),
+            n_runners=settings.n_runners,
+            required_fields=("identity",),
+            on_step=lambda step, metrics: samples.append(rss_mb()),
+        )
+    return samples
+
+
+def _split_algorithm(url: str, steps: int, store_pid: int, out: Any) -> None:
+    """Child process: the algorithm over HTTP; sends (its RSS, the store's RSS) after each step."""
+    logging.basicConfig(level=logging.CRITICAL)
+
+    async def run() -> None:
+        store = LightningStoreClient(url)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                settings = _settings(tmp, steps)
+                await train(
+                    settings.config(),
+                    store,
+                    hello_dataset("train"),
+                    required_fields=("identity",),
+                    show_progress=False,
+                    on_step=lambda step, metrics: out.send((rss_mb(), rss_mb(store_pid))),
+                )
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+    out.send(None)
+
+
+def split(steps: int) -> tuple[list[float], list[float]]:
+    """(algorithm RSS, store RSS) after each step of split-mode Hello."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    url = f"http://127.0.0.1:{port}"
+    cli = [sys.executable, "-m", "agl_tinker.cli"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    quiet: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+    store = subprocess.Popen([*cli, "store", "--port", str(port)], **quiet)
+    runners = subprocess.Popen([*cli, "hello", "runner", "--store", url, "--n-runners", "2"], **quiet)
+    algo_rss: list[float] = []
+    store_rss: list[float] = []
+    try:
+        if not asyncio.run(wait_for_store(url, timeout_s=120)):
+            raise RuntimeError("the store server did not start")
+        receive, send = mp.get_context("spawn").Pipe(duplex=False)
+        child = mp.get_context("spawn").Process(target=_split_algorithm, args=(url, steps, store.pid, send))
+        child.start()
+        while (sample := receive.recv()) is not None:
+            algo_rss.append(sample[0])
+            store_rss.append(sample[1])
+        child.join()
+    finally:
+        for proc in (runners, store):
+            proc.terminate()
+        for proc in (runners, store):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return algo_rss, store_rss
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--mode", choices=["both", "one-click", "split"], default="both")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.CRITICAL)
+    started = time.perf_counter()
+    result: dict[str, Any] = {"steps": args.steps, "warmup": args.warmup}
+    rss: dict[str, list[float]] = {}
+    if args.mode in ("both", "one-click"):
+        rss["algorithm"] = one_click(args.steps)
+        result["algorithm_mb_per_step"] = _rounded(slope(rss["algorithm"], args.warmup))
+    if args.mode in ("both", "split"):
+        rss["split_algorithm"], rss["store"] = split(args.steps)
+        result["store_mb_per_step"] = _rounded(slope(rss["store"], args.warmup))
+        result["split_algorithm_mb_per_step"] = _rounded(slope(rss["split_algorithm"], args.warmup))
+    result["rss_mb"] = {k: [round(v[0], 1), round(v[-1], 1)] for k, v in rss.items() if v}
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
