@@ -62,6 +62,7 @@ class SpanRecorder:
         self._recorded = 0
         self._written = 0
         self._dropped = 0
+        self._failed = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._urgent: asyncio.Event | None = None
@@ -77,6 +78,12 @@ class SpanRecorder:
     def dropped(self) -> int:
         """Spans the store refused (unknown rollout or attempt); logged, never retried."""
         return self._dropped
+
+    @property
+    def failed(self) -> int:
+        """Span writes that failed with a store error (each failed batch counts its spans); they
+        are kept and retried, so a span can count here more than once before it is written."""
+        return self._failed
 
     async def start(self) -> None:
         if self._task is not None:
@@ -148,6 +155,7 @@ class SpanRecorder:
                     stored, refused = await self._write(batch)
                 except Exception:
                     logger.exception("storing %d LLM-call spans failed; retrying", len(batch))
+                    self._failed += len(batch)
                     with self._lock:
                         self._pending[:0] = batch
                     await asyncio.sleep(self.retry_delay_s)  # ok: backoff before retrying a failed store write
