@@ -7,6 +7,7 @@ messages; this module adds what that proxy does not check (ranges, ``logprobs``,
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ BadRequest = _BadRequest
 """Raised for a client mistake; its message names the offending field, never its content."""
 
 MAX_STOP_SEQUENCES = 4
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,41 @@ def _sampling_settings(body: dict[str, Any], default_max_tokens: int) -> Samplin
             raise BadRequest(f"'stop' allows at most {MAX_STOP_SEQUENCES} sequences")
         if any(not s for s in stop):
             raise BadRequest("'stop' sequences must be non-empty strings")
+    seed = _validated_optional_int(body, "seed")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise BadRequest(f"'seed' must be a non-negative integer up to {MAX_SEED}")
     return SamplingSettings(
         max_tokens=_validated_max_tokens(raw_max, key, default_max_tokens),
         temperature=temperature,
         top_p=top_p,
         top_k=top_k,
-        seed=_validated_optional_int(body, "seed"),
+        seed=seed,
         stop=stop or None,
     )
+
+
+def _check_tool_call_arguments(messages: object) -> None:
+    """History tool calls carry their arguments as a JSON object in a string (OpenAI's format);
+    the renderer would otherwise fail on them mid-request. Other shapes are the cookbook's."""
+    if not isinstance(messages, list):
+        return
+    for i, message in enumerate(messages):
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if not isinstance(calls, list):
+            continue
+        for j, call in enumerate(calls):
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict) or function.get("arguments") in (None, ""):
+                continue
+            arguments = function["arguments"]
+            try:
+                valid = isinstance(arguments, str) and isinstance(json.loads(arguments), dict)
+            except (ValueError, RecursionError):
+                valid = False
+            if not valid:
+                raise BadRequest(
+                    f"'messages[{i}].tool_calls[{j}].function.arguments' must be a string holding a JSON object"
+                )
 
 
 def _logprobs_requested(body: dict[str, Any]) -> bool:
@@ -120,6 +149,7 @@ def parse_chat_request(body: dict[str, Any], renderer: Renderer, *, default_max_
         raise BadRequest("request body must be a JSON object")
     logprobs = _logprobs_requested(body)
     stream, include_usage = _stream_flags(body)
+    _check_tool_call_arguments(body.get("messages"))
     # The cookbook parser rejects logprobs outright (its proxy cannot return them); this endpoint can.
     parsed = _parse_openai({k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")})
     messages = parsed.messages

@@ -61,6 +61,10 @@ class TrainConfig:
     min_valid_per_group: int = 2
     remove_constant_reward_groups: bool = False
     """Drop groups whose rollouts all scored the same (they carry no advantage signal)."""
+    max_abs_reward: float = 1e6
+    """A reward of larger magnitude (or NaN, infinite, not a number) excludes its rollout: ``bad_reward``."""
+    on_gap: Literal["exclude", "train"] = "exclude"
+    """A rollout that lost a call's span: ``exclude`` it (``gap``) or ``train`` the calls recorded."""
 
     rollout_timeout_s: float | None = 300.0
     max_attempts: int = 1
@@ -150,11 +154,14 @@ class TrainConfig:
             raise ConfigError("tinker_retry_base_s and tinker_retry_max_s must be >= 0")
         if self.max_context_tokens < 1:
             raise ConfigError(f"max_context_tokens must be >= 1, got {self.max_context_tokens}")
+        if not self.max_abs_reward > 0:
+            raise ConfigError(f"max_abs_reward must be > 0, got {self.max_abs_reward}")
         self._validate_overlap()
         # chz does not check Literal/enum values: a typo would only fail (or silently differ) later.
         choices: dict[str, tuple[str, tuple[str, ...]]] = {
             "loss_fn": (self.loss_fn, get_args(LossFn)),
             "endpoint_mode": (self.endpoint_mode, get_args(EndpointMode)),
+            "on_gap": (self.on_gap, ("exclude", "train")),
         }
         for name, (choice, allowed) in choices.items():
             if choice not in allowed:

@@ -48,12 +48,19 @@ class Endpoint:
     """A running endpoint. Create with :func:`start_endpoint`; stop with :meth:`stop`."""
 
     def __init__(
-        self, config: EndpointConfig, provider: TinkerChatProvider, server: Any, litellm_model: str
+        self,
+        config: EndpointConfig,
+        provider: TinkerChatProvider,
+        server: Any,
+        litellm_model: str,
+        recorder: SpanRecorder | None = None,
     ) -> None:
         self.config = config
         self.provider = provider
         self.server = server
         self.litellm_model = litellm_model
+        self.recorder = recorder
+        self._span_counts_reported = {"written": 0, "dropped": 0, "failed": 0}
 
     @property
     def model_name(self) -> str:
@@ -78,6 +85,21 @@ class Endpoint:
     async def flush(self) -> None:
         """Wait until every call answered so far is in the store."""
         await self.server.flush()
+
+    def span_metrics(self) -> dict[str, int]:
+        """``spans/written``, ``spans/dropped`` (refused by the store: those calls are lost to
+        training) and ``spans/failed`` (store errors, retried) since the previous call: a step's
+        metrics. Empty without a recorder."""
+        if self.recorder is None:
+            return {}
+        now = {
+            "written": self.recorder.written,
+            "dropped": self.recorder.dropped,
+            "failed": self.recorder.failed,
+        }
+        delta = {f"spans/{k}": v - self._span_counts_reported[k] for k, v in now.items()}
+        self._span_counts_reported = now
+        return delta
 
     async def stop(self) -> None:
         """Stop serving after storing the spans still buffered."""
@@ -155,4 +177,4 @@ async def start_endpoint(
     except BaseException:
         unregister(litellm_model)
         raise
-    return Endpoint(config, provider, server, litellm_model)
+    return Endpoint(config, provider, server, litellm_model, recorder)

@@ -39,6 +39,7 @@ PROVIDER_NAME = "agl_tinker"
 """Prefix of the LiteLLM provider names :func:`register` hands out."""
 
 _REUSED_PREFIX = "agl_tinker_reused_prefix_length"
+_PARSE_FAILURES = "agl_tinker_tool_call_parse_failures"
 TITO_SCOPE = "agl_tinker_tito_scope"
 """LiteLLM ``metadata`` key under which the lean server passes a request's rollout attempt."""
 
@@ -73,6 +74,8 @@ class Generation:
     weights_version: int | str
     reused_prefix_length: int | None
     """Prompt tokens taken verbatim from an earlier answer (token-in-token-out), if any."""
+    tool_call_parse_failures: int = 0
+    """Tool calls the policy wrote that did not parse; they are in ``text`` as written."""
 
 
 def _answer_content(generation: Generation) -> str | None:
@@ -267,9 +270,14 @@ class TinkerChatProvider(CustomLLM):
             calls: list[ToolCall] = []
             finish_reason = "stop"
             clean = False
+            unparsed: list[Any] = []
         else:
             message, termination = self.renderer.parse_response(tokens)
             text = get_text_content(message)
+            # A tool call the policy botched goes back as the text it wrote (and is counted): the
+            # agent sees what the model said, and the answer is not an error.
+            unparsed = list(message.get("unparsed_tool_calls") or [])
+            text += "".join(call.raw_text for call in unparsed)
             calls = [] if request.suppress_tool_calls else list(message.get("tool_calls") or [])
             clean = termination.is_clean
             if calls:
@@ -294,6 +302,7 @@ class TinkerChatProvider(CustomLLM):
             finish_reason=finish_reason,
             weights_version=policy.version,
             reused_prefix_length=reused,
+            tool_call_parse_failures=len(unparsed),
         )
 
     # -- LiteLLM --------------------------------------------------------------------------------
@@ -376,6 +385,7 @@ class TinkerChatProvider(CustomLLM):
         # The cost is known (nothing is billed); saying so spares LiteLLM a pricing lookup per call.
         response._hidden_params["response_cost"] = 0.0
         response._hidden_params[_REUSED_PREFIX] = generation.reused_prefix_length
+        response._hidden_params[_PARSE_FAILURES] = generation.tool_call_parse_failures
         return response
 
     async def acompletion(  # type: ignore[override]
@@ -428,6 +438,7 @@ def span_attributes(
         messages=messages,
         completion=completion,
         prefix_length=response._hidden_params.get(_REUSED_PREFIX),
+        tool_call_parse_failures=response._hidden_params.get(_PARSE_FAILURES) or 0,
     )
 
 
@@ -450,6 +461,7 @@ def generation_span_attributes(
         messages=messages,
         completion=completion,
         prefix_length=generation.reused_prefix_length,
+        tool_call_parse_failures=generation.tool_call_parse_failures,
     )
 
 

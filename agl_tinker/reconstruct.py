@@ -433,24 +433,6 @@ def _merge_calls(records: list[Record], by_id: Mapping[str, Span], has_raw: bool
 # --- validation: the one place the core checks token ids and logprobs -------------------------
 
 
-def _checked_ids(r: Record, name: str, arrays: list[array[int]]) -> CallProblem | None:
-    """Every id of ``r[name]`` an int in [0, 2**32) (one C pass: ``array`` refuses anything else);
-    the array goes to ``arrays`` for the vocabulary bound. On a problem the list becomes ``None``,
-    so nothing downstream (alignment, drift decoding) ever reads it."""
-    ids = r[name]
-    if ids is None or ids is _BAD:
-        return None
-    try:
-        arrays.append(array("I", ids))
-    except TypeError:
-        r[name] = None
-        return CallProblem.MALFORMED_TOKEN_IDS
-    except OverflowError:
-        r[name] = None
-        return CallProblem.TOKEN_ID_OUT_OF_RANGE
-    return None
-
-
 def _logprobs_ok(logprobs: Sequence[float], tolerance: float) -> bool:
     """Finite numbers, none above ``tolerance``: a NaN or infinity makes the sum non-finite."""
     try:
@@ -459,30 +441,41 @@ def _logprobs_ok(logprobs: Sequence[float], tolerance: float) -> bool:
         return False
 
 
+_TOKEN_FIELDS = ("prompt_token_ids", "response_token_ids")
+
+
 def _validate(records: Sequence[Record], options: ReconstructOptions) -> None:
     """Check every token id and logprob of the calls kept, setting the problem of each call that
-    fails (a token problem wins over the problems already found: its tokens are unusable)."""
+    fails; a token problem wins over the problems already found, and its list becomes ``None``,
+    so nothing downstream (alignment, drift decoding) ever reads it.
+
+    One C pass per list: ``array("I", ids)`` refuses anything but ints in [0, 2**32); one
+    vectorised maximum over the whole rollout then bounds them all by the vocabulary."""
     tolerance, vocab = options.logprob_tolerance, options.vocab_size
     arrays: list[array[int]] = []
     owners: list[tuple[Record, str]] = []
     for r in records:
-        for name in ("prompt_token_ids", "response_token_ids"):
-            before = len(arrays)
-            problem = _checked_ids(r, name, arrays)
-            if problem is not None:
-                r["problem"] = problem
-            elif len(arrays) > before and vocab is not None:
+        for name in _TOKEN_FIELDS:
+            ids = r[name]
+            if ids is None or ids is _BAD:
+                continue
+            try:
+                arrays.append(array("I", ids))
+            except TypeError:
+                r[name], r["problem"] = None, CallProblem.MALFORMED_TOKEN_IDS
+            except OverflowError:
+                r[name], r["problem"] = None, CallProblem.TOKEN_ID_OUT_OF_RANGE
+            else:
                 owners.append((r, name))
         if r["problem"] is None and not _logprobs_ok(r["logprobs"], tolerance):
             r["problem"] = CallProblem.BAD_LOGPROBS
     if vocab is None or not arrays:
         return
     if int(np.frombuffer(b"".join(arrays), dtype=np.uint32).max()) < vocab:
-        return  # the usual case: one vectorised pass over the whole rollout
+        return  # the usual case
     for (r, name), ids in zip(owners, arrays, strict=True):
-        if r[name] is not None and max(ids) >= vocab:
-            r[name] = None
-            r["problem"] = CallProblem.TOKEN_ID_OUT_OF_RANGE
+        if max(ids) >= vocab:
+            r[name], r["problem"] = None, CallProblem.TOKEN_ID_OUT_OF_RANGE
 
 
 # --- rewards -----------------------------------------------------------------------------------

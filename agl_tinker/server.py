@@ -209,8 +209,9 @@ class LeanServer:
         if not isinstance(body, dict):
             return openai_error(400, "request body must be a JSON object")
         model = body.get("model")
-        if model not in self.accepted_models:
-            return openai_error(400, f"model {model!r} is not served here; use {self.served_model!r}")
+        if not isinstance(model, str) or model not in self.accepted_models:
+            shown = repr(model) if isinstance(model, str) else f"of type {type(model).__name__}"
+            return openai_error(400, f"'model' {shown} is not served here; use {self.served_model!r}")
         try:
             parsed = self.provider.parse(body)
         except BadRequest as exc:

@@ -75,6 +75,7 @@ class SpanRecorder:
         self._recorded = 0
         self._written = 0
         self._dropped = 0
+        self._failed = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._urgent: asyncio.Event | None = None
@@ -91,6 +92,13 @@ class SpanRecorder:
         """Spans not stored: refused by the store (unknown rollout or attempt: never retried), or
         still failing after ``max_attempts`` tries, or left at close; each logged."""
         return self._dropped
+
+    @property
+    def failed(self) -> int:
+        """Span writes that failed with a store error (each failed try counts its batch's spans);
+        a failed batch is retried up to ``max_attempts`` times, so a span can count here more than
+        once before it is written or dropped."""
+        return self._failed
 
     async def start(self) -> None:
         if self._task is not None:
@@ -183,6 +191,7 @@ class SpanRecorder:
             try:
                 return await self._write(batch)
             except Exception as exc:
+                self._failed += len(batch)
                 if _is_refusal(exc):
                     logger.warning("store refused %d LLM-call spans: %s", len(batch), exc)
                     return 0, len(batch)

@@ -53,7 +53,13 @@ from tinker_cookbook.rl.types import TrajectoryGroup
 from tinker_cookbook.utils import ml_log
 
 from agl_tinker import backend
-from agl_tinker.align import RolloutTrajectory, rollout_trajectory, trajectory_group
+from agl_tinker.align import (
+    AlignOptions,
+    RolloutTrajectory,
+    problem_metrics,
+    rollout_trajectory,
+    trajectory_group,
+)
 from agl_tinker.checkpoints import (
     AtomicCheckpointIndex,
     ResumeError,
@@ -66,6 +72,7 @@ from agl_tinker.config import TrainConfig
 from agl_tinker.data import TaskDataset, build_datasets
 from agl_tinker.endpoint import Endpoint, EndpointConfig, start_endpoint
 from agl_tinker.progress import ProgressDisplay, step_label
+from agl_tinker.reconstruct import ReconstructOptions
 from agl_tinker.report import write_reward_curve
 from agl_tinker.retry import (
     Retrier,
@@ -187,6 +194,7 @@ def _batch_metrics(
         f"{prefix}calls/off_policy": off_policy,
     }
     metrics.update({f"{prefix}excluded/{k}": v for k, v in sorted(exclusions.items())})
+    metrics.update(problem_metrics([o.result for o in outcomes], prefix))
     groups = [[o.result for o in g.outcomes] for g in batch.groups]
     return groups, metrics
 
@@ -233,6 +241,11 @@ class _Loop:
             config.model_name
         )
         self.reward_options = config.reward_options()
+        # Token ids are checked against the vocabulary the endpoint samples from (issue 14).
+        self.reconstruct_options = ReconstructOptions(
+            vocab_size=len(self.tokenizer), max_abs_reward=config.max_abs_reward
+        )
+        self.align_options = AlignOptions(on_gap=config.on_gap)
         self.progress = ProgressDisplay(enabled=show_progress)
         self.retrier = Retrier(
             RetryPolicy(
@@ -316,6 +329,8 @@ class _Loop:
             spans,
             status=_rollout_status(rollout),
             decode=self.tokenizer.decode,
+            reconstruct_options=self.reconstruct_options,
+            align_options=self.align_options,
             reward_options=self.reward_options,
         )
 
@@ -473,6 +488,7 @@ class _Loop:
                 "dispatch/detect_ms_p50": stats.detect_ms(0.5),
             }
         )
+        metrics.update(self.endpoint.span_metrics())  # spans the recorder could not store
         return metrics
 
     def _check_trainable(
