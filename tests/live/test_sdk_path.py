@@ -163,3 +163,21 @@ def test_capabilities_list_the_model(target: Target) -> None:
     rest = tinker.RestClient(base_url=target.base_url, api_key=target.api_key)
     models = {m.model_name for m in rest.get_server_capabilities().result().supported_models}
     assert target.model in models
+
+
+def test_an_invalid_request_fails_its_future_with_the_reason(
+    service: tinker.ServiceClient, target: Target
+) -> None:
+    training = service.create_lora_training_client(target.model, rank=target.rank, seed=1).result()
+    datum = types.Datum(
+        model_input=types.ModelInput.from_ints([1, 2, 3]),
+        loss_fn_inputs={
+            "target_tokens": types.TensorData(data=[2, 3, 4], dtype="int64"),
+            "mask": types.TensorData(data=[1.0, 1.0, 1.0], dtype="float32"),
+        },
+    )
+    with pytest.raises(tinker.TinkerError) as failure:
+        training.forward_backward([datum], "cross_entropy").result()
+    if target.is_sim:
+        assert isinstance(failure.value, tinker.RequestFailedError)
+        assert "mask" in str(failure.value)
