@@ -18,15 +18,16 @@ from tinker.proto.response_conv import deserialize_forward_backward_output, dese
 from tinker.types.topk_logprobs import TopkLogprobs
 
 from fakes.tinker import SimConfig
-from fakes.wire import RunningWireServer, start_in_thread
+from fakes.wire import RunningWireServer, WireFaults, start_in_thread
 from fakes.wire.codec import (
     CodecError,
     decode_forward_backward,
     encode_forward_backward_output,
     encode_sample_response,
 )
+from fakes.wire.faults import FaultInjector
 from fakes.wire.futures import PromiseTable
-from fakes.wire.service import WireService, _Run
+from fakes.wire.service import _Run, in_seq_order
 
 
 def _request(config: dict[str, float | str] | None) -> types.ForwardBackwardRequest:
@@ -145,7 +146,6 @@ def test_forward_backward_output_encodes_what_the_sdk_decodes() -> None:
 
 
 async def test_requests_of_a_run_apply_in_seq_id_order() -> None:
-    service = WireService.__new__(WireService)  # only _in_order, which uses no other state
     run = _Run(client=None, session_id="s")  # type: ignore[arg-type]
     applied: list[int] = []
     table = PromiseTable(asyncio.get_running_loop())
@@ -157,10 +157,10 @@ async def test_requests_of_a_run_apply_in_seq_id_order() -> None:
 
         return go
 
-    late = [asyncio.create_task(service._in_order(run, seq, submit(seq))) for seq in (3, 2)]
+    late = [asyncio.create_task(in_seq_order(run, seq, submit(seq))) for seq in (3, 2)]
     await asyncio.sleep(0)
     assert applied == []  # 2 and 3 wait for 1
-    await service._in_order(run, 1, submit(1))
+    await in_seq_order(run, 1, submit(1))
     await asyncio.gather(*late)
     assert applied == [1, 2, 3] and run.next_seq == 4
 
@@ -217,3 +217,20 @@ def test_a_pending_future_polls_as_try_again_until_it_completes(server: RunningW
     )
     assert finish.status_code == 200
     assert _post(server, "session_heartbeat", {"session_id": session["session_id"]}).status_code == 410
+
+
+def test_faults_follow_the_seed() -> None:
+    injectors = [FaultInjector(WireFaults(error_5xx_rate=0.3, seed=s)) for s in (4, 4, 5)]
+    draws = [[injector.draw(False) for _ in range(50)] for injector in injectors]
+    assert draws[0] == draws[1] != draws[2]
+    assert any(d is not None for d in draws[0]) and any(d is None for d in draws[0])
+    assert all(d is None for d in [FaultInjector(WireFaults()).draw(True) for _ in range(20)])
+
+
+def test_fault_knobs_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGL_TINKER_WIRE_DROP_RATE", "0.1")
+    monkeypatch.setenv("AGL_TINKER_WIRE_SEED", "9")
+    faults = WireFaults.from_env(try_again_rate=0.2)
+    assert (faults.drop_rate, faults.seed, faults.try_again_rate) == (0.1, 9, 0.2)
+    with pytest.raises(ValueError):
+        WireFaults(drop_rate=0.7, error_5xx_rate=0.6)
