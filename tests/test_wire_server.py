@@ -4,6 +4,10 @@ ordering by ``seq_id``, long polls that answer when the result exists, HTTP erro
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -234,3 +238,20 @@ def test_fault_knobs_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert (faults.drop_rate, faults.seed, faults.try_again_rate) == (0.1, 9, 0.2)
     with pytest.raises(ValueError):
         WireFaults(drop_rate=0.7, error_5xx_rate=0.6)
+
+
+@pytest.mark.slow
+def test_sim_server_command_prints_a_loopback_url_that_serves(tmp_path: Path) -> None:
+    env = {**os.environ, "AGL_TINKER_SIM_DIR": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agl_tinker.cli", "sim-server"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        assert match is not None and int(match.group(1)) > 0, line
+        assert httpx.get(f"{match.group(0)}/api/v1/healthz", timeout=30).json() == {"status": "ok"}
+    finally:
+        proc.terminate()
+        proc.wait(60)

@@ -137,7 +137,8 @@ def test_save_state_and_resume_in_a_new_process(training: Any, target: Target) -
     assert run.returncode == 0, run.stderr[-3000:]
     there = json.loads(run.stdout.strip().splitlines()[-1])
     assert there["model_id"] != training.model_id
-    assert there["logprobs"] == pytest.approx(here, abs=1e-4)
+    # the simulator is deterministic; a GPU service may differ in the last digits between replicas
+    assert there["logprobs"] == pytest.approx(here, abs=1e-4 if target.is_sim else 5e-2)
 
 
 def test_sampler_weights_rest_client_and_delete(
