@@ -11,6 +11,7 @@ chunks of one ``forward_backward`` concurrently).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import uuid
@@ -26,7 +27,7 @@ from fakes.tinker.errors import bad_request, not_found
 
 from .codec import ForwardBackwardCall
 from .faults import FaultInjector
-from .futures import Promise, PromiseTable
+from .futures import MAX_KEPT, Promise, PromiseTable
 
 # How long a request waits for an earlier seq_id of its run that never arrives (a client that
 # reserved an id and then failed before sending it) before it is applied anyway.
@@ -71,6 +72,20 @@ def _call(fn: Callable[[], Any]) -> Future[Any]:
         return _failed(exc)
 
 
+async def in_seq_order(run: _Run, seq_id: int | None, submit: Callable[[], Promise]) -> Promise:
+    """Apply ``submit`` once every earlier ``seq_id`` of ``run`` has been applied."""
+    async with run.turn:
+        if seq_id is not None and run.next_seq < seq_id:
+            # a missing request that never comes: go on after GAP_WAIT_S rather than hang
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.turn.wait_for(lambda: run.next_seq >= seq_id), GAP_WAIT_S)
+        promise = submit()
+        if seq_id is not None:
+            run.next_seq = max(run.next_seq, seq_id + 1)
+        run.turn.notify_all()
+    return promise
+
+
 class WireService:
     """State of one wire server; all methods run on the server's event loop."""
 
@@ -82,7 +97,7 @@ class WireService:
         self.sessions: dict[str, str] = {}  # id -> "active" | "finished"
         self.runs: dict[str, _Run] = {}
         self.samplers: dict[str, _Sampler] = {}
-        self._submitted: dict[Hashable, Promise] = {}
+        self._submitted: collections.OrderedDict[Hashable, Promise] = collections.OrderedDict()
 
     # ---- helpers ---------------------------------------------------------------------------
     def _track(
@@ -91,6 +106,8 @@ class WireService:
         promise = self.promises.track(work, transform, delay_s=self.faults.slow())
         if key is not None:
             self._submitted[key] = promise
+            while len(self._submitted) > MAX_KEPT:  # retries come within seconds, not 20k requests later
+                self._submitted.popitem(last=False)
         return promise
 
     def _seen(self, key: Hashable) -> Promise | None:
@@ -112,19 +129,6 @@ class WireService:
         if session_id not in self.sessions:
             raise not_found(f"session {session_id!r} not found", path="session")
         return session_id
-
-    async def _in_order(self, run: _Run, seq_id: int | None, submit: Callable[[], Promise]) -> Promise:
-        """Apply ``submit`` once every earlier ``seq_id`` of ``run`` has been applied."""
-        async with run.turn:
-            if seq_id is not None and run.next_seq < seq_id:
-                # a missing request that never comes: go on after GAP_WAIT_S rather than hang
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(run.turn.wait_for(lambda: run.next_seq >= seq_id), GAP_WAIT_S)
-            promise = submit()
-            if seq_id is not None:
-                run.next_seq = max(run.next_seq, seq_id + 1)
-            run.turn.notify_all()
-        return promise
 
     def _register_run(self, session_id: str) -> Callable[[TrainingClient], TrainingClient]:
         def register(client: TrainingClient) -> TrainingClient:
@@ -182,14 +186,14 @@ class WireService:
             work = _call(lambda: method(call.data, call.loss_fn, call.loss_fn_config))  # type: ignore[arg-type]
             return self._track(key, work)
 
-        return await self._in_order(run, call.seq_id, submit)
+        return await in_seq_order(run, call.seq_id, submit)
 
     async def optim_step(self, request: types.OptimStepRequest) -> Promise:
         key = ("train", request.model_id, request.seq_id)
         if (seen := self._seen(key)) is not None:
             return seen
         run = self.run(request.model_id)
-        return await self._in_order(
+        return await in_seq_order(
             run,
             request.seq_id,
             lambda: self._track(key, _call(lambda: run.client.optim_step(request.optim_params))),
@@ -201,7 +205,7 @@ class WireService:
             return seen
         run = self.run(request.model_id)
         name = request.path or f"state-{request.seq_id}"
-        return await self._in_order(
+        return await in_seq_order(
             run,
             request.seq_id,
             lambda: self._track(
@@ -240,7 +244,7 @@ class WireService:
 
             return self._track(key, work, register)
 
-        return await self._in_order(run, request.seq_id, submit)
+        return await in_seq_order(run, request.seq_id, submit)
 
     async def load_weights(self, request: types.LoadWeightsRequest) -> Promise:
         if request.session_id is not None:  # a new run from a checkpoint (seq id 0, no create_model)
@@ -265,7 +269,7 @@ class WireService:
             return seen
         run = self.run(request.model_id)
         load = run.client.load_state_with_optimizer if request.optimizer else run.client.load_state
-        return await self._in_order(
+        return await in_seq_order(
             run, request.seq_id, lambda: self._track(key, _call(lambda: load(request.path)))
         )
 

@@ -137,7 +137,8 @@ def test_save_state_and_resume_in_a_new_process(training: Any, target: Target) -
     assert run.returncode == 0, run.stderr[-3000:]
     there = json.loads(run.stdout.strip().splitlines()[-1])
     assert there["model_id"] != training.model_id
-    assert there["logprobs"] == pytest.approx(here, abs=1e-4)
+    # the simulator is deterministic; a GPU service may differ in the last digits between replicas
+    assert there["logprobs"] == pytest.approx(here, abs=1e-4 if target.is_sim else 5e-2)
 
 
 def test_sampler_weights_rest_client_and_delete(
@@ -163,3 +164,21 @@ def test_capabilities_list_the_model(target: Target) -> None:
     rest = tinker.RestClient(base_url=target.base_url, api_key=target.api_key)
     models = {m.model_name for m in rest.get_server_capabilities().result().supported_models}
     assert target.model in models
+
+
+def test_an_invalid_request_fails_its_future_with_the_reason(
+    service: tinker.ServiceClient, target: Target
+) -> None:
+    training = service.create_lora_training_client(target.model, rank=target.rank, seed=1).result()
+    datum = types.Datum(
+        model_input=types.ModelInput.from_ints([1, 2, 3]),
+        loss_fn_inputs={
+            "target_tokens": types.TensorData(data=[2, 3, 4], dtype="int64"),
+            "mask": types.TensorData(data=[1.0, 1.0, 1.0], dtype="float32"),
+        },
+    )
+    with pytest.raises(tinker.TinkerError) as failure:
+        training.forward_backward([datum], "cross_entropy").result()
+    if target.is_sim:
+        assert isinstance(failure.value, tinker.RequestFailedError)
+        assert "mask" in str(failure.value)

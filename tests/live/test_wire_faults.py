@@ -64,21 +64,3 @@ def test_sdk_retries_absorb_each_wire_fault(faulty: tuple[str, RunningWireServer
     assert got[0] == expected[0]
     assert got[1] == pytest.approx(expected[1], abs=1e-6)
     assert got[2] == pytest.approx(expected[2], rel=1e-9)
-
-
-def test_faults_follow_the_seed() -> None:
-    from fakes.wire.faults import FaultInjector
-
-    injectors = [FaultInjector(WireFaults(error_5xx_rate=0.3, seed=s)) for s in (4, 4, 5)]
-    draws = [[injector.draw(False) for _ in range(50)] for injector in injectors]
-    assert draws[0] == draws[1] != draws[2]
-    assert any(d is not None for d in draws[0]) and any(d is None for d in draws[0])
-
-
-def test_fault_knobs_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AGL_TINKER_WIRE_DROP_RATE", "0.1")
-    monkeypatch.setenv("AGL_TINKER_WIRE_SEED", "9")
-    faults = WireFaults.from_env(try_again_rate=0.2)
-    assert (faults.drop_rate, faults.seed, faults.try_again_rate) == (0.1, 9, 0.2)
-    with pytest.raises(ValueError):
-        WireFaults(drop_rate=0.7, error_5xx_rate=0.6)
