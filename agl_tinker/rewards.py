@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from agl_tinker._construct import construct
+from agl_tinker.reward_mode import RewardMode
 
 
 @dataclass(frozen=True)
@@ -28,15 +29,6 @@ class RewardEvent:
     after_call: int | None
     """Index of the last LLM call that ended before the reward; ``None``: before every call."""
     dimensions: Mapping[str, float] = field(default_factory=dict)
-
-
-class RewardMode(StrEnum):
-    FINAL = "final"
-    """The last reward emitted is the episode return, credited to the last transition."""
-    PER_STEP = "per_step"
-    """Each reward is credited to the LLM call before it (earlier ones to the first transition)."""
-    SUM = "sum"
-    """The sum of all rewards is the return, credited to the last transition."""
 
 
 class ExclusionReason(StrEnum):

@@ -284,12 +284,13 @@ def _hello_main(conn: Any, log_dir: str) -> None:
     os.dup2(2, 1)  # the loop's progress lines must not reach the benchmark's JSON on stdout
     if not conn.recv():  # "go" once the dispatch phases are done; False means "not needed"
         return
-    from examples.hello.train import HelloSettings, run_one_click
+    from examples.hello.train import hello_config, run_one_click
 
-    settings = HelloSettings.ci(log_dir)
     marks: list[float] = []
     t0 = time.perf_counter()
-    run_one_click(settings, on_step=lambda _step, _metrics: marks.append(time.perf_counter()))
+    run_one_click(
+        hello_config(log_dir, ci=True), on_step=lambda _step, _metrics: marks.append(time.perf_counter())
+    )
     conn.send({"marks": [m - t0 for m in marks], "wall_s": time.perf_counter() - t0})
 
 
