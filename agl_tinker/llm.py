@@ -222,7 +222,8 @@ class TinkerChatProvider(CustomLLM):
         model_input = tinker.ModelInput.from_ints(prompt)
         for attempt in range(self.sample_retries + 1):
             try:
-                return await policy.sampling_client.sample_async(
+                # sample() returns an awaitable future; sample_async() is deprecated in the SDK.
+                return await policy.sampling_client.sample(
                     prompt=model_input, num_samples=1, sampling_params=params
                 )
             except tinker.BadRequestError as exc:

@@ -49,7 +49,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -71,6 +70,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import agentlightning as agl
+from _stdout import emit_json, json_stdout  # benchmarks/ is on sys.path when a script runs
 from agentlightning.emitter.reward import get_reward_value
 from agentlightning.store.client_server import LightningStoreClient, LightningStoreServer
 from agentlightning.store.memory import InMemoryLightningStore
@@ -396,10 +396,11 @@ def main() -> None:
             "loadavg_1m": round(os.getloadavg()[0], 2),
         },
     }
-    print(json.dumps(out))
+    emit_json(out)
 
 
 if __name__ == "__main__":
     t0 = time.perf_counter()
-    main()
+    with json_stdout():
+        main()
     print(f"benchmark took {time.perf_counter() - t0:.1f}s", file=sys.stderr)

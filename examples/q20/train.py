@@ -22,7 +22,7 @@ from agl_tinker.report import summary_lines
 from agl_tinker.train import TrainResult
 from examples.q20 import presets
 from examples.q20.agent import q20_agent
-from examples.q20.evaluate import Summary, evaluate, load_dataset
+from examples.q20.evaluate import GameProgress, Summary, evaluate, load_dataset
 from examples.q20.presets import MODEL, default_log_path
 
 REQUIRED_FIELDS = ("category", "answer", "search_enabled")
@@ -71,7 +71,17 @@ async def run_dryrun(games: int, out_path: str | Path, seed: int = 0) -> Summary
     """Play ``games`` training games against the untrained policy and print each transcript."""
     tasks = load_dataset("train")[:games]
     async with base_model_endpoint() as url:
-        summary = await evaluate(url, MODEL, None, tasks, out_path, concurrency=4, temperature=1.0, seed=seed)
+        summary = await evaluate(
+            url,
+            MODEL,
+            None,
+            tasks,
+            out_path,
+            concurrency=4,
+            temperature=1.0,
+            seed=seed,
+            progress=GameProgress("dryrun"),
+        )
     return summary
 
 
@@ -79,7 +89,17 @@ async def run_evaluate_offline(split: str, out_path: str | Path, limit: int | No
     """Evaluate the backend's base model (the simulator offline) on ``split``."""
     tasks = load_dataset(None if split == "all" else split)[:limit]
     async with base_model_endpoint() as url:
-        return await evaluate(url, MODEL, None, tasks, out_path, concurrency=8, temperature=0.7, seed=0)
+        return await evaluate(
+            url,
+            MODEL,
+            None,
+            tasks,
+            out_path,
+            concurrency=8,
+            temperature=0.7,
+            seed=0,
+            progress=GameProgress("evaluate"),
+        )
 
 
 def print_train_summary(result: TrainResult) -> None:
@@ -89,7 +109,16 @@ def print_train_summary(result: TrainResult) -> None:
         "final weights": result.final_sampler_path,
         "reward curve PNG": result.curve_path,
     }
-    for line in summary_lines("20 Questions", result.rewards, result.evals, paths, result.seconds):
+    lines = summary_lines("20 Questions", result.rewards, result.evals, paths, result.seconds)
+    rates = [(e["step"], e.get("eval/reward/positive_frac")) for e in result.evals]
+    rates = [(step, rate) for step, rate in rates if rate is not None]
+    if rates:  # a game's reward is > 0 exactly when it is won
+        (first_step, first), (last_step, last) = rates[0], rates[-1]
+        at = next(i for i, line in enumerate(lines) if line.startswith("wall time:"))
+        lines.insert(
+            at, f"validation win rate: {first:.0%} (step {first_step}) -> {last:.0%} (step {last_step})"
+        )
+    for line in lines:
         print(line)
 
 
