@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing as mp
 import os
 import secrets
+import signal
 import socket
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from multiprocessing.context import BaseContext
 from typing import Any, cast
 
@@ -22,8 +25,10 @@ from agentlightning.runner import LitAgentRunner
 from agentlightning.store.base import LightningStore
 from agentlightning.store.client_server import API_V1_AGL_PREFIX
 from agentlightning.tracer.otel import OtelTracer
+from agentlightning.utils.server_launcher import PythonServerLauncherArgs
 
 from agl_tinker.config import TrainConfig
+from agl_tinker.preflight import check_setup
 from agl_tinker.runner import DeadlineRunner
 from agl_tinker.store_server import RUN_PATH, LeanStoreServer
 from agl_tinker.supervise import RunnerSupervisor
@@ -54,7 +59,7 @@ class TinkerAlgorithm(agl.Algorithm):
         on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
     ) -> None:
         super().__init__()
-        config.validate()
+        check_setup(config, check_service=service is None)  # fail now, before any server or runner
         self.config = config
         self.required_fields = tuple(required_fields)
         self.service = service
@@ -172,7 +177,9 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
         if not self.managed_store:
             await super()._execute_algorithm(algorithm, store, stop_evt)
             return
-        server = LeanStoreServer(store, host=self.server_host, port=self.server_port, run_id=self.run_id)
+        server = LeanStoreServer(
+            store, launcher_args=store_launcher_args(self.server_host, self.server_port), run_id=self.run_id
+        )
         await server.start()
         try:
             await algorithm(server, stop_evt)
@@ -194,6 +201,10 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
         # A runner process outlives a training process that was killed (SIGKILL, OOM) and would
         # poll a store that is gone forever: watch for that (from the start) and stop.
         watch = asyncio.create_task(_stop_when_orphaned(stop_evt)) if mp.parent_process() else None
+        if mp.parent_process() is not None:
+            # A terminal's Ctrl-C reaches the whole process group; the process that started this
+            # runner stops it through stop_evt (then SIGTERM), so it has nothing to say here.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             # Runner processes start while the algorithm is still importing and starting the
             # server; Agent-lightning's client then logs "Server is not healthy yet" warnings
@@ -225,6 +236,22 @@ def _runner_process(
     except BaseException:
         logger.exception("runner %d crashed; signaling stop event", worker_id)
         raise
+
+
+def store_launcher_args(host: str, port: int) -> PythonServerLauncherArgs:
+    """How a store server is started: as ``LightningStoreServer(host=, port=)`` does, but quiet.
+
+    The address runners use is the bound one (no "No access host provided" warning), and uvicorn
+    logs its start and stop lines only when INFO logging is on (``agl-tinker -v``).
+    """
+    return PythonServerLauncherArgs(
+        host=host,
+        port=port,
+        access_host=host,
+        launch_mode="thread",
+        healthcheck_url=API_V1_AGL_PREFIX + "/health",
+        log_level=logging.INFO if logging.getLogger().isEnabledFor(logging.INFO) else logging.WARNING,
+    )
 
 
 async def _stop_when_orphaned(stop_evt: ExecutionEvent) -> None:
@@ -301,16 +328,53 @@ def fit(
         runner=fast_runner(),
         strategy=LeanServerStrategy(n_runners=n_runners, server_host=store_host, server_port=store_port),
     )
-    trainer.fit(agent, train_dataset=list(train_tasks), val_dataset=list(val_tasks) if val_tasks else None)
+    with _interrupt_watch() as interrupted:
+        trainer.fit(
+            agent, train_dataset=list(train_tasks), val_dataset=list(val_tasks) if val_tasks else None
+        )
     if algorithm.error is not None:
         raise algorithm.error
     if algorithm.result is None:
+        if interrupted:
+            raise KeyboardInterrupt  # Agent-lightning stopped its processes and swallowed the Ctrl-C
         raise RuntimeError("training did not finish: see the log above")
     return algorithm.result
 
 
 def _bind_host(host: str) -> str:
     return "127.0.0.1" if host == "localhost" else host
+
+
+@contextlib.contextmanager
+def _interrupt_watch() -> Iterator[list[bool]]:
+    """Note a Ctrl-C (a non-empty list) and keep the shutdown it starts quiet.
+
+    Agent-lightning's strategy turns Ctrl-C into an orderly stop of its processes and then
+    returns as if the run had ended; the note lets :func:`fit` raise ``KeyboardInterrupt`` after
+    all, so callers can tell "stopped" from "failed". The warnings and cancellation tracebacks
+    that the stop logs on the way are what the user asked for, not news, so they are muted.
+    """
+    interrupted: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    loggers = [logging.getLogger(name) for name in ("agentlightning", "agl_tinker", "asyncio")]
+    levels = [lg.level for lg in loggers]
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if not logging.getLogger().isEnabledFor(logging.INFO):
+            for lg in loggers:
+                lg.setLevel(logging.CRITICAL)
+        interrupted.append(True)
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _free_port(host: str) -> int:

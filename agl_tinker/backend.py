@@ -36,12 +36,7 @@ def service_client(backend: str | None = None, **kwargs: Any) -> Any:
     """
     name = backend_name(backend)
     if name == "live":
-        if not os.environ.get("TINKER_API_KEY") and "api_key" not in kwargs:
-            raise BackendError(
-                f"{BACKEND_ENV}=live needs TINKER_API_KEY in the environment (or unset {BACKEND_ENV} "
-                "to use the offline simulator; to try live mode offline, run `agl-tinker sim-server` "
-                "and set TINKER_BASE_URL to its URL and TINKER_API_KEY=tml-local)"
-            )
+        _require_key(kwargs)
         import tinker
 
         base_url = kwargs.pop("base_url", None) or os.environ.get("TINKER_BASE_URL") or None
@@ -63,3 +58,42 @@ def get_tokenizer(model_name: str) -> Any:
 
     register_offline_qwen3_tokenizers()
     return cookbook_get_tokenizer(model_name)
+
+
+def supported_models(backend: str | None = None) -> list[str]:
+    """Names of the base models the chosen backend serves (its ``get_server_capabilities``).
+
+    Live mode asks the service (``tinker.RestClient``, no training session); the simulator
+    answers from its catalog. Raises :class:`BackendError` for a missing key or an unreachable
+    service, with a one-line reason.
+    """
+    name = backend_name(backend)
+    if name == "live":
+        _require_key({})
+        import tinker
+
+        try:
+            caps = tinker.RestClient().get_server_capabilities().result()
+        except Exception as e:  # the SDK's connection, auth and status errors alike
+            raise BackendError(f"could not ask Tinker which models it serves: {type(e).__name__}: {e}") from e
+    else:
+        from fakes.tinker.rest import capabilities
+
+        caps = capabilities()
+    return [m.model_name for m in caps.supported_models if m.model_name]
+
+
+def offline_tokenizer_covers(model_name: str) -> bool:
+    """Whether :func:`get_tokenizer` serves ``model_name`` without a Hugging Face download."""
+    from fakes.tokenizer import QWEN3_MODEL_NAMES
+
+    return model_name in QWEN3_MODEL_NAMES
+
+
+def _require_key(kwargs: dict[str, Any]) -> None:
+    if not os.environ.get("TINKER_API_KEY") and "api_key" not in kwargs:
+        raise BackendError(
+            f"{BACKEND_ENV}=live needs TINKER_API_KEY in the environment (or unset {BACKEND_ENV} "
+            "to use the offline simulator; to try live mode offline, run `agl-tinker sim-server` "
+            "and set TINKER_BASE_URL to its URL and TINKER_API_KEY=tml-local)"
+        )

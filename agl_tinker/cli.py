@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import chz
+from chz.blueprint import (
+    ConstructionException,
+    ExtraneousBlueprintArg,
+    InvalidBlueprintArg,
+    MissingBlueprintArg,
+)
 
 
 def _smoke(args: argparse.Namespace) -> int:
@@ -32,30 +43,302 @@ def _store(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hello_settings(args: argparse.Namespace) -> object:
-    from examples.hello.train import HelloSettings, default_log_path
+# -- key=value settings ------------------------------------------------------------------------
+#
+# Every training command builds a TrainConfig (and its own settings object) with chz, in layers:
+# the example's presets, then the command's flags (--steps, --log-path, ...), then key=value
+# arguments. `--help` prints chz's table of every setting with its value, source and docstring.
+# Nothing heavy is imported and nothing is started until both are built and checked.
 
-    log_path = args.log_path or default_log_path()
-    settings = HelloSettings.ci(log_path) if args.ci else HelloSettings(log_path=log_path)
-    overrides = {k: getattr(args, k) for k in ("steps", "n_runners") if getattr(args, k, None) is not None}
-    return HelloSettings(**{**settings.__dict__, **overrides})
+_KEY_VALUE = re.compile(r"^[A-Za-z_][\w.]*=")
+_STORE_URL = "http://127.0.0.1:4747"
+
+
+@chz.chz
+class OneClickSettings:
+    """Settings of a one-click run besides its TrainConfig."""
+
+    n_runners: int = chz.field(default=2, doc="Runner processes started next to the algorithm.")
+
+
+@chz.chz
+class AlgoSettings:
+    """Settings of the split-mode algorithm role besides its TrainConfig."""
+
+    store: str = chz.field(default=_STORE_URL, doc="URL of the store server the runners also use.")
+
+
+@chz.chz
+class RunnerSettings:
+    """Settings of the split-mode runner role (it trains nothing, so it takes no TrainConfig)."""
+
+    store: str = chz.field(default=_STORE_URL, doc="URL of the store server the algorithm feeds.")
+    n_runners: int = chz.field(default=2, doc="Runner processes to start.")
+
+
+@chz.chz
+class Q20DryrunSettings:
+    """Settings of `q20 dryrun`."""
+
+    games: int = chz.field(default=4, doc="Games to play against the untrained policy.")
+    out: str = chz.field(default="q20_dryrun.jsonl", doc="JSONL file the games are written to.")
+
+
+@chz.chz
+class Q20EvaluateSettings:
+    """Settings of `q20 evaluate`."""
+
+    split: str = chz.field(default="val", doc="Tasks to play: 'train', 'val' or 'all'.")
+    limit: int | None = chz.field(default=None, doc="Play only the first N tasks (None: all).")
+    out: str = chz.field(default="q20_eval.jsonl", doc="JSONL file the games are written to.")
+    base_url: str | None = chz.field(
+        default=None, doc="OpenAI-compatible /v1 URL to evaluate (None: the backend's base model, offline)."
+    )
+    model: str = chz.field(default="Qwen/Qwen3-4B-Instruct-2507", doc="Model name to evaluate.")
+
+
+_FLAG_KEYS = {
+    "steps": "max_steps",
+    "log_path": "log_path",
+    "n_runners": "n_runners",
+    "store": "store",
+    "games": "games",
+    "base_url": "base_url",
+    "model": "model",
+    "split": "split",
+    "limit": "limit",
+    "out": "out",
+}
+"""argparse destination -> setting name: given flags are one more layer, under key=value arguments."""
+
+
+class UsageError(ValueError):
+    """A command-line argument cannot be used; the message says which and what to do."""
+
+
+def split_key_values(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``argv`` -> (arguments for argparse, ``key=value`` settings)."""
+    rest: list[str] = []
+    settings: list[str] = []
+    for arg in argv:
+        (settings if _KEY_VALUE.match(arg) else rest).append(arg)
+    return rest, settings
+
+
+def _route(key_values: Sequence[str], targets: Sequence[type], command: str) -> list[list[str]]:
+    """Assign each ``key=value`` to the first target with that field; an unknown key is an error."""
+    routed: list[list[str]] = [[] for _ in targets]
+    known = [set(chz.chz_fields(t)) for t in targets]
+    for arg in key_values:
+        key = arg.split("=", 1)[0].split(".", 1)[0]
+        for names, bucket in zip(known, routed, strict=True):
+            if key in names:
+                bucket.append(arg)
+                break
+        else:
+            close = difflib.get_close_matches(key, sorted(set().union(*known)), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UsageError(f"unknown setting {key!r} for {command}: {hint}(`{command} --help` lists them)")
+    return routed
+
+
+Layers = Sequence[tuple[str, Mapping[str, Any]]]
+
+
+def _blueprint(target: type, layers: Layers) -> chz.Blueprint[Any]:
+    blueprint = chz.Blueprint(target)
+    for name, values in layers:
+        if values:
+            blueprint.apply(dict(values), layer_name=name)
+    return blueprint
+
+
+def make_settings(target: type, layers: Layers, key_values: Sequence[str]) -> Any:
+    """``target`` built by chz from ``layers`` (lowest first), then the ``key=value`` arguments."""
+    try:
+        return _blueprint(target, layers).apply_from_argv(list(key_values)).make()
+    except InvalidBlueprintArg as e:
+        raise UsageError(_cast_error(str(e))) from e
+    except (ConstructionException, ExtraneousBlueprintArg, MissingBlueprintArg) as e:
+        raise UsageError(_one_line(str(e))) from e
+
+
+def _cast_error(text: str) -> str:
+    """chz's multi-line "could not interpret" error as ``name=value: reason``."""
+    match = re.search(r"argument '(.*)' provided for param '(.*?)'", text)
+    lines = [ln.strip() for ln in text.splitlines()]
+    marker = "- Failed to interpret it as a value:"
+    reason = lines[lines.index(marker) + 1] if marker in lines[:-1] else ""
+    if match is None:
+        return _one_line(text)
+    return f"{match[2]}={match[1]}: {reason or 'not a valid value'} (`--help` lists the settings and their types)"
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Append --help")]
+    return " ".join(lines)
+
+
+def _flag_values(args: argparse.Namespace, target: type) -> dict[str, Any]:
+    names = set(chz.chz_fields(target))
+    values = {_FLAG_KEYS[k]: v for k, v in vars(args).items() if k in _FLAG_KEYS and v is not None}
+    return {k: v for k, v in values.items() if k in names}
+
+
+def _train_config_type() -> type:
+    from agl_tinker.config import TrainConfig
+
+    return TrainConfig
+
+
+def _train_layers(
+    args: argparse.Namespace, example: str, presets: Any
+) -> list[tuple[str, Mapping[str, Any]]]:
+    ci = bool(getattr(args, "ci", False))
+    return [
+        (f"{example} --ci" if ci else f"{example} defaults", presets.CI if ci else presets.DEFAULTS),
+        ("a new directory per run", {"log_path": presets.default_log_path()}),
+        ("flags", _flag_values(args, _train_config_type())),
+    ]
+
+
+class Command:
+    """The settings one command builds: a TrainConfig (training commands) and its own settings."""
+
+    def __init__(self, name: str, own: type, train_layers: Layers | None) -> None:
+        self.name = name
+        self.own = own
+        self.train_layers = train_layers
+
+    def help(self, args: argparse.Namespace) -> str:
+        """chz's tables of every ``key=value`` setting, with its value, source and docstring."""
+        parts = []
+        if self.train_layers is not None:
+            table = _blueprint(_train_config_type(), self.train_layers).get_help(color=False)
+            parts.append("training settings (TrainConfig), as key=value:\n" + _arguments_of(table))
+        table = _blueprint(self.own, [("flags", _flag_values(args, self.own))]).get_help(color=False)
+        parts.append(f"settings of {self.name}, as key=value:\n" + _arguments_of(table))
+        return "\n".join(parts)
+
+    def build(self, args: argparse.Namespace, key_values: Sequence[str]) -> tuple[Any, Any]:
+        """(TrainConfig or None, own settings), both checked: a bad setting raises before anything starts."""
+        targets = [self.own] if self.train_layers is None else [_train_config_type(), self.own]
+        routed = _route(key_values, targets, self.name)
+        own = make_settings(self.own, [("flags", _flag_values(args, self.own))], routed[-1])
+        _check_own(own)
+        if self.train_layers is None:
+            return None, own
+        from agl_tinker.preflight import check_setup
+
+        config = make_settings(_train_config_type(), self.train_layers, routed[0])
+        check_setup(config)
+        return config, own
+
+
+def _arguments_of(help_text: str) -> str:
+    """The argument table of chz's help, without its entry-point header."""
+    marker = "Arguments:\n"
+    return help_text.split(marker, 1)[-1] if marker in help_text else help_text
+
+
+def _check_own(settings: Any) -> None:
+    from agl_tinker.config import ConfigError
+
+    for name in ("n_runners", "games", "limit"):
+        value = getattr(settings, name, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    split = getattr(settings, "split", None)
+    if split is not None and split not in ("train", "val", "all"):
+        raise ConfigError(f"split must be one of 'train', 'val', 'all', got {split!r}")
+
+
+def _hello_command(args: argparse.Namespace) -> Command:
+    from examples.hello import presets
+
+    name = "agl-tinker hello" + (f" {args.mode}" if args.mode else "")
+    if args.mode == "runner":
+        return Command(name, RunnerSettings, None)
+    own = AlgoSettings if args.mode == "algo" else OneClickSettings
+    return Command(name, own, _train_layers(args, "hello", presets))
+
+
+def _q20_command(args: argparse.Namespace) -> Command:
+    from examples.q20 import presets
+
+    name = f"agl-tinker q20 {args.mode}"
+    if args.mode == "dryrun":
+        return Command(name, Q20DryrunSettings, None)
+    if args.mode == "evaluate":
+        return Command(name, Q20EvaluateSettings, None)
+    return Command(name, OneClickSettings, _train_layers(args, "q20", presets))
+
+
+# -- running, stopping, resuming ---------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a run; the message says where, and how to resume."""
+
+
+class StepTracker:
+    """``on_step`` callback that remembers how far a run got, for the Ctrl-C message."""
+
+    def __init__(self, log_path: str, n_steps: int | None = None) -> None:
+        self.log_path = log_path
+        self.n_steps = n_steps
+        self.last_step: int | None = None
+
+    def __call__(self, step: int, metrics: Mapping[str, Any]) -> None:
+        self.last_step = step
+
+    def stopped_message(self, log_path_given: bool) -> str:
+        """``stopped at step N; rerun ... to resume from checkpoint ...`` (steps 0-based, as everywhere)."""
+        from tinker_cookbook import checkpoint_utils
+
+        if self.last_step is None:
+            stopped = "stopped"
+        elif self.n_steps is not None and self.last_step + 1 >= self.n_steps:
+            stopped = f"stopped after the last step ({self.last_step}), before the final checkpoint"
+        else:
+            stopped = f"stopped at step {self.last_step + 1}"
+        again = "rerun the same command" if log_path_given else f"rerun with --log-path {self.log_path}"
+        checkpoint = checkpoint_utils.get_last_checkpoint(self.log_path)
+        if checkpoint is None:
+            return f"{stopped}, before the first checkpoint; {again} to start again"
+        return f"{stopped}; {again} to resume from checkpoint {checkpoint.name} ({checkpoint.state_path})"
+
+
+def _train(args: argparse.Namespace, config: Any, run: Callable[[StepTracker], Any]) -> Any:
+    """``run(on_step)``, with Ctrl-C turned into :class:`Interrupted` carrying the resume hint."""
+    tracker = StepTracker(config.log_path, config.max_steps)
+    try:
+        return run(tracker)
+    except KeyboardInterrupt:
+        given = bool(args.log_path) or any(kv.startswith("log_path=") for kv in args.key_values)
+        raise Interrupted(tracker.stopped_message(given)) from None
 
 
 def _hello(args: argparse.Namespace) -> int:
-    from examples.hello.train import print_summary, run_algo, run_one_click, run_runners
+    config, own = _hello_command(args).build(args, args.key_values)
+    if config is None:
+        from examples.hello.train import run_runners
 
-    mode = args.mode or "one-click"
-    if mode == "runner":
-        run_runners(args.store, args.n_runners or 2)
+        run_runners(own.store, own.n_runners)
         return 0
-    settings = _hello_settings(args)
-    print(f"Hello 1024 ({mode}), logging to {settings.log_path}", flush=True)  # type: ignore[attr-defined]
-    result = run_algo(settings, args.store) if mode == "algo" else run_one_click(settings)  # type: ignore[arg-type]
+    from examples.hello.train import print_summary, run_algo, run_one_click
+
+    print(f"Hello 1024 ({args.mode or 'one-click'}), logging to {config.log_path}", flush=True)
+    if args.mode == "algo":
+        result = _train(args, config, lambda on_step: run_algo(config, own.store, on_step=on_step))
+    else:
+        result = _train(args, config, lambda on_step: run_one_click(config, own.n_runners, on_step=on_step))
     print_summary(result)
     return 0
 
 
 def _print_transcripts(path: str) -> None:
+    """Each game of a JSONL file: its outcome, then every message, tool calls and results included."""
     import json
 
     with open(path) as f:
@@ -65,43 +348,46 @@ def _print_transcripts(path: str) -> None:
                 f"--- {game.get('category')}: {game.get('answer')} (won={game.get('won')}, turns={game.get('turns')})"
             )
             for m in game.get("messages", [])[1:]:
-                text = m.get("content") or ""
-                calls = [
-                    c["function"]["name"] + c["function"]["arguments"] for c in m.get("tool_calls") or []
-                ]
-                print(f"  {m['role']:>9}: {(text or ' '.join(calls))[:110]}")
+                print(f"  {m['role']:>9}: {_message_text(m)[:140]}")
+
+
+def _message_text(message: Mapping[str, Any]) -> str:
+    text = str(message.get("content") or "").replace("\n", " ").strip()
+    calls = [
+        f"[calls {c['function']['name']}({c['function']['arguments']})]"
+        for c in message.get("tool_calls") or []
+    ]
+    if message.get("role") == "tool":
+        text = f"[{message.get('name') or 'tool'} result] {text}"
+    return " ".join([text, *calls] if text else calls)
 
 
 def _q20(args: argparse.Namespace) -> int:
     import asyncio
 
+    config, own = _q20_command(args).build(args, args.key_values)
     from examples.q20 import train as q20
 
     if args.mode == "dryrun":
-        out = args.out or "q20_dryrun.jsonl"
-        summary = asyncio.run(q20.run_dryrun(args.games, out))
-        _print_transcripts(out)
+        summary = asyncio.run(q20.run_dryrun(own.games, own.out))
+        _print_transcripts(own.out)
         print(summary.table())
+        print(f"games written to {own.out}")
         return 0
     if args.mode == "evaluate":
-        if args.base_url:
+        if own.base_url:
             from examples.q20.evaluate import main as evaluate_main
 
-            argv = ["--base-url", args.base_url, "--model", args.model, "--split", args.split]
-            argv += ["--out", args.out or "q20_eval.jsonl"]
-            argv += ["--limit", str(args.limit)] if args.limit else []
+            argv = ["--base-url", own.base_url, "--model", own.model, "--split", own.split, "--out", own.out]
+            argv += ["--limit", str(own.limit)] if own.limit else []
             return evaluate_main(argv)
-        out = args.out or "q20_eval.jsonl"
-        summary = asyncio.run(q20.run_evaluate_offline(args.split, out, args.limit))
+        summary = asyncio.run(q20.run_evaluate_offline(own.split, own.out, own.limit))
         print(summary.table())
-        print(f"games written to {out}")
+        print(f"games written to {own.out}")
         return 0
-    log_path = args.log_path or q20.default_log_path()
-    settings = q20.Q20Settings.ci(log_path) if args.ci else q20.Q20Settings(log_path=log_path)
-    if args.steps is not None:
-        settings = q20.Q20Settings(**{**settings.__dict__, "steps": args.steps})
-    print(f"20 Questions training, logging to {log_path}", flush=True)
-    q20.print_train_summary(q20.run_train(settings))
+    print(f"20 Questions training, logging to {config.log_path}", flush=True)
+    result = _train(args, config, lambda on_step: q20.run_train(config, own.n_runners, on_step=on_step))
+    q20.print_train_summary(result)
     return 0
 
 
@@ -120,9 +406,20 @@ def _sim_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-h", "--help", action="store_true", help="show this help and every key=value setting"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="also show servers' logs"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agl-tinker", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log at INFO level (servers' logs, tracebacks of errors)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     smoke = sub.add_parser("smoke", help="sample, fine-tune a few steps and sample again")
@@ -148,38 +445,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     hello = sub.add_parser(
         "hello",
+        add_help=False,
         help="Hello 1024: train the agent to say it is a given identity",
         description="One-click by default (store, algorithm and runners in one command); "
-        "'algo' and 'runner' run the split mode against a store started with `agl-tinker store` (or `agl store`).",
+        "'algo' and 'runner' run the split mode against a store started with `agl-tinker store` (or `agl store`). "
+        "Any setting listed below can be given as key=value, e.g. `agl-tinker hello learning_rate=0.01 n_runners=4`.",
     )
+    _common_flags(hello)
     hello.add_argument("mode", nargs="?", choices=["algo", "runner"], help="split-mode role")
     hello.add_argument("--ci", action="store_true", help="short configuration (finishes in under a minute)")
-    hello.add_argument("--steps", type=int, help="training steps")
-    hello.add_argument("--n-runners", type=int, help="runner processes (default 2)")
-    hello.add_argument("--log-path", help="where metrics, checkpoints and the reward curve go (resumes)")
-    hello.add_argument("--store", default="http://127.0.0.1:4747", help="store URL for split mode")
-    hello.set_defaults(func=_hello)
+    hello.add_argument("--steps", type=int, help="training steps (max_steps=)")
+    hello.add_argument("--n-runners", type=int, help="runner processes (n_runners=, default 2)")
+    hello.add_argument(
+        "--log-path", help="where metrics, checkpoints and the reward curve go; resumes (log_path=)"
+    )
+    hello.add_argument("--store", help=f"store URL for split mode (store=, default {_STORE_URL})")
+    hello.set_defaults(func=_hello, subparser=hello)
 
     q20 = sub.add_parser(
         "q20",
+        add_help=False,
         help="20 Questions with a search tool: dryrun, train, evaluate",
         description="dryrun plays a few games against the untrained policy and prints them; train runs "
         "one-click training; evaluate scores the base model offline, or any OpenAI-compatible model "
-        "with --base-url.",
+        "with --base-url. Any setting listed below can be given as key=value.",
     )
+    _common_flags(q20)
     q20.add_argument("mode", choices=["dryrun", "train", "evaluate"])
-    q20.add_argument("--games", type=int, default=4, help="dryrun: games to play")
+    q20.add_argument("--games", type=int, help="dryrun: games to play (games=, default 4)")
     q20.add_argument("--ci", action="store_true", help="train: a short configuration")
-    q20.add_argument("--steps", type=int, help="train: training steps")
-    q20.add_argument("--log-path", help="train: where metrics and checkpoints go (resumes)")
+    q20.add_argument("--steps", type=int, help="train: training steps (max_steps=)")
+    q20.add_argument("--log-path", help="train: where metrics and checkpoints go; resumes (log_path=)")
     q20.add_argument(
         "--base-url", help="evaluate: an OpenAI-compatible /v1 URL (default: the offline base model)"
     )
-    q20.add_argument("--model", default="Qwen/Qwen3-4B-Instruct-2507", help="evaluate: model name")
-    q20.add_argument("--split", default="val", choices=["train", "val", "all"])
+    q20.add_argument("--model", help="evaluate: model name (model=)")
+    q20.add_argument("--split", choices=["train", "val", "all"], help="evaluate: tasks to play (default val)")
     q20.add_argument("--limit", type=int, help="evaluate: play only the first N tasks")
-    q20.add_argument("--out", help="JSONL file for the games")
-    q20.set_defaults(func=_q20)
+    q20.add_argument("--out", help="dryrun/evaluate: JSONL file for the games")
+    q20.set_defaults(func=_q20, subparser=q20)
 
     sim_server = sub.add_parser(
         "sim-server",
@@ -194,18 +498,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_COMMANDS: dict[str, Callable[[argparse.Namespace], Command]] = {"hello": _hello_command, "q20": _q20_command}
+"""Commands that take ``key=value`` settings, and how each builds its settings."""
+
+
+def _print_help(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    print(parser.format_help())
+    print(_COMMANDS[args.command](args).help(args))
+
+
+def _error_line(error: BaseException) -> str:
+    return _one_line(str(error)) or type(error).__name__
+
+
+_USER_ERRORS = (
+    ("agl_tinker.config", "ConfigError"),
+    ("agl_tinker.backend", "BackendError"),
+    ("agl_tinker.data", "DatasetError"),
+    ("examples.q20.evaluate", "DatasetError"),
+)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: reported in one line, without a traceback (unless -v).
+
+    Looked up among the modules already imported: an error can only come from one of those, and
+    a misconfiguration must not wait for heavy imports to be reported.
+    """
+    found = [getattr(sys.modules[m], name) for m, name in _USER_ERRORS if m in sys.modules]
+    return (UsageError, *found)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    """Run one command; returns the exit status (2: unusable settings, 130: stopped by Ctrl-C)."""
+    rest, key_values = split_key_values(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(rest)
+    args.key_values = key_values
+    verbose = bool(getattr(args, "verbose", False))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     try:
+        if args.command in _COMMANDS and getattr(args, "help", False):
+            _print_help(args.subparser, args)
+            return 0
+        if key_values and args.command not in _COMMANDS:
+            raise UsageError(f"agl-tinker {args.command} takes no key=value settings: {' '.join(key_values)}")
         return int(args.func(args))
-    except Exception as exc:
+    except Interrupted as stop:
+        print(stop, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 130
+    except Exception as error:
         from agl_tinker.train import RUN_ERRORS
 
-        if not isinstance(exc, RUN_ERRORS):
+        if isinstance(error, RUN_ERRORS) and not verbose:
+            print(f"agl-tinker: error: {error}", file=sys.stderr)  # the run's own reason; no traceback
+            return 1
+        if verbose or not isinstance(error, _expected_errors()):
             raise
-        print(f"agl-tinker: error: {exc}", file=sys.stderr)  # the run's own reason; no traceback
-        return 1
+        print(f"agl-tinker: error: {_error_line(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import chz
 from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
 
-from agl_tinker.rewards import RewardMode, RewardOptions
+from agl_tinker.reward_mode import RewardMode
+
+if TYPE_CHECKING:
+    from agl_tinker.rewards import RewardOptions
 
 
 class ConfigError(ValueError):
@@ -22,88 +25,154 @@ EndpointMode = Literal["lean", "proxy"]
 class TrainConfig:
     """One RL run: model, batch shape, optimiser, rollout policy, evaluation, checkpoints, logging."""
 
-    log_path: str
-    """Metrics, checkpoints and the reward curve go here; an existing run here is resumed."""
-    model_name: str = "Qwen/Qwen3-4B-Instruct-2507"
-    renderer_name: str | None = None
-    """Cookbook renderer; ``None`` uses the one the cookbook recommends for ``model_name``."""
-    lora_rank: int = 16
-    learning_rate: float = 4e-5
-    loss_fn: LossFn = "importance_sampling"
-    loss_fn_config: dict[str, Any] | None = None
-    num_substeps: int = 1
-    kl_penalty_coef: float = 0.0
-    """> 0 adds a KL penalty against the base model to the advantages (cookbook's own)."""
-    kl_discount_factor: float = 0.0
+    log_path: str = chz.field(
+        doc="Metrics, checkpoints and the reward curve go here; an existing run here is resumed."
+    )
+    model_name: str = chz.field(
+        default="Qwen/Qwen3-4B-Instruct-2507",
+        doc="Base model to train (must be served by the backend; the simulator serves Qwen3 models).",
+    )
+    renderer_name: str | None = chz.field(
+        default=None, doc="Cookbook renderer; `None` uses the one the cookbook recommends for `model_name`."
+    )
+    lora_rank: int = chz.field(default=16, doc="LoRA rank of the trained adapter.")
+    learning_rate: float = chz.field(default=4e-5, doc="Adam learning rate of each optimiser step.")
+    loss_fn: LossFn = chz.field(
+        default="importance_sampling",
+        doc="Policy-gradient loss: 'importance_sampling' or 'ppo' (the cookbook's).",
+    )
+    loss_fn_config: dict[str, Any] | None = chz.field(
+        default=None, doc="Extra loss settings, e.g. PPO's clip thresholds."
+    )
+    num_substeps: int = chz.field(
+        default=1, doc="Optimiser steps per training step (the batch is split into this many minibatches)."
+    )
+    kl_penalty_coef: float = chz.field(
+        default=0.0, doc="> 0 adds a KL penalty against the base model to the advantages (cookbook's own)."
+    )
+    kl_discount_factor: float = chz.field(default=0.0, doc="Discount of the KL penalty over later tokens.")
 
-    batch_size: int = 8
-    """Tasks per training step."""
-    group_size: int = 4
-    """Rollouts per task; advantages are centred within each group."""
-    n_epochs: int = 1
-    max_steps: int | None = None
-    """Stop after this many steps even if epochs remain."""
-    seed: int = 0
-    val_fraction: float = 0.0
-    """When no validation set is given, hold out this fraction of the training tasks."""
+    batch_size: int = chz.field(default=8, doc="Tasks per training step.")
+    group_size: int = chz.field(default=4, doc="Rollouts per task; advantages are centred within each group.")
+    n_epochs: int = chz.field(default=1, doc="Passes over the training tasks when max_steps is not set.")
+    max_steps: int | None = chz.field(
+        default=None,
+        doc="Training steps; more than n_epochs cover cycles the data again (None: n_epochs passes).",
+    )
+    seed: int = chz.field(
+        default=0, doc="Seed of the data order, the validation split and the LoRA initialisation."
+    )
+    val_fraction: float = chz.field(
+        default=0.0, doc="When no validation set is given, hold out this fraction of the training tasks."
+    )
 
-    temperature: float = 1.0
-    max_tokens: int = 256
-    eval_every: int = 0
-    """Evaluate on the validation set every N steps (and at the end); 0 turns evaluation off."""
-    eval_temperature: float = 0.0
-    save_every: int = 0
-    """Full checkpoint (weights + optimiser) every N steps; 0 saves only at the end."""
+    temperature: float = chz.field(default=1.0, doc="Sampling temperature of training rollouts.")
+    max_tokens: int = chz.field(
+        default=256, doc="Default max_tokens of a completion when the agent does not pass one."
+    )
+    eval_every: int = chz.field(
+        default=0,
+        doc="Evaluate on the validation set every N steps (and at the end); 0 turns evaluation off.",
+    )
+    eval_temperature: float = chz.field(default=0.0, doc="Sampling temperature of validation rollouts.")
+    save_every: int = chz.field(
+        default=0, doc="Full checkpoint (weights + optimiser) every N steps; 0 saves only at the end."
+    )
 
-    reward_mode: RewardMode = RewardMode.FINAL
-    excluded_score: float | None = None
-    """``None`` excludes failed and reward-less rollouts; a number trains them with that return."""
-    min_valid_per_group: int = 2
-    remove_constant_reward_groups: bool = False
-    """Drop groups whose rollouts all scored the same (they carry no advantage signal)."""
-    max_abs_reward: float = 1e6
-    """A reward of larger magnitude (or NaN, infinite, not a number) excludes its rollout: ``bad_reward``."""
-    on_gap: Literal["exclude", "train"] = "exclude"
-    """A rollout that lost a call's span: ``exclude`` it (``gap``) or ``train`` the calls recorded."""
+    reward_mode: RewardMode = chz.field(
+        default=RewardMode.FINAL,
+        doc="'final': the last reward is the return; 'sum': their sum; 'per_step': each to the call before it.",
+    )
+    excluded_score: float | None = chz.field(
+        default=None,
+        doc="`None` excludes failed and reward-less rollouts; a number trains them with that return.",
+    )
+    min_valid_per_group: int = chz.field(
+        default=2, doc="A group with fewer usable rollouts than this is dropped (an advantage needs two)."
+    )
+    remove_constant_reward_groups: bool = chz.field(
+        default=False, doc="Drop groups whose rollouts all scored the same (they carry no advantage signal)."
+    )
+    max_abs_reward: float = chz.field(
+        default=1e6,
+        doc="A reward of larger magnitude (or NaN, infinite, not a number) excludes its rollout: `bad_reward`.",
+    )
+    on_gap: Literal["exclude", "train"] = chz.field(
+        default="exclude",
+        doc="A rollout that lost a call's span: 'exclude' it (`gap`) or 'train' the calls recorded.",
+    )
 
-    rollout_timeout_s: float | None = 300.0
-    max_attempts: int = 1
-    """Attempts per rollout; > 1 retries failed or timed-out attempts through ``RolloutConfig``."""
-    max_in_flight: int | None = None
-    batch_timeout_s: float | None = None
+    rollout_timeout_s: float | None = chz.field(
+        default=300.0, doc="A rollout running longer is timed out and excluded (None: no limit)."
+    )
+    max_attempts: int = chz.field(
+        default=1,
+        doc="Attempts per rollout; > 1 retries failed or timed-out attempts through `RolloutConfig`.",
+    )
+    max_in_flight: int | None = chz.field(
+        default=None, doc="Most rollouts enqueued and unfinished at once (None: the whole batch)."
+    )
+    batch_timeout_s: float | None = chz.field(
+        default=None,
+        doc="After this, a batch's unfinished rollouts are cancelled and excluded (None: wait for all).",
+    )
 
-    endpoint_mode: EndpointMode = "lean"
-    endpoint_host: str = "127.0.0.1"
-    """Bind address of the policy endpoint; set 0.0.0.0 (and ``endpoint_public_host``) for remote runners."""
-    endpoint_port: int = 0
-    endpoint_public_host: str | None = None
-    token_in_token_out: bool = True
-    max_context_tokens: int = 32768
+    endpoint_mode: EndpointMode = chz.field(
+        default="lean", doc="'lean' (aiohttp server, default) or 'proxy' (Agent-lightning's LLMProxy)."
+    )
+    endpoint_host: str = chz.field(
+        default="127.0.0.1",
+        doc="Bind address of the policy endpoint; set 0.0.0.0 (and `endpoint_public_host`) for remote runners.",
+    )
+    endpoint_port: int = chz.field(default=0, doc="Port of the policy endpoint (0: any free port).")
+    endpoint_public_host: str | None = chz.field(
+        default=None, doc="Host name runners on other machines use to reach the endpoint."
+    )
+    token_in_token_out: bool = chz.field(
+        default=True, doc="Reuse the sampled tokens of earlier assistant messages (no re-rendering drift)."
+    )
+    max_context_tokens: int = chz.field(
+        default=32768, doc="A prompt longer than this is refused before sampling."
+    )
 
-    wandb_project: str | None = None
-    wandb_name: str | None = None
+    wandb_project: str | None = chz.field(
+        default=None, doc="Weights & Biases project to log to (None: local files only)."
+    )
+    wandb_name: str | None = chz.field(default=None, doc="Weights & Biases run name.")
 
-    max_empty_steps: int = 3
-    """Stop the run (an error, exit code 1) after this many steps in a row with no rollout to
-    train on (all failed, timed out or without reward); each such step is logged as an error.
-    0 never stops."""
-    fresh_start: bool = False
-    """Start from step 0 with new weights even if ``log_path`` holds an earlier run; its
-    ``metrics.jsonl`` and ``checkpoints.jsonl`` are renamed aside (``.old-<time>``). Without it,
-    a ``log_path`` with metrics but no loadable checkpoint refuses to start."""
-    tinker_max_attempts: int = 6
-    """Tries per Tinker call (sampling, training, saving, client creation) on transient errors
-    (5xx, 408, 409, 429, connection errors: the SDK's own rules); 1 disables retries."""
-    tinker_retry_base_s: float = 0.5
-    """First retry delay; doubled per retry up to ``tinker_retry_max_s``, with +-25% jitter."""
-    tinker_retry_max_s: float = 10.0
+    max_empty_steps: int = chz.field(
+        default=3,
+        doc="Stop the run (an error, exit code 1) after this many steps in a row with no rollout to train on "
+        "(all failed, timed out or without reward); each such step is logged as an error. 0 never stops.",
+    )
+    fresh_start: bool = chz.field(
+        default=False,
+        doc="Start from step 0 with new weights even if `log_path` holds an earlier run; its metrics.jsonl and "
+        "checkpoints.jsonl are renamed aside (`.old-<time>`). Without it, a `log_path` with metrics but no "
+        "loadable checkpoint refuses to start.",
+    )
+    tinker_max_attempts: int = chz.field(
+        default=6,
+        doc="Tries per Tinker call (sampling, training, saving, client creation) on transient errors "
+        "(5xx, 408, 409, 429, connection errors: the SDK's own rules); 1 disables retries.",
+    )
+    tinker_retry_base_s: float = chz.field(
+        default=0.5, doc="First retry delay; doubled per retry up to `tinker_retry_max_s`, with +-25% jitter."
+    )
+    tinker_retry_max_s: float = chz.field(
+        default=10.0, doc="Longest delay between two tries of a Tinker call."
+    )
 
-    async_config: AsyncConfig | None = None
-    """Asynchronous off-policy training (the cookbook's): train as soon as ``groups_per_batch``
-    groups are complete while the next ones run; groups more than ``max_steps_off_policy`` weights
-    versions behind are requeued or dropped (``agl_tinker.async_loop``). ``None``: synchronous."""
-    stream_minibatch_config: StreamMinibatchConfig | None = None
-    """``forward_backward`` on each minibatch of groups as soon as it is complete (the cookbook's)."""
+    async_config: AsyncConfig | None = chz.field(
+        default=None,
+        doc="Asynchronous off-policy training (the cookbook's): train as soon as `groups_per_batch` groups are "
+        "complete while the next ones run; groups more than `max_steps_off_policy` weights versions behind are "
+        "requeued or dropped (`agl_tinker.async_loop`). None: synchronous.",
+    )
+    stream_minibatch_config: StreamMinibatchConfig | None = chz.field(
+        default=None,
+        doc="`forward_backward` on each minibatch of groups as soon as it is complete (the cookbook's).",
+    )
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values that would fail later, far from their cause."""
@@ -201,6 +270,8 @@ class TrainConfig:
         The core compares modes by identity, so a plain string such as ``"sum"`` must become the
         enum member here, or it would silently behave as neither mode.
         """
+        from agl_tinker.rewards import RewardOptions
+
         return RewardOptions(
             mode=RewardMode(self.reward_mode),
             excluded_score=self.excluded_score,

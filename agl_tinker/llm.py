@@ -223,8 +223,8 @@ class TinkerChatProvider(CustomLLM):
         model_input = tinker.ModelInput.from_ints(prompt)
         client = policy.sampling_client
 
-        def sample() -> Any:
-            return client.sample_async(prompt=model_input, num_samples=1, sampling_params=params)
+        def sample() -> Any:  # sample() returns an awaitable future; sample_async() is deprecated
+            return client.sample(prompt=model_input, num_samples=1, sampling_params=params)
 
         try:
             if isinstance(client, RetryingSamplingClient):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from agl_tinker._construct import construct
+from agl_tinker.reward_mode import RewardMode
 
 
 class RewardProblem(StrEnum):
@@ -40,15 +41,6 @@ class RewardEvent:
     dimensions: Mapping[str, float] = field(default_factory=dict)
     problem: RewardProblem | None = None
     """Set when the span's reward is unusable; ``value`` is then NaN and never trained on."""
-
-
-class RewardMode(StrEnum):
-    FINAL = "final"
-    """The last reward emitted is the episode return, credited to the last transition."""
-    PER_STEP = "per_step"
-    """Each reward is credited to the LLM call before it (earlier ones to the first transition)."""
-    SUM = "sum"
-    """The sum of all rewards is the return, credited to the last transition."""
 
 
 class ExclusionReason(StrEnum):

@@ -188,6 +188,8 @@ def _batch_metrics(
         f"{prefix}rollouts/no_reward_frac": exclusions.get("no_reward", 0) / n,
         f"{prefix}rollouts/excluded_frac": sum(exclusions.values()) / n,
         f"{prefix}reward/mean": sum(returns) / len(returns) if returns else None,
+        # share of scored rollouts with a positive return: a win or success rate for 0-on-failure rewards
+        f"{prefix}reward/positive_frac": sum(r > 0 for r in returns) / len(returns) if returns else None,
         f"{prefix}align/drift_events": drift,
         f"{prefix}align/sequences_per_trajectory": sequences / trajectories if trajectories else 0.0,
         f"{prefix}calls/total": calls,

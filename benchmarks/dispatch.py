@@ -49,7 +49,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -71,6 +70,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import agentlightning as agl
+from _stdout import emit_json, json_stdout  # benchmarks/ is on sys.path when a script runs
 from agentlightning.emitter.reward import get_reward_value
 from agentlightning.store.client_server import LightningStoreClient, LightningStoreServer
 from agentlightning.store.memory import InMemoryLightningStore
@@ -284,12 +284,13 @@ def _hello_main(conn: Any, log_dir: str) -> None:
     os.dup2(2, 1)  # the loop's progress lines must not reach the benchmark's JSON on stdout
     if not conn.recv():  # "go" once the dispatch phases are done; False means "not needed"
         return
-    from examples.hello.train import HelloSettings, run_one_click
+    from examples.hello.train import hello_config, run_one_click
 
-    settings = HelloSettings.ci(log_dir)
     marks: list[float] = []
     t0 = time.perf_counter()
-    run_one_click(settings, on_step=lambda _step, _metrics: marks.append(time.perf_counter()))
+    run_one_click(
+        hello_config(log_dir, ci=True), on_step=lambda _step, _metrics: marks.append(time.perf_counter())
+    )
     conn.send({"marks": [m - t0 for m in marks], "wall_s": time.perf_counter() - t0})
 
 
@@ -395,10 +396,11 @@ def main() -> None:
             "loadavg_1m": round(os.getloadavg()[0], 2),
         },
     }
-    print(json.dumps(out))
+    emit_json(out)
 
 
 if __name__ == "__main__":
     t0 = time.perf_counter()
-    main()
+    with json_stdout():
+        main()
     print(f"benchmark took {time.perf_counter() - t0:.1f}s", file=sys.stderr)

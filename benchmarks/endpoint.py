@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import multiprocessing
 import os
 import statistics
@@ -17,6 +16,8 @@ import sys
 import threading
 import time
 from typing import Any
+
+from _stdout import emit_json, json_stdout  # benchmarks/ is on sys.path when a script runs
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -50,7 +51,7 @@ class InstantSampler:
             ]
         )
 
-    async def sample_async(self, prompt: Any, num_samples: int, sampling_params: Any) -> Any:
+    async def sample(self, prompt: Any, num_samples: int, sampling_params: Any) -> Any:
         return self._response
 
 
@@ -149,11 +150,12 @@ async def main() -> None:
         baseline = await measure("proxy", pool)
         with_model = await measure("lean", pool, instant=False)
     with_model = {k: with_model[k] for k in ("overhead_ms_p50", "calls_per_s")}
-    print(json.dumps({**lean, "baseline": baseline, "lean_with_simulated_model": with_model}))
+    emit_json({**lean, "baseline": baseline, "lean_with_simulated_model": with_model})
 
 
 if __name__ == "__main__":
     import logging
 
     logging.disable(logging.WARNING)
-    asyncio.run(main())
+    with json_stdout():
+        asyncio.run(main())

@@ -12,7 +12,6 @@ timed batches, to be robust to a shared machine).
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import sys
@@ -25,6 +24,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _stdout import emit_json, json_stdout  # benchmarks/ is on sys.path when a script runs
 from agentlightning.adapter import TracerTraceToTriplet
 from agentlightning.types import Span
 
@@ -122,8 +122,9 @@ def main() -> None:
         assert len(adapter.adapt(spans)) == n
         ours[str(n)] = round(best_rate(partial(rollout_trajectory, spans, status="succeeded"), n, 0.25, 5))
         baseline[str(n)] = round(best_rate(partial(adapter.adapt, spans), n, 0.25, 3))
-    print(json.dumps({"calls_per_s": ours, "baseline_calls_per_s": baseline}))
+    emit_json({"calls_per_s": ours, "baseline_calls_per_s": baseline})
 
 
 if __name__ == "__main__":
-    main()
+    with json_stdout():
+        main()

@@ -8,12 +8,12 @@ Both are measured after a warm-up call, i.e. with the per-prompt candidate cache
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 import warnings
 
 import numpy as np
+from _stdout import emit_json, json_stdout  # benchmarks/ is on sys.path when a script runs
 from tinker import types
 
 from fakes.tinker import ServiceClient
@@ -87,18 +87,17 @@ def main() -> None:
             op.result()
             trained += sum(d.model_input.length for d in data)
         trained_per_s = trained / (time.perf_counter() - start)
-    print(
-        json.dumps(
-            {
-                "sampled_tokens_per_s": round(sampled_per_s),
-                "trained_tokens_per_s": round(trained_per_s),
-                "sample_calls_per_round": len(prompts),
-                "train_batch_datums": len(data),
-                "train_batch_tokens": sum(d.model_input.length for d in data),
-            }
-        )
+    emit_json(
+        {
+            "sampled_tokens_per_s": round(sampled_per_s),
+            "trained_tokens_per_s": round(trained_per_s),
+            "sample_calls_per_round": len(prompts),
+            "train_batch_datums": len(data),
+            "train_batch_tokens": sum(d.model_input.length for d in data),
+        }
     )
 
 
 if __name__ == "__main__":
-    main()
+    with json_stdout():
+        main()

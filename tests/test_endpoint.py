@@ -48,7 +48,7 @@ class RecordingClient:
         self.tokenizer = tokenizer
         self.lock = threading.Lock()
 
-    async def sample_async(self, prompt: tinker.ModelInput, num_samples: int, sampling_params: Any) -> Any:
+    async def sample(self, prompt: tinker.ModelInput, num_samples: int, sampling_params: Any) -> Any:
         if self.script:
             text = self.script.pop(0)
             tokens = [*self.tokenizer.encode(text, add_special_tokens=False), 151645]
@@ -57,7 +57,7 @@ class RecordingClient:
             )
             response = tinker.SampleResponse(sequences=[seq])
         else:
-            response = await self.inner.sample_async(
+            response = await self.inner.sample(
                 prompt=prompt, num_samples=num_samples, sampling_params=sampling_params
             )
         with self.lock:
@@ -345,9 +345,9 @@ async def test_lean_server_skips_litellm_dispatch_unless_asked(
 
 @pytest.mark.parametrize("logprobs", [False, True])
 @pytest.mark.parametrize("kind", ["text", "tool_calls", "text_and_tool_calls"])
-def test_lean_fast_path_body_and_span_equal_the_litellm_response(
+async def test_lean_fast_path_body_and_span_equal_the_litellm_response(
     tokenizer: Any, kind: str, logprobs: bool
-) -> None:
+) -> None:  # async only because the module's tests share one event loop (pytestmark)
     """The lean server builds its JSON and span attributes without LiteLLM's ModelResponse; they
     must be exactly what the ModelResponse path (LiteLLM dispatch, proxy mode) gives."""
     from litellm.types.utils import ModelResponse
@@ -381,7 +381,7 @@ def test_lean_fast_path_body_and_span_equal_the_litellm_response(
     )
 
 
-def test_rollout_attempt_is_read_from_either_server_s_metadata() -> None:
+async def test_rollout_attempt_is_read_from_either_server_s_metadata() -> None:  # see pytestmark
     """The lean server passes the attempt in metadata; LLMProxy's middleware as headers (a dict, or
     its repr under ``requester_custom_headers``); both the span logger and token reuse read them."""
     headers = {"X-Rollout-Id": "ro-1", "x-attempt-id": "at-1", "x-sequence-id": "3"}

@@ -440,3 +440,17 @@ def test_summary_groups_and_excludes_errors_from_rates() -> None:
     assert (
         "category=animal" in table and "search=on" in table and table.splitlines()[-1].startswith("overall")
     )
+
+
+def test_evaluate_progress_lines_off_a_terminal() -> None:
+    import io
+
+    from examples.q20.evaluate import GameProgress
+
+    stream = io.StringIO()
+    progress = GameProgress("evaluate", stream=stream)
+    for done in range(1, 21):
+        progress(done, 20, done // 4)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "evaluate: 2/20 games played, 0 won"  # every 10% of the games
+    assert lines[-1] == "evaluate: 20/20 games played, 5 won" and len(lines) == 10

@@ -120,7 +120,7 @@ class SeededSampler:
         if seed is None:
             raise RuntimeError("no sampling seed published: sample only from a GuessNumberEnv's rollout")
         params = sampling_params.model_copy(update={"seed": seed})
-        return await self.inner.sample_async(
+        return await self.inner.sample(
             prompt=prompt, num_samples=num_samples, sampling_params=params, **kwargs
         )
 

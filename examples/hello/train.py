@@ -9,11 +9,7 @@ machines.
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import agentlightning as agl
@@ -23,75 +19,51 @@ from agl_tinker.algo import LeanServerStrategy, fast_runner, fit
 from agl_tinker.config import TrainConfig
 from agl_tinker.report import summary_lines
 from agl_tinker.train import TrainResult, train
+from examples.hello import presets
 from examples.hello.agent import hello_agent, hello_dataset
+from examples.hello.presets import default_log_path
+
+__all__ = ["default_log_path", "hello_config", "print_summary", "run_algo", "run_one_click", "run_runners"]
 
 
-@dataclass(frozen=True)
-class HelloSettings:
-    """The knobs the command line exposes; everything else is TrainConfig's defaults."""
-
-    log_path: str
-    steps: int = 20
-    batch_size: int = 8
-    group_size: int = 4
-    learning_rate: float = 3e-2
-    lora_rank: int = 8
-    eval_every: int = 5
-    save_every: int = 5
-    n_runners: int = 2
-    max_tokens: int = 32
-
-    @classmethod
-    def ci(cls, log_path: str) -> HelloSettings:
-        """A short configuration that finishes in well under a minute offline."""
-        return cls(log_path=log_path, steps=6, batch_size=8, group_size=4, eval_every=3, save_every=3)
-
-    def config(self) -> TrainConfig:
-        return TrainConfig(
-            log_path=self.log_path,
-            max_steps=self.steps,
-            batch_size=self.batch_size,
-            group_size=self.group_size,
-            learning_rate=self.learning_rate,
-            lora_rank=self.lora_rank,
-            eval_every=self.eval_every,
-            save_every=self.save_every,
-            max_tokens=self.max_tokens,
-            min_valid_per_group=2,
-            rollout_timeout_s=60.0,
-        )
-
-
-def default_log_path() -> str:
-    return os.path.join(tempfile.gettempdir(), "agl-tinker", f"hello-{time.strftime('%Y%m%d-%H%M%S')}")
+def hello_config(log_path: str, *, ci: bool = False, **overrides: Any) -> TrainConfig:
+    """Hello 1024's ``TrainConfig``: :data:`presets.DEFAULTS` (or ``CI``), then ``overrides``."""
+    return TrainConfig(log_path=log_path, **{**(presets.CI if ci else presets.DEFAULTS), **overrides})
 
 
 def run_one_click(
-    settings: HelloSettings, on_step: Callable[[int, Mapping[str, Any]], None] | None = None
+    config: TrainConfig,
+    n_runners: int = 2,
+    on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Store, algorithm and ``n_runners`` runner processes, all from ``agl.Trainer``;
     ``on_step(step, metrics)`` after each training step."""
     return fit(
         hello_agent,
-        settings.config(),
+        config,
         hello_dataset("train"),
         hello_dataset("val"),
-        n_runners=settings.n_runners,
+        n_runners=n_runners,
         required_fields=("identity",),
         on_step=on_step,
     )
 
 
-def run_algo(settings: HelloSettings, store_url: str) -> TrainResult:
+def run_algo(
+    config: TrainConfig,
+    store_url: str,
+    on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
+) -> TrainResult:
     """The algorithm alone, against a store server that runners elsewhere also use."""
     store = LightningStoreClient(store_url)
     return asyncio.run(
         train(
-            settings.config(),
+            config,
             store,
             hello_dataset("train"),
             hello_dataset("val"),
             required_fields=("identity",),
+            on_step=on_step,
         )
     )
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from openai import AsyncOpenAI
 
@@ -169,6 +169,25 @@ def summarize(results: Sequence[GameResult], failed: Sequence[Q20Task] = ()) -> 
     )
 
 
+class GameProgress:
+    """``evaluate``'s progress on stderr: one redrawn line on a terminal, every ~10% of the games elsewhere."""
+
+    def __init__(self, label: str, stream: TextIO | None = None) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._shown = 0
+
+    def __call__(self, done: int, total: int, won: int) -> None:
+        line = f"{self.label}: {done}/{total} games played, {won} won"
+        if self.tty:
+            self.stream.write("\r\033[K" + line + ("\n" if done == total else ""))
+        elif done == total or done - self._shown >= max(1, total // 10):
+            self._shown = done
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
 async def evaluate(
     base_url: str,
     model: str,
@@ -182,8 +201,11 @@ async def evaluate(
     seed: int | None = None,
     answerer: Answerer | None = None,
     search: SearchTool | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> Summary:
     """Play every task once against ``base_url``; write ``out_path`` (JSONL) and return the summary.
+
+    ``progress(done, total, won)`` is called after each game (see :class:`GameProgress`).
 
     Lines are written as games finish and carry ``index`` (the task's position) so a partial file
     from an interrupted run still says which games it holds. ``seed`` seeds game ``i`` with
@@ -225,6 +247,8 @@ async def evaluate(
                         line = {"index": index, **result.to_json(), "error": None}
                     sink.write(json.dumps(line, ensure_ascii=False) + "\n")
                     sink.flush()
+                    if progress is not None:
+                        progress(len(results) + len(failed), len(parsed), sum(r.won for r in results))
 
             await asyncio.gather(*(one(i, t) for i, t in enumerate(parsed)))
     return summarize(results, failed)
@@ -262,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             temperature=args.temperature,
             max_tokens=args.max_tokens,
             seed=args.seed,
+            progress=GameProgress(f"evaluating {args.model}"),
         )
     )
     print(summary.table())

@@ -7,13 +7,10 @@ before spending anything on training.
 
 from __future__ import annotations
 
-import os
-import tempfile
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agentlightning.store.memory import InMemoryLightningStore
 
@@ -23,57 +20,33 @@ from agl_tinker.config import TrainConfig
 from agl_tinker.endpoint import EndpointConfig, start_endpoint
 from agl_tinker.report import summary_lines
 from agl_tinker.train import TrainResult
+from examples.q20 import presets
 from examples.q20.agent import q20_agent
-from examples.q20.evaluate import Summary, evaluate, load_dataset
+from examples.q20.evaluate import GameProgress, Summary, evaluate, load_dataset
+from examples.q20.presets import MODEL, default_log_path
 
-MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 REQUIRED_FIELDS = ("category", "answer", "search_enabled")
 
 
-@dataclass(frozen=True)
-class Q20Settings:
-    log_path: str
-    steps: int = 20
-    batch_size: int = 8
-    group_size: int = 4
-    learning_rate: float = 3e-2
-    n_runners: int = 2
-    max_tokens: int = 96
-
-    @classmethod
-    def ci(cls, log_path: str) -> Q20Settings:
-        return cls(log_path=log_path, steps=3, batch_size=4, group_size=4)
-
-    def config(self) -> TrainConfig:
-        return TrainConfig(
-            log_path=self.log_path,
-            model_name=MODEL,
-            max_steps=self.steps,
-            batch_size=self.batch_size,
-            group_size=self.group_size,
-            learning_rate=self.learning_rate,
-            lora_rank=8,
-            eval_every=5,
-            save_every=5,
-            max_tokens=self.max_tokens,
-            max_context_tokens=8192,
-            rollout_timeout_s=300.0,
-        )
+def q20_config(log_path: str, *, ci: bool = False, **overrides: Any) -> TrainConfig:
+    """20 Questions' ``TrainConfig``: :data:`presets.DEFAULTS` (or ``CI``), then ``overrides``."""
+    return TrainConfig(log_path=log_path, **{**(presets.CI if ci else presets.DEFAULTS), **overrides})
 
 
-def default_log_path() -> str:
-    return os.path.join(tempfile.gettempdir(), "agl-tinker", f"q20-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-def run_train(settings: Q20Settings) -> TrainResult:
+def run_train(
+    config: TrainConfig,
+    n_runners: int = 2,
+    on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
+) -> TrainResult:
     """One-click training: store, algorithm and runner processes in one command."""
     return fit(
         q20_agent,
-        settings.config(),
+        config,
         load_dataset("train"),
         load_dataset("val"),
-        n_runners=settings.n_runners,
+        n_runners=n_runners,
         required_fields=REQUIRED_FIELDS,
+        on_step=on_step,
     )
 
 
@@ -98,7 +71,17 @@ async def run_dryrun(games: int, out_path: str | Path, seed: int = 0) -> Summary
     """Play ``games`` training games against the untrained policy and print each transcript."""
     tasks = load_dataset("train")[:games]
     async with base_model_endpoint() as url:
-        summary = await evaluate(url, MODEL, None, tasks, out_path, concurrency=4, temperature=1.0, seed=seed)
+        summary = await evaluate(
+            url,
+            MODEL,
+            None,
+            tasks,
+            out_path,
+            concurrency=4,
+            temperature=1.0,
+            seed=seed,
+            progress=GameProgress("dryrun"),
+        )
     return summary
 
 
@@ -106,7 +89,17 @@ async def run_evaluate_offline(split: str, out_path: str | Path, limit: int | No
     """Evaluate the backend's base model (the simulator offline) on ``split``."""
     tasks = load_dataset(None if split == "all" else split)[:limit]
     async with base_model_endpoint() as url:
-        return await evaluate(url, MODEL, None, tasks, out_path, concurrency=8, temperature=0.7, seed=0)
+        return await evaluate(
+            url,
+            MODEL,
+            None,
+            tasks,
+            out_path,
+            concurrency=8,
+            temperature=0.7,
+            seed=0,
+            progress=GameProgress("evaluate"),
+        )
 
 
 def print_train_summary(result: TrainResult) -> None:
@@ -116,14 +109,24 @@ def print_train_summary(result: TrainResult) -> None:
         "final weights": result.final_sampler_path,
         "reward curve PNG": result.curve_path,
     }
-    for line in summary_lines("20 Questions", result.rewards, result.evals, paths, result.seconds):
+    lines = summary_lines("20 Questions", result.rewards, result.evals, paths, result.seconds)
+    rates = [(e["step"], e.get("eval/reward/positive_frac")) for e in result.evals]
+    rates = [(step, rate) for step, rate in rates if rate is not None]
+    if rates:  # a game's reward is > 0 exactly when it is won
+        (first_step, first), (last_step, last) = rates[0], rates[-1]
+        at = next(i for i, line in enumerate(lines) if line.startswith("wall time:"))
+        lines.insert(
+            at, f"validation win rate: {first:.0%} (step {first_step}) -> {last:.0%} (step {last_step})"
+        )
+    for line in lines:
         print(line)
 
 
 __all__: Sequence[str] = [
-    "Q20Settings",
+    "MODEL",
     "default_log_path",
     "print_train_summary",
+    "q20_config",
     "run_dryrun",
     "run_evaluate_offline",
     "run_train",

@@ -1,0 +1,34 @@
+"""20 Questions' training settings: the ``TrainConfig`` values ``agl-tinker q20 train`` starts from.
+
+Kept free of heavy imports so that the command line can check a configuration before it imports
+Agent-lightning or starts anything. ``key=value`` arguments override any of them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+MODEL = "Qwen/Qwen3-4B-Instruct-2507"
+
+DEFAULTS: dict[str, Any] = {
+    "model_name": MODEL,
+    "max_steps": 20,
+    "batch_size": 8,
+    "group_size": 4,
+    "learning_rate": 3e-2,
+    "lora_rank": 8,
+    "eval_every": 5,
+    "save_every": 5,
+    "max_tokens": 96,
+    "max_context_tokens": 8192,
+    "rollout_timeout_s": 300.0,
+}
+CI: dict[str, Any] = {**DEFAULTS, "max_steps": 3, "batch_size": 4}
+"""A short configuration (a few minutes offline)."""
+
+
+def default_log_path() -> str:
+    return os.path.join(tempfile.gettempdir(), "agl-tinker", f"q20-{time.strftime('%Y%m%d-%H%M%S')}")

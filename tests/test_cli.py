@@ -1,0 +1,192 @@
+"""The command line: key=value settings on every entry point, --help, fail-fast errors, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import chz
+import pytest
+
+from agl_tinker import cli
+from agl_tinker.algo import _interrupt_watch
+from agl_tinker.config import ConfigError, TrainConfig
+from agl_tinker.preflight import SetupError, check_log_path, check_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _args(argv: list[str]) -> Any:
+    rest, key_values = cli.split_key_values(argv)
+    args = cli.build_parser().parse_args(rest)
+    args.key_values = key_values
+    return args
+
+
+def _build(argv: list[str]) -> tuple[Any, Any]:
+    args = _args(argv)
+    command = cli._COMMANDS[args.command](args)
+    return command.build(args, args.key_values)
+
+
+def test_key_values_are_told_from_flags_and_positionals() -> None:
+    rest, kv = cli.split_key_values(
+        ["hello", "algo", "--store", "http://h:1", "learning_rate=0.1", "n_runners=3"]
+    )
+    assert rest == ["hello", "algo", "--store", "http://h:1"]
+    assert kv == ["learning_rate=0.1", "n_runners=3"]
+
+
+def test_hello_layers_presets_flags_then_key_values(tmp_path: Path) -> None:
+    flags = ["hello", "--ci", "--steps", "4", "--log-path", str(tmp_path)]
+    config, own = _build(
+        [*flags, "max_steps=5", "learning_rate=0.01", "rollout_timeout_s=7", "n_runners=3", "reward_mode=sum"]
+    )
+    assert isinstance(config, TrainConfig)
+    assert config.max_steps == 5  # key=value wins over --steps
+    assert config.learning_rate == 0.01 and config.rollout_timeout_s == 7.0
+    assert config.eval_every == 3  # from the --ci preset
+    assert config.log_path == str(tmp_path) and config.reward_mode == "sum"
+    assert own.n_runners == 3
+
+
+def test_every_entry_point_takes_its_own_settings(tmp_path: Path) -> None:
+    config, own = _build(
+        ["hello", "algo", "store=http://127.0.0.1:9", f"log_path={tmp_path}", "batch_size=2"]
+    )
+    assert own.store == "http://127.0.0.1:9" and config.batch_size == 2
+    config, own = _build(["hello", "runner", "--store", "http://h:2", "n_runners=5"])
+    assert config is None and own.store == "http://h:2" and own.n_runners == 5
+    config, own = _build(["q20", "train", "--ci", f"log_path={tmp_path}", "group_size=2", "n_runners=1"])
+    assert config.group_size == 2 and config.max_context_tokens == 8192 and own.n_runners == 1
+    _, own = _build(["q20", "evaluate", "split=train", "limit=3", "--out", str(tmp_path / "e.jsonl")])
+    assert (own.split, own.limit, own.out) == ("train", 3, str(tmp_path / "e.jsonl"))
+    _, own = _build(["q20", "dryrun", "games=2"])
+    assert own.games == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["hello", "learning_rat=1"], "did you mean 'learning_rate'"),
+        (["hello", "runner", "learning_rate=1"], "unknown setting 'learning_rate'"),
+        (["hello", "batch_size=x"], "batch_size=x: Could not cast 'x' to int"),
+        (["hello", "loss_fn=foo"], "loss_fn=foo"),
+        (["q20", "evaluate", "split=test"], "split must be one of"),
+        (["hello", "n_runners=0"], "n_runners must be >= 1"),
+    ],
+)
+def test_bad_settings_raise_one_clear_error(argv: list[str], fragment: str) -> None:
+    with pytest.raises((cli.UsageError, ConfigError)) as info:
+        _build(argv)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_help_lists_every_setting_with_its_default_and_docstring(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["hello", "--help"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and line.split()}
+    for name in chz.chz_fields(TrainConfig):
+        # name, type, value (source), docstring: a field without chz.field(doc=...) shows no doc
+        assert name in lines and not re.search(r"\((default|from [^)]*)\)$", lines[name].rstrip()), name
+    assert "n_runners" in out and "(from hello defaults)" in out and "Tasks per training step." in out
+    assert cli.main(["hello", "runner", "--help"]) == 0
+    out = capsys.readouterr().out
+    settings = out.split("as key=value:", 1)[1]
+    assert "store" in settings and "learning_rate" not in settings and "TrainConfig" not in out
+    for argv in (["q20", "train", "--help"], ["q20", "evaluate", "--help"], ["hello", "algo", "--help"]):
+        assert cli.main(argv) == 0, argv
+
+
+def _cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agl_tinker.cli", *argv],
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "fragment"),
+    [
+        (["hello"], {"AGL_TINKER_BACKEND": "live", "TINKER_API_KEY": ""}, "needs TINKER_API_KEY"),
+        (["hello", "model_name=Qwen/No-Such-Model"], {}, "model_name='Qwen/No-Such-Model' is not a model"),
+        (["hello", "--log-path", "/etc/hostname/run"], {}, "is under the file"),
+        (["q20", "train", "batch_size=0"], {}, "batch_size must be >= 1"),
+        (["hello", "max_steps=0"], {}, "max_steps must be >= 1"),
+        (["store", "port=1"], {}, "takes no key=value settings"),
+    ],
+)
+def test_misconfiguration_fails_before_anything_starts(
+    argv: list[str], env: dict[str, str], fragment: str
+) -> None:
+    run = _cli(*argv, env=env)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and lines[0].startswith("agl-tinker: error: "), run.stderr
+    assert "logging to" not in run.stdout  # nothing started
+    assert "agentlightning" not in run.stderr
+
+
+def test_verbose_shows_the_traceback() -> None:
+    run = _cli("-v", "hello", "batch_size=0")
+    assert run.returncode != 0 and "Traceback" in run.stderr and "ConfigError" in run.stderr
+
+
+def test_check_log_path(tmp_path: Path) -> None:
+    check_log_path(str(tmp_path / "new" / "deeper"))  # creatable: fine, and nothing is created
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SetupError, match="is a file"):
+        check_log_path(str(tmp_path / "file"))
+    with pytest.raises(SetupError, match="under the file"):
+        check_log_path(str(tmp_path / "file" / "run"))
+
+
+def test_check_model_names_the_served_models() -> None:
+    check_model("Qwen/Qwen3-8B")
+    with pytest.raises(SetupError, match="Qwen3"):
+        check_model("meta-llama/Llama-3.1-8B")
+
+
+def test_stopped_message_names_the_step_and_the_checkpoint(tmp_path: Path) -> None:
+    tracker = cli.StepTracker(str(tmp_path), n_steps=10)
+    assert "before the first checkpoint" in tracker.stopped_message(log_path_given=True)
+    with (tmp_path / "checkpoints.jsonl").open("w") as f:
+        f.write(json.dumps({"name": "000004", "batch": 4, "state_path": "tinker://r/weights/000004"}) + "\n")
+    tracker(5, {})
+    message = tracker.stopped_message(log_path_given=False)
+    assert message == (
+        f"stopped at step 6; rerun with --log-path {tmp_path} to resume from checkpoint 000004 "
+        "(tinker://r/weights/000004)"
+    )
+    tracker(9, {})
+    assert "after the last step (9)" in tracker.stopped_message(log_path_given=True)
+
+
+def test_a_ctrl_c_during_fit_is_noted_and_the_handler_restored() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), _interrupt_watch() as interrupted:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10_000):  # the handler runs between bytecodes
+            pass
+    assert interrupted == [True]
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_transcripts_show_tool_calls_and_results() -> None:
+    call = {"function": {"name": "search", "arguments": '{"query": "dog"}'}}
+    assert cli._message_text({"role": "assistant", "content": "Let me check.", "tool_calls": [call]}) == (
+        'Let me check. [calls search({"query": "dog"})]'
+    )
+    assert cli._message_text({"role": "tool", "name": "search", "content": "dogs bark"}) == (
+        "[search result] dogs bark"
+    )
