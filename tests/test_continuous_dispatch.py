@@ -43,16 +43,18 @@ def _requests(n: int) -> list[GroupRequest]:
 async def test_groups_come_out_as_they_finish_under_the_group_cap() -> None:
     store = await _store()
     outstanding_seen = []
-    async with InProcessRunners(store, _agent({0: 0.6}), concurrency=16):
-        async with ContinuousDispatcher(store, GROUP, _process, max_groups=3) as dispatcher:
-            await dispatcher.submit(_requests(6))
-            order = []
-            for _ in range(6):
-                outstanding_seen.append(dispatcher.running_groups + dispatcher.waiting_groups)
-                group = await dispatcher.next_group()
-                order.append(group.request.key)
-                assert [o.slot for o in group.outcomes] == list(range(GROUP))
-                assert all(o.result == ("succeeded", 1) for o in group.outcomes)  # the reward span
+    async with (
+        InProcessRunners(store, _agent({0: 0.6}), concurrency=16),
+        ContinuousDispatcher(store, GROUP, _process, max_groups=3) as dispatcher,
+    ):
+        await dispatcher.submit(_requests(6))
+        order = []
+        for _ in range(6):
+            outstanding_seen.append(dispatcher.running_groups + dispatcher.waiting_groups)
+            group = await dispatcher.next_group()
+            order.append(group.request.key)
+            assert [o.slot for o in group.outcomes] == list(range(GROUP))
+            assert all(o.result == ("succeeded", 1) for o in group.outcomes)  # the reward span
     assert max(outstanding_seen) <= 3
     assert sorted(order) == list(range(6))
     assert order.index(0) >= 2  # the slow group did not hold the others back
@@ -60,13 +62,15 @@ async def test_groups_come_out_as_they_finish_under_the_group_cap() -> None:
 
 async def test_requeued_group_goes_first_and_the_rollout_cap_holds() -> None:
     store = await _store()
-    async with InProcessRunners(store, _agent({}), concurrency=16):
-        async with ContinuousDispatcher(store, GROUP, _process, max_groups=1, max_rollouts=GROUP) as dispatcher:
-            await dispatcher.submit(_requests(3))
-            first = await dispatcher.next_group()
-            assert dispatcher.rollouts_in_flight <= GROUP
-            await dispatcher.submit([GroupRequest(first.request.key, first.request.task, attempt=1)], front=True)
-            rest = [await dispatcher.next_group() for _ in range(3)]
+    async with (
+        InProcessRunners(store, _agent({}), concurrency=16),
+        ContinuousDispatcher(store, GROUP, _process, max_groups=1, max_rollouts=GROUP) as dispatcher,
+    ):
+        await dispatcher.submit(_requests(3))
+        first = await dispatcher.next_group()
+        assert dispatcher.rollouts_in_flight <= GROUP
+        await dispatcher.submit([GroupRequest(first.request.key, first.request.task, attempt=1)], front=True)
+        rest = [await dispatcher.next_group() for _ in range(3)]
     # handing group 0 out dispatched group 1 at once; the requeued 0 goes before group 2
     assert [(g.request.key, g.request.attempt) for g in (first, *rest)] == [(0, 0), (1, 0), (0, 1), (2, 0)]
     assert dispatcher.max_rollouts_seen <= GROUP
@@ -89,8 +93,10 @@ async def test_process_errors_surface_from_next_group() -> None:
     def broken(rollout: Rollout, spans: Sequence[Span]) -> None:
         raise ValueError("boom")
 
-    async with InProcessRunners(store, _agent({}), concurrency=4):
-        async with ContinuousDispatcher(store, GROUP, broken) as dispatcher:
-            await dispatcher.submit(_requests(1))
-            with pytest.raises(Exception, match="boom"):
-                await asyncio.wait_for(dispatcher.next_group(), 30)
+    async with (
+        InProcessRunners(store, _agent({}), concurrency=4),
+        ContinuousDispatcher(store, GROUP, broken) as dispatcher,
+    ):
+        await dispatcher.submit(_requests(1))
+        with pytest.raises(Exception, match="boom"):
+            await asyncio.wait_for(dispatcher.next_group(), 30)
