@@ -95,13 +95,12 @@ class _Ledger:
         with self.path.open("a") as f:
             f.write(json.dumps(line) + "\n")
 
-    def loop_state(self, next_step: int) -> dict[str, Any]:
+    def loop_state(self) -> dict[str, Any]:
         """Checkpoint extras: every key below ``async_done_below`` is done, plus ``async_done``."""
         below = 0
         while below in self.done:
             below += 1
         return {
-            "batch": next_step,
             "async_done_below": below,
             "async_done": sorted(k for k in self.done if k > below),
         }
@@ -302,10 +301,11 @@ class _StepTrainer:
         self._minibatch, self._keys = [], []
         if not data:
             return
-        self.clock.begin()
-        future = self.loop.training_client.forward_backward(
+        # The ``_async`` spellings, as the cookbook's own train_step uses: they return the future.
+        future = await self.loop.training_client.forward_backward_async(
             [_remove_mask(d) for d in data], loss_fn=self.cfg.loss_fn, loss_fn_config=self.cfg.loss_fn_config
         )
+        self.clock.begin()
         self._pending_fb.append(future)
         self._substep_has_data = True
 
@@ -315,8 +315,8 @@ class _StepTrainer:
             return
         self._substep_has_data = False
         adam = tinker.AdamParams(learning_rate=self.cfg.learning_rate, beta1=0.9, beta2=0.95, eps=1e-8)
+        optim_future = await self.loop.training_client.optim_step_async(adam)
         self.clock.begin()
-        optim_future = self.loop.training_client.optim_step(adam)
         pending, self._pending_fb = self._pending_fb, []
         for future in pending:
             result = await self.clock.wait(future)
@@ -438,13 +438,7 @@ class _OverlappedRun:
                 metrics.update(step_metrics)
                 self.ml_logger.log_metrics(metrics, step=step)
                 if self.cfg.save_every and (step + 1) % self.cfg.save_every == 0 and step + 1 < self.n_steps:
-                    await checkpoint_utils.save_checkpoint_async(
-                        self.loop.training_client,
-                        f"{step + 1:06d}",
-                        self.cfg.log_path,
-                        self.ledger.loop_state(step + 1),
-                        kind="both",
-                    )
+                    await self.loop.checkpoint(f"{step + 1:06d}", step + 1, extra=self.ledger.loop_state())
                 self.result.steps.append({"step": step, **metrics})
                 self.loop.progress.step_done(step, self.n_steps, metrics)
                 if self.on_step is not None:
@@ -525,6 +519,7 @@ class _OverlappedRun:
                 "time/sampling_s": t_collected - last_end,
                 "time/training_s": t_trained - t_collected,
                 "time/swap_s": t_end - t_trained,
+                "time/trainer_busy_s": self.clock.busy_s - busy_before,
                 "time/trainer_idle_frac": max(0.0, 1.0 - (self.clock.busy_s - busy_before) / wall),
                 "time/sampler_idle_frac": min(1.0, (dispatcher.sampler_idle_s() - idle_before) / wall),
             }

@@ -521,8 +521,10 @@ class _Loop:
                 f"last: {why}. Check the agent (does it fail, or return no reward?) and the runners"
             )
 
-    async def checkpoint(self, name: str, next_step: int, final: bool = False) -> dict[str, str]:
-        loop_state: dict[str, Any] = {"batch": next_step}
+    async def checkpoint(
+        self, name: str, next_step: int, final: bool = False, extra: Mapping[str, Any] | None = None
+    ) -> dict[str, str]:
+        loop_state: dict[str, Any] = {**(extra or {}), "batch": next_step}
         if final:
             loop_state["final"] = True
         return await checkpoint_utils.save_checkpoint_async(

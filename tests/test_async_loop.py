@@ -19,8 +19,9 @@ import pytest
 from async_run import BATCH, hello_config, run_hello, with_stragglers
 from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
 
-from agl_tinker.async_loop import FINAL_OUTCOMES, LEDGER_FILE, effective_ledger
+from agl_tinker.async_loop import FINAL_OUTCOMES, LEDGER_FILE, _Ledger, effective_ledger
 from agl_tinker.config import ConfigError, TrainConfig
+from agl_tinker.continuous_dispatch import FinishedGroup, GroupRequest
 from examples.hello.agent import hello_rollout
 
 ENV = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1"}
@@ -74,6 +75,42 @@ def test_overlap_configs_that_do_not_fit_the_batch_are_refused(
 def test_synchronous_stays_the_default(tmp_path: Path) -> None:
     config = TrainConfig(log_path=str(tmp_path))
     assert config.async_config is None and config.stream_minibatch_config is None
+
+
+# --------------------------------------------------------------------------------------------- ledger
+
+
+def _group(key: int, attempt: int = 0) -> FinishedGroup[Any]:
+    return FinishedGroup(GroupRequest(key, {"identity": str(key)}, attempt), (), 0.0, 0.0)
+
+
+def test_checkpoint_records_done_groups_and_a_restart_supersedes_redone_steps(tmp_path: Path) -> None:
+    ledger = _Ledger(tmp_path / LEDGER_FILE, start_step=0)
+    ledger.record(0, _group(0), "trained", 0)
+    ledger.record(0, _group(2), "excluded", 0)
+    ledger.record(0, _group(1), "stale_requeued", 2)
+    ledger.record(1, _group(1, 1), "stale_dropped", 2)
+    ledger.record(1, _group(4), "trained", 1)
+    state = ledger.loop_state()
+    assert state == {"async_done_below": 3, "async_done": [4]}
+    ledger.record(2, _group(5), "trained", 1)  # after the checkpoint: lost with the kill
+
+    resumed = _Ledger.resume(tmp_path / LEDGER_FILE, 2, BATCH, state)
+    assert resumed.done == {0, 1, 2, 4}
+    resumed.record(2, _group(3), "trained", 0)
+    resumed.record(2, _group(5), "trained", 0)
+    kept = effective_ledger(tmp_path)
+    assert [(line["key"], line["outcome"]) for line in kept] == [
+        (0, "trained"),
+        (2, "excluded"),
+        (1, "stale_requeued"),
+        (1, "stale_dropped"),
+        (4, "trained"),
+        (3, "trained"),
+        (5, "trained"),
+    ]
+    # a synchronous checkpoint (no ledger keys) means whole batches done
+    assert _Ledger.resume(tmp_path / "x.jsonl", 2, BATCH, {}).done == set(range(2 * BATCH))
 
 
 # --------------------------------------------------------------------------------------------- async runs
