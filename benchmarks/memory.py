@@ -40,9 +40,10 @@ sys.path.insert(0, str(ROOT))
 from agentlightning.store.client_server import LightningStoreClient  # noqa: E402
 
 from agl_tinker.algo import fit, wait_for_store  # noqa: E402
+from agl_tinker.config import TrainConfig  # noqa: E402
 from agl_tinker.train import train  # noqa: E402
 from examples.hello.agent import hello_agent, hello_dataset  # noqa: E402
-from examples.hello.train import HelloSettings  # noqa: E402
+from examples.hello.train import hello_config  # noqa: E402
 
 
 def rss_mb(pid: int | None = None) -> float:
@@ -66,20 +67,19 @@ def slope(values: list[float], warmup: int) -> float | None:
     return cov / var
 
 
-def _settings(log_path: str, steps: int) -> HelloSettings:
-    return HelloSettings(log_path=log_path, steps=steps, eval_every=0, save_every=0)
+def _config(log_path: str, steps: int) -> TrainConfig:
+    return hello_config(log_path, max_steps=steps, eval_every=0, save_every=0)
 
 
 def one_click(steps: int) -> list[float]:
     """RSS of this process after each step of one-click Hello."""
     samples: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        settings = _settings(tmp, steps)
         fit(
             hello_agent,
-            settings.config(),
+            _config(tmp, steps),
             hello_dataset("train"),
-            n_runners=settings.n_runners,
+            n_runners=2,
             required_fields=("identity",),
             on_step=lambda step, metrics: samples.append(rss_mb()),
         )
@@ -94,9 +94,8 @@ def _split_algorithm(url: str, steps: int, store_pid: int, out: Any) -> None:
         store = LightningStoreClient(url)
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                settings = _settings(tmp, steps)
                 await train(
-                    settings.config(),
+                    _config(tmp, steps),
                     store,
                     hello_dataset("train"),
                     required_fields=("identity",),

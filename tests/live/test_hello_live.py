@@ -6,14 +6,13 @@ injected (the SDK retries them; the training loop sees no error); on real Tinker
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from statistics import mean
 
 import pytest
 
 import fakes.tinker as sim
-from examples.hello.train import HelloSettings, run_one_click
+from examples.hello.train import hello_config, run_one_click
 from fakes.wire import WireFaults, start_in_thread
 
 from .conftest import SIM_KEY, Target
@@ -34,8 +33,7 @@ FAULTS = WireFaults(
 
 
 def _train(tmp_path: Path, steps: int) -> list[float]:
-    settings = dataclasses.replace(HelloSettings.ci(str(tmp_path / "hello")), steps=steps)
-    result = run_one_click(settings)
+    result = run_one_click(hello_config(str(tmp_path / "hello"), ci=True, max_steps=steps))
     assert result.end_step == steps
     assert len(result.rewards) == steps
     assert result.final_sampler_path is not None and result.final_sampler_path.startswith("tinker://")
