@@ -21,9 +21,13 @@ from agentlightning.tracer.otel import OtelTracer
 
 from agl_tinker.config import TrainConfig
 from agl_tinker.store_server import LeanStoreServer
+from agl_tinker.tracing import repair_store_otlp_export
 from agl_tinker.train import TrainResult, train
 
 logger = logging.getLogger(__name__)
+
+# Runner tracers must reach the store, not an OTLP collector at localhost:4318 (see tracing.py).
+repair_store_otlp_export()
 
 
 class TinkerAlgorithm(agl.Algorithm):
@@ -63,8 +67,8 @@ class TinkerAlgorithm(agl.Algorithm):
             self.result = await train(
                 self.config,
                 self.get_store(),
-                list(train_dataset),
-                list(val_dataset) if val_dataset is not None else None,
+                _as_task_source(train_dataset),
+                _as_task_source(val_dataset) if val_dataset is not None else None,
                 required_fields=self.required_fields,
                 service=self.service,
                 show_progress=self.show_progress,
@@ -73,6 +77,11 @@ class TinkerAlgorithm(agl.Algorithm):
         except Exception as exc:
             self.error = exc
             raise
+
+
+def _as_task_source(dataset: Any) -> Any:
+    """A dataset as :func:`agl_tinker.train.train` takes it: a file path stays a path, anything else a list."""
+    return dataset if isinstance(dataset, (str, os.PathLike)) else list(dataset)
 
 
 def fast_runner(poll_interval: float = 0.05) -> LitAgentRunner[Any]:

@@ -28,7 +28,9 @@ Faults (``tests/reliability/README.md`` lists each, with what it costs):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -63,7 +65,7 @@ from agl_tinker.checkpoints import (
 from agl_tinker.config import TrainConfig
 from agl_tinker.data import TaskDataset, build_datasets
 from agl_tinker.endpoint import Endpoint, EndpointConfig, start_endpoint
-from agl_tinker.progress import ProgressDisplay
+from agl_tinker.progress import ProgressDisplay, step_label
 from agl_tinker.report import write_reward_curve
 from agl_tinker.retry import (
     Retrier,
@@ -188,6 +190,24 @@ def _batch_metrics(
     return groups, metrics
 
 
+def resume_message(name: str, state_path: str | None, start_step: int, n_steps: int) -> str:
+    """The line a resumed run prints before anything else happens."""
+    if start_step >= n_steps:
+        return f"resuming: checkpoint {name} ({state_path}) already covers all {n_steps} steps"
+    return f"resuming from checkpoint {name} ({state_path}): {start_step} steps done, continuing at step {start_step}"
+
+
+def _with_epochs_for(train_ds: TaskDataset, max_steps: int | None) -> TaskDataset:
+    """``train_ds`` with enough epochs for ``max_steps`` steps: a longer run cycles the data again.
+
+    Batch ``i`` does not depend on ``n_epochs`` (each epoch is its own seeded shuffle), so adding
+    epochs never changes the batches a shorter run or a resumed one trains on.
+    """
+    if max_steps is None or max_steps <= len(train_ds):
+        return train_ds
+    return dataclasses.replace(train_ds, n_epochs=math.ceil(max_steps / train_ds.batches_per_epoch))
+
+
 class _Loop:
     """State shared by the steps of one run (clients, endpoint, logger, datasets)."""
 
@@ -199,8 +219,10 @@ class _Loop:
         val_ds: TaskDataset | None,
         service: Any,
         show_progress: bool,
+        n_steps: int,
     ) -> None:
         self.config = config
+        self.n_steps = n_steps
         self.store = store
         self.train_ds = train_ds
         self.val_ds = val_ds
@@ -373,8 +395,7 @@ class _Loop:
         t0 = time.perf_counter()
         tasks = self.train_ds.get_batch(step)
         await self.check_store(step)
-        label = f"step {step + 1}/{len(self.train_ds)}"
-        batch = await self.run_batch(tasks, cfg.group_size, "train", label, step)
+        batch = await self.run_batch(tasks, cfg.group_size, "train", step_label(step, self.n_steps), step)
         t_sampled = time.perf_counter()
         rollout_groups, metrics = _batch_metrics(batch, step)
         metrics["rollouts/timeout"] = sum(1 for o in batch.outcomes if o.final_status == "timeout")
@@ -545,17 +566,16 @@ async def train(
         val=val_tasks,
         val_fraction=config.val_fraction if val_tasks is None else 0.0,
     )
-    n_steps = len(train_ds) if config.max_steps is None else min(config.max_steps, len(train_ds))
+    train_ds = _with_epochs_for(train_ds, config.max_steps)
+    n_steps = len(train_ds) if config.max_steps is None else config.max_steps
     log_path = Path(config.log_path)
     log_path.mkdir(parents=True, exist_ok=True)
-    loop = _Loop(config, store, train_ds, val_ds, service or backend.service_client(), show_progress)
+    loop = _Loop(config, store, train_ds, val_ds, service or backend.service_client(), show_progress, n_steps)
     resume = await loop.resume()
     start_step = int(resume.batch) if resume is not None and resume.batch is not None else 0
     result = TrainResult(log_path=log_path, start_step=start_step, end_step=max(start_step, n_steps))
-    if resume is not None:
-        logger.info("resuming from %s at step %d", resume.state_path, start_step)
-        if start_step < n_steps:
-            truncate_metrics(log_path, start_step)  # the steps from start_step on are redone
+    if resume is not None and start_step < n_steps:
+        truncate_metrics(log_path, start_step)  # the steps from start_step on are redone
     ml_logger = ml_log.setup_logging(
         log_dir=str(log_path),
         wandb_project=config.wandb_project,
@@ -563,9 +583,16 @@ async def train(
         config=config,
         do_configure_logging_module=False,
     )
+    if resume is not None:
+        loop.progress.note(resume_message(resume.name, resume.state_path, start_step, n_steps))
     try:
         await loop.start(start_step)
-        for step in range(start_step, n_steps):
+        sync_from = start_step
+        if config.async_config is not None or config.stream_minibatch_config is not None:
+            from agl_tinker.async_loop import run_overlapped  # it builds on this module
+
+            sync_from = await run_overlapped(loop, ml_logger, result, n_steps, resume, on_step)
+        for step in range(sync_from, n_steps):
             metrics: dict[str, Any] = {}
             if val_ds is not None and config.eval_every and step % config.eval_every == 0:
                 evaluation = await loop.evaluate(step)
