@@ -30,6 +30,7 @@ as the surviving weights saw it (lines of steps a restart redid are superseded).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -54,8 +55,15 @@ from tinker_cookbook.utils import ml_log
 from agl_tinker.align import RolloutTrajectory, trajectory_group
 from agl_tinker.config import TrainConfig
 from agl_tinker.continuous_dispatch import ContinuousDispatcher, FinishedGroup, GroupRequest
-from agl_tinker.rollout import BatchResult, DispatchConfig, DispatchStats, GroupResult
-from agl_tinker.train import TrainResult, _batch_metrics, _Loop
+from agl_tinker.rollout import (
+    BatchResult,
+    DispatchConfig,
+    DispatchStats,
+    GroupResult,
+    RolloutsLost,
+    StoreCallError,
+)
+from agl_tinker.train import StepStalled, StoreLost, TrainResult, _batch_metrics, _Loop
 
 __all__ = ["LEDGER_FILE", "effective_ledger", "overlapped", "run_overlapped"]
 
@@ -450,6 +458,23 @@ class _OverlappedRun:
         if left:
             logger.warning("%d groups were neither trained nor dropped when the run ended", left)
 
+    async def _next_group(
+        self, dispatcher: ContinuousDispatcher[RolloutTrajectory], step: int
+    ) -> FinishedGroup[RolloutTrajectory]:
+        """The next finished group; the run stops (never hangs) when none finishes for the stall
+        deadline times ``group_size`` (runners hung, dead or gone), or the store is lost."""
+        stall = self.loop.stall_timeout_s()
+        limit = None if stall is None else stall * self.cfg.group_size
+        try:
+            return await asyncio.wait_for(dispatcher.next_group(), limit)
+        except TimeoutError:
+            raise StepStalled(
+                f"no group finished for {limit:.0f}s at step {step}: are the runners alive, or stuck "
+                "inside agents? (rollout_timeout_s x max_attempts x group_size, plus grace)"
+            ) from None
+        except (StoreCallError, RolloutsLost) as exc:
+            raise StoreLost(self.loop._lost_message(step, exc)) from exc
+
     async def _step(
         self, dispatcher: ContinuousDispatcher[RolloutTrajectory], step: int, last_end: float
     ) -> dict[str, Any] | None:
@@ -463,7 +488,7 @@ class _OverlappedRun:
         while len(taken) < self.batch_size:
             if not (dispatcher.pending_groups or dispatcher.running_groups or dispatcher.waiting_groups):
                 break
-            group = await dispatcher.next_group()
+            group = await self._next_group(dispatcher, step)
             staleness, per_call = _staleness(group, step)
             if staleness > self.max_off_policy:
                 if dispatcher.pending_groups:

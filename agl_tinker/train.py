@@ -110,6 +110,10 @@ class NoTrainableRollouts(TrainingAborted):
     """``max_empty_steps`` steps in a row had no rollout to train on."""
 
 
+class StepStalled(TrainingAborted):
+    """Streaming/async training: no group finished for far longer than any rollout may take."""
+
+
 class StoreLost(TrainingAborted):
     """The LightningStore stopped answering, or restarted and forgot this run's rollouts."""
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import agentlightning as agl
 import pytest
 from reliability_harness import always_raises, hello_config, run_hello
 
 from agl_tinker import cli
+from agl_tinker.algo import fit
 from agl_tinker.config import ConfigError
 from agl_tinker.train import NoTrainableRollouts
+from examples.hello.agent import hello_dataset
 
 
 async def test_an_agent_that_always_raises_stops_the_run_after_max_empty_steps(
@@ -50,3 +53,15 @@ def test_the_cli_exits_1_with_the_reason(
     monkeypatch.setattr(hello_train, "run_one_click", fail)
     assert cli.main(["hello", "--ci", "--log-path", "unused"]) == 1
     assert "3 steps in a row had no rollout to train on" in capsys.readouterr().err
+
+
+async def _raising_rollout(task: dict[str, str], llm: agl.LLM) -> float:
+    raise RuntimeError("agent bug")
+
+
+@pytest.mark.slow
+def test_one_command_fit_with_runner_processes_raises_it_too(tmp_path: Path) -> None:
+    """``fit`` (agl.Trainer, a store server, a runner process) used to return normally here."""
+    config = hello_config(tmp_path / "run", max_steps=6, batch_size=2, group_size=2)
+    with pytest.raises(NoTrainableRollouts, match="excluded as 'failed'"):
+        fit(agl.rollout(_raising_rollout), config, hello_dataset("train")[:40], n_runners=1)

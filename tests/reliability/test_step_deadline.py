@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from agentlightning.types import Rollout, RolloutConfig, Span
 from reliability_harness import half_hang, hello_config, memory_store, run_hello
+from tinker_cookbook.rl.train import AsyncConfig
 
 from agl_tinker.rollout import DEADLINE_METADATA_KEY, DispatchConfig, dispatch_batch
-from agl_tinker.train import STALL_GRACE_S, _rollout_status
+from agl_tinker.train import STALL_GRACE_S, StepStalled, _rollout_status
 
 
 def _status(rollout: Rollout, spans: Sequence[Span]) -> str:
@@ -68,3 +69,23 @@ async def test_a_step_with_agents_that_hang_forever_ends_and_counts_the_timeouts
         assert step["excluded/timeout"] == step["rollouts/timeout"], step
         assert step["rollouts/total"] + step["rollouts/skipped"] == 16, step
         assert step["rollouts/succeeded_frac"] < 1.0
+
+
+async def _hang(task: dict[str, object], llm: object) -> float:
+    await asyncio.Event().wait()
+    return 0.0
+
+
+@pytest.mark.slow
+async def test_async_training_with_every_agent_hung_stops_instead_of_hanging(tmp_path: Path) -> None:
+    """Async mode learns finished groups from a continuous dispatcher: with every agent stuck it
+    used to wait for the next group forever."""
+    config = hello_config(
+        tmp_path / "run",
+        max_steps=2,
+        rollout_timeout_s=0.5,
+        group_size=2,
+        async_config=AsyncConfig(max_steps_off_policy=1, groups_per_batch=4),
+    )
+    with pytest.raises(StepStalled, match="no group finished"):
+        await asyncio.wait_for(run_hello(config, _hang, sim_dir=tmp_path / "sim"), 120)
