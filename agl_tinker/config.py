@@ -79,6 +79,21 @@ class TrainConfig:
     wandb_project: str | None = None
     wandb_name: str | None = None
 
+    max_empty_steps: int = 3
+    """Stop the run (an error, exit code 1) after this many steps in a row with no rollout to
+    train on (all failed, timed out or without reward); each such step is logged as an error.
+    0 never stops."""
+    fresh_start: bool = False
+    """Start from step 0 with new weights even if ``log_path`` holds an earlier run; its
+    ``metrics.jsonl`` and ``checkpoints.jsonl`` are renamed aside (``.old-<time>``). Without it,
+    a ``log_path`` with metrics but no loadable checkpoint refuses to start."""
+    tinker_max_attempts: int = 6
+    """Tries per Tinker call (sampling, training, saving, client creation) on transient errors
+    (5xx, 408, 409, 429, connection errors: the SDK's own rules); 1 disables retries."""
+    tinker_retry_base_s: float = 0.5
+    """First retry delay; doubled per retry up to ``tinker_retry_max_s``, with +-25% jitter."""
+    tinker_retry_max_s: float = 10.0
+
     async_config: AsyncConfig | None = None
     """Asynchronous off-policy training (the cookbook's): train as soon as ``groups_per_batch``
     groups are complete while the next ones run; groups more than ``max_steps_off_policy`` weights
@@ -96,6 +111,7 @@ class TrainConfig:
             "num_substeps": self.num_substeps,
             "max_tokens": self.max_tokens,
             "max_attempts": self.max_attempts,
+            "tinker_max_attempts": self.tinker_max_attempts,
         }
         for name, value in positive.items():
             if value < 1:
@@ -128,6 +144,10 @@ class TrainConfig:
             raise ConfigError(f"min_valid_per_group must be >= 0, got {self.min_valid_per_group}")
         if self.batch_timeout_s is not None and not self.batch_timeout_s > 0:
             raise ConfigError(f"batch_timeout_s must be > 0 or None, got {self.batch_timeout_s}")
+        if self.max_empty_steps < 0:
+            raise ConfigError(f"max_empty_steps must be >= 0, got {self.max_empty_steps}")
+        if self.tinker_retry_base_s < 0 or self.tinker_retry_max_s < 0:
+            raise ConfigError("tinker_retry_base_s and tinker_retry_max_s must be >= 0")
         if self.max_context_tokens < 1:
             raise ConfigError(f"max_context_tokens must be >= 1, got {self.max_context_tokens}")
         self._validate_overlap()

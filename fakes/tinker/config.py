@@ -23,6 +23,12 @@ class SimConfig:
       concurrent calls overlap, like network latency).
     - ``failure_rate``: probability that a call fails with a transient, retryable SDK error
       (``tinker.InternalServerError``, HTTP 503); drawn from a RNG seeded by ``failure_seed``.
+      Every call kind can fail: client creation (``create_model``, ``load_weights``,
+      ``create_sampling_session``, ``create_sampling_client``), ``asample``, ``forward``,
+      ``forward_backward``, ``optim_step``, ``save_state``, ``save_weights_for_sampler``,
+      ``load_state``, REST calls. The failure is raised before the call has any effect.
+    - ``failure_operations``: restrict failures to these operation names (empty: all); from the
+      environment as a comma-separated list.
     - ``drift``: probability that a sampled answer uses a non-canonical tokenization of its text
       (one token split into two whose bytes concatenate to it). Part of the model's
       distribution, so sampler and trainer logprobs stay equal.
@@ -48,6 +54,7 @@ class SimConfig:
     latency_s: float = 0.0
     failure_rate: float = 0.0
     failure_seed: int = 0
+    failure_operations: tuple[str, ...] = ()
     drift: float = 0.0
     background_eps: float = 1e-4
     root_dir: Path | None = None
@@ -58,6 +65,9 @@ class SimConfig:
     save_sampler_s: float = 0.0
 
     def __post_init__(self) -> None:
+        ops = self.failure_operations
+        ops = ops.split(",") if isinstance(ops, str) else ops
+        object.__setattr__(self, "failure_operations", tuple(op.strip() for op in ops if op.strip()))
         for name in ("latency_s", *COST_KNOBS):
             value = getattr(self, name)
             if value < 0:
@@ -96,7 +106,10 @@ class SimConfig:
             raw = os.environ.get(ENV_PREFIX + field.name.upper())
             if raw is None or field.name == "root_dir":
                 continue
-            values[field.name] = int(raw) if field.name == "failure_seed" else float(raw)
+            if field.name == "failure_operations":
+                values[field.name] = tuple(op.strip() for op in raw.split(",") if op.strip())
+            else:
+                values[field.name] = int(raw) if field.name == "failure_seed" else float(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
