@@ -233,6 +233,8 @@ class _StepTrainer:
             "groups/constant_removed": 0,
         }
         self.trained_groups: set[int] = set()
+        self.groups: list[TrajectoryGroup] = []
+        """The valid groups (before constant-reward removal), as the synchronous loop checks them."""
         self._keys: list[int] = []
 
     async def add(self, group: FinishedGroup[RolloutTrajectory]) -> None:
@@ -285,6 +287,7 @@ class _StepTrainer:
             else:
                 groups.append(group)
                 kept_keys.append(key)
+        self.groups.extend(groups)
         if self.cfg.remove_constant_reward_groups and groups:
             varied = remove_constant_reward_groups(groups)
             self.metrics["groups/constant_removed"] += len(groups) - len(varied)
@@ -520,8 +523,11 @@ class _OverlappedRun:
             outcome = "trained" if group.request.key in trainer.trained_groups else "excluded"
             self.ledger.record(step, group, outcome, staleness)
 
-        _, metrics = _batch_metrics(_as_batch([g for g, _, _ in taken]), step)
+        batch = _as_batch([g for g, _, _ in taken])
+        _, metrics = _batch_metrics(batch, step)
         metrics.update(trainer.metrics)
+        metrics.update(self.loop.retrier.take_metrics())
+        self.loop._check_trainable(step, batch, trainer.groups)  # empty steps: logged, and bounded
         if trainer.data and len(trainer.training_logprobs) == len(trainer.data):
             metrics.update(compute_kl_sample_train(trainer.data, trainer.training_logprobs))
         wall = max(t_end - last_end, 1e-9)
