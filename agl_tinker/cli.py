@@ -522,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(stop, file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
+        print(f"agl-tinker {args.command}: stopped", file=sys.stderr)
         return 130
     except Exception as error:
         if verbose or not isinstance(error, _expected_errors()):

@@ -15,7 +15,7 @@ import chz
 import pytest
 
 from agl_tinker import cli
-from agl_tinker.algo import _interrupt_watch
+from agl_tinker.algo import interrupt_watch
 from agl_tinker.config import ConfigError, TrainConfig
 from agl_tinker.preflight import SetupError, check_log_path, check_model
 
@@ -174,7 +174,7 @@ def test_stopped_message_names_the_step_and_the_checkpoint(tmp_path: Path) -> No
 
 def test_a_ctrl_c_during_fit_is_noted_and_the_handler_restored() -> None:
     before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt), _interrupt_watch() as interrupted:
+    with pytest.raises(KeyboardInterrupt), interrupt_watch() as interrupted:
         os.kill(os.getpid(), signal.SIGINT)
         for _ in range(10_000):  # the handler runs between bytecodes
             pass
