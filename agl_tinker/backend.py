@@ -31,14 +31,16 @@ def service_client(backend: str | None = None, **kwargs: Any) -> Any:
     """Return a ``tinker.ServiceClient`` (live) or the simulator's equivalent (sim).
 
     ``kwargs`` go to the chosen constructor. Live mode needs ``TINKER_API_KEY`` and fails
-    fast with a clear message instead of deep inside the SDK.
+    fast with a clear message instead of deep inside the SDK; it talks to ``TINKER_BASE_URL``
+    when set (e.g. the wire simulator of ``agl-tinker sim-server``), else to the Tinker service.
     """
     name = backend_name(backend)
     if name == "live":
-        _require_key(kwargs)
+        require_credentials(kwargs)
         import tinker
 
-        return tinker.ServiceClient(**kwargs)
+        base_url = kwargs.pop("base_url", None) or os.environ.get("TINKER_BASE_URL") or None
+        return tinker.ServiceClient(base_url=base_url, **kwargs)
     from fakes.tinker import ServiceClient as SimServiceClient
 
     return SimServiceClient(**kwargs)
@@ -67,7 +69,7 @@ def supported_models(backend: str | None = None) -> list[str]:
     """
     name = backend_name(backend)
     if name == "live":
-        _require_key({})
+        require_credentials()
         import tinker
 
         try:
@@ -88,9 +90,11 @@ def offline_tokenizer_covers(model_name: str) -> bool:
     return model_name in QWEN3_MODEL_NAMES
 
 
-def _require_key(kwargs: dict[str, Any]) -> None:
-    if not os.environ.get("TINKER_API_KEY") and "api_key" not in kwargs:
+def require_credentials(kwargs: dict[str, Any] | None = None) -> None:
+    """Raise :class:`BackendError` unless live mode has an API key (the environment or ``kwargs``)."""
+    if not os.environ.get("TINKER_API_KEY") and "api_key" not in (kwargs or {}):
         raise BackendError(
             f"{BACKEND_ENV}=live needs TINKER_API_KEY in the environment (or unset {BACKEND_ENV} "
-            "to use the offline simulator)"
+            "to use the offline simulator; to try live mode offline, run `agl-tinker sim-server` "
+            "and set TINKER_BASE_URL to its URL and TINKER_API_KEY=tml-local)"
         )

@@ -214,6 +214,9 @@ class Command:
         """chz's tables of every ``key=value`` setting, with its value, source and docstring."""
         parts = []
         if self.train_layers is not None:
+            from agl_tinker.config import bind_cookbook_types
+
+            bind_cookbook_types()
             table = _blueprint(_train_config_type(), self.train_layers).get_help(color=False)
             parts.append("training settings (TrainConfig), as key=value:\n" + _arguments_of(table))
         table = _blueprint(self.own, [("flags", _flag_values(args, self.own))]).get_help(color=False)
@@ -228,11 +231,32 @@ class Command:
         _check_own(own)
         if self.train_layers is None:
             return None, own
-        from agl_tinker.preflight import check_setup
+        from agl_tinker.config import bind_cookbook_types
+        from agl_tinker.preflight import check_early, check_setup
 
+        raw = _raw_values(self.train_layers, routed[0])
+        check_early(str(raw.get("log_path")), str(raw.get("model_name", _default_model())))
+        bind_cookbook_types()  # seconds of imports: only once the cheap checks have passed
         config = make_settings(_train_config_type(), self.train_layers, routed[0])
         check_setup(config)
         return config, own
+
+
+def _raw_values(layers: Layers, key_values: Sequence[str]) -> dict[str, Any]:
+    """The settings as given (layers, then ``key=value`` strings), before chz casts or checks them."""
+    values: dict[str, Any] = {}
+    for _, layer in layers:
+        values.update(layer)
+    for kv in key_values:
+        key, value = kv.split("=", 1)
+        values[key] = value
+    return values
+
+
+def _default_model() -> str:
+    from agl_tinker.config import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
 
 
 def _arguments_of(help_text: str) -> str:
@@ -391,6 +415,21 @@ def _q20(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim_server(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+
+    from fakes.wire import serve_forever
+
+    def ready(url: str) -> None:
+        print(f"agl-tinker sim-server: Tinker simulator at {url}", flush=True)
+        print(f"  export AGL_TINKER_BACKEND=live TINKER_BASE_URL={url} TINKER_API_KEY=tml-local", flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the server is stopped
+        asyncio.run(serve_forever(args.host, args.port, ready))
+    return 0
+
+
 def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-h", "--help", action="store_true", help="show this help and every key=value setting"
@@ -469,6 +508,17 @@ def build_parser() -> argparse.ArgumentParser:
     q20.add_argument("--limit", type=int, help="evaluate: play only the first N tasks")
     q20.add_argument("--out", help="dryrun/evaluate: JSONL file for the games")
     q20.set_defaults(func=_q20, subparser=q20)
+
+    sim_server = sub.add_parser(
+        "sim-server",
+        help="serve the Tinker simulator over the real SDK's HTTP protocol (for live mode offline)",
+        description="The offline Tinker simulator behind Tinker's HTTP API: point the tinker SDK at the "
+        "printed URL with TINKER_BASE_URL and any tml- API key. Knobs: AGL_TINKER_SIM_* (model, "
+        "checkpoints) and AGL_TINKER_WIRE_* (wire faults); see fakes/README.md.",
+    )
+    sim_server.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    sim_server.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
+    sim_server.set_defaults(func=_sim_server)
     return parser
 
 
@@ -525,7 +575,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agl-tinker {args.command}: stopped", file=sys.stderr)
         return 130
     except Exception as error:
-        if verbose or not isinstance(error, _expected_errors()):
+        if verbose:
+            raise
+        train = sys.modules.get("agl_tinker.train")  # imported by any run that can stop with a reason
+        if train is not None and isinstance(error, train.RUN_ERRORS):
+            print(f"agl-tinker: error: {error}", file=sys.stderr)  # the run's own reason; no traceback
+            return 1
+        if not isinstance(error, _expected_errors()):
             raise
         print(f"agl-tinker: error: {_error_line(error)}", file=sys.stderr)
         return 2
