@@ -190,3 +190,25 @@ def test_transcripts_show_tool_calls_and_results() -> None:
     assert cli._message_text({"role": "tool", "name": "search", "content": "dogs bark"}) == (
         "[search result] dogs bark"
     )
+
+
+def test_the_cheap_checks_import_nothing_heavy() -> None:
+    """Fail-fast depends on it: the config, the CLI and the early checks must not import torch or the
+    cookbook's training loop (seconds of imports) before they have reported a misconfiguration."""
+    code = (
+        "import sys\n"
+        "from agl_tinker import cli, config, preflight\n"
+        "from examples.hello import presets\n"
+        "preflight.check_early('/tmp/x', config.DEFAULT_MODEL)\n"
+        "heavy = [m for m in ('torch', 'tinker', 'tinker_cookbook.rl.train', 'agentlightning') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "AGL_TINKER_BACKEND": "sim"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
