@@ -328,7 +328,7 @@ def fit(
         runner=fast_runner(),
         strategy=LeanServerStrategy(n_runners=n_runners, server_host=store_host, server_port=store_port),
     )
-    with _interrupt_watch() as interrupted:
+    with interrupt_watch() as interrupted:
         trainer.fit(
             agent, train_dataset=list(train_tasks), val_dataset=list(val_tasks) if val_tasks else None
         )
@@ -346,7 +346,7 @@ def _bind_host(host: str) -> str:
 
 
 @contextlib.contextmanager
-def _interrupt_watch() -> Iterator[list[bool]]:
+def interrupt_watch() -> Iterator[list[bool]]:
     """Note a Ctrl-C (a non-empty list) and keep the shutdown it starts quiet.
 
     Agent-lightning's strategy turns Ctrl-C into an orderly stop of its processes and then

@@ -36,7 +36,7 @@ def service_client(backend: str | None = None, **kwargs: Any) -> Any:
     """
     name = backend_name(backend)
     if name == "live":
-        _require_key(kwargs)
+        require_credentials(kwargs)
         import tinker
 
         base_url = kwargs.pop("base_url", None) or os.environ.get("TINKER_BASE_URL") or None
@@ -69,7 +69,7 @@ def supported_models(backend: str | None = None) -> list[str]:
     """
     name = backend_name(backend)
     if name == "live":
-        _require_key({})
+        require_credentials()
         import tinker
 
         try:
@@ -90,8 +90,9 @@ def offline_tokenizer_covers(model_name: str) -> bool:
     return model_name in QWEN3_MODEL_NAMES
 
 
-def _require_key(kwargs: dict[str, Any]) -> None:
-    if not os.environ.get("TINKER_API_KEY") and "api_key" not in kwargs:
+def require_credentials(kwargs: dict[str, Any] | None = None) -> None:
+    """Raise :class:`BackendError` unless live mode has an API key (the environment or ``kwargs``)."""
+    if not os.environ.get("TINKER_API_KEY") and "api_key" not in (kwargs or {}):
         raise BackendError(
             f"{BACKEND_ENV}=live needs TINKER_API_KEY in the environment (or unset {BACKEND_ENV} "
             "to use the offline simulator; to try live mode offline, run `agl-tinker sim-server` "

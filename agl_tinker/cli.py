@@ -214,6 +214,9 @@ class Command:
         """chz's tables of every ``key=value`` setting, with its value, source and docstring."""
         parts = []
         if self.train_layers is not None:
+            from agl_tinker.config import bind_cookbook_types
+
+            bind_cookbook_types()
             table = _blueprint(_train_config_type(), self.train_layers).get_help(color=False)
             parts.append("training settings (TrainConfig), as key=value:\n" + _arguments_of(table))
         table = _blueprint(self.own, [("flags", _flag_values(args, self.own))]).get_help(color=False)
@@ -228,11 +231,32 @@ class Command:
         _check_own(own)
         if self.train_layers is None:
             return None, own
-        from agl_tinker.preflight import check_setup
+        from agl_tinker.config import bind_cookbook_types
+        from agl_tinker.preflight import check_early, check_setup
 
+        raw = _raw_values(self.train_layers, routed[0])
+        check_early(str(raw.get("log_path")), str(raw.get("model_name", _default_model())))
+        bind_cookbook_types()  # seconds of imports: only once the cheap checks have passed
         config = make_settings(_train_config_type(), self.train_layers, routed[0])
         check_setup(config)
         return config, own
+
+
+def _raw_values(layers: Layers, key_values: Sequence[str]) -> dict[str, Any]:
+    """The settings as given (layers, then ``key=value`` strings), before chz casts or checks them."""
+    values: dict[str, Any] = {}
+    for _, layer in layers:
+        values.update(layer)
+    for kv in key_values:
+        key, value = kv.split("=", 1)
+        values[key] = value
+    return values
+
+
+def _default_model() -> str:
+    from agl_tinker.config import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
 
 
 def _arguments_of(help_text: str) -> str:
@@ -548,15 +572,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(stop, file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
+        print(f"agl-tinker {args.command}: stopped", file=sys.stderr)
         return 130
     except Exception as error:
-        from agl_tinker.train import RUN_ERRORS
-
-        if isinstance(error, RUN_ERRORS) and not verbose:
+        if verbose:
+            raise
+        train = sys.modules.get("agl_tinker.train")  # imported by any run that can stop with a reason
+        if train is not None and isinstance(error, train.RUN_ERRORS):
             print(f"agl-tinker: error: {error}", file=sys.stderr)  # the run's own reason; no traceback
             return 1
-        if verbose or not isinstance(error, _expected_errors()):
+        if not isinstance(error, _expected_errors()):
             raise
         print(f"agl-tinker: error: {_error_line(error)}", file=sys.stderr)
         return 2

@@ -5,17 +5,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import chz
-from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
 
 from agl_tinker.reward_mode import RewardMode
 
 if TYPE_CHECKING:
+    from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
+
     from agl_tinker.rewards import RewardOptions
 
 
 class ConfigError(ValueError):
     """A configuration value is out of range or inconsistent; the message names the field."""
 
+
+DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
+"""``TrainConfig.model_name`` unless set."""
 
 LossFn = Literal["importance_sampling", "ppo"]
 EndpointMode = Literal["lean", "proxy"]
@@ -29,7 +33,7 @@ class TrainConfig:
         doc="Metrics, checkpoints and the reward curve go here; an existing run here is resumed."
     )
     model_name: str = chz.field(
-        default="Qwen/Qwen3-4B-Instruct-2507",
+        default=DEFAULT_MODEL,
         doc="Base model to train (must be served by the backend; the simulator serves Qwen3 models).",
     )
     renderer_name: str | None = chz.field(
@@ -277,3 +281,16 @@ class TrainConfig:
             excluded_score=self.excluded_score,
             min_valid_per_group=self.min_valid_per_group,
         )
+
+
+def bind_cookbook_types() -> None:
+    """Make ``AsyncConfig``/``StreamMinibatchConfig`` names of this module.
+
+    chz resolves ``TrainConfig``'s annotations in this module when it builds a ``Blueprint``
+    (command-line ``key=value`` settings). They are the cookbook's classes, whose module takes
+    seconds to import, so they are imported here on demand rather than with the config: a
+    misconfiguration that needs no Blueprint is reported before that cost.
+    """
+    from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
+
+    globals().update(AsyncConfig=AsyncConfig, StreamMinibatchConfig=StreamMinibatchConfig)

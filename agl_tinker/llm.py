@@ -223,7 +223,8 @@ class TinkerChatProvider(CustomLLM):
         model_input = tinker.ModelInput.from_ints(prompt)
         client = policy.sampling_client
 
-        def sample() -> Any:  # sample() returns an awaitable future; sample_async() is deprecated
+        def sample() -> Any:
+            # sample() returns an awaitable future; sample_async() is deprecated in the SDK.
             return client.sample(prompt=model_input, num_samples=1, sampling_params=params)
 
         try:

@@ -17,7 +17,7 @@ from tinker_cookbook import model_info
 from agl_tinker import backend
 from agl_tinker.config import ConfigError, TrainConfig
 
-__all__ = ["SetupError", "check_log_path", "check_model", "check_setup"]
+__all__ = ["SetupError", "check_early", "check_log_path", "check_model", "check_setup"]
 
 
 class SetupError(ConfigError):
@@ -34,6 +34,24 @@ def check_setup(config: TrainConfig, *, check_service: bool = True) -> None:
     check_log_path(config.log_path)
     if check_service:
         check_model(config.model_name, config.renderer_name)
+
+
+def check_early(log_path: str, model_name: str) -> None:
+    """What can be checked before a ``TrainConfig`` exists, at no cost: the log path, live mode's
+    credentials, and a model the offline simulator cannot serve. :func:`check_setup` repeats them."""
+    check_log_path(log_path)
+    if backend.backend_name() == "live":
+        backend.require_credentials()
+    else:
+        _check_offline_model(model_name)
+
+
+def _check_offline_model(model_name: str) -> None:
+    if not backend.offline_tokenizer_covers(model_name):
+        raise SetupError(
+            f"model_name={model_name!r} is not a model the offline simulator serves (it serves Qwen3 models, "
+            "e.g. 'Qwen/Qwen3-4B-Instruct-2507'); set model_name, or AGL_TINKER_BACKEND=live for Tinker's models"
+        )
 
 
 def check_log_path(log_path: str) -> None:
@@ -60,11 +78,8 @@ def check_model(model_name: str, renderer_name: str | None = None) -> None:
     service, :class:`SetupError` for a model the backend does not serve.
     """
     name = backend.backend_name()
-    if name == "sim" and not backend.offline_tokenizer_covers(model_name):  # cheap: before the catalog
-        raise SetupError(
-            f"model_name={model_name!r} is not a model the offline simulator serves (it serves Qwen3 models, "
-            "e.g. 'Qwen/Qwen3-4B-Instruct-2507'); set model_name, or AGL_TINKER_BACKEND=live for Tinker's models"
-        )
+    if name == "sim":
+        _check_offline_model(model_name)  # cheap: before the catalog
     supported = backend.supported_models(name)
     if model_name not in supported:
         where = "the offline simulator" if name == "sim" else "Tinker"

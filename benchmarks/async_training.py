@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import logging
 import os
 import random
@@ -52,6 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import agentlightning as agl
+from _stdout import emit_json, json_stdout  # benchmarks/ is on sys.path when a script runs
 from agentlightning.store.memory import InMemoryLightningStore
 from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
 
@@ -198,8 +198,9 @@ def main() -> None:
         bounds.append(summary["async_step_over_bound"])
     report["speedup_async_vs_sync"] = min(speedups)
     report["async_step_over_bound"] = max(bounds)
-    print(json.dumps(report))
+    emit_json(report)
 
 
 if __name__ == "__main__":
-    main()
+    with json_stdout():
+        main()

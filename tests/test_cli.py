@@ -15,7 +15,7 @@ import chz
 import pytest
 
 from agl_tinker import cli
-from agl_tinker.algo import _interrupt_watch
+from agl_tinker.algo import interrupt_watch
 from agl_tinker.config import ConfigError, TrainConfig
 from agl_tinker.preflight import SetupError, check_log_path, check_model
 
@@ -174,7 +174,7 @@ def test_stopped_message_names_the_step_and_the_checkpoint(tmp_path: Path) -> No
 
 def test_a_ctrl_c_during_fit_is_noted_and_the_handler_restored() -> None:
     before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt), _interrupt_watch() as interrupted:
+    with pytest.raises(KeyboardInterrupt), interrupt_watch() as interrupted:
         os.kill(os.getpid(), signal.SIGINT)
         for _ in range(10_000):  # the handler runs between bytecodes
             pass
@@ -190,3 +190,25 @@ def test_transcripts_show_tool_calls_and_results() -> None:
     assert cli._message_text({"role": "tool", "name": "search", "content": "dogs bark"}) == (
         "[search result] dogs bark"
     )
+
+
+def test_the_cheap_checks_import_nothing_heavy() -> None:
+    """Fail-fast depends on it: the config, the CLI and the early checks must not import torch or the
+    cookbook's training loop (seconds of imports) before they have reported a misconfiguration."""
+    code = (
+        "import sys\n"
+        "from agl_tinker import cli, config, preflight\n"
+        "from examples.hello import presets\n"
+        "preflight.check_early('/tmp/x', config.DEFAULT_MODEL)\n"
+        "heavy = [m for m in ('torch', 'tinker', 'tinker_cookbook.rl.train', 'agentlightning') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "AGL_TINKER_BACKEND": "sim"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

@@ -91,7 +91,7 @@ class LossRecorder:
         self.losses: list[dict[str, float]] = []
 
     async def forward_backward_async(self, *args: Any, **kwargs: Any) -> Any:
-        future = await self.inner.forward_backward_async(*args, **kwargs)
+        future = self.inner.forward_backward(*args, **kwargs)  # an APIFuture (the _async form is deprecated)
         recorder = self
 
         class Recorded:

@@ -15,7 +15,7 @@ from typing import Any
 import agentlightning as agl
 from agentlightning.store.client_server import LightningStoreClient
 
-from agl_tinker.algo import LeanServerStrategy, fast_runner, fit
+from agl_tinker.algo import LeanServerStrategy, fast_runner, fit, interrupt_watch
 from agl_tinker.config import TrainConfig
 from agl_tinker.report import summary_lines
 from agl_tinker.train import TrainResult, train
@@ -79,7 +79,10 @@ def run_runners(store_url: str, n_runners: int) -> None:
             role="runner", n_runners=n_runners, server_host=host, server_port=int(port or 4747)
         ),
     )
-    trainer.fit(hello_agent)
+    with interrupt_watch() as interrupted:
+        trainer.fit(hello_agent)
+    if interrupted:  # Agent-lightning stopped the runner processes and swallowed the Ctrl-C
+        raise KeyboardInterrupt
 
 
 def print_summary(result: TrainResult) -> None:

@@ -25,6 +25,9 @@ DEFAULTS: dict[str, Any] = {
     "max_tokens": 96,
     "max_context_tokens": 8192,
     "rollout_timeout_s": 300.0,
+    # Validation samples like `q20 evaluate` (0.7), so its win rate is the one evaluate reports;
+    # greedy (0.0) validation stays at 0 until a winning line becomes the single most likely one.
+    "eval_temperature": 0.7,
 }
 CI: dict[str, Any] = {**DEFAULTS, "max_steps": 3, "batch_size": 4}
 """A short configuration (a few minutes offline)."""
