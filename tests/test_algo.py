@@ -73,3 +73,4 @@ async def test_waiting_for_a_store_gives_up_at_the_timeout_or_when_told_to_stop(
     t = time.monotonic()
     assert not await algo.wait_for_store(endpoint, stop, timeout_s=30)
     assert time.monotonic() - t < 1.0
+
