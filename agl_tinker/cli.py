@@ -197,7 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except Exception as exc:
+        from agl_tinker.train import RUN_ERRORS
+
+        if not isinstance(exc, RUN_ERRORS):
+            raise
+        print(f"agl-tinker: error: {exc}", file=sys.stderr)  # the run's own reason; no traceback
+        return 1
 
 
 if __name__ == "__main__":
