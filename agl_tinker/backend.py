@@ -6,8 +6,12 @@ This is the only module that knows the simulator exists; everything else receive
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from typing import Any, Literal
+
+logger = logging.getLogger(__name__)
 
 BACKEND_ENV = "AGL_TINKER_BACKEND"
 Backend = Literal["sim", "live"]
@@ -44,6 +48,23 @@ def service_client(backend: str | None = None, **kwargs: Any) -> Any:
     from fakes.tinker import ServiceClient as SimServiceClient
 
     return SimServiceClient(**kwargs)
+
+
+async def close_service(service: Any, failed: bool = False, timeout_s: float = 30.0) -> None:
+    """End ``service``'s session: live, the SDK tells the service and stops its heartbeats (an
+    unclosed session heartbeats until the process exits); the simulator just marks it closed.
+
+    Never raises: a service that cannot be reached within ``timeout_s`` (the SDK would retry
+    for minutes) is logged and left to expire its session on its own.
+    """
+
+    async def close() -> None:
+        await service.close("errored" if failed else "success")
+
+    try:
+        await asyncio.wait_for(close(), timeout_s)
+    except Exception as exc:
+        logger.warning("could not close the Tinker session (%s); it expires on its own", type(exc).__name__)
 
 
 def get_tokenizer(model_name: str) -> Any:

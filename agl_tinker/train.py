@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -609,6 +610,7 @@ async def train(
     n_steps = len(train_ds) if config.max_steps is None else config.max_steps
     log_path = Path(config.log_path)
     log_path.mkdir(parents=True, exist_ok=True)
+    owns_service = service is None  # a service the run creates is closed by the run (ends a live session)
     loop = _Loop(config, store, train_ds, val_ds, service or backend.service_client(), show_progress, n_steps)
     resume = await loop.resume()
     start_step = int(resume.batch) if resume is not None and resume.batch is not None else 0
@@ -660,6 +662,8 @@ async def train(
     finally:
         await loop.stop()
         ml_logger.close()
+        if owns_service:
+            await backend.close_service(loop.service, failed=sys.exc_info()[0] is not None)
     result.curve_path = write_reward_curve(result.metrics_path, log_path / "reward_curve.png")
     result.seconds = time.perf_counter() - started
     return result

@@ -21,7 +21,7 @@ from tinker.proto.request_conv import forward_backward_request_to_proto
 from tinker.proto.response_conv import deserialize_forward_backward_output, deserialize_sample_response
 from tinker.types.topk_logprobs import TopkLogprobs
 
-from fakes.tinker import SimConfig
+from fakes.tinker import ServiceClient, SimConfig
 from fakes.wire import RunningWireServer, WireFaults, start_in_thread
 from fakes.wire.codec import (
     CodecError,
@@ -31,7 +31,7 @@ from fakes.wire.codec import (
 )
 from fakes.wire.faults import FaultInjector
 from fakes.wire.futures import PromiseTable
-from fakes.wire.service import _Run, in_seq_order
+from fakes.wire.service import WireService, _done, _Run, in_seq_order
 
 
 def _request(config: dict[str, float | str] | None) -> types.ForwardBackwardRequest:
@@ -167,6 +167,29 @@ async def test_requests_of_a_run_apply_in_seq_id_order() -> None:
     await in_seq_order(run, 1, submit(1))
     await asyncio.gather(*late)
     assert applied == [1, 2, 3] and run.next_seq == 4
+
+
+async def test_a_retry_waiting_beside_its_original_is_applied_once(tmp_path: Path) -> None:
+    service = WireService(
+        ServiceClient(root_dir=tmp_path), FaultInjector(WireFaults()), asyncio.get_running_loop()
+    )
+    run = _Run(client=None, session_id="s")  # type: ignore[arg-type]
+    applied: list[str] = []
+
+    def submit(name: str):  # type: ignore[no-untyped-def]
+        def go():  # type: ignore[no-untyped-def]
+            applied.append(name)
+            return service._track(("train", "m", 2), _done(name))
+
+        return go
+
+    waiting = [
+        asyncio.create_task(service._apply(run, ("train", "m", 2), 2, submit(n))) for n in ("a", "retry")
+    ]
+    await asyncio.sleep(0)
+    await service._apply(run, ("train", "m", 1), 1, lambda: service._track(("train", "m", 1), _done("one")))
+    first, retried = await asyncio.gather(*waiting)
+    assert applied == ["a"] and first is retried
 
 
 async def test_a_promise_wakes_its_poller_when_settled() -> None:

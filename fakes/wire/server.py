@@ -118,19 +118,22 @@ class WireServer:
         )
         app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._middleware])
         app.add_routes(self._routes())
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # held long polls are cut at shutdown rather than waited for (SDK clients retry them)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
+        await web.TCPSite(self._runner, host, port).start()
+        bound_port = self._runner.addresses[0][1]
         shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{bound[1]}"
+        self.url = f"http://{shown}:{bound_port}"
         return self.url
 
     async def stop(self) -> None:
+        """Stop serving (open long polls end) and close the simulated service."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._service is not None:
+            self._service.sim.close("success")
 
     # ---- plumbing ----------------------------------------------------------------------------
     @web.middleware

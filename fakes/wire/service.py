@@ -113,6 +113,13 @@ class WireService:
     def _seen(self, key: Hashable) -> Promise | None:
         return self._submitted.get(key)
 
+    async def _apply(
+        self, run: _Run, key: Hashable, seq_id: int | None, submit: Callable[[], Promise]
+    ) -> Promise:
+        """``submit`` in ``seq_id`` order, once per key: a retry that waited alongside the
+        original gets the original's promise."""
+        return await in_seq_order(run, seq_id, lambda: self._seen(key) or submit())
+
     def run(self, model_id: str) -> _Run:
         run = self.runs.get(model_id)
         if run is None:
@@ -186,15 +193,16 @@ class WireService:
             work = _call(lambda: method(call.data, call.loss_fn, call.loss_fn_config))  # type: ignore[arg-type]
             return self._track(key, work)
 
-        return await in_seq_order(run, call.seq_id, submit)
+        return await self._apply(run, key, call.seq_id, submit)
 
     async def optim_step(self, request: types.OptimStepRequest) -> Promise:
         key = ("train", request.model_id, request.seq_id)
         if (seen := self._seen(key)) is not None:
             return seen
         run = self.run(request.model_id)
-        return await in_seq_order(
+        return await self._apply(
             run,
+            key,
             request.seq_id,
             lambda: self._track(key, _call(lambda: run.client.optim_step(request.optim_params))),
         )
@@ -205,8 +213,9 @@ class WireService:
             return seen
         run = self.run(request.model_id)
         name = request.path or f"state-{request.seq_id}"
-        return await in_seq_order(
+        return await self._apply(
             run,
+            key,
             request.seq_id,
             lambda: self._track(
                 key,
@@ -244,7 +253,7 @@ class WireService:
 
             return self._track(key, work, register)
 
-        return await in_seq_order(run, request.seq_id, submit)
+        return await self._apply(run, key, request.seq_id, submit)
 
     async def load_weights(self, request: types.LoadWeightsRequest) -> Promise:
         if request.session_id is not None:  # a new run from a checkpoint (seq id 0, no create_model)
@@ -269,8 +278,8 @@ class WireService:
             return seen
         run = self.run(request.model_id)
         load = run.client.load_state_with_optimizer if request.optimizer else run.client.load_state
-        return await in_seq_order(
-            run, request.seq_id, lambda: self._track(key, _call(lambda: load(request.path)))
+        return await self._apply(
+            run, key, request.seq_id, lambda: self._track(key, _call(lambda: load(request.path)))
         )
 
     # ---- sampling ----------------------------------------------------------------------------

@@ -54,5 +54,7 @@ def test_hello_trains_through_wire_faults(tmp_path: Path, monkeypatch: pytest.Mo
         monkeypatch.setenv("TINKER_API_KEY", SIM_KEY)
         rewards = _train(tmp_path, 6)
         injected = server.server.faults.counts
+        sessions = set(server.server.service.sessions.values())
+    assert sessions == {"finished"}  # the run closed the service client it created
     assert sum(injected.values()) >= 5, injected
     assert mean(rewards[-2:]) > mean(rewards[:2]) + 0.2, rewards

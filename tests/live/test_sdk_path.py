@@ -182,3 +182,21 @@ def test_an_invalid_request_fails_its_future_with_the_reason(
     if target.is_sim:
         assert isinstance(failure.value, tinker.RequestFailedError)
         assert "mask" in str(failure.value)
+
+
+def test_forward_backward_custom_runs_its_loss_client_side(training: Any, target: Target) -> None:
+    tokens = [*chat_prompt(target.model, "Hi.").to_ints(), 9707, 0]
+    datum = types.Datum(
+        model_input=types.ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={"target_tokens": types.TensorData(data=tokens[1:], dtype="int64")},
+    )
+
+    def negative_log_likelihood(data: list[types.Datum], logprobs: list[Any]) -> tuple[Any, dict[str, float]]:
+        loss = -sum(lp.sum() for lp in logprobs)
+        return loss, {"nll": float(loss.detach())}
+
+    custom = training.forward_backward_custom([datum], negative_log_likelihood).result()
+    plain = training.forward([datum], "cross_entropy").result()
+    assert custom.metrics["nll"] == pytest.approx(
+        -sum(plain.loss_fn_outputs[0]["logprobs"].tolist()), rel=1e-4
+    )
