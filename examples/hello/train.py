@@ -84,16 +84,21 @@ def run_one_click(
 
 def run_algo(settings: HelloSettings, store_url: str) -> TrainResult:
     """The algorithm alone, against a store server that runners elsewhere also use."""
-    store = LightningStoreClient(store_url)
-    return asyncio.run(
-        train(
-            settings.config(),
-            store,
-            hello_dataset("train"),
-            hello_dataset("val"),
-            required_fields=("identity",),
-        )
-    )
+
+    async def run() -> TrainResult:
+        store = LightningStoreClient(store_url)
+        try:
+            return await train(
+                settings.config(),
+                store,
+                hello_dataset("train"),
+                hello_dataset("val"),
+                required_fields=("identity",),
+            )
+        finally:
+            await store.close()  # its HTTP session: unclosed, Python reports it at exit
+
+    return asyncio.run(run())
 
 
 def run_runners(store_url: str, n_runners: int) -> None:
