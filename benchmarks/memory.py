@@ -44,7 +44,6 @@ from agl_tinker.train import train  # noqa: E402
 from examples.hello.agent import hello_agent, hello_dataset  # noqa: E402
 from examples.hello.train import HelloSettings  # noqa: E402
 
-
 _START_TIMEOUT_S = 600.0  # a loaded machine imports slowly
 
 
