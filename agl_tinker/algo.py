@@ -132,7 +132,8 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        fixed = kwargs.get("server_port") is not None or os.environ.get("AGL_SERVER_PORT")
+        given = kwargs.get("server_port", args[2] if len(args) > 2 else None)  # (role, host, port, ...)
+        fixed = given is not None or os.environ.get("AGL_SERVER_PORT")
         super().__init__(*args, **kwargs)
         if not fixed:
             self.server_port = _free_port(_bind_host(self.server_host))

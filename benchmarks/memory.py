@@ -45,6 +45,8 @@ from agl_tinker.train import train  # noqa: E402
 from examples.hello.agent import hello_agent, hello_dataset  # noqa: E402
 from examples.hello.train import hello_config  # noqa: E402
 
+_START_TIMEOUT_S = 600.0  # a loaded machine imports slowly
+
 
 def rss_mb(pid: int | None = None) -> float:
     """Resident set size of ``pid`` (this process by default), in MB."""
@@ -123,8 +125,8 @@ def split(steps: int) -> tuple[list[float], list[float]]:
     algo_rss: list[float] = []
     store_rss: list[float] = []
     try:
-        if not asyncio.run(wait_for_store(url, timeout_s=120)):
-            raise RuntimeError("the store server did not start")
+        if not asyncio.run(wait_for_store(url, timeout_s=_START_TIMEOUT_S)) or store.poll() is not None:
+            raise RuntimeError(f"the store server did not start within {_START_TIMEOUT_S:.0f}s")
         receive, send = mp.get_context("spawn").Pipe(duplex=False)
         child = mp.get_context("spawn").Process(target=_split_algorithm, args=(url, steps, store.pid, send))
         child.start()

@@ -55,17 +55,22 @@ def run_algo(
     on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
 ) -> TrainResult:
     """The algorithm alone, against a store server that runners elsewhere also use."""
-    store = LightningStoreClient(store_url)
-    return asyncio.run(
-        train(
-            config,
-            store,
-            hello_dataset("train"),
-            hello_dataset("val"),
-            required_fields=("identity",),
-            on_step=on_step,
-        )
-    )
+
+    async def run() -> TrainResult:
+        store = LightningStoreClient(store_url)
+        try:
+            return await train(
+                config,
+                store,
+                hello_dataset("train"),
+                hello_dataset("val"),
+                required_fields=("identity",),
+                on_step=on_step,
+            )
+        finally:
+            await store.close()  # its HTTP session: unclosed, Python reports it at exit
+
+    return asyncio.run(run())
 
 
 def run_runners(store_url: str, n_runners: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import re
 import threading
 import zlib
@@ -25,7 +26,9 @@ from .vocab import Vocab
 PROMPT_FEATURES = 4096
 BEHAVIOUR_FEATURES = 4096
 _WORD = re.compile(r"[a-z0-9]+")
-_CACHE_SIZE = 4096
+_CACHE_SIZE = int(os.environ.get("AGL_TINKER_SIM_CANDIDATE_CACHE", "256"))
+"""Prompts whose candidate sets stay cached (~40 KB each): enough for a step's sampling and
+training to share them; more only grows the process of a run that sees new prompts every step."""
 
 
 def bucket(name: str, size: int) -> int:
