@@ -208,15 +208,17 @@ def _continues(prompt: Sequence[int], end: LLMCall, counts: dict[str, int]) -> b
 
 def _extends(call: LLMCall, seq: _Seq, claimed: int | None, counts: dict[str, int]) -> bool:
     """``call``'s prompt starts with ``seq``'s tokens, or with those of an untrainable call that
-    continued it. The writer's claim picks which end to compare with, and differing fingerprints
-    rule a match out; only the tokens themselves rule it in (a fingerprint can outlive a changed
-    token, and spans from several writers may be merged)."""
+    continued it. A writer's claim names the end it continued (a prompt that also happens to
+    start with a shorter end continues nothing of it), and differing fingerprints rule a match
+    out; only the tokens rule it in (a fingerprint can outlive a changed token, and spans from
+    several writers may be merged)."""
     prompt = call.prompt_token_ids
     last = seq.last
     assert prompt is not None and last is not None
-    if claimed is not None and claimed != seq.end_len and claimed in seq.anchors:
-        return _continues(prompt, seq.anchors[claimed], counts)
-    if claimed == seq.end_len and seq.end_fingerprint is not None:
+    if claimed is not None and claimed != seq.end_len:
+        anchor = seq.anchors.get(claimed)
+        return anchor is not None and _continues(prompt, anchor, counts)
+    if claimed is not None and seq.end_fingerprint is not None:
         counts["fingerprint_checks"] += 1
         if seq.end_fingerprint != call.attributes.get(AGL_PREFIX_FINGERPRINT, seq.end_fingerprint):
             return False  # the writer hashed other tokens for the same length: they differ
@@ -307,8 +309,10 @@ def align_calls(
             continue
         attrs = call.attributes
         claimed = _claim(call)
-        if claimed is not None and claimed not in ends and not unknown_end:
-            gaps.append(Gap(call.index, claimed))
+        if claimed is not None and claimed not in ends:
+            if not unknown_end:
+                gaps.append(Gap(call.index, claimed))
+            claimed = None  # it names no call we have: the tokens alone decide
         match: _Seq | None = None
         if recent:
             for seq in reversed(recent[-options.max_candidates :]):  # the latest first: usually it

@@ -19,6 +19,7 @@ from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from hashlib import blake2b
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,6 +69,8 @@ class CallProblem(StrEnum):
     LOGPROB_COUNT_MISMATCH = "logprob_count_mismatch"
     BAD_LOGPROBS = "bad_logprobs"
     """A logprob that is not a number, not finite, or above 0 (beyond float noise)."""
+    FINGERPRINT_MISMATCH = "fingerprint_mismatch"
+    """The tokens differ from those our endpoint hashed into ``agl_tinker.sequence_fingerprint``."""
     FAILED = "failed"
 
 
@@ -444,38 +447,68 @@ def _logprobs_ok(logprobs: Sequence[float], tolerance: float) -> bool:
 _TOKEN_FIELDS = ("prompt_token_ids", "response_token_ids")
 
 
-def _validate(records: Sequence[Record], options: ReconstructOptions) -> None:
-    """Check every token id and logprob of the calls kept, setting the problem of each call that
-    fails; a token problem wins over the problems already found, and its list becomes ``None``,
-    so nothing downstream (alignment, drift decoding) ever reads it.
+def _token_problem(ids: Any) -> CallProblem | None:
+    """Why ``ids`` is no list of ints in [0, 2**32), or ``None`` if it is one."""
+    try:
+        array("I", ids)
+    except TypeError:
+        return CallProblem.MALFORMED_TOKEN_IDS
+    except OverflowError:
+        return CallProblem.TOKEN_ID_OUT_OF_RANGE
+    return None
 
-    One C pass per list: ``array("I", ids)`` refuses anything but ints in [0, 2**32); one
-    vectorised maximum over the whole rollout then bounds them all by the vocabulary."""
+
+def _check_lists(r: Record) -> None:
+    """The slow path for a call whose lists are not both valid: name the problem, drop the bad list."""
+    for name in _TOKEN_FIELDS:
+        ids = r[name]
+        if ids is None or ids is _BAD:
+            continue
+        problem = _token_problem(ids)
+        if problem is not None:
+            r[name], r["problem"] = None, problem
+
+
+def _validate(records: Sequence[Record], options: ReconstructOptions) -> None:
+    """Check every token id and logprob of the calls kept, and our writer's fingerprint of their
+    tokens, setting the problem of each call that fails. A token problem wins over the problems
+    already found, and the call's unusable lists become ``None``, so nothing downstream
+    (alignment, drift decoding) ever reads them.
+
+    One C pass per call: ``array("I", ...)`` refuses anything but ints in [0, 2**32), BLAKE2
+    hashes the array in place, and one vectorised maximum over the whole rollout then bounds
+    every id by the vocabulary."""
     tolerance, vocab = options.logprob_tolerance, options.vocab_size
     arrays: list[array[int]] = []
-    owners: list[tuple[Record, str]] = []
+    owners: list[Record] = []
     for r in records:
-        for name in _TOKEN_FIELDS:
-            ids = r[name]
-            if ids is None or ids is _BAD:
-                continue
-            try:
-                arrays.append(array("I", ids))
-            except TypeError:
-                r[name], r["problem"] = None, CallProblem.MALFORMED_TOKEN_IDS
-            except OverflowError:
-                r[name], r["problem"] = None, CallProblem.TOKEN_ID_OUT_OF_RANGE
-            else:
-                owners.append((r, name))
+        prompt, response = r["prompt_token_ids"], r["response_token_ids"]
+        if prompt is None or prompt is _BAD or response is None or response is _BAD:
+            _check_lists(r)
+            continue
+        try:
+            ids = array("I", prompt)
+            ids.extend(response)
+        except (TypeError, OverflowError):
+            _check_lists(r)
+            continue
+        arrays.append(ids)
+        owners.append(r)
         if r["problem"] is None and not _logprobs_ok(r["logprobs"], tolerance):
             r["problem"] = CallProblem.BAD_LOGPROBS
-    if vocab is None or not arrays:
-        return
-    if int(np.frombuffer(b"".join(arrays), dtype=np.uint32).max()) < vocab:
-        return  # the usual case
-    for (r, name), ids in zip(owners, arrays, strict=True):
-        if max(ids) >= vocab:
-            r[name], r["problem"] = None, CallProblem.TOKEN_ID_OUT_OF_RANGE
+    if vocab is not None and arrays and int(np.frombuffer(b"".join(arrays), dtype=np.uint32).max()) >= vocab:
+        for r, ids in zip(owners, arrays, strict=True):
+            if max(ids) >= vocab:
+                r["prompt_token_ids"] = r["response_token_ids"] = None
+                r["problem"] = CallProblem.TOKEN_ID_OUT_OF_RANGE
+    for r, ids in zip(owners, arrays, strict=True):
+        fingerprint = r["attributes"].get(AGL_SEQUENCE_FINGERPRINT)
+        if fingerprint is None or r["prompt_token_ids"] is None:
+            continue
+        if blake2b(ids, digest_size=16).hexdigest() != fingerprint:
+            # Not the tokens our endpoint sampled and hashed: changed since, or mixed up.
+            r["prompt_token_ids"] = r["response_token_ids"] = None
+            r["problem"] = CallProblem.FINGERPRINT_MISMATCH
 
 
 # --- rewards -----------------------------------------------------------------------------------

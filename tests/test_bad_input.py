@@ -227,18 +227,38 @@ def test_a_call_without_token_ids_is_reported_once_not_also_as_a_gap() -> None:
     assert result.reconstruction.metrics["problem/missing_prompt_token_ids"] == 1
 
 
-def test_a_token_changed_under_an_intact_fingerprint_is_drift() -> None:
+def _change_prompt_token(spans: list[Span], sid: str, position: int, *, rehash: bool) -> list[Span]:
+    """Call ``sid``'s prompt with one token changed; ``rehash``: its sequence fingerprint is
+    recomputed over the changed tokens (a writer whose prefix fingerprint then lies)."""
+    out = []
+    for s in spans:
+        if s.span_id == sid:
+            attrs = dict(s.attributes)
+            prompt = list(attrs[S.PROMPT_TOKEN_IDS])
+            prompt[position] = (prompt[position] + 1) % VOCAB
+            attrs[S.PROMPT_TOKEN_IDS] = prompt
+            if rehash:
+                attrs[S.AGL_SEQUENCE_FINGERPRINT] = S.token_fingerprint(
+                    prompt + list(attrs[S.RESPONSE_TOKEN_IDS])
+                )
+            s = s.model_copy(update={"attributes": attrs})
+        out.append(s)
+    return out
+
+
+def test_a_token_changed_after_writing_is_reported_by_the_writers_fingerprint() -> None:
     _, spans = conversation(3)
-    call = next(s for s in spans if s.span_id == span_id(2))
-    prompt = list(call.attributes[S.PROMPT_TOKEN_IDS])
-    prompt[100] = (prompt[100] + 1) % VOCAB  # fingerprints left as the writer computed them
-    changed = [
-        s
-        if s is not call
-        else s.model_copy(update={"attributes": {**call.attributes, S.PROMPT_TOKEN_IDS: prompt}})
-        for s in spans
-    ]
-    result = rollout_trajectory(changed, status="succeeded")
+    result = rollout_trajectory(
+        _change_prompt_token(spans, span_id(2), 100, rehash=False), status="succeeded"
+    )
+    assert result.reconstruction.calls[2].problem is CallProblem.FINGERPRINT_MISMATCH
+    assert result.alignment.step_calls == (0, 1)  # the changed call is never trained
+
+
+def test_a_token_changed_under_an_intact_prefix_fingerprint_is_drift() -> None:
+    _, spans = conversation(3)
+    result = rollout_trajectory(_change_prompt_token(spans, span_id(2), 100, rehash=True), status="succeeded")
+    assert result.reconstruction.problems == ()
     (drift,) = result.alignment.drift
     assert drift.call_index == 2 and drift.token_index == 100
     # As many datums as sequences: nothing the cookbook splits silently.

@@ -129,12 +129,17 @@ def test_one_process_writes_metrics_checkpoints_and_curve(one_process_run: Any) 
         "time/waiting_s",
         "time/training_s",
         "train/datums",
+        "spans/dropped",
+        "spans/failed",
+        "align/gaps",
+        "tool_calls/parse_failures",
     ):
         assert key in result.steps[0], key
     first = result.steps[0]
     assert first["rollouts/total"] == 32 and first["rollouts/succeeded_frac"] == 1.0
     assert first["align/sequences_per_trajectory"] == 1.0  # one call per rollout: one sequence
     assert first["calls/off_policy"] == 0  # synchronous loop: every sample from the current weights
+    assert first["spans/dropped"] == 0 and first["align/gaps"] == 0  # nothing lost on a healthy run
     assert result.curve_path is not None and result.curve_path.stat().st_size > 0
     logged = [r["step"] for r in _rows(result.metrics_path) if "reward/mean" in r]
     assert logged == list(range(12))
