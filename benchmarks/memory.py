@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -32,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _stdout import emit_json, json_stdout  # benchmarks/ is on sys.path when a script runs
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,8 +169,9 @@ def main() -> None:
         result["split_algorithm_mb_per_step"] = _rounded(slope(rss["split_algorithm"], args.warmup))
     result["rss_mb"] = {k: [round(v[0], 1), round(v[-1], 1)] for k, v in rss.items() if v}
     result["seconds"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(result))
+    emit_json(result)
 
 
 if __name__ == "__main__":
-    main()
+    with json_stdout():
+        main()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import subprocess
@@ -23,6 +22,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from _stdout import emit_json, json_stdout  # benchmarks/ is on sys.path when a script runs
 
 MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,8 +121,9 @@ def main() -> None:
             result["hello_ci_wall_s"] = {"inproc": round(inproc[0], 1), "wire": round(wire[0], 1)}
             result["hello_ci_train_s"] = {"inproc": inproc[1], "wire": wire[1]}
             result["wire_over_inproc"] = round(wire[0] / inproc[0], 2)
-    print(json.dumps(result))
+    emit_json(result)
 
 
 if __name__ == "__main__":
-    main()
+    with json_stdout():
+        main()

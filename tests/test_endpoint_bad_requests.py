@@ -37,7 +37,7 @@ class ScriptedSampler:
         self.texts = texts
         self.calls = 0
 
-    async def sample_async(self, prompt: tinker.ModelInput, num_samples: int, sampling_params: Any) -> Any:
+    async def sample(self, prompt: tinker.ModelInput, num_samples: int, sampling_params: Any) -> Any:
         text = self.texts[self.calls % len(self.texts)]
         self.calls += 1
         tokens = [*self.tokenizer.encode(text, add_special_tokens=False), 151645][

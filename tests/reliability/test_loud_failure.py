@@ -47,7 +47,7 @@ def test_the_cli_exits_1_with_the_reason(
 ) -> None:
     from examples.hello import train as hello_train
 
-    def fail(settings: object, on_step: object = None) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
         raise NoTrainableRollouts("3 steps in a row had no rollout to train on")
 
     monkeypatch.setattr(hello_train, "run_one_click", fail)
