@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, get_args
 
 import chz
@@ -75,6 +76,16 @@ class TrainConfig:
     token_in_token_out: bool = True
     max_context_tokens: int = 32768
 
+    # Which LLM calls train (README "Which calls train"): calls failing a filter are left out of the
+    # trajectory (counted in ``reconstruct`` metrics as ``filtered_calls``), never trained on.
+    agent_match: str | None = None
+    """Regex on the agent name a call was made under (the ``X-Agent-Name`` request header, or the
+    enclosing agent span); calls of other or unnamed agents do not train."""
+    model_match: str | None = None
+    """Regex on the ``model`` name a call asked for; calls of other names do not train."""
+    model_aliases: tuple[str, ...] = ()
+    """More ``model`` names the endpoint answers besides ``model_name`` (e.g. one per agent role)."""
+
     wandb_project: str | None = None
     wandb_name: str | None = None
 
@@ -122,6 +133,14 @@ class TrainConfig:
             raise ConfigError(f"batch_timeout_s must be > 0 or None, got {self.batch_timeout_s}")
         if self.max_context_tokens < 1:
             raise ConfigError(f"max_context_tokens must be >= 1, got {self.max_context_tokens}")
+        for name, pattern in {"agent_match": self.agent_match, "model_match": self.model_match}.items():
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ConfigError(f"{name} is not a valid regular expression: {exc}") from None
+        if self.model_aliases and self.endpoint_mode != "lean":
+            raise ConfigError("model_aliases needs endpoint_mode='lean' (LLMProxy serves one model name)")
         # chz does not check Literal/enum values: a typo would only fail (or silently differ) later.
         choices: dict[str, tuple[str, tuple[str, ...]]] = {
             "loss_fn": (self.loss_fn, get_args(LossFn)),

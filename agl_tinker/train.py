@@ -37,8 +37,10 @@ from agl_tinker.config import TrainConfig
 from agl_tinker.data import TaskDataset, build_datasets
 from agl_tinker.endpoint import Endpoint, EndpointConfig, start_endpoint
 from agl_tinker.progress import ProgressDisplay
+from agl_tinker.reconstruct import ReconstructOptions
 from agl_tinker.report import write_reward_curve
 from agl_tinker.rollout import BatchResult, DispatchConfig, dispatch_batch
+from agl_tinker.tool_health import tool_health_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +122,7 @@ def _batch_metrics(
         f"{prefix}calls/off_policy": off_policy,
     }
     metrics.update({f"{prefix}excluded/{k}": v for k, v in sorted(exclusions.items())})
+    metrics.update(tool_health_metrics((o.result.reconstruction for o in outcomes), prefix))
     groups = [[o.result for o in g.outcomes] for g in batch.groups]
     return groups, metrics
 
@@ -146,6 +149,9 @@ class _Loop:
             config.model_name
         )
         self.reward_options = config.reward_options()
+        self.reconstruct_options = ReconstructOptions(
+            agent_match=config.agent_match, model_match=config.model_match
+        )
         self.progress = ProgressDisplay(enabled=show_progress)
         self.endpoint: Endpoint | None = None
         self.training_client: Any = None
@@ -178,6 +184,7 @@ class _Loop:
                 token_in_token_out=cfg.token_in_token_out,
                 max_context_tokens=cfg.max_context_tokens,
                 default_max_tokens=cfg.max_tokens,
+                model_aliases=tuple(cfg.model_aliases),
             ),
             store=self.store,
             sampling_client=sampling_client,
@@ -206,6 +213,7 @@ class _Loop:
             spans,
             status=_rollout_status(rollout),
             decode=self.tokenizer.decode,
+            reconstruct_options=self.reconstruct_options,
             reward_options=self.reward_options,
         )
 
