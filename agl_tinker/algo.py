@@ -17,9 +17,10 @@ from agentlightning.execution.events import ExecutionEvent
 from agentlightning.runner import LitAgentRunner
 from agentlightning.store.base import LightningStore
 from agentlightning.store.client_server import API_V1_AGL_PREFIX
+from agentlightning.tracer.agentops import AgentOpsTracer
 from agentlightning.tracer.otel import OtelTracer
 
-from agl_tinker.config import TrainConfig
+from agl_tinker.config import ConfigError, TrainConfig
 from agl_tinker.store_server import LeanStoreServer
 from agl_tinker.train import TrainResult, train
 
@@ -52,6 +53,10 @@ class TinkerAlgorithm(agl.Algorithm):
         self.on_step = on_step
         self.result: TrainResult | None = None
 
+    def set_trainer(self, trainer: Any) -> None:
+        check_runner(trainer)
+        super().set_trainer(trainer)
+
     async def run(  # type: ignore[override]
         self, train_dataset: Any = None, val_dataset: Any = None
     ) -> None:
@@ -76,6 +81,27 @@ def fast_runner(poll_interval: float = 0.05) -> LitAgentRunner[Any]:
     tokens, so the runner only needs to capture rewards and the agent's own spans.
     """
     return LitAgentRunner(OtelTracer(), poll_interval=poll_interval, interval_jitter=poll_interval / 5)
+
+
+def check_runner(trainer: Any) -> None:
+    """Refuse a trainer whose runners would trace with AgentOps (Agent-lightning's default tracer).
+
+    With the pinned versions, AgentOps records an assistant tool-call message as
+    ``gen_ai.prompt.N.content=None``, which Agent-lightning's ``Span`` model rejects: every rollout
+    of a tool-using agent fails inside the tracer (its OTLP exporter also errors on ``_headers``).
+    The endpoint records every LLM call itself, so the runner needs no LLM instrumentation:
+    :func:`fast_runner` traces with plain OpenTelemetry. Raised before any rollout runs; a trainer
+    that only runs the algorithm (split mode) is not checked, its runners are built elsewhere.
+    """
+    if getattr(getattr(trainer, "strategy", None), "role", "both") == "algorithm":
+        return
+    tracer = getattr(getattr(trainer, "runner", None), "tracer", None)
+    if isinstance(tracer, AgentOpsTracer):
+        raise ConfigError(
+            "TinkerAlgorithm needs runner=agl_tinker.algo.fast_runner() (or a runner with a non-AgentOps "
+            "tracer): Agent-lightning's default AgentOps tracer fails every rollout whose agent uses "
+            "tool calls, and polls for work every 5 s. See the README, 'Runner'."
+        )
 
 
 _RUNNER_DRAIN_S = 0.3
