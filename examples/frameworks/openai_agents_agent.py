@@ -56,7 +56,7 @@ def build_agents(client: AsyncOpenAI, model: str, temperature: float = 1.0, max_
     chat_model = OpenAIChatCompletionsModel(model=model, openai_client=client)
     writer = Agent(
         name="writer",
-        instructions="You write the final answer: name the object in one short sentence.",
+        instructions="You write the final answer, naming the object in one short sentence.",
         model=chat_model,
         model_settings=settings("writer"),
     )
