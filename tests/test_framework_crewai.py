@@ -22,6 +22,10 @@ from framework_checks import (
     train_few_steps,
 )
 
+# CrewAI comes with the frameworks extra, which the dev extra (CI's bootstrap) installs; a venv that
+# cannot hold it next to newer openai/pydantic releases (see the README, CrewAI) skips this module.
+pytest.importorskip("crewai", reason="CrewAI is not installed: pip install -e '.[frameworks]'")
+
 from examples.frameworks.crewai_q20 import TASKS, crewai_q20_agent, play_game
 
 pytestmark = pytest.mark.slow
