@@ -10,7 +10,8 @@ Metrics, with ``tools/`` for all episodes and ``tools/agent/<name>/`` for the ca
 - ``calls_per_episode``: tool calls per episode, averaged over the episodes (of that agent);
 - ``offered_episodes``: episodes in which tools were offered (to that agent);
 - ``no_call_episodes``: of those, episodes without a single tool call (by that agent);
-- ``no_call_frac``: ``no_call_episodes / offered_episodes`` (0.0 when none was offered).
+- ``no_call_frac``: ``no_call_episodes / offered_episodes`` (0.0 when none was offered);
+- ``parse_failures``: tool calls the policy wrote that did not parse (the endpoint's count per call).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from dataclasses import dataclass
 
 from agl_tinker import spans as S
 from agl_tinker.reconstruct import LLMCall, Reconstruction
+
+PARSE_FAILURES_KEY = "agl_tinker.tool_calls.parse_failures"
+"""Span attribute: tool calls in the answer that did not parse (written by the endpoint, issue 14)."""
 
 
 def tool_calls_in(call: LLMCall) -> int:
@@ -49,12 +53,16 @@ class _Tally:
     tool_calls: int = 0
     offered: int = 0
     offered_without_call: int = 0
+    parse_failures: int = 0
 
     def add(self, calls: Iterable[LLMCall]) -> None:
         n_calls = offered = 0
         for call in calls:
             n_calls += tool_calls_in(call)
             offered = offered or tools_offered(call)
+            failures = call.attributes.get(PARSE_FAILURES_KEY)
+            if isinstance(failures, int):
+                self.parse_failures += failures
         self.episodes += 1
         self.tool_calls += n_calls
         if offered:
@@ -67,6 +75,7 @@ class _Tally:
             f"{prefix}offered_episodes": self.offered,
             f"{prefix}no_call_episodes": self.offered_without_call,
             f"{prefix}no_call_frac": self.offered_without_call / self.offered if self.offered else 0.0,
+            f"{prefix}parse_failures": self.parse_failures,
         }
 
 

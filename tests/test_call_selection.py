@@ -118,3 +118,30 @@ async def test_tool_health_counts_calls_and_tool_less_episodes_per_agent(served:
 def test_bad_selection_config_names_the_field(tmp_path: Any, fields: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         TrainConfig(log_path=str(tmp_path), **fields).validate()
+
+
+def test_tool_health_sums_parse_failures_per_agent() -> None:
+    from spanfactory import CallSpec, call_spans
+
+    from agl_tinker.tool_health import PARSE_FAILURES_KEY
+
+    spans = []
+    for i, (agent, failures) in enumerate([("player", 2), ("answerer", 0), ("player", 1)]):
+        call = CallSpec(
+            prompt=[1, 2, 3 + i],
+            response=[4, 5],
+            logprobs=[-0.1, -0.2],
+            start=float(i),
+            end=i + 0.5,
+            response_id=f"chatcmpl-{i}",
+            agent_name=agent,
+            extra={PARSE_FAILURES_KEY: failures, S.AGL_TOOLS_OFFERED: 1},
+        )
+        spans += call_spans(
+            call, "agl", span_id=f"{i:016x}", rollout_id="ro-1", attempt_id="at-1", sequence_id=i
+        )
+    metrics = tool_health_metrics([reconstruct(spans)])
+    assert metrics["tools/parse_failures"] == 3
+    assert metrics["tools/agent/player/parse_failures"] == 3
+    assert metrics["tools/agent/answerer/parse_failures"] == 0
+    assert metrics["tools/no_call_episodes"] == 1

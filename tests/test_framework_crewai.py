@@ -24,7 +24,10 @@ from framework_checks import (
 
 # CrewAI comes with the frameworks extra, which the dev extra (CI's bootstrap) installs; a venv that
 # cannot hold it next to newer openai/pydantic releases (see the README, CrewAI) skips this module.
-pytest.importorskip("crewai", reason="CrewAI is not installed: pip install -e '.[frameworks]'")
+# (The example is imported first: it switches CrewAI's network telemetry off before CrewAI loads.)
+pytest.importorskip(
+    "examples.frameworks.crewai_q20", reason="CrewAI is not installed: pip install -e '.[frameworks]'"
+)
 
 from examples.frameworks.crewai_q20 import TASKS, crewai_q20_agent, play_game
 
