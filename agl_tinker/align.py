@@ -15,10 +15,11 @@ datum and the rollout's return (hence its group advantage) stays one number.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import logging
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import tinker
 from tinker_cookbook.completers import TokensWithLogprobs
@@ -38,6 +39,8 @@ from agl_tinker.spans import AGL_PREFIX_FINGERPRINT, AGL_PREFIX_LENGTH, AGL_SEQU
 
 Decode = Callable[[list[int]], str]
 
+logger = logging.getLogger(__name__)
+
 _new = object.__new__
 _set = object.__setattr__
 
@@ -55,6 +58,9 @@ class AlignOptions:
     """Tokens shown on each side of the first difference in a drift report."""
     max_candidates: int = 8
     """Open sequences (most recent first) a call may extend; bounds the cost of branchy rollouts."""
+    on_gap: Literal["exclude", "train"] = "exclude"
+    """A lost call (see :class:`Gap`): ``exclude`` the rollout (reason ``gap``), or ``train`` the
+    calls that were recorded, the lost call's tokens staying masked context of later ones."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,17 @@ class DriftEvent:
     expected_text: str | None
     actual_text: str | None
     kind: DriftKind
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A call whose writer vouches for a prompt prefix no recorded call of the rollout ended at:
+    the span of the call that produced those tokens was lost. Without this, the lost call's
+    sampled tokens would silently become observations of the next one."""
+
+    call_index: int
+    claimed_prefix_length: int
+    """The writer's ``agl_tinker.prefix_length``."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,7 @@ class Alignment:
     skipped: tuple[tuple[int, str], ...]
     """(call index, reason) of calls not trained; their tokens may be context of later calls."""
     metrics: Mapping[str, int]
+    gaps: tuple[Gap, ...] = ()
 
     @property
     def step_calls(self) -> tuple[int, ...]:
@@ -147,8 +165,8 @@ class _Seq:
         self.calls: list[int] = []
         self.end_fingerprint: Any = None
         """Writer's fingerprint of the sequence's ``end_len`` tokens (the usual continuation point)."""
-        self.anchors: dict[int, Any] = {}
-        """Further points a later call may continue from: where untrainable calls ended."""
+        self.anchors: dict[int, LLMCall] = {}
+        """Further points a later call may continue from: untrainable calls, by where they ended."""
         self.end_len = 0
         self.obs = 0
         self.acts = 0
@@ -176,25 +194,39 @@ def _starts_with(prompt: Sequence[int], head: Sequence[int], tail: Sequence[int]
     return _same(prompt[n : n + m], tail) and _same(prompt[:n], head)
 
 
-def _extends(call: LLMCall, seq: _Seq, counts: dict[str, int]) -> bool:
+def _claim(call: LLMCall) -> int | None:
+    """The prompt prefix length the writer says continues an earlier call (``None``: no claim)."""
+    claimed = call.attributes.get(AGL_PREFIX_LENGTH)
+    return claimed if type(claimed) is int else None
+
+
+def _continues(prompt: Sequence[int], end: LLMCall, counts: dict[str, int]) -> bool:
+    counts["exact_checks"] += 1
+    assert end.prompt_token_ids is not None and end.response_token_ids is not None
+    return _starts_with(prompt, end.prompt_token_ids, end.response_token_ids)
+
+
+def _extends(call: LLMCall, seq: _Seq, claimed: int | None, counts: dict[str, int]) -> bool:
+    """``call``'s prompt starts with ``seq``'s tokens, or with those of an untrainable call that
+    continued it. The writer's claim picks which end to compare with, and differing fingerprints
+    rule a match out; only the tokens themselves rule it in (a fingerprint can outlive a changed
+    token, and spans from several writers may be merged)."""
     prompt = call.prompt_token_ids
     last = seq.last
     assert prompt is not None and last is not None
-    if len(prompt) < seq.end_len:
-        return False
-    attrs = call.attributes
-    claimed = attrs.get(AGL_PREFIX_LENGTH)
-    if claimed is not None:
-        anchor = seq.end_fingerprint if claimed == seq.end_len else seq.anchors.get(claimed)
-        if anchor is not None:
-            counts["fingerprint_checks"] += 1
-            if anchor == attrs.get(AGL_PREFIX_FINGERPRINT):
+    if claimed is not None and claimed != seq.end_len and claimed in seq.anchors:
+        return _continues(prompt, seq.anchors[claimed], counts)
+    if claimed == seq.end_len and seq.end_fingerprint is not None:
+        counts["fingerprint_checks"] += 1
+        if seq.end_fingerprint != call.attributes.get(AGL_PREFIX_FINGERPRINT, seq.end_fingerprint):
+            return False  # the writer hashed other tokens for the same length: they differ
+    if len(prompt) >= seq.end_len and _continues(prompt, last, counts):
+        return True
+    if claimed is None:  # no claim: it may continue an untrainable call's end (latest first)
+        for end in reversed(seq.anchors.values()):
+            if _continues(prompt, end, counts):
                 return True
-            if claimed == seq.end_len:
-                return False  # different fingerprints of the same span of tokens: they differ
-    counts["exact_checks"] += 1
-    assert last.prompt_token_ids is not None and last.response_token_ids is not None
-    return _starts_with(prompt, last.prompt_token_ids, last.response_token_ids)
+    return False
 
 
 def _first_difference(prompt: Sequence[int], expected: list[int]) -> int:
@@ -227,55 +259,69 @@ def _drift(call: LLMCall, seq: _Seq, decode: Decode | None, window: int) -> Drif
         token_index=at,
         expected_tokens=exp_win,
         actual_tokens=act_win,
-        expected_text=decode(list(exp_win)) if decode is not None else None,
-        actual_text=decode(list(act_win)) if decode is not None else None,
+        expected_text=_text(decode, exp_win),
+        actual_text=_text(decode, act_win),
         kind=DriftKind.CONCURRENT if concurrent else DriftKind.DRIFT,
     )
 
 
+def _text(decode: Decode | None, tokens: tuple[int, ...]) -> str | None:
+    """Decoded tokens for a report; a report never fails the rollout (``None`` if decoding does)."""
+    if decode is None:
+        return None
+    try:
+        return decode(list(tokens))
+    except Exception:  # the caller's tokenizer, on ids the core has already checked
+        logger.debug("drift report: decoding %d tokens failed", len(tokens), exc_info=True)
+        return None
+
+
 def align_calls(
-    calls: Iterable[LLMCall], *, decode: Decode | None = None, options: AlignOptions = AlignOptions()
+    calls: Iterable[LLMCall],
+    *,
+    decode: Decode | None = None,
+    options: AlignOptions = AlignOptions(),
+    other_ends: Collection[int] = (),
 ) -> Alignment:
-    """Token sequences for one rollout's calls (in call order, as ``reconstruct`` returns them)."""
+    """Token sequences for one rollout's calls (in call order, as ``reconstruct`` returns them).
+
+    Every extension is confirmed on the tokens; a call whose writer vouches for a prefix that no
+    earlier call ended at is a :class:`Gap`. ``other_ends``: prompt + response lengths of the
+    rollout's calls left out of ``calls`` (``Reconstruction.filtered_ends``), which are no gap.
+    """
     seqs: list[_Seq] = []
     recent: list[_Seq] = []  # most recently extended last
     drift: list[DriftEvent] = []
     skipped: list[tuple[int, str]] = []
+    gaps: list[Gap] = []
+    ends: set[int] = set(other_ends)  # where earlier calls' tokens ended
+    unknown_end = False  # an earlier call without token ids: a claim may be about it
     counts = {"fingerprint_checks": 0, "exact_checks": 0}
     n_calls = 0
     for call in calls:
         n_calls += 1
         prompt, response = call.prompt_token_ids, call.response_token_ids
         if prompt is None or response is None or not prompt:
+            unknown_end = True
             skipped.append((call.index, str(call.problem)))
             continue
         attrs = call.attributes
+        claimed = _claim(call)
+        if claimed is not None and claimed not in ends and not unknown_end:
+            gaps.append(Gap(call.index, claimed))
         match: _Seq | None = None
         if recent:
-            last_seq = recent[-1]
-            # The usual case, checked inline: the writer says the prompt continues the most recent
-            # sequence's end, and the fingerprints agree (else _extends does the full check).
-            if (
-                attrs.get(AGL_PREFIX_LENGTH) == last_seq.end_len
-                and last_seq.end_fingerprint is not None
-                and len(prompt) >= last_seq.end_len
-                and last_seq.end_fingerprint == attrs.get(AGL_PREFIX_FINGERPRINT)
-            ):
-                counts["fingerprint_checks"] += 1
-                match = last_seq
-            elif _extends(call, last_seq, counts):
-                match = last_seq
-            else:
-                for seq in reversed(recent[-options.max_candidates : -1]):
-                    if _extends(call, seq, counts):
-                        match = seq
-                        break
+            for seq in reversed(recent[-options.max_candidates :]):  # the latest first: usually it
+                if _extends(call, seq, claimed, counts):
+                    match = seq
+                    break
         full_len = len(prompt) + len(response)
+        ends.add(full_len)
         fingerprint = attrs.get(AGL_SEQUENCE_FINGERPRINT)
         if call.problem is not None:
             # Not trainable, but a later call may continue it: remember where it ended.
-            if match is not None and fingerprint is not None:
-                match.anchors[full_len] = fingerprint
+            if match is not None:
+                match.anchors[full_len] = call
             skipped.append((call.index, str(call.problem)))
             continue
         if match is None:
@@ -357,6 +403,7 @@ def align_calls(
         "action_tokens": acts,
         "fingerprint_checks": counts["fingerprint_checks"],
         "exact_checks": counts["exact_checks"],
+        "gaps": len(gaps),
     }
     return construct(
         Alignment,
@@ -366,6 +413,7 @@ def align_calls(
             "drift": tuple(drift),
             "skipped": tuple(skipped),
             "metrics": metrics,
+            "gaps": tuple(gaps),
         },
     )
 
@@ -426,6 +474,27 @@ class RolloutTrajectory:
         return out
 
 
+def problem_metrics(rollouts: Iterable[RolloutTrajectory], prefix: str = "") -> dict[str, int]:
+    """A step's counts of what the core refused or found wrong, summed over its rollouts:
+    ``calls/problem/<reason>`` (calls not trained), ``rewards/problem/<reason>`` (reward spans
+    that excluded their rollout), ``align/gaps`` (lost calls) and ``tool_calls/parse_failures``
+    (tool calls the policy wrote that did not parse; the agent got them as text)."""
+    out: dict[str, int] = {f"{prefix}align/gaps": 0, f"{prefix}tool_calls/parse_failures": 0}
+    for r in rollouts:
+        for key, value in r.reconstruction.metrics.items():
+            if key.startswith("problem/"):
+                name = f"{prefix}calls/{key}"
+            elif key.startswith("reward_problem/"):
+                name = f"{prefix}rewards/problem/{key[len('reward_problem/') :]}"
+            elif key == "tool_call_parse_failures":
+                name = f"{prefix}tool_calls/parse_failures"
+            else:
+                continue
+            out[name] = out.get(name, 0) + value
+        out[f"{prefix}align/gaps"] += len(r.alignment.gaps)
+    return out
+
+
 # Frozen, so one shared instance each (building them per rollout is measurable at this rate).
 _RECONSTRUCT_DEFAULTS, _ALIGN_DEFAULTS, _REWARD_DEFAULTS = (
     ReconstructOptions(),
@@ -449,9 +518,11 @@ def rollout_trajectory(
     when the caller already knows it finished.
     """
     rec = reconstruct(spans, reconstruct_options or _RECONSTRUCT_DEFAULTS)
-    alignment = align_calls(rec.calls, decode=decode, options=align_options or _ALIGN_DEFAULTS)
+    align_options = align_options or _ALIGN_DEFAULTS
+    alignment = align_calls(rec.calls, decode=decode, options=align_options, other_ends=rec.filtered_ends)
+    gaps = len(alignment.gaps) if align_options.on_gap == "exclude" else 0
     attribution = attribute_rewards(
-        rec.rewards, alignment.step_calls, status, reward_options or _REWARD_DEFAULTS
+        rec.rewards, alignment.step_calls, status, reward_options or _REWARD_DEFAULTS, gaps=gaps
     )
     trajectory: Trajectory | None = None
     if attribution.trainable:

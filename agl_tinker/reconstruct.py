@@ -13,15 +13,19 @@ from __future__ import annotations
 import ast
 import bisect
 import json
+import math
 import re
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from agl_tinker import spans as S
 from agl_tinker._construct import construct
-from agl_tinker.rewards import RewardEvent
+from agl_tinker.rewards import RewardEvent, RewardProblem
 from agl_tinker.spans import (
     AGL_AGENT_NAME,
     AGL_RESPONSE_LOGPROBS,
@@ -56,9 +60,14 @@ class CallProblem(StrEnum):
     MISSING_PROMPT_TOKEN_IDS = "missing_prompt_token_ids"
     MISSING_RESPONSE_TOKEN_IDS = "missing_response_token_ids"
     MALFORMED_TOKEN_IDS = "malformed_token_ids"
+    """Token ids that are not a list of ints."""
+    TOKEN_ID_OUT_OF_RANGE = "token_id_out_of_range"
+    """A token id outside ``[0, vocab_size)`` (``[0, 2**32)`` when the vocabulary size is unknown)."""
     EMPTY_PROMPT = "empty_prompt"
     MISSING_LOGPROBS = "missing_logprobs"
     LOGPROB_COUNT_MISMATCH = "logprob_count_mismatch"
+    BAD_LOGPROBS = "bad_logprobs"
+    """A logprob that is not a number, not finite, or above 0 (beyond float noise)."""
     FAILED = "failed"
 
 
@@ -120,6 +129,19 @@ class ReconstructOptions:
     """Regex on the request (or response) model; when set, calls of other models are filtered out."""
     llm_span_names: frozenset[str] = S.LLM_CALL_SPAN_NAMES
     """Span names that are LLM calls; any span carrying ``prompt_token_ids`` is one too."""
+    vocab_size: int | None = None
+    """Token ids must be below this (the tokenizer's ``len``); ``None``: below 2**32 only."""
+    logprob_tolerance: float = 1e-4
+    """Logprobs above 0 by at most this much are float noise; larger ones make the call a problem."""
+    max_abs_reward: float = 1e6
+    """Rewards of larger magnitude (or not finite, or not numbers) exclude their rollout: beyond
+    this, a group's advantages lose every other rollout's signal or overflow."""
+
+    def __post_init__(self) -> None:
+        if self.vocab_size is not None and not 0 < self.vocab_size <= 2**32:
+            raise ValueError(f"vocab_size must be in (0, 2**32], got {self.vocab_size}")
+        if not (self.logprob_tolerance >= 0 and self.max_abs_reward > 0):
+            raise ValueError("logprob_tolerance must be >= 0 and max_abs_reward > 0")
 
 
 @dataclass(frozen=True)
@@ -130,8 +152,12 @@ class Reconstruction:
     rewards: tuple[RewardEvent, ...]
     """In emission order (start time, then sequence id)."""
     metrics: Mapping[str, int]
-    """spans, duplicate_spans, other_attempt_spans, merged_spans, filtered_calls, calls, and
-    ``problem/<reason>`` counts."""
+    """spans, duplicate_spans, other_attempt_spans, merged_spans, filtered_calls, calls,
+    tool_call_parse_failures (the endpoint's count of tool calls it could not parse), rewards, and
+    ``problem/<reason>`` / ``reward_problem/<reason>`` counts."""
+    filtered_ends: frozenset[int] = frozenset()
+    """Prompt + response lengths of the calls ``agent_match``/``model_match`` left out: a kept call
+    continuing one of them has lost nothing (see :class:`agl_tinker.align.Gap`)."""
 
     @property
     def problems(self) -> tuple[LLMCall, ...]:
@@ -141,14 +167,19 @@ class Reconstruction:
 # --- reading attribute values ------------------------------------------------------------------
 
 
+_UNREADABLE = (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, OverflowError)
+"""What ``json.loads`` / ``ast.literal_eval`` raise on a corrupted value (a set literal of lists
+is a ``TypeError``, deep nesting a ``RecursionError``): such a value reads as absent or malformed."""
+
+
 def _literal(value: Any) -> Any:
     if isinstance(value, str):
         try:
             return json.loads(value)
-        except ValueError:
+        except _UNREADABLE:
             try:
                 return ast.literal_eval(value)
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
+            except _UNREADABLE:
                 return None
     return value
 
@@ -288,7 +319,7 @@ def _logprobs_from_content(content: Any) -> Any:
         return _BAD
     try:
         return [float(item["logprob"]) for item in content]
-    except (TypeError, KeyError, ValueError):
+    except (TypeError, KeyError, ValueError, OverflowError):
         return _BAD
 
 
@@ -399,6 +430,61 @@ def _merge_calls(records: list[Record], by_id: Mapping[str, Span], has_raw: bool
     return records, merged
 
 
+# --- validation: the one place the core checks token ids and logprobs -------------------------
+
+
+def _checked_ids(r: Record, name: str, arrays: list[array[int]]) -> CallProblem | None:
+    """Every id of ``r[name]`` an int in [0, 2**32) (one C pass: ``array`` refuses anything else);
+    the array goes to ``arrays`` for the vocabulary bound. On a problem the list becomes ``None``,
+    so nothing downstream (alignment, drift decoding) ever reads it."""
+    ids = r[name]
+    if ids is None or ids is _BAD:
+        return None
+    try:
+        arrays.append(array("I", ids))
+    except TypeError:
+        r[name] = None
+        return CallProblem.MALFORMED_TOKEN_IDS
+    except OverflowError:
+        r[name] = None
+        return CallProblem.TOKEN_ID_OUT_OF_RANGE
+    return None
+
+
+def _logprobs_ok(logprobs: Sequence[float], tolerance: float) -> bool:
+    """Finite numbers, none above ``tolerance``: a NaN or infinity makes the sum non-finite."""
+    try:
+        return not logprobs or (math.isfinite(sum(logprobs)) and max(logprobs) <= tolerance)
+    except TypeError:  # not numbers
+        return False
+
+
+def _validate(records: Sequence[Record], options: ReconstructOptions) -> None:
+    """Check every token id and logprob of the calls kept, setting the problem of each call that
+    fails (a token problem wins over the problems already found: its tokens are unusable)."""
+    tolerance, vocab = options.logprob_tolerance, options.vocab_size
+    arrays: list[array[int]] = []
+    owners: list[tuple[Record, str]] = []
+    for r in records:
+        for name in ("prompt_token_ids", "response_token_ids"):
+            before = len(arrays)
+            problem = _checked_ids(r, name, arrays)
+            if problem is not None:
+                r["problem"] = problem
+            elif len(arrays) > before and vocab is not None:
+                owners.append((r, name))
+        if r["problem"] is None and not _logprobs_ok(r["logprobs"], tolerance):
+            r["problem"] = CallProblem.BAD_LOGPROBS
+    if vocab is None or not arrays:
+        return
+    if int(np.frombuffer(b"".join(arrays), dtype=np.uint32).max()) < vocab:
+        return  # the usual case: one vectorised pass over the whole rollout
+    for (r, name), ids in zip(owners, arrays, strict=True):
+        if r[name] is not None and max(ids) >= vocab:
+            r[name] = None
+            r["problem"] = CallProblem.TOKEN_ID_OUT_OF_RANGE
+
+
 # --- rewards -----------------------------------------------------------------------------------
 
 _REWARD_VALUE0 = f"{S.REWARD_PREFIX}.0.value"
@@ -415,30 +501,69 @@ def _reward_keys(i: int) -> tuple[str, str]:
     return (f"{S.REWARD_PREFIX}.{i}.value", f"{S.REWARD_PREFIX}.{i}.name")
 
 
-def _read_reward(span: Span) -> tuple[float, dict[str, float]] | None:
+_ReadReward = tuple[float, dict[str, float], RewardProblem | None]
+
+
+def _reward_value(value: Any, max_abs: float) -> tuple[float, RewardProblem | None]:
+    """A primary reward value as a float, or NaN and why it cannot be trained on."""
+    if value is None:
+        return _NAN, RewardProblem.MISSING_VALUE
+    if type(value) is bool or not isinstance(value, (int, float)):
+        return _NAN, RewardProblem.NOT_A_NUMBER
+    if isinstance(value, int) and abs(value) > max_abs:  # float() of a huge int overflows
+        return _NAN, RewardProblem.OUT_OF_RANGE
+    number = float(value)
+    if not math.isfinite(number):
+        return _NAN, RewardProblem.NOT_FINITE
+    if abs(number) > max_abs:
+        return _NAN, RewardProblem.OUT_OF_RANGE
+    return number, None
+
+
+def _dimensions(attrs: Mapping[str, Any], name: Any, value: float) -> dict[str, float]:
+    """Every reward dimension, primary first; it stops at the first that is not a finite number."""
+    dims: dict[str, float] = {name if type(name) is str else str(name): value}
+    i = 1
+    while True:
+        value_key, name_key = _REWARD_KEYS[i] if i < _N_REWARD_KEYS else _reward_keys(i)
+        v = attrs.get(value_key)
+        if type(v) is not float and (type(v) is bool or not isinstance(v, int) or abs(v) > 2**53):
+            break
+        if not math.isfinite(v):
+            break
+        dims[str(attrs.get(name_key, i))] = float(v)
+        i += 1
+    return dims
+
+
+def _read_reward(span: Span, max_abs: float) -> _ReadReward | None:
+    """A reward span's primary value and dimensions, with the problem that makes it unusable
+    (value NaN then); ``None`` when the span is no reward (any other annotation)."""
     attrs = span.attributes
     value = attrs.get(_REWARD_VALUE0)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        name = attrs.get(_REWARD_NAME0, 0)
-        dims: dict[str, float] = {name if type(name) is str else str(name): float(value)}
-        i = 1
-        while True:
-            value_key, name_key = _REWARD_KEYS[i] if i < _N_REWARD_KEYS else _reward_keys(i)
-            v = attrs.get(value_key)
-            if not isinstance(v, (int, float)):
-                break
-            dims[str(attrs.get(name_key, i))] = float(v)
-            i += 1
-        return float(value), dims
+    if type(value) is float and -max_abs <= value <= max_abs:  # the usual case (NaN fails it)
+        return value, _dimensions(attrs, attrs.get(_REWARD_NAME0, 0), value), None
+    if value is not None or _REWARD_NAME0 in attrs:  # ``emit_reward``'s format, but broken
+        number, problem = _reward_value(value, max_abs)
+        dims = _dimensions(attrs, attrs.get(_REWARD_NAME0, 0), number) if problem is None else {}
+        return number, dims, problem
     if span.name == S.REWARD_SPAN_NAME or any(k in attrs for k in _LEGACY_REWARD_KEYS[:2]):
         # Older payloads (AgentOps ``{"type": "reward"}``, v0.2 annotations): Agent-lightning's
-        # own parser, imported here so the hot path and plain imports stay light.
+        # own parser, imported here so the hot path and plain imports stay light. It raises
+        # pydantic's ValidationError on a malformed ``agentlightning.reward.*`` payload.
         from agentlightning.emitter.reward import get_reward_value
 
-        legacy = get_reward_value(span)
+        try:
+            legacy = get_reward_value(span)
+        except Exception:  # any failure of a foreign parser: the span is unreadable
+            return _NAN, {}, RewardProblem.NOT_A_NUMBER
         if legacy is not None:
-            return float(legacy), {}
+            number, problem = _reward_value(legacy, max_abs)
+            return number, {}, problem
     return None
+
+
+_NAN = float("nan")
 
 
 # --- the reconstruction ------------------------------------------------------------------------
@@ -530,7 +655,8 @@ def reconstruct(spans: Iterable[Span], options: ReconstructOptions = Reconstruct
     names = options.llm_span_names
     records: list[Record] = []
     orphans: list[tuple[Record, str]] = []  # calls naming no agent, under a parent span
-    reward_items: list[tuple[float, int, str, float | None, float, dict[str, float]]] = []
+    reward_items: list[tuple[float, int, str, float | None, float, dict[str, float], Any]] = []
+    max_abs = options.max_abs_reward
     has_raw = False
     for s in by_id.values():
         if s.name in names or PROMPT_TOKEN_IDS in s.attributes:
@@ -541,25 +667,27 @@ def reconstruct(spans: Iterable[Span], options: ReconstructOptions = Reconstruct
             if r["agent_name"] is None and s.parent_id is not None:
                 orphans.append((r, s.parent_id))
             continue
-        reward = _read_reward(s)
+        reward = _read_reward(s, max_abs)
         if reward is not None:
             t = s.start_time if s.start_time is not None else s.end_time
             reward_items.append((t if t is not None else _INF, s.sequence_id, s.span_id, t, *reward))
-    n_read = len(records)
     records, merged = _merge_calls(records, by_id, has_raw)
 
     agent_re = re.compile(options.agent_match) if options.agent_match is not None else None
     model_re = re.compile(options.model_match) if options.model_match is not None else None
-    if orphans and (agent_re is not None or len(by_id) > n_read):
+    if orphans:  # whatever other spans there are: a call's agent may be named on a parent call
         memo: dict[str, str | None] = {}
         for r, parent_id in orphans:  # merged-away records too: harmless, they are dropped below
             if r["agent_name"] is None:
                 r["agent_name"] = _agent_of(parent_id, by_id, memo)
     kept = records
+    filtered_ends: frozenset[int] = frozenset()
     if agent_re is not None or model_re is not None:
         kept = [r for r in records if _wanted(r, agent_re, model_re)]
+        filtered_ends = frozenset(_end(r) for r in records if not _wanted(r, agent_re, model_re))
     if len(kept) > 1:
         kept.sort(key=_order)
+    _validate(kept, options)
 
     metrics: dict[str, int] = {
         "spans": len(all_spans),
@@ -569,8 +697,12 @@ def reconstruct(spans: Iterable[Span], options: ReconstructOptions = Reconstruct
         "filtered_calls": len(records) - len(kept),
     }
     calls: list[LLMCall] = []
+    parse_failures = 0
     for i, r in enumerate(kept):
         r["index"] = i
+        failures = r["attributes"].get(S.AGL_TOOL_CALL_PARSE_FAILURES)
+        if failures is not None and type(failures) is int and failures > 0:
+            parse_failures += failures
         problem = r["problem"]
         if problem is not None:
             key = f"problem/{problem}"
@@ -582,13 +714,14 @@ def reconstruct(spans: Iterable[Span], options: ReconstructOptions = Reconstruct
         _set(call, "__dict__", r)
         calls.append(call)
     metrics["calls"] = len(calls)
+    metrics["tool_call_parse_failures"] = parse_failures
 
     rewards: list[RewardEvent] = []
     if reward_items:
         if len(reward_items) > 1:
             reward_items.sort(key=lambda item: item[:3])
         starts = [c.start_time if c.start_time is not None else _INF for c in calls]
-        for _, seq, sid, t, value, dims in reward_items:
+        for _, seq, sid, t, value, dims, problem in reward_items:
             after = _call_before(calls, starts, t, seq)
             event = {
                 "value": value,
@@ -597,8 +730,12 @@ def reconstruct(spans: Iterable[Span], options: ReconstructOptions = Reconstruct
                 "span_id": sid,
                 "after_call": after,
                 "dimensions": dims,
+                "problem": problem,
             }
             rewards.append(construct(RewardEvent, event))
+            if problem is not None:
+                key = f"reward_problem/{problem}"
+                metrics[key] = metrics.get(key, 0) + 1
     metrics["rewards"] = len(rewards)
     return construct(
         Reconstruction,
@@ -608,8 +745,17 @@ def reconstruct(spans: Iterable[Span], options: ReconstructOptions = Reconstruct
             "calls": tuple(calls),
             "rewards": tuple(rewards),
             "metrics": metrics,
+            "filtered_ends": filtered_ends,
         },
     )
+
+
+def _end(r: Record) -> int:
+    """Where a call's tokens end (-1 when it has none to continue from)."""
+    prompt, response = r["prompt_token_ids"], r["response_token_ids"]
+    if isinstance(prompt, (list, tuple)) and isinstance(response, (list, tuple)):
+        return len(prompt) + len(response)
+    return -1
 
 
 def _wanted(r: Record, agent_re: re.Pattern[str] | None, model_re: re.Pattern[str] | None) -> bool:

@@ -16,6 +16,16 @@ from enum import StrEnum
 from agl_tinker._construct import construct
 
 
+class RewardProblem(StrEnum):
+    """Why a reward span cannot be trained on; any one excludes its rollout (``bad_reward``)."""
+
+    MISSING_VALUE = "missing_value"
+    NOT_A_NUMBER = "not_a_number"
+    NOT_FINITE = "not_finite"
+    OUT_OF_RANGE = "out_of_range"
+    """Larger in magnitude than ``ReconstructOptions.max_abs_reward``."""
+
+
 @dataclass(frozen=True)
 class RewardEvent:
     """One ``agl.emit_reward`` value, placed in time relative to the rollout's LLM calls."""
@@ -28,6 +38,8 @@ class RewardEvent:
     after_call: int | None
     """Index of the last LLM call that ended before the reward; ``None``: before every call."""
     dimensions: Mapping[str, float] = field(default_factory=dict)
+    problem: RewardProblem | None = None
+    """Set when the span's reward is unusable; ``value`` is then NaN and never trained on."""
 
 
 class RewardMode(StrEnum):
@@ -46,6 +58,10 @@ class ExclusionReason(StrEnum):
     TIMEOUT = "timeout"
     UNFINISHED = "unfinished"
     NO_TRAINABLE_CALLS = "no_trainable_calls"
+    BAD_REWARD = "bad_reward"
+    """A reward span whose value is missing, not a number, not finite or out of range."""
+    GAP = "gap"
+    """A call claims a prefix no recorded call produced: a call's span was lost."""
 
 
 _STATUS_EXCLUSION: Mapping[str, ExclusionReason] = {
@@ -90,10 +106,17 @@ class RewardAttribution:
         return self.exclusion is None or self.scored
 
 
-def exclusion_for(status: str | None, has_reward: bool, has_steps: bool) -> ExclusionReason | None:
-    """Status first (a failed rollout's partial reward is not trusted), then reward, then calls."""
+def exclusion_for(
+    status: str | None, has_reward: bool, has_steps: bool, *, bad_reward: bool = False, gaps: int = 0
+) -> ExclusionReason | None:
+    """Status first (a failed rollout's partial reward is not trusted), then broken data (a
+    malformed reward, a lost call), then reward, then calls."""
     if status is not None and status != "succeeded":
         return _STATUS_EXCLUSION.get(status, ExclusionReason.FAILED)
+    if bad_reward:
+        return ExclusionReason.BAD_REWARD
+    if gaps:
+        return ExclusionReason.GAP
     if not has_reward:
         return ExclusionReason.NO_REWARD
     if not has_steps:
@@ -106,21 +129,37 @@ def attribute_rewards(
     step_calls: Sequence[int],
     status: str | None,
     options: RewardOptions = RewardOptions(),
+    *,
+    gaps: int = 0,
 ) -> RewardAttribution:
     """Per-transition rewards for one rollout.
 
     ``step_calls``: the LLM call index of each transition (any order). ``status``: the rollout's
     (or attempt's) status; ``None`` means the caller knows it finished. Events must be in emission
-    order, as :func:`agl_tinker.reconstruct.reconstruct` returns them.
+    order, as :func:`agl_tinker.reconstruct.reconstruct` returns them; one with a ``problem``
+    excludes the rollout (``bad_reward``). ``gaps``: lost calls the alignment found, which
+    exclude it too (``gap``) unless the caller chose to train around them (pass 0).
     """
     n = len(step_calls)
-    if n and events and (status is None or status == "succeeded") and options.mode is RewardMode.FINAL:
+    bad_reward = False
+    for event in events:  # usually one
+        if event.problem is not None:
+            bad_reward = True
+            break
+    if (
+        n
+        and events
+        and not bad_reward
+        and not gaps
+        and (status is None or status == "succeeded")
+        and options.mode is RewardMode.FINAL
+    ):
         # The usual case, without the general path's setup: the last reward to the last step.
         rewards = [0.0] * n
         total = events[-1].value
         rewards[_last_step(step_calls)] = total
         return _attribution(rewards, total, None, False, len(events), 0)
-    exclusion = exclusion_for(status, bool(events), n > 0)
+    exclusion = exclusion_for(status, bool(events), n > 0, bad_reward=bad_reward, gaps=gaps)
     if exclusion is not None:
         scored = options.excluded_score is not None
         value = float(options.excluded_score) if options.excluded_score is not None else 0.0

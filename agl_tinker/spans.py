@@ -26,6 +26,8 @@ key                                 type                       meaning
 ``agl_tinker.sequence_fingerprint`` str (hex)                  fingerprint of prompt + response tokens
 ``agl_tinker.prefix_length``        int                        length L of a prompt prefix the writer vouches for
 ``agl_tinker.prefix_fingerprint``   str (hex)                  fingerprint of ``prompt_token_ids[:L]``
+``agl_tinker.tool_calls.parse_failures`` int                   tool calls in the answer that did not parse
+                                                               (returned as text); absent when none
 ``agl_tinker.tools_offered``        int                        number of tools the request declared
 =================================  =========================  ==============================================
 
@@ -87,6 +89,7 @@ AGL_COMPLETION: Final = "agl_tinker.completion"
 AGL_SEQUENCE_FINGERPRINT: Final = "agl_tinker.sequence_fingerprint"
 AGL_PREFIX_LENGTH: Final = "agl_tinker.prefix_length"
 AGL_PREFIX_FINGERPRINT: Final = "agl_tinker.prefix_fingerprint"
+AGL_TOOL_CALL_PARSE_FAILURES: Final = "agl_tinker.tool_calls.parse_failures"
 AGL_TOOLS_OFFERED: Final = "agl_tinker.tools_offered"
 
 AGENT_NAME_HEADER: Final = "X-Agent-Name"
@@ -123,6 +126,7 @@ def llm_call_attributes(
     completion: Mapping[str, Any] | None = None,
     prefix_length: int | None = None,
     flat_messages: bool = True,
+    tool_call_parse_failures: int = 0,
 ) -> dict[str, Any]:
     """Attributes of one LLM-call span (name :data:`LLM_CALL_SPAN_NAME`) in the shared schema.
 
@@ -131,6 +135,7 @@ def llm_call_attributes(
     ``flat_messages`` also writes ``gen_ai.prompt.{i}.*`` so Agent-lightning's adapters show
     ``raw_content``; ``agl_tinker.messages`` is always the lossless copy. Logprob count mismatches
     are written as they are: the reader reports them rather than the writer hiding them.
+    ``tool_call_parse_failures``: tool calls the policy wrote that did not parse (counted, not hidden).
     """
     if not response_id:
         raise ValueError("response_id is required: it deduplicates client-side and proxy spans")
@@ -163,6 +168,8 @@ def llm_call_attributes(
         attrs[AGL_WEIGHTS_VERSION] = weights_version
     if agent_name is not None:
         attrs[AGL_AGENT_NAME] = agent_name
+    if tool_call_parse_failures:
+        attrs[AGL_TOOL_CALL_PARSE_FAILURES] = tool_call_parse_failures
     if messages is not None:
         attrs[AGL_MESSAGES] = json.dumps(list(messages), ensure_ascii=False)
         if flat_messages:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from agl_tinker import spans as S
 from agl_tinker.reconstruct import LLMCall, Reconstruction
 
-PARSE_FAILURES_KEY = "agl_tinker.tool_calls.parse_failures"
-"""Span attribute: tool calls in the answer that did not parse (written by the endpoint, issue 14)."""
+PARSE_FAILURES_KEY = S.AGL_TOOL_CALL_PARSE_FAILURES
+"""Span attribute: tool calls in the answer that did not parse (written by the endpoint)."""
 
 
 def tool_calls_in(call: LLMCall) -> int:
