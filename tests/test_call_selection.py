@@ -20,7 +20,8 @@ from agl_tinker.reconstruct import ReconstructOptions, reconstruct
 from agl_tinker.tool_health import tool_health_metrics
 
 MODEL = "Qwen/Qwen3-4B-Instruct-2507"
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+_MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
+# the async tests share the module-scoped endpoint fixture, so they share its event loop
 SEARCH = {
     "type": "function",
     "function": {
@@ -61,6 +62,7 @@ async def _episode(served: tuple[Any, Any], turns: list[tuple[str | None, str, b
     return list(await store.query_spans(rollout.rollout_id))
 
 
+@_MODULE_LOOP
 async def test_agent_header_and_requested_model_are_recorded_and_select_calls(served: Any) -> None:
     spans = await _episode(
         served, [("player", "player", True), ("answerer", "answerer", False), (None, MODEL, False)]
@@ -76,6 +78,7 @@ async def test_agent_header_and_requested_model_are_recorded_and_select_calls(se
     assert [c.model for c in by_model.calls] == ["answerer"]
 
 
+@_MODULE_LOOP
 async def test_unknown_model_name_is_refused(served: Any) -> None:
     endpoint, _ = served
     client = AsyncOpenAI(base_url=endpoint.url + "/v1", api_key="unused", max_retries=0)
@@ -83,6 +86,7 @@ async def test_unknown_model_name_is_refused(served: Any) -> None:
         await client.chat.completions.create(model="critic", messages=[{"role": "user", "content": "hi"}])
 
 
+@_MODULE_LOOP
 async def test_tool_health_counts_calls_and_tool_less_episodes_per_agent(served: Any) -> None:
     episodes = []
     for _ in range(30):  # until one episode called the tool and one did not
