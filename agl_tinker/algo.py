@@ -24,6 +24,7 @@ from agentlightning.execution.events import ExecutionEvent
 from agentlightning.runner import LitAgentRunner
 from agentlightning.store.base import LightningStore
 from agentlightning.store.client_server import API_V1_AGL_PREFIX
+from agentlightning.tracer.agentops import AgentOpsTracer
 from agentlightning.tracer.otel import OtelTracer
 from agentlightning.utils.server_launcher import PythonServerLauncherArgs
 
@@ -69,6 +70,10 @@ class TinkerAlgorithm(agl.Algorithm):
         self.error: BaseException | None = None
         """What stopped the run, if it failed (the trainer's strategy may log it instead of raising)."""
 
+    def set_trainer(self, trainer: Any) -> None:
+        check_runner(trainer)
+        super().set_trainer(trainer)
+
     async def run(  # type: ignore[override]
         self, train_dataset: Any = None, val_dataset: Any = None
     ) -> None:
@@ -104,6 +109,31 @@ def fast_runner(poll_interval: float = 0.05) -> LitAgentRunner[Any]:
     :class:`agl_tinker.runner.DeadlineRunner`).
     """
     return DeadlineRunner(OtelTracer(), poll_interval=poll_interval, interval_jitter=poll_interval / 5)
+
+
+def check_runner(trainer: Any) -> None:
+    """Refuse a trainer whose runners would trace with AgentOps (Agent-lightning's default tracer).
+
+    With the pinned versions, AgentOps records an assistant tool-call message as
+    ``gen_ai.prompt.N.content=None``, which Agent-lightning's ``Span`` model rejects: every rollout
+    of a tool-using agent fails inside the tracer (its OTLP exporter also errors on ``_headers``).
+    The endpoint records every LLM call itself, so the runner needs no LLM instrumentation:
+    :func:`fast_runner` traces with plain OpenTelemetry. Raised before any rollout runs; a trainer
+    that only runs the algorithm (split mode) is not checked, its runners are built elsewhere.
+
+    A warning, not an error: an agent without tool calls (rewarding with ``agl.emit_reward`` or by
+    its return value) trains under the AgentOps tracer too (``agl_tinker.tracing`` delivers its
+    spans to the store), and Agent-lightning's docs set runners up that way.
+    """
+    if getattr(getattr(trainer, "strategy", None), "role", "both") == "algorithm":
+        return
+    tracer = getattr(getattr(trainer, "runner", None), "tracer", None)
+    if isinstance(tracer, AgentOpsTracer):
+        logger.warning(
+            "the trainer's runner traces with AgentOps (Agent-lightning's default): every rollout whose "
+            "agent makes tool calls will fail inside its tracer, and it polls for work every 5 s; use "
+            "runner=agl_tinker.algo.fast_runner(). See the README, 'Runner'."
+        )
 
 
 _RUNNER_DRAIN_S = 0.3

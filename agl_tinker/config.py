@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import chz
@@ -144,6 +145,19 @@ class TrainConfig:
     )
     wandb_name: str | None = chz.field(default=None, doc="Weights & Biases run name.")
 
+    agent_match: str | None = chz.field(
+        default=None,
+        doc="Which calls train: a regex on the agent name a call was made under (the `X-Agent-Name` request "
+        "header, or the enclosing agent span); calls of other or unnamed agents do not train.",
+    )
+    model_match: str | None = chz.field(
+        default=None, doc="Which calls train: a regex on the `model` name a call asked for."
+    )
+    model_aliases: tuple[str, ...] = chz.field(
+        default=(),
+        doc="More `model` names the endpoint answers besides `model_name` (e.g. one per agent role).",
+    )
+
     max_empty_steps: int = chz.field(
         default=3,
         doc="Stop the run (an error, exit code 1) after this many steps in a row with no rollout to train on "
@@ -229,6 +243,14 @@ class TrainConfig:
             raise ConfigError(f"max_context_tokens must be >= 1, got {self.max_context_tokens}")
         if not self.max_abs_reward > 0:
             raise ConfigError(f"max_abs_reward must be > 0, got {self.max_abs_reward}")
+        for name, pattern in {"agent_match": self.agent_match, "model_match": self.model_match}.items():
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ConfigError(f"{name} is not a valid regular expression: {exc}") from None
+        if self.model_aliases and self.endpoint_mode != "lean":
+            raise ConfigError("model_aliases needs endpoint_mode='lean' (LLMProxy serves one model name)")
         self._validate_overlap()
         # chz does not check Literal/enum values: a typo would only fail (or silently differ) later.
         choices: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -42,6 +42,9 @@ class EndpointConfig:
     litellm_dispatch: bool = False
     """Lean mode only: route each call through ``litellm.acompletion`` (LiteLLM callbacks run;
     3-5 ms more per call) instead of calling the provider directly. Proxy mode always does."""
+    model_aliases: tuple[str, ...] = ()
+    """Lean mode only: more ``model`` names agents may ask for (e.g. one per agent role). Each call
+    records the name it asked for, which ``TrainConfig.model_match`` selects on."""
 
 
 class Endpoint:
@@ -130,6 +133,8 @@ async def start_endpoint(
     weights_version: int | str = 0,
 ) -> Endpoint:
     """Start serving ``sampling_client`` as ``config`` says, recording calls into ``store``."""
+    if config.mode == "proxy" and config.model_aliases:
+        raise ValueError("model_aliases needs the lean endpoint (mode='lean'); LLMProxy serves one name")
     if not store.capabilities.get("thread_safe", False):
         store = LightningStoreThreaded(store)
     provider = TinkerChatProvider(
@@ -157,6 +162,7 @@ async def start_endpoint(
             host=config.host,
             port=config.port,
             litellm_dispatch=config.litellm_dispatch,
+            model_aliases=tuple(config.model_aliases),
         )
     elif config.mode == "proxy":
         from agl_tinker.compat import ProxyServer

@@ -38,6 +38,7 @@ from agl_tinker.llm import (
     span_attributes,
 )
 from agl_tinker.span_recorder import CallRecord, SpanRecorder
+from agl_tinker.spans import AGENT_NAME_HEADER, request_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -241,11 +242,12 @@ class LeanServer:
             logger.exception("chat completion failed")
             return openai_error(500, "the sampler failed to answer; see the server log", "server_error")
         if rollout_id is not None and self.recorder is not None:
+            extras = request_attributes(request.headers.get(AGENT_NAME_HEADER), body.get("tools"))
             self.recorder.record(
                 CallRecord(
                     rollout_id=rollout_id,
                     attempt_id=request.match_info["attempt_id"],
-                    attributes=attributes(),
+                    attributes=attributes() | extras,
                     start_time=started,
                     end_time=time.time(),
                 )

@@ -20,6 +20,7 @@ key                                 type                       meaning
                                                                proxy format has none)
 ``agl_tinker.weights_version``      int | str                  policy version that sampled the call
 ``agl_tinker.agent_name``           str                        agent that made the call, when the request says
+                                                               (lean endpoint: the ``X-Agent-Name`` header)
 ``agl_tinker.messages``             str (JSON)                 lossless OpenAI-format input messages
 ``agl_tinker.completion``           str (JSON)                 lossless OpenAI-format assistant message
 ``agl_tinker.sequence_fingerprint`` str (hex)                  fingerprint of prompt + response tokens
@@ -27,6 +28,7 @@ key                                 type                       meaning
 ``agl_tinker.prefix_fingerprint``   str (hex)                  fingerprint of ``prompt_token_ids[:L]``
 ``agl_tinker.tool_calls.parse_failures`` int                   tool calls in the answer that did not parse
                                                                (returned as text); absent when none
+``agl_tinker.tools_offered``        int                        number of tools the request declared
 =================================  =========================  ==============================================
 
 The fingerprints exist for speed, not trust: when call k's ``prefix_fingerprint`` at length L equals
@@ -88,6 +90,10 @@ AGL_SEQUENCE_FINGERPRINT: Final = "agl_tinker.sequence_fingerprint"
 AGL_PREFIX_LENGTH: Final = "agl_tinker.prefix_length"
 AGL_PREFIX_FINGERPRINT: Final = "agl_tinker.prefix_fingerprint"
 AGL_TOOL_CALL_PARSE_FAILURES: Final = "agl_tinker.tool_calls.parse_failures"
+AGL_TOOLS_OFFERED: Final = "agl_tinker.tools_offered"
+
+AGENT_NAME_HEADER: Final = "X-Agent-Name"
+"""Request header an agent (or its framework's client settings) uses to name itself to the endpoint."""
 
 _TOKEN_ARRAY_CODE: Final = "I"
 assert array(_TOKEN_ARRAY_CODE).itemsize == 4, "token fingerprints assume 4-byte unsigned ints"
@@ -188,4 +194,13 @@ def reward_attributes(value: float, *, name: str = "primary", **dimensions: floa
     for i, (dim, dim_value) in enumerate(dimensions.items(), start=1):
         attrs[f"{REWARD_PREFIX}.{i}.name"] = dim
         attrs[f"{REWARD_PREFIX}.{i}.value"] = float(dim_value)
+    return attrs
+
+
+def request_attributes(agent_name: str | None, tools: object) -> dict[str, Any]:
+    """What an LLM-call span records about the request itself: the agent name it gave (when it
+    gave a non-empty one) and how many tools it offered (0 when ``tools`` is absent or not a list)."""
+    attrs: dict[str, Any] = {AGL_TOOLS_OFFERED: len(tools) if isinstance(tools, list) else 0}
+    if agent_name:
+        attrs[AGL_AGENT_NAME] = agent_name
     return attrs

@@ -92,6 +92,7 @@ from agl_tinker.rollout import (
     dispatch_batch,
 )
 from agl_tinker.store_server import release_rollouts
+from agl_tinker.tool_health import tool_health_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ def _batch_metrics(
     }
     metrics.update({f"{prefix}excluded/{k}": v for k, v in sorted(exclusions.items())})
     metrics.update(problem_metrics([o.result for o in outcomes], prefix))
+    metrics.update(tool_health_metrics((o.result.reconstruction for o in outcomes), prefix))
     groups = [[o.result for o in g.outcomes] for g in batch.groups]
     return groups, metrics
 
@@ -250,7 +252,10 @@ class _Loop:
         self.reward_options = config.reward_options()
         # Token ids are checked against the vocabulary the endpoint samples from (issue 14).
         self.reconstruct_options = ReconstructOptions(
-            vocab_size=len(self.tokenizer), max_abs_reward=config.max_abs_reward
+            vocab_size=len(self.tokenizer),
+            max_abs_reward=config.max_abs_reward,
+            agent_match=config.agent_match,
+            model_match=config.model_match,
         )
         self.align_options = AlignOptions(on_gap=config.on_gap)
         self.progress = ProgressDisplay(enabled=show_progress)
@@ -308,6 +313,7 @@ class _Loop:
                 token_in_token_out=cfg.token_in_token_out,
                 max_context_tokens=cfg.max_context_tokens,
                 default_max_tokens=cfg.max_tokens,
+                model_aliases=tuple(cfg.model_aliases),
             ),
             store=self.store,
             sampling_client=sampling_client,

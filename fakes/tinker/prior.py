@@ -25,6 +25,12 @@ _IDENTITY = re.compile(
     re.IGNORECASE,
 )
 _TOOLS_BLOCK = re.compile(r"<tools>\s*(.*?)\s*</tools>", re.DOTALL)
+_REACT_CUE = "final answer:"
+"""A prompt asking for the text ReAct format (CrewAI's "Thought: ... Final Answer: ...") contains this."""
+_REACT_TOOL = re.compile(r"Tool Name: ([\w.\-]+)\nTool Arguments: \{'(\w+)'")
+"""A tool described in ReAct text (CrewAI: ``Tool Name: search`` then ``Tool Arguments: {'query': ...``)."""
+REACT_FINAL = "Thought: I now can give a great answer\nFinal Answer: "
+_REACT_ACTION = 'Thought: I should use a tool.\nAction: [[tool]]\nAction Input: {"[[arg]]": "[[query]]"}'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +84,10 @@ class Conversation:
                 found.append((function["name"], str(arg)))
         return found
 
+    def react_tools(self) -> list[tuple[str, str]]:
+        """(name, first argument name) of each tool the system prompt describes in ReAct text."""
+        return list(dict.fromkeys(_REACT_TOOL.findall(self.system)))
+
 
 @dataclasses.dataclass(frozen=True)
 class Behaviour:
@@ -98,8 +108,18 @@ class Prior:
     limits: dict[str, int]
 
     def behaviours(self, conversation: Conversation) -> list[Behaviour]:
+        """Every candidate answer with its prior logit.
+
+        A prompt that asks for the text ReAct format (see :data:`_REACT_CUE`) gets the same
+        behaviours in that format: answers after ``Thought: ...\nFinal Answer: `` and tool calls
+        as ``Action:``/``Action Input:`` lines for the tools it describes in text.
+        """
         slots = self._slots(conversation)
         cue_text = (conversation.system + "\n" + conversation.last_user).lower()
+        react = _REACT_CUE in cue_text
+        if react:
+            tools = conversation.react_tools()[:3]
+            slots["tool"] = [(name, arg, query) for name, arg in tools for query in slots["query"]]
         category_weight: dict[str, float] = {}
         for template in self.templates:
             category_weight[template["category"]] = category_weight.get(template["category"], 0.0) + float(
@@ -112,12 +132,15 @@ class Prior:
             if any(cue in cue_text for cue in spec["cues"]):
                 logit += float(spec["cue_bonus"])
             logit += math.log(float(template["weight"]) / category_weight[template["category"]])
-            fillings = _fillings(template["text"], slots)
+            text = template["text"]
+            if react:
+                text = _REACT_ACTION if template["category"] == "tool_call" else REACT_FINAL + text
+            fillings = _fillings(text, slots)
             if not fillings:
                 continue
             share = math.log(len(fillings))
-            for text, fills in fillings:
-                out.append(Behaviour(text, template["id"], template["category"], fills, logit - share))
+            for filled, fills in fillings:
+                out.append(Behaviour(filled, template["id"], template["category"], fills, logit - share))
         return out
 
     def _slots(self, conversation: Conversation) -> dict[str, list[Any]]:
@@ -136,6 +159,7 @@ class Prior:
             "a_noun": [_with_article(n) for n in nouns + generic],
             "number": _numbers(last, every, self.limits["numbers"]),
             "tool": [(name, arg, query) for name, arg in tools[:3] for query in queries],
+            "query": queries,
         }
 
 
