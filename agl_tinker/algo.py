@@ -21,9 +21,13 @@ from agentlightning.tracer.otel import OtelTracer
 
 from agl_tinker.config import TrainConfig
 from agl_tinker.store_server import LeanStoreServer
+from agl_tinker.tracing import repair_store_otlp_export
 from agl_tinker.train import TrainResult, train
 
 logger = logging.getLogger(__name__)
+
+# Runner tracers must reach the store, not an OTLP collector at localhost:4318 (see tracing.py).
+repair_store_otlp_export()
 
 
 class TinkerAlgorithm(agl.Algorithm):
@@ -51,22 +55,33 @@ class TinkerAlgorithm(agl.Algorithm):
         self.show_progress = show_progress
         self.on_step = on_step
         self.result: TrainResult | None = None
+        self.error: BaseException | None = None
+        """What stopped the run, if it failed (the trainer's strategy may log it instead of raising)."""
 
     async def run(  # type: ignore[override]
         self, train_dataset: Any = None, val_dataset: Any = None
     ) -> None:
         if train_dataset is None:
             raise ValueError("TinkerAlgorithm needs a train_dataset: pass it to Trainer.fit(...)")
-        self.result = await train(
-            self.config,
-            self.get_store(),
-            list(train_dataset),
-            list(val_dataset) if val_dataset is not None else None,
-            required_fields=self.required_fields,
-            service=self.service,
-            show_progress=self.show_progress,
-            on_step=self.on_step,
-        )
+        try:
+            self.result = await train(
+                self.config,
+                self.get_store(),
+                _as_task_source(train_dataset),
+                _as_task_source(val_dataset) if val_dataset is not None else None,
+                required_fields=self.required_fields,
+                service=self.service,
+                show_progress=self.show_progress,
+                on_step=self.on_step,
+            )
+        except Exception as exc:
+            self.error = exc
+            raise
+
+
+def _as_task_source(dataset: Any) -> Any:
+    """A dataset as :func:`agl_tinker.train.train` takes it: a file path stays a path, anything else a list."""
+    return dataset if isinstance(dataset, (str, os.PathLike)) else list(dataset)
 
 
 def fast_runner(poll_interval: float = 0.05) -> LitAgentRunner[Any]:
@@ -191,6 +206,8 @@ def fit(
         ),
     )
     trainer.fit(agent, train_dataset=list(train_tasks), val_dataset=list(val_tasks) if val_tasks else None)
+    if algorithm.error is not None:
+        raise algorithm.error
     if algorithm.result is None:
         raise RuntimeError("training did not finish: see the log above")
     return algorithm.result

@@ -31,18 +31,21 @@ def service_client(backend: str | None = None, **kwargs: Any) -> Any:
     """Return a ``tinker.ServiceClient`` (live) or the simulator's equivalent (sim).
 
     ``kwargs`` go to the chosen constructor. Live mode needs ``TINKER_API_KEY`` and fails
-    fast with a clear message instead of deep inside the SDK.
+    fast with a clear message instead of deep inside the SDK; it talks to ``TINKER_BASE_URL``
+    when set (e.g. the wire simulator of ``agl-tinker sim-server``), else to the Tinker service.
     """
     name = backend_name(backend)
     if name == "live":
         if not os.environ.get("TINKER_API_KEY") and "api_key" not in kwargs:
             raise BackendError(
                 f"{BACKEND_ENV}=live needs TINKER_API_KEY in the environment (or unset {BACKEND_ENV} "
-                "to use the offline simulator)"
+                "to use the offline simulator; to try live mode offline, run `agl-tinker sim-server` "
+                "and set TINKER_BASE_URL to its URL and TINKER_API_KEY=tml-local)"
             )
         import tinker
 
-        return tinker.ServiceClient(**kwargs)
+        base_url = kwargs.pop("base_url", None) or os.environ.get("TINKER_BASE_URL") or None
+        return tinker.ServiceClient(base_url=base_url, **kwargs)
     from fakes.tinker import ServiceClient as SimServiceClient
 
     return SimServiceClient(**kwargs)

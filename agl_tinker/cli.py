@@ -105,6 +105,21 @@ def _q20(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim_server(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+
+    from fakes.wire import serve_forever
+
+    def ready(url: str) -> None:
+        print(f"agl-tinker sim-server: Tinker simulator at {url}", flush=True)
+        print(f"  export AGL_TINKER_BACKEND=live TINKER_BASE_URL={url} TINKER_API_KEY=tml-local", flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the server is stopped
+        asyncio.run(serve_forever(args.host, args.port, ready))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agl-tinker", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -165,13 +180,32 @@ def build_parser() -> argparse.ArgumentParser:
     q20.add_argument("--limit", type=int, help="evaluate: play only the first N tasks")
     q20.add_argument("--out", help="JSONL file for the games")
     q20.set_defaults(func=_q20)
+
+    sim_server = sub.add_parser(
+        "sim-server",
+        help="serve the Tinker simulator over the real SDK's HTTP protocol (for live mode offline)",
+        description="The offline Tinker simulator behind Tinker's HTTP API: point the tinker SDK at the "
+        "printed URL with TINKER_BASE_URL and any tml- API key. Knobs: AGL_TINKER_SIM_* (model, "
+        "checkpoints) and AGL_TINKER_WIRE_* (wire faults); see fakes/README.md.",
+    )
+    sim_server.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    sim_server.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
+    sim_server.set_defaults(func=_sim_server)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except Exception as exc:
+        from agl_tinker.train import RUN_ERRORS
+
+        if not isinstance(exc, RUN_ERRORS):
+            raise
+        print(f"agl-tinker: error: {exc}", file=sys.stderr)  # the run's own reason; no traceback
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal, get_args
 
 import chz
+from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
 
 from agl_tinker.rewards import RewardMode, RewardOptions
 
@@ -82,6 +83,28 @@ class TrainConfig:
     wandb_project: str | None = None
     wandb_name: str | None = None
 
+    max_empty_steps: int = 3
+    """Stop the run (an error, exit code 1) after this many steps in a row with no rollout to
+    train on (all failed, timed out or without reward); each such step is logged as an error.
+    0 never stops."""
+    fresh_start: bool = False
+    """Start from step 0 with new weights even if ``log_path`` holds an earlier run; its
+    ``metrics.jsonl`` and ``checkpoints.jsonl`` are renamed aside (``.old-<time>``). Without it,
+    a ``log_path`` with metrics but no loadable checkpoint refuses to start."""
+    tinker_max_attempts: int = 6
+    """Tries per Tinker call (sampling, training, saving, client creation) on transient errors
+    (5xx, 408, 409, 429, connection errors: the SDK's own rules); 1 disables retries."""
+    tinker_retry_base_s: float = 0.5
+    """First retry delay; doubled per retry up to ``tinker_retry_max_s``, with +-25% jitter."""
+    tinker_retry_max_s: float = 10.0
+
+    async_config: AsyncConfig | None = None
+    """Asynchronous off-policy training (the cookbook's): train as soon as ``groups_per_batch``
+    groups are complete while the next ones run; groups more than ``max_steps_off_policy`` weights
+    versions behind are requeued or dropped (``agl_tinker.async_loop``). ``None``: synchronous."""
+    stream_minibatch_config: StreamMinibatchConfig | None = None
+    """``forward_backward`` on each minibatch of groups as soon as it is complete (the cookbook's)."""
+
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values that would fail later, far from their cause."""
         positive = {
@@ -92,6 +115,7 @@ class TrainConfig:
             "num_substeps": self.num_substeps,
             "max_tokens": self.max_tokens,
             "max_attempts": self.max_attempts,
+            "tinker_max_attempts": self.tinker_max_attempts,
         }
         for name, value in positive.items():
             if value < 1:
@@ -124,10 +148,15 @@ class TrainConfig:
             raise ConfigError(f"min_valid_per_group must be >= 0, got {self.min_valid_per_group}")
         if self.batch_timeout_s is not None and not self.batch_timeout_s > 0:
             raise ConfigError(f"batch_timeout_s must be > 0 or None, got {self.batch_timeout_s}")
+        if self.max_empty_steps < 0:
+            raise ConfigError(f"max_empty_steps must be >= 0, got {self.max_empty_steps}")
+        if self.tinker_retry_base_s < 0 or self.tinker_retry_max_s < 0:
+            raise ConfigError("tinker_retry_base_s and tinker_retry_max_s must be >= 0")
         if self.max_context_tokens < 1:
             raise ConfigError(f"max_context_tokens must be >= 1, got {self.max_context_tokens}")
         if not self.max_abs_reward > 0:
             raise ConfigError(f"max_abs_reward must be > 0, got {self.max_abs_reward}")
+        self._validate_overlap()
         # chz does not check Literal/enum values: a typo would only fail (or silently differ) later.
         choices: dict[str, tuple[str, tuple[str, ...]]] = {
             "loss_fn": (self.loss_fn, get_args(LossFn)),
@@ -141,6 +170,30 @@ class TrainConfig:
             raise ConfigError(
                 f"reward_mode must be one of {[m.value for m in RewardMode]}, got {self.reward_mode!r}"
             )
+
+    def _validate_overlap(self) -> None:
+        """``async_config``/``stream_minibatch_config`` must fit the batch shape (steps = batches)."""
+        if self.async_config is not None:
+            if self.async_config.groups_per_batch != self.batch_size:
+                raise ConfigError(
+                    f"async_config.groups_per_batch ({self.async_config.groups_per_batch}) must equal "
+                    f"batch_size ({self.batch_size}): a step trains one batch's worth of groups"
+                )
+            if self.async_config.max_steps_off_policy < 0:
+                raise ConfigError("async_config.max_steps_off_policy must be >= 0")
+        stream = self.stream_minibatch_config
+        if stream is not None:
+            if stream.groups_per_batch != self.batch_size:
+                raise ConfigError(
+                    f"stream_minibatch_config.groups_per_batch ({stream.groups_per_batch}) must equal "
+                    f"batch_size ({self.batch_size})"
+                )
+            per_substep, rest = divmod(self.batch_size, self.num_substeps)
+            if rest or stream.num_minibatches < 1 or per_substep % stream.num_minibatches:
+                raise ConfigError(
+                    f"stream_minibatch_config: batch_size ({self.batch_size}) must split into num_substeps "
+                    f"({self.num_substeps}) x num_minibatches ({stream.num_minibatches}) equal minibatches"
+                )
 
     def reward_options(self) -> RewardOptions:
         """The reward settings as the pure core takes them (``reward_mode`` as a ``RewardMode``).

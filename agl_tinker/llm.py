@@ -10,7 +10,6 @@ so requests in flight finish on the weights they started with.
 from __future__ import annotations
 
 import ast
-import asyncio
 import logging
 import time
 import uuid
@@ -30,6 +29,7 @@ from tinker_cookbook.tokenizer_utils import Tokenizer
 
 from agl_tinker.chat_request import BadRequest, ChatRequest, parse_chat_request
 from agl_tinker.encode_cache import CachedEncodeTokenizer
+from agl_tinker.retry import Retrier, RetryingSamplingClient, RetryPolicy, TinkerCallError
 from agl_tinker.spans import llm_call_attributes
 from agl_tinker.tito import TokenMemory
 
@@ -42,11 +42,6 @@ _REUSED_PREFIX = "agl_tinker_reused_prefix_length"
 _PARSE_FAILURES = "agl_tinker_tool_call_parse_failures"
 TITO_SCOPE = "agl_tinker_tito_scope"
 """LiteLLM ``metadata`` key under which the lean server passes a request's rollout attempt."""
-_TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    tinker.InternalServerError,
-    tinker.APIConnectionError,
-    tinker.RateLimitError,
-)
 
 
 class InvalidChatRequest(litellm.BadRequestError):  # type: ignore[misc]
@@ -186,6 +181,7 @@ class TinkerChatProvider(CustomLLM):
         self.max_context_tokens = max_context_tokens
         self.default_max_tokens = default_max_tokens
         self.sample_retries = sample_retries
+        self._retrier = Retrier(RetryPolicy(max_attempts=sample_retries + 1, base_delay_s=0.05))
         self.memory: TokenMemory | None = (
             TokenMemory(self.renderer, max_entries=tito_max_entries) if token_in_token_out else None
         )
@@ -222,24 +218,25 @@ class TinkerChatProvider(CustomLLM):
             raise BadRequest(f"invalid sampling parameters: {exc}") from None
 
     async def _sample(self, policy: Policy, prompt: list[int], params: tinker.SamplingParams) -> Any:
+        """One sample; transient errors retried by :mod:`agl_tinker.retry` (by the client itself
+        when it is a ``RetryingSamplingClient``, whose retries the training loop counts)."""
         model_input = tinker.ModelInput.from_ints(prompt)
-        for attempt in range(self.sample_retries + 1):
-            try:
-                return await policy.sampling_client.sample_async(
-                    prompt=model_input, num_samples=1, sampling_params=params
-                )
-            except tinker.BadRequestError as exc:
-                if _is_context_overflow(str(exc)):
-                    raise BadRequest(
-                        f"prompt is too long: {len(prompt)} prompt tokens plus {params.max_tokens} "
-                        "max_tokens exceed the model's context window"
-                    ) from exc
-                raise
-            except _TRANSIENT_ERRORS:
-                if attempt == self.sample_retries:
-                    raise
-                await asyncio.sleep(0.05 * 2**attempt)  # ok: backoff before retrying a failed sample
-        raise AssertionError("unreachable")
+        client = policy.sampling_client
+
+        def sample() -> Any:
+            return client.sample_async(prompt=model_input, num_samples=1, sampling_params=params)
+
+        try:
+            if isinstance(client, RetryingSamplingClient):
+                return await client.sample_async(prompt=model_input, num_samples=1, sampling_params=params)
+            return await self._retrier.call("sample", sample)
+        except TinkerCallError as exc:
+            if isinstance(exc.error, tinker.BadRequestError) and _is_context_overflow(str(exc.error)):
+                raise BadRequest(
+                    f"prompt is too long: {len(prompt)} prompt tokens plus {params.max_tokens} "
+                    "max_tokens exceed the model's context window"
+                ) from exc
+            raise
 
     async def generate(self, request: ChatRequest, scope: str | None = None) -> Generation:
         """Render (reusing tokens remembered in ``scope``, the request's rollout attempt), sample

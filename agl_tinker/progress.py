@@ -10,6 +10,15 @@ from typing import Any, TextIO
 from agl_tinker.rollout import DispatchProgress
 
 
+def step_label(step: int, n_steps: int) -> str:
+    """How a step is shown: its 0-based number (as in ``metrics.jsonl`` and checkpoints) and the count.
+
+    Step ``k`` trains on batch ``k``; checkpoint ``00000k`` and "eval @ step k" are the weights
+    after ``k`` steps, i.e. before step ``k``. ``step 3 (4/20)`` is the fourth of 20 steps.
+    """
+    return f"step {step} ({step + 1}/{n_steps})"
+
+
 class ProgressDisplay:
     """Redraws one status line on a terminal; prints one line per step elsewhere (CI logs).
 
@@ -43,7 +52,7 @@ class ProgressDisplay:
         self._last_reward = reward if isinstance(reward, float) else self._last_reward
         if not self.enabled:
             return
-        parts = [f"step {step + 1}/{n_steps}"]
+        parts = [step_label(step, n_steps)]
         for key, fmt in (
             ("reward/mean", "reward {:+.3f}"),
             ("eval/reward/mean", "eval reward {:+.3f}"),
@@ -57,6 +66,13 @@ class ProgressDisplay:
                 parts.append(fmt.format(value))
         self.stream.write(" | ".join(parts) + "\n")
         self.stream.flush()
+
+    def note(self, line: str) -> None:
+        """Print one line that needs no redraw (resuming, a warning the user must act on)."""
+        if self.enabled:
+            self.end()
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
     def _draw(self, p: DispatchProgress, force: bool = False) -> None:
         if not (self.enabled and self.tty):

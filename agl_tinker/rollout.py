@@ -77,6 +77,7 @@ from agentlightning.types import (
 from agl_tinker.store_server import MAX_WAIT_ANY_S, WAIT_ANY_PATH, WaitAnyResponse, completion_events
 
 __all__ = [
+    "DEADLINE_METADATA_KEY",
     "BatchResult",
     "DispatchConfig",
     "DispatchError",
@@ -86,6 +87,7 @@ __all__ = [
     "GroupResult",
     "ProcessError",
     "RolloutOutcome",
+    "RolloutsLost",
     "StoreCallError",
     "WaitStrategy",
     "dispatch_batch",
@@ -101,6 +103,9 @@ FinalStatus = Literal["succeeded", "failed", "cancelled", "timeout", "unresponsi
 
 _CLIENT_MAX_WAIT_S = 0.1  # LightningStoreClient.wait_for_rollouts raises above this
 _CANCEL_GRACE_S = 10.0  # after a batch timeout, how long the store may take to report cancellations
+DEADLINE_METADATA_KEY = "agl_tinker_cut_by_deadline"
+"""Set (``True``) in the metadata of the rollout copy ``process`` gets for a rollout ended by
+``stall_timeout_s``; the store's record is not changed beyond its cancellation."""
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
@@ -115,6 +120,10 @@ class DispatchError(RuntimeError):
 
 class StoreCallError(DispatchError):
     """A store call kept failing with transient errors after all retries."""
+
+
+class RolloutsLost(DispatchError):
+    """The store no longer knows rollouts this batch enqueued (it was restarted, or replaced)."""
 
 
 class ProcessError(DispatchError):
@@ -137,6 +146,12 @@ class DispatchConfig:
         max_in_flight: most rollouts enqueued and unfinished at once; ``None`` enqueues all.
         batch_timeout_s: after this, unfinished rollouts are cancelled in the store and
             not-yet-enqueued ones are skipped, so a batch with no live runner still ends.
+        stall_timeout_s: when no rollout has finished for this long, the batch ends the same way,
+            but its unfinished rollouts count as ``timeout`` (``RolloutOutcome.cut_by_deadline``;
+            ``process`` sees them failed, with :data:`DEADLINE_METADATA_KEY` set in their
+            metadata). Set it above the longest a healthy rollout can take to finish (its
+            timeout times its attempts): past that, nothing is making progress (runners hung,
+            dead or gone), and without it such a batch would wait forever.
         wait: ``"auto"`` picks ``events`` for an in-process in-memory store, ``wait_any`` for a
             ``LightningStoreClient`` (falling back to ``long_poll`` when its server lacks the
             route, as a stock ``agl store`` does), else ``long_poll``.
@@ -158,6 +173,7 @@ class DispatchConfig:
     rollout_config: RolloutConfig | None = None
     max_in_flight: int | None = None
     batch_timeout_s: float | None = None
+    stall_timeout_s: float | None = None
     wait: WaitStrategy = "auto"
     long_poll_s: float = 0.1
     long_poll_slots: int = 4
@@ -175,6 +191,8 @@ class DispatchConfig:
             raise ValueError("long_poll_s and watchdog_s must be positive")
         if self.batch_timeout_s is not None and self.batch_timeout_s <= 0:
             raise ValueError(f"batch_timeout_s must be positive or None, got {self.batch_timeout_s}")
+        if self.stall_timeout_s is not None and self.stall_timeout_s <= 0:
+            raise ValueError(f"stall_timeout_s must be positive or None, got {self.stall_timeout_s}")
         if self.store_retries < 0:
             raise ValueError(f"store_retries must be >= 0, got {self.store_retries}")
 
@@ -205,12 +223,16 @@ class RolloutOutcome(Generic[T]):
     end_time: float | None
     ready_time: float
     noticed_time: float | None = None
+    cut_by_deadline: bool = False
+    """Ended by ``stall_timeout_s``, not by its runner or the store: counts as ``timeout``."""
 
     @property
     def final_status(self) -> FinalStatus:
         """``status``, refined to ``timeout``/``unresponsive`` when that is why it failed."""
         if self.status == "succeeded":
             return "succeeded"
+        if self.cut_by_deadline:
+            return "timeout"
         if self.status == "failed":
             if self.attempt_status == "timeout":
                 return "timeout"
@@ -524,7 +546,7 @@ class _CompletionWatcher:
 
         answer = WaitAnyResponse.model_validate(await self._call("wait_any", request))
         if answer.unknown:
-            raise DispatchError(f"rollouts not in the store any more: {', '.join(answer.unknown[:5])}")
+            raise RolloutsLost(f"rollouts not in the store any more: {', '.join(answer.unknown[:5])}")
         for rollout in answer.finished:
             self.finished_rollouts[rollout.rollout_id] = rollout
             self._mark(rollout.rollout_id)
@@ -594,7 +616,7 @@ class _CompletionWatcher:
                 "get_rollout_by_id", functools.partial(self._store.get_rollout_by_id, rid)
             )
             if rollout is None:
-                raise DispatchError(f"rollout {rid} is not in the store any more")
+                raise RolloutsLost(f"rollout {rid} is not in the store any more")
             await asyncio.sleep(early)  # ok: keep the long-poll cadence when the store does not block
         return False
 
@@ -649,6 +671,7 @@ class _Dispatch(Generic[T]):
         self.processing = 0
         self.outcomes: dict[tuple[int, int], RolloutOutcome[T]] = {}
         self.deadline_hit = False
+        self.cut: set[str] = set()  # rollouts ended by the stall deadline: they count as timeout
         self.enqueue_s = self.wait_s = self.process_s = 0.0
         self.max_in_flight_seen = 0
         self.watcher: _CompletionWatcher | None = None
@@ -656,29 +679,31 @@ class _Dispatch(Generic[T]):
     async def run(self) -> BatchResult[T]:
         t0 = time.perf_counter()
         deadline = None if self.cfg.batch_timeout_s is None else t0 + self.cfg.batch_timeout_s
+        last_progress = t0
         watcher = self.watcher = _CompletionWatcher(self.store, self.cfg, self.call)
         try:
             async with asyncio.TaskGroup() as tg:
                 await self._refill(watcher)
                 while self.in_flight:
-                    timeout = None
-                    if deadline is not None:
-                        timeout = _CANCEL_GRACE_S if self.deadline_hit else deadline - time.perf_counter()
+                    timeout = (
+                        _CANCEL_GRACE_S if self.deadline_hit else self._time_left(deadline, last_progress)
+                    )
                     t = time.perf_counter()
                     try:
                         finished = await asyncio.wait_for(watcher.next_finished(), timeout)
                     except TimeoutError:
                         if self.deadline_hit:
                             raise DispatchError(
-                                f"{len(self.in_flight)} rollouts cancelled at the batch timeout were never "
+                                f"{len(self.in_flight)} rollouts cancelled at the batch deadline were never "
                                 f"reported finished by the store within {_CANCEL_GRACE_S}s"
                             ) from None
-                        await self._hit_deadline()
+                        await self._hit_deadline(stalled=deadline is None or time.perf_counter() < deadline)
                         continue
                     finally:
                         self.wait_s += time.perf_counter() - t
                     round_ = [(rid, self.in_flight.pop(rid)) for rid in finished if rid in self.in_flight]
                     if round_:
+                        last_progress = time.perf_counter()
                         self.processing += len(round_)
                         tg.create_task(self._finish_round(round_))
                     await self._refill(watcher)
@@ -692,6 +717,14 @@ class _Dispatch(Generic[T]):
         finally:
             await watcher.aclose()
         return self._result(time.perf_counter() - t0)
+
+    def _time_left(self, deadline: float | None, last_progress: float) -> float | None:
+        """Seconds until the batch deadline or the stall deadline, whichever is first (None: never)."""
+        now = time.perf_counter()
+        limits = [] if deadline is None else [deadline - now]
+        if self.cfg.stall_timeout_s is not None:
+            limits.append(last_progress + self.cfg.stall_timeout_s - now)
+        return min(limits) if limits else None
 
     async def _refill(self, watcher: _CompletionWatcher) -> None:
         free = self.cap - len(self.in_flight)
@@ -767,6 +800,9 @@ class _Dispatch(Generic[T]):
         if rollout is None:
             raise StoreCallError(f"query_rollouts did not return finished rollout {rid}")
         unique, n_dup = _dedupe_spans(spans)
+        cut = rid in self.cut and rollout.status != "succeeded" and rollout.status != "failed"
+        if cut:
+            rollout = _as_cut_by_deadline(rollout)
         try:
             result = self.process(rollout, unique)
         except Exception as e:
@@ -788,20 +824,35 @@ class _Dispatch(Generic[T]):
             end_time=rollout.end_time,
             ready_time=ready,
             noticed_time=self.watcher.noticed.get(rid) if self.watcher is not None else None,
+            cut_by_deadline=cut,
         )
         self.processing -= 1
         self._report()
 
-    async def _hit_deadline(self) -> None:
-        """Cancel what is still running so the store finishes it and the waiters wake up."""
+    async def _hit_deadline(self, stalled: bool) -> None:
+        """Cancel what is still running so the store finishes it and the waiters wake up.
+
+        ``stalled``: the stall deadline fired (not ``batch_timeout_s``): the cancelled rollouts
+        count as timed out.
+        """
         self.deadline_hit = True
         ids = list(self.in_flight)
-        logger.warning(
-            "batch timeout (%.1fs): cancelling %d unfinished rollouts, skipping %d not started",
-            self.cfg.batch_timeout_s,
-            len(ids),
-            len(self.slots) - self.next_slot,
-        )
+        if stalled:
+            self.cut.update(ids)
+            logger.error(
+                "no rollout finished for %.1fs (stall deadline): %d unfinished rollouts count as "
+                "timeout, %d not started are skipped; are the runners alive, or stuck inside agents?",
+                self.cfg.stall_timeout_s,
+                len(ids),
+                len(self.slots) - self.next_slot,
+            )
+        else:
+            logger.warning(
+                "batch timeout (%.1fs): cancelling %d unfinished rollouts, skipping %d not started",
+                self.cfg.batch_timeout_s,
+                len(ids),
+                len(self.slots) - self.next_slot,
+            )
         for rid in ids:
             await self.call(
                 "update_rollout",
@@ -861,6 +912,17 @@ class _Dispatch(Generic[T]):
             wait=self.watcher.strategy if self.watcher is not None else "",
         )
         return BatchResult(groups=groups, stats=stats)
+
+
+def _as_cut_by_deadline(rollout: Rollout) -> Rollout:
+    """A copy of ``rollout`` as ``process`` should judge it: failed, its attempt timed out."""
+    update: dict[str, Any] = {
+        "status": "failed",
+        "metadata": {**(rollout.metadata or {}), DEADLINE_METADATA_KEY: True},
+    }
+    if isinstance(rollout, AttemptedRollout):
+        update["attempt"] = rollout.attempt.model_copy(update={"status": "timeout"})
+    return rollout.model_copy(update=update)
 
 
 def _quantile_ms(values_s: Sequence[float], quantile: float) -> float | None:

@@ -7,6 +7,11 @@ in-process, a round trip over HTTP) that one span per call would pay on every re
 write that runs while the next request arrives delays it. ``flush`` skips the linger. A store error
 is logged with the batch size and the batch is kept for the next try, so a slow or failing store
 never delays or fails an answer; :meth:`flush` waits until everything recorded so far is stored.
+
+Nothing waits forever on a store that is gone: a batch is tried ``max_attempts`` times, then
+dropped (counted in :attr:`SpanRecorder.dropped`, logged as an error); a 4xx answer (the store
+does not know the rollout) is a refusal, never retried; :meth:`close` gives the last flush
+``close_timeout_s`` and then drops what is left, saying how much.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from agentlightning.store.base import LightningStore
 from agentlightning.types import Span
 
@@ -50,13 +56,20 @@ class SpanRecorder:
         max_batch: int = 512,
         retry_delay_s: float = 0.2,
         linger_s: float = 0.02,
+        max_attempts: int = 3,
+        close_timeout_s: float = 5.0,
     ) -> None:
-        if max_batch < 1 or linger_s < 0:
-            raise ValueError(f"need max_batch >= 1 and linger_s >= 0, got {max_batch}, {linger_s}")
+        if max_batch < 1 or linger_s < 0 or max_attempts < 1 or close_timeout_s <= 0:
+            raise ValueError(
+                "need max_batch >= 1, linger_s >= 0, max_attempts >= 1 and close_timeout_s > 0, got "
+                f"{max_batch}, {linger_s}, {max_attempts}, {close_timeout_s}"
+            )
         self.store = store
         self.max_batch = max_batch
         self.linger_s = linger_s
         self.retry_delay_s = retry_delay_s
+        self.max_attempts = max_attempts
+        self.close_timeout_s = close_timeout_s
         self._pending: list[CallRecord] = []
         self._lock = threading.Lock()
         self._recorded = 0
@@ -76,13 +89,14 @@ class SpanRecorder:
 
     @property
     def dropped(self) -> int:
-        """Spans the store refused (unknown rollout or attempt); logged, never retried."""
+        """Spans not stored: refused by the store (unknown rollout or attempt: never retried), or
+        still failing after ``max_attempts`` tries, or left at close; each logged."""
         return self._dropped
 
     @property
     def failed(self) -> int:
-        """Span writes that failed with a store error (each failed batch counts its spans); they
-        are kept and retried, so a span can count here more than once before it is written."""
+        """Span writes that failed with a store error, counted per span and per try: they are
+        retried (a span can count here more than once), and dropped after the last try."""
         return self._failed
 
     async def start(self) -> None:
@@ -127,10 +141,23 @@ class SpanRecorder:
             )
 
     async def close(self) -> None:
-        """Flush, then stop the writer."""
+        """Flush (for at most ``close_timeout_s``), then stop the writer; spans left are dropped."""
         if self._task is None:
             return
-        await self.flush()
+        try:
+            async with asyncio.timeout(self.close_timeout_s):
+                await self.flush()
+        except TimeoutError:
+            with self._lock:
+                left = len(self._pending)
+                self._pending.clear()
+            self._dropped += left
+            logger.error(
+                "span recorder closed after %.1fs with %d LLM-call spans not stored (the store is "
+                "not answering)",
+                self.close_timeout_s,
+                left,
+            )
         task, self._task = self._task, None
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -151,19 +178,34 @@ class SpanRecorder:
                     del self._pending[: len(batch)]
                 if not batch:
                     break
-                try:
-                    stored, refused = await self._write(batch)
-                except Exception:
-                    logger.exception("storing %d LLM-call spans failed; retrying", len(batch))
-                    self._failed += len(batch)
-                    with self._lock:
-                        self._pending[:0] = batch
-                    await asyncio.sleep(self.retry_delay_s)  # ok: backoff before retrying a failed store write
-                    continue
+                stored, refused = await self._write_with_retries(batch)
                 self._written += stored
                 self._dropped += refused
                 async with self._progress:
                     self._progress.notify_all()
+
+    async def _write_with_retries(self, batch: Sequence[CallRecord]) -> tuple[int, int]:
+        """Store ``batch``: (stored, not stored); gives up after ``max_attempts`` failed tries."""
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return await self._write(batch)
+            except Exception as exc:
+                if _is_refusal(exc):
+                    logger.warning("store refused %d LLM-call spans: %s", len(batch), exc)
+                    return 0, len(batch)
+                self._failed += len(batch)
+                if attempt == self.max_attempts:
+                    logger.error(
+                        "storing %d LLM-call spans failed %d times, dropping them: %r",
+                        len(batch),
+                        attempt,
+                        exc,
+                    )
+                    return 0, len(batch)
+                logger.warning("storing %d LLM-call spans failed (%r); retry %d", len(batch), exc, attempt)
+                # ok: backoff before retrying a failed store write
+                await asyncio.sleep(self.retry_delay_s * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
 
     async def _write(self, batch: Sequence[CallRecord]) -> tuple[int, int]:
         missing = [(r.rollout_id, r.attempt_id) for r in batch if r.sequence_id is None]
@@ -183,13 +225,32 @@ class SpanRecorder:
         try:
             await self.store.add_many_spans(spans)
             return len(spans), 0
-        except ValueError:
-            # One unknown rollout/attempt must not sink the batch: store span by span, count refusals.
-            refused = 0
-            for span in spans:
-                try:
-                    await self.store.add_span(span)
-                except ValueError as exc:
-                    refused += 1
-                    logger.warning("store refused span of rollout %s: %s", span.rollout_id, exc)
-            return len(spans) - refused, refused
+        except Exception as exc:
+            if not _is_refusal(exc):
+                raise
+        # One unknown rollout/attempt must not sink the batch: store span by span, count refusals.
+        refused = 0
+        for span in spans:
+            try:
+                await self.store.add_span(span)
+            except Exception as exc:
+                if not _is_refusal(exc):
+                    raise
+                refused += 1
+                logger.warning("store refused span of rollout %s: %s", span.rollout_id, exc)
+        return len(spans) - refused, refused
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """The store refused the write itself (unknown rollout/attempt): retrying cannot help.
+
+    In process that is a ``ValueError``; over HTTP, a 4xx answer other than 408 (timeout) and 429
+    (too many requests).
+    """
+    if isinstance(exc, ValueError):
+        return True
+    return (
+        isinstance(exc, aiohttp.ClientResponseError)
+        and 400 <= exc.status < 500
+        and exc.status not in (408, 429)
+    )

@@ -6,11 +6,31 @@ cookbook's own advantage and assembly functions, ``forward_backward`` + ``optim_
 cookbook's ``train_step``, and swap the new sampling client into the running endpoint. Checkpoints
 go through the cookbook's ``checkpoint_utils``; a restarted run resumes at the batch after the last
 checkpoint, so no batch is trained twice or skipped.
+
+Faults (``tests/reliability/README.md`` lists each, with what it costs):
+
+* every Tinker call (client creation, sampling, ``forward_backward``, ``optim_step``, saves) is
+  retried on transient errors with the SDK's own rules, bounded (:mod:`agl_tinker.retry`), and
+  counted per call kind in ``tinker/retries/<kind>``; a non-retryable error stops the run naming
+  the call (:class:`~agl_tinker.retry.TinkerCallError`);
+* a step always ends: without ``batch_timeout_s``, it ends once no rollout has finished for
+  ``rollout_timeout_s * max_attempts + STALL_GRACE_S`` (rollouts still out count as ``timeout``);
+* a step that trains nothing is logged as an error with its dominant exclusion reason;
+  ``max_empty_steps`` of them in a row stop the run (:class:`NoTrainableRollouts`);
+* a store that stops answering, or restarts and forgets the run's rollouts, stops the run within
+  seconds (:class:`StoreLost`): a fresh store knows neither the rollouts in flight nor the
+  resources they run against, so the step cannot be finished there, and a restart of the run
+  resumes from its last checkpoint;
+* the checkpoint index is replaced atomically; on resume a corrupt checkpoint is reported and the
+  previous one used; a directory with metrics but no index refuses to start unless
+  ``fresh_start``; the metrics rows of redone steps are dropped (:mod:`agl_tinker.checkpoints`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +41,7 @@ from typing import Any
 from agentlightning.store.base import LightningStore
 from agentlightning.types import RolloutConfig
 from tinker_cookbook import checkpoint_utils, model_info
+from tinker_cookbook.checkpoint_utils import CheckpointRecord
 from tinker_cookbook.rl.data_processing import (
     assemble_training_data,
     compute_advantages,
@@ -39,18 +60,61 @@ from agl_tinker.align import (
     rollout_trajectory,
     trajectory_group,
 )
+from agl_tinker.checkpoints import (
+    AtomicCheckpointIndex,
+    ResumeError,
+    no_usable_checkpoint,
+    resume_candidates,
+    set_aside,
+    truncate_metrics,
+)
 from agl_tinker.config import TrainConfig
 from agl_tinker.data import TaskDataset, build_datasets
 from agl_tinker.endpoint import Endpoint, EndpointConfig, start_endpoint
-from agl_tinker.progress import ProgressDisplay
+from agl_tinker.progress import ProgressDisplay, step_label
 from agl_tinker.reconstruct import ReconstructOptions
 from agl_tinker.report import write_reward_curve
-from agl_tinker.rollout import BatchResult, DispatchConfig, dispatch_batch
+from agl_tinker.retry import (
+    Retrier,
+    RetryingSamplingClient,
+    RetryingTrainingClient,
+    RetryPolicy,
+    TinkerCallError,
+    is_transient,
+)
+from agl_tinker.rollout import (
+    DEADLINE_METADATA_KEY,
+    BatchResult,
+    DispatchConfig,
+    RolloutsLost,
+    StoreCallError,
+    dispatch_batch,
+)
 
 logger = logging.getLogger(__name__)
 
 LLM_RESOURCE = "main_llm"
 """Resource name runners look up (Agent-lightning's ``@rollout`` agents take the first LLM)."""
+
+STALL_GRACE_S = 5.0
+"""Added to ``rollout_timeout_s * max_attempts`` for the stall deadline: the store's timeout
+watchdog runs on a tick (about a second) and a timed-out attempt may be requeued."""
+
+
+class TrainingAborted(RuntimeError):
+    """The run stopped on purpose, for the reason in the message (the CLI exits 1)."""
+
+
+class NoTrainableRollouts(TrainingAborted):
+    """``max_empty_steps`` steps in a row had no rollout to train on."""
+
+
+class StoreLost(TrainingAborted):
+    """The LightningStore stopped answering, or restarted and forgot this run's rollouts."""
+
+
+RUN_ERRORS: tuple[type[Exception], ...] = (TrainingAborted, ResumeError, TinkerCallError)
+"""Errors that end a run with a message meant for the user (no traceback needed)."""
 
 
 @dataclass
@@ -86,6 +150,8 @@ def _rollout_status(rollout: Any) -> str:
     attempt = getattr(rollout, "attempt", None)
     if status == "failed" and attempt is not None and attempt.status in ("timeout", "unresponsive"):
         return "timeout"
+    if status == "failed" and (rollout.metadata or {}).get(DEADLINE_METADATA_KEY):
+        return "timeout"  # never started before the step's stall deadline
     return status
 
 
@@ -132,6 +198,24 @@ def _batch_metrics(
     return groups, metrics
 
 
+def resume_message(name: str, state_path: str | None, start_step: int, n_steps: int) -> str:
+    """The line a resumed run prints before anything else happens."""
+    if start_step >= n_steps:
+        return f"resuming: checkpoint {name} ({state_path}) already covers all {n_steps} steps"
+    return f"resuming from checkpoint {name} ({state_path}): {start_step} steps done, continuing at step {start_step}"
+
+
+def _with_epochs_for(train_ds: TaskDataset, max_steps: int | None) -> TaskDataset:
+    """``train_ds`` with enough epochs for ``max_steps`` steps: a longer run cycles the data again.
+
+    Batch ``i`` does not depend on ``n_epochs`` (each epoch is its own seeded shuffle), so adding
+    epochs never changes the batches a shorter run or a resumed one trains on.
+    """
+    if max_steps is None or max_steps <= len(train_ds):
+        return train_ds
+    return dataclasses.replace(train_ds, n_epochs=math.ceil(max_steps / train_ds.batches_per_epoch))
+
+
 class _Loop:
     """State shared by the steps of one run (clients, endpoint, logger, datasets)."""
 
@@ -143,8 +227,10 @@ class _Loop:
         val_ds: TaskDataset | None,
         service: Any,
         show_progress: bool,
+        n_steps: int,
     ) -> None:
         self.config = config
+        self.n_steps = n_steps
         self.store = store
         self.train_ds = train_ds
         self.val_ds = val_ds
@@ -160,26 +246,49 @@ class _Loop:
         )
         self.align_options = AlignOptions(on_gap=config.on_gap)
         self.progress = ProgressDisplay(enabled=show_progress)
+        self.retrier = Retrier(
+            RetryPolicy(
+                max_attempts=config.tinker_max_attempts,
+                base_delay_s=config.tinker_retry_base_s,
+                max_delay_s=config.tinker_retry_max_s,
+            ),
+            seed=config.seed,
+        )
         self.endpoint: Endpoint | None = None
         self.training_client: Any = None
         self.kl_reference: Any = None
         self.train_resources_id: str | None = None
         self.val_resources_id: str | None = None
+        self.empty_steps = 0
 
     # -- setup ---------------------------------------------------------------------------------
 
-    async def start(self, start_step: int, state_path: str | None) -> None:
+    async def create_training_client(self, state_path: str | None) -> None:
+        """A fresh LoRA training client, or one loaded from ``state_path`` (weights + optimiser)."""
         cfg = self.config
         if state_path is not None:
-            self.training_client = await self.service.create_training_client_from_state_with_optimizer(
-                state_path
+            client = await self.retrier.call(
+                "create_training_client",
+                lambda: self.service.create_training_client_from_state_with_optimizer(state_path),
             )
         else:
-            self.training_client = await self.service.create_lora_training_client(
-                cfg.model_name, rank=cfg.lora_rank, seed=cfg.seed
+            client = await self.retrier.call(
+                "create_training_client",
+                lambda: self.service.create_lora_training_client(
+                    cfg.model_name, rank=cfg.lora_rank, seed=cfg.seed
+                ),
             )
+        self.training_client = RetryingTrainingClient(client, self.retrier)
+
+    async def start(self, start_step: int) -> None:
+        """Serve the current weights (after :meth:`create_training_client`) and register them."""
+        cfg = self.config
         if cfg.kl_penalty_coef > 0:
-            self.kl_reference = await self.service.create_sampling_client(base_model=cfg.model_name)
+            reference = await self.retrier.call(
+                "create_sampling_client",
+                lambda: self.service.create_sampling_client(base_model=cfg.model_name),
+            )
+            self.kl_reference = RetryingSamplingClient(reference, self.retrier)
         sampling_client = await self.training_client.save_weights_and_get_sampling_client()
         self.endpoint = await start_endpoint(
             EndpointConfig(
@@ -224,8 +333,32 @@ class _Loop:
             reward_options=self.reward_options,
         )
 
+    def stall_timeout_s(self) -> float | None:
+        """No rollout finished for this long: nothing will (see :data:`STALL_GRACE_S`)."""
+        cfg = self.config
+        if cfg.rollout_timeout_s is None:
+            return None
+        return cfg.rollout_timeout_s * cfg.max_attempts + STALL_GRACE_S
+
+    async def check_store(self, step: int) -> None:
+        """Raise :class:`StoreLost` if the store forgot this run's resources (it restarted)."""
+        assert self.train_resources_id is not None
+        try:
+            known = await self.store.get_resources_by_id(self.train_resources_id)
+        except Exception as exc:
+            raise StoreLost(self._lost_message(step, exc)) from exc
+        if known is None:
+            raise StoreLost(self._lost_message(step, "it no longer knows this run's resources (restarted?)"))
+
+    def _lost_message(self, step: int, why: object) -> str:
+        return (
+            f"lost the LightningStore during step {step}: {why}. Nothing of step {step} was trained; "
+            "once the store is back, start the run again with the same log_path to resume from its "
+            "last checkpoint"
+        )
+
     async def run_batch(
-        self, tasks: Sequence[Mapping[str, Any]], group_size: int, mode: str, label: str
+        self, tasks: Sequence[Mapping[str, Any]], group_size: int, mode: str, label: str, step: int
     ) -> BatchResult[RolloutTrajectory]:
         cfg = self.config
         rollout_config = RolloutConfig(
@@ -239,6 +372,7 @@ class _Loop:
             rollout_config=rollout_config,
             max_in_flight=cfg.max_in_flight,
             batch_timeout_s=cfg.batch_timeout_s,
+            stall_timeout_s=self.stall_timeout_s() if cfg.batch_timeout_s is None else None,
             # The endpoint stores spans off the request path: store them before reading a rollout's.
             before_read=self.endpoint.flush if self.endpoint is not None else None,
         )
@@ -252,6 +386,8 @@ class _Loop:
                 config=dispatch,
                 on_progress=self.progress.update,
             )
+        except (StoreCallError, RolloutsLost) as exc:
+            raise StoreLost(self._lost_message(step, exc)) from exc
         finally:
             self.progress.end()
         return batch
@@ -262,7 +398,8 @@ class _Loop:
         assert self.val_ds is not None
         t0 = time.perf_counter()
         tasks = self.val_ds.get_batch(0)
-        batch = await self.run_batch(tasks, 1, "val", f"eval @ step {step}")
+        await self.check_store(step)
+        batch = await self.run_batch(tasks, 1, "val", f"eval @ step {step}", step)
         _, metrics = _batch_metrics(batch, step, prefix="eval/")
         metrics["eval/time_s"] = time.perf_counter() - t0
         return metrics
@@ -272,9 +409,12 @@ class _Loop:
         assert self.endpoint is not None
         t0 = time.perf_counter()
         tasks = self.train_ds.get_batch(step)
-        batch = await self.run_batch(tasks, cfg.group_size, "train", f"step {step + 1}/{len(self.train_ds)}")
+        await self.check_store(step)
+        batch = await self.run_batch(tasks, cfg.group_size, "train", step_label(step, self.n_steps), step)
         t_sampled = time.perf_counter()
         rollout_groups, metrics = _batch_metrics(batch, step)
+        metrics["rollouts/timeout"] = sum(1 for o in batch.outcomes if o.final_status == "timeout")
+        metrics["rollouts/skipped"] = batch.stats.n_skipped
         groups: list[TrajectoryGroup] = []
         dropped = 0
         for rollouts in rollout_groups:
@@ -283,6 +423,7 @@ class _Loop:
                 dropped += 1
             else:
                 groups.append(group)
+        self._check_trainable(step, batch, groups)
         if cfg.remove_constant_reward_groups:
             before = len(groups)
             groups = remove_constant_reward_groups(groups)
@@ -316,6 +457,7 @@ class _Loop:
         t_trained = time.perf_counter()
         sampling_client = await self.training_client.save_weights_and_get_sampling_client()
         self.endpoint.swap(sampling_client, version=step + 1)
+        metrics.update(self.retrier.take_metrics())
         stats = batch.stats
         metrics.update(
             {
@@ -334,13 +476,81 @@ class _Loop:
         metrics.update(self.endpoint.span_metrics())  # spans the recorder could not store
         return metrics
 
+    def _check_trainable(
+        self, step: int, batch: BatchResult[RolloutTrajectory], groups: list[TrajectoryGroup]
+    ) -> None:
+        """Log a step with nothing to train on as an error; too many in a row stop the run."""
+        if groups:
+            self.empty_steps = 0
+            return
+        self.empty_steps += 1
+        reasons = Counter(str(o.result.exclusion) for o in batch.outcomes if o.result.exclusion is not None)
+        n = len(batch.outcomes)
+        if reasons:
+            reason, count = reasons.most_common(1)[0]
+            why = f"{count} of {n} rollouts excluded as {reason!r}"
+        else:
+            why = f"no group kept min_valid_per_group={self.config.min_valid_per_group} valid rollouts"
+        logger.error(
+            "step %d trained on nothing: %s (%d such steps in a row, the run stops at %d)",
+            step,
+            why,
+            self.empty_steps,
+            self.config.max_empty_steps,
+        )
+        if self.config.max_empty_steps and self.empty_steps >= self.config.max_empty_steps:
+            raise NoTrainableRollouts(
+                f"{self.empty_steps} steps in a row (to step {step}) had no rollout to train on; "
+                f"last: {why}. Check the agent (does it fail, or return no reward?) and the runners"
+            )
+
     async def checkpoint(self, name: str, next_step: int, final: bool = False) -> dict[str, str]:
         loop_state: dict[str, Any] = {"batch": next_step}
         if final:
             loop_state["final"] = True
         return await checkpoint_utils.save_checkpoint_async(
-            self.training_client, name, self.config.log_path, loop_state, kind="both"
+            self.training_client,
+            name,
+            self.config.log_path,
+            loop_state,
+            kind="both",
+            store=AtomicCheckpointIndex(self.config.log_path),
         )
+
+    async def resume(self) -> CheckpointRecord | None:
+        """Create the training client from the newest loadable checkpoint; the one used, if any.
+
+        A checkpoint whose state cannot be loaded (other than a Tinker outage, which raises) is
+        reported by path and the previous one is tried. Without any, a directory holding an
+        earlier run's metrics is refused unless ``fresh_start``; with ``fresh_start`` its files
+        are renamed aside and the run starts over.
+        """
+        log_path = self.config.log_path
+        if self.config.fresh_start:
+            for moved in set_aside(log_path):
+                logger.warning("fresh_start: kept the earlier run's file as %s", moved)
+            await self.create_training_client(None)
+            return None
+        candidates = resume_candidates(log_path)
+        for record in candidates:
+            try:
+                await self.create_training_client(record.state_path)
+            except TinkerCallError as exc:
+                if is_transient(exc.error):
+                    raise  # the service is down, not the checkpoint
+                logger.error(
+                    "checkpoint %r (batch %s, %s) cannot be loaded, trying the previous one: %s",
+                    record.name,
+                    record.batch,
+                    record.state_path,
+                    exc.error,
+                )
+                continue
+            return record
+        if candidates or _has_metrics(log_path):
+            raise no_usable_checkpoint(log_path, candidates)
+        await self.create_training_client(None)
+        return None
 
 
 async def train(
@@ -372,12 +582,16 @@ async def train(
         val=val_tasks,
         val_fraction=config.val_fraction if val_tasks is None else 0.0,
     )
-    n_steps = len(train_ds) if config.max_steps is None else min(config.max_steps, len(train_ds))
+    train_ds = _with_epochs_for(train_ds, config.max_steps)
+    n_steps = len(train_ds) if config.max_steps is None else config.max_steps
     log_path = Path(config.log_path)
     log_path.mkdir(parents=True, exist_ok=True)
-    resume = checkpoint_utils.get_last_checkpoint(str(log_path))
+    loop = _Loop(config, store, train_ds, val_ds, service or backend.service_client(), show_progress, n_steps)
+    resume = await loop.resume()
     start_step = int(resume.batch) if resume is not None and resume.batch is not None else 0
     result = TrainResult(log_path=log_path, start_step=start_step, end_step=max(start_step, n_steps))
+    if resume is not None and start_step < n_steps:
+        truncate_metrics(log_path, start_step)  # the steps from start_step on are redone
     ml_logger = ml_log.setup_logging(
         log_dir=str(log_path),
         wandb_project=config.wandb_project,
@@ -386,11 +600,15 @@ async def train(
         do_configure_logging_module=False,
     )
     if resume is not None:
-        logger.info("resuming from %s at step %d", resume.state_path, start_step)
-    loop = _Loop(config, store, train_ds, val_ds, service or backend.service_client(), show_progress)
+        loop.progress.note(resume_message(resume.name, resume.state_path, start_step, n_steps))
     try:
-        await loop.start(start_step, resume.state_path if resume is not None else None)
-        for step in range(start_step, n_steps):
+        await loop.start(start_step)
+        sync_from = start_step
+        if config.async_config is not None or config.stream_minibatch_config is not None:
+            from agl_tinker.async_loop import run_overlapped  # it builds on this module
+
+            sync_from = await run_overlapped(loop, ml_logger, result, n_steps, resume, on_step)
+        for step in range(sync_from, n_steps):
             metrics: dict[str, Any] = {}
             if val_ds is not None and config.eval_every and step % config.eval_every == 0:
                 evaluation = await loop.evaluate(step)
@@ -422,3 +640,8 @@ async def train(
     result.curve_path = write_reward_curve(result.metrics_path, log_path / "reward_curve.png")
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _has_metrics(log_path: str | Path) -> bool:
+    path = Path(log_path) / "metrics.jsonl"
+    return path.exists() and path.stat().st_size > 0

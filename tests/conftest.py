@@ -1,8 +1,9 @@
-"""Shared test configuration: offline by default, live Tinker tests only with ``--live``."""
+"""Shared test configuration: offline by default; ``--live`` points the live-path suite at real Tinker."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import hypothesis  # noqa: F401  (see below)
 import pytest
@@ -17,19 +18,59 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+LIVE_SKIP_REASON = (
+    "--live was given but TINKER_API_KEY is not set: skipping the live target (the real Tinker "
+    "service needs a key); without --live the same tests run against the wire simulator"
+)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--live",
         action="store_true",
         default=False,
-        help="run tests marked 'live' against the real Tinker service (needs TINKER_API_KEY)",
+        help="run the live-path tests (tests/live, marker 'live') against the real Tinker service "
+        "(needs TINKER_API_KEY; TINKER_BASE_URL optional) instead of the wire simulator",
+    )
+
+
+def live_target_unavailable(config: pytest.Config) -> str | None:
+    """Why the live-path tests cannot run on their target, or None when they can."""
+    if config.getoption("--live") and not os.environ.get("TINKER_API_KEY"):
+        return LIVE_SKIP_REASON
+    return None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if not config.getoption("--live"):
+        return "live-path target: wire simulator (fakes.wire, started on a free loopback port)"
+    reason = live_target_unavailable(config)
+    if reason is not None:
+        return f"live-path target: NONE -- {reason}"
+    return (
+        f"live-path target: real Tinker at {os.environ.get('TINKER_BASE_URL') or 'the default service URL'}"
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--live"):
-        return
-    skip_live = pytest.mark.skip(reason="live Tinker test: run with --live and TINKER_API_KEY set")
+    """Marker ``live``: the live path, on the wire simulator or (``--live``) the real service;
+    ``sim_only`` / ``live_only``: meaningful on one target, skipped on the other."""
+    live = bool(config.getoption("--live"))
+    unavailable = live_target_unavailable(config)
     for item in items:
-        if "live" in item.keywords:
-            item.add_marker(skip_live)
+        if "live" not in item.keywords:
+            continue
+        if unavailable is not None:
+            item.add_marker(pytest.mark.skip(reason=unavailable))
+        elif live and "sim_only" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="simulator-only expectation (runs without --live)"))
+        elif not live and "live_only" in item.keywords:
+            item.add_marker(
+                pytest.mark.skip(reason="real-Tinker-only test: run with --live and TINKER_API_KEY")
+            )
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    reason = live_target_unavailable(config)
+    if reason is not None:
+        terminalreporter.write_line(f"NOTE: {reason}", yellow=True)

@@ -74,3 +74,18 @@ async def test_waiting_for_a_store_gives_up_at_the_timeout_or_when_told_to_stop(
     assert not await algo.wait_for_store(endpoint, stop, timeout_s=30)
     assert time.monotonic() - t < 1.0
 
+
+def test_a_dataset_path_reaches_the_loop_as_a_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    seen: dict[str, Any] = {}
+
+    async def fake_train(config: TrainConfig, store: Any, train_tasks: Any, val_tasks: Any, **kw: Any) -> Any:
+        seen.update(train_tasks=train_tasks, val_tasks=val_tasks)
+        return "result"
+
+    monkeypatch.setattr(algo, "train", fake_train)
+    algorithm = algo.TinkerAlgorithm(TrainConfig(log_path=str(tmp_path / "run")))
+    algorithm.set_store(InMemoryLightningStore())
+    path = tmp_path / "tasks.csv"
+    asyncio.run(algorithm.run(path, (t for t in [{"identity": "b"}])))
+    assert seen["train_tasks"] is path  # list(path) would fail, list(str) would be characters
+    assert seen["val_tasks"] == [{"identity": "b"}]

@@ -295,3 +295,16 @@ def test_split_mode_store_algorithm_and_two_runner_processes(store_server: str, 
                 r.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(r.pid, signal.SIGKILL)
+
+
+def test_max_steps_beyond_the_epochs_cycles_the_data_with_the_same_batches() -> None:
+    from agl_tinker.data import TaskDataset
+    from agl_tinker.train import _with_epochs_for
+
+    ds = TaskDataset(tuple({"i": i} for i in range(10)), batch_size=4, group_size=2)
+    assert len(ds) == 3
+    assert _with_epochs_for(ds, None) is ds and _with_epochs_for(ds, 3) is ds
+    longer = _with_epochs_for(ds, 7)
+    assert len(longer) >= 7 and longer.n_epochs == 3
+    assert [longer.get_batch(i) for i in range(3)] == [ds.get_batch(i) for i in range(3)]
+    assert sorted(t["i"] for i in range(3, 6) for t in longer.get_batch(i)) == list(range(10))

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 ENV_PREFIX = "AGL_TINKER_SIM_"
+COST_KNOBS = ("sample_ttft_s", "sample_token_s", "train_token_s", "optim_step_s", "save_sampler_s")
+"""The cost model's knobs (seconds), see :class:`SimConfig`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +23,12 @@ class SimConfig:
       concurrent calls overlap, like network latency).
     - ``failure_rate``: probability that a call fails with a transient, retryable SDK error
       (``tinker.InternalServerError``, HTTP 503); drawn from a RNG seeded by ``failure_seed``.
+      Every call kind can fail: client creation (``create_model``, ``load_weights``,
+      ``create_sampling_session``, ``create_sampling_client``), ``asample``, ``forward``,
+      ``forward_backward``, ``optim_step``, ``save_state``, ``save_weights_for_sampler``,
+      ``load_state``, REST calls. The failure is raised before the call has any effect.
+    - ``failure_operations``: restrict failures to these operation names (empty: all); from the
+      environment as a comma-separated list.
     - ``drift``: probability that a sampled answer uses a non-canonical tokenization of its text
       (one token split into two whose bytes concatenate to it). Part of the model's
       distribution, so sampler and trainer logprobs stay equal.
@@ -28,24 +36,58 @@ class SimConfig:
       candidate answers for free text (a trainable gate afterwards).
     - ``root_dir``: where checkpoints live (``$AGL_TINKER_SIM_DIR``, else
       ``~/.cache/agl-tinker/sim``).
+
+    The cost model (all 0 by default, which keeps the simulator as fast as it computes; each cost
+    is a floor on a call's duration: the simulator's own compute time counts towards it):
+
+    - ``sample_ttft_s`` + ``sample_token_s`` per sampled token (of the longest sequence of the
+      call): how long a ``sample``/``compute_logprobs`` call takes. Timer-based, so concurrent
+      sampling calls overlap, as on the service's batched samplers.
+    - ``train_token_s``: per token of the datums' model inputs, for ``forward``/``forward_backward``.
+    - ``optim_step_s``: each ``optim_step``.
+    - ``save_sampler_s``: each ``save_weights_for_sampler``/``save_weights_and_get_sampling_client``.
+
+    Training costs hold the training client's request queue (one at a time per training client,
+    in submission order, as on the service); different training clients do not wait for each other.
     """
 
     latency_s: float = 0.0
     failure_rate: float = 0.0
     failure_seed: int = 0
+    failure_operations: tuple[str, ...] = ()
     drift: float = 0.0
     background_eps: float = 1e-4
     root_dir: Path | None = None
+    sample_ttft_s: float = 0.0
+    sample_token_s: float = 0.0
+    train_token_s: float = 0.0
+    optim_step_s: float = 0.0
+    save_sampler_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.latency_s < 0:
-            raise ValueError(f"latency_s must be >= 0, got {self.latency_s}")
+        ops = self.failure_operations
+        ops = ops.split(",") if isinstance(ops, str) else ops
+        object.__setattr__(self, "failure_operations", tuple(op.strip() for op in ops if op.strip()))
+        for name in ("latency_s", *COST_KNOBS):
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         for name in ("failure_rate", "drift"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if not 0.0 < self.background_eps < 1.0:
             raise ValueError(f"background_eps must be in (0, 1), got {self.background_eps}")
+
+    def sample_cost_s(self, n_tokens: int) -> float:
+        """Modelled duration of a sampling call whose longest sequence has ``n_tokens`` tokens."""
+        if not (self.sample_ttft_s or self.sample_token_s):
+            return 0.0
+        return self.sample_ttft_s + self.sample_token_s * n_tokens
+
+    def train_cost_s(self, n_tokens: int) -> float:
+        """Modelled duration of a ``forward``/``forward_backward`` call over ``n_tokens`` input tokens."""
+        return self.train_token_s * n_tokens
 
     @property
     def checkpoint_root(self) -> Path:
@@ -64,7 +106,10 @@ class SimConfig:
             raw = os.environ.get(ENV_PREFIX + field.name.upper())
             if raw is None or field.name == "root_dir":
                 continue
-            values[field.name] = int(raw) if field.name == "failure_seed" else float(raw)
+            if field.name == "failure_operations":
+                values[field.name] = tuple(op.strip() for op in raw.split(",") if op.strip())
+            else:
+                values[field.name] = int(raw) if field.name == "failure_seed" else float(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 import threading
+from collections import Counter
+from collections.abc import Collection
 
 import httpx
 import tinker
@@ -39,15 +41,21 @@ def transient(message: str, path: str = "request") -> tinker.InternalServerError
 class FaultInjector:
     """Seeded coin flips deciding which calls fail, shared by all clients of one service."""
 
-    def __init__(self, rate: float, seed: int) -> None:
+    def __init__(self, rate: float, seed: int, operations: Collection[str] = ()) -> None:
         self._rate = rate
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        self._operations = frozenset(operations)
+        self.injected: Counter[str] = Counter()
+        """Failures raised so far, by operation name."""
 
     def maybe_fail(self, operation: str) -> None:
-        if self._rate <= 0.0:
+        """Raise a transient error for ``operation`` with the configured probability (seeded)."""
+        if self._rate <= 0.0 or (self._operations and operation not in self._operations):
             return
         with self._lock:
             fail = self._rng.random() < self._rate
+            if fail:
+                self.injected[operation] += 1
         if fail:
             raise transient(f"simulated transient failure in {operation}", path=operation)

@@ -3,7 +3,10 @@
 The SDK returns ``AwaitableConcurrentFuture`` objects (``.result()``, ``.result_async()``,
 ``await``); we hand out the very same class, so code written against the SDK sees no
 difference. Latency is served by a timer after the work finishes, so concurrent calls overlap
-the way network round trips do instead of queueing behind each other.
+the way network round trips do instead of queueing behind each other. The cost model
+(``SimConfig``) adds two kinds of duration: ``cost_of(result)`` is served by the same timer
+(overlapping, for sampling), ``hold_s`` keeps the worker, hence the executor's queue, busy
+(serialised, for a training client's one-at-a-time queue).
 """
 
 from __future__ import annotations
@@ -35,7 +38,21 @@ class Dispatcher:
         self._latency_s = latency_s
         self._faults = faults
 
-    def submit(self, executor: Executor, operation: str, fn: Callable[[], T]) -> Future[T]:
+    def submit(
+        self,
+        executor: Executor,
+        operation: str,
+        fn: Callable[[], T],
+        *,
+        cost_of: Callable[[T], float] | None = None,
+        hold_s: float = 0.0,
+    ) -> Future[T]:
+        """Run ``fn`` on ``executor``; its future completes no sooner than ``latency_s`` after now.
+
+        ``hold_s``: the worker stays busy until ``hold_s`` after ``fn`` started (the executor's
+        later work waits). ``cost_of(result)``: extra seconds before the future completes, not
+        holding the worker (calls overlap). Neither applies to a call that failed.
+        """
         future: Future[T] = Future()
         start = time.monotonic()
 
@@ -48,12 +65,19 @@ class Dispatcher:
         def run() -> None:
             result: T | None = None
             error: BaseException | None = None
+            began = time.monotonic()
+            extra_s = 0.0
             try:
                 self._faults.maybe_fail(operation)
                 result = fn()
+                if cost_of is not None:
+                    extra_s = cost_of(result)
             except BaseException as exc:
                 error = exc
-            remaining = self._latency_s - (time.monotonic() - start)
+            held = hold_s - (time.monotonic() - began)
+            if error is None and held > 0:
+                time.sleep(held)  # the modelled service is busy: the queue behind this call waits
+            remaining = self._latency_s + extra_s - (time.monotonic() - start)
             if remaining > 0:
                 timer = threading.Timer(remaining, finish, args=(result, error))
                 timer.daemon = True
@@ -64,8 +88,16 @@ class Dispatcher:
         executor.submit(run)
         return future
 
-    def call(self, executor: Executor, operation: str, fn: Callable[[], T]) -> AwaitableConcurrentFuture[T]:
-        return AwaitableConcurrentFuture(self.submit(executor, operation, fn))
+    def call(
+        self,
+        executor: Executor,
+        operation: str,
+        fn: Callable[[], T],
+        *,
+        cost_of: Callable[[T], float] | None = None,
+        hold_s: float = 0.0,
+    ) -> AwaitableConcurrentFuture[T]:
+        return AwaitableConcurrentFuture(self.submit(executor, operation, fn, cost_of=cost_of, hold_s=hold_s))
 
 
 class ClientFuture(AwaitableConcurrentFuture[T]):

@@ -36,7 +36,7 @@ class Runtime:
         self.session_id = str(uuid.uuid4())
         self.store = CheckpointStore(config.checkpoint_root)
         self.dispatcher = Dispatcher(
-            config.latency_s, FaultInjector(config.failure_rate, config.failure_seed)
+            config.latency_s, FaultInjector(config.failure_rate, config.failure_seed, config.failure_operations)
         )
         self.sampling_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tinker-sim-sample")
         self.control_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tinker-sim-control")

@@ -140,6 +140,11 @@ class SamplingClient:
         lps = np.array([[lp for _, lp in row] for row in rows], dtype=np.float32).reshape(len(rows), k)
         return TopkLogprobs(token_ids=ids, logprobs=lps)
 
+    def _sample_cost_s(self, response: types.SampleResponse) -> float:
+        """The cost model's duration of a sampling call: its longest sequence is decoded last."""
+        longest = max((len(seq.tokens) for seq in response.sequences), default=0)
+        return self._runtime.config.sample_cost_s(longest)
+
     def sample(
         self,
         prompt: types.ModelInput,
@@ -169,6 +174,7 @@ class SamplingClient:
                 topk_sample_logprobs,
                 prompt_logprobs_last_n,
             ),
+            cost_of=self._sample_cost_s,
         )
 
     @deprecated(_ASYNC, category=FutureWarning)
@@ -208,7 +214,10 @@ class SamplingClient:
             assert response.prompt_logprobs is not None
             return response.prompt_logprobs
 
-        return self._runtime.dispatcher.call(self._runtime.sampling_pool, "asample", run)
+        ttft_s = self._runtime.config.sample_cost_s(0)
+        return self._runtime.dispatcher.call(
+            self._runtime.sampling_pool, "asample", run, cost_of=lambda _: ttft_s
+        )
 
     @deprecated(_ASYNC, category=FutureWarning)
     async def compute_logprobs_async(

@@ -99,9 +99,13 @@ class ServiceClient:
         return ClientFuture(self._runtime.dispatcher.submit(self._runtime.control_pool, operation, fn))
 
     def _register(
-        self, policy: Policy, optimizer: Adam, user_metadata: dict[str, str] | None
+        self,
+        policy: Policy,
+        optimizer: Adam,
+        user_metadata: dict[str, str] | None,
+        model_id: str | None = None,
     ) -> TrainingClient:
-        model_id = self._runtime.new_model_id()
+        model_id = model_id or self._runtime.new_model_id()
         info = {
             **policy_meta(policy.config),
             "user_metadata": user_metadata,
@@ -126,6 +130,23 @@ class ServiceClient:
         assert any([train_mlp, train_attn, train_unembed]), (
             "At least one of train_mlp, train_attn, or train_unembed must be True"
         )
+        return self._create_lora(
+            base_model, rank, seed, train_mlp, train_attn, train_unembed, user_metadata, optimizer
+        )
+
+    def _create_lora(
+        self,
+        base_model: str,
+        rank: int,
+        seed: int | None,
+        train_mlp: bool,
+        train_attn: bool,
+        train_unembed: bool,
+        user_metadata: dict[str, str] | None,
+        optimizer: types.OptimizerConfig | None,
+        model_id: str | None = None,
+    ) -> ClientFuture[TrainingClient]:
+        """``create_lora_training_client``; ``model_id`` lets the wire server name the run."""
 
         def run() -> TrainingClient:
             if rank < 1:
@@ -145,7 +166,7 @@ class ServiceClient:
             policy = Policy(config, self._runtime.vocab, initial_params(config, self._runtime.vocab))
             for tensor in policy.trainable_params().values():
                 tensor.requires_grad_(True)
-            return self._register(policy, Adam(policy.trainable_params()), user_metadata)
+            return self._register(policy, Adam(policy.trainable_params()), user_metadata, model_id)
 
         return self._create("create_model", run)
 
@@ -168,7 +189,12 @@ class ServiceClient:
         )
 
     def _from_state(
-        self, path: str, base_model: str | None, user_metadata: dict[str, str] | None, with_optimizer: bool
+        self,
+        path: str,
+        base_model: str | None,
+        user_metadata: dict[str, str] | None,
+        with_optimizer: bool,
+        model_id: str | None = None,
     ) -> ClientFuture[TrainingClient]:
         def run() -> TrainingClient:
             parsed = TinkerPath.parse(path)
@@ -187,7 +213,7 @@ class ServiceClient:
                 if snapshot.optimizer is None:
                     raise errors.bad_request(f"{path} has no optimizer state")
                 optimizer.load_state_dict(snapshot.optimizer)
-            return self._register(policy, optimizer, user_metadata)
+            return self._register(policy, optimizer, user_metadata, model_id)
 
         return self._create("load_weights", run)
 

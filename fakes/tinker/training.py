@@ -1,6 +1,8 @@
 """``TrainingClient`` of the simulator: same methods, arguments and return types as the SDK's.
 
-Requests run in submission order on one worker thread, like the service's per-model queue.
+Requests run in submission order on one worker thread, like the service's per-model queue; the
+cost model's training costs (``SimConfig.train_token_s``, ``optim_step_s``, ``save_sampler_s``)
+keep that worker busy, so they add up per training client.
 Gradients accumulate over ``forward_backward`` calls until ``optim_step`` applies them.
 """
 
@@ -64,8 +66,12 @@ class TrainingClient:
         )
 
     # ---- plumbing ------------------------------------------------------------------------
-    def _submit(self, operation: str, fn: Callable[[], Any]) -> Any:
-        return self._runtime.dispatcher.call(self._queue, operation, fn)
+    def _submit(self, operation: str, fn: Callable[[], Any], hold_s: float = 0.0) -> Any:
+        """Queue ``fn`` on this client's one worker; ``hold_s`` is its modelled service time."""
+        return self._runtime.dispatcher.call(self._queue, operation, fn, hold_s=hold_s)
+
+    def _train_cost_s(self, data: list[types.Datum]) -> float:
+        return self._runtime.config.train_cost_s(sum(d.model_input.length for d in data))
 
     def _parse(self, data: list[types.Datum]) -> list[ParsedDatum]:
         if not data:
@@ -121,7 +127,11 @@ class TrainingClient:
         loss_fn_config: Mapping[str, float | str] | None = None,
     ) -> APIFuture[types.ForwardBackwardOutput]:
         """Logprobs and loss without gradients."""
-        return self._submit("forward", lambda: self._run_loss(data, loss_fn, loss_fn_config, backward=False))
+        return self._submit(
+            "forward",
+            lambda: self._run_loss(data, loss_fn, loss_fn_config, backward=False),
+            hold_s=self._train_cost_s(data),
+        )
 
     @deprecated(_ASYNC, category=FutureWarning)
     async def forward_async(
@@ -140,7 +150,9 @@ class TrainingClient:
     ) -> APIFuture[types.ForwardBackwardOutput]:
         """Logprobs and loss; gradients are added to the pending update."""
         return self._submit(
-            "forward_backward", lambda: self._run_loss(data, loss_fn, loss_fn_config, backward=True)
+            "forward_backward",
+            lambda: self._run_loss(data, loss_fn, loss_fn_config, backward=True),
+            hold_s=self._train_cost_s(data),
         )
 
     @deprecated(_ASYNC, category=FutureWarning)
@@ -175,7 +187,7 @@ class TrainingClient:
             out.metrics.update({k: float(v) for k, v in metrics.items()})
             return out
 
-        return self._submit("forward_backward_custom", run)
+        return self._submit("forward_backward_custom", run, hold_s=self._train_cost_s(data))
 
     @deprecated(_ASYNC, category=FutureWarning)
     async def forward_backward_custom_async(
@@ -218,7 +230,7 @@ class TrainingClient:
             self._policy.invalidate()
             return types.OptimStepResponse(metrics=metrics)
 
-        return self._submit("optim_step", run)
+        return self._submit("optim_step", run, hold_s=self._runtime.config.optim_step_s)
 
     @deprecated(_ASYNC, category=FutureWarning)
     async def optim_step_async(
@@ -340,7 +352,7 @@ class TrainingClient:
                 path=self._save("sampler_weights", name, False, user_metadata, overwrite=True)
             )
 
-        return self._submit("save_weights_for_sampler", run)
+        return self._submit("save_weights_for_sampler", run, hold_s=self._runtime.config.save_sampler_s)
 
     @deprecated(_ASYNC, category=FutureWarning)
     async def save_weights_for_sampler_async(
@@ -409,7 +421,11 @@ class TrainingClient:
         def run() -> SamplingClient:
             return SamplingClient(self._runtime, self._policy.frozen_copy(), model_path=None)
 
-        return ClientFuture(self._runtime.dispatcher.submit(self._queue, "save_weights_for_sampler", run))
+        return ClientFuture(
+            self._runtime.dispatcher.submit(
+                self._queue, "save_weights_for_sampler", run, hold_s=self._runtime.config.save_sampler_s
+            )
+        )
 
     @deprecated(
         "deprecated in the SDK: await save_weights_and_get_sampling_client(...) instead",

@@ -1,0 +1,199 @@
+"""Synchronous vs streaming vs asynchronous training under a Tinker-like cost model.
+
+Run ``python benchmarks/async_training.py`` (``--steps``, ``--seeds``, ``--agents`` to change the
+workload); prints one JSON line. Same agents, same cost model (``cost_model`` in the JSON, the
+simulator's knobs), three modes per agent:
+
+* ``sync``: the default loop (dispatch a batch, wait for its slowest rollout, train, swap);
+* ``stream``: ``stream_minibatch_config`` with 4 minibatches (``forward_backward`` per minibatch as
+  soon as its groups are complete; still one batch per step);
+* ``async``: ``async_config`` with ``max_steps_off_policy=1`` (continuous dispatch; train as soon as a
+  batch's worth of groups is complete; stale groups requeued or dropped).
+
+Agents: ``hello`` (Hello 1024, one call) and ``lookup`` (two calls with a lookup tool between them
+whose latency is log-normal: median 0.3 s, sigma 1, so one call in ~40 takes over 2 s). Both are
+rolled out by 32 in-process runner slots (8 tasks x group 4 in flight) against an in-memory store.
+
+Per agent and mode, averaged over the seeds: ``groups_per_s`` (groups taken per second from the end
+of step 1 to the end of the last step: the first step, with start-up, is excluded),
+``step_s_mean`` (over the same steps), ``trainer_idle_frac`` (share of those steps during which the
+training client had no work: for ``sync``, ``1 - (training + swap) / step``), ``final_reward``
+(mean training reward of the last 3 steps: for ``async`` these were sampled one version earlier,
+so it lags a little). ``speedup_async_vs_sync`` is the ratio of ``groups_per_s``;
+``async_step_over_bound`` divides the async step time by ``max(sampling, training)`` per step as the
+sync run measured them (its ``time/sampling_s`` and ``time/training_s + time/swap_s``): 1.0 is perfect
+pipelining. Top-level figures are the worst over agents. ``detail`` has the per-seed numbers and
+the async runs' staleness and requeue/drop counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import logging
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import agentlightning as agl
+from agentlightning.store.memory import InMemoryLightningStore
+from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
+
+from agl_tinker import backend
+from agl_tinker.config import TrainConfig
+from agl_tinker.inprocess import AgentFn, InProcessRunners
+from agl_tinker.train import train
+from examples.clients import openai_client
+from examples.hello.agent import hello_dataset, hello_rollout, prompt_for, score
+
+BATCH, GROUP = 8, 4
+COST_MODEL = {
+    # per call: 0.8 s to the first token, 30 ms per token (a Hello answer: ~1.1 s)
+    "sample_ttft_s": 0.8,
+    "sample_token_s": 0.03,
+    # per step (32 Hello datums, ~800 tokens): ~1.6 s of forward_backward + optim + save
+    "train_token_s": 0.0017,
+    "optim_step_s": 0.1,
+    "save_sampler_s": 0.15,
+}
+TOOL_MEDIAN_S, TOOL_SIGMA = 0.3, 1.0
+
+
+async def lookup_rollout(task: Mapping[str, Any], llm: agl.LLM) -> float:
+    """Two turns: answer, look the identity up (long-tailed latency), answer again; scored on the last."""
+    client = openai_client(llm.get_base_url(), llm.api_key)
+    sampling: dict[str, Any] = dict(llm.sampling_parameters or {})
+    params = {
+        "temperature": float(sampling.get("temperature", 1.0)),
+        "max_tokens": int(sampling.get("max_tokens", 32)),
+    }
+    identity = str(task["identity"])
+    messages: list[dict[str, str]] = [{"role": "user", "content": "Who are you? Say it in one sentence."}]
+    first = await client.chat.completions.create(model=llm.model, messages=messages, **params)  # type: ignore[arg-type, call-overload]
+    messages.append({"role": "assistant", "content": first.choices[0].message.content or ""})
+    await asyncio.sleep(random.lognormvariate(0.0, TOOL_SIGMA) * TOOL_MEDIAN_S)  # ok: the tool's latency
+    messages.append({"role": "user", "content": f"The lookup tool says: {identity}. {prompt_for(identity)}"})
+    second = await client.chat.completions.create(model=llm.model, messages=messages, **params)  # type: ignore[arg-type, call-overload]
+    return score(second.choices[0].message.content or "", identity)
+
+
+AGENTS: dict[str, AgentFn] = {"hello": hello_rollout, "lookup": lookup_rollout}  # type: ignore[dict-item]
+
+
+def _config(log_path: str, mode: str, steps: int, seed: int) -> TrainConfig:
+    extra: dict[str, Any] = {}
+    if mode == "async":
+        extra["async_config"] = AsyncConfig(max_steps_off_policy=1, groups_per_batch=BATCH)
+    elif mode == "stream":
+        extra["stream_minibatch_config"] = StreamMinibatchConfig(groups_per_batch=BATCH, num_minibatches=4)
+    return TrainConfig(
+        log_path=log_path,
+        max_steps=steps,
+        batch_size=BATCH,
+        group_size=GROUP,
+        learning_rate=3e-2,
+        lora_rank=8,
+        max_tokens=32,
+        seed=seed,
+        rollout_timeout_s=120.0,
+        **extra,
+    )
+
+
+async def _run(agent: AgentFn, mode: str, steps: int, seed: int) -> dict[str, Any]:
+    random.seed(seed)
+    ends: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = InMemoryLightningStore()
+        service = backend.service_client(root_dir=Path(tmp) / "sim", **COST_MODEL)
+        async with InProcessRunners(store, agent, concurrency=BATCH * GROUP):
+            result = await train(
+                _config(tmp, mode, steps, seed),
+                store,
+                hello_dataset("train"),
+                service=service,
+                show_progress=False,
+                on_step=lambda _step, _metrics: ends.append(time.perf_counter()),
+            )
+    timed = result.steps[1:]
+    step_s = [b - a for a, b in itertools.pairwise(ends)]
+    if mode == "sync":
+        idle = [1 - (s["time/training_s"] + s["time/swap_s"]) / d for s, d in zip(timed, step_s, strict=True)]
+    else:
+        idle = [s["time/trainer_idle_frac"] for s in timed]
+    out: dict[str, Any] = {
+        "groups_per_s": BATCH * len(step_s) / (ends[-1] - ends[0]),
+        "step_s_mean": statistics.fmean(step_s),
+        "trainer_idle_frac": statistics.fmean(idle),
+        "final_reward": statistics.fmean(result.rewards[-3:]),
+        "sampling_s_mean": statistics.fmean(s["time/sampling_s"] for s in timed),
+        "training_s_mean": statistics.fmean(s["time/training_s"] + s["time/swap_s"] for s in timed),
+    }
+    if mode != "sync":
+        out["sampler_idle_frac"] = statistics.fmean(s["time/sampler_idle_frac"] for s in timed)
+        out["staleness_call_mean"] = statistics.fmean(s["staleness/call_mean"] for s in timed)
+        out["stale_requeued"] = sum(s["async/stale_requeued"] for s in result.steps)
+        out["stale_dropped"] = sum(s["async/stale_dropped"] for s in result.steps)
+    return out
+
+
+def _mean_over_seeds(runs: list[dict[str, Any]]) -> dict[str, float]:
+    keys = ("groups_per_s", "step_s_mean", "trainer_idle_frac", "final_reward")
+    return {k: round(statistics.fmean(r[k] for r in runs), 4) for k in keys}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--agents", default="hello,lookup")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", FutureWarning)
+    logging.disable(logging.WARNING)
+    report: dict[str, Any] = {
+        "cost_model": COST_MODEL,
+        "steps": args.steps,
+        "seeds": args.seeds,
+        "detail": {},
+    }
+    speedups, bounds = [], []
+    for name in args.agents.split(","):
+        runs = {
+            mode: [asyncio.run(_run(AGENTS[name], mode, args.steps, seed)) for seed in range(args.seeds)]
+            for mode in ("sync", "stream", "async")
+        }
+        summary: dict[str, Any] = {mode: _mean_over_seeds(r) for mode, r in runs.items()}
+        sync_bound = statistics.fmean(max(r["sampling_s_mean"], r["training_s_mean"]) for r in runs["sync"])
+        summary["speedup_async_vs_sync"] = round(
+            summary["async"]["groups_per_s"] / summary["sync"]["groups_per_s"], 3
+        )
+        summary["async_step_over_bound"] = round(summary["async"]["step_s_mean"] / sync_bound, 3)
+        summary["sync_sampling_s"] = round(statistics.fmean(r["sampling_s_mean"] for r in runs["sync"]), 3)
+        summary["sync_training_s"] = round(statistics.fmean(r["training_s_mean"] for r in runs["sync"]), 3)
+        report[name] = summary
+        report["detail"][name] = {
+            mode: [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rs]
+            for mode, rs in runs.items()
+        }
+        speedups.append(summary["speedup_async_vs_sync"])
+        bounds.append(summary["async_step_over_bound"])
+    report["speedup_async_vs_sync"] = min(speedups)
+    report["async_step_over_bound"] = max(bounds)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

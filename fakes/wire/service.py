@@ -1,0 +1,335 @@
+"""The simulated service behind the wire: sessions, training runs, samplers, ordered requests.
+
+One in-process simulator (``fakes.tinker.ServiceClient``) does the work; this layer adds what
+the HTTP protocol has and the in-process look-alike does not: sessions, ids the SDK derives
+itself (``<session>:train:<n>``, ``<session>:sample:<n>``), idempotent submission (a retried
+request with the same ``seq_id`` gets the same future), and per-training-run ordering: requests
+of one run are applied in ``seq_id`` order, whatever order they arrive in (the SDK sends the
+chunks of one ``forward_backward`` concurrently).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+import warnings
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from typing import Any
+
+from tinker import types
+
+from fakes.tinker import RestClient, SamplingClient, ServiceClient, TrainingClient
+from fakes.tinker.errors import bad_request, not_found
+
+from .codec import ForwardBackwardCall
+from .faults import FaultInjector
+from .futures import Promise, PromiseTable
+
+# How long a request waits for an earlier seq_id of its run that never arrives (a client that
+# reserved an id and then failed before sending it) before it is applied anyway.
+GAP_WAIT_S = 30.0
+
+
+@dataclasses.dataclass
+class _Run:
+    client: TrainingClient
+    session_id: str
+    next_seq: int = 1
+    turn: asyncio.Condition = dataclasses.field(default_factory=asyncio.Condition)
+
+
+@dataclasses.dataclass
+class _Sampler:
+    client: SamplingClient
+    base_model: str
+    model_path: str | None
+    clones: int = 0
+
+
+def _done(value: Any) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_result(value)
+    return future
+
+
+def _failed(error: BaseException) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_exception(error)
+    return future
+
+
+def _call(fn: Callable[[], Any]) -> Future[Any]:
+    """The simulator call's concurrent future; an exception raised at call time fails it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the SDK-deprecated load_state* methods
+            return fn().future()  # type: ignore[no-any-return]
+    except Exception as exc:
+        return _failed(exc)
+
+
+class WireService:
+    """State of one wire server; all methods run on the server's event loop."""
+
+    def __init__(self, sim: ServiceClient, faults: FaultInjector, loop: asyncio.AbstractEventLoop) -> None:
+        self.sim = sim
+        self.rest = RestClient(sim._runtime)
+        self.faults = faults
+        self.promises = PromiseTable(loop)
+        self.sessions: dict[str, str] = {}  # id -> "active" | "finished"
+        self.runs: dict[str, _Run] = {}
+        self.samplers: dict[str, _Sampler] = {}
+        self._submitted: dict[Hashable, Promise] = {}
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _track(
+        self, key: Hashable | None, work: Future[Any], transform: Callable[[Any], Any] = lambda v: v
+    ) -> Promise:
+        promise = self.promises.track(work, transform, delay_s=self.faults.slow())
+        if key is not None:
+            self._submitted[key] = promise
+        return promise
+
+    def _seen(self, key: Hashable) -> Promise | None:
+        return self._submitted.get(key)
+
+    def run(self, model_id: str) -> _Run:
+        run = self.runs.get(model_id)
+        if run is None:
+            raise not_found(f"training run {model_id!r} is not loaded in this server", path="model")
+        return run
+
+    def sampler(self, sampler_id: str) -> _Sampler:
+        sampler = self.samplers.get(sampler_id)
+        if sampler is None:
+            raise not_found(f"sampling session {sampler_id!r} not found", path="sampler")
+        return sampler
+
+    def _session(self, session_id: str) -> str:
+        if session_id not in self.sessions:
+            raise not_found(f"session {session_id!r} not found", path="session")
+        return session_id
+
+    async def _in_order(self, run: _Run, seq_id: int | None, submit: Callable[[], Promise]) -> Promise:
+        """Apply ``submit`` once every earlier ``seq_id`` of ``run`` has been applied."""
+        async with run.turn:
+            if seq_id is not None and run.next_seq < seq_id:
+                # a missing request that never comes: go on after GAP_WAIT_S rather than hang
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run.turn.wait_for(lambda: run.next_seq >= seq_id), GAP_WAIT_S)
+            promise = submit()
+            if seq_id is not None:
+                run.next_seq = max(run.next_seq, seq_id + 1)
+            run.turn.notify_all()
+        return promise
+
+    def _register_run(self, session_id: str) -> Callable[[TrainingClient], TrainingClient]:
+        def register(client: TrainingClient) -> TrainingClient:
+            self.runs[client.model_id] = _Run(client, session_id)
+            return client
+
+        return register
+
+    # ---- sessions ----------------------------------------------------------------------------
+    def create_session(self, request: types.CreateSessionRequest) -> types.CreateSessionResponse:
+        session_id = str(uuid.uuid4())
+        self.sessions[session_id] = "active"
+        return types.CreateSessionResponse(session_id=session_id)
+
+    def heartbeat(self, session_id: str) -> str:
+        """The session's state: ``active``, ``finished`` (HTTP 410) or unknown (404)."""
+        return self.sessions[self._session(session_id)]
+
+    def finish_session(self, session_id: str) -> None:
+        self.sessions[self._session(session_id)] = "finished"
+
+    # ---- training runs -----------------------------------------------------------------------
+    def create_model(self, request: types.CreateModelRequest) -> Promise:
+        key = ("create_model", request.session_id, request.model_seq_id)
+        if (seen := self._seen(key)) is not None:
+            return seen
+        self._session(request.session_id)
+        model_id = f"{request.session_id}:train:{request.model_seq_id}"
+        lora = request.lora_config or types.LoraConfig(rank=32)
+        work = self.sim._create_lora(
+            request.base_model,
+            lora.rank,
+            lora.seed,
+            lora.train_mlp,
+            lora.train_attn,
+            lora.train_unembed,
+            request.user_metadata,
+            request.optimizer_config,
+            model_id=model_id,
+        ).future()
+        register = self._register_run(request.session_id)
+        return self._track(key, work, lambda c: types.CreateModelResponse(model_id=register(c).model_id))
+
+    def get_info(self, request: types.GetInfoRequest) -> types.GetInfoResponse:
+        return self.run(request.model_id).client.get_info()
+
+    async def forward_backward(self, call: ForwardBackwardCall) -> Promise:
+        key = ("train", call.model_id, call.seq_id)
+        if (seen := self._seen(key)) is not None:
+            return seen
+        run = self.run(call.model_id)
+        method = run.client.forward if call.forward_only else run.client.forward_backward
+
+        def submit() -> Promise:
+            work = _call(lambda: method(call.data, call.loss_fn, call.loss_fn_config))  # type: ignore[arg-type]
+            return self._track(key, work)
+
+        return await self._in_order(run, call.seq_id, submit)
+
+    async def optim_step(self, request: types.OptimStepRequest) -> Promise:
+        key = ("train", request.model_id, request.seq_id)
+        if (seen := self._seen(key)) is not None:
+            return seen
+        run = self.run(request.model_id)
+        return await self._in_order(
+            run,
+            request.seq_id,
+            lambda: self._track(key, _call(lambda: run.client.optim_step(request.optim_params))),
+        )
+
+    async def save_weights(self, request: types.SaveWeightsRequest) -> Promise:
+        key = ("train", request.model_id, request.seq_id)
+        if (seen := self._seen(key)) is not None:
+            return seen
+        run = self.run(request.model_id)
+        name = request.path or f"state-{request.seq_id}"
+        return await self._in_order(
+            run,
+            request.seq_id,
+            lambda: self._track(
+                key,
+                _call(
+                    lambda: run.client.save_state(
+                        name, request.ttl_seconds, request.overwrite, request.user_metadata
+                    )
+                ),
+            ),
+        )
+
+    async def save_weights_for_sampler(self, request: types.SaveWeightsForSamplerRequest) -> Promise:
+        key = ("train", request.model_id, request.seq_id)
+        if (seen := self._seen(key)) is not None:
+            return seen
+        run = self.run(request.model_id)
+
+        def submit() -> Promise:
+            if (name := request.path) is not None:
+                work = _call(
+                    lambda: run.client.save_weights_for_sampler(
+                        name, request.ttl_seconds, request.user_metadata
+                    )
+                )
+                return self._track(
+                    key, work, lambda r: types.SaveWeightsForSamplerResponseInternal(path=r.path)
+                )
+            sampler_id = f"{run.session_id}:sample:{request.sampling_session_seq_id}"
+            work = _call(run.client.save_weights_and_get_sampling_client)
+            base = run.client.get_info().model_data.model_name or ""
+
+            def register(client: SamplingClient) -> types.SaveWeightsForSamplerResponseInternal:
+                self.samplers[sampler_id] = _Sampler(client, base, None)
+                return types.SaveWeightsForSamplerResponseInternal(sampling_session_id=sampler_id)
+
+            return self._track(key, work, register)
+
+        return await self._in_order(run, request.seq_id, submit)
+
+    async def load_weights(self, request: types.LoadWeightsRequest) -> Promise:
+        if request.session_id is not None:  # a new run from a checkpoint (seq id 0, no create_model)
+            key: Hashable = ("create_model", request.session_id, request.model_seq_id)
+            if (seen := self._seen(key)) is not None:
+                return seen
+            self._session(request.session_id)
+            model_id = f"{request.session_id}:train:{request.model_seq_id}"
+            work = self.sim._from_state(
+                request.path, request.base_model, request.user_metadata, request.optimizer, model_id=model_id
+            ).future()
+            register = self._register_run(request.session_id)
+            return self._track(
+                key,
+                work,
+                lambda c: types.LoadWeightsResponse(path=request.path, model_id=register(c).model_id),
+            )
+        if request.model_id is None:
+            raise bad_request("load_weights needs model_id or session_id", path="load_weights")
+        key = ("train", request.model_id, request.seq_id)
+        if (seen := self._seen(key)) is not None:
+            return seen
+        run = self.run(request.model_id)
+        load = run.client.load_state_with_optimizer if request.optimizer else run.client.load_state
+        return await self._in_order(
+            run, request.seq_id, lambda: self._track(key, _call(lambda: load(request.path)))
+        )
+
+    # ---- sampling ----------------------------------------------------------------------------
+    async def create_sampling_session(
+        self, request: types.CreateSamplingSessionRequest
+    ) -> types.CreateSamplingSessionResponse:
+        sampler_id = f"{request.session_id}:sample:{request.sampling_session_seq_id}"
+        if sampler_id not in self.samplers:
+            self._session(request.session_id)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                client = await asyncio.wrap_future(
+                    self.sim.create_sampling_client(request.model_path, request.base_model).future()
+                )
+            self.samplers[sampler_id] = _Sampler(client, client.get_base_model(), request.model_path)
+        return types.CreateSamplingSessionResponse(sampling_session_id=sampler_id)
+
+    def join_sampling_session(
+        self, request: types.JoinSamplingSessionRequest
+    ) -> types.JoinSamplingSessionResponse:
+        sampler = self.sampler(request.sampling_session_id)
+        sampler.clones += 1
+        return types.JoinSamplingSessionResponse(client_counter=sampler.clones)
+
+    def get_sampler(self, sampler_id: str) -> types.GetSamplerResponse:
+        sampler = self.sampler(sampler_id)
+        return types.GetSamplerResponse(
+            sampler_id=sampler_id, base_model=sampler.base_model, model_path=sampler.model_path
+        )
+
+    def asample(self, request: types.SampleRequest) -> tuple[Promise, list[str]]:
+        """The sample's promise and its sequence ids (fixed at submission, as the service does)."""
+        if request.sampling_session_id is None:
+            raise bad_request("asample needs a sampling_session_id", path="asample")
+        key = ("sample", request.sampling_session_id, request.seq_id)
+        if (seen := self._seen(key)) is not None:
+            return seen, seen.sequence_ids
+        sampler = self.sampler(request.sampling_session_id).client
+        target = request.target_prompt_logprobs
+        work = _call(
+            lambda: sampler.sample(
+                request.prompt,
+                request.num_samples,
+                request.sampling_params,
+                bool(request.prompt_logprobs),
+                request.topk_prompt_logprobs,
+                request.topk_sample_logprobs,
+                None
+                if target is None
+                else types.TensorData(data=target.data, dtype=target.dtype, shape=target.shape),
+                request.prompt_alt_tokens_k,
+                request.prompt_logprobs_last_n,
+            )
+        )
+        promise = self._track(key if request.seq_id is not None else None, work)
+        promise.sequence_ids = [str(uuid.uuid4()) for _ in range(request.num_samples)]
+        return promise, promise.sequence_ids
+
+    def cancel(self, request_id: str) -> None:
+        promise = self.promises.get(request_id)
+        if promise is not None:
+            promise.settle(error=bad_request(f"request {request_id} was cancelled", path="cancel_future"))
+
+    # ---- REST --------------------------------------------------------------------------------
+    async def rest_call(self, fn: Callable[[RestClient], Any]) -> Any:
+        return await asyncio.wrap_future(fn(self.rest).future())
