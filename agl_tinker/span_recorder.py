@@ -95,9 +95,8 @@ class SpanRecorder:
 
     @property
     def failed(self) -> int:
-        """Span writes that failed with a store error (each failed try counts its batch's spans);
-        a failed batch is retried up to ``max_attempts`` times, so a span can count here more than
-        once before it is written or dropped."""
+        """Span writes that failed with a store error, counted per span and per try: they are
+        retried (a span can count here more than once), and dropped after the last try."""
         return self._failed
 
     async def start(self) -> None:
@@ -195,6 +194,7 @@ class SpanRecorder:
                 if _is_refusal(exc):
                     logger.warning("store refused %d LLM-call spans: %s", len(batch), exc)
                     return 0, len(batch)
+                self._failed += len(batch)
                 if attempt == self.max_attempts:
                     logger.error(
                         "storing %d LLM-call spans failed %d times, dropping them: %r",
