@@ -116,5 +116,5 @@ async def test_the_training_loop_leaves_no_finished_rollout_or_span_in_the_store
         stop.set()
         await running
     assert all(step["train/datums"] > 0 for step in result.steps)
-    assert await store.query_rollouts() == []
+    assert list(await store.query_rollouts()) == []
     assert await store.collections.spans.size() == 0
