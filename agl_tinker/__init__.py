@@ -1,10 +1,54 @@
-"""agl-tinker: train ordinary OpenAI-client agents with RL on Tinker through Agent-lightning traces."""
+"""agl-tinker: train ordinary OpenAI-client agents with RL on Tinker through Agent-lightning traces.
+
+The public names a training script needs are importable from here::
+
+    from agl_tinker import LeanServerStrategy, TinkerAlgorithm, TrainConfig, fast_runner, load_tasks
+
+They load on first use, so ``import agl_tinker`` stays cheap and can run before ``agentlightning``
+(it tells LiteLLM to use its bundled model-cost map instead of fetching one, which stalls offline).
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import TYPE_CHECKING, Any
 
 # LiteLLM fetches a remote model-cost map at import unless told otherwise; offline that stalls seconds.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_PUBLIC = {
+    "TinkerAlgorithm": "agl_tinker.loop.algo",
+    "LeanServerStrategy": "agl_tinker.loop.algo",
+    "fast_runner": "agl_tinker.loop.algo",
+    "TrainConfig": "agl_tinker.loop.config",
+    "load_tasks": "agl_tinker.loop.data",
+    "EndpointConfig": "agl_tinker.endpoint.start",
+}
+
+__all__ = [
+    "EndpointConfig",
+    "LeanServerStrategy",
+    "TinkerAlgorithm",
+    "TrainConfig",
+    "__version__",
+    "fast_runner",
+    "load_tasks",
+]
+
+if TYPE_CHECKING:
+    from agl_tinker.endpoint.start import EndpointConfig
+    from agl_tinker.loop.algo import LeanServerStrategy, TinkerAlgorithm, fast_runner
+    from agl_tinker.loop.config import TrainConfig
+    from agl_tinker.loop.data import load_tasks
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access (PEP 562)."""
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agl_tinker' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

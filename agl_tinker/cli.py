@@ -186,7 +186,7 @@ def _flag_values(args: argparse.Namespace, target: type) -> dict[str, Any]:
 
 
 def _train_config_type() -> type:
-    from agl_tinker.config import TrainConfig
+    from agl_tinker.loop.config import TrainConfig
 
     return TrainConfig
 
@@ -214,7 +214,7 @@ class Command:
         """chz's tables of every ``key=value`` setting, with its value, source and docstring."""
         parts = []
         if self.train_layers is not None:
-            from agl_tinker.config import bind_cookbook_types
+            from agl_tinker.loop.config import bind_cookbook_types
 
             bind_cookbook_types()
             table = _blueprint(_train_config_type(), self.train_layers).get_help(color=False)
@@ -231,8 +231,8 @@ class Command:
         _check_own(own)
         if self.train_layers is None:
             return None, own
-        from agl_tinker.config import bind_cookbook_types
-        from agl_tinker.preflight import check_early, check_setup
+        from agl_tinker.loop.config import bind_cookbook_types
+        from agl_tinker.loop.preflight import check_early, check_setup
 
         raw = _raw_values(self.train_layers, routed[0])
         check_early(str(raw.get("log_path")), str(raw.get("model_name", _default_model())))
@@ -254,7 +254,7 @@ def _raw_values(layers: Layers, key_values: Sequence[str]) -> dict[str, Any]:
 
 
 def _default_model() -> str:
-    from agl_tinker.config import DEFAULT_MODEL
+    from agl_tinker.loop.config import DEFAULT_MODEL
 
     return DEFAULT_MODEL
 
@@ -266,7 +266,7 @@ def _arguments_of(help_text: str) -> str:
 
 
 def _check_own(settings: Any) -> None:
-    from agl_tinker.config import ConfigError
+    from agl_tinker.loop.config import ConfigError
 
     for name in ("n_runners", "games", "limit"):
         value = getattr(settings, name, None)
@@ -278,7 +278,7 @@ def _check_own(settings: Any) -> None:
 
 
 def _hello_command(args: argparse.Namespace) -> Command:
-    from examples.hello import presets
+    from agl_tinker.examples.hello import presets
 
     name = "agl-tinker hello" + (f" {args.mode}" if args.mode else "")
     if args.mode == "runner":
@@ -288,7 +288,7 @@ def _hello_command(args: argparse.Namespace) -> Command:
 
 
 def _q20_command(args: argparse.Namespace) -> Command:
-    from examples.q20 import presets
+    from agl_tinker.examples.q20 import presets
 
     name = f"agl-tinker q20 {args.mode}"
     if args.mode == "dryrun":
@@ -346,11 +346,11 @@ def _train(args: argparse.Namespace, config: Any, run: Callable[[StepTracker], A
 def _hello(args: argparse.Namespace) -> int:
     config, own = _hello_command(args).build(args, args.key_values)
     if config is None:
-        from examples.hello.train import run_runners
+        from agl_tinker.examples.hello.train import run_runners
 
         run_runners(own.store, own.n_runners)
         return 0
-    from examples.hello.train import print_summary, run_algo, run_one_click
+    from agl_tinker.examples.hello.train import print_summary, run_algo, run_one_click
 
     print(f"Hello 1024 ({args.mode or 'one-click'}), logging to {config.log_path}", flush=True)
     if args.mode == "algo":
@@ -390,7 +390,7 @@ def _q20(args: argparse.Namespace) -> int:
     import asyncio
 
     config, own = _q20_command(args).build(args, args.key_values)
-    from examples.q20 import train as q20
+    from agl_tinker.examples.q20 import train as q20
 
     if args.mode == "dryrun":
         summary = asyncio.run(q20.run_dryrun(own.games, own.out))
@@ -400,7 +400,7 @@ def _q20(args: argparse.Namespace) -> int:
         return 0
     if args.mode == "evaluate":
         if own.base_url:
-            from examples.q20.evaluate import main as evaluate_main
+            from agl_tinker.examples.q20.evaluate import main as evaluate_main
 
             argv = ["--base-url", own.base_url, "--model", own.model, "--split", own.split, "--out", own.out]
             argv += ["--limit", str(own.limit)] if own.limit else []
@@ -536,10 +536,10 @@ def _error_line(error: BaseException) -> str:
 
 
 _USER_ERRORS = (
-    ("agl_tinker.config", "ConfigError"),
+    ("agl_tinker.loop.config", "ConfigError"),
     ("agl_tinker.backend", "BackendError"),
-    ("agl_tinker.data", "DatasetError"),
-    ("examples.q20.evaluate", "DatasetError"),
+    ("agl_tinker.loop.data", "DatasetError"),
+    ("agl_tinker.examples.q20.evaluate", "DatasetError"),
 )
 
 
@@ -577,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if verbose:
             raise
-        train = sys.modules.get("agl_tinker.train")  # imported by any run that can stop with a reason
+        train = sys.modules.get("agl_tinker.loop.train")  # imported by any run that can stop with a reason
         if train is not None and isinstance(error, train.RUN_ERRORS):
             print(f"agl-tinker: error: {error}", file=sys.stderr)  # the run's own reason; no traceback
             return 1

@@ -56,11 +56,11 @@ from agentlightning.store.memory import InMemoryLightningStore
 from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
 
 from agl_tinker import backend
-from agl_tinker.config import TrainConfig
-from agl_tinker.inprocess import AgentFn, InProcessRunners
-from agl_tinker.train import train
-from examples.clients import openai_client
-from examples.hello.agent import hello_dataset, hello_rollout, prompt_for, score
+from agl_tinker.examples.clients import openai_client
+from agl_tinker.examples.hello.agent import hello_dataset, hello_rollout, prompt_for, score
+from agl_tinker.loop.config import TrainConfig
+from agl_tinker.loop.train import train
+from agl_tinker.runners.inprocess import AgentFn, InProcessRunners
 
 BATCH, GROUP = 8, 4
 COST_MODEL = {

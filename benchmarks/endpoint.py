@@ -96,7 +96,7 @@ async def measure(
     from agentlightning.store.threading import LightningStoreThreaded
 
     from agl_tinker.backend import get_tokenizer, service_client
-    from agl_tinker.endpoint import EndpointConfig, start_endpoint
+    from agl_tinker.endpoint.start import EndpointConfig, start_endpoint
 
     tokenizer = get_tokenizer(MODEL)
     sampler: Any = (

@@ -20,10 +20,10 @@ from agentlightning.store.memory import InMemoryLightningStore
 from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
 
 from agl_tinker import backend
-from agl_tinker.config import TrainConfig
-from agl_tinker.inprocess import AgentFn, InProcessRunners
-from agl_tinker.train import TrainResult, train
-from examples.hello.agent import hello_dataset, hello_rollout
+from agl_tinker.examples.hello.agent import hello_dataset, hello_rollout
+from agl_tinker.loop.config import TrainConfig
+from agl_tinker.loop.train import TrainResult, train
+from agl_tinker.runners.inprocess import AgentFn, InProcessRunners
 
 BATCH, GROUP = 8, 4
 

@@ -15,9 +15,9 @@ import chz
 import pytest
 
 from agl_tinker import cli
-from agl_tinker.algo import interrupt_watch
-from agl_tinker.config import ConfigError, TrainConfig
-from agl_tinker.preflight import SetupError, check_log_path, check_model
+from agl_tinker.loop.algo import interrupt_watch
+from agl_tinker.loop.config import ConfigError, TrainConfig
+from agl_tinker.loop.preflight import SetupError, check_log_path, check_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -197,8 +197,8 @@ def test_the_cheap_checks_import_nothing_heavy() -> None:
     cookbook's training loop (seconds of imports) before they have reported a misconfiguration."""
     code = (
         "import sys\n"
-        "from agl_tinker import cli, config, preflight\n"
-        "from examples.hello import presets\n"
+        "from agl_tinker import cli\nfrom agl_tinker.loop import config, preflight\n"
+        "from agl_tinker.examples.hello import presets\n"
         "preflight.check_early('/tmp/x', config.DEFAULT_MODEL)\n"
         "heavy = [m for m in ('torch', 'tinker', 'tinker_cookbook.rl.train', 'agentlightning') if m in sys.modules]\n"
         "print(heavy)\n"

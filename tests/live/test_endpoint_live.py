@@ -11,7 +11,7 @@ import tinker
 from agentlightning.store.memory import InMemoryLightningStore
 
 from agl_tinker.backend import BackendError, get_tokenizer, service_client
-from agl_tinker.endpoint import EndpointConfig, start_endpoint
+from agl_tinker.endpoint.start import EndpointConfig, start_endpoint
 
 from .conftest import Target
 

@@ -12,7 +12,7 @@ from statistics import mean
 import pytest
 
 import fakes.tinker as sim
-from examples.hello.train import hello_config, run_one_click
+from agl_tinker.examples.hello.train import hello_config, run_one_click
 from fakes.wire import WireFaults, start_in_thread
 
 from .conftest import SIM_KEY, Target

@@ -20,9 +20,9 @@ from agentlightning.store.base import LightningStore
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import Span
 
-from agl_tinker.config import TrainConfig
-from agl_tinker.train import LLM_RESOURCE, TrainResult, train
-from examples.hello.agent import hello_dataset, hello_rollout
+from agl_tinker.examples.hello.agent import hello_dataset, hello_rollout
+from agl_tinker.loop.config import TrainConfig
+from agl_tinker.loop.train import LLM_RESOURCE, TrainResult, train
 from fakes.tinker import ServiceClient
 
 Agent = Callable[[dict[str, Any], agl.LLM], Awaitable[float]]

@@ -15,10 +15,10 @@ from typing import Any
 
 import agentlightning as agl
 
-from agl_tinker import algo
-from agl_tinker.config import TrainConfig
-from examples.clients import openai_client
-from examples.hello.agent import hello_dataset, prompt_for, score
+from agl_tinker.examples.clients import openai_client
+from agl_tinker.examples.hello.agent import hello_dataset, prompt_for, score
+from agl_tinker.loop import algo
+from agl_tinker.loop.config import TrainConfig
 
 
 async def hang_on_odd_identities(task: dict[str, str], llm: agl.LLM) -> float:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from reliability_harness import hello_config, run_hello
 
-from agl_tinker import checkpoints
-from agl_tinker.checkpoints import AtomicCheckpointIndex, ResumeError, read_index, truncate_metrics
+from agl_tinker.loop import checkpoints
+from agl_tinker.loop.checkpoints import AtomicCheckpointIndex, ResumeError, read_index, truncate_metrics
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -104,7 +104,7 @@ def test_a_damaged_last_index_line_is_reported_and_skipped(
         f.write(
             '{"name": "000004", "batch": 4, "state_path": "tinker://' if damage == "torn" else "%%garbage%%\n"
         )
-    with caplog.at_level(logging.ERROR, logger="agl_tinker.checkpoints"):
+    with caplog.at_level(logging.ERROR, logger="agl_tinker.loop.checkpoints"):
         result = _resume(log_path, sim_dir)
     assert result.start_step == 3
     assert any(f"{index}:4" in r.getMessage() for r in caplog.records), caplog.text
@@ -121,7 +121,7 @@ def test_a_truncated_latest_state_falls_back_to_the_previous_checkpoint(
     state = sim_dir / run_id / "weights" / name / "state.pt"
     data = state.read_bytes()
     state.write_bytes(data[: len(data) // 2])
-    with caplog.at_level(logging.ERROR, logger="agl_tinker.train"):
+    with caplog.at_level(logging.ERROR, logger="agl_tinker.loop.train"):
         result = _resume(log_path, sim_dir)
     assert result.start_step == 2  # the checkpoint before the damaged one
     assert latest["state_path"] in caplog.text

@@ -16,12 +16,12 @@ import agentlightning as agl
 import pytest
 from agentlightning.utils.otlp import LightningStoreOTLPExporter
 
-from agl_tinker import algo
-from agl_tinker.config import TrainConfig
-from agl_tinker.tracing import exporter_endpoint
-from agl_tinker.train import TrainResult
-from examples.clients import openai_client
-from examples.hello.agent import hello_dataset, prompt_for, score
+from agl_tinker.examples.clients import openai_client
+from agl_tinker.examples.hello.agent import hello_dataset, prompt_for, score
+from agl_tinker.loop import algo
+from agl_tinker.loop.config import TrainConfig
+from agl_tinker.loop.train import TrainResult
+from agl_tinker.runners.tracing import exporter_endpoint
 
 
 async def rewarding_rollout(task: dict[str, str], llm: agl.LLM) -> None:

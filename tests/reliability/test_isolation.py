@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from agentlightning.store.memory import InMemoryLightningStore
 
-from agl_tinker import algo
+from agl_tinker.loop import algo
 from agl_tinker.store_server import LeanStoreServer
 
 HERE = Path(__file__).parent

@@ -10,10 +10,10 @@ import pytest
 from reliability_harness import always_raises, hello_config, run_hello
 
 from agl_tinker import cli
-from agl_tinker.algo import fit
-from agl_tinker.config import ConfigError
-from agl_tinker.train import NoTrainableRollouts
-from examples.hello.agent import hello_dataset
+from agl_tinker.examples.hello.agent import hello_dataset
+from agl_tinker.loop.algo import fit
+from agl_tinker.loop.config import ConfigError
+from agl_tinker.loop.train import NoTrainableRollouts
 
 
 async def test_an_agent_that_always_raises_stops_the_run_after_max_empty_steps(
@@ -21,7 +21,7 @@ async def test_an_agent_that_always_raises_stops_the_run_after_max_empty_steps(
 ) -> None:
     config = hello_config(tmp_path / "run", max_steps=6, max_empty_steps=3)
     with (
-        caplog.at_level(logging.ERROR, logger="agl_tinker.train"),
+        caplog.at_level(logging.ERROR, logger="agl_tinker.loop.train"),
         pytest.raises(NoTrainableRollouts, match="3 steps in a row") as caught,
     ):
         await run_hello(config, always_raises, sim_dir=tmp_path / "sim")
@@ -45,7 +45,7 @@ def test_negative_max_empty_steps_is_refused(tmp_path: Path) -> None:
 def test_the_cli_exits_1_with_the_reason(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from examples.hello import train as hello_train
+    from agl_tinker.examples.hello import train as hello_train
 
     def fail(*args: object, **kwargs: object) -> None:
         raise NoTrainableRollouts("3 steps in a row had no rollout to train on")

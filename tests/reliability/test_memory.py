@@ -21,12 +21,12 @@ from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.tracer.dummy import DummyTracer
 from agentlightning.types import Span
 
-from agl_tinker.algo import _free_port
-from agl_tinker.config import TrainConfig
-from agl_tinker.runner import DeadlineRunner
+from agl_tinker.examples.hello.agent import hello_agent, hello_dataset
+from agl_tinker.loop.algo import _free_port
+from agl_tinker.loop.config import TrainConfig
+from agl_tinker.loop.train import train
+from agl_tinker.runners.deadline import DeadlineRunner
 from agl_tinker.store_server import LeanStoreServer, completion_events, release_rollouts
-from agl_tinker.train import train
-from examples.hello.agent import hello_agent, hello_dataset
 
 
 class _QuietTracer(DummyTracer):

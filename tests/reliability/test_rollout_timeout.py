@@ -22,7 +22,7 @@ from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.tracer.dummy import DummyTracer
 from agentlightning.types import RolloutConfig, Span
 
-from agl_tinker.runner import DeadlineRunner
+from agl_tinker.runners.deadline import DeadlineRunner
 
 HERE = Path(__file__).parent
 
@@ -78,7 +78,7 @@ async def test_a_rollout_within_its_timeout_is_left_alone() -> None:
 
 @pytest.mark.slow
 def test_a_run_with_half_its_agents_hanging_finishes_and_trains_the_rest(tmp_path: Path) -> None:
-    """Through ``agl_tinker.algo.fit`` with no batch timeout: only the rollout timeout ends the hung ones."""
+    """Through ``agl_tinker.loop.algo.fit`` with no batch timeout: only the rollout timeout ends the hung ones."""
     out = _run_scenario("hang", tmp_path, timeout_s=240)
     (step,) = out["steps"]
     assert step["excluded/timeout"] == 4, step

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 from agentlightning.store.memory import InMemoryLightningStore
 
-from agl_tinker.span_recorder import CallRecord, SpanRecorder
+from agl_tinker.endpoint.span_recorder import CallRecord, SpanRecorder
 
 
 class BrokenStore(InMemoryLightningStore):

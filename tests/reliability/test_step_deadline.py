@@ -12,8 +12,8 @@ from agentlightning.types import Rollout, RolloutConfig, Span
 from reliability_harness import half_hang, hello_config, memory_store, run_hello
 from tinker_cookbook.rl.train import AsyncConfig
 
-from agl_tinker.rollout import DEADLINE_METADATA_KEY, DispatchConfig, dispatch_batch
-from agl_tinker.train import STALL_GRACE_S, StepStalled, _rollout_status
+from agl_tinker.loop.rollout import DEADLINE_METADATA_KEY, DispatchConfig, dispatch_batch
+from agl_tinker.loop.train import STALL_GRACE_S, StepStalled, _rollout_status
 
 
 def _status(rollout: Rollout, spans: Sequence[Span]) -> str:

@@ -17,9 +17,9 @@ import pytest
 from agentlightning.store.client_server import LightningStoreClient
 from reliability_harness import InLoopRunners, hello, hello_config, memory_store
 
+from agl_tinker.examples.hello.agent import hello_dataset
+from agl_tinker.loop.train import StoreLost, train
 from agl_tinker.store_server import LeanStoreServer
-from agl_tinker.train import StoreLost, train
-from examples.hello.agent import hello_dataset
 from fakes.tinker import ServiceClient
 
 AGL_TINKER = str(Path(sys.executable).with_name("agl-tinker"))

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from agl_tinker.supervise import RunnerSupervisor
+from agl_tinker.runners.supervise import RunnerSupervisor
 
 CTX = multiprocessing.get_context("fork")
 

@@ -1,0 +1,232 @@
+"""Reward attribution: reward events + rollout status -> per-transition rewards, or an exclusion.
+
+The reference trained failed and reward-less rollouts as reward 0.0, which teaches the policy that
+crashing is as good as a wrong answer. Here such rollouts are excluded and counted unless the caller
+asks for a fixed score, and a group that loses too many rollouts is dropped rather than centred on
+what is left.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from agl_tinker.core._construct import construct
+from agl_tinker.core.reward_mode import RewardMode
+
+
+class RewardProblem(StrEnum):
+    """Why a reward span cannot be trained on; any one excludes its rollout (``bad_reward``)."""
+
+    MISSING_VALUE = "missing_value"
+    NOT_A_NUMBER = "not_a_number"
+    NOT_FINITE = "not_finite"
+    OUT_OF_RANGE = "out_of_range"
+    """Larger in magnitude than ``ReconstructOptions.max_abs_reward``."""
+
+
+@dataclass(frozen=True)
+class RewardEvent:
+    """One ``agl.emit_reward`` value, placed in time relative to the rollout's LLM calls."""
+
+    value: float
+    """Primary reward (the first dimension)."""
+    time: float | None
+    sequence_id: int
+    span_id: str
+    after_call: int | None
+    """Index of the last LLM call that ended before the reward; ``None``: before every call."""
+    dimensions: Mapping[str, float] = field(default_factory=dict)
+    problem: RewardProblem | None = None
+    """Set when the span's reward is unusable; ``value`` is then NaN and never trained on."""
+
+
+class ExclusionReason(StrEnum):
+    NO_REWARD = "no_reward"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    UNFINISHED = "unfinished"
+    NO_TRAINABLE_CALLS = "no_trainable_calls"
+    BAD_REWARD = "bad_reward"
+    """A reward span whose value is missing, not a number, not finite or out of range."""
+    GAP = "gap"
+    """A call claims a prefix no recorded call produced: a call's span was lost."""
+
+
+_STATUS_EXCLUSION: Mapping[str, ExclusionReason] = {
+    "failed": ExclusionReason.FAILED,
+    "cancelled": ExclusionReason.CANCELLED,
+    "timeout": ExclusionReason.TIMEOUT,
+    "unresponsive": ExclusionReason.TIMEOUT,
+    "queuing": ExclusionReason.UNFINISHED,
+    "preparing": ExclusionReason.UNFINISHED,
+    "running": ExclusionReason.UNFINISHED,
+    "requeuing": ExclusionReason.UNFINISHED,
+}
+
+
+@dataclass(frozen=True)
+class RewardOptions:
+    mode: RewardMode = RewardMode.FINAL
+    excluded_score: float | None = None
+    """``None``: excluded rollouts are not trained. A number: they are trained with this return."""
+    min_valid_per_group: int = 1
+    """Groups with fewer valid rollouts than this are dropped (GRPO needs at least 2 to learn)."""
+
+    def __post_init__(self) -> None:
+        if self.min_valid_per_group < 0:
+            raise ValueError(f"min_valid_per_group must be >= 0, got {self.min_valid_per_group}")
+
+
+@dataclass(frozen=True)
+class RewardAttribution:
+    step_rewards: tuple[float, ...]
+    """One reward per transition, in the order of ``step_calls``."""
+    episode_return: float
+    exclusion: ExclusionReason | None
+    """Why the rollout is not valid; with ``scored`` it is still trained at ``excluded_score``."""
+    scored: bool
+    reward_events: int
+    early_rewards: int
+    """Per-step rewards emitted before any trainable call (credited to the first transition)."""
+
+    @property
+    def trainable(self) -> bool:
+        return self.exclusion is None or self.scored
+
+
+def exclusion_for(
+    status: str | None, has_reward: bool, has_steps: bool, *, bad_reward: bool = False, gaps: int = 0
+) -> ExclusionReason | None:
+    """Status first (a failed rollout's partial reward is not trusted), then broken data (a
+    malformed reward, a lost call), then reward, then calls."""
+    if status is not None and status != "succeeded":
+        return _STATUS_EXCLUSION.get(status, ExclusionReason.FAILED)
+    if bad_reward:
+        return ExclusionReason.BAD_REWARD
+    if gaps:
+        return ExclusionReason.GAP
+    if not has_reward:
+        return ExclusionReason.NO_REWARD
+    if not has_steps:
+        return ExclusionReason.NO_TRAINABLE_CALLS
+    return None
+
+
+def attribute_rewards(
+    events: Sequence[RewardEvent],
+    step_calls: Sequence[int],
+    status: str | None,
+    options: RewardOptions = RewardOptions(),
+    *,
+    gaps: int = 0,
+) -> RewardAttribution:
+    """Per-transition rewards for one rollout.
+
+    ``step_calls``: the LLM call index of each transition (any order). ``status``: the rollout's
+    (or attempt's) status; ``None`` means the caller knows it finished. Events must be in emission
+    order, as :func:`agl_tinker.core.reconstruct.reconstruct` returns them; one with a ``problem``
+    excludes the rollout (``bad_reward``). ``gaps``: lost calls the alignment found, which
+    exclude it too (``gap``) unless the caller chose to train around them (pass 0).
+    """
+    n = len(step_calls)
+    bad_reward = False
+    for event in events:  # usually one
+        if event.problem is not None:
+            bad_reward = True
+            break
+    if (
+        n
+        and events
+        and not bad_reward
+        and not gaps
+        and (status is None or status == "succeeded")
+        and options.mode is RewardMode.FINAL
+    ):
+        # The usual case, without the general path's setup: the last reward to the last step.
+        rewards = [0.0] * n
+        total = events[-1].value
+        rewards[_last_step(step_calls)] = total
+        return _attribution(rewards, total, None, False, len(events), 0)
+    exclusion = exclusion_for(status, bool(events), n > 0, bad_reward=bad_reward, gaps=gaps)
+    if exclusion is not None:
+        scored = options.excluded_score is not None
+        value = float(options.excluded_score) if options.excluded_score is not None else 0.0
+        rewards = [0.0] * n
+        if scored and n:
+            rewards[_last_step(step_calls)] = value
+        return _attribution(rewards, value, exclusion, scored, len(events), 0)
+
+    rewards = [0.0] * n
+    early = 0
+    if options.mode is RewardMode.PER_STEP:
+        order = sorted(range(n), key=step_calls.__getitem__)
+        calls_sorted = [step_calls[i] for i in order]
+        for event in events:
+            pos = (
+                len(calls_sorted)
+                if event.after_call is None
+                else bisect.bisect_right(calls_sorted, event.after_call)
+            )
+            if event.after_call is None or pos == 0:
+                early += 1
+                pos = 1
+            rewards[order[pos - 1]] += event.value
+        total = sum(event.value for event in events)
+    else:
+        total = events[-1].value if options.mode is RewardMode.FINAL else sum(e.value for e in events)
+        rewards[_last_step(step_calls)] = total
+    return _attribution(rewards, total, None, False, len(events), early)
+
+
+def _attribution(
+    rewards: list[float],
+    total: float,
+    exclusion: ExclusionReason | None,
+    scored: bool,
+    events: int,
+    early: int,
+) -> RewardAttribution:
+    # One per rollout: skip the frozen dataclass's field-by-field __init__ (see agl_tinker.core._construct).
+    return construct(
+        RewardAttribution,
+        {
+            "step_rewards": tuple(rewards),
+            "episode_return": total,
+            "exclusion": exclusion,
+            "scored": scored,
+            "reward_events": events,
+            "early_rewards": early,
+        },
+    )
+
+
+def _last_step(step_calls: Sequence[int]) -> int:
+    return list(step_calls).index(max(step_calls))  # the first of equal maxima, as max(key=) gives
+
+
+@dataclass(frozen=True)
+class GroupSelection:
+    kept: tuple[int, ...]
+    """Indices of the rollouts to train on; empty when the group is dropped."""
+    dropped: bool
+    valid: int
+    scored: int
+    excluded: int
+
+
+def select_group(attributions: Sequence[RewardAttribution | None], min_valid: int) -> GroupSelection:
+    """Keep the trainable rollouts of one group, or drop it when fewer than ``min_valid`` are valid.
+
+    ``None`` stands for a rollout that produced nothing at all (counted as excluded). Scored
+    exclusions are trained but do not count toward ``min_valid``: a group of crashes is no signal.
+    """
+    valid = [i for i, a in enumerate(attributions) if a is not None and a.exclusion is None]
+    scored = [i for i, a in enumerate(attributions) if a is not None and a.exclusion is not None and a.scored]
+    excluded = len(attributions) - len(valid) - len(scored)
+    if len(valid) < max(min_valid, 1):
+        return GroupSelection((), True, len(valid), len(scored), excluded)
+    return GroupSelection(tuple(sorted(valid + scored)), False, len(valid), len(scored), excluded)

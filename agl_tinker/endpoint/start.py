@@ -1,0 +1,186 @@
+"""The policy endpoint agents call: configuration, start-up, hot swap, and the resource runners get.
+
+``EndpointConfig(mode="lean")`` (default) serves through :class:`agl_tinker.endpoint.lean_server.LeanServer`;
+``mode="proxy"`` through Agent-lightning's ``LLMProxy`` (:mod:`agl_tinker.endpoint.llmproxy`). Either way the
+same provider answers, the same spans are stored, and runners receive a ``ProxyLLM`` resource whose
+``get_base_url(rollout_id, attempt_id)`` is the rollout-attributed URL. The endpoint knows nothing
+of training: a trainer hands it a new sampling client with :meth:`Endpoint.swap`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agentlightning.store.base import LightningStore
+from agentlightning.store.threading import LightningStoreThreaded
+from agentlightning.types import LLM, ProxyLLM
+
+from agl_tinker.endpoint.provider import TinkerChatProvider, register, unregister
+from agl_tinker.endpoint.span_recorder import SpanRecorder
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """How the policy is served. ``port=0`` picks a free port."""
+
+    mode: Literal["lean", "proxy"] = "lean"
+    host: str = "127.0.0.1"
+    """Bind address. Use ``0.0.0.0`` (with ``public_host``) when runners are on other machines."""
+    port: int = 0
+    public_host: str | None = None
+    """Host name runners use to reach the endpoint; defaults to ``host``."""
+    model_name: str | None = None
+    """Name agents pass as ``model``; defaults to the base model's name."""
+    renderer_name: str | None = None
+    """Cookbook renderer; defaults to the one the cookbook recommends for the base model."""
+    token_in_token_out: bool = True
+    max_context_tokens: int = 32768
+    default_max_tokens: int = 1024
+    sampling_parameters: dict[str, Any] = field(default_factory=dict)
+    """Defaults handed to runners in the ``LLM`` resource (e.g. temperature)."""
+    litellm_dispatch: bool = False
+    """Lean mode only: route each call through ``litellm.acompletion`` (LiteLLM callbacks run;
+    3-5 ms more per call) instead of calling the provider directly. Proxy mode always does."""
+    model_aliases: tuple[str, ...] = ()
+    """Lean mode only: more ``model`` names agents may ask for (e.g. one per agent role). Each call
+    records the name it asked for, which ``TrainConfig.model_match`` selects on."""
+
+
+class Endpoint:
+    """A running endpoint. Create with :func:`start_endpoint`; stop with :meth:`stop`."""
+
+    def __init__(
+        self,
+        config: EndpointConfig,
+        provider: TinkerChatProvider,
+        server: Any,
+        litellm_model: str,
+        recorder: SpanRecorder | None = None,
+    ) -> None:
+        self.config = config
+        self.provider = provider
+        self.server = server
+        self.litellm_model = litellm_model
+        self.recorder = recorder
+        self._span_counts_reported = {"written": 0, "dropped": 0, "failed": 0}
+
+    @property
+    def model_name(self) -> str:
+        return str(self.server.served_model)
+
+    @property
+    def url(self) -> str:
+        """Base URL without ``/v1``, as runners should use it."""
+        url = str(self.server.url)
+        if self.config.public_host:
+            url = url.replace(f"//{self.config.host}:", f"//{self.config.public_host}:", 1)
+        return url
+
+    @property
+    def weights_version(self) -> int | str:
+        return self.provider.policy.version
+
+    def swap(self, sampling_client: Any, version: int | str) -> None:
+        """Serve new weights from the next request on; no restart, requests in flight unaffected."""
+        self.provider.swap(sampling_client, version)
+
+    async def flush(self) -> None:
+        """Wait until every call answered so far is in the store."""
+        await self.server.flush()
+
+    def span_metrics(self) -> dict[str, int]:
+        """``spans/written``, ``spans/dropped`` (refused by the store: those calls are lost to
+        training) and ``spans/failed`` (store errors, retried) since the previous call: a step's
+        metrics. Empty without a recorder."""
+        if self.recorder is None:
+            return {}
+        now = {
+            "written": self.recorder.written,
+            "dropped": self.recorder.dropped,
+            "failed": self.recorder.failed,
+        }
+        delta = {f"spans/{k}": v - self._span_counts_reported[k] for k, v in now.items()}
+        self._span_counts_reported = now
+        return delta
+
+    async def stop(self) -> None:
+        """Stop serving after storing the spans still buffered."""
+        await self.server.stop()
+        unregister(self.litellm_model)
+
+    def as_resource(self, rollout_id: str | None = None, attempt_id: str | None = None) -> LLM:
+        """The resource runners get, like ``LLMProxy.as_resource``: ``ProxyLLM`` without ids."""
+        if (rollout_id is None) != (attempt_id is None):
+            raise ValueError("pass both rollout_id and attempt_id, or neither")
+        params = dict(self.config.sampling_parameters)
+        if rollout_id is None:
+            return ProxyLLM(endpoint=self.url + "/v1", model=self.model_name, sampling_parameters=params)
+        return LLM(
+            endpoint=f"{self.url}/rollout/{rollout_id}/attempt/{attempt_id}/v1",
+            model=self.model_name,
+            sampling_parameters=params,
+        )
+
+
+async def start_endpoint(
+    config: EndpointConfig,
+    *,
+    store: LightningStore,
+    sampling_client: Any,
+    base_model: str,
+    tokenizer: Any,
+    weights_version: int | str = 0,
+) -> Endpoint:
+    """Start serving ``sampling_client`` as ``config`` says, recording calls into ``store``."""
+    if config.mode == "proxy" and config.model_aliases:
+        raise ValueError("model_aliases needs the lean endpoint (mode='lean'); LLMProxy serves one name")
+    if not store.capabilities.get("thread_safe", False):
+        store = LightningStoreThreaded(store)
+    provider = TinkerChatProvider(
+        sampling_client,
+        base_model=base_model,
+        tokenizer=tokenizer,
+        renderer_name=config.renderer_name,
+        weights_version=weights_version,
+        token_in_token_out=config.token_in_token_out,
+        max_context_tokens=config.max_context_tokens,
+        default_max_tokens=config.default_max_tokens,
+    )
+    served = config.model_name or base_model
+    litellm_model = register(provider, served)
+    recorder = SpanRecorder(store)
+    server: Any
+    if config.mode == "lean":
+        from agl_tinker.endpoint.lean_server import LeanServer
+
+        server = LeanServer(
+            provider,
+            litellm_model,
+            served,
+            recorder=recorder,
+            host=config.host,
+            port=config.port,
+            litellm_dispatch=config.litellm_dispatch,
+            model_aliases=tuple(config.model_aliases),
+        )
+    elif config.mode == "proxy":
+        from agl_tinker.endpoint.llmproxy import ProxyServer
+
+        server = ProxyServer(
+            provider,
+            litellm_model,
+            served,
+            store=store,
+            recorder=recorder,
+            host=config.host,
+            port=config.port,
+        )
+    else:
+        raise ValueError(f"unknown endpoint mode {config.mode!r}; use 'lean' or 'proxy'")
+    try:
+        await server.start()
+    except BaseException:
+        unregister(litellm_model)
+        raise
+    return Endpoint(config, provider, server, litellm_model, recorder)

@@ -1,0 +1,101 @@
+"""Hello 1024 training: one-click (store + algorithm + runners in one command) or split mode.
+
+Split mode: start a store (``agl-tinker store --port 4747``, or Agent-lightning's ``agl store``),
+one algorithm process (``agl-tinker hello algo --store http://127.0.0.1:4747``) and any number of
+runner processes (``agl-tinker hello runner --store http://127.0.0.1:4747``), possibly on other
+machines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import agentlightning as agl
+from agentlightning.store.client_server import LightningStoreClient
+
+from agl_tinker.examples.hello import presets
+from agl_tinker.examples.hello.agent import hello_agent, hello_dataset
+from agl_tinker.examples.hello.presets import default_log_path
+from agl_tinker.loop.algo import LeanServerStrategy, fast_runner, fit, interrupt_watch
+from agl_tinker.loop.config import TrainConfig
+from agl_tinker.loop.report import summary_lines
+from agl_tinker.loop.train import TrainResult, train
+
+__all__ = ["default_log_path", "hello_config", "print_summary", "run_algo", "run_one_click", "run_runners"]
+
+
+def hello_config(log_path: str, *, ci: bool = False, **overrides: Any) -> TrainConfig:
+    """Hello 1024's ``TrainConfig``: :data:`presets.DEFAULTS` (or ``CI``), then ``overrides``."""
+    return TrainConfig(log_path=log_path, **{**(presets.CI if ci else presets.DEFAULTS), **overrides})
+
+
+def run_one_click(
+    config: TrainConfig,
+    n_runners: int = 2,
+    on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Store, algorithm and ``n_runners`` runner processes, all from ``agl.Trainer``;
+    ``on_step(step, metrics)`` after each training step."""
+    return fit(
+        hello_agent,
+        config,
+        hello_dataset("train"),
+        hello_dataset("val"),
+        n_runners=n_runners,
+        required_fields=("identity",),
+        on_step=on_step,
+    )
+
+
+def run_algo(
+    config: TrainConfig,
+    store_url: str,
+    on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
+) -> TrainResult:
+    """The algorithm alone, against a store server that runners elsewhere also use."""
+
+    async def run() -> TrainResult:
+        store = LightningStoreClient(store_url)
+        try:
+            return await train(
+                config,
+                store,
+                hello_dataset("train"),
+                hello_dataset("val"),
+                required_fields=("identity",),
+                on_step=on_step,
+            )
+        finally:
+            await store.close()  # its HTTP session: unclosed, Python reports it at exit
+
+    return asyncio.run(run())
+
+
+def run_runners(store_url: str, n_runners: int) -> None:
+    """Runner processes that execute the Hello agent for whatever algorithm feeds ``store_url``."""
+    host_port = store_url.split("://", 1)[-1].rstrip("/")
+    host, _, port = host_port.partition(":")
+    trainer = agl.Trainer(
+        n_runners=n_runners,
+        runner=fast_runner(),
+        strategy=LeanServerStrategy(
+            role="runner", n_runners=n_runners, server_host=host, server_port=int(port or 4747)
+        ),
+    )
+    with interrupt_watch() as interrupted:
+        trainer.fit(hello_agent)
+    if interrupted:  # Agent-lightning stopped the runner processes and swallowed the Ctrl-C
+        raise KeyboardInterrupt
+
+
+def print_summary(result: TrainResult) -> None:
+    paths: dict[str, Any] = {
+        "metrics": result.metrics_path,
+        "checkpoints": result.checkpoints_path,
+        "final weights": result.final_sampler_path,
+        "reward curve PNG": result.curve_path,
+    }
+    for line in summary_lines("Hello 1024", result.rewards, result.evals, paths, result.seconds):
+        print(line)

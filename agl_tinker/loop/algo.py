@@ -1,0 +1,414 @@
+"""Agent-lightning ``Algorithm`` wrapper, so ``agl.Trainer(algorithm=...).fit(agent, ...)`` trains on Tinker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing as mp
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from multiprocessing.context import BaseContext
+from typing import Any, cast
+
+import agentlightning as agl
+import aiohttp
+from agentlightning.execution.client_server import ClientServerExecutionStrategy
+from agentlightning.execution.events import ExecutionEvent
+from agentlightning.runner import LitAgentRunner
+from agentlightning.store.base import LightningStore
+from agentlightning.store.client_server import API_V1_AGL_PREFIX
+from agentlightning.tracer.agentops import AgentOpsTracer
+from agentlightning.tracer.otel import OtelTracer
+from agentlightning.utils.server_launcher import PythonServerLauncherArgs
+
+from agl_tinker.loop.config import TrainConfig
+from agl_tinker.loop.preflight import check_setup
+from agl_tinker.loop.train import TrainResult, train
+from agl_tinker.runners.deadline import DeadlineRunner
+from agl_tinker.runners.supervise import RunnerSupervisor
+from agl_tinker.runners.tracing import repair_store_otlp_export
+from agl_tinker.store_server import RUN_PATH, LeanStoreServer
+
+logger = logging.getLogger(__name__)
+
+# Runner tracers must reach the store, not an OTLP collector at localhost:4318 (see tracing.py).
+repair_store_otlp_export()
+
+
+class TinkerAlgorithm(agl.Algorithm):
+    """Runs :func:`agl_tinker.loop.train.train` against the trainer's store.
+
+    The trainer's runners (processes it forks, or runners elsewhere connected to its store) run
+    the agent; this algorithm serves the policy to them, trains on their traces and hot-swaps the
+    weights. ``result`` holds the run's :class:`TrainResult` once ``fit`` returns.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        required_fields: Sequence[str] = (),
+        service: Any = None,
+        show_progress: bool = True,
+        on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
+    ) -> None:
+        super().__init__()
+        check_setup(config, check_service=service is None)  # fail now, before any server or runner
+        self.config = config
+        self.required_fields = tuple(required_fields)
+        self.service = service
+        self.show_progress = show_progress
+        self.on_step = on_step
+        self.result: TrainResult | None = None
+        self.error: BaseException | None = None
+        """What stopped the run, if it failed (the trainer's strategy may log it instead of raising)."""
+
+    def set_trainer(self, trainer: Any) -> None:
+        check_runner(trainer)
+        super().set_trainer(trainer)
+
+    async def run(  # type: ignore[override]
+        self, train_dataset: Any = None, val_dataset: Any = None
+    ) -> None:
+        if train_dataset is None:
+            raise ValueError("TinkerAlgorithm needs a train_dataset: pass it to Trainer.fit(...)")
+        try:
+            self.result = await train(
+                self.config,
+                self.get_store(),
+                _as_task_source(train_dataset),
+                _as_task_source(val_dataset) if val_dataset is not None else None,
+                required_fields=self.required_fields,
+                service=self.service,
+                show_progress=self.show_progress,
+                on_step=self.on_step,
+            )
+        except Exception as exc:
+            self.error = exc
+            raise
+
+
+def _as_task_source(dataset: Any) -> Any:
+    """A dataset as :func:`agl_tinker.loop.train.train` takes it: a file path stays a path, anything else a list."""
+    return dataset if isinstance(dataset, (str, os.PathLike)) else list(dataset)
+
+
+def fast_runner(poll_interval: float = 0.05) -> LitAgentRunner[Any]:
+    """A runner that notices new rollouts within ``poll_interval`` (Agent-lightning's default is 5 s).
+
+    It traces with plain OpenTelemetry: the endpoint already records every LLM call with its
+    tokens, so the runner only needs to capture rewards and the agent's own spans. A rollout that
+    runs past its ``timeout_seconds`` is cancelled and reported ``timeout`` (see
+    :class:`agl_tinker.runners.deadline.DeadlineRunner`).
+    """
+    return DeadlineRunner(OtelTracer(), poll_interval=poll_interval, interval_jitter=poll_interval / 5)
+
+
+def check_runner(trainer: Any) -> None:
+    """Refuse a trainer whose runners would trace with AgentOps (Agent-lightning's default tracer).
+
+    With the pinned versions, AgentOps records an assistant tool-call message as
+    ``gen_ai.prompt.N.content=None``, which Agent-lightning's ``Span`` model rejects: every rollout
+    of a tool-using agent fails inside the tracer (its OTLP exporter also errors on ``_headers``).
+    The endpoint records every LLM call itself, so the runner needs no LLM instrumentation:
+    :func:`fast_runner` traces with plain OpenTelemetry. Raised before any rollout runs; a trainer
+    that only runs the algorithm (split mode) is not checked, its runners are built elsewhere.
+
+    A warning, not an error: an agent without tool calls (rewarding with ``agl.emit_reward`` or by
+    its return value) trains under the AgentOps tracer too (``agl_tinker.runners.tracing`` delivers its
+    spans to the store), and Agent-lightning's docs set runners up that way.
+    """
+    if getattr(getattr(trainer, "strategy", None), "role", "both") == "algorithm":
+        return
+    tracer = getattr(getattr(trainer, "runner", None), "tracer", None)
+    if isinstance(tracer, AgentOpsTracer):
+        logger.warning(
+            "the trainer's runner traces with AgentOps (Agent-lightning's default): every rollout whose "
+            "agent makes tool calls will fail inside its tracer, and it polls for work every 5 s; use "
+            "runner=agl_tinker.loop.algo.fast_runner(). See the README, 'Runner'."
+        )
+
+
+_RUNNER_DRAIN_S = 0.3
+_STORE_PROBE_S = 0.1
+_STORE_START_TIMEOUT_S = 120.0
+_ORPHAN_CHECK_S = 0.5
+_ORPHAN_GRACE_S = 5.0
+
+
+class StoreOfAnotherRun(RuntimeError):
+    """A runner reached a store server that is not the one of the run that started it."""
+
+
+class LeanServerStrategy(ClientServerExecutionStrategy):
+    """``ClientServerExecutionStrategy`` whose managed store server is a :class:`LeanStoreServer`,
+    on a port of its own, serving only the runners it started.
+
+    Same roles, processes and shutdown as Agent-lightning's strategy. What differs:
+
+    - the server: same HTTP API, a fraction of the CPU per request;
+    - the port: without ``server_port`` (and ``AGL_SERVER_PORT``) a free one, not Agent-lightning's
+      fixed 4747, so two runs on one machine never meet at one store;
+    - in ``role="both"`` (one command: server, algorithm and runners), each run has a ``run_id``
+      its server announces; a runner process checks it before taking any rollout and stops with
+      :class:`StoreOfAnotherRun` when it reached another run's store (a port taken meanwhile).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        given = kwargs.get("server_port", args[2] if len(args) > 2 else None)  # (role, host, port, ...)
+        fixed = given is not None or os.environ.get("AGL_SERVER_PORT")
+        super().__init__(*args, **kwargs)
+        if not fixed:
+            self.server_port = _free_port(_bind_host(self.server_host))
+        self.run_id = secrets.token_hex(8)
+
+    def _spawn_runners(
+        self, runner: Any, store: LightningStore, stop_evt: ExecutionEvent, *, ctx: BaseContext
+    ) -> list[multiprocessing.Process]:
+        """Agent-lightning's runner processes, watched by a :class:`RunnerSupervisor` that reports,
+        gives up the rollout of, and replaces one that dies.
+
+        In ``role="both"`` the supervisor is a thread beside the algorithm; in ``role="runner"``
+        (split mode) this launcher has nothing else to do, so it supervises here until the run
+        stops, then returns the processes for Agent-lightning's shutdown.
+        """
+
+        def spawn(worker_id: int) -> multiprocessing.Process:
+            process = ctx.Process(  # type: ignore[attr-defined]
+                target=_runner_process,
+                args=(self, runner, worker_id, store, stop_evt),
+                name=f"runner-{worker_id}",
+            )
+            process.start()
+            return cast(multiprocessing.Process, process)
+
+        processes = [spawn(i) for i in range(self.n_runners)]
+        store_url = f"http://{self.server_host}:{self.server_port}" if self.managed_store else None
+        supervisor = RunnerSupervisor(processes, spawn, stop_evt, store_url)
+        if self.role != "runner":
+            supervisor.start()
+            return processes
+        try:
+            supervisor.run()
+        except KeyboardInterrupt:
+            self._shutdown_processes(processes, stop_evt)
+            raise
+        return processes
+
+    async def _execute_algorithm(
+        self, algorithm: Any, store: LightningStore, stop_evt: ExecutionEvent
+    ) -> None:
+        if not self.managed_store:
+            await super()._execute_algorithm(algorithm, store, stop_evt)
+            return
+        server = LeanStoreServer(
+            store, launcher_args=store_launcher_args(self.server_host, self.server_port), run_id=self.run_id
+        )
+        await server.start()
+        try:
+            await algorithm(server, stop_evt)
+        except BaseException:
+            logger.exception("Algorithm bundle stopped with an error; signaling stop event")
+            raise
+        finally:
+            # Agent-lightning tells its runners to stop only once this returns, after the server
+            # is gone, so idle runners log "Cannot connect" while they notice. Tell them first and
+            # let them finish their last poll (they check the event every 0.1 s).
+            stop_evt.set()
+            if self.role == "both":
+                await asyncio.sleep(_RUNNER_DRAIN_S)  # ok: a bounded grace before the server stops
+            await server.stop()
+
+    async def _execute_runner(
+        self, runner: Any, worker_id: int, store: LightningStore, stop_evt: ExecutionEvent
+    ) -> None:
+        # A runner process outlives a training process that was killed (SIGKILL, OOM) and would
+        # poll a store that is gone forever: watch for that (from the start) and stop.
+        watch = asyncio.create_task(_stop_when_orphaned(stop_evt)) if mp.parent_process() else None
+        if mp.parent_process() is not None:
+            # A terminal's Ctrl-C reaches the whole process group; the process that started this
+            # runner stops it through stop_evt (then SIGTERM), so it has nothing to say here.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            # Runner processes start while the algorithm is still importing and starting the
+            # server; Agent-lightning's client then logs "Server is not healthy yet" warnings
+            # until it is up. Wait for it quietly first (its health route).
+            if self.managed_store:
+                own_run = self.run_id if self.role == "both" else None
+                try:
+                    await wait_for_store(
+                        f"http://{self.server_host}:{self.server_port}", stop_evt, run_id=own_run
+                    )
+                except StoreOfAnotherRun:
+                    logger.exception("runner %d stops: it was not started for this store's run", worker_id)
+                    stop_evt.set()  # this run's own server is not where it should be: stop the run, loudly
+                    raise
+            await super()._execute_runner(runner, worker_id, store, stop_evt)
+        finally:
+            if watch is not None:
+                watch.cancel()
+
+
+def _runner_process(
+    strategy: LeanServerStrategy, runner: Any, worker_id: int, store: LightningStore, stop_evt: ExecutionEvent
+) -> None:
+    """A runner process's body: what Agent-lightning's own runner processes run."""
+    try:
+        asyncio.run(strategy._execute_runner(runner, worker_id, store, stop_evt))
+    except KeyboardInterrupt:
+        logger.warning("runner %d received KeyboardInterrupt; exiting", worker_id)
+    except BaseException:
+        logger.exception("runner %d crashed; signaling stop event", worker_id)
+        raise
+
+
+def store_launcher_args(host: str, port: int) -> PythonServerLauncherArgs:
+    """How a store server is started: as ``LightningStoreServer(host=, port=)`` does, but quiet.
+
+    The address runners use is the bound one (no "No access host provided" warning), and uvicorn
+    logs its start and stop lines only when INFO logging is on (``agl-tinker -v``).
+    """
+    return PythonServerLauncherArgs(
+        host=host,
+        port=port,
+        access_host=host,
+        launch_mode="thread",
+        healthcheck_url=API_V1_AGL_PREFIX + "/health",
+        log_level=logging.INFO if logging.getLogger().isEnabledFor(logging.INFO) else logging.WARNING,
+    )
+
+
+async def _stop_when_orphaned(stop_evt: ExecutionEvent) -> None:
+    """Stop this runner process (gracefully, then for good) once the process that forked it is gone."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(_ORPHAN_CHECK_S)  # ok: no event tells a child that its parent died
+    logger.warning("runner process %d: the process that started it is gone; stopping", os.getpid())
+    stop_evt.set()
+    await asyncio.sleep(_ORPHAN_GRACE_S)  # ok: time for the current rollout to end before exiting
+    os._exit(1)
+
+
+async def wait_for_store(
+    endpoint: str,
+    stop_evt: ExecutionEvent | None = None,
+    timeout_s: float = _STORE_START_TIMEOUT_S,
+    *,
+    run_id: str | None = None,
+) -> bool:
+    """Wait until the store server at ``endpoint`` answers its health check; ``False`` if it never did.
+
+    Gives up silently after ``timeout_s`` or once ``stop_evt`` is set: whoever talks to the store
+    next reports a store that is really down. With ``run_id``, the server must also announce that
+    run (:data:`~agl_tinker.store_server.RUN_PATH`); one that answers with another (or is not a
+    :class:`LeanStoreServer`) raises :class:`StoreOfAnotherRun`.
+    """
+    base = endpoint.rstrip("/") + API_V1_AGL_PREFIX
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
+        while time.monotonic() < deadline and not (stop_evt is not None and stop_evt.is_set()):
+            try:
+                async with http.get(base + "/health") as response:
+                    if response.status == 200:
+                        if run_id is not None:
+                            await _check_run(http, base, endpoint, run_id)
+                        return True
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pass
+            await asyncio.sleep(_STORE_PROBE_S)  # ok: start-up readiness probe, not completion polling
+    return False
+
+
+async def _check_run(http: aiohttp.ClientSession, base: str, endpoint: str, run_id: str) -> None:
+    async with http.get(base + RUN_PATH) as response:
+        found = (await response.json()).get("run_id") if response.status == 200 else None
+    if found != run_id:
+        raise StoreOfAnotherRun(
+            f"the store server at {endpoint} belongs to another run (run id {found!r}, this runner's "
+            f"{run_id!r}): its port was taken before this run's server bound it; not taking its rollouts"
+        )
+
+
+def fit(
+    agent: agl.LitAgent[Any],
+    config: TrainConfig,
+    train_tasks: Sequence[Any],
+    val_tasks: Sequence[Any] | None = None,
+    *,
+    n_runners: int = 2,
+    required_fields: Sequence[str] = (),
+    store_host: str = "127.0.0.1",
+    store_port: int | None = None,
+    on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
+) -> TrainResult:
+    """One command: store server, this algorithm and ``n_runners`` runner processes via ``agl.Trainer``.
+
+    ``on_step(step, metrics)`` is called after each training step (see :func:`agl_tinker.loop.train.train`).
+    """
+    algorithm = TinkerAlgorithm(config, required_fields=required_fields, on_step=on_step)
+    trainer = agl.Trainer(
+        algorithm=algorithm,
+        n_runners=n_runners,
+        runner=fast_runner(),
+        strategy=LeanServerStrategy(n_runners=n_runners, server_host=store_host, server_port=store_port),
+    )
+    with interrupt_watch() as interrupted:
+        trainer.fit(
+            agent, train_dataset=list(train_tasks), val_dataset=list(val_tasks) if val_tasks else None
+        )
+    if algorithm.error is not None:
+        raise algorithm.error
+    if algorithm.result is None:
+        if interrupted:
+            raise KeyboardInterrupt  # Agent-lightning stopped its processes and swallowed the Ctrl-C
+        raise RuntimeError("training did not finish: see the log above")
+    return algorithm.result
+
+
+def _bind_host(host: str) -> str:
+    return "127.0.0.1" if host == "localhost" else host
+
+
+@contextlib.contextmanager
+def interrupt_watch() -> Iterator[list[bool]]:
+    """Note a Ctrl-C (a non-empty list) and keep the shutdown it starts quiet.
+
+    Agent-lightning's strategy turns Ctrl-C into an orderly stop of its processes and then
+    returns as if the run had ended; the note lets :func:`fit` raise ``KeyboardInterrupt`` after
+    all, so callers can tell "stopped" from "failed". The warnings and cancellation tracebacks
+    that the stop logs on the way are what the user asked for, not news, so they are muted.
+    """
+    interrupted: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    loggers = [logging.getLogger(name) for name in ("agentlightning", "agl_tinker", "asyncio")]
+    levels = [lg.level for lg in loggers]
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if not logging.getLogger().isEnabledFor(logging.INFO):
+            for lg in loggers:
+                lg.setLevel(logging.CRITICAL)
+        interrupted.append(True)
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

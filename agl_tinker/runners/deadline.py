@@ -1,0 +1,124 @@
+"""The runner :func:`agl_tinker.loop.algo.fast_runner` builds: Agent-lightning's, plus a rollout deadline.
+
+Agent-lightning 0.3.0's ``LitAgentRunner`` awaits the agent for as long as it takes. The store's
+watchdog marks an attempt ``timeout`` once it runs past ``RolloutConfig.timeout_seconds``, but the
+runner stays inside the agent: an agent that hangs holds its runner forever, and the rollouts
+queued behind it never start. :class:`DeadlineRunner` cancels the agent where it runs when the
+attempt's ``timeout_seconds`` have passed, reports the attempt ``timeout`` (never the
+``succeeded``/``failed`` the stock runner writes while unwinding), and moves on to the next
+rollout. An agent that blocks its event loop (synchronous code) cannot be cancelled this way; the
+store's watchdog still marks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, cast
+
+from agentlightning.runner import LitAgentRunner
+from agentlightning.store.base import LightningStore
+from agentlightning.types import AttemptedRollout
+
+__all__ = ["DeadlineRunner", "remaining_s"]
+
+logger = logging.getLogger(__name__)
+
+
+def remaining_s(rollout: AttemptedRollout, now: float | None = None) -> float | None:
+    """Seconds this attempt may still run under its ``timeout_seconds``; ``None`` without one.
+
+    Counted from the attempt's start as the store recorded it, never below 0.
+    """
+    limit = rollout.config.timeout_seconds
+    if limit is None:
+        return None
+    elapsed = (time.time() if now is None else now) - rollout.attempt.start_time
+    return max(0.0, limit - max(0.0, elapsed))
+
+
+class _TimeoutReportingStore:
+    """The runner's store, except that a cut attempt's closing status is written as ``timeout``.
+
+    ``LitAgentRunner._step_impl`` ends every attempt with ``update_attempt(status="succeeded"
+    | "failed")``, also when it unwinds from a cancellation; for an attempt the deadline cut, that
+    write becomes ``status="timeout"``, so no reader ever sees it succeeded or plainly failed.
+    Everything else is the wrapped store's own.
+    """
+
+    def __init__(self, store: LightningStore, cut: set[str]) -> None:
+        self._store = store
+        self._cut = cut
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def update_attempt(self, rollout_id: str, attempt_id: str, **kwargs: Any) -> Any:
+        if attempt_id in self._cut and kwargs.get("status") in ("succeeded", "failed"):
+            kwargs["status"] = "timeout"
+        return await self._store.update_attempt(rollout_id, attempt_id, **kwargs)
+
+
+class DeadlineRunner(LitAgentRunner[Any]):
+    """``LitAgentRunner`` that cancels a rollout at its ``timeout_seconds`` and reports ``timeout``.
+
+    Takes ``LitAgentRunner``'s arguments. ``timed_out`` counts the attempts this runner cut.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cut: set[str] = set()
+        self.timed_out = 0
+
+    def get_store(self) -> LightningStore:
+        # Structural stand-in for the store: every method but update_attempt is the store's own.
+        return cast(LightningStore, _TimeoutReportingStore(super().get_store(), self._cut))
+
+    async def _step_impl(self, next_rollout: AttemptedRollout, raise_on_exception: bool = False) -> str:
+        budget = remaining_s(next_rollout)
+        if budget is None:
+            return await super()._step_impl(next_rollout, raise_on_exception)
+        task = asyncio.current_task()
+        assert task is not None
+        attempt_id = next_rollout.attempt.attempt_id
+        expired = False
+
+        def cut() -> None:
+            nonlocal expired
+            expired = True
+            self._cut.add(attempt_id)
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(budget, cut)
+        try:
+            return await super()._step_impl(next_rollout, raise_on_exception)
+        except asyncio.CancelledError:
+            if not expired or task.uncancel() > 0:
+                raise  # cancelled from outside (the runner is stopping), not by the deadline
+            self.timed_out += 1
+            await self._report_timeout(next_rollout)
+            logger.warning(
+                "%s rollout %s passed its timeout (%.1fs): cancelled, reported as timeout",
+                self._log_prefix(),
+                next_rollout.rollout_id,
+                next_rollout.config.timeout_seconds,
+            )
+            return next_rollout.rollout_id
+        finally:
+            timer.cancel()
+            self._cut.discard(attempt_id)
+
+    async def _report_timeout(self, rollout: AttemptedRollout) -> None:
+        """Write ``timeout`` once more: the cut may have landed in the runner's own closing write.
+
+        Idempotent: the attempt is ``timeout`` already whenever that write went through.
+        """
+        try:
+            await self.get_store().update_attempt(
+                rollout.rollout_id, rollout.attempt.attempt_id, status="timeout"
+            )
+        except Exception:
+            logger.exception(
+                "%s could not report rollout %s as timed out", self._log_prefix(), rollout.rollout_id
+            )

@@ -1,0 +1,253 @@
+"""Property tests: random agent runs -> spans (three writers, shuffled, duplicated, several attempts)
+-> reconstruction, alignment, rewards and the cookbook's own data processing."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from dataclasses import dataclass, replace
+
+import torch
+from agentlightning.store.memory import InMemoryLightningStore
+from agentlightning.types import Span
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from spanfactory import CallSpec, Writer, call_spans, reward_span, span_id
+from tinker_cookbook.rl.data_processing import assemble_training_data, compute_advantages
+from tinker_cookbook.rl.types import TrajectoryGroup
+
+from agl_tinker.core.align import DriftKind, align_calls, rollout_trajectory
+from agl_tinker.core.reconstruct import CallProblem, reconstruct
+from agl_tinker.core.rewards import RewardMode, RewardOptions, attribute_rewards
+
+VOCAB = 50_000
+
+
+@dataclass
+class Run:
+    calls: list[CallSpec]
+    writers: list[Writer]
+    kinds: list[str]  # chain | drift | concurrent
+    drift_at: dict[int, int]  # call -> first altered prompt position
+    missing: dict[int, CallProblem]
+    rewards: list[tuple[float, float]]  # (time, value)
+    duplicate_clients: set[int]
+
+
+@st.composite
+def runs(draw: st.DrawFn, max_calls: int = 64) -> Run:
+    n = draw(st.integers(1, max_calls))
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 12))]
+    calls: list[CallSpec] = []
+    writers: list[Writer] = []
+    kinds: list[str] = []
+    drift_at: dict[int, int] = {}
+    missing: dict[int, CallProblem] = {}
+    t = 100.0
+    prev: CallSpec | None = None
+    for k in range(n):
+        kind = "chain"
+        if prev is not None:
+            kind = rng.choices(["chain", "drift", "concurrent"], [0.8, 0.1, 0.1])[0]
+        start = t
+        if kind == "concurrent":
+            assert prev is not None
+            prompt = list(prev.prompt)
+            start = prev.start + 0.01
+        elif kind == "drift":
+            assert prev is not None
+            full = prev.prompt + prev.response
+            at = rng.randrange(len(full))
+            altered = list(full)
+            altered[at] = (altered[at] + 1) % VOCAB
+            prompt = altered + [rng.randrange(VOCAB) for _ in range(rng.randint(0, 6))]
+            drift_at[k] = at
+        response = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 8))]
+        logprobs = [-(k * 100 + j + 1) / 1000.0 for j in range(len(response))]
+        writer: Writer = rng.choice(["agl", "agl", "client", "proxy"])
+        spec = CallSpec(
+            prompt=prompt,
+            response=response,
+            logprobs=logprobs,
+            start=start,
+            end=start + 0.5,
+            response_id=f"resp-{k}",
+            finish_reason=rng.choice(["stop", "length"]),
+            prefix_length=len(prev.prompt) + len(prev.response)
+            if prev is not None and kind != "concurrent" and rng.random() < 0.9
+            else None,
+        )
+        if spec.prefix_length is not None and spec.prefix_length > len(prompt):
+            spec = replace(spec, prefix_length=None)
+        roll = rng.random()
+        if roll < 0.05:
+            spec = replace(spec, drop_prompt_ids=True)
+            missing[k] = CallProblem.MISSING_PROMPT_TOKEN_IDS
+        elif roll < 0.08:
+            spec = replace(spec, drop_response_ids=True)
+            missing[k] = CallProblem.MISSING_RESPONSE_TOKEN_IDS
+        elif roll < 0.12:
+            spec = replace(spec, logprobs=None)
+            missing[k] = CallProblem.MISSING_LOGPROBS
+        elif roll < 0.14:
+            spec = replace(spec, logprobs=logprobs[:-1])
+            missing[k] = CallProblem.LOGPROB_COUNT_MISMATCH
+        calls.append(spec)
+        writers.append(writer)
+        kinds.append(kind)
+        prev = spec
+        t = start + 1.0
+        prompt = prompt + response + [rng.randrange(VOCAB) for _ in range(rng.randint(0, 6))]
+    n_rewards = rng.choice([0, 1, 1, 2, 3])
+    rewards = sorted((rng.uniform(100.0, t + 1.0), round(rng.uniform(-1, 1), 3)) for _ in range(n_rewards))
+    dups = {k for k in range(n) if writers[k] == "agl" and rng.random() < 0.1}
+    return Run(calls, writers, kinds, drift_at, missing, rewards, dups)
+
+
+def encode(run: Run, rollout_id: str, attempt_id: str, seq0: int = 1) -> list[Span]:
+    out: list[Span] = []
+    seq = seq0
+    for k, (call, writer) in enumerate(zip(run.calls, run.writers, strict=True)):
+        out += call_spans(
+            call, writer, span_id=span_id(k), rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=seq
+        )
+        if k in run.duplicate_clients:  # the runner's client-side tracer saw the same response
+            out += call_spans(
+                call,
+                "client",
+                span_id=span_id(k, "d"),
+                rollout_id=rollout_id,
+                attempt_id=attempt_id,
+                sequence_id=seq,
+            )
+        seq += 1
+    for i, (t, value) in enumerate(run.rewards):
+        out.append(
+            reward_span(
+                value,
+                t,
+                span_id=span_id(i, "r"),
+                rollout_id=rollout_id,
+                attempt_id=attempt_id,
+                sequence_id=seq,
+            )
+        )
+        seq += 1
+    return out
+
+
+def old_attempt(rollout_id: str, attempt_id: str) -> list[Span]:
+    junk = CallSpec(prompt=[1, 2, 3], response=[4], logprobs=[-0.5], start=1.0, end=2.0, response_id="old-0")
+    return call_spans(
+        junk, "agl", span_id=span_id(0, "o"), rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=0
+    )
+
+
+def check_run(run: Run, spans: list[Span]) -> None:
+    rec = reconstruct(spans)
+    assert [c.response_id for c in rec.calls] == [c.response_id for c in run.calls]
+    for k, (got, want) in enumerate(zip(rec.calls, run.calls, strict=True)):
+        assert got.index == k
+        assert got.problem == run.missing.get(k), (k, got.problem)
+        if not want.drop_prompt_ids:
+            assert list(got.prompt_token_ids or []) == want.prompt
+        if not want.drop_response_ids:
+            assert list(got.response_token_ids or []) == want.response
+        if got.problem is None:
+            assert list(got.logprobs or []) == want.logprobs
+            assert got.finish_reason == want.finish_reason
+    assert rec.metrics["rewards"] == len(run.rewards)
+    assert [r.value for r in rec.rewards] == [v for _, v in run.rewards]
+
+    alignment = align_calls(rec.calls, decode=lambda ts: " ".join(map(str, ts)))
+    trainable = [c.index for c in rec.calls if c.problem is None]
+    # Every sampled token of a trainable call is trained exactly once, with its own logprob.
+    assert sorted(alignment.step_calls) == trainable
+    for step in alignment.steps:
+        want = run.calls[step.call_index]
+        assert step.ac.tokens == want.response and step.ac.logprobs == want.logprobs
+        assert list(step.ob.chunks[0].tokens) == want.prompt  # type: ignore[union-attr]
+    skipped = {i for i, _ in alignment.skipped}
+    assert skipped == set(run.missing)
+    # Within a sequence each prompt extends the previous prompt + response exactly.
+    for seq in alignment.sequences:
+        steps = [s for s in alignment.steps if s.sequence_index == seq.index]
+        assert [s.call_index for s in steps] == list(seq.call_indices)
+        for a, b in itertools.pairwise(steps):
+            head = list(a.ob.chunks[0].tokens) + a.ac.tokens  # type: ignore[union-attr]
+            assert list(b.ob.chunks[0].tokens)[: len(head)] == head  # type: ignore[union-attr]
+        assert seq.action_tokens == sum(len(s.ac.tokens) for s in steps)
+    if trainable and all(kind == "chain" for kind in run.kinds):
+        assert len(alignment.sequences) == 1 and not alignment.drift
+    for k, at in run.drift_at.items():
+        if k in skipped or (k - 1) in skipped or run.kinds[k - 1] == "concurrent":
+            continue
+        events = [d for d in alignment.drift if d.call_index == k]
+        assert events and events[0].token_index == at and events[0].kind is DriftKind.DRIFT
+        assert events[0].expected_call_index == k - 1
+        assert events[0].actual_text is not None
+    assert alignment.metrics["action_tokens"] == sum(len(run.calls[i].response) for i in trainable)
+
+    # The cookbook's own data processing: one datum per sequence, masks and logprobs exact.
+    if alignment.steps:
+        for mode in RewardMode:
+            attribution = attribute_rewards(
+                rec.rewards, alignment.step_calls, "succeeded", RewardOptions(mode=mode)
+            )
+            if run.rewards:
+                total = run.rewards[-1][1] if mode is RewardMode.FINAL else sum(v for _, v in run.rewards)
+                assert abs(attribution.episode_return - total) < 1e-9
+                assert abs(sum(attribution.step_rewards) - total) < 1e-9
+            else:
+                assert attribution.exclusion is not None and not attribution.trainable
+        trajectory = alignment.trajectory([0.0] * len(alignment.steps))
+        group = TrajectoryGroup([trajectory, trajectory], [1.0, 0.0], [{}, {}])
+        data, _meta = assemble_training_data([group], compute_advantages([group]))
+        assert len(data) == 2 * len(alignment.sequences)
+        for seq, datum in zip(alignment.sequences, data, strict=False):
+            steps = [s for s in alignment.steps if s.sequence_index == seq.index]
+            mask = datum.loss_fn_inputs["mask"].to_torch()
+            logprobs = datum.loss_fn_inputs["logprobs"].to_torch()
+            targets = datum.loss_fn_inputs["target_tokens"].to_torch()
+            assert int(mask.sum()) == seq.action_tokens
+            want_lp = [lp for s in steps for lp in s.ac.logprobs]
+            want_tok = [t for s in steps for t in s.ac.tokens]
+            assert torch.allclose(logprobs[mask > 0], torch.tensor(want_lp, dtype=logprobs.dtype))
+            assert targets[mask > 0].tolist() == want_tok
+            assert len(mask) == seq.length - 1
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(runs(), st.randoms(use_true_random=False), st.booleans())
+def test_random_runs_round_trip(run: Run, shuffler: random.Random, with_old_attempt: bool) -> None:
+    spans = encode(run, "ro-1", "at-2", seq0=10)
+    if with_old_attempt:
+        spans += old_attempt("ro-1", "at-1")
+    spans += [s.model_copy() for s in shuffler.sample(spans, k=min(3, len(spans)))]  # duplicated spans
+    shuffler.shuffle(spans)
+    check_run(run, spans)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(runs(max_calls=24), st.randoms(use_true_random=False))
+def test_round_trip_through_a_real_store(run: Run, shuffler: random.Random) -> None:
+    async def go() -> list[Span]:
+        store = InMemoryLightningStore()
+        attempted = await store.start_rollout(input={"task": "t"})
+        rollout_id, first = attempted.rollout_id, attempted.attempt.attempt_id
+        await store.add_many_spans(old_attempt(rollout_id, first))
+        second = (await store.start_attempt(rollout_id)).attempt.attempt_id
+        spans = encode(run, rollout_id, second, seq0=10)
+        shuffler.shuffle(spans)
+        await store.add_many_spans(spans)
+        return list((await store.query_spans(rollout_id)).items)
+
+    spans = asyncio.run(go())
+    assert len({s.attempt_id for s in spans}) == 2
+    spans += [s.model_copy() for s in spans[:2]]
+    shuffler.shuffle(spans)
+    check_run(run, spans)
+    result = rollout_trajectory(spans, status="succeeded")
+    assert (result.trajectory is None) == (not run.rewards or not result.alignment.steps)

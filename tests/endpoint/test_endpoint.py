@@ -1,0 +1,405 @@
+"""The endpoint through a real ``openai.OpenAI`` client, against both servers over the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import litellm
+import openai
+import pytest
+import pytest_asyncio
+import tinker
+from agentlightning.adapter.triplet import TracerTraceToTriplet
+from agentlightning.store.memory import InMemoryLightningStore
+from agentlightning.store.threading import LightningStoreThreaded
+
+from agl_tinker import spans as S
+from agl_tinker.backend import get_tokenizer, service_client
+from agl_tinker.core.align import align_calls
+from agl_tinker.core.reconstruct import reconstruct
+from agl_tinker.endpoint.provider import (
+    TITO_SCOPE,
+    Generation,
+    TinkerChatProvider,
+    generation_span_attributes,
+    llmproxy_rollout_headers,
+    span_attributes,
+    tito_scope,
+)
+from agl_tinker.endpoint.start import Endpoint, EndpointConfig, start_endpoint
+
+MODEL = "Qwen/Qwen3-4B-Instruct-2507"
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+class RecordingClient:
+    """A sampling client that keeps every response the simulator returned, in order."""
+
+    def __init__(self, inner: Any, script: list[str] | None = None, tokenizer: Any = None) -> None:
+        self.inner = inner
+        self.responses: list[tinker.SampleResponse] = []
+        self.prompts: list[list[int]] = []
+        self.script = list(script or [])
+        self.tokenizer = tokenizer
+        self.lock = threading.Lock()
+
+    async def sample(self, prompt: tinker.ModelInput, num_samples: int, sampling_params: Any) -> Any:
+        if self.script:
+            text = self.script.pop(0)
+            tokens = [*self.tokenizer.encode(text, add_special_tokens=False), 151645]
+            seq = tinker.SampledSequence(
+                stop_reason="stop", sequence_id="s", _tokens_list=tokens, _logprobs_list=[-0.5] * len(tokens)
+            )
+            response = tinker.SampleResponse(sequences=[seq])
+        else:
+            response = await self.inner.sample(
+                prompt=prompt, num_samples=num_samples, sampling_params=sampling_params
+            )
+        with self.lock:
+            self.prompts.append(prompt.to_ints())
+            self.responses.append(response)
+        return response
+
+
+def _sampler(**knobs: Any) -> Any:
+    future = service_client(**knobs).create_sampling_client(base_model=MODEL)
+    return future.result() if hasattr(future, "result") else future
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return get_tokenizer(MODEL)
+
+
+@pytest_asyncio.fixture(
+    scope="module", params=["lean", "lean+litellm_dispatch", "proxy"], loop_scope="module"
+)
+async def served(
+    request: pytest.FixtureRequest, tokenizer: Any
+) -> AsyncIterator[tuple[Endpoint, RecordingClient, Any]]:
+    store = LightningStoreThreaded(InMemoryLightningStore())
+    client = RecordingClient(_sampler(latency_s=0.0, drift=0.0), tokenizer=tokenizer)
+    endpoint = await start_endpoint(
+        EndpointConfig(
+            mode="proxy" if request.param == "proxy" else "lean",
+            litellm_dispatch=request.param.endswith("litellm_dispatch"),
+            max_context_tokens=4096,
+            default_max_tokens=64,
+        ),
+        store=store,
+        sampling_client=client,
+        base_model=MODEL,
+        tokenizer=tokenizer,
+    )
+    yield endpoint, client, store
+    await endpoint.stop()
+
+
+async def _rollout(store: Any, endpoint: Endpoint) -> tuple[str, openai.OpenAI]:
+    attempted = await store.start_rollout(input={"task": "t"})
+    llm = endpoint.as_resource(attempted.rollout_id, attempted.attempt.attempt_id)
+    return attempted.rollout_id, openai.OpenAI(base_url=llm.endpoint, api_key="not-a-secret", max_retries=0)
+
+
+async def _chat(client: openai.OpenAI, **kwargs: Any) -> Any:
+    kwargs.setdefault("model", MODEL)
+    return await asyncio.to_thread(client.chat.completions.create, **kwargs)
+
+
+async def test_text_answer_carries_sampled_tokens_and_logprobs(served: Any, tokenizer: Any) -> None:
+    endpoint, sim, store = served
+    _, client = await _rollout(store, endpoint)
+    answer = await _chat(client, messages=[{"role": "user", "content": "Say hello."}], logprobs=True)
+    sampled = sim.responses[-1].sequences[0]
+    choice = answer.choices[0]
+    assert choice.model_extra["token_ids"] == list(sampled.tokens)
+    assert choice.model_extra["token_logprobs"] == pytest.approx(list(sampled.logprobs))
+    assert [entry.logprob for entry in choice.logprobs.content] == pytest.approx(list(sampled.logprobs))
+    assert answer.model_extra["prompt_token_ids"] == sim.prompts[-1]
+    assert answer.model_extra["weights_version"] == endpoint.weights_version
+    assert choice.message.content == tokenizer.decode(list(sampled.tokens)).removesuffix("<|im_end|>")
+    assert choice.finish_reason == "stop"
+
+
+async def test_spans_read_back_by_both_readers(served: Any) -> None:
+    endpoint, _, store = served
+    rollout_id, client = await _rollout(store, endpoint)
+    answers = [
+        await _chat(client, messages=[{"role": "user", "content": f"Count to {i}."}]) for i in range(3)
+    ]
+    await endpoint.flush()
+    spans = await store.query_spans(rollout_id)
+    calls = reconstruct(spans).calls
+    triplets = TracerTraceToTriplet(llm_call_match=S.TRIPLET_LLM_CALL_MATCH).adapt(spans)
+    expected = [(a.model_extra["prompt_token_ids"], a.choices[0].model_extra["token_ids"]) for a in answers]
+    assert [(c.prompt_token_ids, c.response_token_ids) for c in calls] == expected
+    assert [(t.prompt["token_ids"], t.response["token_ids"]) for t in triplets] == expected
+    assert {c.weights_version for c in calls} == {endpoint.weights_version}
+
+
+async def test_streaming_answer_and_span(served: Any, tokenizer: Any) -> None:
+    endpoint, sim, store = served
+    rollout_id, client = await _rollout(store, endpoint)
+
+    def stream() -> list[Any]:
+        return list(
+            client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "Hi"}], stream=True
+            )
+        )
+
+    chunks = await asyncio.to_thread(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    await endpoint.flush()
+    (call,) = reconstruct(await store.query_spans(rollout_id)).calls
+    assert call.response_token_ids == list(sim.responses[-1].sequences[0].tokens)
+    assert text == tokenizer.decode(call.response_token_ids).removesuffix("<|im_end|>")
+
+
+async def test_tool_call_round_trip(served: Any, tokenizer: Any) -> None:
+    endpoint, sim, store = served
+    _, client = await _rollout(store, endpoint)
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "guess",
+                "description": "Guess a number",
+                "parameters": {"type": "object", "properties": {"n": {"type": "integer"}}},
+            },
+        }
+    ]
+    sim.script = ['<tool_call>\n{"name": "guess", "arguments": {"n": 512}}\n</tool_call>', "Found it: 512."]
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "Play."},
+        {"role": "user", "content": "Find it."},
+    ]
+    first = await _chat(client, messages=messages, tools=tools)
+    assert first.choices[0].finish_reason == "tool_calls"
+    (call,) = first.choices[0].message.tool_calls
+    assert call.function.name == "guess" and json.loads(call.function.arguments) == {"n": 512}
+    assert "<tools>" in tokenizer.decode(sim.prompts[-1])
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "correct"},
+    ]
+    second = await _chat(client, messages=messages, tools=tools)
+    assert second.choices[0].message.content == "Found it: 512."
+    assert "<tool_response>\ncorrect\n</tool_response>" in tokenizer.decode(sim.prompts[-1])
+    # token-in-token-out: the second prompt continues the first prompt + its sampled tokens
+    first_sequence = first.model_extra["prompt_token_ids"] + first.choices[0].model_extra["token_ids"]
+    assert second.model_extra["prompt_token_ids"][: len(first_sequence)] == first_sequence
+
+
+async def test_hot_swap_under_load_fails_nothing(served: Any) -> None:
+    endpoint, sim, store = served
+    _, client = await _rollout(store, endpoint)
+    stop = threading.Event()
+    versions: list[Any] = []
+    errors: list[BaseException] = []
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                answer = client.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": "Go"}], max_tokens=8
+                )
+                versions.append(answer.model_extra["weights_version"])
+            except BaseException as exc:
+                errors.append(exc)
+
+    workers = [threading.Thread(target=hammer) for _ in range(6)]
+    for w in workers:
+        w.start()
+    try:
+        for version in range(1, 4):
+            await asyncio.sleep(0.3)
+            endpoint.swap(sim, version)
+        await asyncio.sleep(0.3)
+    finally:
+        stop.set()
+        for w in workers:
+            await asyncio.to_thread(w.join)
+    endpoint.swap(sim, 0)
+    assert not errors
+    assert {0, 3} <= set(versions) and set(versions) <= {0, 1, 2, 3}
+
+
+async def test_samples_are_independent_without_seed(served: Any) -> None:
+    endpoint, _, store = served
+    _, client = await _rollout(store, endpoint)
+    ask = {
+        "messages": [{"role": "user", "content": "Tell me a story."}],
+        "max_tokens": 24,
+        "temperature": 1.0,
+    }
+    unseeded = [tuple((await _chat(client, **ask)).choices[0].model_extra["token_ids"]) for _ in range(6)]
+    assert len(set(unseeded)) > 1
+    seeded = {
+        tuple((await _chat(client, seed=7, **ask)).choices[0].model_extra["token_ids"]) for _ in range(3)
+    }
+    assert len(seeded) == 1
+
+
+BAD_BODIES: list[tuple[str, Any, str]] = [
+    ("malformed json", b"{not json", "valid JSON"),
+    ("not an object", [1, 2], "JSON object"),
+    ("messages not a list", {"messages": "hi"}, "'messages'"),
+    ("unknown role", {"messages": [{"role": "wizard", "content": "x"}]}, "role"),
+    ("bad content", {"messages": [{"role": "user", "content": 5}]}, "content"),
+    ("temperature type", {"temperature": "hot"}, "temperature"),
+    ("temperature range", {"temperature": 7}, "temperature"),
+    ("top_p range", {"top_p": 0}, "top_p"),
+    ("max_tokens", {"max_tokens": 0}, "max_tokens"),
+    ("seed type", {"seed": "x"}, "seed"),
+    ("stop type", {"stop": [1]}, "stop"),
+    ("over context", {"max_tokens": 100000}, "too long"),
+    ("unknown model", {"model": "gpt-17"}, "gpt-17"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "says"), BAD_BODIES, ids=[c[0] for c in BAD_BODIES])
+async def test_bad_input_is_a_400_and_serving_goes_on(served: Any, case: str, body: Any, says: str) -> None:
+    endpoint, _, store = served
+    _, client = await _rollout(store, endpoint)
+    if isinstance(body, dict):
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **body}
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    url = str(client.base_url).rstrip("/") + "/chat/completions"
+    async with httpx.AsyncClient() as http:
+        reply = await http.post(url, content=content, headers={"content-type": "application/json"})
+    assert reply.status_code == 400, reply.text
+    assert says in reply.json()["error"]["message"]
+    assert (await _chat(client, messages=[{"role": "user", "content": "still there?"}], max_tokens=4)).choices
+
+
+def _ten_turns(client: openai.OpenAI) -> Iterator[None]:
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Let's talk."}]
+    for turn in range(10):
+        answer = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24)
+        messages += [
+            {"role": "assistant", "content": answer.choices[0].message.content},
+            {"role": "user", "content": f"Turn {turn}: go on."},
+        ]
+        yield
+
+
+@pytest.mark.parametrize("tito", [True, False])
+async def test_token_in_token_out_keeps_one_sequence_under_drift(tito: bool, tokenizer: Any) -> None:
+    store = LightningStoreThreaded(InMemoryLightningStore())
+    endpoint = await start_endpoint(
+        EndpointConfig(token_in_token_out=tito, default_max_tokens=24),
+        store=store,
+        sampling_client=_sampler(drift=1.0),
+        base_model=MODEL,
+        tokenizer=tokenizer,
+    )
+    try:
+        rollout_id, client = await _rollout(store, endpoint)
+        await asyncio.to_thread(lambda: list(_ten_turns(client)))
+        await endpoint.flush()
+        alignment = align_calls(reconstruct(await store.query_spans(rollout_id)).calls)
+    finally:
+        await endpoint.stop()
+    if tito:
+        assert len(alignment.sequences) == 1 and not alignment.drift
+    else:
+        assert alignment.drift and len(alignment.sequences) > 1
+
+
+async def test_lean_server_skips_litellm_dispatch_unless_asked(
+    tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``litellm.acompletion`` costs more than the rest of the endpoint; the lean default skips it."""
+    calls: list[str] = []
+    real = litellm.acompletion
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["model"])
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(litellm, "acompletion", counting)
+    for dispatch in (False, True):
+        store = LightningStoreThreaded(InMemoryLightningStore())
+        endpoint = await start_endpoint(
+            EndpointConfig(litellm_dispatch=dispatch, default_max_tokens=8),
+            store=store,
+            sampling_client=_sampler(),
+            base_model=MODEL,
+            tokenizer=tokenizer,
+        )
+        try:
+            _, client = await _rollout(store, endpoint)
+            answer = await _chat(client, messages=[{"role": "user", "content": "Hi"}])
+            assert answer.choices[0].model_extra["token_ids"]
+        finally:
+            await endpoint.stop()
+        assert len(calls) == int(dispatch)
+
+
+@pytest.mark.parametrize("logprobs", [False, True])
+@pytest.mark.parametrize("kind", ["text", "tool_calls", "text_and_tool_calls"])
+async def test_lean_fast_path_body_and_span_equal_the_litellm_response(
+    tokenizer: Any, kind: str, logprobs: bool
+) -> None:  # async only because the module's tests share one event loop (pytestmark)
+    """The lean server builds its JSON and span attributes without LiteLLM's ModelResponse; they
+    must be exactly what the ModelResponse path (LiteLLM dispatch, proxy mode) gives."""
+    from litellm.types.utils import ModelResponse
+
+    provider = TinkerChatProvider(_sampler(), base_model=MODEL, tokenizer=tokenizer)
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "search", "arguments": '{"q": "x"}'}}]
+    generation = Generation(
+        response_id="chatcmpl-1",
+        prompt_token_ids=[1, 2, 3],
+        response_token_ids=[9707, 0, 151645],
+        logprobs=[-0.5, -0.25, -0.125],
+        text="" if kind == "tool_calls" else "Hello!",
+        tool_calls=[] if kind == "text" else calls,
+        finish_reason="stop" if kind == "text" else "tool_calls",
+        weights_version=3,
+        reused_prefix_length=2,
+    )
+    messages = [{"role": "user", "content": "Hi"}]
+    request = provider.parse({"messages": messages, "logprobs": logprobs})
+    response = provider.fill_response(generation, request, MODEL, ModelResponse())
+    fast = provider.completion_dict(generation, request, MODEL)
+    slow = response.model_dump()
+    fast["created"] = slow["created"]
+    assert fast == slow
+
+    def decoded(attributes: dict[str, Any]) -> dict[str, Any]:  # JSON attributes: key order aside
+        return {k: json.loads(v) if k == S.AGL_COMPLETION else v for k, v in attributes.items()}
+
+    assert decoded(generation_span_attributes(generation, messages, MODEL)) == decoded(
+        span_attributes(response, messages, MODEL)
+    )
+
+
+async def test_rollout_attempt_is_read_from_either_server_s_metadata() -> None:  # see pytestmark
+    """The lean server passes the attempt in metadata; LLMProxy's middleware as headers (a dict, or
+    its repr under ``requester_custom_headers``); both the span logger and token reuse read them."""
+    headers = {"X-Rollout-Id": "ro-1", "x-attempt-id": "at-1", "x-sequence-id": "3"}
+    for metadata in ({"headers": headers}, {"requester_custom_headers": repr(headers)}):
+        assert llmproxy_rollout_headers({"metadata": metadata}) == {
+            "x-rollout-id": "ro-1",
+            "x-attempt-id": "at-1",
+            "x-sequence-id": "3",
+        }
+        assert tito_scope({"metadata": metadata}) == "ro-1/at-1"
+    assert tito_scope({"metadata": {TITO_SCOPE: "ro-2/at-2", "headers": headers}}) == "ro-2/at-2"
+    for params in (
+        None,
+        {},
+        {"metadata": "x"},
+        {"metadata": {"headers": "{not python"}},
+        {"metadata": {"headers": {"a": "b"}}},
+    ):
+        assert llmproxy_rollout_headers(params) == {}
+        assert tito_scope(params) is None
+    assert tito_scope({"metadata": {"headers": {"x-rollout-id": "ro-3"}}}) is None  # no attempt id

@@ -1,0 +1,91 @@
+"""TinkerAlgorithm hands its arguments to the training loop (the loop itself: test_loop.py); the
+one-command strategy starts runners only once its store answers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from agentlightning.store.memory import InMemoryLightningStore
+
+from agl_tinker.loop import algo
+from agl_tinker.loop.config import TrainConfig
+from agl_tinker.store_server import LeanStoreServer
+
+
+def test_on_step_reaches_the_training_loop(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    seen: dict[str, Any] = {}
+
+    async def fake_train(config: TrainConfig, store: Any, train_tasks: Any, val_tasks: Any, **kw: Any) -> Any:
+        seen.update(kw, store=store, train_tasks=train_tasks, val_tasks=val_tasks)
+        kw["on_step"](0, {"reward/mean": 1.0})
+        return "result"
+
+    monkeypatch.setattr(algo, "train", fake_train)
+    steps: list[tuple[int, Mapping[str, Any]]] = []
+    store = InMemoryLightningStore()
+    algorithm = algo.TinkerAlgorithm(
+        TrainConfig(log_path=str(tmp_path)),
+        required_fields=("identity",),
+        on_step=lambda step, metrics: steps.append((step, metrics)),
+    )
+    algorithm.set_store(store)
+    asyncio.run(algorithm.run([{"identity": "a"}], [{"identity": "b"}]))
+    assert steps == [(0, {"reward/mean": 1.0})]
+    assert seen["store"] is store and seen["required_fields"] == ("identity",)
+    assert seen["train_tasks"] == [{"identity": "a"}] and seen["val_tasks"] == [{"identity": "b"}]
+    assert algorithm.result == "result"
+
+
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_runners_wait_for_the_store_that_starts_after_them() -> None:
+    port = _unused_port()
+    server = LeanStoreServer(InMemoryLightningStore(), host="127.0.0.1", port=port)
+
+    async def start_later() -> None:
+        await asyncio.sleep(0.5)
+        await server.start()
+
+    starter = asyncio.create_task(start_later())
+    try:
+        assert await algo.wait_for_store(f"http://127.0.0.1:{port}", timeout_s=30)
+        assert server.endpoint == f"http://127.0.0.1:{port}"
+    finally:
+        await starter
+        await server.stop()
+
+
+async def test_waiting_for_a_store_gives_up_at_the_timeout_or_when_told_to_stop() -> None:
+    endpoint = f"http://127.0.0.1:{_unused_port()}"  # nothing listens there
+    assert not await algo.wait_for_store(endpoint, timeout_s=0.3)
+    stop = threading.Event()
+    stop.set()
+    t = time.monotonic()
+    assert not await algo.wait_for_store(endpoint, stop, timeout_s=30)
+    assert time.monotonic() - t < 1.0
+
+
+def test_a_dataset_path_reaches_the_loop_as_a_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    seen: dict[str, Any] = {}
+
+    async def fake_train(config: TrainConfig, store: Any, train_tasks: Any, val_tasks: Any, **kw: Any) -> Any:
+        seen.update(train_tasks=train_tasks, val_tasks=val_tasks)
+        return "result"
+
+    monkeypatch.setattr(algo, "train", fake_train)
+    algorithm = algo.TinkerAlgorithm(TrainConfig(log_path=str(tmp_path / "run")))
+    algorithm.set_store(InMemoryLightningStore())
+    path = tmp_path / "tasks.csv"
+    asyncio.run(algorithm.run(path, (t for t in [{"identity": "b"}])))
+    assert seen["train_tasks"] is path  # list(path) would fail, list(str) would be characters
+    assert seen["val_tasks"] == [{"identity": "b"}]

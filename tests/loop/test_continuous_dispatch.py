@@ -1,0 +1,102 @@
+"""ContinuousDispatcher: groups in flight across 'steps', caps on the work ahead, requeue to the
+front, every rollout of a group read once, unfinished rollouts cancelled when it closes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import agentlightning as agl
+import pytest
+from agentlightning.store.memory import InMemoryLightningStore
+from agentlightning.types import Rollout, Span
+
+from agl_tinker.loop.continuous_dispatch import ContinuousDispatcher, GroupRequest
+from agl_tinker.runners.inprocess import InProcessRunners
+
+GROUP = 2
+
+
+def _process(rollout: Rollout, spans: Sequence[Span]) -> tuple[str, int]:
+    return str(rollout.status), len(spans)
+
+
+async def _store() -> InMemoryLightningStore:
+    store = InMemoryLightningStore()
+    await store.add_resources({"main_llm": agl.LLM(endpoint="http://127.0.0.1:9/v1", model="m")})
+    return store
+
+
+def _agent(delays: Mapping[int, float]) -> Any:
+    async def run(task: Mapping[str, Any], llm: agl.LLM) -> float:
+        await asyncio.sleep(delays.get(int(task["n"]), 0.01))  # ok: the agent's own latency
+        return 1.0
+
+    return run
+
+
+def _requests(n: int) -> list[GroupRequest]:
+    return [GroupRequest(key=i, task={"n": i}) for i in range(n)]
+
+
+async def test_groups_come_out_as_they_finish_under_the_group_cap() -> None:
+    store = await _store()
+    outstanding_seen = []
+    async with (
+        InProcessRunners(store, _agent({0: 0.6}), concurrency=16),
+        ContinuousDispatcher(store, GROUP, _process, max_groups=3) as dispatcher,
+    ):
+        await dispatcher.submit(_requests(6))
+        order = []
+        for _ in range(6):
+            outstanding_seen.append(dispatcher.running_groups + dispatcher.waiting_groups)
+            group = await dispatcher.next_group()
+            order.append(group.request.key)
+            assert [o.slot for o in group.outcomes] == list(range(GROUP))
+            assert all(o.result == ("succeeded", 1) for o in group.outcomes)  # the reward span
+    assert max(outstanding_seen) <= 3
+    assert sorted(order) == list(range(6))
+    assert order.index(0) >= 2  # the slow group did not hold the others back
+
+
+async def test_requeued_group_goes_first_and_the_rollout_cap_holds() -> None:
+    store = await _store()
+    async with (
+        InProcessRunners(store, _agent({}), concurrency=16),
+        ContinuousDispatcher(store, GROUP, _process, max_groups=1, max_rollouts=GROUP) as dispatcher,
+    ):
+        await dispatcher.submit(_requests(3))
+        first = await dispatcher.next_group()
+        assert dispatcher.rollouts_in_flight <= GROUP
+        await dispatcher.submit([GroupRequest(first.request.key, first.request.task, attempt=1)], front=True)
+        rest = [await dispatcher.next_group() for _ in range(3)]
+    # handing group 0 out dispatched group 1 at once; the requeued 0 goes before group 2
+    assert [(g.request.key, g.request.attempt) for g in (first, *rest)] == [(0, 0), (1, 0), (0, 1), (2, 0)]
+    assert dispatcher.max_rollouts_seen <= GROUP
+
+
+async def test_closing_cancels_unfinished_rollouts_in_the_store() -> None:
+    store = await _store()
+    async with InProcessRunners(store, _agent({0: 30.0}), concurrency=4):
+        async with ContinuousDispatcher(store, GROUP, _process) as dispatcher:
+            await dispatcher.submit(_requests(1))
+            await asyncio.sleep(0.2)  # ok: let the runners claim the rollouts
+            assert dispatcher.running_groups == 1
+        rollouts = await store.query_rollouts()
+    assert len(rollouts) == GROUP and {r.status for r in rollouts} == {"cancelled"}
+
+
+async def test_process_errors_surface_from_next_group() -> None:
+    store = await _store()
+
+    def broken(rollout: Rollout, spans: Sequence[Span]) -> None:
+        raise ValueError("boom")
+
+    async with (
+        InProcessRunners(store, _agent({}), concurrency=4),
+        ContinuousDispatcher(store, GROUP, broken) as dispatcher,
+    ):
+        await dispatcher.submit(_requests(1))
+        with pytest.raises(Exception, match="boom"):
+            await asyncio.wait_for(dispatcher.next_group(), 30)
