@@ -41,7 +41,9 @@ def hang(log_path: str) -> dict[str, Any]:
         max_tokens=16,
         eval_every=0,
         save_every=0,
-        rollout_timeout_s=3.0,
+        # wide enough that an answering agent never times out on a loaded machine (first calls of a fresh
+        # runner import and render for seconds), short enough that the hung half costs seconds, not minutes
+        rollout_timeout_s=10.0,
         min_valid_per_group=1,
     )
     result = algo.fit(agl.rollout(hang_on_odd_identities), config, hello_dataset()[:4], n_runners=2)
