@@ -60,13 +60,23 @@ def curves(result: TrainResult) -> dict[str, tuple[float, float]]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def config_from_argv(argv: list[str], log_path: str | None = None) -> TrainConfig:
+    """:data:`DEFAULTS` with chz ``key=value`` overrides (``policies.checker.lora_rank=4``)."""
     bind_cookbook_types()
-    log_path = os.path.join(tempfile.gettempdir(), "agl-tinker", f"duet-{time.strftime('%Y%m%d-%H%M%S')}")
-    args = sys.argv[1:] if argv is None else argv
-    blueprint = chz.Blueprint(TrainConfig).apply({"log_path": log_path, **DEFAULTS})
-    config = blueprint.make_from_argv(args)
-    result = run(config)
+    if log_path is None:
+        log_path = os.path.join(tempfile.gettempdir(), "agl-tinker", f"duet-{time.strftime('%Y%m%d-%H%M%S')}")
+    flat = {k: v for k, v in DEFAULTS.items() if k != "policies"}
+    for name, policy in DEFAULTS["policies"].items():  # as sub-parameters, so argv may set one field
+        for field_name in chz.chz_fields(policy):
+            flat[f"policies.{name}.{field_name}"] = getattr(policy, field_name)
+    config = chz.Blueprint(TrainConfig).apply({"log_path": log_path, **flat}).make_from_argv(argv)
+    config.validate()
+    return config
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m agl_tinker.examples.duet.train [key=value ...]``: train, then print both curves."""
+    result = run(config_from_argv(sys.argv[1:] if argv is None else argv))
     for name, (first, last) in curves(result).items():
         print(f"{name}: mean reward {first:+.3f} (first steps) -> {last:+.3f} (last steps)")
     for name, path in result.policy_curves.items():
