@@ -202,6 +202,7 @@ class MultiPolicyLoop(_Loop):
                     "checkpoint batch %s cannot be loaded, trying the previous one: %s", record.batch, exc
                 )
                 continue
+            self.policy_checkpoints = {name: _paths(r) for name, r in chosen.items() if r is not None}
             return record
         if any(candidates.values()) or _has_metrics(log_path):
             raise no_usable_checkpoint(runs[0].log_dir, first)
@@ -391,3 +392,9 @@ class MultiPolicyLoop(_Loop):
 def _at_batch(records: Sequence[CheckpointRecord], batch: int | None) -> CheckpointRecord | None:
     """The newest of ``records`` (newest first) saved at ``batch``."""
     return next((r for r in records if r.batch == batch), None)
+
+
+def _paths(record: CheckpointRecord) -> dict[str, str]:
+    """A checkpoint record's paths, as ``save_checkpoint_async`` returns them."""
+    paths = {"state_path": record.state_path, "sampler_path": record.sampler_path}
+    return {k: v for k, v in paths.items() if v is not None}
