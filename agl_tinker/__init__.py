@@ -25,6 +25,7 @@ _PUBLIC = {
     "LeanServerStrategy": "agl_tinker.loop.algo",
     "fast_runner": "agl_tinker.loop.algo",
     "TrainConfig": "agl_tinker.loop.config",
+    "PolicyConfig": "agl_tinker.loop.config",
     "load_tasks": "agl_tinker.loop.data",
     "EndpointConfig": "agl_tinker.endpoint.start",
 }
@@ -32,6 +33,7 @@ _PUBLIC = {
 __all__ = [
     "EndpointConfig",
     "LeanServerStrategy",
+    "PolicyConfig",
     "TinkerAlgorithm",
     "TrainConfig",
     "__version__",
@@ -42,7 +44,7 @@ __all__ = [
 if TYPE_CHECKING:
     from agl_tinker.endpoint.start import EndpointConfig
     from agl_tinker.loop.algo import LeanServerStrategy, TinkerAlgorithm, fast_runner
-    from agl_tinker.loop.config import TrainConfig
+    from agl_tinker.loop.config import PolicyConfig, TrainConfig
     from agl_tinker.loop.data import load_tasks
 
 

@@ -9,6 +9,7 @@ what is left.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -75,6 +76,11 @@ class RewardOptions:
     """``None``: excluded rollouts are not trained. A number: they are trained with this return."""
     min_valid_per_group: int = 1
     """Groups with fewer valid rollouts than this are dropped (GRPO needs at least 2 to learn)."""
+    dimension: str | None = None
+    """``None``: each reward event counts with its primary value. A name: with that dimension's
+    value instead (``emit_reward({"team": 1, "checker": 0.5}, primary_key="team")`` has dimensions
+    ``team`` and ``checker``), and events without it are no reward: how one agent of several gets
+    its own reward. A malformed event still excludes the rollout (``bad_reward``)."""
 
     def __post_init__(self) -> None:
         if self.min_valid_per_group < 0:
@@ -133,6 +139,8 @@ def attribute_rewards(
     exclude it too (``gap``) unless the caller chose to train around them (pass 0).
     """
     n = len(step_calls)
+    if options.dimension is not None:
+        events = _dimension_events(events, options.dimension)
     bad_reward = False
     for event in events:  # usually one
         if event.problem is not None:
@@ -180,6 +188,17 @@ def attribute_rewards(
         total = events[-1].value if options.mode is RewardMode.FINAL else sum(e.value for e in events)
         rewards[_last_step(step_calls)] = total
     return _attribution(rewards, total, None, False, len(events), early)
+
+
+def _dimension_events(events: Sequence[RewardEvent], dimension: str) -> list[RewardEvent]:
+    """The events carrying ``dimension``, valued by it; malformed events stay as they are."""
+    out: list[RewardEvent] = []
+    for event in events:
+        if event.problem is not None:
+            out.append(event)
+        elif dimension in event.dimensions:
+            out.append(dataclasses.replace(event, value=event.dimensions[dimension]))
+    return out
 
 
 def _attribution(

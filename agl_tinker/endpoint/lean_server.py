@@ -22,7 +22,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any
 
 import litellm
@@ -104,12 +104,17 @@ class LeanServer:
         port: int = 0,
         model_aliases: tuple[str, ...] = (),
         litellm_dispatch: bool = False,
+        routes: Mapping[str, TinkerChatProvider] | None = None,
     ) -> None:
+        if routes and litellm_dispatch:
+            raise ValueError("routes (several policies) cannot be combined with litellm_dispatch")
         self.provider = provider
+        self.routes: dict[str, TinkerChatProvider] = dict(routes or {})
+        """``model`` name -> the provider that answers it (several policies); others: ``provider``."""
         self.litellm_dispatch = litellm_dispatch
         self.litellm_model = litellm_model
         self.served_model = served_model
-        self.accepted_models = frozenset((served_model, *model_aliases))
+        self.accepted_models = frozenset((served_model, *model_aliases, *self.routes))
         self.recorder = recorder
         self.host = host
         self.port = port
@@ -213,8 +218,9 @@ class LeanServer:
         if not isinstance(model, str) or model not in self.accepted_models:
             shown = repr(model) if isinstance(model, str) else f"of type {type(model).__name__}"
             return openai_error(400, f"'model' {shown} is not served here; use {self.served_model!r}")
+        provider = self.routes.get(model, self.provider)
         try:
-            parsed = self.provider.parse(body)
+            parsed = provider.parse(body)
         except BadRequest as exc:
             return openai_error(400, str(exc))
         rollout_id = request.match_info.get("rollout_id")
@@ -227,8 +233,8 @@ class LeanServer:
                 completion = response.model_dump()
                 attributes = functools.partial(span_attributes, response, body["messages"], model)
             else:
-                generation = await self.provider.generate(parsed, scope)
-                completion = self.provider.completion_dict(generation, parsed, model)
+                generation = await provider.generate(parsed, scope)
+                completion = provider.completion_dict(generation, parsed, model)
                 attributes = functools.partial(
                     generation_span_attributes, generation, body["messages"], model
                 )

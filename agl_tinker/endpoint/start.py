@@ -9,6 +9,7 @@ of training: a trainer hands it a new sampling client with :meth:`Endpoint.swap`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,9 +58,12 @@ class Endpoint:
         server: Any,
         litellm_model: str,
         recorder: SpanRecorder | None = None,
+        policies: Mapping[str, TinkerChatProvider] | None = None,
     ) -> None:
         self.config = config
         self.provider = provider
+        self.policies: dict[str, TinkerChatProvider] = dict(policies or {})
+        """Several policies (:func:`start_policy_endpoint`): policy name -> its provider."""
         self.server = server
         self.litellm_model = litellm_model
         self.recorder = recorder
@@ -81,9 +85,17 @@ class Endpoint:
     def weights_version(self) -> int | str:
         return self.provider.policy.version
 
-    def swap(self, sampling_client: Any, version: int | str) -> None:
-        """Serve new weights from the next request on; no restart, requests in flight unaffected."""
-        self.provider.swap(sampling_client, version)
+    def swap(self, sampling_client: Any, version: int | str, *, policy: str | None = None) -> None:
+        """Serve new weights from the next request on; no restart, requests in flight unaffected.
+
+        Args:
+            sampling_client: The new weights' sampling client.
+            version: Their weights version (recorded on each call sampled from them).
+            policy: With several policies, the one whose weights change (the others keep theirs);
+                ``None``: the endpoint's only (or first) policy.
+        """
+        provider = self.provider if policy is None else self.policies[policy]
+        provider.swap(sampling_client, version)
 
     async def flush(self) -> None:
         """Wait until every call answered so far is in the store."""
@@ -123,6 +135,105 @@ class Endpoint:
         )
 
 
+@dataclass(frozen=True)
+class PolicyServing:
+    """One policy of several, as :func:`start_policy_endpoint` serves it."""
+
+    sampling_client: Any
+    base_model: str
+    tokenizer: Any
+    models: tuple[str, ...]
+    """The ``model`` names that reach this policy (the first is its resource's name)."""
+    renderer_name: str | None = None
+    weights_version: int | str = 0
+
+
+def _provider(
+    config: EndpointConfig,
+    sampling_client: Any,
+    base_model: str,
+    tokenizer: Any,
+    renderer_name: str | None,
+    weights_version: int | str,
+) -> TinkerChatProvider:
+    return TinkerChatProvider(
+        sampling_client,
+        base_model=base_model,
+        tokenizer=tokenizer,
+        renderer_name=renderer_name,
+        weights_version=weights_version,
+        token_in_token_out=config.token_in_token_out,
+        max_context_tokens=config.max_context_tokens,
+        default_max_tokens=config.default_max_tokens,
+    )
+
+
+async def start_policy_endpoint(
+    config: EndpointConfig, *, store: LightningStore, policies: Mapping[str, PolicyServing]
+) -> Endpoint:
+    """Serve several policies on one lean endpoint, each from its own sampling client.
+
+    A request's ``model`` picks the policy (each name belongs to one policy); the resource's
+    ``model`` is the first policy's first name, and an agent reaches another policy by asking
+    for one of its names at the same URL. :meth:`Endpoint.swap` with ``policy=`` swaps one
+    policy's weights and leaves the others'. Token-in-token-out reuse stays within a policy.
+
+    Args:
+        config: Lean mode only; ``model_name``, ``renderer_name``, ``model_aliases`` and
+            ``litellm_dispatch`` are per policy here and must be left unset.
+        store: Where calls are recorded.
+        policies: Policy name -> what it serves; at least one, model names disjoint.
+
+    Returns:
+        The running endpoint (``Endpoint.policies`` holds the providers by policy name).
+    """
+    if config.mode != "lean" or config.model_aliases or config.litellm_dispatch or config.model_name:
+        raise ValueError(
+            "several policies need mode='lean' without model_name, model_aliases or litellm_dispatch"
+        )
+    if not policies:
+        raise ValueError("start_policy_endpoint needs at least one policy")
+    if not store.capabilities.get("thread_safe", False):
+        store = LightningStoreThreaded(store)
+    providers: dict[str, TinkerChatProvider] = {}
+    routes: dict[str, TinkerChatProvider] = {}
+    for name, serving in policies.items():
+        provider = _provider(
+            config,
+            serving.sampling_client,
+            serving.base_model,
+            serving.tokenizer,
+            serving.renderer_name,
+            serving.weights_version,
+        )
+        providers[name] = provider
+        for model in serving.models:
+            if model in routes:
+                raise ValueError(f"model name {model!r} is served by two policies")
+            routes[model] = provider
+    first_name, first = next(iter(policies.items()))
+    served = first.models[0]
+    litellm_model = register(providers[first_name], served)
+    recorder = SpanRecorder(store)
+    from agl_tinker.endpoint.lean_server import LeanServer
+
+    server = LeanServer(
+        providers[first_name],
+        litellm_model,
+        served,
+        recorder=recorder,
+        host=config.host,
+        port=config.port,
+        routes=routes,
+    )
+    try:
+        await server.start()
+    except BaseException:
+        unregister(litellm_model)
+        raise
+    return Endpoint(config, providers[first_name], server, litellm_model, recorder, policies=providers)
+
+
 async def start_endpoint(
     config: EndpointConfig,
     *,
@@ -137,15 +248,8 @@ async def start_endpoint(
         raise ValueError("model_aliases needs the lean endpoint (mode='lean'); LLMProxy serves one name")
     if not store.capabilities.get("thread_safe", False):
         store = LightningStoreThreaded(store)
-    provider = TinkerChatProvider(
-        sampling_client,
-        base_model=base_model,
-        tokenizer=tokenizer,
-        renderer_name=config.renderer_name,
-        weights_version=weights_version,
-        token_in_token_out=config.token_in_token_out,
-        max_context_tokens=config.max_context_tokens,
-        default_max_tokens=config.default_max_tokens,
+    provider = _provider(
+        config, sampling_client, base_model, tokenizer, config.renderer_name, weights_version
     )
     served = config.model_name or base_model
     litellm_model = register(provider, served)

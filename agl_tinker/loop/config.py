@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import chz
@@ -24,6 +25,47 @@ DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 
 LossFn = Literal["importance_sampling", "ppo"]
 EndpointMode = Literal["lean", "proxy"]
+
+
+POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""A policy name: it becomes a metrics prefix, a directory and (by default) a served model name."""
+
+
+@chz.chz
+class PolicyConfig:
+    """One trained policy of several (``TrainConfig.policies``): its own LoRA, optimiser and calls.
+
+    Unset fields take the ``TrainConfig`` value. A policy owns the calls that ask for one of its
+    ``models`` (the endpoint samples them from this policy's weights, so no call is ever trained
+    on a policy that did not sample it), narrowed by ``agent_match`` when set.
+    """
+
+    models: tuple[str, ...] = chz.field(
+        default=(), doc="`model` names agents ask for to reach this policy; empty: the policy's own name."
+    )
+    agent_match: str | None = chz.field(
+        default=None,
+        doc="Regex on the agent name (`X-Agent-Name` header or enclosing agent span): of this policy's "
+        "calls, only those of matching agents train; the others are sampled but not trained.",
+    )
+    reward_key: str | None = chz.field(
+        default=None,
+        doc="None: the episode reward (shared by every policy). A name: that reward dimension, e.g. "
+        '`emit_reward({"team": 1.0, "checker": 0.0}, primary_key="team")` with reward_key="checker".',
+    )
+    model_name: str | None = chz.field(default=None, doc="Base model (None: TrainConfig.model_name).")
+    renderer_name: str | None = chz.field(default=None, doc="Cookbook renderer (None: as TrainConfig).")
+    lora_rank: int | None = chz.field(default=None, doc="LoRA rank (None: TrainConfig.lora_rank).")
+    learning_rate: float | None = chz.field(
+        default=None, doc="Adam learning rate (None: TrainConfig.learning_rate)."
+    )
+    num_substeps: int | None = chz.field(
+        default=None, doc="Optimiser steps per training step (None: TrainConfig.num_substeps)."
+    )
+
+    def served_models(self, name: str) -> tuple[str, ...]:
+        """The ``model`` names this policy (called ``name``) answers."""
+        return self.models or (name,)
 
 
 @chz.chz
@@ -158,6 +200,13 @@ class TrainConfig:
         doc="More `model` names the endpoint answers besides `model_name` (e.g. one per agent role).",
     )
 
+    policies: dict[str, PolicyConfig] = chz.field(
+        default_factory=dict,
+        doc="Several agents, several LoRAs: policy name -> PolicyConfig. Each policy has its own training "
+        "client, sampling client (served under its `models` names), groups, optimiser steps, checkpoints "
+        "(log_path/policies/<name>/) and metrics (`policy/<name>/...`). Empty: one policy, `model_name`.",
+    )
+
     max_empty_steps: int = chz.field(
         default=3,
         doc="Stop the run (an error, exit code 1) after this many steps in a row with no rollout to train on "
@@ -252,6 +301,7 @@ class TrainConfig:
         if self.model_aliases and self.endpoint_mode != "lean":
             raise ConfigError("model_aliases needs endpoint_mode='lean' (LLMProxy serves one model name)")
         self._validate_overlap()
+        self._validate_policies()
         # chz does not check Literal/enum values: a typo would only fail (or silently differ) later.
         choices: dict[str, tuple[str, tuple[str, ...]]] = {
             "loss_fn": (self.loss_fn, get_args(LossFn)),
@@ -290,6 +340,73 @@ class TrainConfig:
                     f"({self.num_substeps}) x num_minibatches ({stream.num_minibatches}) equal minibatches"
                 )
 
+    def _validate_policies(self) -> None:
+        """Each call has at most one owner; settings that are single-policy only are refused."""
+        if not self.policies:
+            return
+        single_only = {
+            "agent_match": self.agent_match is not None,
+            "model_match": self.model_match is not None,
+            "model_aliases": bool(self.model_aliases),
+            "kl_penalty_coef": self.kl_penalty_coef > 0,
+            "async_config": self.async_config is not None,
+            "stream_minibatch_config": self.stream_minibatch_config is not None,
+        }
+        for name, used in single_only.items():
+            if used:
+                raise ConfigError(
+                    f"{name} cannot be combined with policies: set per-policy `models`/`agent_match` "
+                    "instead (several policies train synchronously, without a KL penalty)"
+                )
+        if self.endpoint_mode != "lean":
+            raise ConfigError("policies need endpoint_mode='lean' (LLMProxy serves one model name)")
+        owner: dict[str, str] = {}
+        for name, policy in self.policies.items():
+            if not isinstance(policy, PolicyConfig):
+                raise ConfigError(f"policies[{name!r}] must be a PolicyConfig, got {type(policy).__name__}")
+            if not POLICY_NAME.match(name):
+                raise ConfigError(
+                    f"policy name {name!r} must be 1-64 letters, digits, '_', '.' or '-' (not first)"
+                )
+            for field_name in ("lora_rank", "num_substeps"):
+                value = getattr(policy, field_name)
+                if value is not None and value < 1:
+                    raise ConfigError(f"policies[{name!r}].{field_name} must be >= 1, got {value}")
+            if policy.learning_rate is not None and not policy.learning_rate > 0:
+                raise ConfigError(f"policies[{name!r}].learning_rate must be > 0, got {policy.learning_rate}")
+            if policy.agent_match is not None:
+                try:
+                    re.compile(policy.agent_match)
+                except re.error as exc:
+                    raise ConfigError(f"policies[{name!r}].agent_match is not a valid regex: {exc}") from None
+            if policy.reward_key is not None and not policy.reward_key:
+                raise ConfigError(f"policies[{name!r}].reward_key must be a dimension name or None")
+            for model in policy.served_models(name):
+                if not model:
+                    raise ConfigError(f"policies[{name!r}].models holds an empty name")
+                if model in owner:
+                    raise ConfigError(
+                        f"model name {model!r} is served by both policies {owner[model]!r} and {name!r}: "
+                        "each requested model name must select exactly one policy"
+                    )
+                owner[model] = name
+
+    def policy_settings(self, name: str) -> ResolvedPolicy:
+        """Policy ``name``'s settings with the ``TrainConfig`` defaults filled in."""
+        policy = self.policies[name]
+        return ResolvedPolicy(
+            name=name,
+            models=policy.served_models(name),
+            agent_match=policy.agent_match,
+            reward_key=policy.reward_key,
+            model_name=policy.model_name or self.model_name,
+            renderer_name=policy.renderer_name
+            or (self.renderer_name if policy.model_name in (None, self.model_name) else None),
+            lora_rank=policy.lora_rank if policy.lora_rank is not None else self.lora_rank,
+            learning_rate=policy.learning_rate if policy.learning_rate is not None else self.learning_rate,
+            num_substeps=policy.num_substeps if policy.num_substeps is not None else self.num_substeps,
+        )
+
     def reward_options(self) -> RewardOptions:
         """The reward settings as the pure core takes them (``reward_mode`` as a ``RewardMode``).
 
@@ -303,6 +420,26 @@ class TrainConfig:
             excluded_score=self.excluded_score,
             min_valid_per_group=self.min_valid_per_group,
         )
+
+
+@dataclass(frozen=True)
+class ResolvedPolicy:
+    """One policy's settings after defaults (:meth:`TrainConfig.policy_settings`)."""
+
+    name: str
+    models: tuple[str, ...]
+    agent_match: str | None
+    reward_key: str | None
+    model_name: str
+    renderer_name: str | None
+    lora_rank: int
+    learning_rate: float
+    num_substeps: int
+
+    @property
+    def model_match(self) -> str:
+        """The regex the core selects this policy's calls with: exactly one of its model names."""
+        return "^(?:" + "|".join(re.escape(m) for m in self.models) + ")$"
 
 
 def bind_cookbook_types() -> None:

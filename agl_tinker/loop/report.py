@@ -25,11 +25,15 @@ def read_metrics(metrics_path: Path) -> list[dict[str, Any]]:
     return [by_step[k] for k in sorted(by_step)]
 
 
-def write_reward_curve(metrics_path: Path, out_path: Path) -> Path | None:
-    """Plot train (and eval) mean reward per step; ``None`` when there is nothing to plot."""
+def write_reward_curve(metrics_path: Path, out_path: Path, prefix: str = "") -> Path | None:
+    """Plot train (and eval) mean reward per step; ``None`` when there is nothing to plot.
+
+    ``prefix`` picks one policy's curve of several (``policy/<name>/``: its ``reward/mean``).
+    """
     rows = read_metrics(metrics_path)
-    train = [(r["step"], r["reward/mean"]) for r in rows if r.get("reward/mean") is not None]
-    evals = [(r["step"], r["eval/reward/mean"]) for r in rows if r.get("eval/reward/mean") is not None]
+    key, eval_key = f"{prefix}reward/mean", f"eval/{prefix}reward/mean"
+    train = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+    evals = [(r["step"], r[eval_key]) for r in rows if r.get(eval_key) is not None]
     if not train and not evals:
         return None
     import matplotlib

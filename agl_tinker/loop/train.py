@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agentlightning.store.base import LightningStore
 from agentlightning.types import RolloutConfig
@@ -96,6 +96,8 @@ from agl_tinker.store_server import release_rollouts
 
 logger = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 LLM_RESOURCE = "main_llm"
 """Resource name runners look up (Agent-lightning's ``@rollout`` agents take the first LLM)."""
 
@@ -137,6 +139,10 @@ class TrainResult:
     final_sampler_path: str | None = None
     curve_path: Path | None = None
     seconds: float = 0.0
+    policy_checkpoints: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Several policies: policy name -> its final checkpoint's ``state_path``/``sampler_path``."""
+    policy_curves: dict[str, Path] = field(default_factory=dict)
+    """Several policies: policy name -> its reward curve (``log_path/policies/<name>/``)."""
 
     @property
     def rewards(self) -> list[float]:
@@ -273,6 +279,12 @@ class _Loop:
         self.train_resources_id: str | None = None
         self.val_resources_id: str | None = None
         self.empty_steps = 0
+        self.policy_checkpoints: dict[str, dict[str, str]] = {}
+        """Several policies only: the paths of each policy's latest checkpoint."""
+
+    def policy_dirs(self) -> dict[str, Path]:
+        """Several policies only: policy name -> its directory (checkpoints, reward curve)."""
+        return {}
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -374,6 +386,18 @@ class _Loop:
     async def run_batch(
         self, tasks: Sequence[Mapping[str, Any]], group_size: int, mode: str, label: str, step: int
     ) -> BatchResult[RolloutTrajectory]:
+        return await self.dispatch(tasks, group_size, mode, label, step, self._process)
+
+    async def dispatch(
+        self,
+        tasks: Sequence[Mapping[str, Any]],
+        group_size: int,
+        mode: str,
+        label: str,
+        step: int,
+        process: Callable[[Any, Sequence[Any]], _T],
+    ) -> BatchResult[_T]:
+        """Run ``tasks`` x ``group_size`` rollouts; ``process(rollout, spans)`` makes each result."""
         cfg = self.config
         rollout_config = RolloutConfig(
             timeout_seconds=cfg.rollout_timeout_s,
@@ -396,7 +420,7 @@ class _Loop:
                 self.store,
                 tasks,
                 group_size,
-                self._process,
+                process,
                 config=dispatch,
                 on_progress=self.progress.update,
             )
@@ -407,7 +431,7 @@ class _Loop:
         await self._release(batch)
         return batch
 
-    async def _release(self, batch: BatchResult[RolloutTrajectory]) -> None:
+    async def _release(self, batch: BatchResult[Any]) -> None:
         """Let the store forget the batch's finished rollouts and spans: their results are taken.
 
         Without it the store (in this process in one-click mode) grows by a batch of rollouts and
@@ -617,7 +641,14 @@ async def train(
     log_path = Path(config.log_path)
     log_path.mkdir(parents=True, exist_ok=True)
     owns_service = service is None  # a service the run creates is closed by the run (ends a live session)
-    loop = _Loop(config, store, train_ds, val_ds, service or backend.service_client(), show_progress, n_steps)
+    loop_type = _Loop
+    if config.policies:
+        from agl_tinker.loop.policies import MultiPolicyLoop  # it builds on this module
+
+        loop_type = MultiPolicyLoop
+    loop = loop_type(
+        config, store, train_ds, val_ds, service or backend.service_client(), show_progress, n_steps
+    )
     resume = await loop.resume()
     start_step = int(resume.batch) if resume is not None and resume.batch is not None else 0
     result = TrainResult(log_path=log_path, start_step=start_step, end_step=max(start_step, n_steps))
@@ -671,6 +702,13 @@ async def train(
         if owns_service:
             await backend.close_service(loop.service, failed=sys.exc_info()[0] is not None)
     result.curve_path = write_reward_curve(result.metrics_path, log_path / "reward_curve.png")
+    result.policy_checkpoints = dict(loop.policy_checkpoints)
+    for name, directory in loop.policy_dirs().items():
+        curve = write_reward_curve(
+            result.metrics_path, directory / "reward_curve.png", prefix=f"policy/{name}/"
+        )
+        if curve is not None:
+            result.policy_curves[name] = curve
     result.seconds = time.perf_counter() - started
     return result
 

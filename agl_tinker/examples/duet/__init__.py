@@ -1,0 +1,1 @@
+"""Duet: two cooperating agents, each trained as its own LoRA in one run (``TrainConfig.policies``)."""
