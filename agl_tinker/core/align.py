@@ -16,14 +16,15 @@ Output: steps grouped by sequence, so the trajectory built from them
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import replace
+from typing import Any
 
 import tinker
 from tinker_cookbook.completers import TokensWithLogprobs
 
 from agl_tinker.core.drift import Decode, DriftEvent, DriftKind, drift_event
+from agl_tinker.core.steps import AlignedStep, Alignment, AlignOptions, Gap, TokenSequence
 from agl_tinker.core.types import LLMCall
 from agl_tinker.spans import AGL_PREFIX_FINGERPRINT, AGL_PREFIX_LENGTH, AGL_SEQUENCE_FINGERPRINT
 
@@ -39,68 +40,6 @@ __all__ = [
     "align_calls",
     "model_input",
 ]
-
-
-@dataclass(frozen=True)
-class AlignOptions:
-    window: int = 8
-    """Tokens shown on each side of the first difference in a drift report."""
-    max_candidates: int = 8
-    """Open sequences (most recent first) a call may extend; bounds the cost of branchy rollouts."""
-    on_gap: Literal["exclude", "train"] = "exclude"
-    """A lost call (see :class:`Gap`): ``exclude`` the rollout (reason ``gap``), or ``train`` the
-    calls that were recorded, the lost call's tokens staying masked context of later ones."""
-
-
-@dataclass(frozen=True)
-class Gap:
-    """A call whose writer vouches for a prompt prefix no recorded call of the rollout ended at:
-    the span of the call that produced those tokens was lost. Without this, the lost call's
-    sampled tokens would silently become observations of the next one."""
-
-    call_index: int
-    claimed_prefix_length: int
-    """The writer's ``agl_tinker.prefix_length``."""
-
-
-@dataclass(frozen=True)
-class TokenSequence:
-    index: int
-    call_indices: tuple[int, ...]
-    observation_tokens: int
-    action_tokens: int
-
-    @property
-    def length(self) -> int:
-        return self.observation_tokens + self.action_tokens
-
-
-@dataclass(frozen=True)
-class AlignedStep:
-    call_index: int
-    sequence_index: int
-    ob: tinker.ModelInput
-    """The call's full prompt: it extends the previous step's ob + ac within a sequence."""
-    ac: TokensWithLogprobs
-    observation_tokens: int
-    """Prompt tokens this step adds to its sequence (masked in the datum)."""
-
-
-@dataclass(frozen=True)
-class Alignment:
-    steps: tuple[AlignedStep, ...]
-    """Grouped by sequence (in order of creation), call order within a sequence."""
-    sequences: tuple[TokenSequence, ...]
-    drift: tuple[DriftEvent, ...]
-    skipped: tuple[tuple[int, str], ...]
-    """(call index, reason) of calls not trained; their tokens may be context of later calls."""
-    metrics: Mapping[str, int]
-    gaps: tuple[Gap, ...] = ()
-
-    @property
-    def step_calls(self) -> tuple[int, ...]:
-        """Call index of each step: the sequences' call indices, one after another."""
-        return tuple(step.call_index for step in self.steps)
 
 
 class _Seq:
@@ -186,11 +125,14 @@ def _extends(call: LLMCall, seq: _Seq, claimed: int | None, counts: dict[str, in
     return False
 
 
+_DEFAULT_OPTIONS = AlignOptions()
+
+
 def align_calls(
     calls: Iterable[LLMCall],
     *,
     decode: Decode | None = None,
-    options: AlignOptions = AlignOptions(),
+    options: AlignOptions = _DEFAULT_OPTIONS,
     other_ends: Collection[int] = (),
 ) -> Alignment:
     """Token sequences for one rollout's calls (in call order, as ``reconstruct`` returns them).

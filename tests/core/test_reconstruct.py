@@ -240,7 +240,12 @@ def test_dedupe_spans_keeps_one_copy_per_id_the_richest() -> None:
 def test_calls_without_any_token_are_problems_under_a_vocabulary_bound() -> None:
     # Used to raise ValueError (the maximum of no token ids) when vocab_size was set.
     attrs = S.llm_call_attributes(
-        prompt_token_ids=[], response_token_ids=[], logprobs=[], response_id="r", model="m", finish_reason="stop"
+        prompt_token_ids=[],
+        response_token_ids=[],
+        logprobs=[],
+        response_id="r",
+        model="m",
+        finish_reason="stop",
     )
     s = span(S.LLM_CALL_SPAN_NAME, attrs, span_id=span_id(1), sequence_id=1, start=1.0, end=2.0, **IDS)
     (call,) = reconstruct([s], ReconstructOptions(vocab_size=100)).calls
