@@ -1,9 +1,11 @@
 """Reward attribution: reward events + rollout status -> per-transition rewards, or an exclusion.
 
-The reference trained failed and reward-less rollouts as reward 0.0, which teaches the policy that
-crashing is as good as a wrong answer. Here such rollouts are excluded and counted unless the caller
-asks for a fixed score, and a group that loses too many rollouts is dropped rather than centred on
-what is left.
+Contract: a failed, cancelled, timed-out or unfinished rollout, one without a reward, one with an
+unusable reward and one that lost a call are excluded and counted (never trained as 0.0, which
+would teach the policy that crashing is as good as a wrong answer) unless the caller asks for a
+fixed score; a group that loses too many rollouts is dropped rather than centred on what is left.
+This module is the one place a rollout's status becomes an exclusion (:func:`final_status`,
+:func:`exclusion_for`).
 """
 
 from __future__ import annotations
@@ -11,37 +13,27 @@ from __future__ import annotations
 import bisect
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal, get_args
 
-from agl_tinker.core._construct import construct
 from agl_tinker.core.reward_mode import RewardMode
+from agl_tinker.core.types import RewardEvent, RewardProblem
 
-
-class RewardProblem(StrEnum):
-    """Why a reward span cannot be trained on; any one excludes its rollout (``bad_reward``)."""
-
-    MISSING_VALUE = "missing_value"
-    NOT_A_NUMBER = "not_a_number"
-    NOT_FINITE = "not_finite"
-    OUT_OF_RANGE = "out_of_range"
-    """Larger in magnitude than ``ReconstructOptions.max_abs_reward``."""
-
-
-@dataclass(frozen=True)
-class RewardEvent:
-    """One ``agl.emit_reward`` value, placed in time relative to the rollout's LLM calls."""
-
-    value: float
-    """Primary reward (the first dimension)."""
-    time: float | None
-    sequence_id: int
-    span_id: str
-    after_call: int | None
-    """Index of the last LLM call that ended before the reward; ``None``: before every call."""
-    dimensions: Mapping[str, float] = field(default_factory=dict)
-    problem: RewardProblem | None = None
-    """Set when the span's reward is unusable; ``value`` is then NaN and never trained on."""
+__all__ = [
+    "ExclusionReason",
+    "FinalStatus",
+    "GroupSelection",
+    "RewardAttribution",
+    "RewardEvent",
+    "RewardMode",
+    "RewardOptions",
+    "RewardProblem",
+    "attribute_rewards",
+    "exclusion_for",
+    "final_status",
+    "select_group",
+]
 
 
 class ExclusionReason(StrEnum):
@@ -57,7 +49,42 @@ class ExclusionReason(StrEnum):
     """A call claims a prefix no recorded call produced: a call's span was lost."""
 
 
+FinalStatus = Literal["succeeded", "failed", "cancelled", "timeout", "unresponsive", "unfinished"]
+"""A rollout's status as training judges it: succeeded, or why it did not."""
+
+_UNFINISHED = frozenset({"queuing", "preparing", "running", "requeuing"})
+_FINAL_STATUSES: Mapping[str, FinalStatus] = {s: s for s in get_args(FinalStatus)}
+
+
+def final_status(
+    status: str, *, attempt_status: str | None = None, cut_by_deadline: bool = False
+) -> FinalStatus:
+    """A rollout's store status, refined by why it failed.
+
+    Args:
+        status: ``Rollout.status`` (or an already refined status such as ``timeout``).
+        attempt_status: the status of its latest attempt, when known (``timeout`` and
+            ``unresponsive`` say why a failed rollout failed).
+        cut_by_deadline: the training step's deadline ended the rollout before it finished.
+
+    Returns:
+        ``succeeded``; ``timeout`` when cut by the deadline or its attempt timed out;
+        ``unresponsive``; ``failed``; ``cancelled``; ``unfinished`` for a status that is not terminal;
+        any other status reads as ``failed``.
+    """
+    if status == "succeeded":
+        return "succeeded"
+    if cut_by_deadline:
+        return "timeout"
+    if status == "failed" and attempt_status in ("timeout", "unresponsive"):
+        status = attempt_status
+    if status in _UNFINISHED:
+        return "unfinished"
+    return _FINAL_STATUSES.get(status, "failed")
+
+
 _STATUS_EXCLUSION: Mapping[str, ExclusionReason] = {
+    "unfinished": ExclusionReason.UNFINISHED,
     "failed": ExclusionReason.FAILED,
     "cancelled": ExclusionReason.CANCELLED,
     "timeout": ExclusionReason.TIMEOUT,
@@ -107,8 +134,21 @@ class RewardAttribution:
 def exclusion_for(
     status: str | None, has_reward: bool, has_steps: bool, *, bad_reward: bool = False, gaps: int = 0
 ) -> ExclusionReason | None:
-    """Status first (a failed rollout's partial reward is not trusted), then broken data (a
-    malformed reward, a lost call), then reward, then calls."""
+    """Why a rollout is not valid, or ``None``.
+
+    Status first (a failed rollout's partial reward is not trusted), then broken data (a
+    malformed reward, a lost call), then reward, then calls.
+
+    Args:
+        status: a store or :func:`final_status` status; ``None`` when the caller knows it finished.
+        has_reward: some reward event was recorded.
+        has_steps: some call can be trained.
+        bad_reward: a reward event has a problem.
+        gaps: lost calls found by alignment.
+
+    Returns:
+        The exclusion reason (an unknown status is ``failed``), or ``None`` for a valid rollout.
+    """
     if status is not None and status != "succeeded":
         return _STATUS_EXCLUSION.get(status, ExclusionReason.FAILED)
     if bad_reward:
@@ -141,24 +181,7 @@ def attribute_rewards(
     n = len(step_calls)
     if options.dimension is not None:
         events = _dimension_events(events, options.dimension)
-    bad_reward = False
-    for event in events:  # usually one
-        if event.problem is not None:
-            bad_reward = True
-            break
-    if (
-        n
-        and events
-        and not bad_reward
-        and not gaps
-        and (status is None or status == "succeeded")
-        and options.mode is RewardMode.FINAL
-    ):
-        # The usual case, without the general path's setup: the last reward to the last step.
-        rewards = [0.0] * n
-        total = events[-1].value
-        rewards[_last_step(step_calls)] = total
-        return _attribution(rewards, total, None, False, len(events), 0)
+    bad_reward = any(event.problem is not None for event in events)
     exclusion = exclusion_for(status, bool(events), n > 0, bad_reward=bad_reward, gaps=gaps)
     if exclusion is not None:
         scored = options.excluded_score is not None
@@ -166,7 +189,7 @@ def attribute_rewards(
         rewards = [0.0] * n
         if scored and n:
             rewards[_last_step(step_calls)] = value
-        return _attribution(rewards, value, exclusion, scored, len(events), 0)
+        return _attribution(rewards, value, exclusion=exclusion, scored=scored, events=len(events), early=0)
 
     rewards = [0.0] * n
     early = 0
@@ -187,7 +210,7 @@ def attribute_rewards(
     else:
         total = events[-1].value if options.mode is RewardMode.FINAL else sum(e.value for e in events)
         rewards[_last_step(step_calls)] = total
-    return _attribution(rewards, total, None, False, len(events), early)
+    return _attribution(rewards, total, exclusion=None, scored=False, events=len(events), early=early)
 
 
 def _dimension_events(events: Sequence[RewardEvent], dimension: str) -> list[RewardEvent]:
@@ -204,22 +227,19 @@ def _dimension_events(events: Sequence[RewardEvent], dimension: str) -> list[Rew
 def _attribution(
     rewards: list[float],
     total: float,
+    *,
     exclusion: ExclusionReason | None,
     scored: bool,
     events: int,
     early: int,
 ) -> RewardAttribution:
-    # One per rollout: skip the frozen dataclass's field-by-field __init__ (see agl_tinker.core._construct).
-    return construct(
-        RewardAttribution,
-        {
-            "step_rewards": tuple(rewards),
-            "episode_return": total,
-            "exclusion": exclusion,
-            "scored": scored,
-            "reward_events": events,
-            "early_rewards": early,
-        },
+    return RewardAttribution(
+        step_rewards=tuple(rewards),
+        episode_return=total,
+        exclusion=exclusion,
+        scored=scored,
+        reward_events=events,
+        early_rewards=early,
     )
 
 
@@ -247,5 +267,6 @@ def select_group(attributions: Sequence[RewardAttribution | None], min_valid: in
     scored = [i for i, a in enumerate(attributions) if a is not None and a.exclusion is not None and a.scored]
     excluded = len(attributions) - len(valid) - len(scored)
     if len(valid) < max(min_valid, 1):
-        return GroupSelection((), True, len(valid), len(scored), excluded)
-    return GroupSelection(tuple(sorted(valid + scored)), False, len(valid), len(scored), excluded)
+        return GroupSelection(kept=(), dropped=True, valid=len(valid), scored=len(scored), excluded=excluded)
+    kept = tuple(sorted(valid + scored))
+    return GroupSelection(kept=kept, dropped=False, valid=len(valid), scored=len(scored), excluded=excluded)

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agl_tinker import spans as S
-from agl_tinker.core.reconstruct import LLMCall, Reconstruction
+from agl_tinker.core.types import LLMCall, Reconstruction
 
 PARSE_FAILURES_KEY = S.AGL_TOOL_CALL_PARSE_FAILURES
 """Span attribute: tool calls in the answer that did not parse (written by the endpoint)."""

@@ -52,7 +52,7 @@ from tinker_cookbook.rl.train import train_step
 from tinker_cookbook.rl.types import TrajectoryGroup
 from tinker_cookbook.utils import ml_log
 
-from agl_tinker.core.align import RolloutTrajectory, trajectory_group
+from agl_tinker.core.trajectory import RolloutTrajectory, trajectory_group
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.continuous_dispatch import ContinuousDispatcher, FinishedGroup, GroupRequest
 from agl_tinker.loop.rollout import (

@@ -54,15 +54,17 @@ from tinker_cookbook.rl.types import TrajectoryGroup
 from tinker_cookbook.utils import ml_log
 
 from agl_tinker import backend
-from agl_tinker.core.align import (
-    AlignOptions,
+from agl_tinker.core.align import AlignOptions
+from agl_tinker.core.reconstruct import ReconstructOptions
+from agl_tinker.core.rewards import final_status
+from agl_tinker.core.tool_health import tool_health_metrics
+from agl_tinker.core.trajectory import (
     RolloutTrajectory,
+    exclusion_counts,
     problem_metrics,
     rollout_trajectory,
     trajectory_group,
 )
-from agl_tinker.core.reconstruct import ReconstructOptions
-from agl_tinker.core.tool_health import tool_health_metrics
 from agl_tinker.endpoint.start import Endpoint, EndpointConfig, start_endpoint
 from agl_tinker.loop.checkpoints import (
     AtomicCheckpointIndex,
@@ -158,14 +160,13 @@ class TrainResult:
 
 
 def _rollout_status(rollout: Any) -> str:
-    """The rollout's status, refined to ``timeout`` when its last attempt timed out."""
-    status = str(rollout.status)
+    """The rollout's status as the core judges it (:func:`agl_tinker.core.rewards.final_status`)."""
     attempt = getattr(rollout, "attempt", None)
-    if status == "failed" and attempt is not None and attempt.status in ("timeout", "unresponsive"):
-        return "timeout"
-    if status == "failed" and (rollout.metadata or {}).get(DEADLINE_METADATA_KEY):
-        return "timeout"  # never started before the step's stall deadline
-    return status
+    return final_status(
+        str(rollout.status),
+        attempt_status=attempt.status if attempt is not None else None,
+        cut_by_deadline=bool((rollout.metadata or {}).get(DEADLINE_METADATA_KEY)),
+    )
 
 
 def _batch_metrics(
@@ -175,13 +176,11 @@ def _batch_metrics(
     outcomes = batch.outcomes
     n = max(1, len(outcomes))
     statuses = Counter(o.final_status for o in outcomes)
-    exclusions: Counter[str] = Counter()
+    exclusions = exclusion_counts(o.result for o in outcomes)
     drift = sequences = trajectories = off_policy = calls = 0
     returns: list[float] = []
     for o in outcomes:
         rt = o.result
-        if rt.exclusion is not None:
-            exclusions[str(rt.exclusion)] += 1
         drift += len(rt.alignment.drift)
         calls += len(rt.reconstruction.calls)
         off_policy += sum(

@@ -9,10 +9,10 @@ from spanfactory import CallSpec, call_spans, conversation, span_id
 from tinker_cookbook.rl.data_processing import trajectory_to_data
 
 from agl_tinker import spans as S
-from agl_tinker.core._construct import model_input
-from agl_tinker.core.align import DriftKind, align_calls, rollout_trajectory, trajectory_group
+from agl_tinker.core.align import DriftKind, align_calls, model_input
 from agl_tinker.core.reconstruct import reconstruct
 from agl_tinker.core.rewards import ExclusionReason, RewardOptions
+from agl_tinker.core.trajectory import alignment_trajectory, rollout_trajectory, trajectory_group
 
 IDS = dict(rollout_id="ro-1", attempt_id="at-1")
 
@@ -43,7 +43,7 @@ def test_growing_conversation_is_one_sequence_and_one_datum() -> None:
         assert alignment.metrics["sequences"] == 1 and not alignment.drift
         assert alignment.metrics["action_tokens"] == 5 * 50
         assert alignment.metrics["observation_tokens"] == 200 + 4 * 20
-        data = trajectory_to_data(alignment.trajectory(), 1.0)
+        data = trajectory_to_data(alignment_trajectory(alignment), 1.0)
         assert len(data) == 1
         assert int(data[0].loss_fn_inputs["mask"].to_torch().sum()) == 250
 
@@ -71,7 +71,7 @@ def test_drift_is_reported_with_position_and_decoded_windows() -> None:
     assert alignment.metrics["sequences"] == 2 and alignment.metrics["drift_events"] == 1
     # Nothing re-rendered is trained: the new sequence's actions are only the sampled tokens.
     assert [s.ac.tokens for s in alignment.steps] == [[4, 5], [8]]
-    assert len(trajectory_to_data(alignment.trajectory(), 1.0)) == 2
+    assert len(trajectory_to_data(alignment_trajectory(alignment), 1.0)) == 2
 
 
 def test_shorter_prompt_reports_the_end_of_the_shorter_one() -> None:
@@ -89,7 +89,7 @@ def test_concurrent_branches_are_separate_sequences_not_drift() -> None:
     assert [seq.call_indices for seq in alignment.sequences] == [(0, 2), (1, 3)]
     # Transitions are grouped by sequence, so the cookbook makes one datum each.
     assert alignment.step_calls == (0, 2, 1, 3)
-    assert len(trajectory_to_data(alignment.trajectory(), 1.0)) == 2
+    assert len(trajectory_to_data(alignment_trajectory(alignment), 1.0)) == 2
 
 
 def test_untrainable_call_in_the_middle_becomes_context() -> None:
@@ -101,7 +101,7 @@ def test_untrainable_call_in_the_middle_becomes_context() -> None:
     assert alignment.metrics["sequences"] == 1 and alignment.metrics["exact_checks"] == 2
     # Call 1's sampled tokens sit in call 2's observation (masked), never trained without logprobs.
     assert [s.observation_tokens for s in alignment.steps] == [2, 3]
-    datum = trajectory_to_data(alignment.trajectory(), 1.0)[0]
+    datum = trajectory_to_data(alignment_trajectory(alignment), 1.0)[0]
     assert datum.loss_fn_inputs["mask"].to_torch().tolist() == [0, 1, 0, 0, 0, 1]
 
 
@@ -163,4 +163,4 @@ def test_tuple_token_ids_from_otel_spans_align_like_lists() -> None:
     ]
     a, b = align_calls(reconstruct(spans).calls), align_calls(reconstruct(as_tuples).calls)
     assert a.metrics == b.metrics and [s.ac for s in a.steps] == [s.ac for s in b.steps]
-    assert len(trajectory_to_data(b.trajectory(), 1.0)) == 1
+    assert len(trajectory_to_data(alignment_trajectory(b), 1.0)) == 1

@@ -216,3 +216,37 @@ def test_llm_call_attributes_rejects_bad_input() -> None:
     )
     assert attrs[S.AGL_PREFIX_FINGERPRINT] == S.token_fingerprint([1])
     assert attrs[S.AGL_SEQUENCE_FINGERPRINT] == S.token_fingerprint([1, 2, 3])
+
+
+def test_dedupe_spans_keeps_one_copy_per_id_the_richest() -> None:
+    from agl_tinker.core.reconstruct import dedupe_spans
+
+    _, spans = conversation(3)
+    poorer = span(
+        spans[1].name,
+        {S.PROMPT_TOKEN_IDS: [1]},
+        span_id=spans[1].span_id,
+        sequence_id=spans[1].sequence_id,
+        start=spans[1].start_time,
+        end=spans[1].end_time,
+        **IDS,
+    )
+    unique, dropped = dedupe_spans([*spans, poorer, spans[0]])
+    assert dropped == 2 and unique == spans  # first appearance order; the richer copy kept
+    unique, dropped = dedupe_spans([poorer, *spans])
+    assert dropped == 1 and unique[0] is spans[1] and len(unique) == len(spans)
+
+
+def test_calls_without_any_token_are_problems_under_a_vocabulary_bound() -> None:
+    # Used to raise ValueError (the maximum of no token ids) when vocab_size was set.
+    attrs = S.llm_call_attributes(
+        prompt_token_ids=[],
+        response_token_ids=[],
+        logprobs=[],
+        response_id="r",
+        model="m",
+        finish_reason="stop",
+    )
+    s = span(S.LLM_CALL_SPAN_NAME, attrs, span_id=span_id(1), sequence_id=1, start=1.0, end=2.0, **IDS)
+    (call,) = reconstruct([s], ReconstructOptions(vocab_size=100)).calls
+    assert call.problem is CallProblem.EMPTY_PROMPT

@@ -17,9 +17,10 @@ from spanfactory import CallSpec, Writer, call_spans, reward_span, span_id
 from tinker_cookbook.rl.data_processing import assemble_training_data, compute_advantages
 from tinker_cookbook.rl.types import TrajectoryGroup
 
-from agl_tinker.core.align import DriftKind, align_calls, rollout_trajectory
+from agl_tinker.core.align import DriftKind, align_calls
 from agl_tinker.core.reconstruct import CallProblem, reconstruct
 from agl_tinker.core.rewards import RewardMode, RewardOptions, attribute_rewards
+from agl_tinker.core.trajectory import alignment_trajectory, rollout_trajectory
 
 VOCAB = 50_000
 
@@ -202,7 +203,7 @@ def check_run(run: Run, spans: list[Span]) -> None:
                 assert abs(sum(attribution.step_rewards) - total) < 1e-9
             else:
                 assert attribution.exclusion is not None and not attribution.trainable
-        trajectory = alignment.trajectory([0.0] * len(alignment.steps))
+        trajectory = alignment_trajectory(alignment, [0.0] * len(alignment.steps))
         group = TrajectoryGroup([trajectory, trajectory], [1.0, 0.0], [{}, {}])
         data, _meta = assemble_training_data([group], compute_advantages([group]))
         assert len(data) == 2 * len(alignment.sequences)

@@ -89,3 +89,29 @@ def test_final_reward_goes_to_the_latest_call_in_any_step_order() -> None:
 
     assert _last_step([2, 7, 1, 3]) == 1 and _last_step((5,)) == 0
     assert _last_step([2, 7, 1, 7]) == 1  # ties (not produced by align): the first, as before
+
+
+@pytest.mark.parametrize(
+    ("status", "attempt", "cut", "final", "exclusion"),
+    [
+        ("succeeded", None, False, "succeeded", None),
+        ("succeeded", None, True, "succeeded", None),  # finished before the deadline cut it
+        ("failed", None, False, "failed", ExclusionReason.FAILED),
+        ("failed", "timeout", False, "timeout", ExclusionReason.TIMEOUT),
+        ("failed", "unresponsive", False, "unresponsive", ExclusionReason.TIMEOUT),
+        ("failed", "failed", True, "timeout", ExclusionReason.TIMEOUT),
+        ("cancelled", None, False, "cancelled", ExclusionReason.CANCELLED),
+        ("running", "running", False, "unfinished", ExclusionReason.UNFINISHED),
+        ("queuing", None, False, "unfinished", ExclusionReason.UNFINISHED),
+        ("timeout", None, False, "timeout", ExclusionReason.TIMEOUT),
+        ("something-new", None, False, "failed", ExclusionReason.FAILED),
+    ],
+)
+def test_final_status_and_its_exclusion(
+    status: str, attempt: str | None, cut: bool, final: str, exclusion: ExclusionReason | None
+) -> None:
+    from agl_tinker.core.rewards import exclusion_for, final_status
+
+    assert final_status(status, attempt_status=attempt, cut_by_deadline=cut) == final
+    assert exclusion_for(final, has_reward=True, has_steps=True) is exclusion
+    assert exclusion_for(status if not cut and attempt is None else final, True, True) is exclusion
