@@ -21,7 +21,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from agl_tinker.endpoint.chat_request import BadRequest
-from agl_tinker.endpoint.provider import TinkerChatProvider, llmproxy_rollout_headers, span_attributes
+from agl_tinker.endpoint.provider import (
+    TinkerChatProvider,
+    generation_from_response,
+    llmproxy_rollout_headers,
+    span_attributes,
+)
 from agl_tinker.endpoint.span_recorder import CallRecord, SpanRecorder
 from agl_tinker.net import free_port
 
@@ -84,7 +89,9 @@ class ProxySpanLogger(CustomLogger):
             CallRecord(
                 rollout_id=headers["x-rollout-id"],
                 attempt_id=headers["x-attempt-id"],
-                attributes=span_attributes(response_obj, kwargs.get("messages") or [], served_model),
+                attributes=span_attributes(
+                    generation_from_response(response_obj), kwargs.get("messages") or [], served_model
+                ),
                 start_time=start_time.timestamp(),
                 end_time=end_time.timestamp(),
                 sequence_id=int(sequence) if sequence.isdigit() else None,

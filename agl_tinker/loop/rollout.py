@@ -278,7 +278,7 @@ class _Dispatch(Generic[T]):
         self.processing -= 1
         self._report()
 
-    async def _hit_deadline(self, stalled: bool) -> None:
+    async def _hit_deadline(self, *, stalled: bool) -> None:
         """Cancel what is still running so the store finishes it and the waiters wake up.
 
         ``stalled``: the stall deadline fired (not ``batch_timeout_s``): the cancelled rollouts
