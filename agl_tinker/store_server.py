@@ -3,15 +3,14 @@
 Agent-lightning 0.3.0's ``LightningStoreServer`` wraps every request in two Starlette
 ``BaseHTTPMiddleware`` layers (``_app_exception_handler``: unhandled errors become a 500 JSON
 body; ``_log_time``: a debug line per request). Each such layer runs the rest of the app in a new
-task behind a memory stream, which on the 2-core machine cost more than the route and the store
-together: 330 requests/s saturate one core (~3 ms CPU each), and while a batch of 32 rollouts
-finishes every store call, the runners' own included, waits ~100 ms. ``LeanStoreServer`` swaps the
-two layers for one plain ASGI middleware with the same behaviour (same 500 body, same debug line on
-the same logger) and serves 830 requests/s in the same workload; ``benchmarks/dispatch.py``
-measures what that does to the bridge overhead over HTTP. Routes, models, the store, the client and
+task behind a memory stream, which costs more CPU than the route and the store together, so while a
+batch of rollouts finishes every store call, the runners' own included, queues behind it.
+``LeanStoreServer`` swaps the two layers for one plain ASGI middleware with the same behaviour (same
+500 body, same debug line on the same logger); ``benchmarks/dispatch.py`` measures what that does to
+the bridge overhead over HTTP. Routes, models, the store, the client and
 everything else are Agent-lightning's own, so ``LightningStoreClient`` and ``agl`` runners talk to
 it unchanged. uvicorn also parses HTTP with ``httptools`` when it is installed (a dependency of
-this package), another ~15%.
+this package).
 
 It also answers one route of its own, ``POST /v1/agl/agl-tinker/waits/any``
 (:data:`WAIT_ANY_PATH`): "return as soon as *any* of these rollouts has finished, with the

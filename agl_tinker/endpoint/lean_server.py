@@ -2,8 +2,8 @@
 
 By default the server calls the provider's own ``generate``/``fill_response`` (what LiteLLM's
 ``CustomLLM.acompletion`` runs) and skips ``litellm.acompletion``'s generic dispatch: with the
-pinned LiteLLM that dispatch (a thread hop, logging payloads, cost lookups) costs 3-5 ms per call,
-more than the rest of the endpoint together. ``litellm_dispatch=True`` routes every call through
+pinned LiteLLM that dispatch (a thread hop, logging payloads, cost lookups) costs more per call than
+the rest of the endpoint together (``benchmarks/endpoint.py``). ``litellm_dispatch=True`` routes every call through
 ``litellm.acompletion`` instead, for users whose LiteLLM callbacks must see the calls.
 
 Serves ``/v1/chat/completions`` and the rollout-attributed ``/rollout/{rid}/attempt/{aid}/v1/...``
