@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from agentlightning.store.base import LightningStore
-from agentlightning.types import AttemptedRollout, EnqueueRolloutRequest, Rollout, Span
+from agentlightning.types import EnqueueRolloutRequest, Rollout, Span
 
 from agl_tinker.loop.completion import CompletionSource, open_completion_source
 from agl_tinker.loop.dispatch_types import (
@@ -41,6 +41,7 @@ from agl_tinker.loop.dispatch_types import (
     ProcessError,
     RolloutOutcome,
     StoreCallError,
+    outcome_of,
 )
 from agl_tinker.loop.store_calls import StoreCaller, cancel_unfinished, dedupe_spans
 
@@ -319,20 +320,14 @@ class ContinuousDispatcher(Generic[T]):
             raise ProcessError(
                 rid, f"process() failed on rollout {rid} (group {key}, slot {slot}): {e!r}"
             ) from e
-        attempt = rollout.attempt if isinstance(rollout, AttemptedRollout) else None
         noticed = self._watcher.noticed.get(rid) if self._watcher is not None else None
-        return RolloutOutcome(
-            rollout_id=rid,
+        return outcome_of(
+            rollout,
+            result,
             group_index=key,
             slot=slot,
-            status=rollout.status,
-            attempt_status=attempt.status if attempt is not None else None,
-            n_attempts=attempt.sequence_id if attempt is not None else 0,
             n_spans=len(unique),
             n_duplicate_spans=n_dup,
-            result=result,
-            end_time=rollout.end_time,
-            ready_time=time.time(),
             noticed_time=noticed,
         )
 

@@ -6,11 +6,19 @@ Shared by :func:`agl_tinker.loop.rollout.dispatch_batch` (one batch, then return
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
-from agentlightning.types import AttemptStatus, RolloutConfig, RolloutMode, RolloutStatus
+from agentlightning.types import (
+    AttemptedRollout,
+    AttemptStatus,
+    Rollout,
+    RolloutConfig,
+    RolloutMode,
+    RolloutStatus,
+)
 
 __all__ = [
     "DEADLINE_METADATA_KEY",
@@ -26,6 +34,7 @@ __all__ = [
     "RolloutsLost",
     "StoreCallError",
     "WaitStrategy",
+    "outcome_of",
 ]
 
 T = TypeVar("T")
@@ -181,6 +190,50 @@ class RolloutOutcome(Generic[T]):
     def read_s(self) -> float | None:
         """The rest of ``overhead_s``: reading the rollout and its spans, and ``process``."""
         return None if self.noticed_time is None else self.ready_time - self.noticed_time
+
+
+def outcome_of(
+    rollout: Rollout,
+    result: T,
+    *,
+    group_index: int,
+    slot: int,
+    n_spans: int,
+    n_duplicate_spans: int,
+    noticed_time: float | None,
+    cut_by_deadline: bool = False,
+) -> RolloutOutcome[T]:
+    """The outcome of a finished rollout ``process`` just turned into ``result`` (ready now).
+
+    Args:
+        rollout: the finished rollout as ``process`` saw it (an ``AttemptedRollout`` when it ran).
+        result: what ``process`` returned.
+        group_index: the group (task index, or the continuous dispatcher's group key).
+        slot: its place in the group.
+        n_spans: spans handed to ``process``, after dedupe.
+        n_duplicate_spans: copies dedupe dropped.
+        noticed_time: ``time.time()`` its completion source saw it finished, if known.
+        cut_by_deadline: ended by ``stall_timeout_s``.
+
+    Returns:
+        The outcome, ``ready_time`` set to now.
+    """
+    attempt = rollout.attempt if isinstance(rollout, AttemptedRollout) else None
+    return RolloutOutcome(
+        rollout_id=rollout.rollout_id,
+        group_index=group_index,
+        slot=slot,
+        status=rollout.status,
+        attempt_status=attempt.status if attempt is not None else None,
+        n_attempts=attempt.sequence_id if attempt is not None else 0,
+        n_spans=n_spans,
+        n_duplicate_spans=n_duplicate_spans,
+        result=result,
+        end_time=rollout.end_time,
+        ready_time=time.time(),
+        noticed_time=noticed_time,
+        cut_by_deadline=cut_by_deadline,
+    )
 
 
 @dataclass(frozen=True)

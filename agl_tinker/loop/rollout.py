@@ -43,6 +43,7 @@ from agl_tinker.loop.dispatch_types import (
     RolloutsLost,
     StoreCallError,
     WaitStrategy,
+    outcome_of,
 )
 from agl_tinker.loop.store_calls import StoreCaller, cancel_unfinished, dedupe_spans
 
@@ -258,20 +259,13 @@ class _Dispatch(Generic[T]):
             raise ProcessError(
                 rid, f"process() failed on rollout {rid} (task {slot[0]}, slot {slot[1]}): {e!r}"
             ) from e
-        ready = time.time()
-        attempt = rollout.attempt if isinstance(rollout, AttemptedRollout) else None
-        self.outcomes[slot] = RolloutOutcome(
-            rollout_id=rid,
+        self.outcomes[slot] = outcome_of(
+            rollout,
+            result,
             group_index=slot[0],
             slot=slot[1],
-            status=rollout.status,
-            attempt_status=attempt.status if attempt is not None else None,
-            n_attempts=attempt.sequence_id if attempt is not None else 0,
             n_spans=len(unique),
             n_duplicate_spans=n_dup,
-            result=result,
-            end_time=rollout.end_time,
-            ready_time=ready,
             noticed_time=self.watcher.noticed.get(rid) if self.watcher is not None else None,
             cut_by_deadline=cut,
         )
