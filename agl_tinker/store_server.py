@@ -3,15 +3,14 @@
 Agent-lightning 0.3.0's ``LightningStoreServer`` wraps every request in two Starlette
 ``BaseHTTPMiddleware`` layers (``_app_exception_handler``: unhandled errors become a 500 JSON
 body; ``_log_time``: a debug line per request). Each such layer runs the rest of the app in a new
-task behind a memory stream, which on the 2-core machine cost more than the route and the store
-together: 330 requests/s saturate one core (~3 ms CPU each), and while a batch of 32 rollouts
-finishes every store call, the runners' own included, waits ~100 ms. ``LeanStoreServer`` swaps the
-two layers for one plain ASGI middleware with the same behaviour (same 500 body, same debug line on
-the same logger) and serves 830 requests/s in the same workload; ``benchmarks/dispatch.py``
-measures what that does to the bridge overhead over HTTP. Routes, models, the store, the client and
+task behind a memory stream, which costs more CPU than the route and the store together, so while a
+batch of rollouts finishes every store call, the runners' own included, queues behind it.
+``LeanStoreServer`` swaps the two layers for one plain ASGI middleware with the same behaviour (same
+500 body, same debug line on the same logger); ``benchmarks/dispatch.py`` measures what that does to
+the bridge overhead over HTTP. Routes, models, the store, the client and
 everything else are Agent-lightning's own, so ``LightningStoreClient`` and ``agl`` runners talk to
 it unchanged. uvicorn also parses HTTP with ``httptools`` when it is installed (a dependency of
-this package), another ~15%.
+this package).
 
 It also answers one route of its own, ``POST /v1/agl/agl-tinker/waits/any``
 (:data:`WAIT_ANY_PATH`): "return as soon as *any* of these rollouts has finished, with the
@@ -32,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
@@ -53,6 +51,14 @@ from pydantic import BaseModel, Field
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.responses import JSONResponse
+
+from agl_tinker.agl_internals import (
+    client_request_json,
+    drop_emptied_index_level,
+    forget_rollout_bookkeeping,
+    memory_store_completion_events,
+    server_store_is_here,
+)
 
 __all__ = [
     "MAX_WAIT_ANY_S",
@@ -120,7 +126,7 @@ def in_process_memory_store(store: LightningStore) -> InMemoryLightningStore | N
     inner: Any = store
     if isinstance(inner, LightningStoreServer):
         # A server owned by another process (or unpickled) holds no store: it forwards over HTTP.
-        if inner.store is None or getattr(inner, "_owner_pid", None) != os.getpid():
+        if not server_store_is_here(inner):
             return None
         inner = inner.store
     if isinstance(inner, LightningStoreThreaded):
@@ -134,8 +140,7 @@ def completion_events(store: LightningStore) -> Mapping[str, Any] | None:
     ``None`` for any other store, and for a server whose store lives in another process.
     """
     inner = in_process_memory_store(store)
-    events = getattr(inner, "_completion_events", None) if inner is not None else None
-    return events if isinstance(events, dict) else None
+    return memory_store_completion_events(inner) if inner is not None else None
 
 
 async def release_rollouts(store: LightningStore, rollout_ids: Sequence[str]) -> list[str] | None:
@@ -156,7 +161,7 @@ async def release_rollouts(store: LightningStore, rollout_ids: Sequence[str]) ->
         return await release_from_memory_store(inner, ids)
     if isinstance(store, LightningStoreClient):
         try:
-            answer = await store._request_json("post", RELEASE_PATH, json={"rollout_ids": ids})
+            answer = await client_request_json(store, "post", RELEASE_PATH, body={"rollout_ids": ids})
         except aiohttp.ClientResponseError as e:
             if e.status in (404, 405):  # not an agl-tinker store server
                 return None
@@ -169,11 +174,10 @@ async def release_from_memory_store(store: InMemoryLightningStore, rollout_ids: 
     """Delete finished rollouts and everything the in-memory store keeps for them.
 
     Agent-lightning 0.3.0's stores have no public delete. This uses the store's collections' own
-    ``query`` / ``delete`` / ``pop`` under the store's locks, and private attributes for the rest:
-    the emptied per-rollout level of the collections' indexes, and the per-rollout bookkeeping
-    ``InMemoryLightningStore`` keeps beside its collections (completion events, start times, span
-    byte counts, running ids). This is the one place the package touches them; revisit when
-    Agent-lightning gains a delete.
+    ``query`` / ``delete`` / ``pop`` under the store's locks, and, through
+    :mod:`agl_tinker.agl_internals`, private attributes for the rest: the emptied per-rollout level
+    of the collections' indexes, and the per-rollout bookkeeping ``InMemoryLightningStore`` keeps
+    beside its collections (completion events, start times, span byte counts, running ids).
     """
     released: list[str] = []
     labels: Any = ["rollouts", "attempts", "spans", "span_sequence_ids"]
@@ -185,21 +189,12 @@ async def release_from_memory_store(store: InMemoryLightningStore, rollout_ids: 
             for collection in (collections.spans, collections.attempts):
                 items = await collection.query(filter={"rollout_id": {"exact": rid}})
                 await collection.delete(list(items.items))
-                collection._items.pop(rid, None)  # the emptied per-rollout level of its index
+                drop_emptied_index_level(collection, rid)
             await collections.span_sequence_ids.pop(rid)
             await collections.rollouts.delete([rollout])
-            _forget_bookkeeping(store, rid)
+            forget_rollout_bookkeeping(store, rid)
             released.append(rid)
     return released
-
-
-def _forget_bookkeeping(store: InMemoryLightningStore, rid: str) -> None:
-    store._completion_events.pop(rid, None)
-    store._start_time_by_rollout.pop(rid, None)
-    store._running_rollout_ids.discard(rid)
-    store._evicted_rollout_span_sets.discard(rid)
-    removed = store._span_bytes_by_rollout.pop(rid, 0)
-    store._total_span_bytes = max(store._total_span_bytes - removed, 0)
 
 
 # The ``@app.middleware("http")`` functions of LightningStoreServer._setup_routes that

@@ -21,7 +21,7 @@ from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.store.threading import LightningStoreThreaded
 
 from agl_tinker.backend import get_tokenizer, service_client
-from agl_tinker.core.align import RolloutTrajectory, rollout_trajectory
+from agl_tinker.core.trajectory import RolloutTrajectory, rollout_trajectory
 from agl_tinker.endpoint.start import Endpoint, EndpointConfig, start_endpoint
 from agl_tinker.loop.algo import fit
 from agl_tinker.loop.config import TrainConfig

@@ -282,21 +282,3 @@ def _merge_cookbook_continuations(seqs: list[_Seq]) -> bool:
         else:
             i += 1
     return merged
-
-
-_MOVED_TO_TRAJECTORY = frozenset(
-    {"GroupReport", "RolloutTrajectory", "problem_metrics", "rollout_trajectory", "trajectory_group"}
-)
-
-
-def __getattr__(name: str) -> Any:
-    """The pipeline's names, which moved to :mod:`agl_tinker.core.trajectory` (PEP 562).
-
-    Kept so code written against the old layout (branches in flight) still imports; new code
-    imports them from ``agl_tinker.core.trajectory``.
-    """
-    if name in _MOVED_TO_TRAJECTORY:
-        from agl_tinker.core import trajectory
-
-        return getattr(trajectory, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

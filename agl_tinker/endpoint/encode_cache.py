@@ -2,8 +2,8 @@
 
 A renderer encodes a chat piece by piece: role headers, end-of-turn markers and, without
 token-in-token-out, every earlier turn again on each request. Through ``transformers`` each
-``encode`` call costs about 0.1 ms of Python wrapping around a few microseconds of Rust, which made
-rendering the largest part of the endpoint's own time per call. Encoding is a pure function of the
+``encode`` call is mostly Python wrapping around a short Rust call, which made rendering the largest
+part of the endpoint's own time per call (``benchmarks/endpoint.py`` measures it). Encoding is a pure function of the
 text, so a bounded LRU of the short pieces gives identical ids at a fraction of the cost.
 """
 

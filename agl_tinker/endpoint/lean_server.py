@@ -2,8 +2,8 @@
 
 By default the server calls the provider's own ``generate``/``fill_response`` (what LiteLLM's
 ``CustomLLM.acompletion`` runs) and skips ``litellm.acompletion``'s generic dispatch: with the
-pinned LiteLLM that dispatch (a thread hop, logging payloads, cost lookups) costs 3-5 ms per call,
-more than the rest of the endpoint together. ``litellm_dispatch=True`` routes every call through
+pinned LiteLLM that dispatch (a thread hop, logging payloads, cost lookups) costs more per call than
+the rest of the endpoint together (``benchmarks/endpoint.py``). ``litellm_dispatch=True`` routes every call through
 ``litellm.acompletion`` instead, for users whose LiteLLM callbacks must see the calls.
 
 Serves ``/v1/chat/completions`` and the rollout-attributed ``/rollout/{rid}/attempt/{aid}/v1/...``
@@ -34,7 +34,7 @@ from agl_tinker.endpoint.provider import (
     TITO_SCOPE,
     InvalidChatRequest,
     TinkerChatProvider,
-    generation_span_attributes,
+    generation_from_response,
     span_attributes,
 )
 from agl_tinker.endpoint.span_recorder import CallRecord, SpanRecorder
@@ -52,7 +52,7 @@ def openai_error(status: int, message: str, kind: str = "invalid_request_error")
     )
 
 
-def sse_chunks(completion: dict[str, Any], include_usage: bool) -> Iterator[bytes]:
+def sse_chunks(completion: dict[str, Any], *, include_usage: bool) -> Iterator[bytes]:
     """The finished completion as OpenAI ``chat.completion.chunk`` events, ending with ``[DONE]``.
 
     The last chunk also carries the token extras (``token_ids``, ``prompt_token_ids``) so a client
@@ -231,13 +231,13 @@ class LeanServer:
                 response = await self._via_litellm(body, scope)
                 response.model = model
                 completion = response.model_dump()
-                attributes = functools.partial(span_attributes, response, body["messages"], model)
+                attributes = functools.partial(
+                    span_attributes, generation_from_response(response), body["messages"], model
+                )
             else:
                 generation = await provider.generate(parsed, scope)
                 completion = provider.completion_dict(generation, parsed, model)
-                attributes = functools.partial(
-                    generation_span_attributes, generation, body["messages"], model
-                )
+                attributes = functools.partial(span_attributes, generation, body["messages"], model)
         except BadRequest as exc:
             return openai_error(400, str(exc))
         except InvalidChatRequest as exc:
@@ -260,7 +260,7 @@ class LeanServer:
             )
         if not parsed.stream:
             return web.Response(body=json.dumps(completion).encode(), content_type="application/json")
-        return await self._stream(request, sse_chunks(completion, parsed.include_usage))
+        return await self._stream(request, sse_chunks(completion, include_usage=parsed.include_usage))
 
     async def _via_litellm(self, body: dict[str, Any], scope: str | None) -> ModelResponse:
         """The same answer through ``litellm.acompletion``, so LiteLLM's callbacks see the call."""

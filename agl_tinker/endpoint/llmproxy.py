@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from typing import Any, ClassVar
 
 from agentlightning.llm_proxy import LLMProxy
@@ -22,15 +21,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from agl_tinker.endpoint.chat_request import BadRequest
-from agl_tinker.endpoint.provider import TinkerChatProvider, llmproxy_rollout_headers, span_attributes
+from agl_tinker.endpoint.provider import (
+    TinkerChatProvider,
+    generation_from_response,
+    llmproxy_rollout_headers,
+    span_attributes,
+)
 from agl_tinker.endpoint.span_recorder import CallRecord, SpanRecorder
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
+from agl_tinker.net import free_port
 
 _PROVIDERS: dict[str, TinkerChatProvider] = {}
 """Served model name -> provider, for :class:`RequestGuard` (middleware classes take no arguments)."""
@@ -91,7 +89,9 @@ class ProxySpanLogger(CustomLogger):
             CallRecord(
                 rollout_id=headers["x-rollout-id"],
                 attempt_id=headers["x-attempt-id"],
-                attributes=span_attributes(response_obj, kwargs.get("messages") or [], served_model),
+                attributes=span_attributes(
+                    generation_from_response(response_obj), kwargs.get("messages") or [], served_model
+                ),
                 start_time=start_time.timestamp(),
                 end_time=end_time.timestamp(),
                 sequence_id=int(sequence) if sequence.isdigit() else None,
@@ -120,7 +120,7 @@ class ProxyServer:
         # LiteLLM's proxy refuses to start without a master key unless told the endpoint is local.
         os.environ.setdefault("LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY", "true")
         self.proxy = LLMProxy(
-            port=port or _free_port(host),
+            port=port or free_port(host),
             host=host,
             model_list=[{"model_name": served_model, "litellm_params": {"model": litellm_model}}],
             store=store,

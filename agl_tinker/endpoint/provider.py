@@ -320,7 +320,7 @@ class TinkerChatProvider(CustomLLM):
 
     def completion_dict(self, generation: Generation, request: ChatRequest, model: str) -> dict[str, Any]:
         """``generation`` as the JSON body :meth:`fill_response`'s ``model_dump()`` gives, built
-        directly: the lean server's hot path skips LiteLLM's pydantic response (~0.2 ms per call)."""
+        directly: the lean server's hot path skips building LiteLLM's pydantic response."""
         choice: dict[str, Any] = {
             "finish_reason": generation.finish_reason,
             "index": 0,
@@ -419,34 +419,22 @@ class TinkerChatProvider(CustomLLM):
 
 
 def span_attributes(
-    response: ModelResponse, messages: Sequence[Mapping[str, Any]], model: str
-) -> dict[str, Any]:
-    """The LLM-call span attributes (:mod:`agl_tinker.spans` schema) of an answer this provider gave."""
-    choice = response.choices[0]
-    message = choice.message  # type: ignore[union-attr,attr-defined]
-    completion: dict[str, Any] = {"role": "assistant", "content": message.content}
-    if message.tool_calls:
-        completion["tool_calls"] = [call.model_dump() for call in message.tool_calls]
-    return llm_call_attributes(
-        prompt_token_ids=response.prompt_token_ids,  # type: ignore[attr-defined]
-        response_token_ids=choice.token_ids,  # type: ignore[union-attr,attr-defined]
-        logprobs=choice.token_logprobs,  # type: ignore[union-attr,attr-defined]
-        response_id=response.id,
-        model=model,
-        response_model=model,
-        finish_reason=choice.finish_reason,
-        weights_version=response.weights_version,  # type: ignore[attr-defined]
-        messages=messages,
-        completion=completion,
-        prefix_length=response._hidden_params.get(_REUSED_PREFIX),
-        tool_call_parse_failures=response._hidden_params.get(_PARSE_FAILURES) or 0,
-    )
-
-
-def generation_span_attributes(
     generation: Generation, messages: Sequence[Mapping[str, Any]], model: str
 ) -> dict[str, Any]:
-    """:func:`span_attributes` of the answer ``generation`` became, without building it first."""
+    """The LLM-call span attributes (:mod:`agl_tinker.spans` schema) of one answer: the one builder.
+
+    Both servers record through it: the lean server from the ``Generation`` it answered with, the
+    LiteLLM paths (the lean server's ``litellm_dispatch``, LLMProxy's callback) from the response
+    via :func:`generation_from_response`.
+
+    Args:
+        generation: the answer.
+        messages: the request's messages, as the agent sent them.
+        model: the served model name (request and response model).
+
+    Returns:
+        The span attributes.
+    """
     completion: dict[str, Any] = {"role": "assistant", "content": _answer_content(generation)}
     if generation.tool_calls:
         completion["tool_calls"] = generation.tool_calls
@@ -463,6 +451,31 @@ def generation_span_attributes(
         completion=completion,
         prefix_length=generation.reused_prefix_length,
         tool_call_parse_failures=generation.tool_call_parse_failures,
+    )
+
+
+def generation_from_response(response: ModelResponse) -> Generation:
+    """The ``Generation`` a response of this provider was filled from (:meth:`TinkerChatProvider.fill_response`).
+
+    Args:
+        response: an answer of this provider, as LiteLLM hands it back (token extras included).
+
+    Returns:
+        The generation; ``text`` is the message content (``""`` for a tool-call-only answer).
+    """
+    choice = response.choices[0]
+    message = choice.message  # type: ignore[union-attr,attr-defined]
+    return Generation(
+        response_id=response.id,
+        prompt_token_ids=response.prompt_token_ids,  # type: ignore[attr-defined]
+        response_token_ids=choice.token_ids,  # type: ignore[union-attr,attr-defined]
+        logprobs=choice.token_logprobs,  # type: ignore[union-attr,attr-defined]
+        text=message.content or "",
+        tool_calls=[call.model_dump() for call in message.tool_calls or []],
+        finish_reason=cast(str, choice.finish_reason),  # as fill_response set it
+        weights_version=response.weights_version,  # type: ignore[attr-defined]
+        reused_prefix_length=response._hidden_params.get(_REUSED_PREFIX),
+        tool_call_parse_failures=response._hidden_params.get(_PARSE_FAILURES) or 0,
     )
 
 

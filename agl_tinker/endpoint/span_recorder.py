@@ -2,8 +2,8 @@
 
 A request only appends a record to a buffer (thread-safe, O(1)); one writer task per recorder
 drains it, allocating sequence ids and adding spans in one store call each per batch. The writer
-lingers ``linger_s`` after the first record of a batch: a store call has a fixed cost (about 0.5 ms
-in-process, a round trip over HTTP) that one span per call would pay on every request, and a
+lingers ``linger_s`` after the first record of a batch: a store call has a fixed cost (a lock
+and a copy in-process, a round trip over HTTP) that one span per call would pay on every request, and a
 write that runs while the next request arrives delays it. ``flush`` skips the linger. A store error
 is logged with the batch size and the batch is kept for the next try, so a slow or failing store
 never delays or fails an answer; :meth:`flush` waits until everything recorded so far is stored.

@@ -10,7 +10,6 @@ import multiprocessing as mp
 import os
 import secrets
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +30,7 @@ from agentlightning.utils.server_launcher import PythonServerLauncherArgs
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.preflight import check_setup
 from agl_tinker.loop.train import TrainResult, train
+from agl_tinker.net import free_port
 from agl_tinker.runners.deadline import DeadlineRunner
 from agl_tinker.runners.supervise import RunnerSupervisor
 from agl_tinker.runners.tracing import repair_store_otlp_export
@@ -166,7 +166,7 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
         fixed = given is not None or os.environ.get("AGL_SERVER_PORT")
         super().__init__(*args, **kwargs)
         if not fixed:
-            self.server_port = _free_port(_bind_host(self.server_host))
+            self.server_port = free_port(_bind_host(self.server_host))
         self.run_id = secrets.token_hex(8)
 
     def _spawn_runners(
@@ -406,9 +406,3 @@ def interrupt_watch() -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, previous)
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])

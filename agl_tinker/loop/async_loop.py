@@ -42,19 +42,15 @@ from typing import Any
 import tinker
 from agentlightning.types import RolloutConfig
 from tinker_cookbook import checkpoint_utils
-from tinker_cookbook.rl.data_processing import (
-    assemble_training_data,
-    compute_advantages,
-    remove_constant_reward_groups,
-)
-from tinker_cookbook.rl.metrics import compute_kl_sample_train, incorporate_kl_penalty
+from tinker_cookbook.rl.metrics import compute_kl_sample_train
 from tinker_cookbook.rl.train import train_step
 from tinker_cookbook.rl.types import TrajectoryGroup
 from tinker_cookbook.utils import ml_log
 
-from agl_tinker.core.trajectory import RolloutTrajectory, trajectory_group
+from agl_tinker.core.trajectory import RolloutTrajectory
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.continuous_dispatch import ContinuousDispatcher, FinishedGroup, GroupRequest
+from agl_tinker.loop.datums import group_datums
 from agl_tinker.loop.rollout import (
     BatchResult,
     DispatchConfig,
@@ -278,34 +274,17 @@ class _StepTrainer:
     async def _datums(
         self, rollout_groups: list[list[RolloutTrajectory]], keys: list[int]
     ) -> list[tinker.Datum]:
-        groups: list[TrajectoryGroup] = []
-        kept_keys: list[int] = []
-        for rollouts, key in zip(rollout_groups, keys, strict=True):
-            group, _report = trajectory_group(rollouts, min_valid=self.cfg.min_valid_per_group)
-            if group is None:
-                self.metrics["groups/dropped"] += 1
-            else:
-                groups.append(group)
-                kept_keys.append(key)
-        self.groups.extend(groups)
-        if self.cfg.remove_constant_reward_groups and groups:
-            varied = remove_constant_reward_groups(groups)
-            self.metrics["groups/constant_removed"] += len(groups) - len(varied)
-            kept_keys = [k for g, k in zip(groups, kept_keys, strict=True) if any(g is v for v in varied)]
-            groups = varied
-        if not groups:
+        made = await group_datums(rollout_groups, self.cfg, kl_reference=self.loop.kl_reference)
+        self.groups.extend(made.valid)
+        self.metrics["groups/dropped"] += made.dropped
+        self.metrics["groups/constant_removed"] += made.constant_removed
+        if not made.trained:
             return []
-        self.metrics["groups/trained"] += len(groups)
-        self.trained_groups.update(kept_keys)
-        data, _meta = assemble_training_data(groups, compute_advantages(groups))
-        if self.cfg.kl_penalty_coef > 0 and self.loop.kl_reference is not None and data:
-            self.metrics.update(
-                await incorporate_kl_penalty(
-                    data, self.loop.kl_reference, self.cfg.kl_penalty_coef, self.cfg.kl_discount_factor
-                )
-            )
-        self.data.extend(data)
-        return data
+        self.metrics["groups/trained"] += len(made.trained)
+        self.trained_groups.update(keys[i] for i in made.trained)
+        self.metrics.update(made.kl_metrics)
+        self.data.extend(made.data)
+        return made.data
 
     async def _submit_minibatch(self) -> None:
         data = await self._datums(self._minibatch, self._keys)

@@ -7,7 +7,7 @@ finished group out on its own (:meth:`next_group`, completion order). The traini
 groups as they come and trains while the next ones run.
 
 Completions are learned, and finished rollouts read, as ``dispatch_batch`` does (the same
-completion watcher: store events, wait-for-any or long-poll; one ``query_spans`` per rollout and
+completion sources, :mod:`agl_tinker.loop.completion`: store events, wait-for-any or long-poll; one ``query_spans`` per rollout and
 the rollout itself from the wait-for-any answer or one ``query_rollouts`` per round). Rollout
 timeouts and retries are the store's, through ``DispatchConfig.rollout_config``;
 ``DispatchConfig.batch_timeout_s`` and ``max_in_flight`` do not apply (the caps are arguments).
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -33,22 +32,21 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from agentlightning.store.base import LightningStore
-from agentlightning.types import AttemptedRollout, EnqueueRolloutRequest, Rollout, Span
+from agentlightning.types import EnqueueRolloutRequest, Rollout, Span
 
-from agl_tinker.loop.rollout import (
+from agl_tinker.core.reconstruct import dedupe_spans
+from agl_tinker.loop.completion import CompletionSource, open_completion_source
+from agl_tinker.loop.dispatch_types import (
     DispatchConfig,
     DispatchError,
     ProcessError,
     RolloutOutcome,
     StoreCallError,
-    _Caller,
-    _CompletionWatcher,
-    _dedupe_spans,
+    outcome_of,
 )
+from agl_tinker.loop.store_calls import StoreCaller, cancel_unfinished
 
 __all__ = ["ContinuousDispatcher", "FinishedGroup", "GroupRequest"]
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -117,8 +115,8 @@ class ContinuousDispatcher(Generic[T]):
         self._cfg = config or DispatchConfig()
         self._max_groups = max_groups
         self._max_rollouts = max_rollouts
-        self._call = _Caller(self._cfg.store_retries)
-        self._watcher: _CompletionWatcher | None = None
+        self._call = StoreCaller(self._cfg.store_retries)
+        self._watcher: CompletionSource | None = None
         self._pending: deque[GroupRequest] = deque()
         self._running: dict[int, _Running] = {}  # by group key
         self._by_rollout: dict[str, tuple[int, int]] = {}  # unfinished rollout id -> (key, slot)
@@ -133,7 +131,7 @@ class ContinuousDispatcher(Generic[T]):
     # -- public --------------------------------------------------------------------------------
 
     async def __aenter__(self) -> ContinuousDispatcher[T]:
-        self._watcher = _CompletionWatcher(self._store, self._cfg, self._call)
+        self._watcher = open_completion_source(self._store, self._cfg, self._call)
         self._idle_since = time.perf_counter()
         self._loop_task = asyncio.create_task(self._collect_loop())
         return self
@@ -316,27 +314,21 @@ class ContinuousDispatcher(Generic[T]):
         if rollout is None:
             raise StoreCallError(f"query_rollouts did not return finished rollout {rid}")
         spans = await self._call("query_spans", functools.partial(self._store.query_spans, rid, "latest"))
-        unique, n_dup = _dedupe_spans(spans)
+        unique, n_dup = dedupe_spans(spans)
         try:
             result = self._process(rollout, unique)
         except Exception as e:
             raise ProcessError(
                 rid, f"process() failed on rollout {rid} (group {key}, slot {slot}): {e!r}"
             ) from e
-        attempt = rollout.attempt if isinstance(rollout, AttemptedRollout) else None
         noticed = self._watcher.noticed.get(rid) if self._watcher is not None else None
-        return RolloutOutcome(
-            rollout_id=rid,
+        return outcome_of(
+            rollout,
+            result,
             group_index=key,
             slot=slot,
-            status=rollout.status,
-            attempt_status=attempt.status if attempt is not None else None,
-            n_attempts=attempt.sequence_id if attempt is not None else 0,
             n_spans=len(unique),
             n_duplicate_spans=n_dup,
-            result=result,
-            end_time=rollout.end_time,
-            ready_time=time.time(),
             noticed_time=noticed,
         )
 
@@ -357,11 +349,4 @@ class ContinuousDispatcher(Generic[T]):
         ids = list(self._by_rollout)
         self._by_rollout.clear()
         self._running.clear()
-        if not ids:
-            return
-        try:
-            async with asyncio.timeout(5.0):
-                for rid in ids:
-                    await self._store.update_rollout(rollout_id=rid, status="cancelled")
-        except Exception as e:
-            logger.warning("could not cancel %d unfinished rollouts: %r", len(ids), e)
+        await cancel_unfinished(self._store, ids)

@@ -36,9 +36,9 @@ from tinker_cookbook.rl.train import train_step
 from tinker_cookbook.rl.types import TrajectoryGroup
 
 from agl_tinker import backend
-from agl_tinker.core.align import RolloutTrajectory, rollout_trajectory, trajectory_group
 from agl_tinker.core.reconstruct import ReconstructOptions
 from agl_tinker.core.rewards import RewardOptions
+from agl_tinker.core.trajectory import RolloutTrajectory, rollout_trajectory, trajectory_group
 from agl_tinker.endpoint.start import EndpointConfig, PolicyServing, start_policy_endpoint
 from agl_tinker.loop.checkpoints import (
     AtomicCheckpointIndex,

@@ -43,12 +43,6 @@ from agentlightning.store.base import LightningStore
 from agentlightning.types import RolloutConfig
 from tinker_cookbook import checkpoint_utils, model_info
 from tinker_cookbook.checkpoint_utils import CheckpointRecord
-from tinker_cookbook.rl.data_processing import (
-    assemble_training_data,
-    compute_advantages,
-    remove_constant_reward_groups,
-)
-from tinker_cookbook.rl.metrics import incorporate_kl_penalty
 from tinker_cookbook.rl.train import train_step
 from tinker_cookbook.rl.types import TrajectoryGroup
 from tinker_cookbook.utils import ml_log
@@ -63,7 +57,6 @@ from agl_tinker.core.trajectory import (
     exclusion_counts,
     problem_metrics,
     rollout_trajectory,
-    trajectory_group,
 )
 from agl_tinker.endpoint.start import Endpoint, EndpointConfig, start_endpoint
 from agl_tinker.loop.checkpoints import (
@@ -76,6 +69,7 @@ from agl_tinker.loop.checkpoints import (
 )
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.data import TaskDataset, build_datasets
+from agl_tinker.loop.datums import group_datums
 from agl_tinker.loop.progress import ProgressDisplay, step_label
 from agl_tinker.loop.report import write_reward_curve
 from agl_tinker.loop.retry import (
@@ -466,44 +460,26 @@ class _Loop:
         rollout_groups, metrics = _batch_metrics(batch, step)
         metrics["rollouts/timeout"] = sum(1 for o in batch.outcomes if o.final_status == "timeout")
         metrics["rollouts/skipped"] = batch.stats.n_skipped
-        groups: list[TrajectoryGroup] = []
-        dropped = 0
-        for rollouts in rollout_groups:
-            group, _report = trajectory_group(rollouts, min_valid=cfg.min_valid_per_group)
-            if group is None:
-                dropped += 1
-            else:
-                groups.append(group)
-        self._check_trainable(step, batch, groups)
+        made = await group_datums(rollout_groups, cfg, kl_reference=self.kl_reference)
+        self._check_trainable(step, batch, made.valid)
         if cfg.remove_constant_reward_groups:
-            before = len(groups)
-            groups = remove_constant_reward_groups(groups)
-            metrics["groups/constant_removed"] = before - len(groups)
-        metrics["groups/dropped"] = dropped
-        metrics["groups/trained"] = len(groups)
-        n_datums = 0
-        if groups:
-            advantages = compute_advantages(groups)
-            data, _meta = assemble_training_data(groups, advantages)
-            if cfg.kl_penalty_coef > 0 and self.kl_reference is not None:
-                metrics.update(
-                    await incorporate_kl_penalty(
-                        data, self.kl_reference, cfg.kl_penalty_coef, cfg.kl_discount_factor
-                    )
-                )
-            n_datums = len(data)
-            if data:
-                optim_metrics: dict[str, Any] = {}
-                await train_step(
-                    data,
-                    self.training_client,
-                    cfg.learning_rate,
-                    cfg.num_substeps,
-                    cfg.loss_fn,
-                    cfg.loss_fn_config,
-                    metrics=optim_metrics,
-                )
-                metrics.update({f"optim/{k}": v for k, v in optim_metrics.items()})
+            metrics["groups/constant_removed"] = made.constant_removed
+        metrics["groups/dropped"] = made.dropped
+        metrics["groups/trained"] = len(made.trained)
+        metrics.update(made.kl_metrics)
+        n_datums = len(made.data)
+        if made.data:
+            optim_metrics: dict[str, Any] = {}
+            await train_step(
+                made.data,
+                self.training_client,
+                cfg.learning_rate,
+                cfg.num_substeps,
+                cfg.loss_fn,
+                cfg.loss_fn_config,
+                metrics=optim_metrics,
+            )
+            metrics.update({f"optim/{k}": v for k, v in optim_metrics.items()})
         metrics["train/datums"] = n_datums
         t_trained = time.perf_counter()
         sampling_client = await self.training_client.save_weights_and_get_sampling_client()

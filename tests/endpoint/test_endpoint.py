@@ -26,7 +26,7 @@ from agl_tinker.endpoint.provider import (
     TITO_SCOPE,
     Generation,
     TinkerChatProvider,
-    generation_span_attributes,
+    generation_from_response,
     llmproxy_rollout_headers,
     span_attributes,
     tito_scope,
@@ -376,8 +376,8 @@ async def test_lean_fast_path_body_and_span_equal_the_litellm_response(
     def decoded(attributes: dict[str, Any]) -> dict[str, Any]:  # JSON attributes: key order aside
         return {k: json.loads(v) if k == S.AGL_COMPLETION else v for k, v in attributes.items()}
 
-    assert decoded(generation_span_attributes(generation, messages, MODEL)) == decoded(
-        span_attributes(response, messages, MODEL)
+    assert decoded(span_attributes(generation, messages, MODEL)) == decoded(
+        span_attributes(generation_from_response(response), messages, MODEL)
     )
 
 

@@ -12,8 +12,8 @@ from agentlightning.store.threading import LightningStoreThreaded
 from langchain_core.messages import AIMessage, ToolMessage
 
 from agl_tinker.backend import get_tokenizer, service_client
-from agl_tinker.core.align import rollout_trajectory
 from agl_tinker.core.reconstruct import reconstruct
+from agl_tinker.core.trajectory import rollout_trajectory
 from agl_tinker.endpoint.start import Endpoint, EndpointConfig, start_endpoint
 from agl_tinker.examples.frameworks.langchain_agent import chat_model, run_agent
 

@@ -15,9 +15,9 @@ from openai import AsyncOpenAI, BadRequestError
 
 from agl_tinker import spans as S
 from agl_tinker.backend import get_tokenizer, service_client
-from agl_tinker.core.align import rollout_trajectory
 from agl_tinker.core.reconstruct import ReconstructOptions
 from agl_tinker.core.rewards import RewardOptions
+from agl_tinker.core.trajectory import rollout_trajectory
 from agl_tinker.endpoint.start import EndpointConfig, PolicyServing, start_policy_endpoint
 from agl_tinker.loop.config import ConfigError, PolicyConfig, TrainConfig
 from agl_tinker.loop.policies import unowned_calls

@@ -22,14 +22,15 @@ from agentlightning.store.client_server import LightningStoreClient, LightningSt
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import AttemptedRollout, Rollout, RolloutConfig, Span
 
+from agl_tinker.loop.completion import open_completion_source, spread_timeouts
 from agl_tinker.loop.rollout import (
     DispatchConfig,
     DispatchError,
     DispatchProgress,
     ProcessError,
-    _spread,
     dispatch_batch,
 )
+from agl_tinker.loop.store_calls import StoreCaller
 from agl_tinker.store_server import WAIT_ANY_PATH, LeanStoreServer
 from fakes.store import FaultyStore
 
@@ -354,7 +355,7 @@ async def test_long_poll_slots_never_ask_the_client_for_more_than_it_allows(
 
 @pytest.mark.parametrize("n", range(1, 65))
 def test_spread_timeouts_stay_within_the_slice(n: int) -> None:
-    timeouts = _spread(0.1, n)
+    timeouts = spread_timeouts(0.1, n)
     assert len(timeouts) == n and timeouts[0] == 0.1
     assert all(0 < t <= 0.1 for t in timeouts)
     assert timeouts == sorted(timeouts, reverse=True)
@@ -391,11 +392,10 @@ async def test_in_process_server_uses_events(
 ) -> None:
     # The algorithm usually holds the LightningStoreServer object itself; it must not long-poll itself.
     server = LightningStoreServer(memory_store(), host="127.0.0.1", port=free_port())
-    from agl_tinker.loop.rollout import _CompletionWatcher  # the choice is internal; check it directly
-
-    assert _CompletionWatcher(server, DispatchConfig(), None).strategy == "events"  # type: ignore[arg-type]
+    call = StoreCaller(0)
+    assert open_completion_source(server, DispatchConfig(), call).strategy == "events"
     # a client tries wait-for-any first (a stock server makes it fall back: test_batch_over_http)
-    assert _CompletionWatcher(http_stores[0], DispatchConfig(), None).strategy == "wait_any"  # type: ignore[arg-type]
+    assert open_completion_source(http_stores[0], DispatchConfig(), call).strategy == "wait_any"
 
 
 @pytest.mark.parametrize(

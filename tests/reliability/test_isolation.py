@@ -18,6 +18,7 @@ import pytest
 from agentlightning.store.memory import InMemoryLightningStore
 
 from agl_tinker.loop import algo
+from agl_tinker.net import free_port
 from agl_tinker.store_server import LeanStoreServer
 
 HERE = Path(__file__).parent
@@ -33,7 +34,7 @@ def test_the_strategy_takes_a_free_port_and_a_run_id_of_its_own(monkeypatch: pyt
 
 async def test_a_runner_refuses_the_store_of_another_run() -> None:
     server = LeanStoreServer(
-        InMemoryLightningStore(), host="127.0.0.1", port=algo._free_port("127.0.0.1"), run_id="a"
+        InMemoryLightningStore(), host="127.0.0.1", port=free_port("127.0.0.1"), run_id="a"
     )
     await server.start()
     try:

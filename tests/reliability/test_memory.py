@@ -22,9 +22,9 @@ from agentlightning.tracer.dummy import DummyTracer
 from agentlightning.types import Span
 
 from agl_tinker.examples.hello.agent import hello_agent, hello_dataset
-from agl_tinker.loop.algo import _free_port
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.train import train
+from agl_tinker.net import free_port
 from agl_tinker.runners.deadline import DeadlineRunner
 from agl_tinker.store_server import LeanStoreServer, completion_events, release_rollouts
 
@@ -68,10 +68,10 @@ async def test_releasing_forgets_a_finished_rollout_and_keeps_a_running_one() ->
 
 async def test_split_mode_releases_through_the_lean_server_and_skips_a_stock_one() -> None:
     lean = LeanStoreServer(
-        InMemoryLightningStore(thread_safe=True), host="127.0.0.1", port=_free_port("127.0.0.1")
+        InMemoryLightningStore(thread_safe=True), host="127.0.0.1", port=free_port("127.0.0.1")
     )
     stock = LightningStoreServer(
-        InMemoryLightningStore(thread_safe=True), host="127.0.0.1", port=_free_port("127.0.0.1")
+        InMemoryLightningStore(thread_safe=True), host="127.0.0.1", port=free_port("127.0.0.1")
     )
     for server in (lean, stock):
         await server.start()

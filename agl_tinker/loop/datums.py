@@ -1,0 +1,88 @@
+"""From finished groups of rollouts to the datums one optimiser step trains on.
+
+The one place both training loops (:mod:`agl_tinker.loop.train`, synchronous;
+:mod:`agl_tinker.loop.async_loop`, overlapped) turn rollout groups into cookbook
+``TrajectoryGroup`` s, drop the invalid and (optionally) the constant-reward ones, compute
+advantages, assemble ``tinker.Datum`` s and apply the KL penalty against a reference policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import tinker
+from tinker_cookbook.rl.data_processing import (
+    assemble_training_data,
+    compute_advantages,
+    remove_constant_reward_groups,
+)
+from tinker_cookbook.rl.metrics import incorporate_kl_penalty
+from tinker_cookbook.rl.types import TrajectoryGroup
+
+from agl_tinker.core.trajectory import RolloutTrajectory, trajectory_group
+from agl_tinker.loop.config import TrainConfig
+
+__all__ = ["GroupDatums", "group_datums"]
+
+
+@dataclass(frozen=True)
+class GroupDatums:
+    """What :func:`group_datums` made of some rollout groups.
+
+    Attributes:
+        valid: the groups with enough valid rollouts, before constant-reward removal (what the
+            loops check "is there anything to train on" against).
+        trained: indices (into the input) of the groups the datums come from.
+        dropped: groups with fewer than ``min_valid_per_group`` valid rollouts.
+        constant_removed: valid groups removed for a constant reward (0 unless configured).
+        data: the datums, empty when no group is left.
+        kl_metrics: the KL penalty's metrics, empty when no penalty was applied.
+    """
+
+    valid: list[TrajectoryGroup]
+    trained: list[int]
+    dropped: int
+    constant_removed: int
+    data: list[tinker.Datum]
+    kl_metrics: dict[str, float] = field(default_factory=dict)
+
+
+async def group_datums(
+    rollout_groups: Sequence[Sequence[RolloutTrajectory]], config: TrainConfig, *, kl_reference: Any
+) -> GroupDatums:
+    """Turn rollout groups into datums as one training step does.
+
+    Args:
+        rollout_groups: per task, its rollouts' trajectories (excluded ones included; the group
+            assembly drops them and counts them against ``min_valid_per_group``).
+        config: ``min_valid_per_group``, ``remove_constant_reward_groups``, ``kl_penalty_coef``
+            and ``kl_discount_factor``.
+        kl_reference: the reference sampling client of the KL penalty; ``None`` for none.
+
+    Returns:
+        The groups kept at each stage, the datums and the KL metrics (see :class:`GroupDatums`).
+    """
+    valid: list[TrajectoryGroup] = []
+    valid_idx: list[int] = []
+    for i, rollouts in enumerate(rollout_groups):
+        group, _report = trajectory_group(list(rollouts), min_valid=config.min_valid_per_group)
+        if group is not None:
+            valid.append(group)
+            valid_idx.append(i)
+    groups, trained = valid, valid_idx
+    if config.remove_constant_reward_groups and valid:
+        groups = remove_constant_reward_groups(valid)
+        trained = [i for g, i in zip(valid, valid_idx, strict=True) if any(g is v for v in groups)]
+    dropped = len(rollout_groups) - len(valid)
+    constant_removed = len(valid) - len(groups)
+    if not groups:
+        return GroupDatums(valid, [], dropped, constant_removed, [])
+    data, _meta = assemble_training_data(groups, compute_advantages(groups))
+    kl_metrics: dict[str, float] = {}
+    if config.kl_penalty_coef > 0 and kl_reference is not None and data:
+        kl_metrics = await incorporate_kl_penalty(
+            data, kl_reference, config.kl_penalty_coef, config.kl_discount_factor
+        )
+    return GroupDatums(valid, trained, dropped, constant_removed, data, kl_metrics)

@@ -1,0 +1,24 @@
+"""Local networking helpers shared by the endpoint and the loop."""
+
+from __future__ import annotations
+
+import socket
+
+__all__ = ["free_port"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port the OS reports free on ``host`` right now (nothing binds a fixed port).
+
+    The port is released before returning, so another process may take it before the caller
+    binds it; callers that must not race bind port 0 themselves instead.
+
+    Args:
+        host: the address the caller will bind (``127.0.0.1`` unless told otherwise).
+
+    Returns:
+        The port number.
+    """
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
