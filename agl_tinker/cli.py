@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import enum
+import inspect
 import logging
 import re
 import sys
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -236,6 +241,7 @@ class Command:
 
         raw = _raw_values(self.train_layers, routed[0])
         check_early(str(raw.get("log_path")), str(raw.get("model_name", _default_model())))
+        early_config(self.train_layers, routed[0]).validate()
         bind_cookbook_types()  # seconds of imports: only once the cheap checks have passed
         config = make_settings(_train_config_type(), self.train_layers, routed[0])
         check_setup(config)
@@ -251,6 +257,88 @@ def _raw_values(layers: Layers, key_values: Sequence[str]) -> dict[str, Any]:
         key, value = kv.split("=", 1)
         values[key] = value
     return values
+
+
+_COOKBOOK_TYPES = ("AsyncConfig", "StreamMinibatchConfig")
+"""Annotations of TrainConfig that name the cookbook's classes (their module imports torch)."""
+
+_NOT_READ = object()
+""":func:`_read_value`'s answer for a type it does not read; the setting keeps its default there."""
+
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _read_value(key: str, text: str, kind: Any) -> Any:
+    """``text`` as a value of ``kind`` (scalars, ``None``, ``Literal`` choices, enums, unions of them).
+
+    Raises :class:`UsageError` naming the setting when ``text`` is none of them; returns
+    :data:`_NOT_READ` for any other type (containers), which the Blueprint reads later.
+    """
+    options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+    readable = False
+    for option in options:
+        if typing.get_origin(option) is typing.Literal:
+            readable = True
+            if text in typing.get_args(option):
+                return text
+        elif isinstance(option, type) and issubclass(option, enum.Enum):
+            readable = True
+            if text in {m.value for m in option}:
+                return option(text)
+        elif option is type(None):
+            readable = True
+            if text == "None":
+                return None
+        elif option is bool:
+            readable = True
+            if text.lower() in _BOOLS:
+                return _BOOLS[text.lower()]
+        elif option in (int, float, str):
+            readable = True
+            with contextlib.suppress(ValueError):
+                return option(text)
+    if not readable:
+        return _NOT_READ
+    wanted = " or ".join(
+        repr(list(typing.get_args(o)))
+        if typing.get_origin(o) is typing.Literal
+        else getattr(o, "__name__", str(o))
+        for o in options
+    )
+    raise UsageError(
+        f"{key}={text}: Could not cast {text!r} to {wanted} (`--help` lists the settings and their types)"
+    )
+
+
+def early_config(layers: Layers, key_values: Sequence[str]) -> Any:
+    """A ``TrainConfig`` of the given settings, built without chz's Blueprint, for a first check.
+
+    Building the Blueprint resolves ``async_config``'s and ``stream_minibatch_config``'s cookbook
+    types, whose module imports torch (seconds). This takes the preset layers as they are and reads
+    the ``key=value`` text of settings of plain types (numbers, flags, names, choices), so that
+    ``TrainConfig.validate`` reports an unusable value before that cost. Settings of other types
+    (containers, the cookbook's, dotted keys) keep their defaults here, which can only skip a
+    check, never invent an error; the Blueprint-built config is validated in full afterwards.
+
+    Raises:
+        UsageError: a ``key=value`` whose text is not a value of the setting's type.
+    """
+    from agl_tinker.loop import config
+
+    annotations = inspect.get_annotations(config.TrainConfig)
+    values: dict[str, Any] = {}
+    for _, layer in layers:
+        values.update({k: v for k, v in layer.items() if k in annotations})
+    for kv in key_values:
+        key, text = kv.split("=", 1)
+        annotation = annotations.get(key)
+        if not isinstance(annotation, str) or any(name in annotation for name in _COOKBOOK_TYPES):
+            continue
+        # The annotation evaluated in its module, as chz itself does when it builds a Blueprint.
+        value = _read_value(key, text, eval(annotation, vars(config)))
+        if value is not _NOT_READ:
+            values[key] = value
+    return config.TrainConfig(**values)
 
 
 def _default_model() -> str:

@@ -212,3 +212,36 @@ def test_the_cheap_checks_import_nothing_heavy() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["hello", "learning_rate=-1"], "learning_rate must be > 0, got -1.0"),
+        (["hello", "batch_size=0"], "batch_size must be >= 1, got 0"),
+        (["q20", "train", "batch_size=0"], "batch_size must be >= 1, got 0"),
+        (["q20", "train", "group_size=2", "min_valid_per_group=3"], "exceeds group_size (2)"),
+        (["q20", "train", "batch_size=abc"], "batch_size=abc: Could not cast 'abc' to int"),
+        (["hello", "loss_fn=foo"], "loss_fn=foo: Could not cast 'foo' to ['importance_sampling', 'ppo']"),
+        (["hello", "reward_mode=last"], "reward_mode=last"),
+    ],
+)
+def test_an_invalid_value_fails_before_any_heavy_import(argv: list[str], message: str) -> None:
+    """An out-of-range or unreadable value is reported by the check that runs before the chz
+    Blueprint (whose cookbook types import torch): exit 2, one line, no torch in the process."""
+    code = (
+        "import sys\n"
+        "from agl_tinker import cli\n"
+        f"rc = cli.main({argv!r})\n"
+        "heavy = [m for m in ('torch', 'tinker', 'tinker_cookbook.rl.train', 'agentlightning') if m in sys.modules]\n"
+        "print(rc, heavy)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "AGL_TINKER_BACKEND": "sim"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.stdout.strip() == "2 []", run.stderr
+    assert run.stderr.count("\n") == 1 and message in run.stderr, run.stderr
