@@ -56,7 +56,7 @@ def _store(args: argparse.Namespace) -> int:
 # Nothing heavy is imported and nothing is started until both are built and checked.
 
 _KEY_VALUE = re.compile(r"^[A-Za-z_][\w.]*=")
-_STORE_URL = "http://127.0.0.1:4747"
+_STORE_URL = "http://127.0.0.1:4747"  # ok: split mode's documented default, the port of Agent-lightning's `agl store`; --store overrides it
 
 
 @chz.chz
@@ -549,7 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument(
         "--host", default="127.0.0.1", help="address to bind (0.0.0.0: reachable from other machines)"
     )
-    store.add_argument("--port", type=int, default=4747)
+    store.add_argument(
+        "--port", type=int, default=4747
+    )  # ok: same documented split-mode default as _STORE_URL
     store.add_argument(
         "--cors-origin", dest="cors_origins", action="append", help="allowed CORS origin (repeatable)"
     )
