@@ -70,7 +70,6 @@ def prompt_feature_names(conversation: Conversation) -> list[str]:
 def behaviour_feature_names(behaviour: Behaviour) -> list[str]:
     names = ["bias", f"tpl:{behaviour.template}", f"cat:{behaviour.category}"]
     names += [f"fill:{slot}={value.lower()}" for slot, value in behaviour.fills]
-    names += [f"copy:{cue}" for cue in behaviour.copy_cues]
     return names
 
 

@@ -98,9 +98,6 @@ class Behaviour:
     category: str
     fills: tuple[tuple[str, str], ...]
     prior_logit: float
-    copy_cues: tuple[str, ...] = ()
-    """Where each copied slot value already occurs (see :func:`copy_cues`): what a copy mechanism
-    sees, and what lets training prefer, say, a fresh value from the last message over a repeat."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +115,6 @@ class Prior:
         as ``Action:``/``Action Input:`` lines for the tools it describes in text.
         """
         slots = self._slots(conversation)
-        sources = _CopySources.of(conversation)
         cue_text = (conversation.system + "\n" + conversation.last_user).lower()
         react = _REACT_CUE in cue_text
         if react:
@@ -144,10 +140,7 @@ class Prior:
                 continue
             share = math.log(len(fillings))
             for filled, fills in fillings:
-                cues = sources.cues(fills)
-                out.append(
-                    Behaviour(filled, template["id"], template["category"], fills, logit - share, cues)
-                )
+                out.append(Behaviour(filled, template["id"], template["category"], fills, logit - share))
         return out
 
     def _slots(self, conversation: Conversation) -> dict[str, list[Any]]:
@@ -168,50 +161,6 @@ class Prior:
             "tool": [(name, arg, query) for name, arg in tools[:3] for query in queries],
             "query": queries,
         }
-
-
-@dataclasses.dataclass(frozen=True)
-class _CopySources:
-    """The conversation's text by where it came from, for :meth:`cues`."""
-
-    last: str
-    others: str
-    said: str
-
-    @classmethod
-    def of(cls, conversation: Conversation) -> _CopySources:
-        last = conversation.last_user.lower()
-        dialogue = conversation.dialogue()
-        said = "\n".join(m.content for m in dialogue if m.role == "assistant").lower()
-        others = "\n".join(m.content for m in dialogue if m.role != "assistant").lower()
-        return cls(last, others, said)
-
-    def cues(self, fills: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
-        """Per copied slot: ``slot:last`` (the value is in the last user or tool message),
-        ``slot:seen`` (elsewhere in what the user or tools said), ``slot:new`` (in neither: the
-        prior's own generic value), and ``slot:said`` when an earlier answer already said it.
-
-        Task-agnostic, like a language model's copy heads: they tell a fresh value from a repeat
-        and a copied one from a made-up one, never which value is right.
-        """
-        out: list[str] = []
-        for slot, value in fills:
-            if slot == "tool":
-                continue
-            words = " ".join(_WORD.findall(value.lower()))
-            core = words.removeprefix("a ").removeprefix("an ") if slot == "a_noun" else words
-            if not core:
-                continue
-            pattern = re.compile(rf"\b{re.escape(core)}s?\b")
-            if pattern.search(self.last):
-                out.append(f"{slot}:last")
-            elif pattern.search(self.others):
-                out.append(f"{slot}:seen")
-            else:
-                out.append(f"{slot}:new")
-            if pattern.search(self.said):
-                out.append(f"{slot}:said")
-        return tuple(out)
 
 
 def _fillings(text: str, slots: dict[str, list[Any]]) -> list[tuple[str, tuple[tuple[str, str], ...]]]:

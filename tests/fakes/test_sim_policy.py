@@ -183,24 +183,3 @@ def test_forward_rejects_unknown_loss_inputs(service) -> None:  # type: ignore[n
     )
     with pytest.raises(tinker.BadRequestError, match="mask"):
         tc.forward_backward([datum], "cross_entropy").result()
-
-
-def test_copied_values_carry_where_they_were_copied_from() -> None:
-    """The copy cues a behaviour's features include: a noun in the last (tool) message is ``last``,
-    one only said by the assistant before is a repeat (``said``) of a generic value (``new``), and
-    the cues are behaviour features, so training can prefer fresh copies without knowing the task."""
-    from fakes.tinker.candidates import behaviour_feature_names
-    from fakes.tinker.prior import Conversation, load_prior
-
-    text = (
-        "<|im_start|>system\nA game.<|im_end|>\n<|im_start|>user\nI have an object.<|im_end|>\n"
-        "<|im_start|>assistant\nIs it a ball?<|im_end|>\n<|im_start|>user\nNo.<|im_end|>\n"
-        "<|im_start|>tool\ncamera (object): small<|im_end|>\n"
-    )
-    guesses = {
-        b.fills: b for b in load_prior().behaviours(Conversation.parse(text)) if b.template == "guess_is_it"
-    }
-    assert guesses[(("a_noun", "a camera"),)].copy_cues == ("a_noun:last",)
-    assert guesses[(("a_noun", "a ball"),)].copy_cues == ("a_noun:new", "a_noun:said")
-    assert guesses[(("a_noun", "a dog"),)].copy_cues == ("a_noun:new",)
-    assert "copy:a_noun:last" in behaviour_feature_names(guesses[(("a_noun", "a camera"),)])
