@@ -104,7 +104,8 @@ class RunnerSupervisor:
                 if self.stop_evt.is_set():
                     return
                 worker = by_sentinel[sentinel]  # type: ignore[index]
-                self.processes[worker].join(0)
+                # its sentinel fired, so it has ended: join reaps it, so its exit code is set
+                self.processes[worker].join(5.0)
                 if self.processes[worker].exitcode == 0:
                     retired.add(worker)  # finished its work (max_rollouts): not a death
                 else:
