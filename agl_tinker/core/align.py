@@ -26,6 +26,7 @@ from tinker_cookbook.completers import TokensWithLogprobs
 from agl_tinker.core.drift import Decode, DriftEvent, DriftKind, drift_event
 from agl_tinker.core.steps import AlignedStep, Alignment, AlignOptions, Gap, TokenSequence
 from agl_tinker.core.types import LLMCall
+from agl_tinker.core.validate import starts_with
 from agl_tinker.spans import AGL_PREFIX_FINGERPRINT, AGL_PREFIX_LENGTH, AGL_SEQUENCE_FINGERPRINT
 
 __all__ = [
@@ -70,34 +71,21 @@ def model_input(tokens: Sequence[int]) -> tinker.ModelInput:
     return tinker.ModelInput.model_construct(chunks=[chunk])
 
 
-def _same(a: Sequence[int], b: Sequence[int]) -> bool:
-    if type(a) is type(b):
-        return a == b
-    return list(a) == list(b)
-
-
-def _starts_with(prompt: Sequence[int], head: Sequence[int], tail: Sequence[int]) -> bool:
-    """``prompt`` starts with ``head + tail``; cheap end checks first, then an exact comparison."""
-    n, m = len(head), len(tail)
-    if len(prompt) < n + m:
-        return False
-    if m and prompt[n + m - 1] != tail[-1]:
-        return False
-    if n and prompt[n - 1] != head[-1]:
-        return False
-    return _same(prompt[n : n + m], tail) and _same(prompt[:n], head)
-
-
 def _claim(call: LLMCall) -> int | None:
     """The prompt prefix length the writer says continues an earlier call (``None``: no claim)."""
     claimed = call.attributes.get(AGL_PREFIX_LENGTH)
     return claimed if type(claimed) is int else None
 
 
-def _continues(prompt: Sequence[int], end: LLMCall, counts: dict[str, int]) -> bool:
+def _continues(call: LLMCall, end: LLMCall, counts: dict[str, int]) -> bool:
+    """``call``'s prompt starts with ``end``'s prompt + response: validation found it so (see
+    :attr:`LLMCall.prefix_call`), or the tokens say so now."""
     counts["exact_checks"] += 1
+    if call.prefix_call == end.index:
+        return True
+    assert call.prompt_token_ids is not None
     assert end.prompt_token_ids is not None and end.response_token_ids is not None
-    return _starts_with(prompt, end.prompt_token_ids, end.response_token_ids)
+    return starts_with(call.prompt_token_ids, end.prompt_token_ids, end.response_token_ids)
 
 
 def _extends(call: LLMCall, seq: _Seq, claimed: int | None, counts: dict[str, int]) -> bool:
@@ -111,16 +99,16 @@ def _extends(call: LLMCall, seq: _Seq, claimed: int | None, counts: dict[str, in
     assert prompt is not None and last is not None
     if claimed is not None and claimed != seq.end_len:
         anchor = seq.anchors.get(claimed)
-        return anchor is not None and _continues(prompt, anchor, counts)
+        return anchor is not None and _continues(call, anchor, counts)
     if claimed is not None and seq.end_fingerprint is not None:
         counts["fingerprint_checks"] += 1
         if seq.end_fingerprint != call.attributes.get(AGL_PREFIX_FINGERPRINT, seq.end_fingerprint):
             return False  # the writer hashed other tokens for the same length: they differ
-    if len(prompt) >= seq.end_len and _continues(prompt, last, counts):
+    if len(prompt) >= seq.end_len and _continues(call, last, counts):
         return True
     if claimed is None:  # no claim: it may continue an untrainable call's end (latest first)
         for end in reversed(seq.anchors.values()):
-            if _continues(prompt, end, counts):
+            if _continues(call, end, counts):
                 return True
     return False
 
@@ -265,7 +253,7 @@ def _merge_cookbook_continuations(seqs: list[_Seq]) -> bool:
         last = prev.last
         assert last is not None and last.prompt_token_ids is not None and last.response_token_ids is not None
         prompt = first.ob.chunks[0].tokens  # type: ignore[union-attr]
-        if len(prompt) >= prev.end_len and _starts_with(
+        if len(prompt) >= prev.end_len and starts_with(
             prompt, last.prompt_token_ids, last.response_token_ids
         ):
             delta = len(prompt) - prev.end_len

@@ -80,6 +80,9 @@ class LLMCall:
     problem: CallProblem | None
     attributes: Mapping[str, Any] = field(repr=False, compare=False)
     """Attributes of the span in ``span_id``: messages are decoded from them only on demand."""
+    prefix_call: int | None = field(default=None, compare=False)
+    """Index of the earlier call whose prompt + response this call's prompt was found to start
+    with, token for token, when it was validated (``None``: none was, or it was not validated)."""
 
     @property
     def trainable(self) -> bool:

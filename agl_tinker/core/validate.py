@@ -6,6 +6,14 @@ endpoint's fingerprint (BLAKE2 of the call's prompt + response ids, see
 :func:`agl_tinker.spans.token_fingerprint`) must match the recorded tokens. A call failing any of
 these gets the problem, and its token lists become ``None``, so nothing downstream (alignment,
 drift decoding) ever reads them.
+
+Prompts repeat the conversation so far, so checking every call's whole prompt costs O(history)
+per call. Instead a call whose prompt starts, token for token (Python ``==`` on the lists), with
+an already checked call's prompt + response is checked only past that prefix: its new ids are
+converted and bounded, and its fingerprint is the checked call's BLAKE2 state continued over
+them. The call records that prefix (``CallDraft.prefix_call``), which alignment then takes as
+confirmed instead of comparing the same tokens again. A call continuing nothing checked is
+checked whole.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any
 
@@ -21,9 +30,41 @@ import numpy as np
 from agl_tinker.core.readers.draft import CallDraft
 from agl_tinker.core.readers.values import MALFORMED
 from agl_tinker.core.types import CallProblem, ReconstructOptions
-from agl_tinker.spans import AGL_SEQUENCE_FINGERPRINT
+from agl_tinker.spans import AGL_PREFIX_LENGTH, AGL_SEQUENCE_FINGERPRINT
 
-__all__ = ["validate_calls"]
+__all__ = ["starts_with", "validate_calls"]
+
+
+def starts_with(prompt: Sequence[int], head: Sequence[int], tail: Sequence[int]) -> bool:
+    """``prompt`` starts with ``head + tail``: cheap end checks first, then an exact comparison."""
+    n, m = len(head), len(tail)
+    if len(prompt) < n + m:
+        return False
+    if m and prompt[n + m - 1] != tail[-1]:
+        return False
+    if n and prompt[n - 1] != head[-1]:
+        return False
+    return _same(prompt[n : n + m], tail) and _same(prompt[:n], head)
+
+
+def _same(a: Sequence[int], b: Sequence[int]) -> bool:
+    if type(a) is type(b):
+        return a == b
+    return list(a) == list(b)
+
+
+@dataclass(slots=True)
+class _Checked:
+    """A call whose prompt and response ids passed, and the BLAKE2 state over them."""
+
+    position: int
+    prompt: Sequence[int]
+    response: Sequence[int]
+    hasher: blake2b
+
+    @property
+    def end(self) -> int:
+        return len(self.prompt) + len(self.response)
 
 
 def _logprobs_ok(logprobs: Any, tolerance: float) -> bool:
@@ -59,13 +100,23 @@ def _present(ids: Any) -> bool:
     return ids is not None and ids is not MALFORMED
 
 
-def _all_ids(draft: CallDraft) -> array[int] | None:
-    """The call's prompt + response ids as one ``uint32`` array, or ``None`` if either is unusable."""
-    prompt, response = draft.prompt_token_ids, draft.response_token_ids
-    if not (_present(prompt) and _present(response)):
-        return None
+def _checked_prefix(
+    draft: CallDraft, prompt: Sequence[int], by_end: dict[int, _Checked], last: _Checked | None
+) -> _Checked | None:
+    """The checked call whose prompt + response ``prompt`` starts with: the latest one ending
+    where the writer claims the prefix ends, else the previous checked call; ``None`` if the
+    tokens confirm neither."""
+    claimed = draft.attributes.get(AGL_PREFIX_LENGTH)
+    base = by_end.get(claimed) if type(claimed) is int else last
+    if base is not None and starts_with(prompt, base.prompt, base.response):
+        return base
+    return None
+
+
+def _new_ids(prompt: Sequence[int], start: int, response: Sequence[int]) -> array[int] | None:
+    """``prompt[start:] + response`` as one ``uint32`` array, or ``None`` if an id is no such int."""
     try:
-        ids = array("I", prompt)  # type: ignore[arg-type]
+        ids = array("I", prompt[start:] if start else prompt)
         ids.extend(response)  # type: ignore[arg-type]
     except (TypeError, OverflowError):
         return None
@@ -75,36 +126,41 @@ def _all_ids(draft: CallDraft) -> array[int] | None:
 def validate_calls(drafts: Sequence[CallDraft], options: ReconstructOptions) -> None:
     """Check the kept calls' tokens, logprobs and fingerprints, setting each failing call's problem.
 
-    A token problem wins over the problems already found. One C pass per call: ``array("I", ...)``
-    refuses anything but ints in [0, 2**32), BLAKE2 hashes the array in place, and one vectorised
-    maximum over the whole rollout bounds every id by the vocabulary.
+    A token problem wins over the problems already found. A call found to continue an earlier
+    checked call gets ``prefix_call`` set to that call's position in ``drafts``.
 
     Args:
-        drafts: the calls kept (after merging and filtering).
+        drafts: the calls kept (after merging and filtering), in call order.
         options: ``vocab_size`` and ``logprob_tolerance`` are read.
     """
-    checked: list[tuple[CallDraft, array[int]]] = []
-    for draft in drafts:
-        ids = _all_ids(draft)
+    vocab = options.vocab_size
+    by_end: dict[int, _Checked] = {}  # the latest checked call ending at each length
+    last: _Checked | None = None
+    for position, draft in enumerate(drafts):
+        prompt, response = draft.prompt_token_ids, draft.response_token_ids
+        if not (_present(prompt) and _present(response)):
+            _name_list_problems(draft)
+            continue
+        assert isinstance(prompt, Sequence) and isinstance(response, Sequence)
+        base = _checked_prefix(draft, prompt, by_end, last)
+        start = base.end if base is not None else 0
+        ids = _new_ids(prompt, start, response)
         if ids is None:
             _name_list_problems(draft)
             continue
-        checked.append((draft, ids))
-        if draft.problem is None and not _logprobs_ok(draft.logprobs, options.logprob_tolerance):
-            draft.problem = CallProblem.BAD_LOGPROBS
-    vocab = options.vocab_size
-    if vocab is not None and checked:
-        everything = np.frombuffer(b"".join([ids for _, ids in checked]), dtype=np.uint32)
-        if everything.size and int(everything.max()) >= vocab:
-            for draft, ids in checked:
-                if max(ids) >= vocab:
-                    draft.prompt_token_ids = draft.response_token_ids = None
-                    draft.problem = CallProblem.TOKEN_ID_OUT_OF_RANGE
-    for draft, ids in checked:
-        fingerprint = draft.attributes.get(AGL_SEQUENCE_FINGERPRINT)
-        if fingerprint is None or draft.prompt_token_ids is None:
+        if vocab is not None and ids and int(np.frombuffer(ids, dtype=np.uint32).max()) >= vocab:
+            draft.prompt_token_ids = draft.response_token_ids = None
+            draft.problem = CallProblem.TOKEN_ID_OUT_OF_RANGE
             continue
-        if blake2b(ids, digest_size=16).hexdigest() != fingerprint:
+        hasher = base.hasher.copy() if base is not None else blake2b(digest_size=16)
+        hasher.update(ids)
+        fingerprint = draft.attributes.get(AGL_SEQUENCE_FINGERPRINT)
+        if fingerprint is not None and hasher.hexdigest() != fingerprint:
             # Not the tokens our endpoint sampled and hashed: changed since, or mixed up.
             draft.prompt_token_ids = draft.response_token_ids = None
             draft.problem = CallProblem.FINGERPRINT_MISMATCH
+            continue
+        if draft.problem is None and not _logprobs_ok(draft.logprobs, options.logprob_tolerance):
+            draft.problem = CallProblem.BAD_LOGPROBS
+        draft.prefix_call = base.position if base is not None else None
+        last = by_end[len(prompt) + len(response)] = _Checked(position, prompt, response, hasher)

@@ -44,6 +44,8 @@ class CallDraft:
     failed: bool
     """Every span merged into the draft ended with an error status."""
     problem: CallProblem | None = None
+    prefix_call: int | None = None
+    """Set by validation: see :attr:`LLMCall.prefix_call`."""
 
     @property
     def key(self) -> str:
@@ -78,6 +80,7 @@ class CallDraft:
             source=self.source,
             problem=self.problem,
             attributes=self.attributes,
+            prefix_call=self.prefix_call,
         )
 
 
