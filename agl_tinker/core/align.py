@@ -63,12 +63,12 @@ class _Seq:
 def model_input(tokens: Sequence[int]) -> tinker.ModelInput:
     """``tinker.ModelInput.from_ints(tokens)``, sharing ``tokens`` instead of copying them.
 
-    Validation copies the token list, which is O(history) per call (prompts grow with the
-    conversation) and was the measured cost; the ids were already checked by
-    :mod:`agl_tinker.core.validate`, so pydantic's public ``model_construct`` builds the same models.
+    Validating the chunk copies the token list, which is O(history) per call (prompts grow with
+    the conversation) and was the measured cost; the ids were already checked by
+    :mod:`agl_tinker.core.validate`, so the chunk is built with pydantic's public
+    ``model_construct``. The ``ModelInput`` around it is validated: that keeps the chunk as it is.
     """
-    chunk = tinker.EncodedTextChunk.model_construct(tokens=tokens)
-    return tinker.ModelInput.model_construct(chunks=[chunk])
+    return tinker.ModelInput(chunks=[tinker.EncodedTextChunk.model_construct(tokens=tokens)])
 
 
 def _claim(call: LLMCall) -> int | None:

@@ -23,9 +23,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
-from typing import Any
-
-import numpy as np
+from typing import Any, cast
 
 from agl_tinker.core.readers.draft import CallDraft
 from agl_tinker.core.readers.values import MALFORMED
@@ -134,21 +132,20 @@ def validate_calls(drafts: Sequence[CallDraft], options: ReconstructOptions) -> 
         options: ``vocab_size`` and ``logprob_tolerance`` are read.
     """
     vocab = options.vocab_size
-    by_end: dict[int, _Checked] = {}  # the latest checked call ending at each length
+    by_end: dict[int, _Checked] = {}  # the latest trainable-token call ending at each length
     last: _Checked | None = None
     for position, draft in enumerate(drafts):
         prompt, response = draft.prompt_token_ids, draft.response_token_ids
-        if not (_present(prompt) and _present(response)):
+        if prompt is None or prompt is MALFORMED or response is None or response is MALFORMED:
             _name_list_problems(draft)
             continue
-        assert isinstance(prompt, Sequence) and isinstance(response, Sequence)
+        prompt, response = cast(Sequence[int], prompt), cast(Sequence[int], response)
         base = _checked_prefix(draft, prompt, by_end, last)
-        start = base.end if base is not None else 0
-        ids = _new_ids(prompt, start, response)
+        ids = _new_ids(prompt, base.end if base is not None else 0, response)
         if ids is None:
             _name_list_problems(draft)
             continue
-        if vocab is not None and ids and int(np.frombuffer(ids, dtype=np.uint32).max()) >= vocab:
+        if vocab is not None and max(ids, default=0) >= vocab:
             draft.prompt_token_ids = draft.response_token_ids = None
             draft.problem = CallProblem.TOKEN_ID_OUT_OF_RANGE
             continue
@@ -163,4 +160,5 @@ def validate_calls(drafts: Sequence[CallDraft], options: ReconstructOptions) -> 
         if draft.problem is None and not _logprobs_ok(draft.logprobs, options.logprob_tolerance):
             draft.problem = CallProblem.BAD_LOGPROBS
         draft.prefix_call = base.position if base is not None else None
-        last = by_end[len(prompt) + len(response)] = _Checked(position, prompt, response, hasher)
+        last = _Checked(position, prompt, response, hasher)
+        by_end[last.end] = last

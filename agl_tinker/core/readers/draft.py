@@ -67,9 +67,9 @@ class CallDraft:
             span_id=self.span_id,
             span_ids=self.span_ids,
             response_id=self.response_id,
-            prompt_token_ids=_usable(self.prompt_token_ids),
-            response_token_ids=_usable(self.response_token_ids),
-            logprobs=_usable(self.logprobs),
+            prompt_token_ids=None if self.prompt_token_ids is MALFORMED else self.prompt_token_ids,
+            response_token_ids=None if self.response_token_ids is MALFORMED else self.response_token_ids,
+            logprobs=None if self.logprobs is MALFORMED else self.logprobs,
             finish_reason=self.finish_reason,
             start_time=self.start_time,
             end_time=self.end_time,
@@ -82,10 +82,6 @@ class CallDraft:
             attributes=self.attributes,
             prefix_call=self.prefix_call,
         )
-
-
-def _usable(value: Any) -> Any:
-    return None if value is MALFORMED else value
 
 
 def problem_of(draft: CallDraft) -> CallProblem | None:

@@ -61,12 +61,13 @@ def token_ids(value: Any) -> Sequence[int] | Malformed | None:
     Returns:
         The ids, ``None`` if absent, :data:`MALFORMED` if not a list of ints.
     """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = literal(value)
-    if not isinstance(value, (list, tuple)):
-        return MALFORMED
+    if type(value) is not list:  # lists are what writers store; the rest is rare
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = literal(value)
+        if not isinstance(value, (list, tuple)):
+            return MALFORMED
     if value and (type(value[0]) is not int or type(value[-1]) is not int):
         return MALFORMED
     return value
@@ -74,12 +75,13 @@ def token_ids(value: Any) -> Sequence[int] | Malformed | None:
 
 def float_list(value: Any) -> Sequence[float] | Malformed | None:
     """Logprobs as stored, like :func:`token_ids` (ends spot-checked as numbers)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = literal(value)
-    if not isinstance(value, (list, tuple)):
-        return MALFORMED
+    if type(value) is not list:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = literal(value)
+        if not isinstance(value, (list, tuple)):
+            return MALFORMED
     if value and not (isinstance(value[0], (float, int)) and isinstance(value[-1], (float, int))):
         return MALFORMED
     return value
