@@ -23,7 +23,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
-from typing import Any, cast
+from typing import Any
 
 from agl_tinker.core.readers.draft import CallDraft
 from agl_tinker.core.readers.values import MALFORMED
@@ -59,10 +59,8 @@ class _Checked:
     prompt: Sequence[int]
     response: Sequence[int]
     hasher: blake2b
-
-    @property
-    def end(self) -> int:
-        return len(self.prompt) + len(self.response)
+    end: int
+    """``len(prompt) + len(response)``: where a call continuing this one starts its new tokens."""
 
 
 def _logprobs_ok(logprobs: Any, tolerance: float) -> bool:
@@ -136,10 +134,11 @@ def validate_calls(drafts: Sequence[CallDraft], options: ReconstructOptions) -> 
     last: _Checked | None = None
     for position, draft in enumerate(drafts):
         prompt, response = draft.prompt_token_ids, draft.response_token_ids
-        if prompt is None or prompt is MALFORMED or response is None or response is MALFORMED:
+        if not (
+            isinstance(prompt, (list, tuple)) and isinstance(response, (list, tuple))
+        ):  # as readers give them
             _name_list_problems(draft)
             continue
-        prompt, response = cast(Sequence[int], prompt), cast(Sequence[int], response)
         base = _checked_prefix(draft, prompt, by_end, last)
         ids = _new_ids(prompt, base.end if base is not None else 0, response)
         if ids is None:
@@ -160,5 +159,5 @@ def validate_calls(drafts: Sequence[CallDraft], options: ReconstructOptions) -> 
         if draft.problem is None and not _logprobs_ok(draft.logprobs, options.logprob_tolerance):
             draft.problem = CallProblem.BAD_LOGPROBS
         draft.prefix_call = base.position if base is not None else None
-        last = _Checked(position, prompt, response, hasher)
-        by_end[last.end] = last
+        end = len(prompt) + len(response)
+        last = by_end[end] = _Checked(position, prompt, response, hasher, end)
