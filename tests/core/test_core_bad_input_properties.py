@@ -131,8 +131,11 @@ def test_dropped_spans_are_reported_or_harmless(run: Run, rng: random.Random) ->
         if call.source != "agl_tinker" or claim is None or k == 0 or k - 1 not in lost:
             continue
         # It continued a call whose spans are all gone: a gap, unless it or an earlier call is
-        # reported already (a call without token ids may be the one it continued).
-        reported = call.problem is not None or any(i < call.index for i in reported_before)
+        # reported already (a call without token ids may be the one it continued). Where another
+        # recorded call ended at the claimed length, the loss reads as drift against that call
+        # (the writer's claim cannot tell them apart): reported as drift, never trained as actions.
+        drifted = any(d.call_index == call.index for d in result.alignment.drift)
+        reported = call.problem is not None or drifted or any(i < call.index for i in reported_before)
         assert call.index in gaps or reported, (k, lost)
     if gaps:
         assert result.exclusion is not None and result.trajectory is None
