@@ -24,6 +24,10 @@ from agl_tinker.loop.async_loop import FINAL_OUTCOMES, LEDGER_FILE, _Ledger, eff
 from agl_tinker.loop.config import ConfigError, TrainConfig
 from agl_tinker.loop.continuous_dispatch import FinishedGroup, GroupRequest
 
+# Our loop calls the SDK through its non-deprecated methods (the `*_async` spellings are
+# deprecated; see agl_tinker/loop/retry.py): a FutureWarning here is a regression.
+pytestmark = pytest.mark.filterwarnings("error::FutureWarning")
+
 ENV = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1"}
 # sampling ~ training per step, so the pipeline really runs one step off policy
 BALANCED = {"sample_ttft_s": 0.15, "sample_token_s": 0.005, "train_token_s": 0.0003, "save_sampler_s": 0.02}

@@ -22,6 +22,10 @@ from agl_tinker.endpoint.start import EndpointConfig, PolicyServing, start_polic
 from agl_tinker.loop.config import ConfigError, PolicyConfig, TrainConfig
 from agl_tinker.loop.policies import unowned_calls
 
+# Our loop calls the SDK through its non-deprecated methods (the `*_async` spellings are
+# deprecated; see agl_tinker/loop/retry.py): a FutureWarning here is a regression.
+pytestmark = pytest.mark.filterwarnings("error::FutureWarning")
+
 MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 _MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
 

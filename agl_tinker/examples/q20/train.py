@@ -17,7 +17,7 @@ from agentlightning.store.memory import InMemoryLightningStore
 from agl_tinker.backend import get_tokenizer, service_client
 from agl_tinker.endpoint.start import EndpointConfig, start_endpoint
 from agl_tinker.examples.q20 import presets
-from agl_tinker.examples.q20.agent import q20_agent
+from agl_tinker.examples.q20.agent import Q20Task, q20_agent
 from agl_tinker.examples.q20.evaluate import GameProgress, Summary, evaluate, load_dataset
 from agl_tinker.examples.q20.presets import MODEL, default_log_path
 from agl_tinker.loop.algo import fit
@@ -33,6 +33,11 @@ def q20_config(log_path: str, *, ci: bool = False, **overrides: Any) -> TrainCon
     return TrainConfig(log_path=log_path, **{**(presets.CI if ci else presets.DEFAULTS), **overrides})
 
 
+def validation_tasks() -> list[Q20Task]:
+    """The validation games: every held-out secret :data:`presets.VAL_GAMES_PER_SECRET` times."""
+    return load_dataset("val") * presets.VAL_GAMES_PER_SECRET
+
+
 def run_train(
     config: TrainConfig,
     n_runners: int = 2,
@@ -43,7 +48,7 @@ def run_train(
         q20_agent,
         config,
         load_dataset("train"),
-        load_dataset("val"),
+        validation_tasks(),
         n_runners=n_runners,
         required_fields=REQUIRED_FIELDS,
         on_step=on_step,
@@ -130,4 +135,5 @@ __all__: Sequence[str] = [
     "run_dryrun",
     "run_evaluate_offline",
     "run_train",
+    "validation_tasks",
 ]
