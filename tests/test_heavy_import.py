@@ -1,0 +1,58 @@
+"""import_frozen: the import runs with collections paused and ends with its objects frozen."""
+
+from __future__ import annotations
+
+import gc
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agl_tinker import heavy_import
+
+# builds enough container objects to start many young-generation collections, as a large import does
+MODULE = "cycles = []\nfor _ in range(20000):\n    a = []\n    a.append(a)\n    cycles.append(a)\n"
+
+
+@pytest.fixture
+def collections_started() -> Iterator[list[int]]:
+    started: list[int] = []
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started.append(info["generation"])
+
+    gc.callbacks.append(on_gc)
+    try:
+        yield started
+    finally:
+        gc.callbacks.remove(on_gc)
+
+
+def test_the_import_starts_no_collection_and_its_objects_end_frozen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, collections_started: list[int]
+) -> None:
+    """No collection begins while the module runs, the collector is enabled again afterwards, and
+    the module's objects are frozen, so neither later collections nor the one at exit walk them."""
+    (tmp_path / "agl_heavy_probe.py").write_text(MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "agl_heavy_probe", raising=False)
+    gc.unfreeze()
+    heavy_import.import_frozen("agl_heavy_probe")
+    assert collections_started == [2], collections_started  # only the one full collection after it
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= 20000
+    assert len(sys.modules["agl_heavy_probe"].cycles) == 20000
+
+
+def test_an_imported_module_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Already imported: no second import, no collection, nothing newly frozen."""
+    import agentlightning
+
+    calls: list[str] = []
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or 0)
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    heavy_import.import_agentlightning()
+    assert sys.modules["agentlightning"] is agentlightning
+    assert calls == []
