@@ -56,3 +56,25 @@ def test_an_imported_module_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch) ->
     heavy_import.import_agentlightning()
     assert sys.modules["agentlightning"] is agentlightning
     assert calls == []
+
+
+@pytest.mark.parametrize("name", ["TinkerAlgorithm", "LeanServerStrategy", "fast_runner", "EndpointConfig"])
+def test_public_names_that_need_agentlightning_import_it_frozen(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``from agl_tinker import TinkerAlgorithm`` (the quickstart's first line) goes through heavy_import."""
+    import agl_tinker
+
+    calls: list[str] = []
+    monkeypatch.setattr(heavy_import, "import_agentlightning", lambda: calls.append("import"))
+    getattr(agl_tinker, name)
+    assert calls == ["import"]
+
+
+def test_the_cheap_public_names_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agl_tinker
+
+    calls: list[str] = []
+    monkeypatch.setattr(heavy_import, "import_agentlightning", lambda: calls.append("import"))
+    assert agl_tinker.TrainConfig and agl_tinker.load_tasks
+    assert calls == []
