@@ -39,6 +39,7 @@ def test_the_import_starts_no_collection_and_its_objects_end_frozen(
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "agl_heavy_probe", raising=False)
     gc.unfreeze()
+    collections_started.clear()  # the ones the setup above happened to start are not the import's
     heavy_import.import_frozen("agl_heavy_probe")
     assert collections_started == [2], collections_started  # only the one full collection after it
     assert gc.isenabled()
