@@ -23,6 +23,8 @@ from chz.blueprint import (
     MissingBlueprintArg,
 )
 
+from agl_tinker.heavy_import import import_agentlightning
+
 
 def _smoke(args: argparse.Namespace) -> int:
     from agl_tinker.smoke import run_smoke
@@ -40,6 +42,7 @@ def _store(args: argparse.Namespace) -> int:
     import asyncio
     import contextlib
 
+    import_agentlightning()
     from agl_tinker.store_server import serve_store
 
     print(f"agl-tinker store: serving at http://{args.host}:{args.port}", flush=True)
@@ -433,6 +436,7 @@ def _train(args: argparse.Namespace, config: Any, run: Callable[[StepTracker], A
 
 def _hello(args: argparse.Namespace) -> int:
     config, own = _hello_command(args).build(args, args.key_values)
+    import_agentlightning()  # only once the settings are known to be usable
     if config is None:
         from agl_tinker.examples.hello.train import run_runners
 
@@ -478,6 +482,7 @@ def _q20(args: argparse.Namespace) -> int:
     import asyncio
 
     config, own = _q20_command(args).build(args, args.key_values)
+    import_agentlightning()  # only once the settings are known to be usable
     from agl_tinker.examples.q20 import train as q20
 
     if args.mode == "dryrun":

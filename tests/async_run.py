@@ -15,6 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from agl_tinker.heavy_import import import_agentlightning
+
+import_agentlightning()  # as the agl-tinker commands do: seconds less per process, at import and exit
+
 import agentlightning as agl
 from agentlightning.store.memory import InMemoryLightningStore
 from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig

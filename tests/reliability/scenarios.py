@@ -13,6 +13,10 @@ import json
 import os
 from typing import Any
 
+from agl_tinker.heavy_import import import_agentlightning
+
+import_agentlightning()  # as the agl-tinker commands do: seconds less per process, at import and exit
+
 import agentlightning as agl
 
 from agl_tinker.examples.clients import openai_client
