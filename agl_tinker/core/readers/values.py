@@ -49,6 +49,16 @@ def literal(value: Any) -> Any:
     return value
 
 
+def _decoded_list(value: Any) -> list[Any] | tuple[Any, ...] | Malformed | None:
+    """A stored value that is not a list, as a list or tuple (decoding a string), ``None`` if
+    absent or :data:`MALFORMED` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = literal(value)
+    return value if isinstance(value, (list, tuple)) else MALFORMED
+
+
 def token_ids(value: Any) -> Sequence[int] | Malformed | None:
     """Token ids as stored (no copy: prompts grow with history).
 
@@ -62,12 +72,9 @@ def token_ids(value: Any) -> Sequence[int] | Malformed | None:
         The ids, ``None`` if absent, :data:`MALFORMED` if not a list of ints.
     """
     if type(value) is not list:  # lists are what writers store; the rest is rare
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = literal(value)
-        if not isinstance(value, (list, tuple)):
-            return MALFORMED
+        value = _decoded_list(value)
+        if value is None or value is MALFORMED:
+            return value
     if value and (type(value[0]) is not int or type(value[-1]) is not int):
         return MALFORMED
     return value
@@ -76,12 +83,9 @@ def token_ids(value: Any) -> Sequence[int] | Malformed | None:
 def float_list(value: Any) -> Sequence[float] | Malformed | None:
     """Logprobs as stored, like :func:`token_ids` (ends spot-checked as numbers)."""
     if type(value) is not list:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = literal(value)
-        if not isinstance(value, (list, tuple)):
-            return MALFORMED
+        value = _decoded_list(value)
+        if value is None or value is MALFORMED:
+            return value
     if value and not (isinstance(value[0], (float, int)) and isinstance(value[-1], (float, int))):
         return MALFORMED
     return value

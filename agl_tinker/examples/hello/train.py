@@ -1,8 +1,8 @@
 """Hello 1024 training: one-click (store + algorithm + runners in one command) or split mode.
 
-Split mode: start a store (``agl-tinker store --port 4747``, or Agent-lightning's ``agl store``),
-one algorithm process (``agl-tinker hello algo --store http://127.0.0.1:4747``) and any number of
-runner processes (``agl-tinker hello runner --store http://127.0.0.1:4747``), possibly on other
+Split mode: start a store (``agl-tinker store --port PORT``, or Agent-lightning's ``agl store``),
+one algorithm process (``agl-tinker hello algo --store http://127.0.0.1:PORT``) and any number of
+runner processes (``agl-tinker hello runner --store http://127.0.0.1:PORT``), possibly on other
 machines.
 """
 
