@@ -29,8 +29,8 @@ from agentlightning.adapter import TracerTraceToTriplet
 from agentlightning.types import Span
 
 from agl_tinker import spans as S
-from agl_tinker.core.reconstruct import ReconstructOptions
 from agl_tinker.core.trajectory import rollout_trajectory
+from agl_tinker.core.types import ReconstructOptions
 
 SIZES = (1, 4, 16, 64, 256)
 CHECKED = ReconstructOptions(vocab_size=151_669)

@@ -30,14 +30,6 @@ from agl_tinker.core.validate import starts_with
 from agl_tinker.spans import AGL_PREFIX_FINGERPRINT, AGL_PREFIX_LENGTH, AGL_SEQUENCE_FINGERPRINT
 
 __all__ = [
-    "AlignOptions",
-    "AlignedStep",
-    "Alignment",
-    "Decode",
-    "DriftEvent",
-    "DriftKind",
-    "Gap",
-    "TokenSequence",
     "align_calls",
     "model_input",
 ]

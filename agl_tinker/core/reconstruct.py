@@ -19,12 +19,10 @@ from agl_tinker import spans as S
 from agl_tinker.core.merge import merge_calls
 from agl_tinker.core.readers import CallDraft, ReadReward, read_call_span, read_reward_span
 from agl_tinker.core.types import (
-    CallProblem,
     LLMCall,
     Reconstruction,
     ReconstructOptions,
     RewardEvent,
-    RewardProblem,
 )
 from agl_tinker.core.validate import validate_calls
 
@@ -32,12 +30,6 @@ if TYPE_CHECKING:
     from agentlightning.types import Span
 
 __all__ = [
-    "CallProblem",
-    "LLMCall",
-    "ReconstructOptions",
-    "Reconstruction",
-    "RewardEvent",
-    "RewardProblem",
     "dedupe_spans",
     "reconstruct",
 ]

@@ -18,17 +18,14 @@ from enum import StrEnum
 from typing import Literal, get_args
 
 from agl_tinker.core.reward_mode import RewardMode
-from agl_tinker.core.types import RewardEvent, RewardProblem
+from agl_tinker.core.types import RewardEvent
 
 __all__ = [
     "ExclusionReason",
     "FinalStatus",
     "GroupSelection",
     "RewardAttribution",
-    "RewardEvent",
-    "RewardMode",
     "RewardOptions",
-    "RewardProblem",
     "attribute_rewards",
     "exclusion_for",
     "final_status",
@@ -114,7 +111,7 @@ class RewardOptions:
             raise ValueError(f"min_valid_per_group must be >= 0, got {self.min_valid_per_group}")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RewardAttribution:
     step_rewards: tuple[float, ...]
     """One reward per transition, in the order of ``step_calls``."""

@@ -1,5 +1,8 @@
 """What alignment produces: steps (one per trained call), token sequences, gaps, and its options.
 
+Steps, sequences and the alignment are slots dataclasses, read-only by convention; options and
+gaps are frozen (see :mod:`agl_tinker.core.types` for why).
+
 A step's ``ob`` is the call's full prompt and its ``ac`` the sampled tokens with their logprobs;
 within a sequence each step's ``ob`` extends the previous step's ``ob`` + ``ac``.
 """
@@ -40,7 +43,7 @@ class Gap:
     """The writer's ``agl_tinker.prefix_length``."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TokenSequence:
     index: int
     call_indices: tuple[int, ...]
@@ -52,8 +55,10 @@ class TokenSequence:
         return self.observation_tokens + self.action_tokens
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AlignedStep:
+    """One trained call: its prompt as the observation, its sampled tokens as the action."""
+
     call_index: int
     sequence_index: int
     ob: tinker.ModelInput
@@ -63,7 +68,7 @@ class AlignedStep:
     """Prompt tokens this step adds to its sequence (masked in the datum)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Alignment:
     steps: tuple[AlignedStep, ...]
     """Grouped by sequence (in order of creation), call order within a sequence."""

@@ -21,7 +21,8 @@ import tinker
 from tinker_cookbook.completers import TokensWithLogprobs
 from tinker_cookbook.rl.types import Trajectory, TrajectoryGroup, Transition
 
-from agl_tinker.core.align import Alignment, AlignOptions, Decode, align_calls
+from agl_tinker.core.align import align_calls
+from agl_tinker.core.drift import Decode
 from agl_tinker.core.reconstruct import reconstruct
 from agl_tinker.core.rewards import (
     ExclusionReason,
@@ -31,6 +32,7 @@ from agl_tinker.core.rewards import (
     attribute_rewards,
     select_group,
 )
+from agl_tinker.core.steps import Alignment, AlignOptions
 from agl_tinker.core.types import Reconstruction, ReconstructOptions
 
 __all__ = [
@@ -77,7 +79,7 @@ def alignment_trajectory(alignment: Alignment, step_rewards: Sequence[float] | N
     return Trajectory(transitions=transitions, final_ob=_EMPTY)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RolloutTrajectory:
     """Everything the training loop needs from one rollout, and everything it should log."""
 

@@ -9,7 +9,8 @@ from spanfactory import CallSpec, call_spans, conversation, span_id
 from tinker_cookbook.rl.data_processing import trajectory_to_data
 
 from agl_tinker import spans as S
-from agl_tinker.core.align import DriftKind, align_calls, model_input
+from agl_tinker.core.align import align_calls, model_input
+from agl_tinker.core.drift import DriftKind
 from agl_tinker.core.reconstruct import reconstruct
 from agl_tinker.core.rewards import ExclusionReason, RewardOptions
 from agl_tinker.core.trajectory import alignment_trajectory, rollout_trajectory, trajectory_group

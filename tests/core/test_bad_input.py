@@ -13,10 +13,11 @@ from spanfactory import CallSpec, call_spans, conversation, reward_span, span, s
 from tinker_cookbook.rl.data_processing import assemble_training_data, compute_advantages
 
 from agl_tinker import spans as S
-from agl_tinker.core.align import AlignOptions
-from agl_tinker.core.reconstruct import CallProblem, ReconstructOptions, reconstruct
-from agl_tinker.core.rewards import ExclusionReason, RewardProblem
+from agl_tinker.core.reconstruct import reconstruct
+from agl_tinker.core.rewards import ExclusionReason
+from agl_tinker.core.steps import AlignOptions
 from agl_tinker.core.trajectory import problem_metrics, rollout_trajectory, trajectory_group
+from agl_tinker.core.types import CallProblem, ReconstructOptions, RewardProblem
 
 IDS = dict(rollout_id="ro-1", attempt_id="at-1")
 VOCAB = 150_000

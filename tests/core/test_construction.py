@@ -40,4 +40,12 @@ def test_every_result_object_carries_exactly_its_fields() -> None:
     objects = [r, rec, al, r.attribution, r.trajectory, *rec.calls, *rec.rewards, *al.steps, *al.sequences]
     objects += [t for t in r.trajectory.transitions] + [t.ac for t in r.trajectory.transitions]
     for obj in objects:
-        assert set(vars(obj)) == {f.name for f in dataclasses.fields(obj)}, type(obj)
+        assert _attributes(obj) == {f.name for f in dataclasses.fields(obj)}, type(obj)
+
+
+def _attributes(obj: object) -> set[str]:
+    """The attributes an object carries: its ``__dict__``, or the slots it has set (a slots
+    dataclass has no ``__dict__``, so nothing else can be on it)."""
+    if hasattr(obj, "__dict__"):
+        return set(vars(obj))
+    return {name for name in type(obj).__slots__ if hasattr(obj, name)}

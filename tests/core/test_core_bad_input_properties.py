@@ -21,8 +21,8 @@ from spanfactory import span_id
 from test_reconstruct_properties import VOCAB, Run, encode, runs
 
 from agl_tinker import spans as S
-from agl_tinker.core.reconstruct import ReconstructOptions
 from agl_tinker.core.trajectory import RolloutTrajectory, rollout_trajectory
+from agl_tinker.core.types import ReconstructOptions
 
 OPTIONS = ReconstructOptions(vocab_size=VOCAB)
 IGNORED_COUNTS = ("spans", "duplicate_spans", "merged_spans")

@@ -9,7 +9,8 @@ from agentlightning.adapter import LlmProxyTraceToTriplet, TracerTraceToTriplet
 from spanfactory import CallSpec, agent_span, call_spans, conversation, reward_span, span, span_id
 
 from agl_tinker import spans as S
-from agl_tinker.core.reconstruct import CallProblem, ReconstructOptions, reconstruct
+from agl_tinker.core.reconstruct import reconstruct
+from agl_tinker.core.types import CallProblem, ReconstructOptions
 
 IDS = dict(rollout_id="ro-1", attempt_id="at-1")
 

@@ -17,10 +17,13 @@ from spanfactory import CallSpec, Writer, call_spans, reward_span, span_id
 from tinker_cookbook.rl.data_processing import assemble_training_data, compute_advantages
 from tinker_cookbook.rl.types import TrajectoryGroup
 
-from agl_tinker.core.align import DriftKind, align_calls
-from agl_tinker.core.reconstruct import CallProblem, reconstruct
-from agl_tinker.core.rewards import RewardMode, RewardOptions, attribute_rewards
+from agl_tinker.core.align import align_calls
+from agl_tinker.core.drift import DriftKind
+from agl_tinker.core.reconstruct import reconstruct
+from agl_tinker.core.reward_mode import RewardMode
+from agl_tinker.core.rewards import RewardOptions, attribute_rewards
 from agl_tinker.core.trajectory import alignment_trajectory, rollout_trajectory
+from agl_tinker.core.types import CallProblem
 
 VOCAB = 50_000
 

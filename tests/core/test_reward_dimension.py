@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from agl_tinker.core.rewards import (
-    ExclusionReason,
-    RewardEvent,
-    RewardMode,
-    RewardOptions,
-    RewardProblem,
-    attribute_rewards,
-)
+from agl_tinker.core.reward_mode import RewardMode
+from agl_tinker.core.rewards import ExclusionReason, RewardOptions, attribute_rewards
+from agl_tinker.core.types import RewardEvent, RewardProblem
 
 
 def ev(value: float, after: int | None, problem: RewardProblem | None = None, **dims: float) -> RewardEvent:

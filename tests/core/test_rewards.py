@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agl_tinker.core.rewards import (
-    ExclusionReason,
-    RewardEvent,
-    RewardMode,
-    RewardOptions,
-    attribute_rewards,
-    select_group,
-)
+from agl_tinker.core.reward_mode import RewardMode
+from agl_tinker.core.rewards import ExclusionReason, RewardOptions, attribute_rewards, select_group
+from agl_tinker.core.types import RewardEvent
 
 
 def ev(value: float, after: int | None) -> RewardEvent:
