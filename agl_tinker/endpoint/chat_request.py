@@ -140,6 +140,23 @@ def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
     return bool(stream), bool(options and options.get("include_usage"))
 
 
+_FIELD_TYPES: dict[str, tuple[type, str]] = {
+    "response_format": (dict, "an object"),
+    "metadata": (dict, "an object"),
+    "user": (str, "a string"),
+}
+"""Optional OpenAI fields the endpoint does not act on, with the type OpenAI gives them: a value
+of another type is a 400 here (LiteLLM's proxy fails with a 500 on some, e.g. a list
+``response_format``)."""
+
+
+def _check_field_types(body: dict[str, Any]) -> None:
+    for name, (kind, description) in _FIELD_TYPES.items():
+        value = body.get(name)
+        if value is not None and not isinstance(value, kind):
+            raise BadRequest(f"'{name}' must be {description}")
+
+
 def parse_chat_request(body: dict[str, Any], renderer: Renderer, *, default_max_tokens: int) -> ChatRequest:
     """Validate an OpenAI chat-completions body and turn it into renderer messages.
 
@@ -147,6 +164,7 @@ def parse_chat_request(body: dict[str, Any], renderer: Renderer, *, default_max_
     """
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    _check_field_types(body)
     logprobs = _logprobs_requested(body)
     stream, include_usage = _stream_flags(body)
     _check_tool_call_arguments(body.get("messages"))

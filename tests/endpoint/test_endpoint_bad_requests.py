@@ -150,6 +150,18 @@ def test_model_that_is_not_a_string_is_a_400(served: Served, model: Any) -> None
     assert "model" in message.lower()
 
 
+@pytest.mark.parametrize("field", ["response_format", "metadata", "user"])
+@pytest.mark.parametrize("value", [[], [1], 1, True, "text"])
+def test_optional_fields_of_the_wrong_type_never_get_a_5xx(served: Served, field: str, value: Any) -> None:
+    """OpenAI's ``response_format`` and ``metadata`` are objects and ``user`` a string. LiteLLM's
+    proxy raised a TypeError (a 500) on ``response_format=[]``; both modes give the same 400."""
+    response = served.post(_body(**{field: value}))
+    if field == "user" and isinstance(value, str):
+        assert response.status_code == 200, response.text[:300]
+    else:
+        assert f"'{field}'" in _error(response)
+
+
 def test_policy_tool_call_that_does_not_parse_is_returned_as_text_and_counted(served: Served) -> None:
     tools = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]
     rid, path = served.rollout_path()
