@@ -109,20 +109,19 @@ def _checked_prefix(
     return None
 
 
-def _new_ids(prompt: Sequence[int], start: int, response: Sequence[int]) -> array[int] | None:
-    """``prompt[start:] + response`` as one ``uint32`` array, or ``None`` if an id is no such int."""
+def _new_ids(head: Sequence[int], response: Sequence[int]) -> array[int] | None:
+    """``head + response`` as one ``uint32`` array, or ``None`` if an id is no such int."""
     try:
-        ids = array("I", prompt[start:] if start else prompt)
+        ids = array("I", head)
         ids.extend(response)  # type: ignore[arg-type]
     except (TypeError, OverflowError):
         return None
     return ids
 
 
-def _below(vocab: int, prompt: Sequence[int], start: int, response: Sequence[int]) -> bool:
-    """Every id of ``prompt[start:]`` and ``response`` is below ``vocab``. Taken on the lists
-    (already checked to be ints): ``max`` over the array boxes every item again, which was slower."""
-    head = prompt[start:] if start else prompt
+def _below(vocab: int, head: Sequence[int], response: Sequence[int]) -> bool:
+    """Every id of ``head`` and ``response`` is below ``vocab``. Taken on the lists (already
+    checked to be ints): ``max`` over the array boxes every item again, which was slower."""
     return (not head or max(head) < vocab) and (not response or max(response) < vocab)
 
 
@@ -147,12 +146,12 @@ def validate_calls(drafts: Sequence[CallDraft], options: ReconstructOptions) -> 
             _name_list_problems(draft)
             continue
         base = _checked_prefix(draft, prompt, by_end, last)
-        start = base.end if base is not None else 0
-        ids = _new_ids(prompt, start, response)
+        head = prompt[base.end :] if base is not None else prompt  # the ids not checked yet
+        ids = _new_ids(head, response)
         if ids is None:
             _name_list_problems(draft)
             continue
-        if vocab is not None and not _below(vocab, prompt, start, response):
+        if vocab is not None and not _below(vocab, head, response):
             draft.prompt_token_ids = draft.response_token_ids = None
             draft.problem = CallProblem.TOKEN_ID_OUT_OF_RANGE
             continue
