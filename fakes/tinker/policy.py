@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 
 import numpy as np
 import torch
@@ -117,6 +118,8 @@ class Policy:
         self._header = np.array(vocab.header, dtype=np.int64)
         self._numpy: dict[str, np.ndarray] | None = None
         self._row_cache: dict[int, tuple[CandidateSet, np.ndarray]] = {}
+        self._row_cache_lock = threading.Lock()
+        """Samplers draw from several threads: eviction (check the size, pop the oldest) is one step."""
 
     # ---- parameters -------------------------------------------------------------------------
     def trainable_params(self) -> dict[str, torch.Tensor]:
@@ -317,9 +320,10 @@ class Policy:
         if cached is not None and cached[0] is cs:
             return cached[1]
         logits = self._row_log_weights(cs)
-        self._row_cache[id(cs)] = (cs, logits)
-        if len(self._row_cache) > 1024:
-            self._row_cache.pop(next(iter(self._row_cache)))
+        with self._row_cache_lock:
+            self._row_cache[id(cs)] = (cs, logits)
+            if len(self._row_cache) > 1024:
+                self._row_cache.pop(next(iter(self._row_cache)))
         return logits
 
     def _row_log_weights(self, cs: CandidateSet) -> np.ndarray:

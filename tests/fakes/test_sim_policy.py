@@ -183,3 +183,34 @@ def test_forward_rejects_unknown_loss_inputs(service) -> None:  # type: ignore[n
     )
     with pytest.raises(tinker.BadRequestError, match="mask"):
         tc.forward_backward([datum], "cross_entropy").result()
+
+
+def test_row_cache_is_safe_under_concurrent_samplers(vocab, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Samplers of one policy draw from several threads; a full row cache evicts on every miss.
+    Two threads evicting at once popped the same oldest entry: a ``KeyError`` that failed a
+    rollout now and then in long runs."""
+    import sys
+    import threading
+
+    policy = _random_policy(vocab)
+    monkeypatch.setattr(policy, "_row_log_weights", lambda cs: np.zeros(1))
+    old = sys.getswitchinterval()
+    errors: list[BaseException] = []
+
+    def draw() -> None:
+        try:
+            for _ in range(10_000):
+                policy.row_log_weights(object())  # type: ignore[arg-type]  # a new set each time: always a miss
+        except BaseException as e:  # collected and asserted below
+            errors.append(e)
+
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=draw) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
