@@ -37,7 +37,7 @@ from agl_tinker.examples.q20.answerer import (
 from agl_tinker.examples.q20.evaluate import DatasetError, Stats, load_dataset, summarize
 from agl_tinker.examples.q20.knowledge import CATEGORIES, ENTITIES, entity, terms
 from agl_tinker.examples.q20.search import HttpSearch, OfflineSearch, search_from_env, search_knowledge
-from agl_tinker.examples.q20.train import validation_tasks
+from agl_tinker.examples.q20.train import training_tasks, validation_tasks
 from fakes.tinker.prior import load_prior
 
 ALL_ATTRIBUTES = sorted(set().union(*(e.attributes for e in ENTITIES.values())))
@@ -259,17 +259,19 @@ async def test_search_from_env_offline_and_http(stub_http: tuple[str, list[Any]]
 
 
 def test_bundled_dataset_loads_and_matches_the_knowledge_table() -> None:
-    train, val, every = load_dataset("train"), load_dataset("val"), load_dataset(None)
-    assert len(every) == len(train) + len(val)
+    train, live, val = load_dataset("train"), load_dataset("live"), load_dataset("val")
+    every = load_dataset(None)
+    assert len(every) == len(train) + len(live) + len(val)
     assert 60 <= len(every) <= 100
     assert len(val) >= 10
-    for split in (train, val):
+    for split in (train, live, val):
         assert {t["search_enabled"] for t in split} == {True, False}
+    for split in (training_tasks("live"), val):
         assert len({t["category"] for t in split}) >= 5
     for task in every:
         assert isinstance(task["search_enabled"], bool)
         assert entity(task["answer"]).category == task["category"]
-    assert not {t["answer"] for t in train} & {t["answer"] for t in val}
+    assert not {t["answer"] for t in train + live} & {t["answer"] for t in val}
 
 
 def _offline_nameable(task: Any) -> bool:
@@ -291,6 +293,17 @@ def test_validation_holds_out_secrets_of_the_kind_training_can_win_offline() -> 
     assert {t["category"] for t in val} - {t["category"] for t in nameable_train} <= {"place"}
 
 
+def test_offline_training_plays_only_secrets_it_can_win_and_live_training_plays_all() -> None:
+    """Issue 16: 43 of the 72 training secrets were words the simulator never says, so 60% of the
+    offline training games were certain losses that taught nothing. Split ``train`` now holds the
+    nameable ones, and ``live`` the rest, which only a run against the real service trains on."""
+    train, live = load_dataset("train"), load_dataset("live")
+    assert [t["answer"] for t in train if not _offline_nameable(t)] == []
+    assert [t["answer"] for t in live if _offline_nameable(t)] == []
+    assert training_tasks("sim") == train
+    assert training_tasks("live") == train + live
+
+
 def test_training_validates_on_every_held_out_secret_several_times() -> None:
     val = load_dataset("val")
     games = validation_tasks()
@@ -310,7 +323,7 @@ def test_training_validates_on_every_held_out_secret_several_times() -> None:
         ),
         (
             "category,answer,split,search_enabled\nanimal,dog,test,true\n",
-            r":2: split must be one of train, val",
+            r":2: split must be one of train, live, val",
         ),
         ("category,answer,split,search_enabled\nanimal,,train,true\n", r":2: empty answer"),
         (

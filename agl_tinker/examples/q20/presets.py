@@ -13,6 +13,11 @@ from typing import Any
 
 MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 
+SPLITS = ("train", "live", "val")
+"""The dataset's ``split`` values. ``train``: secrets the offline simulator can name, so can win;
+``live``: more training secrets, words the simulator never says, trained on only against the real
+service (offline they would be lost games that teach nothing); ``val``: held out, all nameable."""
+
 DEFAULTS: dict[str, Any] = {
     "model_name": MODEL,
     "max_steps": 20,
