@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
@@ -37,7 +38,8 @@ from agl_tinker.examples.q20.answerer import (
 from agl_tinker.examples.q20.evaluate import DatasetError, Stats, load_dataset, summarize
 from agl_tinker.examples.q20.knowledge import CATEGORIES, ENTITIES, entity, terms
 from agl_tinker.examples.q20.search import HttpSearch, OfflineSearch, search_from_env, search_knowledge
-from agl_tinker.examples.q20.train import training_tasks, validation_tasks
+from agl_tinker.examples.q20 import presets
+from agl_tinker.examples.q20.train import q20_config, training_tasks, validation_tasks
 from fakes.tinker.prior import load_prior
 
 ALL_ATTRIBUTES = sorted(set().union(*(e.attributes for e in ENTITIES.values())))
@@ -302,6 +304,19 @@ def test_offline_training_plays_only_secrets_it_can_win_and_live_training_plays_
     assert [t["answer"] for t in live if _offline_nameable(t)] == []
     assert training_tasks("sim") == train
     assert training_tasks("live") == train + live
+
+
+def test_the_readme_states_the_training_defaults(tmp_path: Path) -> None:
+    """The README's table of measured runs is only meaningful for the settings it names."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### 20 Questions", 1)[1].split("\n### ", 1)[0]
+    line = section.split("The defaults (`presets.py`):", 1)[1].split("\n\n", 1)[0]
+    stated = dict(pair.split("=", 1) for pair in re.findall(r"`(\w+=[^`]+)`", line))
+    config = q20_config(str(tmp_path))
+    assert len(stated) >= 8
+    for key, value in stated.items():
+        actual = presets.VAL_GAMES_PER_SECRET if key == "VAL_GAMES_PER_SECRET" else getattr(config, key)
+        assert float(value) == actual, key
 
 
 def test_training_validates_on_every_held_out_secret_several_times() -> None:
