@@ -38,9 +38,9 @@ VAL_GAMES_PER_SECRET = 6
 """Validation plays each held-out secret this many times (sampled at ``eval_temperature``), so a
 win rate rests on 96 games rather than 16: one game per secret moves the rate 6 points."""
 
-CI: dict[str, Any] = {**DEFAULTS, "max_steps": 6, "batch_size": 4}
-"""A short configuration (a few minutes offline). Six steps rather than three: a step plays only
-four secrets, so its reward mostly says which were drawn, and three steps left first -> last to chance."""
+CI: dict[str, Any] = {**DEFAULTS, "max_steps": 3, "batch_size": 4}
+"""A short configuration (a few minutes offline): a smoke run. A step plays only four secrets, so its
+reward mostly says which were drawn, not what the policy learnt."""
 
 
 def default_log_path() -> str:
