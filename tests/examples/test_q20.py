@@ -19,6 +19,7 @@ import pytest_asyncio
 from aiohttp import web
 from openai.types.chat import ChatCompletion
 
+from agl_tinker.examples.q20 import presets
 from agl_tinker.examples.q20.agent import (
     MAX_QUESTIONS,
     EndReason,
@@ -38,7 +39,6 @@ from agl_tinker.examples.q20.answerer import (
 from agl_tinker.examples.q20.evaluate import DatasetError, Stats, load_dataset, summarize
 from agl_tinker.examples.q20.knowledge import CATEGORIES, ENTITIES, entity, terms
 from agl_tinker.examples.q20.search import HttpSearch, OfflineSearch, search_from_env, search_knowledge
-from agl_tinker.examples.q20 import presets
 from agl_tinker.examples.q20.train import q20_config, training_tasks, validation_tasks
 from fakes.tinker.prior import load_prior
 
