@@ -96,7 +96,7 @@ class Q20DryrunSettings:
 class Q20EvaluateSettings:
     """Settings of `q20 evaluate`."""
 
-    split: str = chz.field(default="val", doc="Tasks to play: 'train', 'val' or 'all'.")
+    split: str = chz.field(default="val", doc="Tasks to play: 'train', 'live', 'val' or 'all'.")
     limit: int | None = chz.field(default=None, doc="Play only the first N tasks (None: all).")
     out: str = chz.field(default="q20_eval.jsonl", doc="JSONL file the games are written to.")
     base_url: str | None = chz.field(
@@ -363,9 +363,11 @@ def _check_own(settings: Any) -> None:
         value = getattr(settings, name, None)
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
+    from agl_tinker.examples.q20.presets import SPLITS
+
     split = getattr(settings, "split", None)
-    if split is not None and split not in ("train", "val", "all"):
-        raise ConfigError(f"split must be one of 'train', 'val', 'all', got {split!r}")
+    if split is not None and split not in (*SPLITS, "all"):
+        raise ConfigError(f"split must be one of {', '.join(map(repr, (*SPLITS, 'all')))}, got {split!r}")
 
 
 def _hello_command(args: argparse.Namespace) -> Command:
@@ -581,6 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
     hello.add_argument("--store", help=f"store URL for split mode (store=, default {_STORE_URL})")
     hello.set_defaults(func=_hello, subparser=hello)
 
+    from agl_tinker.examples.q20.presets import SPLITS as q20_splits
+
     q20 = sub.add_parser(
         "q20",
         add_help=False,
@@ -599,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-url", help="evaluate: an OpenAI-compatible /v1 URL (default: the offline base model)"
     )
     q20.add_argument("--model", help="evaluate: model name (model=)")
-    q20.add_argument("--split", choices=["train", "val", "all"], help="evaluate: tasks to play (default val)")
+    q20.add_argument("--split", choices=[*q20_splits, "all"], help="evaluate: tasks to play (default val)")
     q20.add_argument("--limit", type=int, help="evaluate: play only the first N tasks")
     q20.add_argument("--out", help="dryrun/evaluate: JSONL file for the games")
     q20.set_defaults(func=_q20, subparser=q20)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest_asyncio
 from aiohttp import web
 from openai.types.chat import ChatCompletion
 
+from agl_tinker.examples.q20 import presets
 from agl_tinker.examples.q20.agent import (
     MAX_QUESTIONS,
     EndReason,
@@ -37,7 +39,7 @@ from agl_tinker.examples.q20.answerer import (
 from agl_tinker.examples.q20.evaluate import DatasetError, Stats, load_dataset, summarize
 from agl_tinker.examples.q20.knowledge import CATEGORIES, ENTITIES, entity, terms
 from agl_tinker.examples.q20.search import HttpSearch, OfflineSearch, search_from_env, search_knowledge
-from agl_tinker.examples.q20.train import validation_tasks
+from agl_tinker.examples.q20.train import q20_config, training_tasks, validation_tasks
 from fakes.tinker.prior import load_prior
 
 ALL_ATTRIBUTES = sorted(set().union(*(e.attributes for e in ENTITIES.values())))
@@ -259,17 +261,19 @@ async def test_search_from_env_offline_and_http(stub_http: tuple[str, list[Any]]
 
 
 def test_bundled_dataset_loads_and_matches_the_knowledge_table() -> None:
-    train, val, every = load_dataset("train"), load_dataset("val"), load_dataset(None)
-    assert len(every) == len(train) + len(val)
+    train, live, val = load_dataset("train"), load_dataset("live"), load_dataset("val")
+    every = load_dataset(None)
+    assert len(every) == len(train) + len(live) + len(val)
     assert 60 <= len(every) <= 100
     assert len(val) >= 10
-    for split in (train, val):
+    for split in (train, live, val):
         assert {t["search_enabled"] for t in split} == {True, False}
+    for split in (training_tasks("live"), val):
         assert len({t["category"] for t in split}) >= 5
     for task in every:
         assert isinstance(task["search_enabled"], bool)
         assert entity(task["answer"]).category == task["category"]
-    assert not {t["answer"] for t in train} & {t["answer"] for t in val}
+    assert not {t["answer"] for t in train + live} & {t["answer"] for t in val}
 
 
 def _offline_nameable(task: Any) -> bool:
@@ -291,6 +295,30 @@ def test_validation_holds_out_secrets_of_the_kind_training_can_win_offline() -> 
     assert {t["category"] for t in val} - {t["category"] for t in nameable_train} <= {"place"}
 
 
+def test_offline_training_plays_only_secrets_it_can_win_and_live_training_plays_all() -> None:
+    """Issue 16: 43 of the 72 training secrets were words the simulator never says, so 60% of the
+    offline training games were certain losses that taught nothing. Split ``train`` now holds the
+    nameable ones, and ``live`` the rest, which only a run against the real service trains on."""
+    train, live = load_dataset("train"), load_dataset("live")
+    assert [t["answer"] for t in train if not _offline_nameable(t)] == []
+    assert [t["answer"] for t in live if _offline_nameable(t)] == []
+    assert training_tasks("sim") == train
+    assert training_tasks("live") == train + live
+
+
+def test_the_readme_states_the_training_defaults(tmp_path: Path) -> None:
+    """The README's table of measured runs is only meaningful for the settings it names."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### 20 Questions", 1)[1].split("\n### ", 1)[0]
+    line = section.split("The defaults (`presets.py`):", 1)[1].split("\n\n", 1)[0]
+    stated = dict(pair.split("=", 1) for pair in re.findall(r"`(\w+=[^`]+)`", line))
+    config = q20_config(str(tmp_path))
+    assert len(stated) >= 8
+    for key, value in stated.items():
+        actual = presets.VAL_GAMES_PER_SECRET if key == "VAL_GAMES_PER_SECRET" else getattr(config, key)
+        assert float(value) == actual, key
+
+
 def test_training_validates_on_every_held_out_secret_several_times() -> None:
     val = load_dataset("val")
     games = validation_tasks()
@@ -310,7 +338,7 @@ def test_training_validates_on_every_held_out_secret_several_times() -> None:
         ),
         (
             "category,answer,split,search_enabled\nanimal,dog,test,true\n",
-            r":2: split must be one of train, val",
+            r":2: split must be one of train, live, val",
         ),
         ("category,answer,split,search_enabled\nanimal,,train,true\n", r":2: empty answer"),
         (

@@ -30,11 +30,11 @@ from agl_tinker.examples.q20.agent import (
     play_game,
 )
 from agl_tinker.examples.q20.answerer import Answerer
+from agl_tinker.examples.q20.presets import SPLITS
 from agl_tinker.examples.q20.search import SearchTool
 
 DATA_PATH = Path(__file__).with_name("data") / "q20.csv"
 COLUMNS = ("category", "answer", "split", "search_enabled")
-SPLITS = ("train", "val")
 
 
 class DatasetError(ValueError):
@@ -42,7 +42,7 @@ class DatasetError(ValueError):
 
 
 def load_dataset(split: str | None = "train", path: str | Path | None = None) -> list[Q20Task]:
-    """Tasks of ``split`` (``"train"``, ``"val"``, or ``None`` for all) from ``path`` (default: bundled).
+    """Tasks of ``split`` (one of :data:`SPLITS`, or ``None`` for all) from ``path`` (default: bundled).
 
     Every row is checked, not only the requested split's, so a broken file fails the same way
     whichever split is asked for.

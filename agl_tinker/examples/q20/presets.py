@@ -13,6 +13,11 @@ from typing import Any
 
 MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 
+SPLITS = ("train", "live", "val")
+"""The dataset's ``split`` values. ``train``: secrets the offline simulator can name, so can win;
+``live``: more training secrets, words the simulator never says, trained on only against the real
+service (offline they would be lost games that teach nothing); ``val``: held out, all nameable."""
+
 DEFAULTS: dict[str, Any] = {
     "model_name": MODEL,
     "max_steps": 20,
@@ -29,12 +34,13 @@ DEFAULTS: dict[str, Any] = {
     # greedy (0.0) validation stays at 0 until a winning line becomes the single most likely one.
     "eval_temperature": 0.7,
 }
-VAL_GAMES_PER_SECRET = 3
+VAL_GAMES_PER_SECRET = 6
 """Validation plays each held-out secret this many times (sampled at ``eval_temperature``), so a
-win rate rests on 48 games rather than 16: one game per secret moves the rate 6 points."""
+win rate rests on 96 games rather than 16: one game per secret moves the rate 6 points."""
 
 CI: dict[str, Any] = {**DEFAULTS, "max_steps": 3, "batch_size": 4}
-"""A short configuration (a few minutes offline)."""
+"""A short configuration (a few minutes offline): a smoke run. A step plays only four secrets, so its
+reward mostly says which were drawn, not what the policy learnt."""
 
 
 def default_log_path() -> str:

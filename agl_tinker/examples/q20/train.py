@@ -14,7 +14,7 @@ from typing import Any
 
 from agentlightning.store.memory import InMemoryLightningStore
 
-from agl_tinker.backend import get_tokenizer, service_client
+from agl_tinker.backend import backend_name, get_tokenizer, service_client
 from agl_tinker.endpoint.start import EndpointConfig, start_endpoint
 from agl_tinker.examples.q20 import presets
 from agl_tinker.examples.q20.agent import Q20Task, q20_agent
@@ -33,6 +33,14 @@ def q20_config(log_path: str, *, ci: bool = False, **overrides: Any) -> TrainCon
     return TrainConfig(log_path=log_path, **{**(presets.CI if ci else presets.DEFAULTS), **overrides})
 
 
+def training_tasks(backend: str | None = None) -> list[Q20Task]:
+    """The training secrets: split ``train``, plus ``live`` when ``backend`` (default
+    ``$AGL_TINKER_BACKEND``) is the real service. The ``live`` secrets are words the offline
+    simulator never says, so offline they would only be lost games that teach nothing."""
+    live = load_dataset("live") if backend_name(backend) == "live" else []
+    return load_dataset("train") + live
+
+
 def validation_tasks() -> list[Q20Task]:
     """The validation games: every held-out secret :data:`presets.VAL_GAMES_PER_SECRET` times."""
     return load_dataset("val") * presets.VAL_GAMES_PER_SECRET
@@ -47,7 +55,7 @@ def run_train(
     return fit(
         q20_agent,
         config,
-        load_dataset("train"),
+        training_tasks(),
         validation_tasks(),
         n_runners=n_runners,
         required_fields=REQUIRED_FIELDS,
@@ -135,5 +143,6 @@ __all__: Sequence[str] = [
     "run_dryrun",
     "run_evaluate_offline",
     "run_train",
+    "training_tasks",
     "validation_tasks",
 ]
