@@ -676,8 +676,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if verbose:
             raise
-        train = sys.modules.get("agl_tinker.loop.train")  # imported by any run that can stop with a reason
-        if train is not None and isinstance(error, train.RUN_ERRORS):
+        errors = sys.modules.get("agl_tinker.loop.errors")  # imported by any run that can stop with a reason
+        if errors is not None and isinstance(error, errors.RUN_ERRORS):
             print(f"agl-tinker: error: {error}", file=sys.stderr)  # the run's own reason; no traceback
             return 1
         if not isinstance(error, _expected_errors()):

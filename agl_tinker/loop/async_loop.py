@@ -48,9 +48,12 @@ from tinker_cookbook.rl.types import TrajectoryGroup
 from tinker_cookbook.utils import ml_log
 
 from agl_tinker.core.trajectory import RolloutTrajectory
+from agl_tinker.loop.batch_metrics import batch_metrics
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.continuous_dispatch import ContinuousDispatcher, FinishedGroup, GroupRequest
 from agl_tinker.loop.datums import group_datums
+from agl_tinker.loop.errors import StepStalled, StoreLost
+from agl_tinker.loop.result import TrainResult
 from agl_tinker.loop.rollout import (
     BatchResult,
     DispatchConfig,
@@ -59,7 +62,7 @@ from agl_tinker.loop.rollout import (
     RolloutsLost,
     StoreCallError,
 )
-from agl_tinker.loop.train import StepStalled, StoreLost, TrainResult, _batch_metrics, _Loop
+from agl_tinker.loop.training_run import TrainingRun
 
 __all__ = ["LEDGER_FILE", "effective_ledger", "overlapped", "run_overlapped"]
 
@@ -206,7 +209,7 @@ class _StepTrainer:
     every ``groups_per_substep`` groups.
     """
 
-    def __init__(self, loop: _Loop, clock: _BusyClock, batch_size: int) -> None:
+    def __init__(self, loop: TrainingRun, clock: _BusyClock, batch_size: int) -> None:
         cfg = loop.config
         self.loop = loop
         self.cfg = cfg
@@ -346,7 +349,7 @@ class _OverlappedRun:
 
     def __init__(
         self,
-        loop: _Loop,
+        loop: TrainingRun,
         ml_logger: ml_log.Logger,
         result: TrainResult,
         n_steps: int,
@@ -400,7 +403,7 @@ class _OverlappedRun:
         return ContinuousDispatcher(
             loop.store,
             cfg.group_size,
-            loop._process,
+            loop.process,
             config=dispatch,
             max_groups=ahead * self.batch_size,
             max_rollouts=cfg.max_in_flight,
@@ -455,7 +458,7 @@ class _OverlappedRun:
                 "inside agents? (rollout_timeout_s x max_attempts x group_size, plus grace)"
             ) from None
         except (StoreCallError, RolloutsLost) as exc:
-            raise StoreLost(self.loop._lost_message(step, exc)) from exc
+            raise StoreLost(self.loop.lost_message(step, exc)) from exc
 
     async def _step(
         self, dispatcher: ContinuousDispatcher[RolloutTrajectory], step: int, last_end: float
@@ -503,10 +506,10 @@ class _OverlappedRun:
             self.ledger.record(step, group, outcome, staleness)
 
         batch = _as_batch([g for g, _, _ in taken])
-        _, metrics = _batch_metrics(batch, step)
+        _, metrics = batch_metrics(batch, step)
         metrics.update(trainer.metrics)
         metrics.update(self.loop.retrier.take_metrics())
-        self.loop._check_trainable(step, batch, trainer.groups)  # empty steps: logged, and bounded
+        self.loop.check_trainable(step, batch, trainer.groups)  # empty steps: logged, and bounded
         if trainer.data and len(trainer.training_logprobs) == len(trainer.data):
             metrics.update(compute_kl_sample_train(trainer.data, trainer.training_logprobs))
         wall = max(t_end - last_end, 1e-9)
@@ -538,7 +541,7 @@ class _OverlappedRun:
 
 
 async def run_overlapped(
-    loop: _Loop,
+    loop: TrainingRun,
     ml_logger: ml_log.Logger,
     result: TrainResult,
     n_steps: int,

@@ -40,6 +40,7 @@ from agl_tinker.core.reconstruct import ReconstructOptions
 from agl_tinker.core.rewards import RewardOptions
 from agl_tinker.core.trajectory import RolloutTrajectory, rollout_trajectory, trajectory_group
 from agl_tinker.endpoint.start import EndpointConfig, PolicyServing, start_policy_endpoint
+from agl_tinker.loop.batch_metrics import batch_metrics, rollout_status
 from agl_tinker.loop.checkpoints import (
     AtomicCheckpointIndex,
     no_usable_checkpoint,
@@ -51,7 +52,7 @@ from agl_tinker.loop.data import TaskDataset
 from agl_tinker.loop.progress import step_label
 from agl_tinker.loop.retry import RetryingTrainingClient, TinkerCallError, is_transient
 from agl_tinker.loop.rollout import BatchResult, GroupResult, RolloutOutcome
-from agl_tinker.loop.train import _batch_metrics, _has_metrics, _Loop, _rollout_status
+from agl_tinker.loop.training_run import TrainingRun, has_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +108,8 @@ def unowned_calls(results: Mapping[str, RolloutTrajectory]) -> int:
     return max(0, total - sum(r.reconstruction.metrics.get("calls", 0) for r in results.values()))
 
 
-class MultiPolicyLoop(_Loop):
-    """:class:`~agl_tinker.loop.train._Loop` for ``TrainConfig.policies``: one step trains every policy."""
+class MultiPolicyLoop(TrainingRun):
+    """:class:`~agl_tinker.loop.training_run.TrainingRun` for ``TrainConfig.policies``: one step trains every policy."""
 
     def __init__(
         self,
@@ -204,7 +205,7 @@ class MultiPolicyLoop(_Loop):
                 continue
             self.policy_checkpoints = {name: _paths(r) for name, r in chosen.items() if r is not None}
             return record
-        if any(candidates.values()) or _has_metrics(log_path):
+        if any(candidates.values()) or has_metrics(log_path):
             raise no_usable_checkpoint(runs[0].log_dir, first)
         for run in runs:
             await self._create_client(run, None)
@@ -243,7 +244,7 @@ class MultiPolicyLoop(_Loop):
 
     def _process_policies(self, rollout: Any, spans: Sequence[Any]) -> PolicyResults:
         spans = list(spans)
-        status = _rollout_status(rollout)
+        status = rollout_status(rollout)
         return {
             name: rollout_trajectory(
                 spans,
@@ -261,7 +262,7 @@ class MultiPolicyLoop(_Loop):
         metrics: dict[str, Any] = {}
         means: list[float] = []
         for name in self.runs:
-            _, policy_metrics = _batch_metrics(
+            _, policy_metrics = batch_metrics(
                 policy_view(batch, name), step, prefix=f"{prefix}policy/{name}/"
             )
             metrics.update(policy_metrics)
@@ -269,7 +270,7 @@ class MultiPolicyLoop(_Loop):
             if mean is not None:
                 means.append(mean)
         first = next(iter(self.runs))
-        _, first_metrics = _batch_metrics(policy_view(batch, first), step, prefix=prefix)
+        _, first_metrics = batch_metrics(policy_view(batch, first), step, prefix=prefix)
         metrics.update({k: v for k, v in first_metrics.items() if k.startswith(f"{prefix}rollouts/")})
         metrics[f"{prefix}reward/mean"] = sum(means) / len(means) if means else None
         metrics[f"{prefix}calls/unowned"] = sum(unowned_calls(o.result) for o in batch.outcomes)
@@ -309,7 +310,7 @@ class MultiPolicyLoop(_Loop):
             groups, datums = await self._train_policy(run, policy_view(batch, run.name), metrics)
             trained.extend(groups)
             total_datums += datums
-        self._check_trainable(step, policy_view(batch, next(iter(self.runs))), trained)
+        self.check_trainable(step, policy_view(batch, next(iter(self.runs))), trained)
         metrics["train/datums"] = total_datums
         t_trained = time.perf_counter()
         for run in self.runs.values():

@@ -22,7 +22,8 @@ from agentlightning.types import Span
 
 from agl_tinker.examples.hello.agent import hello_dataset, hello_rollout
 from agl_tinker.loop.config import TrainConfig
-from agl_tinker.loop.train import LLM_RESOURCE, TrainResult, train
+from agl_tinker.loop.train import TrainResult, train
+from agl_tinker.loop.training_run import LLM_RESOURCE
 from fakes.tinker import ServiceClient
 
 Agent = Callable[[dict[str, Any], agl.LLM], Awaitable[float]]

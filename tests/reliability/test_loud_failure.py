@@ -13,7 +13,7 @@ from agl_tinker import cli
 from agl_tinker.examples.hello.agent import hello_dataset
 from agl_tinker.loop.algo import fit
 from agl_tinker.loop.config import ConfigError
-from agl_tinker.loop.train import NoTrainableRollouts
+from agl_tinker.loop.errors import NoTrainableRollouts
 
 
 async def test_an_agent_that_always_raises_stops_the_run_after_max_empty_steps(

@@ -12,12 +12,14 @@ from agentlightning.types import Rollout, RolloutConfig, Span
 from reliability_harness import half_hang, hello_config, memory_store, run_hello
 from tinker_cookbook.rl.train import AsyncConfig
 
+from agl_tinker.loop.batch_metrics import rollout_status
+from agl_tinker.loop.errors import StepStalled
 from agl_tinker.loop.rollout import DEADLINE_METADATA_KEY, DispatchConfig, dispatch_batch
-from agl_tinker.loop.train import STALL_GRACE_S, StepStalled, _rollout_status
+from agl_tinker.loop.training_run import STALL_GRACE_S
 
 
 def _status(rollout: Rollout, spans: Sequence[Span]) -> str:
-    return _rollout_status(rollout)
+    return rollout_status(rollout)
 
 
 async def test_without_runners_the_stall_deadline_ends_the_batch_as_timeouts() -> None:

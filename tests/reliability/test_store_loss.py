@@ -18,7 +18,8 @@ from agentlightning.store.client_server import LightningStoreClient
 from reliability_harness import InLoopRunners, hello, hello_config, memory_store
 
 from agl_tinker.examples.hello.agent import hello_dataset
-from agl_tinker.loop.train import StoreLost, train
+from agl_tinker.loop.errors import StoreLost
+from agl_tinker.loop.train import train
 from agl_tinker.store_server import LeanStoreServer
 from fakes.tinker import ServiceClient
 
