@@ -1,9 +1,10 @@
 """Lean OpenAI-compatible server: aiohttp in front of the LiteLLM provider, called in-process.
 
-By default the server calls the provider's own ``generate``/``fill_response`` (what LiteLLM's
-``CustomLLM.acompletion`` runs) and skips ``litellm.acompletion``'s generic dispatch: with the
-pinned LiteLLM that dispatch (a thread hop, logging payloads, cost lookups) costs more per call than
-the rest of the endpoint together (``benchmarks/endpoint.py``). ``litellm_dispatch=True`` routes every call through
+By default the server calls the provider's ``generate`` (what LiteLLM's ``CustomLLM.acompletion``
+runs) and builds the JSON body directly (:func:`agl_tinker.endpoint.generation.completion_dict`),
+skipping ``litellm.acompletion``'s generic dispatch: with the pinned LiteLLM that dispatch (a thread
+hop, logging payloads, cost lookups) costs more per call than the rest of the endpoint together
+(``benchmarks/endpoint.py``). ``litellm_dispatch=True`` routes every call through
 ``litellm.acompletion`` instead, for users whose LiteLLM callbacks must see the calls.
 
 Serves ``/v1/chat/completions`` and the rollout-attributed ``/rollout/{rid}/attempt/{aid}/v1/...``
@@ -30,13 +31,9 @@ from aiohttp import web
 from litellm.types.utils import ModelResponse
 
 from agl_tinker.endpoint.chat_request import BadRequest
-from agl_tinker.endpoint.provider import (
-    TITO_SCOPE,
-    InvalidChatRequest,
-    TinkerChatProvider,
-    generation_from_response,
-    span_attributes,
-)
+from agl_tinker.endpoint.generation import completion_dict, generation_from_response, span_attributes
+from agl_tinker.endpoint.provider import InvalidChatRequest, TinkerChatProvider
+from agl_tinker.endpoint.request_scope import TITO_SCOPE
 from agl_tinker.endpoint.span_recorder import CallRecord, SpanRecorder
 from agl_tinker.spans import AGENT_NAME_HEADER, request_attributes
 
@@ -236,7 +233,7 @@ class LeanServer:
                 )
             else:
                 generation = await provider.generate(parsed, scope)
-                completion = provider.completion_dict(generation, parsed, model)
+                completion = completion_dict(generation, model, provider.tokenizer, logprobs=parsed.logprobs)
                 attributes = functools.partial(span_attributes, generation, body["messages"], model)
         except BadRequest as exc:
             return openai_error(400, str(exc))

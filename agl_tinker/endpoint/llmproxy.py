@@ -1,6 +1,6 @@
 """Compatibility mode: the same provider served by Agent-lightning's ``LLMProxy`` (LiteLLM proxy server).
 
-Slower than the lean server (the LiteLLM proxy costs milliseconds per call) but it is the reference
+Slower than the lean server (every call also goes through the LiteLLM proxy) but it is the reference
 integration: its middleware rewrites rollout paths and allocates span sequence ids, and its
 stream-conversion middleware serves ``stream=True``. Spans are written by :class:`ProxySpanLogger`,
 a LiteLLM callback feeding the same :class:`SpanRecorder` and attribute schema as the lean server,
@@ -21,12 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from agl_tinker.endpoint.chat_request import BadRequest
-from agl_tinker.endpoint.provider import (
-    TinkerChatProvider,
-    generation_from_response,
-    llmproxy_rollout_headers,
-    span_attributes,
-)
+from agl_tinker.endpoint.generation import generation_from_response, span_attributes
+from agl_tinker.endpoint.provider import TinkerChatProvider
+from agl_tinker.endpoint.request_scope import llmproxy_rollout_headers
 from agl_tinker.endpoint.span_recorder import CallRecord, SpanRecorder
 from agl_tinker.net import free_port
 

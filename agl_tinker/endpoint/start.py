@@ -17,7 +17,8 @@ from agentlightning.store.base import LightningStore
 from agentlightning.store.threading import LightningStoreThreaded
 from agentlightning.types import LLM, ProxyLLM
 
-from agl_tinker.endpoint.provider import TinkerChatProvider, register, unregister
+from agl_tinker.endpoint.provider import TinkerChatProvider
+from agl_tinker.endpoint.registration import register, unregister
 from agl_tinker.endpoint.span_recorder import SpanRecorder
 
 
@@ -41,8 +42,8 @@ class EndpointConfig:
     sampling_parameters: dict[str, Any] = field(default_factory=dict)
     """Defaults handed to runners in the ``LLM`` resource (e.g. temperature)."""
     litellm_dispatch: bool = False
-    """Lean mode only: route each call through ``litellm.acompletion`` (LiteLLM callbacks run;
-    3-5 ms more per call) instead of calling the provider directly. Proxy mode always does."""
+    """Lean mode only: route each call through ``litellm.acompletion`` (LiteLLM callbacks run, at the
+    cost of LiteLLM's per-call dispatch) instead of calling the provider directly. Proxy mode always does."""
     model_aliases: tuple[str, ...] = ()
     """Lean mode only: more ``model`` names agents may ask for (e.g. one per agent role). Each call
     records the name it asked for, which ``TrainConfig.model_match`` selects on."""

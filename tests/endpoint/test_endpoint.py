@@ -22,15 +22,6 @@ from agl_tinker import spans as S
 from agl_tinker.backend import get_tokenizer, service_client
 from agl_tinker.core.align import align_calls
 from agl_tinker.core.reconstruct import reconstruct
-from agl_tinker.endpoint.provider import (
-    TITO_SCOPE,
-    Generation,
-    TinkerChatProvider,
-    generation_from_response,
-    llmproxy_rollout_headers,
-    span_attributes,
-    tito_scope,
-)
 from agl_tinker.endpoint.start import Endpoint, EndpointConfig, start_endpoint
 
 MODEL = "Qwen/Qwen3-4B-Instruct-2507"
@@ -341,65 +332,3 @@ async def test_lean_server_skips_litellm_dispatch_unless_asked(
         finally:
             await endpoint.stop()
         assert len(calls) == int(dispatch)
-
-
-@pytest.mark.parametrize("logprobs", [False, True])
-@pytest.mark.parametrize("kind", ["text", "tool_calls", "text_and_tool_calls"])
-async def test_lean_fast_path_body_and_span_equal_the_litellm_response(
-    tokenizer: Any, kind: str, logprobs: bool
-) -> None:  # async only because the module's tests share one event loop (pytestmark)
-    """The lean server builds its JSON and span attributes without LiteLLM's ModelResponse; they
-    must be exactly what the ModelResponse path (LiteLLM dispatch, proxy mode) gives."""
-    from litellm.types.utils import ModelResponse
-
-    provider = TinkerChatProvider(_sampler(), base_model=MODEL, tokenizer=tokenizer)
-    calls = [{"id": "call_1", "type": "function", "function": {"name": "search", "arguments": '{"q": "x"}'}}]
-    generation = Generation(
-        response_id="chatcmpl-1",
-        prompt_token_ids=[1, 2, 3],
-        response_token_ids=[9707, 0, 151645],
-        logprobs=[-0.5, -0.25, -0.125],
-        text="" if kind == "tool_calls" else "Hello!",
-        tool_calls=[] if kind == "text" else calls,
-        finish_reason="stop" if kind == "text" else "tool_calls",
-        weights_version=3,
-        reused_prefix_length=2,
-    )
-    messages = [{"role": "user", "content": "Hi"}]
-    request = provider.parse({"messages": messages, "logprobs": logprobs})
-    response = provider.fill_response(generation, request, MODEL, ModelResponse())
-    fast = provider.completion_dict(generation, request, MODEL)
-    slow = response.model_dump()
-    fast["created"] = slow["created"]
-    assert fast == slow
-
-    def decoded(attributes: dict[str, Any]) -> dict[str, Any]:  # JSON attributes: key order aside
-        return {k: json.loads(v) if k == S.AGL_COMPLETION else v for k, v in attributes.items()}
-
-    assert decoded(span_attributes(generation, messages, MODEL)) == decoded(
-        span_attributes(generation_from_response(response), messages, MODEL)
-    )
-
-
-async def test_rollout_attempt_is_read_from_either_server_s_metadata() -> None:  # see pytestmark
-    """The lean server passes the attempt in metadata; LLMProxy's middleware as headers (a dict, or
-    its repr under ``requester_custom_headers``); both the span logger and token reuse read them."""
-    headers = {"X-Rollout-Id": "ro-1", "x-attempt-id": "at-1", "x-sequence-id": "3"}
-    for metadata in ({"headers": headers}, {"requester_custom_headers": repr(headers)}):
-        assert llmproxy_rollout_headers({"metadata": metadata}) == {
-            "x-rollout-id": "ro-1",
-            "x-attempt-id": "at-1",
-            "x-sequence-id": "3",
-        }
-        assert tito_scope({"metadata": metadata}) == "ro-1/at-1"
-    assert tito_scope({"metadata": {TITO_SCOPE: "ro-2/at-2", "headers": headers}}) == "ro-2/at-2"
-    for params in (
-        None,
-        {},
-        {"metadata": "x"},
-        {"metadata": {"headers": "{not python"}},
-        {"metadata": {"headers": {"a": "b"}}},
-    ):
-        assert llmproxy_rollout_headers(params) == {}
-        assert tito_scope(params) is None
-    assert tito_scope({"metadata": {"headers": {"x-rollout-id": "ro-3"}}}) is None  # no attempt id
