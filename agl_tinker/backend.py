@@ -50,7 +50,7 @@ def service_client(backend: str | None = None, **kwargs: Any) -> Any:
     return SimServiceClient(**kwargs)
 
 
-async def close_service(service: Any, failed: bool = False, timeout_s: float = 30.0) -> None:
+async def close_service(service: Any, *, failed: bool = False, timeout_s: float = 30.0) -> None:
     """End ``service``'s session: live, the SDK tells the service and stops its heartbeats (an
     unclosed session heartbeats until the process exits); the simulator just marks it closed.
 

@@ -371,7 +371,7 @@ class MultiPolicyLoop(TrainingRun):
         return groups, n_datums
 
     async def checkpoint(
-        self, name: str, next_step: int, final: bool = False, extra: Mapping[str, Any] | None = None
+        self, name: str, next_step: int, *, final: bool = False, extra: Mapping[str, Any] | None = None
     ) -> dict[str, str]:
         """Checkpoint every policy into its own directory; the first policy's paths."""
         loop_state: dict[str, Any] = {**(extra or {}), "batch": next_step}

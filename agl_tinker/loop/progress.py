@@ -26,7 +26,7 @@ class ProgressDisplay:
     drawing never competes with the loop.
     """
 
-    def __init__(self, enabled: bool = True, stream: TextIO | None = None) -> None:
+    def __init__(self, *, enabled: bool = True, stream: TextIO | None = None) -> None:
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -74,7 +74,7 @@ class ProgressDisplay:
             self.stream.write(line + "\n")
             self.stream.flush()
 
-    def _draw(self, p: DispatchProgress, force: bool = False) -> None:
+    def _draw(self, p: DispatchProgress, *, force: bool = False) -> None:
         if not (self.enabled and self.tty):
             return
         now = time.monotonic()

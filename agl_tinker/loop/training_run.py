@@ -376,7 +376,7 @@ class TrainingRun:
             )
 
     async def checkpoint(
-        self, name: str, next_step: int, final: bool = False, extra: Mapping[str, Any] | None = None
+        self, name: str, next_step: int, *, final: bool = False, extra: Mapping[str, Any] | None = None
     ) -> dict[str, str]:
         loop_state: dict[str, Any] = {**(extra or {}), "batch": next_step}
         if final:
