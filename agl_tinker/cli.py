@@ -505,7 +505,9 @@ def _q20(args: argparse.Namespace) -> int:
         print(f"games written to {own.out}")
         return 0
     print(f"20 Questions training, logging to {config.log_path}", flush=True)
-    result = _train(args, config, lambda on_step: q20.run_train(config, own.n_runners, on_step=on_step))
+    result = _train(
+        args, config, lambda on_step: q20.run_train(config, own.n_runners, on_step=on_step, ci=args.ci)
+    )
     q20.print_train_summary(result)
     return 0
 
@@ -596,7 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common_flags(q20)
     q20.add_argument("mode", choices=["dryrun", "train", "evaluate"])
     q20.add_argument("--games", type=int, help="dryrun: games to play (games=, default 4)")
-    q20.add_argument("--ci", action="store_true", help="train: a short configuration")
+    q20.add_argument(
+        "--ci", action="store_true", help="train: a short configuration (6 steps on 4 fixed secrets)"
+    )
     q20.add_argument("--steps", type=int, help="train: training steps (max_steps=)")
     q20.add_argument("--log-path", help="train: where metrics and checkpoints go; resumes (log_path=)")
     q20.add_argument(

@@ -71,6 +71,22 @@ def test_every_entry_point_takes_its_own_settings(tmp_path: Path) -> None:
     assert own.games == 2
 
 
+@pytest.mark.parametrize("ci", [True, False])
+def test_q20_train_trains_on_the_ci_secrets_exactly_with_ci(
+    ci: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--ci`` picks both the short configuration and its training secrets (issue 16)."""
+    from agl_tinker.examples.q20 import train as q20
+
+    calls: list[tuple[Any, bool]] = []
+    monkeypatch.setattr(q20, "run_train", lambda config, n_runners, on_step, ci: calls.append((config, ci)))
+    monkeypatch.setattr(q20, "print_train_summary", lambda result: None)
+    argv = ["q20", "train", f"log_path={tmp_path}", *(["--ci"] if ci else [])]
+    assert cli.main(argv) == 0
+    [(config, passed)] = calls
+    assert passed is ci and config.max_steps == (6 if ci else 20)
+
+
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [

@@ -512,3 +512,17 @@ def test_evaluate_progress_lines_off_a_terminal() -> None:
     lines = stream.getvalue().splitlines()
     assert lines[0] == "evaluate: 2/20 games played, 0 won"  # every 10% of the games
     assert lines[-1] == "evaluate: 20/20 games played, 5 won" and len(lines) == 10
+
+
+def test_the_ci_run_plays_the_same_four_secrets_every_step(tmp_path: Path) -> None:
+    """Issue 16: ``q20 train --ci`` drew four of the 29 training secrets a step, so its train reward
+    said which were drawn (+0.095 -> +0.000 over three steps). It now trains on four fixed secrets,
+    one per category, all in one batch, so every step plays the same games."""
+    tasks = training_tasks("sim", ci=True)
+    assert sorted(t["answer"] for t in tasks) == sorted(presets.CI_SECRETS)
+    assert all(task in load_dataset("train") for task in tasks)
+    assert len({t["category"] for t in tasks}) == len(tasks)
+    assert training_tasks("live", ci=True) == tasks
+    assert [t["answer"] for t in tasks if not _offline_nameable(t)] == []
+    config = q20_config(str(tmp_path), ci=True)
+    assert config.batch_size == len(tasks) and config.max_steps is not None and config.max_steps >= 6
