@@ -23,7 +23,10 @@ DEFAULTS: dict[str, Any] = {
     "max_steps": 20,
     "batch_size": 8,
     "group_size": 4,
-    "learning_rate": 3e-2,
+    # Small on purpose: the simulated policy learns both what transfers to held-out secrets (guess
+    # more, waste fewer turns) and which nouns won the training games; at 3e-2 the second takes
+    # over within 20 steps and the validation win rate falls back (README, 20 Questions).
+    "learning_rate": 5e-3,
     "lora_rank": 8,
     "eval_every": 10,
     "save_every": 5,
@@ -45,8 +48,10 @@ the untrained simulator wins in about a third of its games at the training tempe
 same four, so its train reward compares like with like; over a handful of steps drawn from all
 training secrets, the reward mostly says which secrets were drawn, not what the policy learnt."""
 
-CI: dict[str, Any] = {**DEFAULTS, "max_steps": 6, "batch_size": len(CI_SECRETS)}
-"""A short configuration (about two minutes offline): six steps over :data:`CI_SECRETS`."""
+CI: dict[str, Any] = {**DEFAULTS, "max_steps": 6, "batch_size": len(CI_SECRETS), "learning_rate": 3e-2}
+"""A short configuration (about two minutes offline): six steps over :data:`CI_SECRETS`, at the
+larger learning rate that six steps need to show a gain (the figures in the README are measured
+with it)."""
 
 
 def default_log_path() -> str:
