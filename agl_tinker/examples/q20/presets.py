@@ -50,8 +50,8 @@ training secrets, the reward mostly says which secrets were drawn, not what the 
 
 CI: dict[str, Any] = {**DEFAULTS, "max_steps": 6, "batch_size": len(CI_SECRETS), "learning_rate": 3e-2}
 """A short configuration (about two minutes offline): six steps over :data:`CI_SECRETS`, at the
-larger learning rate that six steps need to show a gain (the figures in the README are measured
-with it)."""
+former default learning rate, the one the README's ``--ci`` figures are measured at (``--ci`` has
+not been measured at the default run's smaller one)."""
 
 
 def default_log_path() -> str:
