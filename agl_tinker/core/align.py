@@ -9,6 +9,15 @@ tokens the model did not sample. Every extension is confirmed on the tokens; the
 claims and fingerprints (see :mod:`agl_tinker.spans`) only name which end a call continued, or
 rule a match out.
 
+Which earlier call a call follows (the one rule, see :func:`align_calls`): the call whose tokens
+(prompt + response) its prompt shares the longest prefix with, among the ends of the most recent
+``max_candidates`` sequences (their last calls, and the untrainable calls that continued them);
+ties go to the most recently extended sequence. A prompt that continues that call exactly
+extends its sequence; one that does not is drift (or concurrency) reported against that call.
+So a call that continues an older, shorter end exactly but re-renders a later call's tokens is
+drift against the later call, whatever the writer claimed: the conversation went through the
+later call, and its history no longer matches what was sampled there.
+
 Output: steps grouped by sequence, so the trajectory built from them
 (:func:`agl_tinker.core.trajectory.alignment_trajectory`) gives
 ``tinker_cookbook.rl.data_processing.trajectory_to_data`` exactly one datum per sequence.
@@ -16,14 +25,14 @@ Output: steps grouped by sequence, so the trajectory built from them
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
 import tinker
 from tinker_cookbook.completers import TokensWithLogprobs
 
-from agl_tinker.core.drift import Decode, DriftEvent, DriftKind, drift_event
+from agl_tinker.core.drift import Decode, DriftEvent, DriftKind, drift_event, first_difference
 from agl_tinker.core.steps import AlignedStep, Alignment, AlignOptions, Gap, TokenSequence
 from agl_tinker.core.types import LLMCall
 from agl_tinker.core.validate import starts_with
@@ -80,29 +89,71 @@ def _continues(call: LLMCall, end: LLMCall, counts: dict[str, int]) -> bool:
     return starts_with(call.prompt_token_ids, end.prompt_token_ids, end.response_token_ids)
 
 
-def _extends(call: LLMCall, seq: _Seq, claimed: int | None, counts: dict[str, int]) -> bool:
-    """``call``'s prompt starts with ``seq``'s tokens, or with those of an untrainable call that
-    continued it. A writer's claim names the end it continued (a prompt that also happens to
-    start with a shorter end continues nothing of it), and differing fingerprints rule a match
-    out; only the tokens rule it in (a fingerprint can outlive a changed token, and spans from
-    several writers may be merged)."""
+def _continued_end(call: LLMCall, seq: _Seq, claimed: int | None, counts: dict[str, int]) -> LLMCall | None:
+    """The end of ``seq`` that ``call``'s prompt starts with: an untrainable call that continued the
+    sequence (they end later), or its last call (``None``: neither). A writer's claim names the end it continued (a prompt
+    that also happens to start with a shorter end continues nothing of it), and differing
+    fingerprints rule a match out; only the tokens rule it in (a fingerprint can outlive a changed
+    token, and spans from several writers may be merged)."""
     prompt = call.prompt_token_ids
     last = seq.last
     assert prompt is not None and last is not None
     if claimed is not None and claimed != seq.end_len:
         anchor = seq.anchors.get(claimed)
-        return anchor is not None and _continues(call, anchor, counts)
+        return anchor if anchor is not None and _continues(call, anchor, counts) else None
     if claimed is not None and seq.end_fingerprint is not None:
         counts["fingerprint_checks"] += 1
         if seq.end_fingerprint != call.attributes.get(AGL_PREFIX_FINGERPRINT, seq.end_fingerprint):
-            return False  # the writer hashed other tokens for the same length: they differ
-    if len(prompt) >= seq.end_len and _continues(call, last, counts):
-        return True
-    if claimed is None:  # no claim: it may continue an untrainable call's end (latest first)
+            return None  # the writer hashed other tokens for the same length: they differ
+    if claimed is None:  # no claim: it may continue an untrainable call's end (latest, longest first)
         for end in reversed(seq.anchors.values()):
             if _continues(call, end, counts):
-                return True
-    return False
+                return end
+    if len(prompt) >= seq.end_len and _continues(call, last, counts):
+        return last
+    return None
+
+
+def _ends(seqs: Iterable[_Seq]) -> Iterator[tuple[_Seq, LLMCall]]:
+    """Every end of ``seqs`` a call may follow, each sequence's latest end first."""
+    for seq in seqs:
+        assert seq.last is not None
+        for end in reversed(seq.anchors.values()):
+            yield seq, end
+        yield seq, seq.last
+
+
+def _end_length(end: LLMCall) -> int:
+    assert end.prompt_token_ids is not None and end.response_token_ids is not None
+    return len(end.prompt_token_ids) + len(end.response_token_ids)
+
+
+def _shares_past(prompt: Sequence[int], end: LLMCall, n: int) -> bool:
+    """``prompt`` and ``end``'s tokens (prompt + response) agree on their first ``n + 1`` tokens."""
+    assert end.prompt_token_ids is not None and end.response_token_ids is not None
+    if len(prompt) <= n or _end_length(end) <= n:
+        return False
+    head = end.prompt_token_ids
+    at = head[n] if n < len(head) else end.response_token_ids[n - len(head)]
+    if prompt[n] != at:  # the usual answer, from one token
+        return False
+    return first_difference(prompt, [*head, *end.response_token_ids][: n + 1]) > n
+
+
+def _followed(call: LLMCall, ends: Iterable[tuple[_Seq, LLMCall]]) -> tuple[_Seq, LLMCall]:
+    """The end (and its sequence) whose tokens ``call``'s prompt shares the longest prefix with;
+    ties go to the earliest of ``ends`` (the most recently extended sequence's come first)."""
+    prompt = call.prompt_token_ids
+    assert prompt is not None
+    best: tuple[_Seq, LLMCall] | None = None
+    best_shared = -1
+    for seq, end in ends:
+        assert end.prompt_token_ids is not None and end.response_token_ids is not None
+        shared = first_difference(prompt, [*end.prompt_token_ids, *end.response_token_ids])
+        if shared > best_shared:
+            best, best_shared = (seq, end), shared
+    assert best is not None
+    return best
 
 
 _DEFAULT_OPTIONS = AlignOptions()
@@ -144,11 +195,19 @@ def align_calls(
                 gaps.append(Gap(call_index=call.index, claimed_prefix_length=claimed))
             claimed = None  # it names no call we have: the tokens alone decide
         match: _Seq | None = None
-        if recent:
-            for seq in reversed(recent[-options.max_candidates :]):  # the latest first: usually it
-                if _extends(call, seq, claimed, counts):
-                    match = seq
-                    break
+        followed: tuple[_Seq, LLMCall] | None = None  # what a drift is reported against
+        candidates = recent[-options.max_candidates :][::-1]  # the latest first: usually it
+        for seq in candidates:
+            end = _continued_end(call, seq, claimed, counts)
+            if end is not None:
+                match = seq
+                # An end that shares more than this one is the conversation the call went
+                # through: it re-rendered that end's tokens (drift), see the module docstring.
+                n = _end_length(end)
+                longer = [(s, e) for s, e in _ends(candidates) if e is not end and _shares_past(prompt, e, n)]
+                if longer:
+                    match, followed = None, _followed(call, longer)
+                break
         full_len = len(prompt) + len(response)
         ends.add(full_len)
         fingerprint = attrs.get(AGL_SEQUENCE_FINGERPRINT)
@@ -160,9 +219,8 @@ def align_calls(
             continue
         if match is None:
             if recent:
-                last = recent[-1].last
-                assert last is not None
-                drift.append(drift_event(call, last, recent[-1].index, decode=decode, window=options.window))
+                seq, end = followed or _followed(call, _ends(candidates))
+                drift.append(drift_event(call, end, seq.index, decode=decode, window=options.window))
             match = _Seq(len(seqs))
             seqs.append(match)
             recent.append(match)

@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from agl_tinker.core.types import LLMCall
 
-__all__ = ["Decode", "DriftEvent", "DriftKind", "drift_event"]
+__all__ = ["Decode", "DriftEvent", "DriftKind", "drift_event", "first_difference"]
 
 Decode = Callable[[list[int]], str]
 
@@ -33,7 +33,8 @@ class DriftEvent:
     call_index: int
     """The call whose prompt does not continue the sequence."""
     expected_call_index: int
-    """Last call of the sequence it was compared with (the most recently extended one)."""
+    """The earlier call it was compared with: the one whose tokens its prompt shares the longest
+    prefix with (see :mod:`agl_tinker.core.align`)."""
     sequence_index: int
     token_index: int
     """First prompt position differing from that sequence (its length if the prompt is shorter)."""
@@ -44,8 +45,8 @@ class DriftEvent:
     kind: DriftKind
 
 
-def _first_difference(prompt: Sequence[int], expected: list[int]) -> int:
-    """First index where they differ, or the shorter length (runs only on a mismatch)."""
+def first_difference(prompt: Sequence[int], expected: list[int]) -> int:
+    """First index where they differ, or the shorter length: the length of their shared prefix."""
     n = min(len(prompt), len(expected))
     block = 512
     for start in range(0, n, block):
@@ -63,7 +64,7 @@ def drift_event(
 
     Args:
         call: the call that starts a new sequence.
-        last: the most recently extended sequence's last call.
+        last: the earlier call ``call`` follows (the longest shared prefix).
         sequence_index: that sequence's index.
         decode: the tokenizer's decode, for the report's text (``None``: no text).
         window: tokens shown on each side of the first difference.
@@ -75,7 +76,7 @@ def drift_event(
     assert last.prompt_token_ids is not None and last.response_token_ids is not None
     expected = list(last.prompt_token_ids) + list(last.response_token_ids)
     prompt = call.prompt_token_ids
-    at = _first_difference(prompt, expected)
+    at = first_difference(prompt, expected)
     lo = max(0, at - window)
     exp_win = tuple(expected[lo : at + window])
     act_win = tuple(prompt[lo : at + window])

@@ -5,8 +5,9 @@ either reported (a problem, exclusion, drift or gap counter changes) or provably
 is trained is exactly what the intact spans give); nothing escapes ``rollout_trajectory``.
 
 What no reader can detect is left out on purpose, with the reason: a token id replaced by
-another valid id in a span without our writer's fingerprint (the client and proxy formats carry
-none), and a reward replaced by another valid reward, are indistinguishable from a genuine run."""
+another valid id, or a token list cut to its valid head, in a span without our writer's
+fingerprint (the client and proxy formats carry none), and a reward replaced by another valid
+reward, are indistinguishable from a genuine run."""
 
 from __future__ import annotations
 
@@ -152,14 +153,20 @@ def _corrupt_value(key: str, value: Any, rng: random.Random, fingerprinted: bool
     """A corrupted version of one attribute value, of the kinds a careless writer or store makes."""
     if isinstance(value, list) and value:
         out = list(value)
-        i = rng.randrange(len(out))
+        shape = rng.choice(["whole", "whole", "shortened", "empty", "str", "text"])
+        # Shortened without a fingerprint, the changed value must stay in: a list cut to its
+        # valid head is a genuine-looking prompt (see the module docstring).
+        keep_in = shape == "shortened" and not fingerprinted and len(out) > 1
+        i = rng.randrange(len(out) - 1 if keep_in else len(out))
         if key == S.AGL_RESPONSE_LOGPROBS:
             out[i] = rng.choice(BAD_FLOATS)
         elif fingerprinted and rng.random() < 0.3:
             out[i] = (out[i] + rng.randint(1, 5)) % VOCAB  # valid but changed: the fingerprint knows
         else:
             out[i] = rng.choice(BAD_IDS)
-        return rng.choice([out, out, out[:-1], [], str(out), "not a list"])
+        return {"whole": out, "shortened": out[:-1], "empty": [], "str": str(out), "text": "not a list"}[
+            shape
+        ]
     if isinstance(value, str) and value.startswith("["):  # stringified lists (proxy raw spans)
         return rng.choice(
             [value.replace(",", ", -1,", 1), value[: len(value) // 2], "[1, 'a']", "{[]: 1}", "[" * 500]

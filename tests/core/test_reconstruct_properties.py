@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import torch
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import Span
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from spanfactory import CallSpec, Writer, call_spans, reward_span, span_id
 from tinker_cookbook.rl.data_processing import assemble_training_data, compute_advantages
@@ -110,6 +110,94 @@ def runs(draw: st.DrawFn, max_calls: int = 64) -> Run:
     return Run(calls, writers, kinds, drift_at, missing, rewards, dups)
 
 
+@dataclass(frozen=True)
+class Turn:
+    """One call of a scripted run: how its prompt relates to the previous call's."""
+
+    kind: str = "chain"  # chain | drift | concurrent
+    writer: Writer = "agl"
+    response: int = 3  # response tokens
+    extra: int = 1  # new prompt tokens after the history
+    drift_at: int | None = None  # drift: the history position altered (+1)
+    problem: CallProblem | None = None  # MISSING_LOGPROBS only: token ids stay
+    claim: bool = True  # the writer records the prefix it continued
+    after: int | None = None  # the call whose tokens it continues (default: the previous one)
+
+
+def scripted(*turns: Turn, first_prompt: tuple[int, ...] = (36922, 25654, 16119)) -> Run:
+    """A run built turn by turn as :func:`runs` builds one (pinned examples of the properties)."""
+    calls: list[CallSpec] = []
+    kinds: list[str] = []
+    drift_at: dict[int, int] = {}
+    missing: dict[int, CallProblem] = {}
+    prompt = list(first_prompt)
+    token = iter(range(1000, VOCAB))
+    prev: CallSpec | None = None
+    for k, turn in enumerate(turns):
+        start = 100.0 + k
+        if turn.kind == "concurrent":
+            assert prev is not None
+            prompt, start = list(prev.prompt), prev.start + 0.01
+        elif prev is not None:
+            prev = prev if turn.after is None else calls[turn.after]
+            full = prev.prompt + prev.response
+            if turn.kind == "drift":
+                assert turn.drift_at is not None
+                full[turn.drift_at] = (full[turn.drift_at] + 1) % VOCAB
+                drift_at[k] = turn.drift_at
+            prompt = full + [next(token) for _ in range(turn.extra)]
+        response = [next(token) for _ in range(turn.response)]
+        logprobs = [-(k * 100 + j + 1) / 1000.0 for j in range(len(response))]
+        claim = prev is not None and turn.kind != "concurrent" and turn.claim
+        spec = CallSpec(
+            prompt=prompt,
+            response=response,
+            logprobs=None if turn.problem is CallProblem.MISSING_LOGPROBS else logprobs,
+            start=start,
+            end=start + 0.5,
+            response_id=f"resp-{k}",
+            prefix_length=len(prev.prompt) + len(prev.response) if claim and prev is not None else None,
+        )
+        if turn.problem is not None:
+            missing[k] = turn.problem
+        calls.append(spec)
+        kinds.append(turn.kind)
+        prev = spec
+    writers = [turn.writer for turn in turns]
+    return Run(calls, writers, kinds, drift_at, missing, [(200.0, 1.0)], set())
+
+
+LOST = CallProblem.MISSING_LOGPROBS
+# Issue 38: call 3 continues call 0 exactly (call 0's 11 tokens) but re-renders call 2's tokens at
+# 17: it is drift against call 2, not an extension of call 0's older sequence.
+ISSUE_38 = scripted(
+    Turn(response=8, writer="agl"),
+    Turn(response=7, writer="client", problem=LOST),
+    Turn(kind="drift", drift_at=16, response=2, extra=2, writer="agl"),
+    Turn(kind="drift", drift_at=17, extra=3, writer="client"),
+)
+# Its neighbours: a problem call right before a drift (with and without the writer's claim), two
+# drifts in a row, and a concurrent call between a call and its continuation.
+PROBLEM_THEN_DRIFT = scripted(
+    Turn(response=8), Turn(response=7, problem=LOST), Turn(kind="drift", drift_at=16, writer="client")
+)
+PROBLEM_THEN_DRIFT_CLAIMED = scripted(
+    Turn(response=8), Turn(response=7, problem=LOST), Turn(kind="drift", drift_at=16)
+)
+TWO_DRIFTS = scripted(
+    Turn(response=8),
+    Turn(kind="drift", drift_at=9, response=4),
+    Turn(kind="drift", drift_at=14, writer="client"),
+)
+CONCURRENT_BETWEEN = scripted(
+    Turn(response=5),
+    Turn(kind="concurrent", response=4),
+    Turn(after=0),  # the first branch goes on: its older sequence is extended, no drift
+    Turn(kind="drift", drift_at=9),
+)
+PINNED = [ISSUE_38, PROBLEM_THEN_DRIFT, PROBLEM_THEN_DRIFT_CLAIMED, TWO_DRIFTS, CONCURRENT_BETWEEN]
+
+
 def encode(run: Run, rollout_id: str, attempt_id: str, seq0: int = 1) -> list[Span]:
     out: list[Span] = []
     seq = seq0
@@ -149,6 +237,17 @@ def old_attempt(rollout_id: str, attempt_id: str) -> list[Span]:
     )
 
 
+def _followable(run: Run, k: int) -> bool:
+    """Call ``k``'s tokens are an end a later call is compared with: it is trainable, or an
+    untrainable call with its token ids that continued a trainable call (the rule of
+    :mod:`agl_tinker.core.align`: an untrainable call is followed like any other)."""
+    problem = run.missing.get(k)
+    if problem is None:
+        return True
+    has_ids = problem in (CallProblem.MISSING_LOGPROBS, CallProblem.LOGPROB_COUNT_MISMATCH)
+    return has_ids and k > 0 and run.kinds[k] == "chain" and (k - 1) not in run.missing
+
+
 def check_run(run: Run, spans: list[Span]) -> None:
     rec = reconstruct(spans)
     assert [c.response_id for c in rec.calls] == [c.response_id for c in run.calls]
@@ -186,7 +285,7 @@ def check_run(run: Run, spans: list[Span]) -> None:
     if trainable and all(kind == "chain" for kind in run.kinds):
         assert len(alignment.sequences) == 1 and not alignment.drift
     for k, at in run.drift_at.items():
-        if k in skipped or (k - 1) in skipped or run.kinds[k - 1] == "concurrent":
+        if k in skipped or run.kinds[k - 1] == "concurrent" or not _followable(run, k - 1):
             continue
         events = [d for d in alignment.drift if d.call_index == k]
         assert events and events[0].token_index == at and events[0].kind is DriftKind.DRIFT
@@ -225,6 +324,11 @@ def check_run(run: Run, spans: list[Span]) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(runs(), st.randoms(use_true_random=False), st.booleans())
+@example(ISSUE_38, random.Random(0), False)
+@example(PROBLEM_THEN_DRIFT, random.Random(1), True)
+@example(PROBLEM_THEN_DRIFT_CLAIMED, random.Random(2), False)
+@example(TWO_DRIFTS, random.Random(3), False)
+@example(CONCURRENT_BETWEEN, random.Random(4), True)
 def test_random_runs_round_trip(run: Run, shuffler: random.Random, with_old_attempt: bool) -> None:
     spans = encode(run, "ro-1", "at-2", seq0=10)
     if with_old_attempt:
@@ -236,6 +340,10 @@ def test_random_runs_round_trip(run: Run, shuffler: random.Random, with_old_atte
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(runs(max_calls=24), st.randoms(use_true_random=False))
+@example(ISSUE_38, random.Random(0))
+@example(PROBLEM_THEN_DRIFT, random.Random(1))
+@example(TWO_DRIFTS, random.Random(2))
+@example(CONCURRENT_BETWEEN, random.Random(3))
 def test_round_trip_through_a_real_store(run: Run, shuffler: random.Random) -> None:
     async def go() -> list[Span]:
         store = InMemoryLightningStore()
@@ -255,3 +363,22 @@ def test_round_trip_through_a_real_store(run: Run, shuffler: random.Random) -> N
     check_run(run, spans)
     result = rollout_trajectory(spans, status="succeeded")
     assert (result.trajectory is None) == (not run.rewards or not result.alignment.steps)
+
+
+def _events(run: Run) -> list[tuple[int, int, int, str]]:
+    rec = reconstruct(encode(run, "ro-1", "at-1"))
+    alignment = align_calls(rec.calls)
+    return [(d.call_index, d.expected_call_index, d.token_index, str(d.kind)) for d in alignment.drift]
+
+
+def test_a_drift_is_reported_against_the_call_whose_tokens_the_prompt_shares_most() -> None:
+    """Issue 38 and its neighbours: each drift names the call the conversation went through
+    (the longest shared prefix), whichever writer recorded it and whatever it claimed."""
+    assert _events(ISSUE_38) == [(2, 1, 16, "drift"), (3, 2, 17, "drift")]
+    assert _events(PROBLEM_THEN_DRIFT) == [(2, 1, 16, "drift")]
+    assert _events(PROBLEM_THEN_DRIFT_CLAIMED) == [(2, 1, 16, "drift")]
+    assert _events(TWO_DRIFTS) == [(1, 0, 9, "drift"), (2, 1, 14, "drift")]
+    # A concurrent branch between: the first branch's continuation extends its older sequence.
+    assert _events(CONCURRENT_BETWEEN) == [(1, 0, 3, "concurrent"), (3, 2, 9, "drift")]
+    rec = reconstruct(encode(CONCURRENT_BETWEEN, "ro-1", "at-1"))
+    assert [s.call_indices for s in align_calls(rec.calls).sequences] == [(0, 2), (1,), (3,)]
