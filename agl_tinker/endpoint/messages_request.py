@@ -24,7 +24,7 @@ from agl_tinker.endpoint.chat_request import ChatRequest, chat_request, sampling
 from agl_tinker.endpoint.conversation import BadRequest, Conversation
 from agl_tinker.endpoint.provider import TinkerChatProvider
 
-_DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
+_DROPPED_BLOCKS = ("thinking", "redacted_thinking")
 
 
 @dataclass(frozen=True)

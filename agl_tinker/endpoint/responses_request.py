@@ -62,7 +62,7 @@ def _text(content: object, where: str) -> str:
     texts: list[str] = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in _TEXT_PARTS:
+        if not isinstance(kind, str) or kind not in _TEXT_PARTS:
             raise BadRequest(
                 f"'{where}.content[{j}]' of type {kind!r} is not supported: only text parts "
                 "(input_text, output_text) are (no images or files)"
@@ -92,6 +92,8 @@ class _Items:
     def message(self, item: dict[str, Any], where: str) -> None:
         role = item.get("role")
         text = _text(item.get("content"), where)
+        if not isinstance(role, str):
+            raise BadRequest(f"'{where}.role' must be user, assistant, system or developer")
         if role in _SYSTEM_ROLES:
             if self.messages:
                 self.messages.append(Message(role="system", content=text))
