@@ -29,6 +29,8 @@ key                                 type                       meaning
 ``agl_tinker.tool_calls.parse_failures`` int                   tool calls in the answer that did not parse
                                                                (returned as text); absent when none
 ``agl_tinker.tools_offered``        int                        number of tools the request declared
+``agl_tinker.api``                  str                        API the agent called: ``chat.completions``,
+                                                               ``responses`` or ``messages`` (lean endpoint)
 =================================  =========================  ==============================================
 
 The fingerprints exist for speed, not trust: when call k's ``prefix_fingerprint`` at length L equals
@@ -91,6 +93,7 @@ AGL_PREFIX_LENGTH: Final = "agl_tinker.prefix_length"
 AGL_PREFIX_FINGERPRINT: Final = "agl_tinker.prefix_fingerprint"
 AGL_TOOL_CALL_PARSE_FAILURES: Final = "agl_tinker.tool_calls.parse_failures"
 AGL_TOOLS_OFFERED: Final = "agl_tinker.tools_offered"
+AGL_API: Final = "agl_tinker.api"
 
 AGENT_NAME_HEADER: Final = "X-Agent-Name"
 """Request header an agent (or its framework's client settings) uses to name itself to the endpoint."""
@@ -197,10 +200,14 @@ def reward_attributes(value: float, *, name: str = "primary", **dimensions: floa
     return attrs
 
 
-def request_attributes(agent_name: str | None, tools: object) -> dict[str, Any]:
+def request_attributes(agent_name: str | None, tools: object, api: str | None = None) -> dict[str, Any]:
     """What an LLM-call span records about the request itself: the agent name it gave (when it
-    gave a non-empty one) and how many tools it offered (0 when ``tools`` is absent or not a list)."""
-    attrs: dict[str, Any] = {AGL_TOOLS_OFFERED: len(tools) if isinstance(tools, list) else 0}
+    gave a non-empty one), how many tools it offered (``tools``: their list, or their count; 0 when
+    absent or not a list) and the API it called (when given)."""
+    offered = tools if isinstance(tools, int) else len(tools) if isinstance(tools, list) else 0
+    attrs: dict[str, Any] = {AGL_TOOLS_OFFERED: offered}
     if agent_name:
         attrs[AGL_AGENT_NAME] = agent_name
+    if api is not None:
+        attrs[AGL_API] = api
     return attrs

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from tinker_cookbook.capture.proxy.app import (
-    _BadRequest,
     _parse_openai,
     _validated_max_tokens,
     _validated_number,
@@ -22,8 +21,7 @@ from tinker_cookbook.capture.proxy.app import (
 )
 from tinker_cookbook.renderers import Message, Renderer, ToolSpec
 
-BadRequest = _BadRequest
-"""Raised for a client mistake; its message names the offending field, never its content."""
+from agl_tinker.endpoint.conversation import BadRequest, Conversation, prompt_messages
 
 MAX_STOP_SEQUENCES = 4
 MAX_SEED = 2**63 - 1
@@ -63,11 +61,24 @@ def _check_range(name: str, value: float | None, low: float, high: float, *, low
         raise BadRequest(f"{name!r} must be in {bracket}{low}, {high}]")
 
 
-def _sampling_settings(body: dict[str, Any], default_max_tokens: int) -> SamplingSettings:
-    raw_max: object = body.get("max_completion_tokens")
-    key = "max_completion_tokens"
-    if raw_max is None:
-        raw_max, key = body.get("max_tokens"), "max_tokens"
+def sampling_settings(
+    body: dict[str, Any],
+    default_max_tokens: int,
+    *,
+    max_keys: tuple[str, ...] = ("max_completion_tokens", "max_tokens"),
+    stop_key: str | None = "stop",
+) -> SamplingSettings:
+    """The sampling knobs of a request body, validated (ranges included); raises ``BadRequest``.
+
+    ``max_keys``: the budget's field names, first present wins (each API names it differently);
+    ``stop_key``: the client stop strings' field name (``None``: the API has none).
+    """
+    raw_max: object = None
+    key = max_keys[0]
+    for key in max_keys:
+        raw_max = body.get(key)
+        if raw_max is not None:
+            break
     temperature = _validated_number(body, "temperature")
     top_p = _validated_number(body, "top_p")
     _check_range("temperature", temperature, 0.0, 2.0)
@@ -75,12 +86,12 @@ def _sampling_settings(body: dict[str, Any], default_max_tokens: int) -> Samplin
     top_k = _validated_optional_int(body, "top_k")
     if top_k is not None and top_k != -1 and top_k < 1:
         raise BadRequest("'top_k' must be a positive integer, or -1 for no limit")
-    stop = _validated_stop_strings(body.get("stop"), "stop")
+    stop = None if stop_key is None else _validated_stop_strings(body.get(stop_key), stop_key)
     if stop is not None:
         if len(stop) > MAX_STOP_SEQUENCES:
-            raise BadRequest(f"'stop' allows at most {MAX_STOP_SEQUENCES} sequences")
+            raise BadRequest(f"{stop_key!r} allows at most {MAX_STOP_SEQUENCES} sequences")
         if any(not s for s in stop):
-            raise BadRequest("'stop' sequences must be non-empty strings")
+            raise BadRequest(f"{stop_key!r} sequences must be non-empty strings")
     seed = _validated_optional_int(body, "seed")
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise BadRequest(f"'seed' must be a non-negative integer up to {MAX_SEED}")
@@ -130,7 +141,7 @@ def _logprobs_requested(body: dict[str, Any]) -> bool:
     return bool(value)
 
 
-def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
+def stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean")
@@ -166,26 +177,35 @@ def parse_chat_request(body: dict[str, Any], renderer: Renderer, *, default_max_
         raise BadRequest("request body must be a JSON object")
     _check_field_types(body)
     logprobs = _logprobs_requested(body)
-    stream, include_usage = _stream_flags(body)
+    stream, include_usage = stream_flags(body)
     _check_tool_call_arguments(body.get("messages"))
     # The cookbook parser rejects logprobs outright (its proxy cannot return them); this endpoint can.
     parsed = _parse_openai({k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")})
-    messages = parsed.messages
-    if parsed.tool_specs:
-        try:
-            prefix = renderer.create_conversation_prefix_with_tools(
-                parsed.tool_specs, system_prompt=parsed.system_text or ""
-            )
-        except NotImplementedError:
-            raise BadRequest("this model's renderer does not support tool calling; omit 'tools'") from None
-        messages = [*prefix, *messages]
-    elif parsed.system_text is not None:
-        messages = [Message(role="system", content=parsed.system_text), *messages]
+    return chat_request(
+        parsed,
+        renderer,
+        sampling_settings(body, default_max_tokens),
+        logprobs=logprobs,
+        stream=stream,
+        include_usage=include_usage,
+    )
+
+
+def chat_request(
+    conversation: Conversation,
+    renderer: Renderer,
+    sampling: SamplingSettings,
+    *,
+    logprobs: bool = False,
+    stream: bool = False,
+    include_usage: bool = False,
+) -> ChatRequest:
+    """The request to sample for ``conversation`` (any API's), rendered messages prefixed."""
     return ChatRequest(
-        messages=messages,
-        tool_specs=parsed.tool_specs,
-        suppress_tool_calls=parsed.suppress_tool_calls,
-        sampling=_sampling_settings(body, default_max_tokens),
+        messages=prompt_messages(conversation, renderer),
+        tool_specs=conversation.tool_specs,
+        suppress_tool_calls=conversation.suppress_tool_calls,
+        sampling=sampling,
         logprobs=logprobs,
         stream=stream,
         include_usage=include_usage,

@@ -44,6 +44,8 @@ class Generation:
     """Prompt tokens taken verbatim from an earlier answer (token-in-token-out), if any."""
     tool_call_parse_failures: int = 0
     """Tool calls the policy wrote that did not parse; they are in ``text`` as written."""
+    stop_sequence: str | None = None
+    """The client stop string the answer was cut at, if one was."""
 
 
 def openai_tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:

@@ -7,11 +7,15 @@ hop, logging payloads, cost lookups) costs more per call than the rest of the en
 (``benchmarks/endpoint.py``). ``litellm_dispatch=True`` routes every call through
 ``litellm.acompletion`` instead, for users whose LiteLLM callbacks must see the calls.
 
-Serves ``/v1/chat/completions`` and the rollout-attributed ``/rollout/{rid}/attempt/{aid}/v1/...``
-paths Agent-lightning's LLMProxy serves, plus ``/v1/models`` and ``/health``. It runs on its own
-thread and event loop, so synchronous agents in the same process (and tests) can call it, and hands
-calls on rollout paths to a :class:`SpanRecorder` that stores them after the answer has gone out.
-``stream=True`` is served as OpenAI SSE chunks of the finished answer: the sampler returns whole
+Serves three APIs through one path (:mod:`agl_tinker.endpoint.wire`): ``/v1/chat/completions``,
+``/v1/responses`` (OpenAI Responses) and ``/v1/messages`` (Anthropic Messages), bare and under the
+rollout-attributed ``/rollout/{rid}/attempt/{aid}/v1/...`` paths Agent-lightning's LLMProxy serves,
+plus ``/v1/models``, ``/health`` and ``HEAD /``. Each served name is also answered under its
+slash-free alias (:mod:`agl_tinker.endpoint.model_names`). ``litellm_dispatch`` applies to chat
+completions only; the other two APIs always call the provider directly. It runs on its own thread
+and event loop, so synchronous agents in the same process (and tests) can call it, and hands calls
+on rollout paths to a :class:`SpanRecorder` that stores them after the answer has gone out.
+``stream=True`` is served as SSE events of the finished answer: the sampler returns whole
 sequences, and recording needs the whole token list anyway.
 """
 
@@ -30,61 +34,18 @@ import litellm
 from aiohttp import web
 from litellm.types.utils import ModelResponse
 
-from agl_tinker.endpoint.chat_request import BadRequest
-from agl_tinker.endpoint.generation import completion_dict, generation_from_response, span_attributes
+from agl_tinker.endpoint.conversation import BadRequest
+from agl_tinker.endpoint.generation import generation_from_response, span_attributes
+from agl_tinker.endpoint.model_names import slash_free_aliases
 from agl_tinker.endpoint.provider import InvalidChatRequest, TinkerChatProvider
 from agl_tinker.endpoint.request_scope import TITO_SCOPE
 from agl_tinker.endpoint.span_recorder import CallRecord, SpanRecorder
+from agl_tinker.endpoint.wire import APIS, CHAT, WireApi
 from agl_tinker.spans import AGENT_NAME_HEADER, request_attributes
 
 logger = logging.getLogger(__name__)
 
 _NOT_FORWARDED = frozenset({"model", "messages", "stream", "stream_options", "metadata"})
-
-
-def openai_error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
-    """An OpenAI-shaped error body (the ``openai`` client reads ``error.message``)."""
-    return web.json_response(
-        {"error": {"message": message, "type": kind, "param": None, "code": None}}, status=status
-    )
-
-
-def sse_chunks(completion: dict[str, Any], *, include_usage: bool) -> Iterator[bytes]:
-    """The finished completion as OpenAI ``chat.completion.chunk`` events, ending with ``[DONE]``.
-
-    The last chunk also carries the token extras (``token_ids``, ``prompt_token_ids``) so a client
-    reading the stream sees the same ids a non-streaming answer has.
-    """
-    choice = completion["choices"][0]
-    message = choice["message"]
-    base = {k: completion[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
-    usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
-
-    def event(payload: dict[str, Any]) -> bytes:
-        return b"data: " + json.dumps(payload).encode() + b"\n\n"
-
-    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
-    if message.get("content"):
-        deltas.append({"content": message["content"]})
-    if message.get("tool_calls"):
-        deltas.append({"tool_calls": [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]})
-    for delta in deltas:
-        yield event({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}], **usage_field})
-    last_choice = {
-        "index": 0,
-        "delta": {},
-        "finish_reason": choice["finish_reason"],
-        "logprobs": choice.get("logprobs"),
-        "token_ids": choice.get("token_ids"),
-        "token_logprobs": choice.get("token_logprobs"),
-    }
-    extras: dict[str, Any] = {
-        k: completion[k] for k in ("prompt_token_ids", "weights_version") if k in completion
-    }
-    yield event({**base, "choices": [last_choice], **usage_field, **extras})
-    if include_usage:
-        yield event({**base, "choices": [], "usage": completion["usage"]})
-    yield b"data: [DONE]\n\n"
 
 
 class LeanServer:
@@ -112,6 +73,10 @@ class LeanServer:
         self.litellm_model = litellm_model
         self.served_model = served_model
         self.accepted_models = frozenset((served_model, *model_aliases, *self.routes))
+        self.aliases = slash_free_aliases(self.accepted_models)
+        """Slash-free alias -> the served name it stands for (:mod:`agl_tinker.endpoint.model_names`)."""
+        self.ignored_tools = 0
+        """Declared tools the policy cannot call (hosted/server tools), left out of prompts (a count)."""
         self.recorder = recorder
         self.host = host
         self.port = port
@@ -188,76 +153,92 @@ class LeanServer:
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/", self._alive)
         for prefix in ("", "/rollout/{rollout_id}/attempt/{attempt_id}"):
-            app.router.add_post(prefix + "/v1/chat/completions", self._chat)
+            for api in APIS:
+                app.router.add_post(prefix + "/v1" + api.path, functools.partial(self._serve, api))
             app.router.add_get(prefix + "/v1/models", self._models)
         return app
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "model": self.served_model})
 
+    async def _alive(self, request: web.Request) -> web.Response:
+        """``HEAD /`` (Anthropic clients' reachability check) and ``GET /``."""
+        return web.Response(text="agl-tinker endpoint")
+
     async def _models(self, request: web.Request) -> web.Response:
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "agl-tinker"}
-            for name in sorted(self.accepted_models)
+            for name in sorted(self.accepted_models | self.aliases.keys())
         ]
         return web.json_response({"object": "list", "data": data})
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    def _model(self, body: dict[str, Any]) -> str | None:
+        """The served name ``body`` asks for (an alias resolved), or ``None`` when not served."""
+        model = body.get("model")
+        if not isinstance(model, str):
+            return None
+        if model in self.accepted_models:
+            return model
+        return self.aliases.get(model)
+
+    async def _serve(self, api: WireApi, request: web.Request) -> web.StreamResponse:
+        """One call through ``api``: parse, sample (token-in-token-out in the rollout attempt's
+        scope), record the span on rollout paths, answer as JSON or SSE."""
         started = time.time()
         try:
             body = json.loads(await request.read())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return openai_error(400, "request body must be valid JSON")
+            return api.error(400, "request body must be valid JSON")
         if not isinstance(body, dict):
-            return openai_error(400, "request body must be a JSON object")
-        model = body.get("model")
-        if not isinstance(model, str) or model not in self.accepted_models:
-            shown = repr(model) if isinstance(model, str) else f"of type {type(model).__name__}"
-            return openai_error(400, f"'model' {shown} is not served here; use {self.served_model!r}")
+            return api.error(400, "request body must be a JSON object")
+        model = self._model(body)
+        if model is None:
+            asked = body.get("model")
+            shown = repr(asked) if isinstance(asked, str) else f"of type {type(asked).__name__}"
+            return api.error(400, f"'model' {shown} is not served here; use {self.served_model!r}")
         provider = self.routes.get(model, self.provider)
         try:
-            parsed = provider.parse(body)
+            call = api.parse(body, provider)
         except BadRequest as exc:
-            return openai_error(400, str(exc))
+            return api.error(400, str(exc))
+        self.ignored_tools += call.ignored_tools
         rollout_id = request.match_info.get("rollout_id")
         # token-in-token-out reuses only this attempt's own tokens
         scope = None if rollout_id is None else f"{rollout_id}/{request.match_info['attempt_id']}"
         try:
-            if self.litellm_dispatch:
+            if self.litellm_dispatch and api is CHAT:
                 response = await self._via_litellm(body, scope)
                 response.model = model
-                completion = response.model_dump()
-                attributes = functools.partial(
-                    span_attributes, generation_from_response(response), body["messages"], model
-                )
+                answer = response.model_dump()
+                generation = generation_from_response(response)
             else:
-                generation = await provider.generate(parsed, scope)
-                completion = completion_dict(generation, model, provider.tokenizer, logprobs=parsed.logprobs)
-                attributes = functools.partial(span_attributes, generation, body["messages"], model)
+                generation = await provider.generate(call.request, scope)
+                answer = api.answer(generation, model, call, provider.tokenizer)
         except BadRequest as exc:
-            return openai_error(400, str(exc))
+            return api.error(400, str(exc))
         except InvalidChatRequest as exc:
-            return openai_error(400, exc.detail)
+            return api.error(400, exc.detail)
         except litellm.BadRequestError as exc:
-            return openai_error(400, str(exc.message))
+            return api.error(400, str(exc.message))
         except Exception:
-            logger.exception("chat completion failed")
-            return openai_error(500, "the sampler failed to answer; see the server log", "server_error")
+            logger.exception("%s call failed", api.name)
+            return api.error(500, "the sampler failed to answer; see the server log", "server_error")
         if rollout_id is not None and self.recorder is not None:
-            extras = request_attributes(request.headers.get(AGENT_NAME_HEADER), body.get("tools"))
+            extras = request_attributes(request.headers.get(AGENT_NAME_HEADER), call.tools_offered, api.name)
             self.recorder.record(
                 CallRecord(
                     rollout_id=rollout_id,
                     attempt_id=request.match_info["attempt_id"],
-                    attributes=attributes() | extras,
+                    attributes=span_attributes(generation, call.span_messages, model) | extras,
                     start_time=started,
                     end_time=time.time(),
                 )
             )
-        if not parsed.stream:
-            return web.Response(body=json.dumps(completion).encode(), content_type="application/json")
-        return await self._stream(request, sse_chunks(completion, include_usage=parsed.include_usage))
+        if not call.request.stream:
+            return web.Response(body=json.dumps(answer).encode(), content_type="application/json")
+        return await self._stream(request, api.events(answer, call))
 
     async def _via_litellm(self, body: dict[str, Any], scope: str | None) -> ModelResponse:
         """The same answer through ``litellm.acompletion``, so LiteLLM's callbacks see the call."""

@@ -52,8 +52,9 @@ class Policy:
     version: int | str
 
 
-def _truncate_at_stop(tokenizer: Any, tokens: list[int], stops: list[str]) -> tuple[int, str] | None:
-    """Shortest token prefix whose text contains a client stop string, and the text before the stop.
+def _truncate_at_stop(tokenizer: Any, tokens: list[int], stops: list[str]) -> tuple[int, str, str] | None:
+    """Shortest token prefix whose text contains a client stop string, the text before the stop,
+    and the stop string found first.
 
     The sampler only takes this model's token-id stops, so client strings are applied here; the
     tokens kept are the ones that produced the stop, like a sampler-side string stop would keep.
@@ -62,7 +63,7 @@ def _truncate_at_stop(tokenizer: Any, tokens: list[int], stops: list[str]) -> tu
     hits = [(text.find(s), s) for s in stops if s in text]
     if not hits:
         return None
-    cut, _ = min(hits)
+    cut, stop = min(hits)
     low, high = 1, len(tokens)
     while low < high:  # smallest k with a stop inside decode(tokens[:k]); monotone in k
         mid = (low + high) // 2
@@ -70,7 +71,7 @@ def _truncate_at_stop(tokenizer: Any, tokens: list[int], stops: list[str]) -> tu
             high = mid
         else:
             low = mid + 1
-    return low, text[:cut]
+    return low, text[:cut], stop
 
 
 class TinkerChatProvider(CustomLLM):
@@ -89,6 +90,7 @@ class TinkerChatProvider(CustomLLM):
         default_max_tokens: int = 1024,
         sample_retries: int = 2,
         tito_max_entries: int = 4096,
+        strict_context: bool = False,
     ) -> None:
         super().__init__()
         self.base_model = base_model
@@ -99,6 +101,12 @@ class TinkerChatProvider(CustomLLM):
             cast(Tokenizer, CachedEncodeTokenizer(tokenizer)),  # same interface, cached encode
         )
         self.max_context_tokens = max_context_tokens
+        self.strict_context = strict_context
+        """``True``: a prompt plus ``max_tokens`` beyond the context is a 400; ``False``: the
+        budget is clamped to what fits (the answer may end for length), counted in
+        :attr:`max_tokens_clamped`."""
+        self.max_tokens_clamped = 0
+        """Requests whose ``max_tokens`` was cut to fit the context (a running count)."""
         self.default_max_tokens = default_max_tokens
         self.sample_retries = sample_retries
         self._retrier = Retrier(RetryPolicy(max_attempts=sample_retries + 1, base_delay_s=0.05))
@@ -123,9 +131,9 @@ class TinkerChatProvider(CustomLLM):
         """``body`` (an OpenAI chat request) validated against this renderer; raises ``BadRequest``."""
         return parse_chat_request(body, self.renderer, default_max_tokens=self.default_max_tokens)
 
-    def _sampling_params(self, request: ChatRequest) -> tinker.SamplingParams:
+    def _sampling_params(self, request: ChatRequest, max_tokens: int) -> tinker.SamplingParams:
         s = request.sampling
-        kwargs: dict[str, Any] = {"max_tokens": s.max_tokens, "stop": self._stop_tokens}
+        kwargs: dict[str, Any] = {"max_tokens": max_tokens, "stop": self._stop_tokens}
         if s.temperature is not None:
             kwargs["temperature"] = s.temperature
         if s.top_p is not None:
@@ -161,6 +169,28 @@ class TinkerChatProvider(CustomLLM):
                 ) from exc
             raise
 
+    def _fitted_max_tokens(self, prompt_length: int, max_tokens: int) -> int:
+        """``max_tokens``, clamped to the room the prompt leaves unless :attr:`strict_context`.
+
+        Raises ``BadRequest`` (naming both numbers) when the prompt alone fills the context, or
+        when it does not fit with ``max_tokens`` and the context is strict.
+        """
+        room = self.max_context_tokens - prompt_length
+        if max_tokens <= room:
+            return max_tokens
+        if room <= 0:
+            raise BadRequest(
+                f"prompt is too long: {prompt_length} prompt tokens leave no room in the context "
+                f"window of {self.max_context_tokens} tokens"
+            )
+        if self.strict_context:
+            raise BadRequest(
+                f"prompt is too long: {prompt_length} prompt tokens plus {max_tokens} "
+                f"max_tokens exceed the context window of {self.max_context_tokens} tokens"
+            )
+        self.max_tokens_clamped += 1
+        return room
+
     async def generate(self, request: ChatRequest, scope: str | None = None) -> Generation:
         """Render (reusing tokens remembered in ``scope``, the request's rollout attempt), sample
         once, parse. Raises ``BadRequest`` on client errors."""
@@ -171,12 +201,8 @@ class TinkerChatProvider(CustomLLM):
         else:
             prompt = self.renderer.build_generation_prompt(request.messages).to_ints()
             digests, reused = [], None
-        if len(prompt) + request.sampling.max_tokens > self.max_context_tokens:
-            raise BadRequest(
-                f"prompt is too long: {len(prompt)} prompt tokens plus {request.sampling.max_tokens} "
-                f"max_tokens exceed the context window of {self.max_context_tokens} tokens"
-            )
-        response = await self._sample(policy, prompt, self._sampling_params(request))
+        max_tokens = self._fitted_max_tokens(len(prompt), request.sampling.max_tokens)
+        response = await self._sample(policy, prompt, self._sampling_params(request, max_tokens))
         sequence = response.sequences[0]
         tokens = list(sequence.tokens)
         logprobs = None if sequence.logprobs is None else list(sequence.logprobs)
@@ -187,7 +213,7 @@ class TinkerChatProvider(CustomLLM):
             else None
         )
         if stopped is not None:
-            keep, text = stopped
+            keep, text, matched_stop = stopped
             tokens = tokens[:keep]
             logprobs = None if logprobs is None else logprobs[:keep]
             calls: list[ToolCall] = []
@@ -195,6 +221,7 @@ class TinkerChatProvider(CustomLLM):
             clean = False
             unparsed: list[Any] = []
         else:
+            matched_stop = None
             message, termination = self.renderer.parse_response(tokens)
             text = get_text_content(message)
             # A tool call the policy botched goes back as the text it wrote (and is counted): the
@@ -226,6 +253,7 @@ class TinkerChatProvider(CustomLLM):
             weights_version=policy.version,
             reused_prefix_length=reused,
             tool_call_parse_failures=len(unparsed),
+            stop_sequence=matched_stop,
         )
 
     # -- LiteLLM --------------------------------------------------------------------------------

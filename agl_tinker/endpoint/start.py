@@ -39,6 +39,11 @@ class EndpointConfig:
     token_in_token_out: bool = True
     max_context_tokens: int = 32768
     default_max_tokens: int = 1024
+    strict_context: bool = False
+    """``False``: a request whose prompt plus ``max_tokens`` exceeds ``max_context_tokens`` has its
+    ``max_tokens`` cut to what fits (the answer may end for length; counted as
+    ``endpoint/max_tokens_clamped``). ``True``: such a request is a 400. A prompt that alone fills
+    the context is a 400 either way."""
     sampling_parameters: dict[str, Any] = field(default_factory=dict)
     """Defaults handed to runners in the ``LLM`` resource (e.g. temperature)."""
     litellm_dispatch: bool = False
@@ -69,6 +74,7 @@ class Endpoint:
         self.litellm_model = litellm_model
         self.recorder = recorder
         self._span_counts_reported = {"written": 0, "dropped": 0, "failed": 0}
+        self._clamped_reported = self._ignored_reported = 0
 
     @property
     def model_name(self) -> str:
@@ -105,9 +111,19 @@ class Endpoint:
     def span_metrics(self) -> dict[str, int]:
         """``spans/written``, ``spans/dropped`` (refused by the store: those calls are lost to
         training) and ``spans/failed`` (store errors, retried) since the previous call: a step's
-        metrics. Empty without a recorder."""
+        metrics. Empty without a recorder. Also ``endpoint/max_tokens_clamped``: requests whose
+        ``max_tokens`` was cut to fit the context, and ``endpoint/tools_ignored``: declared tools the
+        policy cannot call (hosted/server tools of the Responses and Messages APIs), since the previous call."""
+        providers = list(self.policies.values()) or [self.provider]
+        clamped = sum(p.max_tokens_clamped for p in providers)
+        ignored = int(getattr(self.server, "ignored_tools", 0))
+        clamp_delta = {
+            "endpoint/max_tokens_clamped": clamped - self._clamped_reported,
+            "endpoint/tools_ignored": ignored - self._ignored_reported,
+        }
+        self._clamped_reported, self._ignored_reported = clamped, ignored
         if self.recorder is None:
-            return {}
+            return clamp_delta
         now = {
             "written": self.recorder.written,
             "dropped": self.recorder.dropped,
@@ -115,7 +131,7 @@ class Endpoint:
         }
         delta = {f"spans/{k}": v - self._span_counts_reported[k] for k, v in now.items()}
         self._span_counts_reported = now
-        return delta
+        return delta | clamp_delta
 
     async def stop(self) -> None:
         """Stop serving after storing the spans still buffered."""
@@ -166,6 +182,7 @@ def _provider(
         token_in_token_out=config.token_in_token_out,
         max_context_tokens=config.max_context_tokens,
         default_max_tokens=config.default_max_tokens,
+        strict_context=config.strict_context,
     )
 
 

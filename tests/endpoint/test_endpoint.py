@@ -250,7 +250,7 @@ BAD_BODIES: list[tuple[str, Any, str]] = [
     ("max_tokens", {"max_tokens": 0}, "max_tokens"),
     ("seed type", {"seed": "x"}, "seed"),
     ("stop type", {"stop": [1]}, "stop"),
-    ("over context", {"max_tokens": 100000}, "too long"),
+    ("prompt over context", {"messages": [{"role": "user", "content": "word " * 5000}]}, "too long"),
     ("unknown model", {"model": "gpt-17"}, "gpt-17"),
 ]
 

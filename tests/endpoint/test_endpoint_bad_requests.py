@@ -190,7 +190,13 @@ def test_spans_the_store_refuses_are_counted_for_the_step(served: Served) -> Non
     served.background.run(served.endpoint.flush())
     counts = served.endpoint.span_metrics()
     assert counts["spans/written"] == 1 and counts["spans/dropped"] == 1 and counts["spans/failed"] == 0
-    assert served.endpoint.span_metrics() == {"spans/written": 0, "spans/dropped": 0, "spans/failed": 0}
+    assert served.endpoint.span_metrics() == {
+        "spans/written": 0,
+        "spans/dropped": 0,
+        "spans/failed": 0,
+        "endpoint/max_tokens_clamped": 0,
+        "endpoint/tools_ignored": 0,
+    }
 
 
 # --- fuzz --------------------------------------------------------------------------------------
