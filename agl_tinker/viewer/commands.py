@@ -137,8 +137,36 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _view(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+
+    from agl_tinker.cli import UsageError
+    from agl_tinker.viewer.server import serve
+
+    if not os.path.isdir(args.log_path):
+        raise UsageError(f"{args.log_path} is not a directory: give a run's log_path")
+
+    def ready(url: str) -> None:
+        print(f"agl-tinker view: {args.log_path} at {url} (Ctrl-C stops)", flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the viewer is stopped
+        asyncio.run(serve(args.log_path, args.host, args.port, ready))
+    return 0
+
+
 def add_parsers(sub: Any, common_flags: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add ``dryrun`` and ``evaluate`` to the CLI's subparsers."""
+    """Add ``dryrun``, ``evaluate`` and ``view`` to the CLI's subparsers."""
+    view = sub.add_parser(
+        "view",
+        help="a local web page over a run's log path: curves, steps, rollouts, chat and token views",
+        description="Serves LOG_PATH (finished or still training: the page refreshes itself) on "
+        "127.0.0.1 and a free port, and prints the URL.",
+    )
+    view.add_argument("log_path", help="the run's log_path")
+    view.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    view.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
+    view.set_defaults(func=_view)
     for name, func, about in (
         ("dryrun", _dryrun, "run any agent against the policy without training and print each rollout"),
         ("evaluate", _evaluate, "reward (mean, spread, per task) of any agent with a checkpoint's policy"),

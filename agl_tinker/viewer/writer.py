@@ -23,13 +23,20 @@ from typing import Any
 
 from agl_tinker.viewer.transcripts import GroupLike, step_transcripts
 
-__all__ = ["MAX_STEP_BYTES", "TRANSCRIPTS_DIR", "TokenTexts", "TranscriptWriter", "transcript_file"]
+__all__ = [
+    "DETAIL_KEYS",
+    "MAX_STEP_BYTES",
+    "TRANSCRIPTS_DIR",
+    "TokenTexts",
+    "TranscriptWriter",
+    "transcript_file",
+]
 
 TRANSCRIPTS_DIR = "transcripts"
 MAX_STEP_BYTES = 1_000_000
 """Cap on one step's transcript file (one policy's): 1 MB."""
 
-_DETAIL_KEYS = ("calls", "drift_reports", "gap_reports", "reward_events", "skipped_calls", "token_text")
+DETAIL_KEYS = ("calls", "drift_reports", "gap_reports", "reward_events", "skipped_calls", "token_text")
 
 
 def transcript_file(log_path: str | Path, step: int, policy: str | None = None) -> Path:
@@ -103,7 +110,7 @@ class TranscriptWriter:
 
     def _bounded(self, rows: list[dict[str, Any]]) -> list[str]:
         """Rows as JSON lines, at most ``max_bytes`` in all: summaries first, details while they fit."""
-        summaries = [{k: v for k, v in r.items() if k not in _DETAIL_KEYS} for r in rows]
+        summaries = [{k: v for k, v in r.items() if k not in DETAIL_KEYS} for r in rows]
         lines = [json.dumps(s, separators=(",", ":")) + "\n" for s in summaries]
         total = sum(len(line.encode()) for line in lines)
         detailed = [i for i, r in enumerate(rows) if "calls" in r]
