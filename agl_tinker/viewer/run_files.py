@@ -13,7 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from agl_tinker.viewer.writer import DETAIL_KEYS, TRANSCRIPTS_DIR
+from agl_tinker.viewer.layout import DETAIL_KEYS, TRANSCRIPTS_DIR, transcript_file
 
 __all__ = ["RunFiles"]
 
@@ -82,8 +82,8 @@ class RunFiles:
         """
         if policy and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", policy):
             raise ValueError(f"bad policy name {policy!r}")
-        name = f"step_{step:06d}.jsonl" if not policy else f"step_{step:06d}.{policy}.jsonl"
-        path = self.path / TRANSCRIPTS_DIR / name
+        path = transcript_file(self.path, step, policy)
+        name = path.name
         try:
             stat = path.stat()
         except FileNotFoundError:

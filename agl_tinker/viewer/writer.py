@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from agl_tinker.viewer.layout import DETAIL_KEYS, TRANSCRIPTS_DIR, transcript_file
 from agl_tinker.viewer.transcripts import GroupLike, step_transcripts
 
 __all__ = [
@@ -32,17 +33,8 @@ __all__ = [
     "transcript_file",
 ]
 
-TRANSCRIPTS_DIR = "transcripts"
 MAX_STEP_BYTES = 1_000_000
 """Cap on one step's transcript file (one policy's): 1 MB."""
-
-DETAIL_KEYS = ("calls", "drift_reports", "gap_reports", "reward_events", "skipped_calls", "token_text")
-
-
-def transcript_file(log_path: str | Path, step: int, policy: str | None = None) -> Path:
-    """Where the transcripts of ``step`` (of ``policy``, in a several-policy run) are written."""
-    name = f"step_{step:06d}.jsonl" if policy is None else f"step_{step:06d}.{policy}.jsonl"
-    return Path(log_path) / TRANSCRIPTS_DIR / name
 
 
 class TokenTexts:

@@ -14,9 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from recorded_run import write_run, write_step
+from recorded_run import decode, step_groups, write_run, write_step
 
 from agl_tinker.viewer.server import start
+from agl_tinker.viewer.writer import TranscriptWriter
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -139,3 +140,14 @@ def test_view_refuses_a_path_that_is_not_a_run(tmp_path: Path, capsys: Any) -> N
 
     assert main(["view", str(tmp_path / "nope")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+async def test_several_policies_get_one_step_list_each(viewer: tuple[Path, str]) -> None:
+    log, url = viewer
+    TranscriptWriter(log, sample=2, decode=decode).write(0, step_groups(0, 1, 2), policy="alice")
+    async with aiohttp.ClientSession() as http:
+        run = await (await http.get(url + "api/run")).json()
+        assert run["steps"] == {"": [0, 1, 2, 3], "alice": [0]}
+        rows = await (await http.get(url + "api/step/0?policy=alice")).json()
+        assert len(rows) == 2 and {r["policy"] for r in rows} == {"alice"}
+        assert (await http.get(url + "api/step/0?policy=../x")).status == 400
