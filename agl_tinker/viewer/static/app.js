@@ -64,9 +64,9 @@ function byStep() {
   for (const r of S.metrics) { if (typeof r.step !== "number") continue; merged.set(r.step, Object.assign(merged.get(r.step) ?? {}, r)); }
   return [...merged.keys()].sort((a, b) => a - b).map((k) => merged.get(k));
 }
-function chart(target, rows, keys, labels) {
+function chart(target, rows, keys, labels, empty = "no data yet") {
   const box = $(target); box.innerHTML = "";
-  if (!keys.length) { box.append(el("div", "", "no data yet")); return; }
+  if (!keys.length) { box.append(el("div", "", empty)); return; }
   const data = [rows.map((r) => r.step), ...keys.map((k) => rows.map((r) => (typeof r[k] === "number" ? r[k] : null)))];
   const series = [{ label: "step" }, ...keys.map((k, i) => ({ label: labels ? labels[i] : k, stroke: COLORS[i % COLORS.length],
     width: 2, spanGaps: true, points: { show: true, size: 4 } }))];
@@ -80,7 +80,7 @@ function renderCharts() {
     .filter(([k]) => keys.has(k)).filter((x, i, a) => a.findIndex((y) => y[1] === x[1]) === i);
   chart("#chart-reward", rows, reward.map((x) => x[0]), reward.map((x) => x[1]));
   const excl = [...keys].filter((k) => k.startsWith(p + "excluded/")).sort();
-  chart("#chart-excluded", rows, excl, excl.map((k) => k.slice((p + "excluded/").length)));
+  chart("#chart-excluded", rows, excl, excl.map((k) => k.slice((p + "excluded/").length)), "no rollout excluded so far");
   const select = $("#metric-select"); const all = [...keys].filter((k) => k !== "step").sort();
   if (select.options.length !== all.length) {
     const keep = S.metricKey; select.innerHTML = "";
