@@ -99,17 +99,18 @@ def step_transcripts(
     rollouts: list[RolloutTrajectory] = []
     for group in groups:
         results = [o.result for o in group.outcomes]
-        advantages = _advantages(results, min_valid)
-        for o, advantage in zip(group.outcomes, advantages, strict=True):
+        group_rows = []
+        for o, advantage in zip(group.outcomes, _advantages(results, min_valid), strict=True):
             row = rollout_row(step, o.result, advantage=advantage, status=str(o.final_status))
             row.update(group=group.group_index, slot=o.slot, rollout_id=o.rollout_id, task=_task(group.task))
             if policy is not None:
                 row["policy"] = policy
-            rows.append(row)
-            rollouts.append(o.result)
-        staleness = max((r["staleness"] for r in rows[-len(results) :]), default=0) if results else 0
-        for row in rows[-len(results) :] if results else []:
-            row["group_staleness"] = staleness
+            group_rows.append(row)
+        staleness = max((r["staleness"] for r in group_rows), default=0)
+        for row in group_rows:
+            row["group_staleness"] = staleness  # the group is as stale as its oldest call
+        rows += group_rows
+        rollouts += results
     for i in pick_detailed(rows, sample):
         rows[i].update(rollout_detail(rollouts[i], token_text))
     return rows
