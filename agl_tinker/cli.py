@@ -24,6 +24,7 @@ from chz.blueprint import (
 )
 
 from agl_tinker.heavy_import import import_agentlightning
+from agl_tinker.viewer import commands as viewer_commands
 
 
 def _smoke(args: argparse.Namespace) -> int:
@@ -622,10 +623,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim_server.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     sim_server.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
     sim_server.set_defaults(func=_sim_server)
+    viewer_commands.add_parsers(sub, _common_flags)
     return parser
 
 
-_COMMANDS: dict[str, Callable[[argparse.Namespace], Command]] = {"hello": _hello_command, "q20": _q20_command}
+_COMMANDS: dict[str, Callable[[argparse.Namespace], Command]] = {
+    "hello": _hello_command,
+    "q20": _q20_command,
+    **viewer_commands.COMMANDS,
+}
 """Commands that take ``key=value`` settings, and how each builds its settings."""
 
 

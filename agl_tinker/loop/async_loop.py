@@ -507,6 +507,7 @@ class _OverlappedRun:
 
         batch = _as_batch([g for g, _, _ in taken])
         _, metrics = batch_metrics(batch, step)
+        metrics.update(self.loop.transcripts.write(step, batch.groups))
         metrics.update(trainer.metrics)
         metrics.update(self.loop.retrier.take_metrics())
         self.loop.check_trainable(step, batch, trainer.groups)  # empty steps: logged, and bounded

@@ -207,6 +207,12 @@ class TrainConfig:
         "(log_path/policies/<name>/) and metrics (`policy/<name>/...`). Empty: one policy, `model_name`.",
     )
 
+    transcripts_per_step: int = chz.field(
+        default=8,
+        doc="Rollouts per step written with their calls (messages, token ids, logprobs, drift) to "
+        "log_path/transcripts/step_NNNNNN.jsonl, besides every excluded or drifting one (up to as many "
+        "again); every rollout gets a summary row. At most 1 MB per step. 0: no transcripts.",
+    )
     max_empty_steps: int = chz.field(
         default=3,
         doc="Stop the run (an error, exit code 1) after this many steps in a row with no rollout to train on "
@@ -260,7 +266,11 @@ class TrainConfig:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1 or None, got {self.max_steps}")
-        for name, value in {"eval_every": self.eval_every, "save_every": self.save_every}.items():
+        for name, value in {
+            "eval_every": self.eval_every,
+            "save_every": self.save_every,
+            "transcripts_per_step": self.transcripts_per_step,
+        }.items():
             if value < 0:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
         if not 0.0 <= self.val_fraction < 1.0:

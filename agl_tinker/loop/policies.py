@@ -308,6 +308,8 @@ class MultiPolicyLoop(TrainingRun):
         total_datums = 0
         for run in self.runs.values():
             groups, datums = await self._train_policy(run, policy_view(batch, run.name), metrics)
+            written = self.transcripts.write(step, policy_view(batch, run.name).groups, policy=run.name)
+            metrics.update({f"{run.prefix}{k}": v for k, v in written.items()})
             trained.extend(groups)
             total_datums += datums
         self.check_trainable(step, policy_view(batch, next(iter(self.runs))), trained)

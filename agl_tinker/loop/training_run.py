@@ -51,6 +51,7 @@ from agl_tinker.loop.retry import (
 )
 from agl_tinker.loop.rollout import BatchResult, DispatchConfig, RolloutsLost, StoreCallError, dispatch_batch
 from agl_tinker.store_server import release_rollouts
+from agl_tinker.viewer.writer import TranscriptWriter
 
 __all__ = ["LLM_RESOURCE", "STALL_GRACE_S", "TrainingRun", "has_metrics"]
 
@@ -99,6 +100,12 @@ class TrainingRun:
         )
         self.align_options = AlignOptions(on_gap=config.on_gap)
         self.progress = ProgressDisplay(enabled=show_progress)
+        self.transcripts = TranscriptWriter(
+            config.log_path,
+            sample=config.transcripts_per_step,
+            decode=self.tokenizer.decode,
+            min_valid=config.min_valid_per_group,
+        )
         self.retrier = Retrier(
             RetryPolicy(
                 max_attempts=config.tinker_max_attempts,
@@ -302,6 +309,7 @@ class TrainingRun:
         batch = await self.run_batch(tasks, cfg.group_size, "train", step_label(step, self.n_steps), step)
         t_sampled = time.perf_counter()
         rollout_groups, metrics = batch_metrics(batch, step)
+        metrics.update(self.transcripts.write(step, batch.groups))
         metrics["rollouts/timeout"] = sum(1 for o in batch.outcomes if o.final_status == "timeout")
         metrics["rollouts/skipped"] = batch.stats.n_skipped
         made = await group_datums(rollout_groups, cfg, kl_reference=self.kl_reference)
