@@ -92,8 +92,10 @@ def _without_mask(datum: tinker.Datum) -> tinker.Datum:
     )
 
 
-def _config(tmp_path: Path) -> TrainConfig:
-    return TrainConfig(log_path=str(tmp_path / "log"), batch_size=1, group_size=3, min_valid_per_group=2)
+def _config(tmp_path: Path, **overrides: Any) -> TrainConfig:
+    return TrainConfig(
+        log_path=str(tmp_path / "log"), batch_size=1, group_size=3, min_valid_per_group=2, **overrides
+    )
 
 
 async def test_stable_reinforce_trains_an_ordinary_agents_episodes(tmp_path: Path) -> None:
@@ -133,3 +135,9 @@ async def test_a_datum_whose_sample_was_not_recorded_is_left_out_and_counted(tmp
     assert len(out.loss_fn_outputs) == 2
     with pytest.raises(tinker.BadRequestError):  # the left-out datum could not be trained
         training.forward([_without_mask(made.data[1])], "stable_reinforce").result()
+    # gspo: the sequence ratio runs over the sampled (trained) tokens
+    gspo = await group_datums([rollouts], _config(tmp_path, loss_fn="gspo"), kl_reference=None)
+    for datum in gspo.data:
+        inputs = datum.loss_fn_inputs
+        assert inputs["sequence_ratio_mask"].to_numpy().tolist() == inputs["mask"].to_numpy().tolist()
+    training.forward([_without_mask(d) for d in gspo.data], "gspo").result()
