@@ -18,7 +18,13 @@ key                                 type                       meaning
 ``gen_ai.completion.0.finish_reason`` str                      ``stop`` / ``length`` / ``tool_calls``
 ``agl_tinker.response_logprobs``    list[float]                one logprob per response token (custom: the
                                                                proxy format has none)
-``agl_tinker.weights_version``      int | str                  policy version that sampled the call
+``agl_tinker.weights_version``      int | str                  policy version that sampled the call: the save its
+                                                               sampling client was created at (an in-flight
+                                                               client may have run on that version or newer)
+``agl_tinker.sampled_sequence_id``  str                        ``SampledSequence.sequence_id`` of the call's
+                                                               sample, written only when its sampling client
+                                                               records stability info (the service can then
+                                                               train on it by that id, e.g. StableReinforce)
 ``agl_tinker.agent_name``           str                        agent that made the call, when the request says
                                                                (lean endpoint: the ``X-Agent-Name`` header)
 ``agl_tinker.messages``             str (JSON)                 lossless OpenAI-format input messages
@@ -85,6 +91,7 @@ REWARD_PREFIX: Final = "agentlightning.reward"
 # --- attribute keys (custom) ---------------------------------------------------------------------
 AGL_RESPONSE_LOGPROBS: Final = "agl_tinker.response_logprobs"
 AGL_WEIGHTS_VERSION: Final = "agl_tinker.weights_version"
+AGL_SAMPLED_SEQUENCE_ID: Final = "agl_tinker.sampled_sequence_id"
 AGL_AGENT_NAME: Final = "agl_tinker.agent_name"
 AGL_MESSAGES: Final = "agl_tinker.messages"
 AGL_COMPLETION: Final = "agl_tinker.completion"
@@ -124,6 +131,7 @@ def llm_call_attributes(
     response_model: str | None = None,
     finish_reason: str | None = None,
     weights_version: int | str | None = None,
+    sampled_sequence_id: str | None = None,
     agent_name: str | None = None,
     messages: Sequence[Mapping[str, Any]] | None = None,
     completion: Mapping[str, Any] | None = None,
@@ -139,6 +147,7 @@ def llm_call_attributes(
     ``raw_content``; ``agl_tinker.messages`` is always the lossless copy. Logprob count mismatches
     are written as they are: the reader reports them rather than the writer hiding them.
     ``tool_call_parse_failures``: tool calls the policy wrote that did not parse (counted, not hidden).
+    ``sampled_sequence_id``: the sample's recorded ``sequence_id`` (only when the service recorded it).
     """
     if not response_id:
         raise ValueError("response_id is required: it deduplicates client-side and proxy spans")
@@ -169,6 +178,8 @@ def llm_call_attributes(
         attrs[COMPLETION_FINISH_REASON] = finish_reason
     if weights_version is not None:
         attrs[AGL_WEIGHTS_VERSION] = weights_version
+    if sampled_sequence_id:
+        attrs[AGL_SAMPLED_SEQUENCE_ID] = sampled_sequence_id
     if agent_name is not None:
         attrs[AGL_AGENT_NAME] = agent_name
     if tool_call_parse_failures:

@@ -238,7 +238,11 @@ def test_the_cheap_checks_import_nothing_heavy() -> None:
         (["q20", "train", "batch_size=0"], "batch_size must be >= 1, got 0"),
         (["q20", "train", "group_size=2", "min_valid_per_group=3"], "exceeds group_size (2)"),
         (["q20", "train", "batch_size=abc"], "batch_size=abc: Could not cast 'abc' to int"),
-        (["hello", "loss_fn=foo"], "loss_fn=foo: Could not cast 'foo' to ['importance_sampling', 'ppo']"),
+        (
+            ["hello", "loss_fn=foo"],
+            "loss_fn=foo: Could not cast 'foo' to ['importance_sampling', 'ppo', 'cispo', 'dro', 'gspo', "
+            "'stable_reinforce']",
+        ),
         (["hello", "reward_mode=last"], "reward_mode=last"),
     ],
 )

@@ -242,6 +242,7 @@ def align_calls(
             ob=model_input(prompt),
             ac=ac,
             observation_tokens=new_obs,
+            sampled_sequence_id=call.sampled_sequence_id,
         )
         match.steps.append(step)
         match.calls.append(call.index)

@@ -66,6 +66,8 @@ class AlignedStep:
     ac: TokensWithLogprobs
     observation_tokens: int
     """Prompt tokens this step adds to its sequence (masked in the datum)."""
+    sampled_sequence_id: str | None = None
+    """The call's recorded ``sequence_id`` (:attr:`LLMCall.sampled_sequence_id`), if any."""
 
 
 @dataclass(slots=True)

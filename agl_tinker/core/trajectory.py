@@ -19,7 +19,7 @@ from typing import Any
 
 import tinker
 from tinker_cookbook.completers import TokensWithLogprobs
-from tinker_cookbook.rl.types import Trajectory, TrajectoryGroup, Transition
+from tinker_cookbook.rl.types import Logs, Trajectory, TrajectoryGroup, Transition
 
 from agl_tinker.core.align import align_calls
 from agl_tinker.core.drift import Decode
@@ -32,10 +32,11 @@ from agl_tinker.core.rewards import (
     attribute_rewards,
     select_group,
 )
-from agl_tinker.core.steps import Alignment, AlignOptions
+from agl_tinker.core.steps import AlignedStep, Alignment, AlignOptions
 from agl_tinker.core.types import Reconstruction, ReconstructOptions
 
 __all__ = [
+    "SAMPLED_SEQUENCE_ID_LOG",
     "GroupReport",
     "RolloutTrajectory",
     "alignment_trajectory",
@@ -72,11 +73,22 @@ def alignment_trajectory(alignment: Alignment, step_rewards: Sequence[float] | N
             ac=step.ac,
             reward=float(reward),
             episode_done=i == last,
-            logs={"call_index": step.call_index, "sequence_index": step.sequence_index},
+            logs=_step_logs(step),
         )
         for i, (step, reward) in enumerate(zip(steps, rewards, strict=True))
     ]
     return Trajectory(transitions=transitions, final_ob=_EMPTY)
+
+
+SAMPLED_SEQUENCE_ID_LOG = "sampled_sequence_id"
+"""``Transition.logs`` key of the step's recorded ``sequence_id`` (present only when recorded)."""
+
+
+def _step_logs(step: AlignedStep) -> Logs:
+    logs: Logs = {"call_index": step.call_index, "sequence_index": step.sequence_index}
+    if step.sampled_sequence_id is not None:
+        logs[SAMPLED_SEQUENCE_ID_LOG] = step.sampled_sequence_id
+    return logs
 
 
 @dataclass(slots=True)

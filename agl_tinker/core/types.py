@@ -93,6 +93,9 @@ class LLMCall:
     prefix_call: int | None = field(default=None, compare=False)
     """Index of the earlier call whose prompt + response this call's prompt was found to start
     with, token for token, when it was validated (``None``: none was, or it was not validated)."""
+    sampled_sequence_id: str | None = None
+    """The service's ``sequence_id`` of the call's sample, when its sampling client recorded
+    stability info (``agl_tinker.sampled_sequence_id``); what datum provenance names."""
 
     @property
     def trainable(self) -> bool:

@@ -25,6 +25,7 @@ from agl_tinker.spans import llm_call_attributes
 # ``ModelResponse._hidden_params`` keys: fill_response writes them, generation_from_response reads them.
 _REUSED_PREFIX = "agl_tinker_reused_prefix_length"
 _PARSE_FAILURES = "agl_tinker_tool_call_parse_failures"
+_SAMPLED_SEQUENCE_ID = "agl_tinker_sampled_sequence_id"
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class Generation:
     """Tool calls the policy wrote that did not parse; they are in ``text`` as written."""
     stop_sequence: str | None = None
     """The client stop string the answer was cut at, if one was."""
+    sampled_sequence_id: str | None = None
+    """The sample's ``sequence_id`` when the sampling client records stability info (else ``None``)."""
 
 
 def openai_tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
@@ -178,6 +181,7 @@ def fill_response(
     response._hidden_params["response_cost"] = 0.0
     response._hidden_params[_REUSED_PREFIX] = generation.reused_prefix_length
     response._hidden_params[_PARSE_FAILURES] = generation.tool_call_parse_failures
+    response._hidden_params[_SAMPLED_SEQUENCE_ID] = generation.sampled_sequence_id
     return response
 
 
@@ -210,6 +214,7 @@ def span_attributes(
         response_model=model,
         finish_reason=generation.finish_reason,
         weights_version=generation.weights_version,
+        sampled_sequence_id=generation.sampled_sequence_id,
         messages=messages,
         completion=completion,
         prefix_length=generation.reused_prefix_length,
@@ -239,4 +244,5 @@ def generation_from_response(response: ModelResponse) -> Generation:
         weights_version=response.weights_version,  # type: ignore[attr-defined]
         reused_prefix_length=response._hidden_params.get(_REUSED_PREFIX),
         tool_call_parse_failures=response._hidden_params.get(_PARSE_FAILURES) or 0,
+        sampled_sequence_id=response._hidden_params.get(_SAMPLED_SEQUENCE_ID),
     )

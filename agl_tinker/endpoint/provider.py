@@ -50,6 +50,9 @@ class Policy:
 
     sampling_client: Any
     version: int | str
+    records_stability_info: bool = False
+    """The client was created with ``record_stability_info=True``: its samples' ``sequence_id`` s
+    name recorded sequences, so calls record them (the SDK does not say so on the client)."""
 
 
 def _truncate_at_stop(tokenizer: Any, tokens: list[int], stops: list[str]) -> tuple[int, str, str] | None:
@@ -85,6 +88,7 @@ class TinkerChatProvider(CustomLLM):
         tokenizer: Any,
         renderer_name: str | None = None,
         weights_version: int | str = 0,
+        records_stability_info: bool = False,
         token_in_token_out: bool = True,
         max_context_tokens: int = 32768,
         default_max_tokens: int = 1024,
@@ -113,7 +117,7 @@ class TinkerChatProvider(CustomLLM):
         self.memory: TokenMemory | None = (
             TokenMemory(self.renderer, max_entries=tito_max_entries) if token_in_token_out else None
         )
-        self._policy = Policy(sampling_client, weights_version)
+        self._policy = Policy(sampling_client, weights_version, records_stability_info)
         self._stop_tokens = self.renderer.get_stop_sequences()
 
     # -- policy ---------------------------------------------------------------------------------
@@ -122,9 +126,12 @@ class TinkerChatProvider(CustomLLM):
         """The weights new requests are answered from."""
         return self._policy
 
-    def swap(self, sampling_client: Any, version: int | str) -> None:
-        """Answer new requests from ``sampling_client``; requests in flight keep their weights."""
-        self._policy = Policy(sampling_client, version)
+    def swap(self, sampling_client: Any, version: int | str, *, records_stability_info: bool = False) -> None:
+        """Answer new requests from ``sampling_client``; requests in flight keep their weights.
+
+        ``records_stability_info``: the client was created with ``record_stability_info=True`` (calls
+        then record their sample's ``sequence_id``)."""
+        self._policy = Policy(sampling_client, version, records_stability_info)
 
     # -- core -----------------------------------------------------------------------------------
     def parse(self, body: dict[str, Any]) -> ChatRequest:
@@ -254,6 +261,7 @@ class TinkerChatProvider(CustomLLM):
             reused_prefix_length=reused,
             tool_call_parse_failures=len(unparsed),
             stop_sequence=matched_stop,
+            sampled_sequence_id=sequence.sequence_id if policy.records_stability_info else None,
         )
 
     # -- LiteLLM --------------------------------------------------------------------------------

@@ -92,17 +92,27 @@ class Endpoint:
     def weights_version(self) -> int | str:
         return self.provider.policy.version
 
-    def swap(self, sampling_client: Any, version: int | str, *, policy: str | None = None) -> None:
+    def swap(
+        self,
+        sampling_client: Any,
+        version: int | str,
+        *,
+        policy: str | None = None,
+        records_stability_info: bool = False,
+    ) -> None:
         """Serve new weights from the next request on; no restart, requests in flight unaffected.
 
         Args:
             sampling_client: The new weights' sampling client.
-            version: Their weights version (recorded on each call sampled from them).
+            version: Their weights version (recorded on each call sampled from them): for an
+                in-flight client, the save it was created at (its calls run on it or newer).
             policy: With several policies, the one whose weights change (the others keep theirs);
                 ``None``: the endpoint's only (or first) policy.
+            records_stability_info: the client was created with ``record_stability_info=True``;
+                each call then records its sample's ``sequence_id``.
         """
         provider = self.provider if policy is None else self.policies[policy]
-        provider.swap(sampling_client, version)
+        provider.swap(sampling_client, version, records_stability_info=records_stability_info)
 
     async def flush(self) -> None:
         """Wait until every call answered so far is in the store."""
@@ -163,6 +173,8 @@ class PolicyServing:
     """The ``model`` names that reach this policy (the first is its resource's name)."""
     renderer_name: str | None = None
     weights_version: int | str = 0
+    records_stability_info: bool = False
+    """``sampling_client`` was created with ``record_stability_info=True``."""
 
 
 def _provider(
@@ -172,6 +184,7 @@ def _provider(
     tokenizer: Any,
     renderer_name: str | None,
     weights_version: int | str,
+    records_stability_info: bool = False,
 ) -> TinkerChatProvider:
     return TinkerChatProvider(
         sampling_client,
@@ -179,6 +192,7 @@ def _provider(
         tokenizer=tokenizer,
         renderer_name=renderer_name,
         weights_version=weights_version,
+        records_stability_info=records_stability_info,
         token_in_token_out=config.token_in_token_out,
         max_context_tokens=config.max_context_tokens,
         default_max_tokens=config.default_max_tokens,
@@ -223,6 +237,7 @@ async def start_policy_endpoint(
             serving.tokenizer,
             serving.renderer_name,
             serving.weights_version,
+            serving.records_stability_info,
         )
         providers[name] = provider
         for model in serving.models:
@@ -260,14 +275,24 @@ async def start_endpoint(
     base_model: str,
     tokenizer: Any,
     weights_version: int | str = 0,
+    records_stability_info: bool = False,
 ) -> Endpoint:
-    """Start serving ``sampling_client`` as ``config`` says, recording calls into ``store``."""
+    """Start serving ``sampling_client`` as ``config`` says, recording calls into ``store``.
+
+    ``records_stability_info``: the client was created with ``record_stability_info=True`` (each
+    call then records its sample's ``sequence_id``; see :meth:`Endpoint.swap`)."""
     if config.mode == "proxy" and config.model_aliases:
         raise ValueError("model_aliases needs the lean endpoint (mode='lean'); LLMProxy serves one name")
     if not store.capabilities.get("thread_safe", False):
         store = LightningStoreThreaded(store)
     provider = _provider(
-        config, sampling_client, base_model, tokenizer, config.renderer_name, weights_version
+        config,
+        sampling_client,
+        base_model,
+        tokenizer,
+        config.renderer_name,
+        weights_version,
+        records_stability_info,
     )
     served = config.model_name or base_model
     litellm_model = register(provider, served)

@@ -23,7 +23,18 @@ class ConfigError(ValueError):
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 """``TrainConfig.model_name`` unless set."""
 
-LossFn = Literal["importance_sampling", "ppo"]
+LossFn = Literal["importance_sampling", "ppo", "cispo", "dro", "gspo", "stable_reinforce"]
+LOSS_CONFIG_KEYS: dict[str, frozenset[str]] = {
+    "importance_sampling": frozenset(),
+    "ppo": frozenset({"clip_low_threshold", "clip_high_threshold"}),
+    "cispo": frozenset({"clip_low_threshold", "clip_high_threshold"}),
+    "dro": frozenset({"beta"}),
+    "gspo": frozenset({"clip_low_threshold", "clip_high_threshold"}),
+    "stable_reinforce": frozenset({"kl_coeff"}),
+}
+"""The ``loss_fn_config`` keys each loss takes (Tinker's loss documentation)."""
+PROVENANCE_LOSSES: frozenset[str] = frozenset({"stable_reinforce"})
+"""Losses whose datums must name their recorded sampled sequences (``Datum.with_provenance``)."""
 EndpointMode = Literal["lean", "proxy"]
 
 
@@ -86,10 +97,14 @@ class TrainConfig:
     learning_rate: float = chz.field(default=4e-5, doc="Adam learning rate of each optimiser step.")
     loss_fn: LossFn = chz.field(
         default="importance_sampling",
-        doc="Policy-gradient loss: 'importance_sampling' or 'ppo' (the cookbook's).",
+        doc="Policy-gradient loss: 'importance_sampling', 'ppo', 'cispo', 'dro' or 'gspo' (Tinker's "
+        "built-ins); 'stable_reinforce' is accepted by the simulator and the datums but not wired in "
+        "the loop yet (docs/offpolicy.md).",
     )
     loss_fn_config: dict[str, Any] | None = chz.field(
-        default=None, doc="Extra loss settings, e.g. PPO's clip thresholds."
+        default=None,
+        doc="Extra loss settings: clip_low_threshold/clip_high_threshold (ppo, cispo, gspo), beta (dro), "
+        "kl_coeff (stable_reinforce).",
     )
     num_substeps: int = chz.field(
         default=1, doc="Optimiser steps per training step (the batch is split into this many minibatches)."
@@ -321,9 +336,24 @@ class TrainConfig:
         for name, (choice, allowed) in choices.items():
             if choice not in allowed:
                 raise ConfigError(f"{name} must be one of {list(allowed)}, got {choice!r}")
+        self._validate_loss()
         if self.reward_mode not in {m.value for m in RewardMode}:
             raise ConfigError(
                 f"reward_mode must be one of {[m.value for m in RewardMode]}, got {self.reward_mode!r}"
+            )
+
+    def _validate_loss(self) -> None:
+        unknown = set(self.loss_fn_config or {}) - LOSS_CONFIG_KEYS[self.loss_fn]
+        if unknown:
+            raise ConfigError(
+                f"loss_fn_config keys {sorted(unknown)} are not {self.loss_fn!r}'s; it takes "
+                f"{sorted(LOSS_CONFIG_KEYS[self.loss_fn]) or 'none'}"
+            )
+        if self.loss_fn in PROVENANCE_LOSSES:
+            raise ConfigError(
+                f"loss_fn={self.loss_fn!r} needs sampling clients with record_stability_info and datums "
+                "that keep their provenance up to forward_backward; the loop does not do that yet "
+                "(docs/offpolicy.md says what is missing)"
             )
 
     def _validate_overlap(self) -> None:

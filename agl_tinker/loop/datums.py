@@ -4,10 +4,17 @@ The one place both training loops (:mod:`agl_tinker.loop.train`, synchronous;
 :mod:`agl_tinker.loop.async_loop`, overlapped) turn rollout groups into cookbook
 ``TrajectoryGroup`` s, drop the invalid and (optionally) the constant-reward ones, compute
 advantages, assemble ``tinker.Datum`` s and apply the KL penalty against a reference policy.
+
+Datums carry the SDK's provenance (``Datum.with_provenance``, :mod:`agl_tinker.core.provenance`)
+whenever every call of theirs recorded its sampled ``sequence_id``; a loss that needs it
+(:data:`~agl_tinker.loop.config.PROVENANCE_LOSSES`) trains only such datums and counts the others
+(never trains with a wrong or missing id). ``gspo`` datums get ``sequence_ratio_mask`` (the action
+tokens: the sequence ratio is over what was sampled).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +28,9 @@ from tinker_cookbook.rl.data_processing import (
 from tinker_cookbook.rl.metrics import incorporate_kl_penalty
 from tinker_cookbook.rl.types import TrajectoryGroup
 
+from agl_tinker.core.provenance import trajectory_provenance
 from agl_tinker.core.trajectory import RolloutTrajectory, trajectory_group
-from agl_tinker.loop.config import TrainConfig
+from agl_tinker.loop.config import PROVENANCE_LOSSES, TrainConfig
 
 __all__ = ["GroupDatums", "group_datums"]
 
@@ -39,6 +47,8 @@ class GroupDatums:
         constant_removed: valid groups removed for a constant reward (0 unless configured).
         data: the datums, empty when no group is left.
         kl_metrics: the KL penalty's metrics, empty when no penalty was applied.
+        unrecorded: datums left out because the loss needs provenance and a call of theirs did
+            not record its sampled sequence (0 for the other losses).
     """
 
     valid: list[TrajectoryGroup]
@@ -47,6 +57,7 @@ class GroupDatums:
     constant_removed: int
     data: list[tinker.Datum]
     kl_metrics: dict[str, float] = field(default_factory=dict)
+    unrecorded: int = 0
 
 
 async def group_datums(
@@ -85,4 +96,38 @@ async def group_datums(
         kl_metrics = await incorporate_kl_penalty(
             data, kl_reference, config.kl_penalty_coef, config.kl_discount_factor
         )
-    return GroupDatums(valid, trained, dropped, constant_removed, data, kl_metrics)
+    data, unrecorded = with_provenance(data, groups, needed=config.loss_fn in PROVENANCE_LOSSES)
+    if config.loss_fn == "gspo":
+        data = [_with_sequence_ratio_mask(d) for d in data]
+    return GroupDatums(valid, trained, dropped, constant_removed, data, kl_metrics, unrecorded)
+
+
+def with_provenance(
+    data: Sequence[tinker.Datum], groups: Sequence[TrajectoryGroup], *, needed: bool
+) -> tuple[list[tinker.Datum], int]:
+    """``data`` (as ``assemble_training_data`` made it of ``groups``) with provenance attached.
+
+    Args:
+        data: the groups' datums, in the cookbook's order (group, trajectory, datum).
+        groups: the trajectory groups they were made of.
+        needed: keep only the datums with provenance (the loss needs it).
+
+    Returns:
+        The datums, and how many were left out for lack of provenance.
+    """
+    provenance = [p for group in groups for traj in group.trajectories_G for p in trajectory_provenance(traj)]
+    if len(provenance) != len(data):
+        raise AssertionError(f"{len(provenance)} provenance entries for {len(data)} datums")
+    out: list[tinker.Datum] = []
+    for datum, found in zip(data, provenance, strict=True):
+        if found is not None:
+            out.append(found.attach(datum))
+        elif not needed:
+            out.append(datum)
+    return out, len(data) - len(out)
+
+
+def _with_sequence_ratio_mask(datum: tinker.Datum) -> tinker.Datum:
+    inputs = dict(datum.loss_fn_inputs)
+    inputs["sequence_ratio_mask"] = inputs["mask"]
+    return dataclasses.replace(datum, loss_fn_inputs=inputs)

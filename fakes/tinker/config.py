@@ -49,6 +49,14 @@ class SimConfig:
 
     Training costs hold the training client's request queue (one at a time per training client,
     in submission order, as on the service); different training clients do not wait for each other.
+
+    Off-policy contracts:
+
+    - ``inflight_delay_s``: how long a ``kind="inflight"`` save takes to reach the samplers of
+      existing clients (default 0: at once); until then they may sample on the previous weights,
+      never on weights older than their own save (see ``fakes.tinker.inflight``).
+    - ``stability_ttl_s``: how long a sequence recorded with ``record_stability_info=True`` can be
+      trained on after its last use (default one day, as documented; see ``fakes.tinker.stability``).
     """
 
     latency_s: float = 0.0
@@ -63,12 +71,14 @@ class SimConfig:
     train_token_s: float = 0.0
     optim_step_s: float = 0.0
     save_sampler_s: float = 0.0
+    inflight_delay_s: float = 0.0
+    stability_ttl_s: float = 86400.0
 
     def __post_init__(self) -> None:
         ops = self.failure_operations
         ops = ops.split(",") if isinstance(ops, str) else ops
         object.__setattr__(self, "failure_operations", tuple(op.strip() for op in ops if op.strip()))
-        for name in ("latency_s", *COST_KNOBS):
+        for name in ("latency_s", "inflight_delay_s", *COST_KNOBS):
             value = getattr(self, name)
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -76,6 +86,8 @@ class SimConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.stability_ttl_s <= 0:
+            raise ValueError(f"stability_ttl_s must be > 0, got {self.stability_ttl_s}")
         if not 0.0 < self.background_eps < 1.0:
             raise ValueError(f"background_eps must be in (0, 1), got {self.background_eps}")
 

@@ -1,4 +1,10 @@
-"""Turning SDK ``Datum`` objects into arrays, with the service's validation."""
+"""Turning SDK ``Datum`` objects into arrays, with the service's validation.
+
+One context rule serves ``sample`` and ``forward_backward`` alike (:func:`check_context`): the tokens
+the model reads plus the one token it predicts after them must fit the base model's context. A sample
+therefore needs ``len(prompt) < context`` (and is cut at the context), and a datum built from any
+sequence ``sample`` can return (``model_input`` = that sequence minus its last token) is accepted.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,18 @@ class ParsedDatum:
     inputs: np.ndarray  # int64 [N]
     targets: np.ndarray  # int64 [N]
     tensors: dict[str, torch.Tensor]  # float64 [N] loss inputs other than target_tokens
+    model_input_spans: list[types.PromptProvenanceSpan | types.SampledProvenanceSpan] | None = None
+    loss_fn_input_spans: list[types.PromptProvenanceSpan | types.SampledProvenanceSpan] | None = None
+
+
+def check_context(n_tokens: int, context: int, what: str, path: str) -> None:
+    """Refuse ``n_tokens`` read tokens when they and the token predicted after them exceed ``context``."""
+    if n_tokens + 1 > context:
+        raise errors.bad_request(
+            f"{what} has {n_tokens} tokens; with the token it predicts that exceeds the model's "
+            f"context of {context}",
+            path=path,
+        )
 
 
 def tokens_of(model_input: types.ModelInput, vocab_size: int, what: str = "model_input") -> np.ndarray:
@@ -28,11 +46,12 @@ def tokens_of(model_input: types.ModelInput, vocab_size: int, what: str = "model
     return ids
 
 
-def parse(datum: types.Datum, vocab_size: int) -> ParsedDatum:
+def parse(datum: types.Datum, vocab_size: int, context: int) -> ParsedDatum:
     inputs = tokens_of(datum.model_input, vocab_size)
     n = len(inputs)
     if n == 0:
         raise errors.bad_request("a datum needs at least one input token", path="forward_backward")
+    check_context(n, context, "model_input", "forward_backward")
     raw = datum.loss_fn_inputs
     if "target_tokens" not in raw:
         raise errors.bad_request("loss_fn_inputs needs target_tokens", path="forward_backward")
@@ -54,4 +73,4 @@ def parse(datum: types.Datum, vocab_size: int) -> ParsedDatum:
                 f"{key} has shape {list(array.shape)}, expected [{n}]", path="forward_backward"
             )
         tensors[key] = torch.from_numpy(array)
-    return ParsedDatum(inputs, targets, tensors)
+    return ParsedDatum(inputs, targets, tensors, datum.model_input_spans, datum.loss_fn_input_spans)

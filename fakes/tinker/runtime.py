@@ -13,6 +13,7 @@ from .checkpoints import CheckpointStore
 from .config import SimConfig
 from .errors import FaultInjector
 from .futures import Dispatcher
+from .stability import StabilityLedger
 from .vocab import Vocab, load_vocab
 
 _threads_set = False
@@ -43,6 +44,8 @@ class Runtime:
         self.control_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tinker-sim-control")
         self._model_seq = itertools.count()
         self._sampler_seq = itertools.count()
+        self.stability = StabilityLedger(config.stability_ttl_s)
+        """Sequences recorded by ``record_stability_info=True`` samplers, for every session."""
 
     @property
     def vocab(self) -> Vocab:
@@ -51,5 +54,6 @@ class Runtime:
     def new_model_id(self) -> str:
         return f"{self.session_id}:train:{next(self._model_seq)}"
 
-    def new_sampler_id(self) -> str:
-        return f"{self.session_id}:sample:{next(self._sampler_seq)}"
+    def new_sampler_id(self, session_id: str | None = None) -> str:
+        """A fresh sampling session id under ``session_id`` (default: this service's session)."""
+        return f"{session_id or self.session_id}:sample:{next(self._sampler_seq)}"

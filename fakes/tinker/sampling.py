@@ -10,6 +10,7 @@ temperature 1, where the two coincide).
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -23,14 +24,30 @@ from typing_extensions import deprecated
 from . import errors
 from .catalog import resolve
 from .checkpoints import TinkerPath
-from .datums import tokens_of
+from .datums import check_context, tokens_of
+from .inflight import Snapshot, Weights
 from .policy import Policy, PolicyConfig, initial_params
 from .sampler import Cursor, generate
+from .stability import Recorded, session_of
 
 if TYPE_CHECKING:
     from .runtime import Runtime
 
 DEFAULT_MAX_TOKENS = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class _Recording:
+    """Where a sampling request's sequences get their ids, and whether they are recorded."""
+
+    session_id: str
+    record: bool
+    fixed_ids: list[str] | None
+
+    def ids(self, n: int) -> list[str]:
+        return list(self.fixed_ids) if self.fixed_ids is not None else [str(uuid.uuid4()) for _ in range(n)]
+
+
 _ASYNC = "deprecated in the SDK: await the APIFuture the method without _async returns"
 
 
@@ -49,12 +66,25 @@ def _stops(stop: str | Any, vocab_stop: set[int]) -> tuple[set[int], list[str]]:
 
 
 class SamplingClient:
-    def __init__(self, runtime: Runtime, policy: Policy, model_path: str | None) -> None:
+    """A sampling session: its own id (a fresh KV namespace on the service), over fixed or in-flight
+    weights (:mod:`fakes.tinker.inflight`), recording what it samples when ``record_stability_info``."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        weights: Weights,
+        model_path: str | None,
+        *,
+        session_id: str | None = None,
+        record_stability_info: bool = False,
+    ) -> None:
         self._runtime = runtime
-        self._policy = policy
+        self._weights = weights
         self._model_path = model_path
-        self._base_model = policy.config.base_model.name
-        self._sampler_id = runtime.new_sampler_id()
+        self._base_model = weights.serving()[1].config.base_model.name
+        self._sampler_id = runtime.new_sampler_id(session_id)
+        self._session_id = session_of(self._sampler_id)
+        self._record = record_stability_info
 
     # ---- sampling -------------------------------------------------------------------------
     def _sample(
@@ -66,6 +96,7 @@ class SamplingClient:
         topk_prompt_logprobs: int,
         topk_sample_logprobs: int,
         prompt_logprobs_last_n: int | None,
+        recording: _Recording | None = None,
     ) -> types.SampleResponse:
         vocab = self._runtime.vocab
         tokens = tokens_of(prompt, vocab.size, "prompt")
@@ -73,11 +104,9 @@ class SamplingClient:
             raise errors.bad_request("prompt is empty", path="asample")
         if num_samples < 1:
             raise errors.bad_request("num_samples must be >= 1", path="asample")
-        context = self._policy.config.base_model.max_context_length
-        if len(tokens) >= context:
-            raise errors.bad_request(
-                f"prompt has {len(tokens)} tokens; the context is {context}", path="asample"
-            )
+        version, policy = self._weights.serving()
+        context = policy.config.base_model.max_context_length
+        check_context(len(tokens), context, "prompt", "asample")
         stop_tokens, stop_strings = _stops(params.stop, {vocab.im_end, vocab.endoftext})
         max_tokens = min(params.max_tokens or DEFAULT_MAX_TOKENS, context - len(tokens))
         outputs: list[tuple[list[int], list[float], str]] = []
@@ -85,7 +114,7 @@ class SamplingClient:
             rng = np.random.default_rng(None if params.seed is None else [params.seed, i])
             outputs.append(
                 generate(
-                    self._policy,
+                    policy,
                     tokens,
                     rng,
                     max_tokens=max_tokens,
@@ -96,13 +125,29 @@ class SamplingClient:
                     top_p=params.top_p,
                 )
             )
+        ids = recording.ids(num_samples) if recording is not None else [str(uuid.uuid4()) for _ in outputs]
         sequences = []
-        for out, logprobs, reason in outputs:
-            topk = self._topk_along(tokens, out, topk_sample_logprobs) if topk_sample_logprobs > 0 else None
+        for sequence_id, (out, logprobs, reason) in zip(ids, outputs, strict=True):
+            topk = (
+                self._topk_along(policy, tokens, out, topk_sample_logprobs)
+                if topk_sample_logprobs > 0
+                else None
+            )
+            if recording is not None and recording.record:
+                self._runtime.stability.record(
+                    sequence_id,
+                    Recorded(
+                        session_id=recording.session_id,
+                        prompt=tokens.copy(),
+                        tokens=np.asarray(out, dtype=np.int64),
+                        logprobs=np.asarray(logprobs, dtype=np.float64),
+                        weights_version=version,
+                    ),
+                )
             sequences.append(
                 types.SampledSequence(
                     stop_reason=reason,  # type: ignore[arg-type]
-                    sequence_id=str(uuid.uuid4()),
+                    sequence_id=sequence_id,
                     tokens_np=np.asarray(out, dtype=np.int32),
                     logprobs_np=np.asarray(logprobs, dtype=np.float32),
                     topk_logprobs_np=topk,
@@ -112,13 +157,13 @@ class SamplingClient:
         topk_prompt = None
         if include_prompt_logprobs or topk_prompt_logprobs > 0:
             with torch.no_grad():
-                (scored_prompt,) = self._policy.score([tokens[:-1]], [tokens[1:]])
+                (scored_prompt,) = policy.score([tokens[:-1]], [tokens[1:]])
             prompt_lp = np.concatenate([[np.nan], scored_prompt.numpy()]).astype(np.float32)
             if prompt_logprobs_last_n is not None:
                 prompt_lp[: len(tokens) - prompt_logprobs_last_n] = np.nan
             if topk_prompt_logprobs > 0:
                 topk_prompt = self._topk_along(
-                    tokens[:1], tokens[1:].tolist(), topk_prompt_logprobs, pad_first=True
+                    policy, tokens[:1], tokens[1:].tolist(), topk_prompt_logprobs, pad_first=True
                 )
         return types.SampleResponse(
             sequences=sequences,
@@ -126,11 +171,12 @@ class SamplingClient:
             topk_prompt_logprobs_np=topk_prompt,
         )
 
+    @staticmethod
     def _topk_along(
-        self, start: np.ndarray, continuation: list[int], k: int, pad_first: bool = False
+        policy: Policy, start: np.ndarray, continuation: list[int], k: int, pad_first: bool = False
     ) -> TopkLogprobs:
         """Top-k next-token logprobs before each token of ``continuation``."""
-        cursor = Cursor(self._policy, start)
+        cursor = Cursor(policy, start)
         rows = [[(0, MASK_LOGPROB)] * k] if pad_first else []
         for token in continuation:
             found = cursor.top_k(k)
@@ -157,11 +203,51 @@ class SamplingClient:
         prompt_alt_tokens_k: int = 0,
         prompt_logprobs_last_n: int | None = None,
     ) -> APIFuture[types.SampleResponse]:
-        """Sample ``num_samples`` continuations; deterministic given weights, prompt and seed."""
+        """Sample ``num_samples`` continuations; deterministic given weights, prompt and seed.
+
+        Each sequence gets a fresh ``sequence_id``; with ``record_stability_info`` it is recorded
+        under it (in this client's session) for training requests to name.
+        """
+        return self.submit_sample(
+            prompt,
+            num_samples,
+            sampling_params,
+            include_prompt_logprobs,
+            topk_prompt_logprobs,
+            topk_sample_logprobs,
+            target_prompt_logprobs,
+            prompt_alt_tokens_k,
+            prompt_logprobs_last_n,
+            sequence_ids=None,
+            record=self._record,
+        )
+
+    def submit_sample(
+        self,
+        prompt: types.ModelInput,
+        num_samples: int,
+        sampling_params: types.SamplingParams,
+        include_prompt_logprobs: bool,
+        topk_prompt_logprobs: int,
+        topk_sample_logprobs: int,
+        target_prompt_logprobs: types.TensorData | None,
+        prompt_alt_tokens_k: int,
+        prompt_logprobs_last_n: int | None,
+        *,
+        sequence_ids: list[str] | None,
+        record: bool,
+        session_id: str | None = None,
+    ) -> APIFuture[types.SampleResponse]:
+        """``sample`` with the ids fixed by the caller (the wire server fixes them at submission),
+        recording chosen per request (the SDK sends ``record_stability_info`` with each one) and
+        records filed under ``session_id`` (default: this client's session)."""
         if target_prompt_logprobs is not None or prompt_alt_tokens_k:
             raise NotImplementedError("target_prompt_logprobs and prompt_alt_tokens_k are not simulated")
         if prompt_logprobs_last_n is not None and not include_prompt_logprobs:
             raise ValueError("prompt_logprobs_last_n applies to prompt logprobs; set include_prompt_logprobs")
+        if sequence_ids is not None and len(sequence_ids) != num_samples:
+            raise ValueError(f"{len(sequence_ids)} sequence ids for {num_samples} samples")
+        recording = _Recording(session_id or self._session_id, record, sequence_ids)
         return self._runtime.dispatcher.call(
             self._runtime.sampling_pool,
             "asample",
@@ -173,6 +259,7 @@ class SamplingClient:
                 topk_prompt_logprobs,
                 topk_sample_logprobs,
                 prompt_logprobs_last_n,
+                recording,
             ),
             cost_of=self._sample_cost_s,
         )
@@ -241,6 +328,11 @@ class SamplingClient:
     def get_sampler_handle(self) -> str:
         return self._sampler_id
 
+    @property
+    def weights(self) -> Weights:
+        """What this client samples with (simulator only: tests of the in-flight contract)."""
+        return self._weights
+
     def get_telemetry(self) -> None:
         return None
 
@@ -267,11 +359,21 @@ def policy_from_meta(
     return Policy(config, runtime.vocab, initial)
 
 
-def sampling_client_from_path(runtime: Runtime, model_path: str) -> SamplingClient:
+def sampling_client_from_path(
+    runtime: Runtime, model_path: str, *, session_id: str | None = None, record_stability_info: bool = False
+) -> SamplingClient:
     snapshot = runtime.store.load(TinkerPath.parse(model_path))
-    return SamplingClient(runtime, policy_from_meta(runtime, snapshot.meta, snapshot.params), model_path)
+    weights = Snapshot(policy_from_meta(runtime, snapshot.meta, snapshot.params), version=0)
+    return SamplingClient(
+        runtime, weights, model_path, session_id=session_id, record_stability_info=record_stability_info
+    )
 
 
-def base_sampling_client(runtime: Runtime, base_model: str) -> SamplingClient:
+def base_sampling_client(
+    runtime: Runtime, base_model: str, *, session_id: str | None = None, record_stability_info: bool = False
+) -> SamplingClient:
     meta = {"base_model": base_model, "rank": 1, "seed": 0}
-    return SamplingClient(runtime, policy_from_meta(runtime, meta, None), None)
+    weights = Snapshot(policy_from_meta(runtime, meta, None), version=0)
+    return SamplingClient(
+        runtime, weights, None, session_id=session_id, record_stability_info=record_stability_info
+    )

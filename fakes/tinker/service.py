@@ -286,10 +286,14 @@ class ServiceClient:
 
         def run() -> SamplingClient:
             if model_path is not None:
-                return sampling_client_from_path(self._runtime, model_path)
+                return sampling_client_from_path(
+                    self._runtime, model_path, record_stability_info=record_stability_info
+                )
             assert base_model is not None
             resolve(base_model)
-            return base_sampling_client(self._runtime, base_model)
+            return base_sampling_client(
+                self._runtime, base_model, record_stability_info=record_stability_info
+            )
 
         return self._create("create_sampling_session", run)
 

@@ -4,6 +4,8 @@ Requests run in submission order on one worker thread, like the service's per-mo
 cost model's training costs (``SimConfig.train_token_s``, ``optim_step_s``, ``save_sampler_s``)
 keep that worker busy, so they add up per training client.
 Gradients accumulate over ``forward_backward`` calls until ``optim_step`` applies them.
+Sampler saves are numbered (the weights version a sampling client was created at); in-flight saves
+publish to the one shared target of this training model (:mod:`fakes.tinker.inflight`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from . import errors, losses
 from .checkpoints import TinkerPath
 from .datums import ParsedDatum, parse
 from .futures import ClientFuture
+from .inflight import InflightClientWeights, InflightTarget, Snapshot
 from .optim import Adam
 from .policy import Policy, PolicyConfig
+from .stability import recorded_logprobs, session_of
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -56,6 +60,9 @@ class TrainingClient:
         self._optimizer = optimizer
         self._grads = {k: torch.zeros_like(v) for k, v in policy.trainable_params().items()}
         self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tinker-sim-train-{model_id}")
+        self.session_id = session_of(model_id)
+        self._sampler_saves = 0
+        self._inflight: InflightTarget | None = None
         base = policy.config.base_model.name
         self._info = types.GetInfoResponse(
             model_data=types.ModelData(arch="sim-trie-lora", model_name=base, tokenizer_id=base),
@@ -76,7 +83,8 @@ class TrainingClient:
     def _parse(self, data: list[types.Datum]) -> list[ParsedDatum]:
         if not data:
             raise ValueError("No data provided")
-        return [parse(d, self._runtime.vocab.size) for d in data]
+        context = self._policy.config.base_model.max_context_length
+        return [parse(d, self._runtime.vocab.size, context) for d in data]
 
     def _logprobs(self, parsed: list[ParsedDatum]) -> list[torch.Tensor]:
         return self._policy.score([p.inputs for p in parsed], [p.targets for p in parsed])
@@ -108,16 +116,27 @@ class TrainingClient:
         parsed = self._parse(data)
         for p in parsed:
             losses.check(loss_fn, {"target_tokens", *p.tensors}, loss_fn_config)
+        recorded = [self._recorded(p) if loss_fn in losses.NEEDS_PROVENANCE else None for p in parsed]
         with torch.set_grad_enabled(backward):
             logprobs = self._logprobs(parsed)
             per_datum = [
-                losses.datum_loss(loss_fn, lp, p.tensors, loss_fn_config)
-                for lp, p in zip(logprobs, parsed, strict=True)
+                losses.datum_loss(loss_fn, lp, p.tensors, loss_fn_config, rec)
+                for lp, p, rec in zip(logprobs, parsed, recorded, strict=True)
             ]
             total = torch.stack(per_datum).sum()
             if backward:
                 self._accumulate(total)
         return self._output(logprobs, total.item())
+
+    def _recorded(self, parsed: ParsedDatum) -> torch.Tensor:
+        return recorded_logprobs(
+            self._runtime.stability,
+            self.session_id,
+            parsed.model_input_spans,
+            parsed.loss_fn_input_spans,
+            parsed.inputs,
+            parsed.targets,
+        )
 
     # ---- forward / backward ----------------------------------------------------------------
     def forward(
@@ -392,7 +411,12 @@ class TrainingClient:
             self._runtime.dispatcher.submit(
                 self._runtime.control_pool,
                 "create_sampling_client",
-                lambda: sampling_client_from_path(self._runtime, model_path),
+                lambda: sampling_client_from_path(
+                    self._runtime,
+                    model_path,
+                    session_id=self.session_id,
+                    record_stability_info=record_stability_info,
+                ),
             )
         )
 
@@ -412,14 +436,33 @@ class TrainingClient:
         record_stability_info: bool = False,
         kind: types.SamplingClientKind = "snapshot",
     ) -> ClientFuture[SamplingClient]:
-        """A sampler on an in-memory snapshot of the current weights (ephemeral, no file)."""
+        """A sampler on the current weights (in memory, no file): a snapshot, or (``kind="inflight"``)
+        a new version of this model's shared in-flight target, which existing in-flight clients adopt."""
         from .sampling import SamplingClient
 
         if name is not None:
             warnings.warn("the 'name' parameter has no effect", DeprecationWarning, stacklevel=2)
+        if kind not in ("snapshot", "inflight"):
+            raise ValueError(f"kind must be 'snapshot' or 'inflight', got {kind!r}")
 
         def run() -> SamplingClient:
-            return SamplingClient(self._runtime, self._policy.frozen_copy(), model_path=None)
+            self._sampler_saves += 1
+            version, policy = self._sampler_saves, self._policy.frozen_copy()
+            weights: Snapshot | InflightClientWeights
+            if kind == "inflight":
+                if self._inflight is None:
+                    self._inflight = InflightTarget(self._runtime.config.inflight_delay_s)
+                self._inflight.publish(version, policy)
+                weights = InflightClientWeights(self._inflight, version)
+            else:
+                weights = Snapshot(policy, version)
+            return SamplingClient(
+                self._runtime,
+                weights,
+                model_path=None,
+                session_id=self.session_id,
+                record_stability_info=record_stability_info,
+            )
 
         return ClientFuture(
             self._runtime.dispatcher.submit(

@@ -88,6 +88,33 @@ def _loss_fn_config(msg: pb.ForwardBackwardRequest) -> dict[str, float | str] | 
     return None
 
 
+def _span(msg: pb.ProvenanceSpan) -> types.PromptProvenanceSpan | types.SampledProvenanceSpan:
+    arm = msg.WhichOneof("span")
+    if arm == "sampled_tokens":
+        run = msg.sampled_tokens
+        return types.SampledProvenanceSpan(sequence_id=run.sequence_id, offset=run.offset, length=run.length)
+    if arm == "prompt_tokens":
+        run = msg.prompt_tokens
+        return types.PromptProvenanceSpan(sequence_id=run.sequence_id, offset=run.offset, length=run.length)
+    raise CodecError(f"provenance span without a run ({arm!r})")
+
+
+def _datum(msg: pb.Datum) -> types.Datum:
+    datum = types.Datum(
+        model_input=types.ModelInput(chunks=[_chunk(c) for c in msg.model_input]),
+        loss_fn_inputs={name: _tensor(t) for name, t in msg.loss_fn_inputs.items()},
+    )
+    if not msg.model_input_spans and not msg.loss_fn_input_spans:
+        return datum  # no provenance (protobuf cannot tell an empty list from none)
+    try:
+        return datum.with_provenance(
+            model_input=[_span(s) for s in msg.model_input_spans],
+            loss_fn_inputs=[_span(s) for s in msg.loss_fn_input_spans],
+        )
+    except ValueError as exc:
+        raise CodecError(f"bad provenance: {exc}") from None
+
+
 def decode_forward_backward(body: bytes, content_encoding: str | None) -> ForwardBackwardCall:
     """Decode the protobuf body the SDK's ``AsyncTrainingResource.forward_backward`` sends."""
     if content_encoding == "zstd":
@@ -100,13 +127,7 @@ def decode_forward_backward(body: bytes, content_encoding: str | None) -> Forwar
         msg.ParseFromString(body)
     except Exception as exc:  # protobuf raises its own DecodeError
         raise CodecError(f"bad ForwardBackwardRequest: {exc}") from None
-    data = [
-        types.Datum(
-            model_input=types.ModelInput(chunks=[_chunk(c) for c in datum.model_input]),
-            loss_fn_inputs={name: _tensor(t) for name, t in datum.loss_fn_inputs.items()},
-        )
-        for datum in msg.data
-    ]
+    data = [_datum(datum) for datum in msg.data]
     return ForwardBackwardCall(
         model_id=msg.model_id,
         seq_id=msg.seq_id,

@@ -24,6 +24,7 @@ from tinker import types
 
 from fakes.tinker import RestClient, SamplingClient, ServiceClient, TrainingClient
 from fakes.tinker.errors import bad_request, not_found
+from fakes.tinker.stability import session_of
 
 from .codec import ForwardBackwardCall
 from .faults import FaultInjector
@@ -244,7 +245,7 @@ class WireService:
                     key, work, lambda r: types.SaveWeightsForSamplerResponseInternal(path=r.path)
                 )
             sampler_id = f"{run.session_id}:sample:{request.sampling_session_seq_id}"
-            work = _call(run.client.save_weights_and_get_sampling_client)
+            work = _call(lambda: run.client.save_weights_and_get_sampling_client(kind=request.kind))
             base = run.client.get_info().model_data.model_name or ""
 
             def register(client: SamplingClient) -> types.SaveWeightsForSamplerResponseInternal:
@@ -319,8 +320,9 @@ class WireService:
             return seen, seen.sequence_ids
         sampler = self.sampler(request.sampling_session_id).client
         target = request.target_prompt_logprobs
+        sequence_ids = [str(uuid.uuid4()) for _ in range(request.num_samples)]
         work = _call(
-            lambda: sampler.sample(
+            lambda: sampler.submit_sample(
                 request.prompt,
                 request.num_samples,
                 request.sampling_params,
@@ -332,10 +334,13 @@ class WireService:
                 else types.TensorData(data=target.data, dtype=target.dtype, shape=target.shape),
                 request.prompt_alt_tokens_k,
                 request.prompt_logprobs_last_n,
+                sequence_ids=sequence_ids,
+                record=bool(request.record_stability_info),
+                session_id=session_of(request.sampling_session_id or ""),
             )
         )
         promise = self._track(key if request.seq_id is not None else None, work)
-        promise.sequence_ids = [str(uuid.uuid4()) for _ in range(request.num_samples)]
+        promise.sequence_ids = sequence_ids
         return promise, promise.sequence_ids
 
     def cancel(self, request_id: str) -> None:

@@ -58,3 +58,29 @@ def test_lean_fast_path_body_and_span_equal_the_litellm_response(
     assert decoded(span_attributes(generation, messages, MODEL)) == decoded(
         span_attributes(generation_from_response(response), messages, MODEL)
     )
+
+
+@pytest.mark.parametrize("sequence_id", [None, "seq-42"])
+def test_a_recorded_sequence_id_reaches_the_span_by_both_paths(
+    tokenizer: Any, sequence_id: str | None
+) -> None:
+    generation = Generation(
+        response_id="chatcmpl-2",
+        prompt_token_ids=[1, 2],
+        response_token_ids=[9707, 151645],
+        logprobs=[-0.5, -0.1],
+        text="Hello",
+        tool_calls=[],
+        finish_reason="stop",
+        weights_version=4,
+        reused_prefix_length=None,
+        sampled_sequence_id=sequence_id,
+    )
+    response = fill_response(generation, MODEL, ModelResponse(), tokenizer, logprobs=False)
+    assert generation_from_response(response) == generation
+    for attributes in (
+        span_attributes(generation, [], MODEL),
+        span_attributes(generation_from_response(response), [], MODEL),
+    ):
+        assert attributes.get(S.AGL_SAMPLED_SEQUENCE_ID) == sequence_id
+        assert attributes[S.AGL_WEIGHTS_VERSION] == 4

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import tinker
 import torch
 from tinker import types
 
@@ -214,3 +215,105 @@ def test_row_cache_is_safe_under_concurrent_samplers(vocab, monkeypatch) -> None
     finally:
         sys.setswitchinterval(old)
     assert errors == []
+
+
+def _off_policy_extras(
+    loss_fn: str, extras: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """The batch's inputs as ``loss_fn`` takes them, and (stable_reinforce) the recorded logprobs."""
+    sampled = extras["weights"] != 0
+    if loss_fn == "gspo":
+        return {**extras, "sequence_ratio_mask": extras["weights"]}, None
+    if loss_fn == "stable_reinforce":
+        recorded = torch.where(sampled, extras["logprobs"], torch.full_like(extras["logprobs"], float("nan")))
+        inputs = {"advantages": extras["advantages"] * extras["weights"], "weights": extras["weights"]}
+        return inputs, recorded
+    return extras, None
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "config"),
+    [
+        ("cispo", {"clip_low_threshold": 0.7, "clip_high_threshold": 1.3}),
+        ("dro", {"beta": 0.3}),
+        ("gspo", {"clip_low_threshold": 0.5, "clip_high_threshold": 2.0}),
+        ("stable_reinforce", {"kl_coeff": 0.2}),
+    ],
+)
+def test_off_policy_gradients_match_finite_differences(vocab, loss_fn: str, config: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
+    """Stop-gradient factors held at the current weights (``surrogate(p, p0)``), the gradient is exact."""
+    policy = _random_policy(vocab)
+    inputs, targets, extras = _rl_batch(vocab, policy)
+    batch = [_off_policy_extras(loss_fn, ex) for ex in extras]
+    with torch.no_grad():
+        frozen = [lp.clone() for lp in policy.score(inputs, targets)]
+
+    def total() -> torch.Tensor:
+        logprobs = policy.score(inputs, targets)
+        return torch.stack(
+            [
+                sim_losses.surrogate(loss_fn, lp, lp0, ex, config, rec)
+                for lp, lp0, (ex, rec) in zip(logprobs, frozen, batch, strict=True)
+            ]
+        ).sum()
+
+    loss = total()
+    # at the current weights the surrogate is the loss itself
+    logprobs = policy.score(inputs, targets)
+    direct = sum(
+        float(sim_losses.datum_loss(loss_fn, lp, ex, config, rec).detach())
+        for lp, (ex, rec) in zip(logprobs, batch, strict=True)
+    )
+    assert float(loss.detach()) == pytest.approx(direct, rel=1e-12)
+    names = ["lora_b", "behaviour_bias", "gate", "bg_bias", "bg_b"]
+    grads = dict(zip(names, torch.autograd.grad(loss, [policy.params[n] for n in names]), strict=True))
+    checked = 0
+    for name in names:
+        flat_grad = grads[name].flatten()
+        for index in torch.argsort(flat_grad.abs(), descending=True)[:2].tolist():
+            param = policy.params[name]
+            h = 1e-6
+            with torch.no_grad():
+                param.view(-1)[index] += h
+                up = float(total())
+                param.view(-1)[index] -= 2 * h
+                down = float(total())
+                param.view(-1)[index] += h
+            numeric = (up - down) / (2 * h)
+            assert flat_grad[index].item() == pytest.approx(numeric, rel=1e-4, abs=1e-6), (name, index)
+            checked += abs(numeric) > 1e-3
+    assert checked >= 5
+
+
+def test_off_policy_losses_on_policy_reduce_to_reinforce(vocab) -> None:  # type: ignore[no-untyped-def]
+    """With q == p every ratio is 1: cispo, dro, gspo and stable_reinforce all equal -sum(p * A)."""
+    policy = _random_policy(vocab)
+    inputs, targets, extras = _rl_batch(vocab, policy)
+    with torch.no_grad():
+        logprobs = policy.score(inputs, targets)
+    for lp, ex in zip(logprobs, extras, strict=True):
+        on_policy = {**ex, "logprobs": lp.clone(), "advantages": ex["advantages"] * ex["weights"]}
+        expected = float(-(lp * on_policy["advantages"]).sum())
+        for loss_fn in ("cispo", "dro", "gspo", "stable_reinforce"):
+            inputs_, recorded = _off_policy_extras(loss_fn, on_policy)
+            got = float(sim_losses.datum_loss(loss_fn, lp, inputs_, None, recorded))
+            if loss_fn == "gspo":  # the ratio's value is 1, its gradient p's: the loss is -sum(A)
+                expected_gspo = float(-on_policy["advantages"].sum())
+                assert got == pytest.approx(expected_gspo, rel=1e-9), loss_fn
+            else:
+                assert got == pytest.approx(expected, rel=1e-9), loss_fn
+
+
+def test_loss_inputs_and_config_are_checked() -> None:
+    sim_losses.check("cispo", {"target_tokens", "logprobs", "advantages"}, {"clip_low_threshold": 0.5})
+    sim_losses.check("stable_reinforce", {"target_tokens", "advantages", "logprobs"}, {"kl_coeff": 0.1})
+    for loss_fn, keys, config in [
+        ("gspo", {"target_tokens", "logprobs", "advantages"}, None),  # no sequence_ratio_mask
+        ("dro", {"target_tokens", "logprobs", "advantages"}, {"clip_low_threshold": 0.5}),
+        ("stable_reinforce", {"target_tokens", "advantages"}, {"beta": 1.0}),
+        ("cispo", {"target_tokens", "logprobs", "advantages", "mask"}, None),
+        ("cispo", {"target_tokens", "logprobs", "advantages"}, {"clip_low_threshold": "low"}),
+        ("grpo", {"target_tokens"}, None),
+    ]:
+        with pytest.raises(tinker.BadRequestError):
+            sim_losses.check(loss_fn, keys, config)

@@ -34,3 +34,18 @@ def rl_datum(prompt: types.ModelInput, seq: Any, advantage: float) -> types.Datu
             ),
         },
     )
+
+
+def with_sampled_provenance(datum: types.Datum, prompt: types.ModelInput, seq: Any) -> types.Datum:
+    """``rl_datum``'s datum with provenance: the prompt's run and the sampled run of ``seq``."""
+    n_prompt, n_sampled, sid = prompt.length, len(seq.tokens), seq.sequence_id
+    return datum.with_provenance(
+        model_input=[
+            types.PromptProvenanceSpan(sequence_id=sid, length=n_prompt),
+            types.SampledProvenanceSpan(sequence_id=sid, length=n_sampled - 1),
+        ],
+        loss_fn_inputs=[
+            types.PromptProvenanceSpan(sequence_id=sid, offset=1, length=n_prompt - 1),
+            types.SampledProvenanceSpan(sequence_id=sid, length=n_sampled),
+        ],
+    )

@@ -46,6 +46,7 @@ class CallDraft:
     problem: CallProblem | None = None
     prefix_call: int | None = None
     """Set by validation: see :attr:`LLMCall.prefix_call`."""
+    sampled_sequence_id: str | None = None
 
     @property
     def key(self) -> str:
@@ -81,6 +82,7 @@ class CallDraft:
             problem=self.problem,
             attributes=self.attributes,
             prefix_call=self.prefix_call,
+            sampled_sequence_id=self.sampled_sequence_id,
         )
 
 
@@ -124,6 +126,8 @@ def merge_draft(into: CallDraft, other: CallDraft) -> None:
     into.model = into.model if into.model is not None else other.model
     into.weights_version = into.weights_version if into.weights_version is not None else other.weights_version
     into.agent_name = into.agent_name if into.agent_name is not None else other.agent_name
+    if into.sampled_sequence_id is None:
+        into.sampled_sequence_id = other.sampled_sequence_id
     into.finish_reason = into.finish_reason if into.finish_reason is not None else other.finish_reason
     start, end = other.start_time, other.end_time
     if start is not None and (into.start_time is None or start < into.start_time):

@@ -51,6 +51,7 @@ def read_shared_schema(span: Span) -> CallDraft:
     if type(version) is bool or not isinstance(version, (int, str)):
         version = None
     agent = get(S.AGL_AGENT_NAME)
+    sampled_sequence_id = get(S.AGL_SAMPLED_SEQUENCE_ID)
     return CallDraft(
         span_id=span.span_id,
         span_ids=(span.span_id,),
@@ -68,4 +69,7 @@ def read_shared_schema(span: Span) -> CallDraft:
         source=source,
         attributes=attrs,
         failed=span.status.status_code == "ERROR",
+        sampled_sequence_id=sampled_sequence_id
+        if isinstance(sampled_sequence_id, str) and sampled_sequence_id
+        else None,
     )
