@@ -1,9 +1,12 @@
 """Turning SDK ``Datum`` objects into arrays, with the service's validation.
 
-One context rule serves ``sample`` and ``forward_backward`` alike (:func:`check_context`): the tokens
-the model reads plus the one token it predicts after them must fit the base model's context. A sample
-therefore needs ``len(prompt) < context`` (and is cut at the context), and a datum built from any
-sequence ``sample`` can return (``model_input`` = that sequence minus its last token) is accepted.
+One context rule serves ``sample`` and ``forward_backward`` alike: a sequence the model reads or writes
+must fit the base model's context. ``forward_backward`` (:func:`check_context`) needs ``model_input`` plus
+the one token it predicts after it to fit; ``sample`` (:func:`check_sample_budget`) needs the prompt plus
+``max_tokens`` to fit, refused with the service's own message ("Prompt length plus max_tokens exceeds the
+model's context window: P prompt tokens + M max_tokens > C.", as observed from the live service), and
+without ``max_tokens`` it stops at the context. So a datum built from any sequence ``sample`` returns
+(``model_input`` = that sequence minus its last token) is accepted.
 """
 
 from __future__ import annotations
@@ -44,6 +47,17 @@ def tokens_of(model_input: types.ModelInput, vocab_size: int, what: str = "model
     if len(ids) and (ids.min() < 0 or ids.max() >= vocab_size):
         raise errors.bad_request(f"{what}: token ids must be in [0, {vocab_size})")
     return ids
+
+
+def check_sample_budget(prompt_tokens: int, max_tokens: int | None, context: int) -> None:
+    """Refuse a sample whose prompt plus ``max_tokens`` (or plus one token, when unset) exceeds ``context``."""
+    if max_tokens is not None and prompt_tokens + max_tokens > context:
+        raise errors.bad_request(
+            "Prompt length plus max_tokens exceeds the model's context window: "
+            f"{prompt_tokens} prompt tokens + {max_tokens} max_tokens > {context}.",
+            path="asample",
+        )
+    check_context(prompt_tokens, context, "prompt", "asample")
 
 
 def parse(datum: types.Datum, vocab_size: int, context: int) -> ParsedDatum:

@@ -24,7 +24,7 @@ from typing_extensions import deprecated
 from . import errors
 from .catalog import resolve
 from .checkpoints import TinkerPath
-from .datums import check_context, tokens_of
+from .datums import check_sample_budget, tokens_of
 from .inflight import Snapshot, Weights
 from .policy import Policy, PolicyConfig, initial_params
 from .sampler import Cursor, generate
@@ -106,7 +106,7 @@ class SamplingClient:
             raise errors.bad_request("num_samples must be >= 1", path="asample")
         version, policy = self._weights.serving()
         context = policy.config.base_model.max_context_length
-        check_context(len(tokens), context, "prompt", "asample")
+        check_sample_budget(len(tokens), params.max_tokens, context)
         stop_tokens, stop_strings = _stops(params.stop, {vocab.im_end, vocab.endoftext})
         max_tokens = min(params.max_tokens or DEFAULT_MAX_TOKENS, context - len(tokens))
         outputs: list[tuple[list[int], list[float], str]] = []

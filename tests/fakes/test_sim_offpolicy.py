@@ -12,10 +12,11 @@ import tinker
 from hypothesis import given
 from hypothesis import strategies as st
 from tinker import types
+from tinker_cookbook.capture.proxy.app import _is_context_overflow
 
 from fakes.tinker import ServiceClient, SimConfig
 from fakes.tinker.catalog import resolve
-from fakes.tinker.datums import check_context
+from fakes.tinker.datums import check_context, check_sample_budget
 from fakes.tinker.inflight import InflightClientWeights, InflightTarget
 
 BASE = "Qwen/Qwen3-4B-Instruct-2507"
@@ -194,15 +195,21 @@ def test_inflight_target_serves_the_newest_visible_version_never_older_than_the_
 
 
 # ---- context --------------------------------------------------------------------------------------------
-@given(context=st.integers(2, 64), prompt=st.integers(1, 64), completion=st.integers(1, 64))
+@given(
+    context=st.integers(2, 64),
+    prompt=st.integers(1, 64),
+    max_tokens=st.one_of(st.none(), st.integers(1, 64)),
+    completion=st.integers(1, 64),
+)
 def test_a_datum_of_any_sequence_sample_can_return_fits_forward_backward(
-    context: int, prompt: int, completion: int
+    context: int, prompt: int, max_tokens: int | None, completion: int
 ) -> None:
     try:
-        check_context(prompt, context, "prompt", "asample")
+        check_sample_budget(prompt, max_tokens, context)
     except tinker.BadRequestError:
+        assert prompt + (max_tokens or 1) > context
         return
-    completion = min(completion, context - prompt)  # sample stops at the context
+    completion = min(completion, max_tokens or context, context - prompt)  # sample stops there
     check_context(prompt + completion - 1, context, "model_input", "forward_backward")
 
 
@@ -220,5 +227,7 @@ def test_forward_backward_refuses_a_datum_longer_than_the_context(tmp_path: Any)
     with pytest.raises(tinker.BadRequestError, match="context"):
         tc.forward_backward([datum], "cross_entropy").result()
     sampler = tc.save_weights_and_get_sampling_client().result()
-    with pytest.raises(tinker.BadRequestError, match="context"):
-        sampler.sample(types.ModelInput.from_ints([1] * context), 1, PARAMS).result()
+    with pytest.raises(tinker.BadRequestError, match="context") as refused:
+        sampler.sample(types.ModelInput.from_ints([1] * (context - 10)), 1, PARAMS).result()  # + 24 > context
+    # the service's own message, which the cookbook (and so the endpoint) recognises as an overflow
+    assert _is_context_overflow(str(refused.value))
