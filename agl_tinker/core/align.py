@@ -12,8 +12,9 @@ rule a match out.
 Which earlier call a call follows (the one rule, see :func:`align_calls`): the call whose tokens
 (prompt + response) its prompt shares the longest prefix with, among the ends of the most recent
 ``max_candidates`` sequences (their last calls, and the untrainable calls that continued them);
-ties go to the most recently extended sequence. A prompt that continues that call exactly
-extends its sequence; one that does not is drift (or concurrency) reported against that call.
+ties go to the most recently extended sequence (and, within one, to the latest end). A prompt
+that continues that call exactly extends its sequence; one that does not is drift (or
+concurrency) reported against that call.
 So a call that continues an older, shorter end exactly but re-renders a later call's tokens is
 drift against the later call, whatever the writer claimed: the conversation went through the
 later call, and its history no longer matches what was sampled there.
@@ -128,16 +129,35 @@ def _end_length(end: LLMCall) -> int:
     return len(end.prompt_token_ids) + len(end.response_token_ids)
 
 
-def _shares_past(prompt: Sequence[int], end: LLMCall, n: int) -> bool:
-    """``prompt`` and ``end``'s tokens (prompt + response) agree on their first ``n + 1`` tokens."""
+def _agrees(prompt: Sequence[int], end: LLMCall, n: int) -> bool:
+    """``prompt`` and ``end``'s tokens (prompt + response) agree on their first ``n`` tokens."""
     assert end.prompt_token_ids is not None and end.response_token_ids is not None
-    if len(prompt) <= n or _end_length(end) <= n:
+    if n == 0:
+        return True
+    if len(prompt) < n or _end_length(end) < n:
         return False
     head = end.prompt_token_ids
-    at = head[n] if n < len(head) else end.response_token_ids[n - len(head)]
-    if prompt[n] != at:  # the usual answer, from one token
+    last = head[n - 1] if n <= len(head) else end.response_token_ids[n - 1 - len(head)]
+    if prompt[n - 1] != last:  # the usual answer, from one token
         return False
-    return first_difference(prompt, [*head, *end.response_token_ids][: n + 1]) > n
+    return first_difference(prompt, [*head, *end.response_token_ids][:n]) >= n
+
+
+def _shares_more(
+    call: LLMCall, ends: list[tuple[_Seq, LLMCall]], match: LLMCall
+) -> list[tuple[_Seq, LLMCall]]:
+    """The ends (of ``ends``, in their order) that ``call``'s prompt shares a longer prefix with
+    than with ``match``, the end it continues exactly, ties counting for the ends ranked before
+    it (more recent). Each one is longer than ``match``: the conversation went past it."""
+    prompt = call.prompt_token_ids
+    assert prompt is not None
+    n = _end_length(match)
+    rank = next(i for i, (_, end) in enumerate(ends) if end is match)
+    return [
+        (seq, end)
+        for i, (seq, end) in enumerate(ends)
+        if end is not match and _end_length(end) > n and _agrees(prompt, end, n + (i > rank))
+    ]
 
 
 def _followed(call: LLMCall, ends: Iterable[tuple[_Seq, LLMCall]]) -> tuple[_Seq, LLMCall]:
@@ -203,8 +223,7 @@ def align_calls(
                 match = seq
                 # An end that shares more than this one is the conversation the call went
                 # through: it re-rendered that end's tokens (drift), see the module docstring.
-                n = _end_length(end)
-                longer = [(s, e) for s, e in _ends(candidates) if e is not end and _shares_past(prompt, e, n)]
+                longer = _shares_more(call, list(_ends(candidates)), end)
                 if longer:
                     match, followed = None, _followed(call, longer)
                 break

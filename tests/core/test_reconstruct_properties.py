@@ -195,7 +195,14 @@ CONCURRENT_BETWEEN = scripted(
     Turn(after=0),  # the first branch goes on: its older sequence is extended, no drift
     Turn(kind="drift", drift_at=9),
 )
-PINNED = [ISSUE_38, PROBLEM_THEN_DRIFT, PROBLEM_THEN_DRIFT_CLAIMED, TWO_DRIFTS, CONCURRENT_BETWEEN]
+# Found by the extended run (seed 8): call 3 drifts exactly where call 0's older sequence ends, so
+# it continues call 0 and shares as much with call 2: the tie goes to the more recent call 2.
+DRIFT_AT_AN_OLDER_END = scripted(
+    Turn(),
+    Turn(response=4, problem=LOST),
+    Turn(kind="drift", drift_at=9, writer="client"),
+    Turn(kind="drift", drift_at=6, writer="client"),
+)
 
 
 def encode(run: Run, rollout_id: str, attempt_id: str, seq0: int = 1) -> list[Span]:
@@ -329,6 +336,7 @@ def check_run(run: Run, spans: list[Span]) -> None:
 @example(PROBLEM_THEN_DRIFT_CLAIMED, random.Random(2), False)
 @example(TWO_DRIFTS, random.Random(3), False)
 @example(CONCURRENT_BETWEEN, random.Random(4), True)
+@example(DRIFT_AT_AN_OLDER_END, random.Random(5), False)
 def test_random_runs_round_trip(run: Run, shuffler: random.Random, with_old_attempt: bool) -> None:
     spans = encode(run, "ro-1", "at-2", seq0=10)
     if with_old_attempt:
@@ -344,6 +352,7 @@ def test_random_runs_round_trip(run: Run, shuffler: random.Random, with_old_atte
 @example(PROBLEM_THEN_DRIFT, random.Random(1))
 @example(TWO_DRIFTS, random.Random(2))
 @example(CONCURRENT_BETWEEN, random.Random(3))
+@example(DRIFT_AT_AN_OLDER_END, random.Random(4))
 def test_round_trip_through_a_real_store(run: Run, shuffler: random.Random) -> None:
     async def go() -> list[Span]:
         store = InMemoryLightningStore()
@@ -380,5 +389,6 @@ def test_a_drift_is_reported_against_the_call_whose_tokens_the_prompt_shares_mos
     assert _events(TWO_DRIFTS) == [(1, 0, 9, "drift"), (2, 1, 14, "drift")]
     # A concurrent branch between: the first branch's continuation extends its older sequence.
     assert _events(CONCURRENT_BETWEEN) == [(1, 0, 3, "concurrent"), (3, 2, 9, "drift")]
+    assert _events(DRIFT_AT_AN_OLDER_END) == [(2, 1, 9, "drift"), (3, 2, 6, "drift")]
     rec = reconstruct(encode(CONCURRENT_BETWEEN, "ro-1", "at-1"))
     assert [s.call_indices for s in align_calls(rec.calls).sequences] == [(0, 2), (1,), (3,)]
