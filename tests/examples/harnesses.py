@@ -23,11 +23,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import agentlightning as agl
+import tinker
+from tinker_cookbook.rl.data_processing import assemble_training_data, compute_advantages
+from tinker_cookbook.rl.types import TrajectoryGroup
+
+from agl_tinker.backend import service_client
+from agl_tinker.core.trajectory import alignment_trajectory
 
 PACKAGES = ("@openai/codex", "opencode-ai")
-BIN_ENV = "AGL_TINKER_HARNESS_BIN"
-"""Where runner processes find the installed harnesses (set by the tests)."""
 TASK_PROMPT = "List the files in this directory, then say done."
 
 
@@ -138,23 +141,13 @@ def run_opencode(
     )
 
 
-def _harness_rollout(kind: str, llm: agl.LLM, rollout: Any) -> float:
-    """One harness run on the rollout's URL; reward 1 when the harness exited cleanly."""
-    bin_dir = Path(os.environ[BIN_ENV])
-    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"agl-tinker-{kind}-{rollout.rollout_id}"
-    try:
-        run = run_codex if kind == "codex" else run_opencode
-        done = run(bin_dir, llm.get_base_url(), llm.model, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return 1.0 if done.returncode == 0 else 0.0
-
-
-@agl.rollout
-def codex_agent(task: dict[str, Any], llm: agl.LLM, rollout: agl.Rollout) -> float:
-    return _harness_rollout("codex", llm, rollout)
-
-
-@agl.rollout
-def opencode_agent(task: dict[str, Any], llm: agl.LLM, rollout: agl.Rollout) -> float:
-    return _harness_rollout("opencode", llm, rollout)
+def train_one_step(alignment: Any, model: str, reward: float) -> int:
+    """One training step on the simulator (importance sampling, ``forward_backward`` then
+    ``optim_step``) on the datums of one recorded episode rewarded ``reward``; returns the datums."""
+    trajectory = alignment_trajectory(alignment, [0.0] * (len(alignment.steps) - 1) + [reward])
+    group = TrajectoryGroup(trajectories_G=[trajectory], final_rewards_G=[0.0], metrics_G=[{}])
+    data, _ = assemble_training_data([group], compute_advantages([group]))
+    trainer = service_client().create_lora_training_client(base_model=model, rank=8).result()
+    trainer.forward_backward(data, loss_fn="importance_sampling").result()
+    trainer.optim_step(tinker.AdamParams(learning_rate=1e-2)).result()
+    return len(data)
