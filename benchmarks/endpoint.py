@@ -3,6 +3,12 @@
 Run ``python benchmarks/endpoint.py``; prints one JSON object. Clients are ``openai.OpenAI`` on the
 rollout path in a separate process (so their CPU does not share the server's GIL); every call is
 recorded as a span. The swap is timed while 16 clients keep calling.
+
+``routes`` compares the lean endpoint's three APIs in the same run (issue 32): chat completions
+(``openai``), Responses (``openai``'s ``responses.create``) and Anthropic Messages (``anthropic``),
+one equivalent request each, at 1 and 16 clients: per-call latency and the server process's CPU per
+call (``time.process_time`` of this process, which holds the server thread and not the clients),
+and each route's 1-client p50 over chat's (target: within 1.5x).
 """
 
 from __future__ import annotations
@@ -55,22 +61,36 @@ class InstantSampler:
         return self._response
 
 
-def drive(url: str, clients: int, seconds: float) -> dict[str, Any]:
-    """Run ``clients`` threads calling ``url`` for ``seconds``; latencies in ms and failures."""
+def _caller(url: str, route: str) -> Any:
+    """One client's call of ``route`` (chat, responses, messages) at ``url`` (ending in ``/v1``)."""
+    import anthropic
     import openai
 
+    if route == "messages":
+        claude = anthropic.Anthropic(base_url=url.removesuffix("/v1"), api_key="bench", max_retries=0)
+        return lambda: claude.messages.create(
+            model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "Hi"}]
+        )
+    client = openai.OpenAI(base_url=url, api_key="bench", max_retries=0)
+    if route == "responses":
+        return lambda: client.responses.create(model=MODEL, input="Hi", max_output_tokens=16)
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16}
+    return lambda: client.chat.completions.create(**ask)
+
+
+def drive(url: str, clients: int, seconds: float, route: str = "chat") -> dict[str, Any]:
+    """Run ``clients`` threads calling ``route`` at ``url`` for ``seconds``; latencies in ms and failures."""
     latencies: list[float] = []
     failures = [0]
     deadline = time.perf_counter() + seconds
 
     def loop() -> None:
-        client = openai.OpenAI(base_url=url, api_key="bench", max_retries=0)
-        ask = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16}
-        client.chat.completions.create(**ask)  # warm the connection
+        call = _caller(url, route)
+        call()  # warm the connection
         while time.perf_counter() < deadline:
             t = time.perf_counter()
             try:
-                client.chat.completions.create(**ask)
+                call()
                 latencies.append((time.perf_counter() - t) * 1000)
             except Exception:
                 failures[0] += 1
@@ -143,14 +163,64 @@ async def measure(
         await endpoint.stop()
 
 
+async def measure_routes(pool: concurrent.futures.ProcessPoolExecutor) -> dict[str, Any]:
+    """The lean endpoint's three APIs, same run: latency and server CPU per call at 1 and 16 clients."""
+    from agentlightning.store.memory import InMemoryLightningStore
+    from agentlightning.store.threading import LightningStoreThreaded
+
+    from agl_tinker.backend import get_tokenizer
+    from agl_tinker.endpoint.start import EndpointConfig, start_endpoint
+
+    tokenizer = get_tokenizer(MODEL)
+    store = LightningStoreThreaded(InMemoryLightningStore())
+    endpoint = await start_endpoint(
+        EndpointConfig(),
+        store=store,
+        sampling_client=InstantSampler(tokenizer),
+        base_model=MODEL,
+        tokenizer=tokenizer,
+    )
+    loop = asyncio.get_running_loop()
+    routes: dict[str, Any] = {}
+    try:
+        rollout = await store.start_rollout(input={"bench": "routes"})
+        url = endpoint.as_resource(rollout.rollout_id, rollout.attempt.attempt_id).endpoint
+        for route in ("chat", "responses", "messages"):
+            figures: dict[str, Any] = {
+                "overhead_ms_p50": {},
+                "server_cpu_ms_per_call": {},
+                "failed_requests": 0,
+            }
+            for clients in (1, 16):
+                await endpoint.flush()
+                cpu = time.process_time()
+                run = await loop.run_in_executor(pool, drive, url, clients, SECONDS, route)
+                await endpoint.flush()  # recording is part of a call's cost
+                calls = len(run["latencies"]) + clients  # the warm-up calls too
+                figures["overhead_ms_p50"][str(clients)] = _pct(run["latencies"], 0.5)
+                figures["server_cpu_ms_per_call"][str(clients)] = round(
+                    (time.process_time() - cpu) * 1000 / max(calls, 1), 3
+                )
+                figures["failed_requests"] += run["failures"]
+            routes[route] = figures
+    finally:
+        await endpoint.stop()
+    chat = routes["chat"]["overhead_ms_p50"]["1"]
+    routes["p50_vs_chat_1_client"] = {
+        route: round(routes[route]["overhead_ms_p50"]["1"] / chat, 3) for route in ("responses", "messages")
+    }
+    return routes
+
+
 async def main() -> None:
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
         lean = await measure("lean", pool)
         baseline = await measure("proxy", pool)
         with_model = await measure("lean", pool, instant=False)
+        routes = await measure_routes(pool)
     with_model = {k: with_model[k] for k in ("overhead_ms_p50", "calls_per_s")}
-    emit_json({**lean, "baseline": baseline, "lean_with_simulated_model": with_model})
+    emit_json({**lean, "baseline": baseline, "lean_with_simulated_model": with_model, "routes": routes})
 
 
 if __name__ == "__main__":
