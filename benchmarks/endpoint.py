@@ -314,7 +314,24 @@ async def measure_capture_proxy(
         stop()
         uninstrument_tinker()
         exporter.shutdown()
+        _stop_store_daemon(Path(data_dir))
     return result
+
+
+def _stop_store_daemon(data_dir: Any) -> None:
+    """End the capture store daemon this benchmark started (its pid is in ``daemon.json``)."""
+    import contextlib
+    import json
+    import signal
+
+    from tinker_cookbook.capture.store.daemon import DAEMON_INFO_FILENAME
+
+    try:
+        pid = int(json.loads((data_dir / DAEMON_INFO_FILENAME).read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
 
 
 async def main() -> None:
