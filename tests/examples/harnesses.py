@@ -1,0 +1,153 @@
+"""Real coding-agent harnesses from the npm registry, run unchanged against a rollout URL (issue 32).
+
+``harness_bin`` installs ``@openai/codex`` and ``opencode-ai`` once into a cache directory
+(``AGL_TINKER_NPM_CACHE``, default ``~/.cache/agl-tinker/npm``) and returns the ``node_modules/.bin``
+folder, or a reason to skip. ``run_codex`` and ``run_opencode`` run one task in a scratch directory
+with the harness's safest settings: Codex ``exec`` with a read-only sandbox and approval ``never``
+(a command that needs more fails instead of asking), opencode with ``edit``, ``bash`` and
+``webfetch`` denied. Both get a private home (``CODEX_HOME``; XDG folders), so nothing of the
+user's own configuration is read or written.
+
+Codex CLI speaks the Responses API (``wire_api = "responses"``; its chat wire API is gone). opencode
+speaks chat completions with ``max_tokens: 32000`` by default, which the endpoint clamps to the
+context. opencode also asks its ``small_model`` for a session title; that model points at the bare
+endpoint (not the rollout path), so the title call is served but not recorded in the rollout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import tinker
+from tinker_cookbook.rl.data_processing import assemble_training_data, compute_advantages
+from tinker_cookbook.rl.types import TrajectoryGroup
+
+from agl_tinker.backend import service_client
+from agl_tinker.core.trajectory import alignment_trajectory
+
+PACKAGES = ("@openai/codex", "opencode-ai")
+TASK_PROMPT = "List the files in this directory, then say done."
+
+
+def npm_cache() -> Path:
+    return Path(os.environ.get("AGL_TINKER_NPM_CACHE", Path.home() / ".cache" / "agl-tinker" / "npm"))
+
+
+def harness_bin() -> Path | str:
+    """The ``.bin`` folder holding ``codex`` and ``opencode``, installing them if needed; or why not."""
+    cache = npm_cache()
+    bin_dir = cache / "node_modules" / ".bin"
+    if all((bin_dir / name).exists() for name in ("codex", "opencode")):
+        return bin_dir
+    npm = shutil.which("npm")
+    if npm is None:
+        return "npm is not installed"
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        done = subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(cache), *PACKAGES],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    except subprocess.TimeoutExpired:
+        return "npm install of the harnesses took over 10 minutes"
+    if done.returncode != 0:
+        return f"npm install of {' '.join(PACKAGES)} failed: {done.stderr.strip()[-300:]}"
+    return bin_dir
+
+
+def plain_model_name(model: str) -> str:
+    """The endpoint's slash-free alias of ``model`` (harnesses read ``org/name`` as a provider)."""
+    return model.rsplit("/", 1)[-1]
+
+
+def run_codex(
+    bin_dir: Path, base_url: str, model: str, scratch: Path, prompt: str = TASK_PROMPT
+) -> subprocess.CompletedProcess[str]:
+    """``codex exec`` on ``prompt`` in ``scratch/work``; ``base_url`` ends with ``/v1``."""
+    home, work = scratch / "codex-home", scratch / "work"
+    home.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        f'model = "{plain_model_name(model)}"\n'
+        'model_provider = "agl"\n'
+        'approval_policy = "never"\n'
+        'sandbox_mode = "read-only"\n'
+        "[model_providers.agl]\n"
+        'name = "agl-tinker"\n'
+        f'base_url = "{base_url}"\n'
+        'wire_api = "responses"\n'
+    )
+    env = {**os.environ, "CODEX_HOME": str(home)}
+    return subprocess.run(
+        [str(bin_dir / "codex"), "exec", "--skip-git-repo-check", prompt],
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def run_opencode(
+    bin_dir: Path, base_url: str, model: str, scratch: Path, prompt: str = TASK_PROMPT
+) -> subprocess.CompletedProcess[str]:
+    """``opencode run`` on ``prompt`` in ``scratch/work``; ``base_url`` is a rollout URL ending with ``/v1``."""
+    home, work = scratch / "opencode-home", scratch / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    name = plain_model_name(model)
+    bare = base_url.split("/rollout/", 1)[0].removesuffix("/v1") + "/v1"
+
+    def provider(url: str, label: str) -> dict[str, Any]:
+        return {
+            "npm": "@ai-sdk/openai-compatible",
+            "name": label,
+            "options": {"baseURL": url, "apiKey": "unused"},
+            "models": {name: {"name": name}},
+        }
+
+    config = {
+        "$schema": "https://opencode.ai/config.json",
+        "provider": {"agl": provider(base_url, "agl-tinker rollout"), "aglaux": provider(bare, "agl-tinker")},
+        "model": f"agl/{name}",
+        "small_model": f"aglaux/{name}",
+        "autoupdate": False,
+        "share": "disabled",
+        "permission": {"edit": "deny", "bash": "deny", "webfetch": "deny"},
+    }
+    (work / "opencode.json").write_text(json.dumps(config))
+    env = {
+        **os.environ,
+        **{f"XDG_{kind}_HOME": str(home / kind.lower()) for kind in ("CONFIG", "DATA", "CACHE", "STATE")},
+    }
+    env["OPENCODE_CONFIG"] = str(work / "opencode.json")
+    for flag in ("MODELS_FETCH", "AUTOUPDATE", "LSP_DOWNLOAD", "DEFAULT_PLUGINS", "SHARE", "CLAUDE_CODE"):
+        env[f"OPENCODE_DISABLE_{flag}"] = "1"
+    return subprocess.run(
+        [str(bin_dir / "opencode"), "run", prompt],
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def train_one_step(alignment: Any, model: str, reward: float) -> int:
+    """One training step on the simulator (importance sampling, ``forward_backward`` then
+    ``optim_step``) on the datums of one recorded episode rewarded ``reward``; returns the datums."""
+    trajectory = alignment_trajectory(alignment, [0.0] * (len(alignment.steps) - 1) + [reward])
+    group = TrajectoryGroup(trajectories_G=[trajectory], final_rewards_G=[0.0], metrics_G=[{}])
+    data, _ = assemble_training_data([group], compute_advantages([group]))
+    trainer = service_client().create_lora_training_client(base_model=model, rank=8).result()
+    trainer.forward_backward(data, loss_fn="importance_sampling").result()
+    trainer.optim_step(tinker.AdamParams(learning_rate=1e-2)).result()
+    return len(data)
