@@ -162,3 +162,10 @@ def test_writer_writes_nothing_when_off_and_replaces_a_redone_step(tmp_path: Pat
     writer.write(1, [_group(0, [1.0])], policy="alice")
     assert transcript_file(tmp_path, 1, "alice").exists()
     assert json.loads(transcript_file(tmp_path, 1, "alice").read_text())["policy"] == "alice"
+
+
+def test_validation_rollouts_go_to_their_own_file_and_metrics(tmp_path: Path) -> None:
+    written = TranscriptWriter(tmp_path, sample=2).write(4, [_group(0, [1.0])], kind="eval")
+    assert set(written) == {"eval/transcripts/bytes", "eval/time/transcripts_s"}
+    assert transcript_file(tmp_path, 4, kind="eval").name == "eval_000004.jsonl"
+    assert not transcript_file(tmp_path, 4).exists()
