@@ -225,8 +225,8 @@ class TrainConfig:
     transcripts_per_step: int = chz.field(
         default=8,
         doc="Rollouts per step written with their calls (messages, token ids, logprobs, drift) to "
-        "log_path/transcripts/step_NNNNNN.jsonl, besides every excluded or drifting one (up to as many "
-        "again); every rollout gets a summary row. At most 1 MB per step. 0: no transcripts.",
+        "log_path/transcripts/step_NNNNNN.jsonl (validation: eval_NNNNNN.jsonl), besides every excluded or "
+        "drifting one (up to as many again); every rollout gets a summary row. At most 1 MB per step. 0: none.",
     )
     max_empty_steps: int = chz.field(
         default=3,

@@ -297,6 +297,7 @@ class TrainingRun:
         await self.check_store(step)
         batch = await self.run_batch(tasks, 1, "val", f"eval @ step {step}", step)
         _, metrics = batch_metrics(batch, step, prefix="eval/")
+        metrics.update(self.transcripts.write(step, batch.groups, kind="eval"))
         metrics["eval/time_s"] = time.perf_counter() - t0
         return metrics
 

@@ -5,15 +5,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DETAIL_KEYS", "TRANSCRIPTS_DIR", "transcript_file"]
+__all__ = ["DETAIL_KEYS", "KINDS", "TRANSCRIPTS_DIR", "transcript_file"]
 
 TRANSCRIPTS_DIR = "transcripts"
+
+KINDS = ("step", "eval")
+"""``step``: a training step's rollouts; ``eval``: the validation rollouts run before step N (``eval_NNNNNN``)."""
 
 DETAIL_KEYS = ("calls", "drift_reports", "gap_reports", "reward_events", "skipped_calls", "token_text")
 """Keys of a detailed row beyond its summary."""
 
 
-def transcript_file(log_path: str | Path, step: int, policy: str | None = None) -> Path:
-    """Where the transcripts of ``step`` (of ``policy``, in a several-policy run) are written."""
-    name = f"step_{step:06d}.jsonl" if not policy else f"step_{step:06d}.{policy}.jsonl"
+def transcript_file(log_path: str | Path, step: int, policy: str | None = None, kind: str = "step") -> Path:
+    """Where the transcripts of ``step`` (of ``policy``, in a several-policy run) are written.
+
+    Raises:
+        ValueError: ``kind`` is not one of :data:`KINDS`.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    name = f"{kind}_{step:06d}.jsonl" if not policy else f"{kind}_{step:06d}.{policy}.jsonl"
     return Path(log_path) / TRANSCRIPTS_DIR / name

@@ -17,7 +17,7 @@ from agl_tinker.viewer.layout import DETAIL_KEYS, TRANSCRIPTS_DIR, transcript_fi
 
 __all__ = ["RunFiles"]
 
-_STEP_FILE = re.compile(r"^step_(\d{6,})(?:\.([A-Za-z0-9][A-Za-z0-9_.-]*))?\.jsonl$")
+_STEP_FILE = re.compile(r"^(step|eval)_(\d{6,})(?:\.([A-Za-z0-9][A-Za-z0-9_.-]*))?\.jsonl$")
 _CACHED_STEPS = 8
 
 
@@ -62,27 +62,27 @@ class RunFiles:
 
     # -- transcripts --------------------------------------------------------------------------
 
-    def steps(self) -> dict[str, list[int]]:
-        """Policy (``""``: a one-policy run) -> the steps that have transcripts, in order."""
+    def steps(self, kind: str = "step") -> dict[str, list[int]]:
+        """Policy (``""``: a one-policy run) -> the steps that have transcripts of ``kind``, in order."""
         out: dict[str, list[int]] = {}
         directory = self.path / TRANSCRIPTS_DIR
         if not directory.is_dir():
             return out
         for entry in directory.iterdir():
             match = _STEP_FILE.match(entry.name)
-            if match:
-                out.setdefault(match[2] or "", []).append(int(match[1]))
+            if match and match[1] == kind:
+                out.setdefault(match[3] or "", []).append(int(match[2]))
         return {policy: sorted(steps) for policy, steps in sorted(out.items())}
 
-    def rows(self, step: int, policy: str = "") -> list[dict[str, Any]]:
-        """The transcript rows of ``step`` (of ``policy``); ``[]`` when it has none.
+    def rows(self, step: int, policy: str = "", kind: str = "step") -> list[dict[str, Any]]:
+        """The transcript rows of ``step`` (of ``policy``, of ``kind``); ``[]`` when it has none.
 
         Raises:
-            ValueError: ``policy`` is not a policy name.
+            ValueError: ``policy`` is not a policy name, or ``kind`` not one of ``step``, ``eval``.
         """
         if policy and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", policy):
             raise ValueError(f"bad policy name {policy!r}")
-        path = transcript_file(self.path, step, policy)
+        path = transcript_file(self.path, step, policy, kind)
         name = path.name
         try:
             stat = path.stat()
@@ -100,17 +100,17 @@ class RunFiles:
             self._steps.move_to_end(key)
         return cached
 
-    def summaries(self, step: int, policy: str = "") -> list[dict[str, Any]]:
+    def summaries(self, step: int, policy: str = "", kind: str = "step") -> list[dict[str, Any]]:
         """The rows of ``step`` without their calls; ``detailed`` says which have them."""
         out = []
-        for i, row in enumerate(self.rows(step, policy)):
+        for i, row in enumerate(self.rows(step, policy, kind)):
             summary = {k: v for k, v in row.items() if k not in DETAIL_KEYS}
             summary["index"] = i
             summary["detailed"] = "calls" in row
             out.append(summary)
         return out
 
-    def rollout(self, step: int, index: int, policy: str = "") -> dict[str, Any] | None:
+    def rollout(self, step: int, index: int, policy: str = "", kind: str = "step") -> dict[str, Any] | None:
         """Row ``index`` of ``step``, with its calls when it was detailed; ``None`` if there is none."""
-        rows = self.rows(step, policy)
+        rows = self.rows(step, policy, kind)
         return rows[index] if 0 <= index < len(rows) else None

@@ -4,10 +4,10 @@ Routes (all JSON but the page and its static files)::
 
     GET /                         the page (static/index.html)
     GET /static/<file>            app.js, app.css, uPlot (package data: works offline, no CDN)
-    GET /api/run                  log path, policies and their steps with transcripts
+    GET /api/run                  log path, policies and their steps (and evaluations) with transcripts
     GET /api/metrics?since=N      metrics rows from row N on (the page polls it: a live run grows)
-    GET /api/step/<step>?policy=  the step's rollouts, summaries only
-    GET /api/rollout/<step>/<i>?policy=   one rollout's row, with its calls when it has them
+    GET /api/step/<step>?policy=&kind=    the step's rollouts, summaries only (kind=eval: validation)
+    GET /api/rollout/<step>/<i>?policy=&kind=   one rollout's row, with its calls when it has them
 
 The server binds 127.0.0.1 on a free port unless told otherwise.
 """
@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from agl_tinker.viewer.layout import KINDS
 from agl_tinker.viewer.run_files import RunFiles
 
 __all__ = ["make_app", "serve", "start"]
@@ -42,7 +43,9 @@ def make_app(log_path: str | Path) -> web.Application:
         return _static_response(request.match_info["name"])
 
     async def run(request: web.Request) -> web.Response:
-        return web.json_response({"log_path": str(files.path), "steps": files.steps()})
+        return web.json_response(
+            {"log_path": str(files.path), "steps": files.steps(), "evals": files.steps("eval")}
+        )
 
     async def metrics(request: web.Request) -> web.Response:
         since = _int(request.query.get("since", "0"), "since")
@@ -51,7 +54,7 @@ def make_app(log_path: str | Path) -> web.Application:
 
     async def step(request: web.Request) -> web.Response:
         number = _int(request.match_info["step"], "step")
-        return web.json_response(files.summaries(number, _policy(request)))
+        return web.json_response(files.summaries(number, _policy(request), _kind(request)))
 
     async def rollout(request: web.Request) -> web.Response:
         row = files.rollout(
@@ -91,6 +94,13 @@ def _int(text: str, name: str) -> int:
         return int(text)
     except ValueError:
         raise web.HTTPBadRequest(text=f"{name} must be an integer, got {text!r}") from None
+
+
+def _kind(request: web.Request) -> str:
+    kind = request.query.get("kind", "step")
+    if kind not in KINDS:
+        raise web.HTTPBadRequest(text=f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return kind
 
 
 def _policy(request: web.Request) -> str:

@@ -4,6 +4,7 @@ Layout (what ``agl-tinker view`` reads)::
 
     <log_path>/transcripts/step_000012.jsonl            one row per rollout of step 12
     <log_path>/transcripts/step_000012.<policy>.jsonl   several-policy runs: one file per policy
+    <log_path>/transcripts/eval_000012.jsonl            the validation rollouts run before step 12
 
 Each file is written whole, to a temporary name then renamed, so a viewer of a live run never
 reads half a step; a step that a resumed run redoes replaces its file. A step's file holds at
@@ -71,8 +72,13 @@ class TranscriptWriter:
         self.max_bytes = max_bytes
         self._token_text = TokenTexts(decode) if decode is not None else None
 
-    def write(self, step: int, groups: Sequence[GroupLike], *, policy: str | None = None) -> dict[str, float]:
+    def write(
+        self, step: int, groups: Sequence[GroupLike], *, policy: str | None = None, kind: str = "step"
+    ) -> dict[str, float]:
         """Write ``step``'s transcripts; returns ``transcripts/bytes`` and ``time/transcripts_s``.
+
+        ``kind="eval"``: the validation rollouts run before ``step`` (``eval_NNNNNN.jsonl``; the
+        returned keys start with ``eval/``).
 
         Never raises for a disk problem: a run is not stopped by its logs (the error is returned
         as ``transcripts/errors`` = 1 and the step trains on).
@@ -89,16 +95,20 @@ class TranscriptWriter:
             policy=policy,
         )
         lines = self._bounded(rows)
-        path = transcript_file(self.log_path, step, policy)
+        path = transcript_file(self.log_path, step, policy, kind)
         data = "".join(lines).encode()
+        prefix = "eval/" if kind == "eval" else ""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_bytes(data)
             os.replace(tmp, path)
         except OSError:
-            return {"transcripts/errors": 1, "time/transcripts_s": time.perf_counter() - t0}
-        return {"transcripts/bytes": len(data), "time/transcripts_s": time.perf_counter() - t0}
+            return {f"{prefix}transcripts/errors": 1, f"{prefix}time/transcripts_s": time.perf_counter() - t0}
+        return {
+            f"{prefix}transcripts/bytes": len(data),
+            f"{prefix}time/transcripts_s": time.perf_counter() - t0,
+        }
 
     def _bounded(self, rows: list[dict[str, Any]]) -> list[str]:
         """Rows as JSON lines, at most ``max_bytes`` in all: summaries first, details while they fit."""

@@ -47,6 +47,9 @@ def test_each_policy_trains_checkpoints_and_resumes_on_its_own(tmp_path: Path) -
             assert step[f"policy/{name}/optim/steps"] == 1
             assert step[f"policy/{name}/calls/total"] == 16  # one call per episode, 4 x 4 episodes
             assert step[f"policy/{name}/reward/mean"] is not None
+            assert (
+                log_path / "transcripts" / f"step_{step['step']:06d}.{name}.jsonl"
+            ).exists()  # one file each
         assert step["train/datums"] == sum(step[f"policy/{n}/train/datums"] for n in POLICIES)
     assert result.steps[0][f"policy/{CHECKER}/optim/lr"] == 5e-2
     assert result.steps[0][f"policy/{SPEAKER}/optim/lr"] == 3e-2

@@ -77,3 +77,10 @@ def test_cli_reports_a_bad_agent_or_task_list_in_one_line(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_the_default_model_is_trainings() -> None:
+    from agl_tinker.loop.config import DEFAULT_MODEL
+    from agl_tinker.viewer.commands import DryrunSettings
+
+    assert DryrunSettings(tasks="t.csv").model_name == DEFAULT_MODEL

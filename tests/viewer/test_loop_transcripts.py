@@ -17,7 +17,8 @@ from agl_tinker.viewer.writer import transcript_file
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_each_step_writes_its_transcripts(tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = hello_config(tmp_path, mode, steps=2, transcripts_per_step=3)
+    evaluation = {"val_fraction": 0.1, "eval_every": 2} if mode == "sync" else {}
+    config = hello_config(tmp_path, mode, steps=2, transcripts_per_step=3, **evaluation)
     result = asyncio.run(run_hello(config))
     for step in (0, 1):
         rows = [json.loads(line) for line in transcript_file(tmp_path, step).read_text().splitlines()]
@@ -31,6 +32,14 @@ def test_each_step_writes_its_transcripts(tmp_path: Path, mode: str, monkeypatch
         assert result.steps[step]["transcripts/bytes"] == transcript_file(tmp_path, step).stat().st_size
     if mode == "async":  # one step off policy: step 1 may train on calls sampled by version 0
         assert {r["staleness"] for r in rows} <= {0, 1}
+    if mode == "sync":  # validation rollouts (before step 0, and after the last step) have their own files
+        for step in (0, 2):
+            rows = [
+                json.loads(line)
+                for line in transcript_file(tmp_path, step, kind="eval").read_text().splitlines()
+            ]
+            assert rows and all(r["step"] == step for r in rows)
+            assert result.evals[step // 2]["eval/transcripts/bytes"] > 0
     if mode == "sync":  # the run's last checkpoint evaluates like any agent's
         monkeypatch.setenv("AGL_TINKER_SIM_DIR", str(tmp_path / "sim"))
         agent = load_agent("agl_tinker.examples.hello.agent:hello_rollout")

@@ -5,32 +5,19 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from recorded_run import Group, Outcome
 from spanfactory import call_spans, conversation, span_id
 
-from agl_tinker.core.trajectory import RolloutTrajectory, rollout_trajectory
+from agl_tinker.core.trajectory import rollout_trajectory
+from agl_tinker.loop.config import ConfigError, TrainConfig
 from agl_tinker.viewer.transcripts import pick_detailed, step_transcripts
 from agl_tinker.viewer.writer import TranscriptWriter, transcript_file
-
-
-@dataclass(frozen=True)
-class Outcome:
-    rollout_id: str
-    slot: int
-    final_status: str
-    result: RolloutTrajectory
-
-
-@dataclass(frozen=True)
-class Group:
-    group_index: int
-    task: dict[str, Any]
-    outcomes: tuple[Outcome, ...]
 
 
 def _rollout(rid: str, reward: float | None, n_calls: int = 3, *, drift: bool = False) -> Any:
@@ -162,3 +149,16 @@ def test_writer_writes_nothing_when_off_and_replaces_a_redone_step(tmp_path: Pat
     writer.write(1, [_group(0, [1.0])], policy="alice")
     assert transcript_file(tmp_path, 1, "alice").exists()
     assert json.loads(transcript_file(tmp_path, 1, "alice").read_text())["policy"] == "alice"
+
+
+def test_validation_rollouts_go_to_their_own_file_and_metrics(tmp_path: Path) -> None:
+    written = TranscriptWriter(tmp_path, sample=2).write(4, [_group(0, [1.0])], kind="eval")
+    assert set(written) == {"eval/transcripts/bytes", "eval/time/transcripts_s"}
+    assert transcript_file(tmp_path, 4, kind="eval").name == "eval_000004.jsonl"
+    assert not transcript_file(tmp_path, 4).exists()
+
+
+def test_a_negative_sample_is_refused_by_the_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="transcripts_per_step"):
+        TrainConfig(log_path=str(tmp_path), transcripts_per_step=-1).validate()
+    TrainConfig(log_path=str(tmp_path), transcripts_per_step=0).validate()  # 0: transcripts off

@@ -36,6 +36,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "viewer"
 async def viewer(tmp_path: Path) -> AsyncIterator[tuple[Path, str]]:
     log = tmp_path / "run"
     write_run(log, steps=4, n_groups=3, group_size=4)
+    TranscriptWriter(log, sample=2, decode=decode).write(2, step_groups(2, 1, 3), kind="eval")
     runner, url = await start(log)
     assert url.startswith("http://127.0.0.1:")
     try:
@@ -69,7 +70,9 @@ async def test_served_page_and_api_hold_what_the_page_shows(viewer: tuple[Path, 
             assert (await http.get(url + "static/" + name)).status == 200
         assert (await http.get(url + "static/..%2Fserver.py")).status == 404
         run = await (await http.get(url + "api/run")).json()
-        assert run["steps"] == {"": [0, 1, 2, 3]}
+        assert run["steps"] == {"": [0, 1, 2, 3]} and run["evals"] == {"": [2]}
+        evals = await (await http.get(url + "api/step/2?kind=eval")).json()
+        assert len(evals) == 3 and (await http.get(url + "api/step/2?kind=nope")).status == 400
         metrics = await (await http.get(url + "api/metrics?since=0")).json()
         assert metrics["total"] == 4 and "reward/mean" in metrics["rows"][0]
         rows = await (await http.get(url + "api/step/3")).json()
@@ -108,7 +111,12 @@ async def test_in_chromium_curves_rollouts_tokens_and_a_live_step(viewer: tuple[
             for chart in ("#chart-reward", "#chart-excluded", "#chart-metric"):
                 await page.wait_for_selector(f"{chart} canvas", timeout=15_000)
             assert await page.locator("#chart-reward .u-legend").inner_text() != ""
-            assert await page.locator("#step-list li").count() == 4
+            assert await page.locator("#step-list li").count() == 5  # 4 steps, 1 evaluation
+            await page.click('#step-list li[data-kind="eval"]')
+            await page.wait_for_selector("#step-title:has-text('Validation before step 2')")
+            assert await page.locator("tr.row").count() == 3
+            await page.click('#step-list li[data-step="3"][data-kind="step"]')
+            await page.wait_for_selector("#step-title:has-text('Step 3')")
             await page.wait_for_selector("tr.row")
             await page.screenshot(path=str(ARTIFACTS / "run.png"), full_page=True)
 
@@ -127,7 +135,7 @@ async def test_in_chromium_curves_rollouts_tokens_and_a_live_step(viewer: tuple[
 
             await page.evaluate("window.__notReloaded = true")
             write_step(log, 4, n_groups=3)
-            await page.wait_for_selector('#step-list li[data-step="4"]', timeout=10_000)
+            await page.wait_for_selector('#step-list li[data-step="4"][data-kind="step"]', timeout=10_000)
             assert await page.evaluate("window.__notReloaded") is True
             await page.screenshot(path=str(ARTIFACTS / "live.png"), full_page=True)
         finally:

@@ -1,13 +1,13 @@
 // agl-tinker view: curves (uPlot), steps, rollouts, chat and token views over /api/*. No build step.
 "use strict";
 const COLORS = ["#1976d2", "#e53935", "#43a047", "#fb8c00", "#8e24aa", "#00897b", "#6d4c41", "#546e7a"];
-const S = { policy: null, steps: {}, metrics: [], total: 0, step: null, rows: [], filter: "all", agent: "",
+const S = { policy: null, steps: {}, evals: {}, kind: "step", metrics: [], total: 0, step: null, rows: [], filter: "all", agent: "",
             selected: null, metricKey: null, lastStepsKey: "" };
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, cls, text) => { const e = document.createElement(tag); if (cls) e.className = cls;
   if (text !== undefined) e.textContent = text; return e; };
 const fmt = (v, d = 3) => (v === null || v === undefined) ? "" : (typeof v === "number" ? (v >= 0 ? "+" : "") + v.toFixed(d) : String(v));
-const q = () => S.policy ? `?policy=${encodeURIComponent(S.policy)}` : "";
+const q = () => `?kind=${S.kind}` + (S.policy ? `&policy=${encodeURIComponent(S.policy)}` : "");
 async function getJSON(url) { const r = await fetch(url, { cache: "no-store" }); if (!r.ok) throw new Error(`${url}: ${r.status}`); return r.json(); }
 
 // ---------------------------------------------------------------- polling (a live run grows)
@@ -15,9 +15,9 @@ async function poll() {
   try {
     const run = await getJSON("/api/run");
     $("#logpath").textContent = run.log_path;
-    S.steps = run.steps;
-    const policies = Object.keys(run.steps);
-    if (S.policy === null || !(S.policy in run.steps)) S.policy = policies.includes("") ? "" : (policies[0] ?? "");
+    S.steps = run.steps; S.evals = run.evals || {};
+    const policies = [...new Set([...Object.keys(run.steps), ...Object.keys(S.evals)])].sort();
+    if (S.policy === null || !policies.includes(S.policy)) S.policy = policies.includes("") ? "" : (policies[0] ?? "");
     renderPolicies(policies);
     renderSteps();
     const m = await getJSON(`/api/metrics?since=${S.total}`);
@@ -41,20 +41,25 @@ function renderPolicies(policies) {
 }
 
 function renderSteps() {
-  const steps = S.steps[S.policy] ?? [];
-  const key = S.policy + ":" + steps.join(",");
+  // evaluation N ran before step N: it is listed first
+  const items = [...(S.evals[S.policy] ?? []).map((s) => [s, "eval"]), ...(S.steps[S.policy] ?? []).map((s) => [s, "step"])]
+    .sort((a, b) => a[0] - b[0] || (a[1] === "eval" ? -1 : 1));
+  const key = S.policy + ":" + items.map((x) => x.join("")).join(",");
   if (key === S.lastStepsKey) return;
-  const known = new Set([...document.querySelectorAll("#step-list li")].map((li) => li.dataset.step));
+  const id = (s, kind) => `${kind}${s}`;
+  const known = new Set([...document.querySelectorAll("#step-list li")].map((li) => id(li.dataset.step, li.dataset.kind)));
   const first = S.lastStepsKey === "";
   S.lastStepsKey = key;
   const ul = $("#step-list"); ul.innerHTML = "";
-  for (const s of steps) {
-    const li = el("li", (String(s) === String(S.step) ? "on" : "") + (!first && !known.has(String(s)) ? " new" : ""), `step ${s}`);
-    li.dataset.step = s;
-    li.onclick = () => openStep(s);
+  for (const [s, kind] of items) {
+    const on = String(s) === String(S.step) && kind === S.kind;
+    const li = el("li", (on ? "on" : "") + (kind === "eval" ? " eval" : "") + (!first && !known.has(id(s, kind)) ? " new" : ""), `${kind === "eval" ? "eval" : "step"} ${s}`);
+    li.dataset.step = s; li.dataset.kind = kind;
+    li.onclick = () => openStep(s, kind);
     ul.append(li);
   }
-  if (S.step === null && steps.length) openStep(steps[steps.length - 1]);
+  const steps = S.steps[S.policy] ?? [];
+  if (S.step === null && steps.length) openStep(steps[steps.length - 1], "step");
 }
 
 // ---------------------------------------------------------------- curves
@@ -94,11 +99,11 @@ $("#metric-select").onchange = (e) => { S.metricKey = e.target.value; renderChar
 
 // ---------------------------------------------------------------- a step's rollouts
 function clearStep() { $("#rollouts tbody").innerHTML = ""; $("#step-title").textContent = "Pick a step"; clearRollout(); }
-async function openStep(step) {
-  S.step = step; S.selected = null;
-  document.querySelectorAll("#step-list li").forEach((li) => li.classList.toggle("on", li.dataset.step === String(step)));
+async function openStep(step, kind = "step") {
+  S.step = step; S.kind = kind; S.selected = null;
+  document.querySelectorAll("#step-list li").forEach((li) => li.classList.toggle("on", li.dataset.step === String(step) && li.dataset.kind === kind));
   S.rows = await getJSON(`/api/step/${step}${q()}`);
-  $("#step-title").textContent = `Step ${step}: ${S.rows.length} rollouts, ${S.rows.filter((r) => r.detailed).length} with transcripts`;
+  $("#step-title").textContent = `${kind === "eval" ? "Validation before step" : "Step"} ${step}: ${S.rows.length} rollouts, ${S.rows.filter((r) => r.detailed).length} with transcripts`;
   const agents = [...new Set(S.rows.flatMap((r) => r.agents || []))].sort();
   const sel = $("#agent-filter"); sel.innerHTML = ""; sel.append(new Option("any agent", ""));
   agents.forEach((a) => sel.append(new Option(a, a))); sel.value = agents.includes(S.agent) ? S.agent : (S.agent = "");
