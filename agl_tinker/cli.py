@@ -244,11 +244,26 @@ class Command:
 
         raw = _raw_values(self.train_layers, routed[0])
         check_early(str(raw.get("log_path")), str(raw.get("model_name", _default_model())))
-        early_config(self.train_layers, routed[0]).validate()
+        early = early_config(self.train_layers, routed[0])
+        early.validate()
+        _stop_if_finished(early)
         bind_cookbook_types()  # seconds of imports: only once the cheap checks have passed
         config = make_settings(_train_config_type(), self.train_layers, routed[0])
         check_setup(config)
         return config, own
+
+
+class RunFinished(Exception):
+    """The log path holds a run that already did all its steps: nothing to do (exit status 0)."""
+
+
+def _stop_if_finished(config: Any) -> None:
+    """Raise :class:`RunFinished` with its one line, before any heavy import or server start."""
+    from agl_tinker.run.claim import finished_message
+
+    message = finished_message(config)
+    if message is not None:
+        raise RunFinished(message)
 
 
 def _raw_values(layers: Layers, key_values: Sequence[str]) -> dict[str, Any]:
@@ -439,6 +454,10 @@ def _train(args: argparse.Namespace, config: Any, run: Callable[[StepTracker], A
 def _hello(args: argparse.Namespace) -> int:
     config, own = _hello_command(args).build(args, args.key_values)
     import_agentlightning()  # only once the settings are known to be usable
+    if args.mode in ("algo", "runner"):
+        from agl_tinker.run.reach import check_store
+
+        check_store(own.store)  # within seconds, one line naming the URL
     if config is None:
         from agl_tinker.examples.hello.train import run_runners
 
@@ -671,6 +690,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if key_values and args.command not in _COMMANDS:
             raise UsageError(f"agl-tinker {args.command} takes no key=value settings: {' '.join(key_values)}")
         return int(args.func(args))
+    except RunFinished as done:
+        print(done, flush=True)
+        return 0
     except Interrupted as stop:
         print(stop, file=sys.stderr)
         return 130
