@@ -218,6 +218,11 @@ class TrainConfig:
         "checkpoints.jsonl are renamed aside (`.old-<time>`). Without it, a `log_path` with metrics but no "
         "loadable checkpoint refuses to start.",
     )
+    warn_flat_reward_steps: int = chz.field(
+        default=3,
+        doc="Warn once when this many steps in a row had nothing to learn from (every group scored the same, "
+        "or no datum trained). 0 never warns.",
+    )
     identity_override: bool = chz.field(
         default=False,
         doc="Resume a `log_path` whose recorded run (run.json) had another model, renderer, LoRA rank, loss, "

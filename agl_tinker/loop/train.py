@@ -46,9 +46,8 @@ from agl_tinker.loop.data import TaskDataset, build_datasets
 from agl_tinker.loop.report import write_reward_curve
 from agl_tinker.loop.result import TrainResult
 from agl_tinker.loop.training_run import TrainingRun
-from agl_tinker.run import lock
 from agl_tinker.run.announce import announce_run, with_first_metrics
-from agl_tinker.run.claim import claim_run
+from agl_tinker.run.claim import claim_run, release_run
 from agl_tinker.run.identity import record_run
 
 __all__ = ["TrainResult", "resume_message", "train"]
@@ -89,7 +88,7 @@ async def train(
     this process, other processes or other machines) must be dequeuing from ``store``; they get
     the endpoint as the ``main_llm`` resource. ``service`` defaults to ``backend.service_client()``.
     The run holds the lock of ``config.log_path`` until it returns or raises
-    (:mod:`agl_tinker.run.lock`); another run there fails at once.
+    (:mod:`agl_tinker.run.lock`; another run there fails at once) and logs to ``run.log`` there.
     """
     claim_run(config)
     try:
@@ -104,7 +103,7 @@ async def train(
             on_step=on_step,
         )
     finally:
-        lock.release(config.log_path)
+        release_run(config)
 
 
 async def _train_claimed(

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 from agl_tinker.loop.config import ConfigError, TrainConfig
-from agl_tinker.run import identity, lock
+from agl_tinker.run import failures, identity, lock
 
-__all__ = ["CHECKPOINT_INDEX", "ResumeRefused", "claim_run", "finished_message"]
+__all__ = ["CHECKPOINT_INDEX", "ResumeRefused", "claim_run", "finished_message", "release_run"]
 
 CHECKPOINT_INDEX = "checkpoints.jsonl"
 """The cookbook's ``checkpoint_utils.CHECKPOINTS_BASE_NAME`` (a test keeps them equal), named here
@@ -27,7 +27,9 @@ class ResumeRefused(ConfigError):
 
 
 def claim_run(config: TrainConfig) -> None:
-    """Lock ``config.log_path`` for this process, then refuse at once what a resume would refuse.
+    """Lock ``config.log_path`` for this process, open its run log (``run.log``: warnings, errors,
+    every agent traceback) and summarise failures on the console, then refuse at once what a
+    resume would refuse.
 
     Raises:
         lock.LogPathInUse: another process runs on this ``log_path``.
@@ -36,6 +38,8 @@ def claim_run(config: TrainConfig) -> None:
             policies (the dataset is compared once it is loaded, by ``train``).
     """
     lock.claim(config.log_path)
+    failures.open_run_log(config.log_path)
+    failures.summarise_failures()
     if config.fresh_start:
         return
     from agl_tinker.loop.checkpoints import missing_index_error
@@ -44,6 +48,12 @@ def claim_run(config: TrainConfig) -> None:
     if error is not None:
         raise ResumeRefused(str(error))
     identity.check_identity(config, identity.config_identity(config))
+
+
+def release_run(config: TrainConfig) -> None:
+    """Undo :func:`claim_run`: close the run log and give up the lock."""
+    failures.close_run_log()
+    lock.release(config.log_path)
 
 
 def _newest_checkpoint(log_path: Path) -> dict[str, object] | None:
