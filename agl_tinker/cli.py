@@ -84,12 +84,21 @@ class RunnerSettings:
     n_runners: int = chz.field(default=2, doc="Runner processes to start.")
 
 
+def _q20_games_path(command: str) -> str:
+    from agl_tinker.examples.q20.presets import default_games_path
+
+    return default_games_path(command)
+
+
 @chz.chz
 class Q20DryrunSettings:
     """Settings of `q20 dryrun`."""
 
     games: int = chz.field(default=4, doc="Games to play against the untrained policy.")
-    out: str = chz.field(default="q20_dryrun.jsonl", doc="JSONL file the games are written to.")
+    out: str = chz.field(
+        default_factory=lambda: _q20_games_path("dryrun"),
+        doc="JSONL file the games are written to (default: a new directory under the temp dir).",
+    )
 
 
 @chz.chz
@@ -98,7 +107,10 @@ class Q20EvaluateSettings:
 
     split: str = chz.field(default="val", doc="Tasks to play: 'train', 'live', 'val' or 'all'.")
     limit: int | None = chz.field(default=None, doc="Play only the first N tasks (None: all).")
-    out: str = chz.field(default="q20_eval.jsonl", doc="JSONL file the games are written to.")
+    out: str = chz.field(
+        default_factory=lambda: _q20_games_path("evaluate"),
+        doc="JSONL file the games are written to (default: a new directory under the temp dir).",
+    )
     base_url: str | None = chz.field(
         default=None, doc="OpenAI-compatible /v1 URL to evaluate (None: the backend's base model, offline)."
     )

@@ -162,3 +162,16 @@ def test_a_rerun_of_a_finished_run_says_so_in_one_line_without_starting_anything
 
     assert finished_message(_config(tmp_path, max_steps=25)) is None  # more steps to do: it resumes
     assert finished_message(_config(tmp_path, max_steps=20, fresh_start=True)) is None
+
+
+def test_q20_games_go_under_the_temp_dir_not_the_current_directory() -> None:
+    import tempfile
+
+    from agl_tinker import cli
+
+    for argv in (["q20", "dryrun"], ["q20", "evaluate"]):
+        rest, key_values = cli.split_key_values(argv)
+        args = cli.build_parser().parse_args(rest)
+        _, own = cli._COMMANDS[args.command](args).build(args, key_values)
+        assert os.path.isabs(own.out) and own.out.startswith(tempfile.gettempdir()), own.out
+        assert own.out.endswith(f"q20-{argv[1]}-{Path(own.out).parent.name.split('-', 2)[2]}/games.jsonl")
