@@ -45,9 +45,12 @@ def _store(args: argparse.Namespace) -> int:
     import_agentlightning()
     from agl_tinker.store_server import serve_store
 
+    if not args.verbose:  # its stop line ("received cancellation signal") is a warning: ours says it
+        logging.getLogger("agentlightning.utils.server_launcher").setLevel(logging.ERROR)
     print(f"agl-tinker store: serving at http://{args.host}:{args.port}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a store is stopped
         asyncio.run(serve_store(args.host, args.port, args.cors_origins))
+    print("agl-tinker store: stopped", flush=True)
     return 0
 
 
@@ -473,7 +476,9 @@ def _hello(args: argparse.Namespace) -> int:
     if config is None:
         from agl_tinker.examples.hello.train import run_runners
 
+        print(f"Hello 1024 runners: connected to the store at {own.store}; {own.n_runners} runner processes")
         run_runners(own.store, own.n_runners)
+        print("Hello 1024 runners: stopped (the algorithm finished, or the store stopped)", flush=True)
         return 0
     from agl_tinker.examples.hello.train import print_summary, run_algo, run_one_click
 

@@ -270,7 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--split", default="val", choices=[*SPLITS, "all"])
     parser.add_argument("--data", default=None, help="CSV path (default: the bundled dataset)")
-    parser.add_argument("--out", default=None, help="JSONL of the games (default: a new directory under the temp dir)")
+    parser.add_argument(
+        "--out", default=None, help="JSONL of the games (default: a new directory under the temp dir)"
+    )
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
