@@ -17,6 +17,26 @@ from typing import TYPE_CHECKING, Any
 # LiteLLM fetches a remote model-cost map at import unless told otherwise; offline that stalls seconds.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+
+def _require_agentlightning_0_3() -> None:
+    """Agent-lightning 1.x is another product under the same distribution name, none of whose APIs
+    this package uses: next to it every import would fail deep inside; say so in one line instead."""
+    from importlib import metadata
+
+    try:
+        found = metadata.version("agentlightning")
+    except metadata.PackageNotFoundError:
+        return  # the import that needs it reports it
+    if not found.startswith("0."):
+        raise ImportError(
+            f"agl-tinker needs Agent-lightning 0.3.0, but agentlightning {found} is installed (1.x is a different "
+            "product under the same name); install agl-tinker in its own virtual environment (pip would "
+            "replace 1.x there with 0.3.0)"
+        )
+
+
+_require_agentlightning_0_3()
+
 __version__ = "0.1.0"
 
 # public name -> the module that defines it

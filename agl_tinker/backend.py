@@ -90,18 +90,47 @@ def supported_models(backend: str | None = None) -> list[str]:
     """
     name = backend_name(backend)
     if name == "live":
-        require_credentials()
-        import tinker
-
-        try:
-            caps = tinker.RestClient().get_server_capabilities().result()
-        except Exception as e:  # the SDK's connection, auth and status errors alike
-            raise BackendError(f"could not ask Tinker which models it serves: {type(e).__name__}: {e}") from e
+        caps = _live_capabilities()
     else:
         from fakes.tinker.rest import capabilities
 
         caps = capabilities()
     return [m.model_name for m in caps.supported_models if m.model_name]
+
+
+def _live_capabilities() -> Any:
+    """Tinker's ``get_server_capabilities``, within :data:`~agl_tinker.run.reach.PREFLIGHT_DEADLINE_S`.
+
+    The SDK retries an unreachable service for minutes, in silence: the URL is probed first (one
+    line naming it when nothing answers), then the SDK's call is bounded by the time left.
+    """
+    require_credentials()
+    import tinker
+    from tinker.lib.base_url import resolve_base_url
+
+    from agl_tinker.run.reach import Deadline, probe, within
+
+    url = resolve_base_url()
+    hint = "check TINKER_BASE_URL (unset: the Tinker service) and your network"
+    deadline = Deadline()
+    probe(url, deadline, what="Tinker", hint=hint)
+
+    def ask() -> Any:
+        return tinker.RestClient().get_server_capabilities().result(timeout=deadline.left())
+
+    try:
+        return within(
+            ask,
+            deadline,
+            failure=f"Tinker at {url} did not say which models it serves within "
+            f"{deadline.seconds:g} s; {hint}",
+        )
+    except BackendError:
+        raise
+    except Exception as e:  # the SDK's connection, auth and status errors alike
+        raise BackendError(
+            f"could not ask Tinker at {url} which models it serves: {type(e).__name__}: {e}"
+        ) from e
 
 
 def offline_tokenizer_covers(model_name: str) -> bool:

@@ -46,9 +46,12 @@ def _store(args: argparse.Namespace) -> int:
     import_agentlightning()
     from agl_tinker.store_server import serve_store
 
+    if not args.verbose:  # its stop line ("received cancellation signal") is a warning: ours says it
+        logging.getLogger("agentlightning.utils.server_launcher").setLevel(logging.ERROR)
     print(f"agl-tinker store: serving at http://{args.host}:{args.port}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a store is stopped
         asyncio.run(serve_store(args.host, args.port, args.cors_origins))
+    print("agl-tinker store: stopped", flush=True)
     return 0
 
 
@@ -85,12 +88,21 @@ class RunnerSettings:
     n_runners: int = chz.field(default=2, doc="Runner processes to start.")
 
 
+def _q20_games_path(command: str) -> str:
+    from agl_tinker.examples.q20.presets import default_games_path
+
+    return default_games_path(command)
+
+
 @chz.chz
 class Q20DryrunSettings:
     """Settings of `q20 dryrun`."""
 
     games: int = chz.field(default=4, doc="Games to play against the untrained policy.")
-    out: str = chz.field(default="q20_dryrun.jsonl", doc="JSONL file the games are written to.")
+    out: str = chz.field(
+        default_factory=lambda: _q20_games_path("dryrun"),
+        doc="JSONL file the games are written to (default: a new directory under the temp dir).",
+    )
 
 
 @chz.chz
@@ -99,7 +111,10 @@ class Q20EvaluateSettings:
 
     split: str = chz.field(default="val", doc="Tasks to play: 'train', 'live', 'val' or 'all'.")
     limit: int | None = chz.field(default=None, doc="Play only the first N tasks (None: all).")
-    out: str = chz.field(default="q20_eval.jsonl", doc="JSONL file the games are written to.")
+    out: str = chz.field(
+        default_factory=lambda: _q20_games_path("evaluate"),
+        doc="JSONL file the games are written to (default: a new directory under the temp dir).",
+    )
     base_url: str | None = chz.field(
         default=None, doc="OpenAI-compatible /v1 URL to evaluate (None: the backend's base model, offline)."
     )
@@ -245,11 +260,26 @@ class Command:
 
         raw = _raw_values(self.train_layers, routed[0])
         check_early(str(raw.get("log_path")), str(raw.get("model_name", _default_model())))
-        early_config(self.train_layers, routed[0]).validate()
+        early = early_config(self.train_layers, routed[0])
+        early.validate()
+        _stop_if_finished(early)
         bind_cookbook_types()  # seconds of imports: only once the cheap checks have passed
         config = make_settings(_train_config_type(), self.train_layers, routed[0])
         check_setup(config)
         return config, own
+
+
+class RunFinished(Exception):
+    """The log path holds a run that already did all its steps: nothing to do (exit status 0)."""
+
+
+def _stop_if_finished(config: Any) -> None:
+    """Raise :class:`RunFinished` with its one line, before any heavy import or server start."""
+    from agl_tinker.run.claim import finished_message
+
+    message = finished_message(config)
+    if message is not None:
+        raise RunFinished(message)
 
 
 def _raw_values(layers: Layers, key_values: Sequence[str]) -> dict[str, Any]:
@@ -440,10 +470,16 @@ def _train(args: argparse.Namespace, config: Any, run: Callable[[StepTracker], A
 def _hello(args: argparse.Namespace) -> int:
     config, own = _hello_command(args).build(args, args.key_values)
     import_agentlightning()  # only once the settings are known to be usable
+    if args.mode in ("algo", "runner"):
+        from agl_tinker.run.reach import check_store
+
+        check_store(own.store)  # within seconds, one line naming the URL
     if config is None:
         from agl_tinker.examples.hello.train import run_runners
 
+        print(f"Hello 1024 runners: connected to the store at {own.store}; {own.n_runners} runner processes")
         run_runners(own.store, own.n_runners)
+        print("Hello 1024 runners: stopped (the algorithm finished, or the store stopped)", flush=True)
         return 0
     from agl_tinker.examples.hello.train import print_summary, run_algo, run_one_click
 
@@ -677,6 +713,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if key_values and args.command not in _COMMANDS:
             raise UsageError(f"agl-tinker {args.command} takes no key=value settings: {' '.join(key_values)}")
         return int(args.func(args))
+    except RunFinished as done:
+        print(done, flush=True)
+        return 0
     except Interrupted as stop:
         print(stop, file=sys.stderr)
         return 130

@@ -47,6 +47,7 @@ from agentlightning.store.client_server import (
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.store.threading import LightningStoreThreaded
 from agentlightning.types import AttemptedRollout, Rollout
+from agentlightning.utils.server_launcher import PythonServerLauncherArgs
 from pydantic import BaseModel, Field
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -398,12 +399,21 @@ def _dispatch_name(middleware: Middleware) -> str | None:
 async def serve_store(
     host: str = "127.0.0.1", port: int = 4747, cors_origins: list[str] | None = None
 ) -> None:
-    """Serve a fresh in-memory store until cancelled (what ``agl-tinker store`` runs)."""
-    server = LeanStoreServer(
-        InMemoryLightningStore(thread_safe=True),
+    """Serve a fresh in-memory store until cancelled (what ``agl-tinker store`` runs).
+
+    Quiet unless INFO logging is on (``agl-tinker -v``): uvicorn's start and stop lines and
+    Agent-lightning's "no access host" warning are left out; errors are still logged.
+    """
+    verbose = logging.getLogger().isEnabledFor(logging.INFO)
+    launcher_args = PythonServerLauncherArgs(
         host=host,
         port=port,
-        cors_allow_origins=cors_origins,
+        access_host=host,
         launch_mode="asyncio",
+        healthcheck_url=API_V1_AGL_PREFIX + "/health",
+        log_level=logging.INFO if verbose else logging.WARNING,
+    )
+    server = LeanStoreServer(
+        InMemoryLightningStore(thread_safe=True), launcher_args=launcher_args, cors_allow_origins=cors_origins
     )
     await server.run_forever()

@@ -71,8 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     result = algorithm.result  # agl_tinker.loop.train.TrainResult, set once fit returns
     if result is None:
         raise SystemExit("training did not finish")
-    if result.rewards:
-        print(f"train reward:      {result.rewards[0]:+.2f} (step 0) -> {result.rewards[-1]:+.2f}")
+    if result.rewards:  # this run's steps: a resumed run starts at its checkpoint's step
+        start, end = result.start_step, result.start_step + len(result.rewards) - 1
+        reward = f"{result.rewards[0]:+.2f} (step {start}) -> {result.rewards[-1]:+.2f} (step {end})"
+        print(f"train reward:      {reward}")
     if result.evals:
         first, last = result.evals[0], result.evals[-1]
         print(

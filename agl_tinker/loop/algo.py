@@ -31,6 +31,7 @@ from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.preflight import check_setup
 from agl_tinker.loop.train import TrainResult, train
 from agl_tinker.net import free_port
+from agl_tinker.run.failures import summarise_failures
 from agl_tinker.runners.deadline import DeadlineRunner
 from agl_tinker.runners.supervise import RunnerSupervisor
 from agl_tinker.runners.tracing import repair_store_otlp_export
@@ -108,6 +109,7 @@ def fast_runner(poll_interval: float = 0.05) -> LitAgentRunner[Any]:
     runs past its ``timeout_seconds`` is cancelled and reported ``timeout`` (see
     :class:`agl_tinker.runners.deadline.DeadlineRunner`).
     """
+    summarise_failures()  # the first traceback of each distinct agent error, later ones counted
     return DeadlineRunner(OtelTracer(), poll_interval=poll_interval, interval_jitter=poll_interval / 5)
 
 

@@ -138,15 +138,25 @@ def resume_candidates(log_path: str | Path) -> list[CheckpointRecord]:
     index = read_index(log_path)
     for problem in index.problems:
         logger.error("skipping unusable checkpoint index line %s", problem)
-    metrics = log_path / METRICS_BASE_NAME
-    if not index.exists and _has_rows(metrics):
-        raise ResumeError(
-            f"{metrics} holds metrics of an earlier run but {index.path} is missing, so it cannot be "
-            "resumed; restore the checkpoint index, use another log_path, or set fresh_start=True "
-            "to start over (the old files are kept, renamed aside)"
-        )
+    error = missing_index_error(log_path)
+    if error is not None:
+        raise error
     usable = [r for r in index.records if r.state_path is not None and r.batch is not None]
     return list(reversed(usable))
+
+
+def missing_index_error(log_path: str | Path) -> ResumeError | None:
+    """The refusal for a ``log_path`` with metrics rows but no checkpoint index, if that is the case."""
+    log_path = Path(log_path)
+    metrics = log_path / METRICS_BASE_NAME
+    index = log_path / CHECKPOINTS_BASE_NAME
+    if index.exists() or not _has_rows(metrics):
+        return None
+    return ResumeError(
+        f"{metrics} holds metrics of an earlier run but {index} is missing, so it cannot be "
+        "resumed; restore the checkpoint index, use another log_path, or set fresh_start=True "
+        "to start over (the old files are kept, renamed aside)"
+    )
 
 
 def no_usable_checkpoint(log_path: str | Path, tried: list[CheckpointRecord]) -> ResumeError:

@@ -239,6 +239,17 @@ class TrainConfig:
         "checkpoints.jsonl are renamed aside (`.old-<time>`). Without it, a `log_path` with metrics but no "
         "loadable checkpoint refuses to start.",
     )
+    warn_flat_reward_steps: int = chz.field(
+        default=3,
+        doc="Warn once when this many steps in a row had nothing to learn from (every group scored the same, "
+        "or no datum trained). 0 never warns.",
+    )
+    identity_override: bool = chz.field(
+        default=False,
+        doc="Resume a `log_path` whose recorded run (run.json) had another model, renderer, LoRA rank, loss, "
+        "policies or dataset. Without it such a resume is refused; with it the change is recorded in run.json "
+        "and the first step's metrics (`run/identity_override`).",
+    )
     tinker_max_attempts: int = chz.field(
         default=6,
         doc="Tries per Tinker call (sampling, training, saving, client creation) on transient errors "

@@ -16,6 +16,7 @@ from tinker_cookbook import model_info
 
 from agl_tinker import backend
 from agl_tinker.loop.config import ConfigError, TrainConfig
+from agl_tinker.run.claim import claim_run
 
 __all__ = ["SetupError", "check_early", "check_log_path", "check_model", "check_setup"]
 
@@ -25,7 +26,8 @@ class SetupError(ConfigError):
 
 
 def check_setup(config: TrainConfig, *, check_service: bool = True) -> None:
-    """Validate ``config``, its log path, the backend's credentials and the model, in that order.
+    """Validate ``config``, its log path, the backend's credentials and the model, in that order,
+    then claim the log path for this run (:func:`agl_tinker.run.claim.claim_run`).
 
     ``check_service=False`` skips the backend and model checks (for a caller that passes its own
     service object, e.g. a test double).
@@ -34,6 +36,7 @@ def check_setup(config: TrainConfig, *, check_service: bool = True) -> None:
     check_log_path(config.log_path)
     if check_service:
         check_model(config.model_name, config.renderer_name)
+    claim_run(config)  # one run per log path: held until the run ends (or this process does)
 
 
 def check_early(log_path: str, model_name: str) -> None:

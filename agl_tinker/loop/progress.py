@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from agl_tinker.loop.rollout import DispatchProgress
+from agl_tinker.run.failures import exclusion_text
+from agl_tinker.run.flat_reward import FlatRewardWatch
 
 
 def step_label(step: int, n_steps: int) -> str:
@@ -26,8 +28,9 @@ class ProgressDisplay:
     drawing never competes with the loop.
     """
 
-    def __init__(self, *, enabled: bool = True, stream: TextIO | None = None) -> None:
+    def __init__(self, *, enabled: bool = True, stream: TextIO | None = None, flat_steps: int = 3) -> None:
         self.enabled = enabled
+        self.flat = FlatRewardWatch(flat_steps)
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._label = ""
@@ -56,7 +59,6 @@ class ProgressDisplay:
         for key, fmt in (
             ("reward/mean", "reward {:+.3f}"),
             ("eval/reward/mean", "eval reward {:+.3f}"),
-            ("rollouts/excluded_frac", "excluded {:.0%}"),
             ("align/drift_events", "drift {}"),
             ("time/sampling_s", "sampling {:.1f}s"),
             ("time/training_s", "training {:.1f}s"),
@@ -64,8 +66,12 @@ class ProgressDisplay:
             value = metrics.get(key)
             if value is not None:
                 parts.append(fmt.format(value))
+            if key == "eval/reward/mean" and (excluded := exclusion_text(metrics)) is not None:
+                parts.append(excluded)  # `excluded 16/32: failed 16`: how many, and why
         self.stream.write(" | ".join(parts) + "\n")
         self.stream.flush()
+        if (warning := self.flat.see(step, metrics)) is not None:
+            self.note(warning)  # once per run
 
     def note(self, line: str) -> None:
         """Print one line that needs no redraw (resuming, a warning the user must act on)."""

@@ -62,14 +62,18 @@ def summary_lines(
     evals: Sequence[dict[str, Any]],
     paths: dict[str, Path | str | None],
     seconds: float,
+    first_step: int = 0,
 ) -> list[str]:
-    """A one-screen account of a run."""
+    """A one-screen account of a run; ``first_step``: the step it started at (a resumed run's is
+    its checkpoint's), so the lines name the steps this run trained."""
     lines = [title, "=" * len(title)]
     if rewards:
         k = max(1, min(3, len(rewards) // 3))
         first = sum(rewards[:k]) / k
         last = sum(rewards[-k:]) / k
-        lines.append(f"steps trained:      {len(rewards)}")
+        span = f"step {first_step} -> step {first_step + len(rewards) - 1}"
+        resumed = f", resumed at step {first_step}" if first_step else ""
+        lines.append(f"steps trained:      {len(rewards)} ({span}{resumed})")
         lines.append(f"mean reward:        {first:+.3f} (first {k}) -> {last:+.3f} (last {k})")
     scored = [e for e in evals if e.get("eval/reward/mean") is not None]
     if scored:

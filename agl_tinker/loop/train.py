@@ -46,6 +46,9 @@ from agl_tinker.loop.data import TaskDataset, build_datasets
 from agl_tinker.loop.report import write_reward_curve
 from agl_tinker.loop.result import TrainResult
 from agl_tinker.loop.training_run import TrainingRun
+from agl_tinker.run.announce import announce_run, with_first_metrics
+from agl_tinker.run.claim import claim_run, release_run
+from agl_tinker.run.identity import record_run
 
 __all__ = ["TrainResult", "resume_message", "train"]
 
@@ -84,7 +87,37 @@ async def train(
     ``train_tasks``/``val_tasks``: lists of task dicts or CSV/JSONL/Parquet paths. Runners (in
     this process, other processes or other machines) must be dequeuing from ``store``; they get
     the endpoint as the ``main_llm`` resource. ``service`` defaults to ``backend.service_client()``.
+    The run holds the lock of ``config.log_path`` until it returns or raises
+    (:mod:`agl_tinker.run.lock`; another run there fails at once) and logs to ``run.log`` there.
     """
+    claim_run(config)
+    try:
+        return await _train_claimed(
+            config,
+            store,
+            train_tasks,
+            val_tasks,
+            required_fields=required_fields,
+            service=service,
+            show_progress=show_progress,
+            on_step=on_step,
+        )
+    finally:
+        release_run(config)
+
+
+async def _train_claimed(
+    config: TrainConfig,
+    store: LightningStore,
+    train_tasks: Any,
+    val_tasks: Any = None,
+    *,
+    required_fields: Sequence[str] = (),
+    service: Any = None,
+    show_progress: bool = True,
+    on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
+) -> TrainResult:
+    """:func:`train`, with ``config.log_path`` claimed."""
     config.validate()
     started = time.perf_counter()
     train_ds, val_ds = build_datasets(
@@ -100,7 +133,7 @@ async def train(
     train_ds = _with_epochs_for(train_ds, config.max_steps)
     n_steps = len(train_ds) if config.max_steps is None else config.max_steps
     log_path = Path(config.log_path)
-    log_path.mkdir(parents=True, exist_ok=True)
+    override_metrics = record_run(config, train_ds.tasks)
     owns_service = service is None  # a service the run creates is closed by the run (ends a live session)
     loop_type = TrainingRun
     if config.policies:
@@ -122,6 +155,8 @@ async def train(
         config=config,
         do_configure_logging_module=False,
     )
+    ml_logger = with_first_metrics(ml_logger, override_metrics)
+    loop.progress.note(announce_run(config))  # the backend and where the outputs go, first
     if resume is not None:
         loop.progress.note(resume_message(resume.name, resume.state_path, start_step, n_steps))
     try:

@@ -50,6 +50,7 @@ from agl_tinker.loop.retry import (
     is_transient,
 )
 from agl_tinker.loop.rollout import BatchResult, DispatchConfig, RolloutsLost, StoreCallError, dispatch_batch
+from agl_tinker.run.flat_reward import group_reward_metrics
 from agl_tinker.store_server import release_rollouts
 from agl_tinker.viewer.writer import TranscriptWriter
 
@@ -99,7 +100,7 @@ class TrainingRun:
             model_match=config.model_match,
         )
         self.align_options = AlignOptions(on_gap=config.on_gap)
-        self.progress = ProgressDisplay(enabled=show_progress)
+        self.progress = ProgressDisplay(enabled=show_progress, flat_steps=config.warn_flat_reward_steps)
         self.transcripts = TranscriptWriter(
             config.log_path,
             sample=config.transcripts_per_step,
@@ -319,6 +320,7 @@ class TrainingRun:
             metrics["groups/constant_removed"] = made.constant_removed
         metrics["groups/dropped"] = made.dropped
         metrics["groups/trained"] = len(made.trained)
+        metrics.update(group_reward_metrics(made.valid))
         metrics.update(made.kl_metrics)
         n_datums = len(made.data)
         if made.data:

@@ -16,6 +16,7 @@ from reliability_harness import hello_config, run_hello
 
 from agl_tinker.loop import checkpoints
 from agl_tinker.loop.checkpoints import AtomicCheckpointIndex, ResumeError, read_index, truncate_metrics
+from agl_tinker.run.claim import ResumeRefused
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -133,7 +134,7 @@ def test_metrics_without_an_index_refuse_to_start_unless_fresh(killed_run: tuple
     log_path, sim_dir = killed_run
     (log_path / "checkpoints.jsonl").unlink()
     old_metrics = (log_path / "metrics.jsonl").read_text()
-    with pytest.raises(ResumeError, match=re.escape(str(log_path / "metrics.jsonl"))):
+    with pytest.raises(ResumeRefused, match=re.escape(str(log_path / "metrics.jsonl"))):
         _resume(log_path, sim_dir)
     assert (log_path / "metrics.jsonl").read_text() == old_metrics  # refused before touching anything
     result = _resume(log_path, sim_dir, steps=2, fresh_start=True)

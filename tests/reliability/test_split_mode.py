@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -31,6 +32,7 @@ def test_split_mode_replaces_a_killed_runner_and_the_algorithm_exits_cleanly(tmp
     log_path = tmp_path / "run"
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
     store = subprocess.Popen([*CLI, "store", "--port", url.rsplit(":", 1)[1]], **pipes)  # type: ignore[call-overload]
+    _wait_for_health(url, store)  # as a user does: the runner and algorithm commands check the store at once
     runners = subprocess.Popen([*CLI, "hello", "runner", "--store", url, "--n-runners", "2"], **pipes)  # type: ignore[call-overload]
     algo = subprocess.Popen(
         [*CLI, "hello", "algo", "--ci", "--store", url, "--log-path", str(log_path)], **pipes
@@ -51,6 +53,17 @@ def test_split_mode_replaces_a_killed_runner_and_the_algorithm_exits_cleanly(tmp
     ]
     assert f"(pid {victim}) died with exit code -9" in runners_err, runners_err[-4000:]
     assert "replaced by a new process" in runners_err
+
+
+def _wait_for_health(url: str, store: subprocess.Popen[str], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/v1/agl/health", timeout=1):
+                return
+        except OSError:
+            assert store.poll() is None and time.monotonic() < deadline, "the store did not start"
+            time.sleep(0.2)  # waiting on another process's start-up: no event to wait on
 
 
 def _runner_child_once_training(

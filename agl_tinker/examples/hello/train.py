@@ -97,5 +97,7 @@ def print_summary(result: TrainResult) -> None:
         "final weights": result.final_sampler_path,
         "reward curve PNG": result.curve_path,
     }
-    for line in summary_lines("Hello 1024", result.rewards, result.evals, paths, result.seconds):
+    for line in summary_lines(
+        "Hello 1024", result.rewards, result.evals, paths, result.seconds, first_step=result.start_step
+    ):
         print(line)

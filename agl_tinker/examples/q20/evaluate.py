@@ -30,7 +30,7 @@ from agl_tinker.examples.q20.agent import (
     play_game,
 )
 from agl_tinker.examples.q20.answerer import Answerer
-from agl_tinker.examples.q20.presets import SPLITS
+from agl_tinker.examples.q20.presets import SPLITS, default_games_path
 from agl_tinker.examples.q20.search import SearchTool
 
 DATA_PATH = Path(__file__).with_name("data") / "q20.csv"
@@ -270,13 +270,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--split", default="val", choices=[*SPLITS, "all"])
     parser.add_argument("--data", default=None, help="CSV path (default: the bundled dataset)")
-    parser.add_argument("--out", default="q20_eval.jsonl")
+    parser.add_argument(
+        "--out", default=None, help="JSONL of the games (default: a new directory under the temp dir)"
+    )
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--limit", type=int, default=None, help="play only the first N tasks")
     args = parser.parse_args(argv)
+    args.out = args.out or default_games_path("evaluate")
     try:
         tasks = load_dataset(None if args.split == "all" else args.split, args.data)
     except DatasetError as exc:

@@ -56,3 +56,10 @@ not been measured at the default run's smaller one)."""
 
 def default_log_path() -> str:
     return os.path.join(tempfile.gettempdir(), "agl-tinker", f"q20-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def default_games_path(command: str) -> str:
+    """Where ``q20 dryrun``/``evaluate`` write their games by default: a new directory per run next
+    to the training runs' (never the current directory)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join(tempfile.gettempdir(), "agl-tinker", f"q20-{command}-{stamp}", "games.jsonl")

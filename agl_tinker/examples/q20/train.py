@@ -128,7 +128,9 @@ def print_train_summary(result: TrainResult) -> None:
         "final weights": result.final_sampler_path,
         "reward curve PNG": result.curve_path,
     }
-    lines = summary_lines("20 Questions", result.rewards, result.evals, paths, result.seconds)
+    lines = summary_lines(
+        "20 Questions", result.rewards, result.evals, paths, result.seconds, first_step=result.start_step
+    )
     rates = [(e["step"], e.get("eval/reward/positive_frac")) for e in result.evals]
     rates = [(step, rate) for step, rate in rates if rate is not None]
     if rates:  # a game's reward is > 0 exactly when it is won

@@ -1,0 +1,96 @@
+"""Claiming a ``log_path`` for a run, before anything starts: its lock, and the refusals that need
+nothing but the configuration and the files already there (a missing checkpoint index, another
+run's identity). Called by :func:`agl_tinker.loop.preflight.check_setup`, so by the CLI and by
+``TinkerAlgorithm``; :func:`agl_tinker.loop.train.train` repeats it with the dataset known.
+
+This module stays light to import (no tinker, no cookbook): the CLI asks :func:`finished_message`
+before its heavy imports, so a rerun of a finished run answers in a moment.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agl_tinker.loop.config import ConfigError, TrainConfig
+from agl_tinker.run import failures, identity, lock
+
+__all__ = ["CHECKPOINT_INDEX", "ResumeRefused", "claim_run", "finished_message", "release_run"]
+
+CHECKPOINT_INDEX = "checkpoints.jsonl"
+"""The cookbook's ``checkpoint_utils.CHECKPOINTS_BASE_NAME`` (a test keeps them equal), named here
+so that reading it costs no import of the cookbook."""
+
+
+class ResumeRefused(ConfigError):
+    """The ``log_path`` holds a run that cannot be resumed as it is (a setup error: exit status 2)."""
+
+
+def claim_run(config: TrainConfig) -> None:
+    """Lock ``config.log_path`` for this process, open its run log (``run.log``: warnings, errors,
+    every agent traceback) and summarise failures on the console, then refuse at once what a
+    resume would refuse.
+
+    Raises:
+        lock.LogPathInUse: another process runs on this ``log_path``.
+        ResumeRefused: metrics of an earlier run but no checkpoint index (without ``fresh_start``).
+        identity.IdentityMismatch: the recorded run has another model, renderer, LoRA rank, loss or
+            policies (the dataset is compared once it is loaded, by ``train``).
+    """
+    lock.claim(config.log_path)
+    failures.open_run_log(config.log_path)
+    failures.summarise_failures()
+    if config.fresh_start:
+        return
+    from agl_tinker.loop.checkpoints import missing_index_error
+
+    error = missing_index_error(config.log_path)
+    if error is not None:
+        raise ResumeRefused(str(error))
+    identity.check_identity(config, identity.config_identity(config))
+
+
+def release_run(config: TrainConfig) -> None:
+    """Undo :func:`claim_run`: close the run log and give up the lock."""
+    failures.close_run_log()
+    lock.release(config.log_path)
+
+
+def _newest_checkpoint(log_path: Path) -> dict[str, object] | None:
+    """The index line with the highest ``batch`` and a ``state_path``; unreadable lines are skipped
+    (the resume reports them)."""
+    path = log_path / CHECKPOINT_INDEX
+    if not path.exists():
+        return None
+    newest: dict[str, object] | None = None
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("batch"), int)
+            or not record.get("state_path")
+        ):
+            continue
+        if newest is None or record["batch"] >= newest["batch"]:  # type: ignore[operator]
+            newest = record
+    return newest
+
+
+def finished_message(config: TrainConfig) -> str | None:
+    """One line when ``config.log_path`` holds a run that already finished ``max_steps`` steps (a
+    rerun has nothing to do), else ``None``. Without ``max_steps`` the step count depends on the
+    dataset, so nothing is said here."""
+    if config.max_steps is None or config.fresh_start:
+        return None
+    newest = _newest_checkpoint(Path(config.log_path))
+    if newest is None or int(newest["batch"]) < config.max_steps:  # type: ignore[call-overload]
+        return None
+    weights = newest.get("sampler_path") or newest["state_path"]
+    return (
+        f"{config.log_path} holds a finished run: all {config.max_steps} steps done (checkpoint "
+        f"{newest.get('name')}: {weights}); nothing to do. Raise max_steps to train further, or use "
+        "another log_path for a new run"
+    )

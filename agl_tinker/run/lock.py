@@ -1,0 +1,89 @@
+"""An exclusive lock on a run's ``log_path`` for the run's lifetime.
+
+Two trainings writing one ``log_path`` interleave their metrics and checkpoint indexes; the second
+one must fail at once instead. The lock is an OS file lock (``fcntl.flock``) on
+``<log_path>/run.lock``: the kernel drops it when the holding process exits in any way, a SIGKILL
+included, so a crashed run never leaves a stale lock behind. The file keeps the holder's pid, for
+the message the next run prints.
+
+Within one process the lock is re-entrant: :func:`claim` on a path this process already holds does
+nothing, so the CLI, ``TinkerAlgorithm`` and ``train`` may each claim it. A forked child (runner
+processes) closes its inherited copy of the descriptor, so only the training process holds the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+from agl_tinker.loop.config import ConfigError
+
+__all__ = ["LOCK_FILE", "LogPathInUse", "claim", "holds", "release"]
+
+LOCK_FILE = "run.lock"
+
+_held: dict[Path, int] = {}
+"""Resolved log path -> the open descriptor holding its lock, in this process."""
+
+
+class LogPathInUse(ConfigError):
+    """Another process holds the run lock of this ``log_path``."""
+
+
+def _key(log_path: str | os.PathLike[str]) -> Path:
+    return Path(log_path).expanduser().resolve()
+
+
+def holds(log_path: str | os.PathLike[str]) -> bool:
+    """This process holds the lock of ``log_path``."""
+    return _key(log_path) in _held
+
+
+def claim(log_path: str | os.PathLike[str]) -> None:
+    """Hold the lock of ``log_path`` (created as a directory if needed) until :func:`release` or exit.
+
+    Raises:
+        LogPathInUse: another process holds it; the message names the path and that process.
+    """
+    key = _key(log_path)
+    if key in _held:
+        return
+    key.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise LogPathInUse(
+            f"log_path={str(log_path)!r} is in use by another run (pid {holder}): wait for it to finish or "
+            "stop it, or choose another log_path"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[key] = fd
+
+
+def release(log_path: str | os.PathLike[str]) -> None:
+    """Give up the lock of ``log_path`` if this process holds it (the file stays, empty of meaning)."""
+    fd = _held.pop(_key(log_path), None)
+    if fd is None:
+        return
+    try:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _forget_in_child() -> None:
+    """After ``fork``: close the inherited descriptors without unlocking (the parent keeps the lock)."""
+    for fd in _held.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
