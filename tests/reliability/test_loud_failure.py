@@ -43,7 +43,7 @@ def test_negative_max_empty_steps_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_cli_exits_1_with_the_reason(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     from agl_tinker.examples.hello import train as hello_train
 
@@ -51,7 +51,7 @@ def test_the_cli_exits_1_with_the_reason(
         raise NoTrainableRollouts("3 steps in a row had no rollout to train on")
 
     monkeypatch.setattr(hello_train, "run_one_click", fail)
-    assert cli.main(["hello", "--ci", "--log-path", "unused"]) == 1
+    assert cli.main(["hello", "--ci", "--log-path", str(tmp_path / "run")]) == 1
     assert "3 steps in a row had no rollout to train on" in capsys.readouterr().err
 
 
