@@ -13,7 +13,6 @@ from .checkpoints import CheckpointStore
 from .config import SimConfig
 from .errors import FaultInjector
 from .futures import Dispatcher
-from .vocab import Vocab, load_vocab
 
 _threads_set = False
 _threads_lock = threading.Lock()
@@ -43,10 +42,6 @@ class Runtime:
         self.control_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tinker-sim-control")
         self._model_seq = itertools.count()
         self._sampler_seq = itertools.count()
-
-    @property
-    def vocab(self) -> Vocab:
-        return load_vocab()
 
     def new_model_id(self) -> str:
         return f"{self.session_id}:train:{next(self._model_seq)}"

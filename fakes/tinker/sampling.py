@@ -26,6 +26,7 @@ from .checkpoints import TinkerPath
 from .datums import tokens_of
 from .policy import Policy, PolicyConfig, initial_params
 from .sampler import Cursor, generate
+from .vocab import load_vocab
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -67,7 +68,7 @@ class SamplingClient:
         topk_sample_logprobs: int,
         prompt_logprobs_last_n: int | None,
     ) -> types.SampleResponse:
-        vocab = self._runtime.vocab
+        vocab = self._policy.vocab
         tokens = tokens_of(prompt, vocab.size, "prompt")
         if len(tokens) == 0:
             raise errors.bad_request("prompt is empty", path="asample")
@@ -227,9 +228,9 @@ class SamplingClient:
 
     # ---- info ---------------------------------------------------------------------------------
     def get_tokenizer(self) -> Any:
-        from fakes.tokenizer import load_qwen3_tokenizer
+        from fakes.tokenizer import load_tokenizer
 
-        return load_qwen3_tokenizer(self._base_model)
+        return load_tokenizer(self._base_model)
 
     def get_base_model(self) -> str:
         return self._base_model
@@ -258,13 +259,14 @@ def policy_from_meta(
         background_eps=runtime.config.background_eps,
         drift=runtime.config.drift,
     )
-    initial = initial_params(config, runtime.vocab)
+    vocab = load_vocab(config.base_model.vocabulary)
+    initial = initial_params(config, vocab)
     if params is not None:
         for name, value in params.items():
             if name not in initial or initial[name].shape != value.shape:
                 raise errors.bad_request(f"checkpoint parameter {name!r} does not fit this simulator version")
             initial[name] = value.to(initial[name].dtype).clone()
-    return Policy(config, runtime.vocab, initial)
+    return Policy(config, vocab, initial)
 
 
 def sampling_client_from_path(runtime: Runtime, model_path: str) -> SamplingClient:
