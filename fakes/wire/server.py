@@ -40,7 +40,7 @@ from .codec import (
 )
 from .faults import Fault, FaultInjector, WireFaults
 from .futures import Promise
-from .service import WireService
+from .service import DEFAULT_SESSION_EXPIRY_S, WireService
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +97,15 @@ class WireServer:
         faults: WireFaults | None = None,
         poll_hold_s: float = DEFAULT_POLL_HOLD_S,
         client_config: Mapping[str, Any] | None = None,
+        session_expiry_s: float = DEFAULT_SESSION_EXPIRY_S,
     ) -> None:
         self.sim_config = sim_config or SimConfig.from_env()
         self.faults = FaultInjector(faults or WireFaults.from_env())
         self.poll_hold_s = poll_hold_s
         self.client_config = types.ClientConfigResponse(**{**DEFAULT_CLIENT_CONFIG, **(client_config or {})})
+        self.session_expiry_s = session_expiry_s
         self.url = ""
+        self._reaper: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._service: WireService | None = None
 
@@ -125,10 +128,20 @@ class WireServer:
         bound_port = self._runner.addresses[0][1]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound_port}"
+        self._reaper = asyncio.create_task(self._expire_sessions())
         return self.url
+
+    async def _expire_sessions(self) -> None:
+        """Release sessions that stopped heartbeating, checking a few times per expiry period."""
+        while True:
+            await asyncio.sleep(min(self.session_expiry_s / 4, 10.0))
+            self.service.expire_idle(self.session_expiry_s)
 
     async def stop(self) -> None:
         """Stop serving (open long polls end) and close the simulated service."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
