@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
@@ -97,12 +98,19 @@ class WireServer:
         faults: WireFaults | None = None,
         poll_hold_s: float = DEFAULT_POLL_HOLD_S,
         client_config: Mapping[str, Any] | None = None,
-        session_expiry_s: float = DEFAULT_SESSION_EXPIRY_S,
+        session_expiry_s: float | None = None,
     ) -> None:
+        """``session_expiry_s``: idle time after which a session is released; default
+        ``$AGL_TINKER_WIRE_SESSION_EXPIRY_S`` or 120 s."""
         self.sim_config = sim_config or SimConfig.from_env()
         self.faults = FaultInjector(faults or WireFaults.from_env())
         self.poll_hold_s = poll_hold_s
         self.client_config = types.ClientConfigResponse(**{**DEFAULT_CLIENT_CONFIG, **(client_config or {})})
+        if session_expiry_s is None:
+            raw = os.environ.get("AGL_TINKER_WIRE_SESSION_EXPIRY_S")
+            session_expiry_s = float(raw) if raw else DEFAULT_SESSION_EXPIRY_S
+        if session_expiry_s <= 0:
+            raise ValueError(f"session_expiry_s must be > 0, got {session_expiry_s}")
         self.session_expiry_s = session_expiry_s
         self.url = ""
         self._reaper: asyncio.Task[None] | None = None
@@ -122,7 +130,11 @@ class WireServer:
         app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._middleware])
         app.add_routes(self._routes())
         # held long polls are cut at shutdown rather than waited for (SDK clients retry them)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        # Bodies reach the handlers as sent: the codec decodes zstd forward_backward bodies itself
+        # (aiohttp would need backports.zstd on Python < 3.14, and refuses them with a 400 without).
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=1.0, auto_decompress=False
+        )
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
         bound_port = self._runner.addresses[0][1]

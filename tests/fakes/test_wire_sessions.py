@@ -112,3 +112,23 @@ def test_prompt_logprobs_through_the_wire_equal_the_in_process_ones(tmp_path: Pa
         assert [lp for _, lp in got] == pytest.approx([lp for _, lp in want])
     assert wire.compute_logprobs(prompt).result() == pytest.approx(answers[1].prompt_logprobs)
     server.close()
+
+
+def test_zstd_forward_backward_bodies_pass_the_http_route(tmp_path: Path) -> None:
+    """With ``proto_compress_fwdbwd`` on, the SDK zstd-compresses forward_backward bodies; aiohttp
+    refused them (400, no zstd decoder) before the codec saw them."""
+    with start_in_thread(
+        SimConfig(root_dir=tmp_path), client_config={"proto_compress_fwdbwd": True}
+    ) as server:
+        service = tinker.ServiceClient(base_url=server.url, api_key="tml-test")
+        tc = service.create_lora_training_client(MODEL, rank=4, seed=0).result()
+        tokens = _prompt("hello there friend " * 50).to_ints()
+        datum = types.Datum(
+            model_input=types.ModelInput.from_ints(tokens[:-1]),
+            loss_fn_inputs={"target_tokens": np.array(tokens[1:])},
+        )
+        wire = tc.forward([datum], "cross_entropy").result().loss_fn_outputs[0]["logprobs"].data
+        local = ServiceClient(root_dir=tmp_path).create_lora_training_client(MODEL, rank=4, seed=0).result()
+        expected = local.forward([datum], "cross_entropy").result().loss_fn_outputs[0]["logprobs"].data
+        assert wire == pytest.approx(expected)
+        service.close("success").result()
