@@ -14,14 +14,11 @@ the foreground.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import threading
 from collections.abc import Awaitable, Callable, Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import pydantic
 import tinker
@@ -41,6 +38,9 @@ from .codec import (
 )
 from .faults import Fault, FaultInjector, WireFaults
 from .futures import Promise
+from .http import _detail, _json
+from .memory import return_free_memory
+from .rest import RestRoutes
 from .service import DEFAULT_SESSION_EXPIRY_S, WireService
 
 logger = logging.getLogger(__name__)
@@ -58,18 +58,6 @@ DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
     "sample_join_sampling_session": True,
     "proto_compress_fwdbwd": False,
 }
-
-
-def _json(model: Any, status: int = 200) -> web.Response:
-    if isinstance(model, pydantic.BaseModel):
-        body = model.model_dump_json(exclude_none=False)
-    else:
-        body = json.dumps(model)
-    return web.Response(status=status, body=body.encode(), content_type="application/json")
-
-
-def _detail(status: int, message: str) -> web.Response:
-    return _json({"detail": message}, status=status)
 
 
 def _failure(error: BaseException) -> dict[str, str]:
@@ -144,10 +132,14 @@ class WireServer:
         return self.url
 
     async def _expire_sessions(self) -> None:
-        """Release sessions that stopped heartbeating, checking a few times per expiry period."""
+        """Release sessions that stopped heartbeating, checking a few times per expiry period; once
+        sessions were released, hand the freed heap back to the OS (see :func:`fakes.wire.memory.return_free_memory`)."""
         while True:
             await asyncio.sleep(min(self.session_expiry_s / 4, 10.0))
             self.service.expire_idle(self.session_expiry_s)
+            if self.service.released_since_trim:
+                self.service.released_since_trim = False
+                return_free_memory()
 
     async def stop(self) -> None:
         """Stop serving (open long polls end) and close the simulated service."""
@@ -253,11 +245,7 @@ class WireServer:
             web.post(f"{API}/asample", self._asample),
             web.post(f"{API}/retrieve_future", self._retrieve_future),
             web.post(f"{API}/cancel_future", self._cancel_future),
-            web.get(f"{API}/training_runs/{{run_id}}", self._training_run),
-            web.get(f"{API}/training_runs/{{run_id}}/checkpoints", self._list_checkpoints),
-            web.delete(
-                f"{API}/training_runs/{{run_id}}/checkpoints/{{checkpoint_id:.+}}", self._delete_checkpoint
-            ),
+            *RestRoutes(s).routes(API),
         ]
 
     # ---- service, session, config --------------------------------------------------------------
@@ -345,66 +333,3 @@ class WireServer:
         body = await request.json()
         self.service.cancel(str(body.get("request_id", "")))
         return _json(None)
-
-    # ---- REST ----------------------------------------------------------------------------------
-    async def _training_run(self, request: web.Request) -> web.Response:
-        run_id = request.match_info["run_id"]
-        return _json(await self.service.rest_call(lambda rest: rest.get_training_run(run_id)))
-
-    async def _list_checkpoints(self, request: web.Request) -> web.Response:
-        run_id = request.match_info["run_id"]
-        return _json(await self.service.rest_call(lambda rest: rest.list_checkpoints(run_id)))
-
-    async def _delete_checkpoint(self, request: web.Request) -> web.Response:
-        path = f"tinker://{request.match_info['run_id']}/{request.match_info['checkpoint_id']}"
-        await self.service.rest_call(lambda rest: rest.delete_checkpoint_from_tinker_path(path))
-        return _json(None)
-
-
-class RunningWireServer:
-    """A ``WireServer`` serving from a daemon thread with its own event loop (for tests)."""
-
-    def __init__(self, server: WireServer, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.server = server
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tinker-wire-sim", daemon=True)
-        self._thread.start()
-        self.url: str = asyncio.run_coroutine_threadsafe(server.start(host, port), self._loop).result(30)
-
-    def close(self) -> None:
-        if not self._loop.is_running():
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-def start_in_thread(
-    sim_config: SimConfig | None = None,
-    faults: WireFaults | None = None,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    **kwargs: Any,
-) -> RunningWireServer:
-    """Start a wire simulator on a free loopback port; ``.url`` is its ``TINKER_BASE_URL``."""
-    return RunningWireServer(WireServer(sim_config, faults, **kwargs), host, port)
-
-
-async def serve_forever(host: str, port: int, on_ready: Callable[[str], None], **kwargs: Any) -> None:
-    """Serve in the foreground until cancelled (``agl-tinker sim-server``)."""
-    server = WireServer(**kwargs)
-    on_ready(await server.start(host, port))
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await server.stop()

@@ -122,6 +122,7 @@ class WireService:
         self.promises = PromiseTable(loop)
         self.sessions: dict[str, str] = {}  # id -> "active" | "finished" (finished: the last FINISHED_KEPT)
         self._active: dict[str, _Session] = {}
+        self.released_since_trim = False  # the server returns freed memory to the OS when set
         self.runs: dict[str, _Run] = {}
         self.samplers: dict[str, _Sampler] = {}
         self._submitted: collections.OrderedDict[Hashable, Promise] = collections.OrderedDict()
@@ -215,6 +216,7 @@ class WireService:
         return idle
 
     def _release(self, session_id: str) -> None:
+        self.released_since_trim = True
         self._active.pop(session_id, None)
         self.sessions.pop(session_id, None)
         self.sessions[session_id] = "finished"  # re-inserted last: the oldest finished go first
