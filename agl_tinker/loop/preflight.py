@@ -50,10 +50,10 @@ def check_early(log_path: str, model_name: str) -> None:
 
 
 def _check_offline_model(model_name: str) -> None:
-    if not backend.offline_tokenizer_covers(model_name):
+    problem = backend.offline_model_problem(model_name)
+    if problem is not None:
         raise SetupError(
-            f"model_name={model_name!r} is not a model the offline simulator serves (it serves Qwen3 models, "
-            "e.g. 'Qwen/Qwen3-4B-Instruct-2507'); set model_name, or AGL_TINKER_BACKEND=live for Tinker's models"
+            f"model_name={model_name!r}: {problem}; set model_name, or AGL_TINKER_BACKEND=live for Tinker's models"
         )
 
 

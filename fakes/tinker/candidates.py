@@ -1,8 +1,9 @@
 """Per-prompt candidate answers of the simulated policy, as token rows of a trie.
 
 For a prompt (everything before an assistant turn's content), the prior proposes behaviours;
-each becomes one token row (``think prefix + text + <|im_end|>``), plus, when drift is on,
-rows that split one token into two (same text, non-canonical tokens). Rows are what the
+each becomes one token row per answer prefix of the model's chat format (``prefix + text +
+<|im_end|>``), plus, when drift is on, rows that split one token into two (same text,
+non-canonical tokens). Rows are what the
 policy mixes over; the prompt's hashed features and each behaviour's hashed features are
 what the trainable parameters read. Building this is the costly part, so it is cached.
 """
@@ -19,6 +20,8 @@ import zlib
 from collections import OrderedDict
 
 import numpy as np
+
+from fakes.lineup import ChatFormat
 
 from .prior import Behaviour, Conversation, load_prior
 from .vocab import Vocab
@@ -87,24 +90,40 @@ def _drift_variants(row: tuple[int, ...], vocab: Vocab) -> list[tuple[int, ...]]
     return variants
 
 
-def build_candidate_set(prompt: np.ndarray, vocab: Vocab, think_prefix: str, drift: float) -> CandidateSet:
+def _prefixed_rows(texts: list[str], vocab: Vocab, chat_format: ChatFormat) -> list[list[tuple[int, ...]]]:
+    """Per text, one token row per answer prefix (without the closing ``<|im_end|>``)."""
+    out: list[list[tuple[int, ...]]] = [[] for _ in texts]
+    for prefix in chat_format.answer_prefixes:
+        head = tuple(t for piece in prefix[:-1] for t in vocab.encode(piece))
+        last = prefix[-1] if prefix else ""
+        for rows, ids in zip(out, vocab.encode_many([last + text for text in texts]), strict=True):
+            rows.append(head + ids)
+    return out
+
+
+def build_candidate_set(
+    prompt: np.ndarray, vocab: Vocab, chat_format: ChatFormat, drift: float
+) -> CandidateSet:
     conversation = Conversation.parse(vocab.decode(prompt.tolist()))
-    behaviours = load_prior().behaviours(conversation)
-    encoded = vocab.encode_many([think_prefix + b.text for b in behaviours])
+    behaviours = load_prior().behaviours(conversation, tool_call=chat_format.tool_call)
+    encoded = _prefixed_rows([b.text for b in behaviours], vocab, chat_format)
     rows: list[tuple[int, ...]] = []
     prior: list[float] = []
     owner: list[int] = []
-    for index, (behaviour, ids) in enumerate(zip(behaviours, encoded, strict=True)):
-        canonical = (*ids, vocab.im_end)
-        variants = _drift_variants(canonical, vocab) if drift > 0 else []
-        shares = [(canonical, 1.0 - drift if variants else 1.0)]
-        shares += [(v, drift / len(variants)) for v in variants]
-        for tokens, share in shares:
-            if share <= 0.0:
-                continue
-            rows.append(tokens)
-            prior.append(behaviour.prior_logit + math.log(share))
-            owner.append(index)
+    for index, (behaviour, prefixed) in enumerate(zip(behaviours, encoded, strict=True)):
+        for ids in prefixed:
+            # A prompt starts at most one prefix: the variants never compete, so each keeps the
+            # behaviour's whole prior (their shares would cancel in the trie's normaliser anyway).
+            canonical = (*ids, vocab.im_end)
+            variants = _drift_variants(canonical, vocab) if drift > 0 else []
+            shares = [(canonical, 1.0 - drift if variants else 1.0)]
+            shares += [(v, drift / len(variants)) for v in variants]
+            for tokens, share in shares:
+                if share <= 0.0:
+                    continue
+                rows.append(tokens)
+                prior.append(behaviour.prior_logit + math.log(share))
+                owner.append(index)
     width = max(len(r) for r in rows)
     matrix = np.full((len(rows), width), -1, dtype=np.int64)
     for i, r in enumerate(rows):
@@ -133,17 +152,17 @@ class CandidateCache:
 
     def __init__(self, size: int = _CACHE_SIZE) -> None:
         self._size = size
-        self._items: OrderedDict[tuple[bytes, str, float], CandidateSet] = OrderedDict()
+        self._items: OrderedDict[tuple[bytes, str, ChatFormat, float], CandidateSet] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, prompt: np.ndarray, vocab: Vocab, think_prefix: str, drift: float) -> CandidateSet:
-        key = (prompt.astype(np.int64, copy=False).tobytes(), think_prefix, drift)
+    def get(self, prompt: np.ndarray, vocab: Vocab, chat_format: ChatFormat, drift: float) -> CandidateSet:
+        key = (prompt.astype(np.int64, copy=False).tobytes(), vocab.name, chat_format, drift)
         with self._lock:
             found = self._items.get(key)
             if found is not None:
                 self._items.move_to_end(key)
                 return found
-        built = build_candidate_set(prompt, vocab, think_prefix, drift)
+        built = build_candidate_set(prompt, vocab, chat_format, drift)
         with self._lock:
             self._items[key] = built
             while len(self._items) > self._size:

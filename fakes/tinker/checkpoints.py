@@ -64,6 +64,11 @@ class CheckpointStore:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "run.json").write_text(json.dumps(info, indent=1, sort_keys=True))
 
+    def run_ids(self) -> list[str]:
+        """Every training run with a ``run.json``, oldest first."""
+        files = self.root.glob("*/run.json") if self.root.is_dir() else []
+        return [f.parent.name for f in sorted(files, key=lambda f: f.stat().st_mtime)]
+
     def read_run(self, run_id: str) -> dict[str, Any]:
         file = self.root / run_id / "run.json"
         if not file.is_file():

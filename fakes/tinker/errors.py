@@ -32,6 +32,11 @@ def not_found(message: str, path: str = "weights") -> tinker.NotFoundError:
     return tinker.NotFoundError(message, response=_response(404, path, message), body={"detail": message})
 
 
+def gone(message: str, path: str = "session") -> tinker.APIStatusError:
+    """410: the session finished or expired (the SDK stops heartbeating on it)."""
+    return tinker.APIStatusError(message, response=_response(410, path, message), body={"detail": message})
+
+
 def transient(message: str, path: str = "request") -> tinker.InternalServerError:
     return tinker.InternalServerError(
         message, response=_response(503, path, message), body={"detail": message}

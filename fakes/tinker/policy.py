@@ -28,8 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fakes.lineup import BaseModel
+
 from .candidates import BEHAVIOUR_FEATURES, CANDIDATES, PROMPT_FEATURES, CandidateSet
-from .catalog import BaseModel
 from .vocab import Vocab
 
 BUCKETS = 128
@@ -139,7 +140,7 @@ class Policy:
         return self._numpy
 
     def candidates(self, prompt: np.ndarray) -> CandidateSet:
-        return CANDIDATES.get(prompt, self.vocab, self.config.base_model.think_prefix, self.config.drift)
+        return CANDIDATES.get(prompt, self.vocab, self.config.base_model.chat_format, self.config.drift)
 
     # ---- structure of a token sequence ----------------------------------------------------
     def turn_anchors(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,15 @@ _REACT_TOOL = re.compile(r"Tool Name: ([\w.\-]+)\nTool Arguments: \{'(\w+)'")
 """A tool described in ReAct text (CrewAI: ``Tool Name: search`` then ``Tool Arguments: {'query': ...``)."""
 REACT_FINAL = "Thought: I now can give a great answer\nFinal Answer: "
 _REACT_ACTION = 'Thought: I should use a tool.\nAction: [[tool]]\nAction Input: {"[[arg]]": "[[query]]"}'
+_JSON_TOOL_CALL = re.compile(r"\n?<tool_call>.*</tool_call>", re.DOTALL)
+_XML_TOOL_CALL = "<tool_call>\n<function=[[tool]]>\n<parameter=[[arg]]>\n[[query]]\n</parameter>\n</function>\n</tool_call>"
+"""Qwen3.5's tool-call syntax; prior.json writes Qwen3's JSON one, which :func:`_as_xml` rewrites."""
+
+
+def _as_xml(text: str) -> str:
+    """A tool-call template in Qwen3.5's syntax: a blank line after visible content, as its template."""
+    before = _JSON_TOOL_CALL.split(text, maxsplit=1)[0]
+    return (before + "\n\n" if before.strip() else "") + _XML_TOOL_CALL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +116,9 @@ class Prior:
     nouns: list[str]
     limits: dict[str, int]
 
-    def behaviours(self, conversation: Conversation) -> list[Behaviour]:
-        """Every candidate answer with its prior logit.
+    def behaviours(self, conversation: Conversation, tool_call: str = "json") -> list[Behaviour]:
+        """Every candidate answer with its prior logit; tool calls in ``tool_call`` syntax
+        (``json``: Qwen3's, ``xml``: Qwen3.5's).
 
         A prompt that asks for the text ReAct format (see :data:`_REACT_CUE`) gets the same
         behaviours in that format: answers after ``Thought: ...\nFinal Answer: `` and tool calls
@@ -135,7 +145,9 @@ class Prior:
             text = template["text"]
             if react:
                 text = _REACT_ACTION if template["category"] == "tool_call" else REACT_FINAL + text
-            fillings = _fillings(text, slots)
+            elif tool_call == "xml" and template["category"] == "tool_call":
+                text = _as_xml(text)
+            fillings = _fillings(text, slots, raw_query=tool_call == "xml" and not react)
             if not fillings:
                 continue
             share = math.log(len(fillings))
@@ -163,14 +175,17 @@ class Prior:
         }
 
 
-def _fillings(text: str, slots: dict[str, list[Any]]) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+def _fillings(
+    text: str, slots: dict[str, list[Any]], raw_query: bool = False
+) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Each way to fill ``text``'s slots; a tool query goes in as JSON string text unless ``raw_query``."""
     names = list(dict.fromkeys(_SLOT.findall(text)))
     if not names:
         return [(text, ())]
     out: list[tuple[str, tuple[tuple[str, str], ...]]] = []
     if set(names) == {"tool", "arg", "query"}:
         for name, arg, query in slots["tool"]:
-            values = {"tool": name, "arg": arg, "query": _json_text(query)}
+            values = {"tool": name, "arg": arg, "query": query if raw_query else _json_text(query)}
             out.append((_fill(text, values), (("tool", name), ("query", query))))
         return out
     if len(names) != 1:

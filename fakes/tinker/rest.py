@@ -9,7 +9,8 @@ from tinker import types
 from tinker.lib.public_interfaces.api_future import APIFuture
 from typing_extensions import deprecated
 
-from .catalog import CATALOG
+from fakes.lineup import CATALOG
+
 from .checkpoints import TinkerPath
 
 if TYPE_CHECKING:

@@ -14,7 +14,6 @@ from .config import SimConfig
 from .errors import FaultInjector
 from .futures import Dispatcher
 from .stability import StabilityLedger
-from .vocab import Vocab, load_vocab
 
 _threads_set = False
 _threads_lock = threading.Lock()
@@ -46,10 +45,6 @@ class Runtime:
         self._sampler_seq = itertools.count()
         self.stability = StabilityLedger(config.stability_ttl_s)
         """Sequences recorded by ``record_stability_info=True`` samplers, for every session."""
-
-    @property
-    def vocab(self) -> Vocab:
-        return load_vocab()
 
     def new_model_id(self) -> str:
         return f"{self.session_id}:train:{next(self._model_seq)}"

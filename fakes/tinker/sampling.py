@@ -29,6 +29,7 @@ from .inflight import Snapshot, Weights
 from .policy import Policy, PolicyConfig, initial_params
 from .sampler import Cursor, generate
 from .stability import Recorded, session_of
+from .vocab import load_vocab
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -98,13 +99,13 @@ class SamplingClient:
         prompt_logprobs_last_n: int | None,
         recording: _Recording | None = None,
     ) -> types.SampleResponse:
-        vocab = self._runtime.vocab
+        version, policy = self._weights.serving()
+        vocab = policy.vocab
         tokens = tokens_of(prompt, vocab.size, "prompt")
         if len(tokens) == 0:
             raise errors.bad_request("prompt is empty", path="asample")
         if num_samples < 1:
             raise errors.bad_request("num_samples must be >= 1", path="asample")
-        version, policy = self._weights.serving()
         context = policy.config.base_model.max_context_length
         check_sample_budget(len(tokens), params.max_tokens, context)
         stop_tokens, stop_strings = _stops(params.stop, {vocab.im_end, vocab.endoftext})
@@ -314,9 +315,9 @@ class SamplingClient:
 
     # ---- info ---------------------------------------------------------------------------------
     def get_tokenizer(self) -> Any:
-        from fakes.tokenizer import load_qwen3_tokenizer
+        from fakes.tokenizer import load_tokenizer
 
-        return load_qwen3_tokenizer(self._base_model)
+        return load_tokenizer(self._base_model)
 
     def get_base_model(self) -> str:
         return self._base_model
@@ -350,13 +351,14 @@ def policy_from_meta(
         background_eps=runtime.config.background_eps,
         drift=runtime.config.drift,
     )
-    initial = initial_params(config, runtime.vocab)
+    vocab = load_vocab(config.base_model.vocabulary)
+    initial = initial_params(config, vocab)
     if params is not None:
         for name, value in params.items():
             if name not in initial or initial[name].shape != value.shape:
                 raise errors.bad_request(f"checkpoint parameter {name!r} does not fit this simulator version")
             initial[name] = value.to(initial[name].dtype).clone()
-    return Policy(config, runtime.vocab, initial)
+    return Policy(config, vocab, initial)
 
 
 def sampling_client_from_path(

@@ -31,6 +31,7 @@ from .rest import RestClient, capabilities
 from .runtime import Runtime
 from .sampling import SamplingClient, base_sampling_client, policy_from_meta, sampling_client_from_path
 from .training import TrainingClient, policy_meta
+from .vocab import load_vocab
 
 _KNOBS = {f.name for f in dataclasses.fields(SimConfig)}
 
@@ -163,7 +164,8 @@ class ServiceClient:
                 background_eps=self.config.background_eps,
                 drift=self.config.drift,
             )
-            policy = Policy(config, self._runtime.vocab, initial_params(config, self._runtime.vocab))
+            vocab = load_vocab(config.base_model.vocabulary)
+            policy = Policy(config, vocab, initial_params(config, vocab))
             for tensor in policy.trainable_params().values():
                 tensor.requires_grad_(True)
             return self._register(policy, Adam(policy.trainable_params()), user_metadata, model_id)

@@ -84,7 +84,7 @@ class TrainingClient:
         if not data:
             raise ValueError("No data provided")
         context = self._policy.config.base_model.max_context_length
-        return [parse(d, self._runtime.vocab.size, context) for d in data]
+        return [parse(d, self._policy.vocab.size, context) for d in data]
 
     def _logprobs(self, parsed: list[ParsedDatum]) -> list[torch.Tensor]:
         return self._policy.score([p.inputs for p in parsed], [p.targets for p in parsed])
@@ -391,9 +391,9 @@ class TrainingClient:
         return self._info
 
     def get_tokenizer(self) -> Any:
-        from fakes.tokenizer import load_qwen3_tokenizer
+        from fakes.tokenizer import load_tokenizer
 
-        return load_qwen3_tokenizer(self._policy.config.base_model.name)
+        return load_tokenizer(self._policy.config.base_model.name)
 
     def get_telemetry(self) -> None:
         return None

@@ -1,4 +1,4 @@
-"""The Qwen3 vocabulary as the simulated policy needs it: ids, caching, token splits.
+"""A served vocabulary (Qwen3's or Qwen3.5's) as the simulated policy needs it: ids, caching, token splits.
 
 Splits provide drift: a token whose byte-level string can be cut into two strings that are
 both tokens can be emitted as those two tokens; the decoded text is unchanged, the
@@ -11,7 +11,8 @@ import functools
 import threading
 from typing import Any
 
-from fakes.tokenizer import load_qwen3_tokenizer
+from fakes.tokenizer import load_vocabulary
+from fakes.vocabularies import QWEN3, OfflineVocabulary
 
 ASSISTANT_HEADER = "<|im_start|>assistant\n"
 
@@ -19,8 +20,9 @@ ASSISTANT_HEADER = "<|im_start|>assistant\n"
 class Vocab:
     """Tokenizer plus the few ids and caches the policy uses on its hot paths."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, name: str = QWEN3.name) -> None:
         self.tokenizer = tokenizer
+        self.name = name
         self._encode_cache: dict[str, tuple[int, ...]] = {}
         self._split_cache: dict[int, tuple[int, int] | None] = {}
         self._lock = threading.Lock()
@@ -83,6 +85,6 @@ class Vocab:
 
 
 @functools.cache
-def load_vocab() -> Vocab:
-    """One vocabulary for every supported base model: they all share Qwen3's tokenizer."""
-    return Vocab(load_qwen3_tokenizer())
+def load_vocab(vocabulary: OfflineVocabulary = QWEN3) -> Vocab:
+    """One :class:`Vocab` per vocabulary, shared by every model that uses it."""
+    return Vocab(load_vocabulary(vocabulary), vocabulary.name)

@@ -6,6 +6,7 @@ serves one in the foreground. Point the unmodified ``tinker`` SDK at ``.url`` wi
 """
 
 from .faults import WireFaults
-from .server import RunningWireServer, WireServer, serve_forever, start_in_thread
+from .running import RunningWireServer, serve_forever, start_in_thread
+from .server import WireServer
 
 __all__ = ["RunningWireServer", "WireFaults", "WireServer", "serve_forever", "start_in_thread"]

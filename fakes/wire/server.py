@@ -14,13 +14,11 @@ the foreground.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import threading
+import os
 from collections.abc import Awaitable, Callable, Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import pydantic
 import tinker
@@ -40,7 +38,10 @@ from .codec import (
 )
 from .faults import Fault, FaultInjector, WireFaults
 from .futures import Promise
-from .service import WireService
+from .http import _detail, _json
+from .memory import return_free_memory
+from .rest import RestRoutes
+from .service import DEFAULT_SESSION_EXPIRY_S, WireService
 
 logger = logging.getLogger(__name__)
 
@@ -57,18 +58,6 @@ DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
     "sample_join_sampling_session": True,
     "proto_compress_fwdbwd": False,
 }
-
-
-def _json(model: Any, status: int = 200) -> web.Response:
-    if isinstance(model, pydantic.BaseModel):
-        body = model.model_dump_json(exclude_none=False)
-    else:
-        body = json.dumps(model)
-    return web.Response(status=status, body=body.encode(), content_type="application/json")
-
-
-def _detail(status: int, message: str) -> web.Response:
-    return _json({"detail": message}, status=status)
 
 
 def _failure(error: BaseException) -> dict[str, str]:
@@ -97,12 +86,22 @@ class WireServer:
         faults: WireFaults | None = None,
         poll_hold_s: float = DEFAULT_POLL_HOLD_S,
         client_config: Mapping[str, Any] | None = None,
+        session_expiry_s: float | None = None,
     ) -> None:
+        """``session_expiry_s``: idle time after which a session is released; default
+        ``$AGL_TINKER_WIRE_SESSION_EXPIRY_S`` or 120 s."""
         self.sim_config = sim_config or SimConfig.from_env()
         self.faults = FaultInjector(faults or WireFaults.from_env())
         self.poll_hold_s = poll_hold_s
         self.client_config = types.ClientConfigResponse(**{**DEFAULT_CLIENT_CONFIG, **(client_config or {})})
+        if session_expiry_s is None:
+            raw = os.environ.get("AGL_TINKER_WIRE_SESSION_EXPIRY_S")
+            session_expiry_s = float(raw) if raw else DEFAULT_SESSION_EXPIRY_S
+        if session_expiry_s <= 0:
+            raise ValueError(f"session_expiry_s must be > 0, got {session_expiry_s}")
+        self.session_expiry_s = session_expiry_s
         self.url = ""
+        self._reaper: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._service: WireService | None = None
 
@@ -119,16 +118,34 @@ class WireServer:
         app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._middleware])
         app.add_routes(self._routes())
         # held long polls are cut at shutdown rather than waited for (SDK clients retry them)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        # Bodies reach the handlers as sent: the codec decodes zstd forward_backward bodies itself
+        # (aiohttp would need backports.zstd on Python < 3.14, and refuses them with a 400 without).
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=1.0, auto_decompress=False
+        )
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
         bound_port = self._runner.addresses[0][1]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound_port}"
+        self._reaper = asyncio.create_task(self._expire_sessions())
         return self.url
+
+    async def _expire_sessions(self) -> None:
+        """Release sessions that stopped heartbeating, checking a few times per expiry period; once
+        sessions were released, hand the freed heap back to the OS (see :func:`fakes.wire.memory.return_free_memory`)."""
+        while True:
+            await asyncio.sleep(min(self.session_expiry_s / 4, 10.0))
+            self.service.expire_idle(self.session_expiry_s)
+            if self.service.released_since_trim:
+                self.service.released_since_trim = False
+                return_free_memory()
 
     async def stop(self) -> None:
         """Stop serving (open long polls end) and close the simulated service."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -228,11 +245,7 @@ class WireServer:
             web.post(f"{API}/asample", self._asample),
             web.post(f"{API}/retrieve_future", self._retrieve_future),
             web.post(f"{API}/cancel_future", self._cancel_future),
-            web.get(f"{API}/training_runs/{{run_id}}", self._training_run),
-            web.get(f"{API}/training_runs/{{run_id}}/checkpoints", self._list_checkpoints),
-            web.delete(
-                f"{API}/training_runs/{{run_id}}/checkpoints/{{checkpoint_id:.+}}", self._delete_checkpoint
-            ),
+            *RestRoutes(s).routes(API),
         ]
 
     # ---- service, session, config --------------------------------------------------------------
@@ -320,66 +333,3 @@ class WireServer:
         body = await request.json()
         self.service.cancel(str(body.get("request_id", "")))
         return _json(None)
-
-    # ---- REST ----------------------------------------------------------------------------------
-    async def _training_run(self, request: web.Request) -> web.Response:
-        run_id = request.match_info["run_id"]
-        return _json(await self.service.rest_call(lambda rest: rest.get_training_run(run_id)))
-
-    async def _list_checkpoints(self, request: web.Request) -> web.Response:
-        run_id = request.match_info["run_id"]
-        return _json(await self.service.rest_call(lambda rest: rest.list_checkpoints(run_id)))
-
-    async def _delete_checkpoint(self, request: web.Request) -> web.Response:
-        path = f"tinker://{request.match_info['run_id']}/{request.match_info['checkpoint_id']}"
-        await self.service.rest_call(lambda rest: rest.delete_checkpoint_from_tinker_path(path))
-        return _json(None)
-
-
-class RunningWireServer:
-    """A ``WireServer`` serving from a daemon thread with its own event loop (for tests)."""
-
-    def __init__(self, server: WireServer, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.server = server
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tinker-wire-sim", daemon=True)
-        self._thread.start()
-        self.url: str = asyncio.run_coroutine_threadsafe(server.start(host, port), self._loop).result(30)
-
-    def close(self) -> None:
-        if not self._loop.is_running():
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-def start_in_thread(
-    sim_config: SimConfig | None = None,
-    faults: WireFaults | None = None,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    **kwargs: Any,
-) -> RunningWireServer:
-    """Start a wire simulator on a free loopback port; ``.url`` is its ``TINKER_BASE_URL``."""
-    return RunningWireServer(WireServer(sim_config, faults, **kwargs), host, port)
-
-
-async def serve_forever(host: str, port: int, on_ready: Callable[[str], None], **kwargs: Any) -> None:
-    """Serve in the foreground until cancelled (``agl-tinker sim-server``)."""
-    server = WireServer(**kwargs)
-    on_ready(await server.start(host, port))
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await server.stop()

@@ -6,6 +6,10 @@ itself (``<session>:train:<n>``, ``<session>:sample:<n>``), idempotent submissio
 request with the same ``seq_id`` gets the same future), and per-training-run ordering: requests
 of one run are applied in ``seq_id`` order, whatever order they arrive in (the SDK sends the
 chunks of one ``forward_backward`` concurrently).
+
+Sessions own their training runs and sampling sessions: finishing a session, or missing its
+heartbeats for ``session_expiry_s``, releases them (and their parameters, optimizer state and
+remembered submissions), so a server that runs for days holds only its live sessions.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Hashable
@@ -23,7 +28,7 @@ from typing import Any
 from tinker import types
 
 from fakes.tinker import RestClient, SamplingClient, ServiceClient, TrainingClient
-from fakes.tinker.errors import bad_request, not_found
+from fakes.tinker.errors import bad_request, gone, not_found
 from fakes.tinker.stability import session_of
 
 from .codec import ForwardBackwardCall
@@ -33,6 +38,11 @@ from .futures import MAX_KEPT, Promise, PromiseTable
 # How long a request waits for an earlier seq_id of its run that never arrives (a client that
 # reserved an id and then failed before sending it) before it is applied anyway.
 GAP_WAIT_S = 30.0
+DEFAULT_SESSION_EXPIRY_S = 120.0
+"""A session that neither heartbeats (the SDK does every 10 s) nor calls for this long has
+expired: the SDK warns its user after missing heartbeats for the same time."""
+FINISHED_KEPT = 10_000
+"""Finished sessions remembered (to answer their heartbeats 410, not 404)."""
 
 
 @dataclasses.dataclass
@@ -48,7 +58,13 @@ class _Sampler:
     client: SamplingClient
     base_model: str
     model_path: str | None
+    session_id: str
     clones: int = 0
+
+
+@dataclasses.dataclass
+class _Session:
+    last_seen: float = dataclasses.field(default_factory=time.monotonic)
 
 
 def _done(value: Any) -> Future[Any]:
@@ -73,6 +89,16 @@ def _call(fn: Callable[[], Any]) -> Future[Any]:
         return _failed(exc)
 
 
+def _owned_by(key: Hashable, session_id: str, prefix: str) -> bool:
+    """Whether a remembered submission's key names the session or one of its runs or samplers."""
+    return (
+        isinstance(key, tuple)
+        and len(key) > 1
+        and isinstance(key[1], str)
+        and (key[1] == session_id or key[1].startswith(prefix))
+    )
+
+
 async def in_seq_order(run: _Run, seq_id: int | None, submit: Callable[[], Promise]) -> Promise:
     """Apply ``submit`` once every earlier ``seq_id`` of ``run`` has been applied."""
     async with run.turn:
@@ -95,7 +121,9 @@ class WireService:
         self.rest = RestClient(sim._runtime)
         self.faults = faults
         self.promises = PromiseTable(loop)
-        self.sessions: dict[str, str] = {}  # id -> "active" | "finished"
+        self.sessions: dict[str, str] = {}  # id -> "active" | "finished" (finished: the last FINISHED_KEPT)
+        self._active: dict[str, _Session] = {}
+        self.released_since_trim = False  # the server returns freed memory to the OS when set
         self.runs: dict[str, _Run] = {}
         self.samplers: dict[str, _Sampler] = {}
         self._submitted: collections.OrderedDict[Hashable, Promise] = collections.OrderedDict()
@@ -125,17 +153,30 @@ class WireService:
         run = self.runs.get(model_id)
         if run is None:
             raise not_found(f"training run {model_id!r} is not loaded in this server", path="model")
+        self._seen_now(run.session_id)
         return run
 
     def sampler(self, sampler_id: str) -> _Sampler:
         sampler = self.samplers.get(sampler_id)
         if sampler is None:
             raise not_found(f"sampling session {sampler_id!r} not found", path="sampler")
+        self._seen_now(sampler.session_id)
         return sampler
 
+    def _seen_now(self, session_id: str) -> None:
+        """A call of the session's counts as a sign of life, like a heartbeat."""
+        session = self._active.get(session_id)
+        if session is not None:
+            session.last_seen = time.monotonic()
+
     def _session(self, session_id: str) -> str:
-        if session_id not in self.sessions:
+        """``session_id`` if it is active (seen now); 404 if unknown, 410 if finished or expired."""
+        state = self.sessions.get(session_id)
+        if state is None:
             raise not_found(f"session {session_id!r} not found", path="session")
+        if state != "active":
+            raise gone(f"session {session_id!r} has finished")
+        self._active[session_id].last_seen = time.monotonic()
         return session_id
 
     def _register_run(self, session_id: str) -> Callable[[TrainingClient], TrainingClient]:
@@ -149,14 +190,47 @@ class WireService:
     def create_session(self, request: types.CreateSessionRequest) -> types.CreateSessionResponse:
         session_id = str(uuid.uuid4())
         self.sessions[session_id] = "active"
+        self._active[session_id] = _Session()
         return types.CreateSessionResponse(session_id=session_id)
 
     def heartbeat(self, session_id: str) -> str:
-        """The session's state: ``active``, ``finished`` (HTTP 410) or unknown (404)."""
-        return self.sessions[self._session(session_id)]
+        """The session's state: ``active`` (and seen now), ``finished`` (HTTP 410) or unknown (404)."""
+        state = self.sessions.get(session_id)
+        if state is None:
+            raise not_found(f"session {session_id!r} not found", path="session")
+        if state == "active":
+            self._active[session_id].last_seen = time.monotonic()
+        return state
 
     def finish_session(self, session_id: str) -> None:
-        self.sessions[self._session(session_id)] = "finished"
+        """End the session and release what it owns (idempotent; 404 if unknown)."""
+        if session_id not in self.sessions:
+            raise not_found(f"session {session_id!r} not found", path="session")
+        self._release(session_id)
+
+    def expire_idle(self, expiry_s: float, now: float | None = None) -> list[str]:
+        """Release every active session unseen for ``expiry_s``; returns their ids."""
+        now = time.monotonic() if now is None else now
+        idle = [sid for sid, session in self._active.items() if now - session.last_seen > expiry_s]
+        for session_id in idle:
+            self._release(session_id)
+        return idle
+
+    def _release(self, session_id: str) -> None:
+        self.released_since_trim = True
+        self._active.pop(session_id, None)
+        self.sessions.pop(session_id, None)
+        self.sessions[session_id] = "finished"  # re-inserted last: the oldest finished go first
+        finished = [sid for sid, state in self.sessions.items() if state == "finished"]
+        for old in finished[: max(0, len(finished) - FINISHED_KEPT)]:
+            del self.sessions[old]
+        for model_id in [m for m, run in self.runs.items() if run.session_id == session_id]:
+            del self.runs[model_id]
+        for sampler_id in [i for i, sampler in self.samplers.items() if sampler.session_id == session_id]:
+            del self.samplers[sampler_id]
+        prefix = f"{session_id}:"
+        for key in [k for k in self._submitted if _owned_by(k, session_id, prefix)]:
+            del self._submitted[key]
 
     # ---- training runs -----------------------------------------------------------------------
     def create_model(self, request: types.CreateModelRequest) -> Promise:
@@ -249,7 +323,7 @@ class WireService:
             base = run.client.get_info().model_data.model_name or ""
 
             def register(client: SamplingClient) -> types.SaveWeightsForSamplerResponseInternal:
-                self.samplers[sampler_id] = _Sampler(client, base, None)
+                self.samplers[sampler_id] = _Sampler(client, base, None, run.session_id)
                 return types.SaveWeightsForSamplerResponseInternal(sampling_session_id=sampler_id)
 
             return self._track(key, work, register)
@@ -295,7 +369,9 @@ class WireService:
                 client = await asyncio.wrap_future(
                     self.sim.create_sampling_client(request.model_path, request.base_model).future()
                 )
-            self.samplers[sampler_id] = _Sampler(client, client.get_base_model(), request.model_path)
+            self.samplers[sampler_id] = _Sampler(
+                client, client.get_base_model(), request.model_path, request.session_id
+            )
         return types.CreateSamplingSessionResponse(sampling_session_id=sampler_id)
 
     def join_sampling_session(

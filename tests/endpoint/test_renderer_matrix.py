@@ -1,0 +1,108 @@
+"""Token-in-token-out and tool calls for every renderer family the simulator serves: with TITO on a
+ten-turn episode is one token sequence even when every answer is sampled non-canonically; with it
+off the drift is reported; a declared tool is called and parsed in the family's own syntax."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import openai
+import pytest
+from agentlightning.store.memory import InMemoryLightningStore
+from agentlightning.store.threading import LightningStoreThreaded
+
+from agl_tinker.backend import get_tokenizer, service_client
+from agl_tinker.core.align import align_calls
+from agl_tinker.core.reconstruct import reconstruct
+from agl_tinker.endpoint.start import EndpointConfig, start_endpoint
+from fakes.lineup import CATALOG
+
+FAMILIES = {m.chat_format.name: name for name, m in reversed(CATALOG.items())}
+"""One served model per chat format: qwen3_instruct, qwen3 (hybrid thinking), qwen3_5."""
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "search",
+            "description": "Search the web",
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string"}},
+                "required": ["query"],
+            },
+        },
+    }
+]
+
+
+async def _episode(
+    model: str, tito: bool, drift: float, turns: list[dict[str, Any]]
+) -> tuple[Any, list[Any]]:
+    """Run ``turns`` (chat.completions kwargs, history appended) through the lean endpoint."""
+    sampler = service_client(drift=drift).create_sampling_client(base_model=model).result()
+    store = LightningStoreThreaded(InMemoryLightningStore())
+    endpoint = await start_endpoint(
+        EndpointConfig(token_in_token_out=tito, default_max_tokens=48),
+        store=store,
+        sampling_client=sampler,
+        base_model=model,
+        tokenizer=get_tokenizer(model),
+    )
+    try:
+        attempted = await store.start_rollout(input={"task": "t"})
+        llm = endpoint.as_resource(attempted.rollout_id, attempted.attempt.attempt_id)
+        client = openai.OpenAI(base_url=llm.endpoint, api_key="not-a-secret", max_retries=0)
+
+        def run() -> list[Any]:
+            messages: list[dict[str, Any]] = []
+            answers = []
+            for turn in turns:
+                messages.append({"role": "user", "content": turn["user"]})
+                answer = client.chat.completions.create(
+                    model=model, messages=messages, **{k: v for k, v in turn.items() if k != "user"}
+                )
+                message = answer.choices[0].message
+                messages.append(message.model_dump(exclude_none=True))
+                for call in message.tool_calls or []:
+                    messages.append({"role": "tool", "tool_call_id": call.id, "content": "Paris"})
+                answers.append(message)
+            return answers
+
+        answers = await asyncio.to_thread(run)
+        await endpoint.flush()
+        alignment = align_calls(reconstruct(await store.query_spans(attempted.rollout_id)).calls)
+    finally:
+        await endpoint.stop()
+    return alignment, answers
+
+
+@pytest.mark.parametrize("tito", [True, False])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+async def test_multi_turn_is_one_sequence_with_tito_and_drift_is_reported_without(
+    family: str, tito: bool
+) -> None:
+    turns = [{"user": "Let's talk. Say you are Bob."}] + [{"user": f"Turn {i}: go on."} for i in range(3)]
+    alignment, _answers = await _episode(FAMILIES[family], tito, drift=1.0, turns=turns)
+    if tito:
+        assert len(alignment.sequences) == 1 and not alignment.drift
+    else:
+        assert alignment.drift and len(alignment.sequences) > 1
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+async def test_tool_calls_are_parsed_in_each_family(family: str) -> None:
+    # Seeded turns: the simulator's draws are deterministic given the seed, so this cannot flake.
+    turns = [
+        {"user": "Use the search tool to find the capital of France", "tools": TOOLS, "seed": s}
+        for s in range(8)
+    ]
+    alignment, answers = await _episode(FAMILIES[family], True, drift=0.0, turns=turns)
+    calls = [call for message in answers for call in message.tool_calls or []]
+    assert calls, [m.content for m in answers]
+    assert all(c.function.name == "search" and "query" in json.loads(c.function.arguments) for c in calls)
+    assert len(alignment.sequences) == 1 and not alignment.drift
