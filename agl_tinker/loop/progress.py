@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from agl_tinker.loop.rollout import DispatchProgress
+from agl_tinker.dispatch.batch import DispatchProgress
 
 
 def step_label(step: int, n_steps: int) -> str:
