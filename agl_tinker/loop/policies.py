@@ -44,10 +44,10 @@ from agl_tinker.loop.checkpoints import (
 from agl_tinker.loop.config import ResolvedPolicy, TrainConfig
 from agl_tinker.loop.data import TaskDataset
 from agl_tinker.loop.progress import step_label
-from agl_tinker.loop.retry import RetryingTrainingClient, TinkerCallError, is_transient
 from agl_tinker.loop.step_metrics import StepTimes, step_row, sum_policy_metrics
 from agl_tinker.loop.step_trainer import BusyClock, Learner, StepTrainer
 from agl_tinker.loop.training_run import TrainingRun, has_metrics
+from agl_tinker.tinker_retry import RetryingTrainingClient, TinkerCallError, is_transient
 
 logger = logging.getLogger(__name__)
 

@@ -46,7 +46,9 @@ from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.data import TaskDataset
 from agl_tinker.loop.errors import NoTrainableRollouts, StoreLost
 from agl_tinker.loop.progress import ProgressDisplay, step_label
-from agl_tinker.loop.retry import (
+from agl_tinker.loop.step_metrics import StepTimes, step_row
+from agl_tinker.loop.step_trainer import BusyClock, Learner, StepTrainer
+from agl_tinker.tinker_retry import (
     Retrier,
     RetryingSamplingClient,
     RetryingTrainingClient,
@@ -54,8 +56,6 @@ from agl_tinker.loop.retry import (
     TinkerCallError,
     is_transient,
 )
-from agl_tinker.loop.step_metrics import StepTimes, step_row
-from agl_tinker.loop.step_trainer import BusyClock, Learner, StepTrainer
 
 __all__ = ["LLM_RESOURCE", "STALL_GRACE_S", "TrainingRun", "has_metrics"]
 

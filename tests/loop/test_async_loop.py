@@ -25,7 +25,7 @@ from agl_tinker.loop.async_loop import FINAL_OUTCOMES, LEDGER_FILE, _Ledger, eff
 from agl_tinker.loop.config import ConfigError, TrainConfig
 
 # Our loop calls the SDK through its non-deprecated methods (the `*_async` spellings are
-# deprecated; see agl_tinker/loop/retry.py): a FutureWarning here is a regression.
+# deprecated; see agl_tinker/tinker_retry.py): a FutureWarning here is a regression.
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning")
 
 ENV = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1"}

@@ -23,7 +23,7 @@ from agl_tinker.loop.config import ConfigError, PolicyConfig, TrainConfig
 from agl_tinker.loop.policies import unowned_calls
 
 # Our loop calls the SDK through its non-deprecated methods (the `*_async` spellings are
-# deprecated; see agl_tinker/loop/retry.py): a FutureWarning here is a regression.
+# deprecated; see agl_tinker/tinker_retry.py): a FutureWarning here is a regression.
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning")
 
 MODEL = "Qwen/Qwen3-4B-Instruct-2507"
