@@ -4,15 +4,15 @@ Each policy (:class:`~agl_tinker.loop.config.PolicyConfig`) has its own Tinker t
 (``ServiceClient.create_lora_training_client``), its own sampling client served under its
 ``models`` names by one endpoint, and its own groups, advantages, datums, optimiser steps,
 weights version, checkpoints (``log_path/policies/<name>/checkpoints.jsonl``) and metrics
-(``policy/<name>/...``). The rollouts are shared: every rollout of a batch is read once per
+(``policy/<name>/...``), and with ``kl_penalty_coef`` its own KL reference (its base model). The rollouts are shared: every rollout of a batch is read once per
 policy, keeping only that policy's calls (the core's ``model_match``/``agent_match``), so a call
 is trained only on the policy that sampled it. A call no policy owns is counted
 (``calls/unowned``) and trained on none. Rewards are the episode reward for every policy, or,
 with ``reward_key``, one reward dimension per policy.
 
 Top-level ``reward/mean`` is the mean of the policies' means (what the run summary shows);
-``train/datums`` their sum. Synchronous steps only (``TrainConfig`` refuses ``async_config``,
-``stream_minibatch_config`` and a KL penalty together with policies).
+``train/datums`` their sum. Synchronous steps only (``TrainConfig`` refuses ``async_config`` and
+``stream_minibatch_config`` together with policies).
 """
 
 from __future__ import annotations
@@ -47,7 +47,12 @@ from agl_tinker.loop.progress import step_label
 from agl_tinker.loop.step_metrics import StepTimes, step_row, sum_policy_metrics
 from agl_tinker.loop.step_trainer import BusyClock, Learner, StepTrainer
 from agl_tinker.loop.training_run import TrainingRun, has_metrics
-from agl_tinker.tinker_retry import RetryingTrainingClient, TinkerCallError, is_transient
+from agl_tinker.tinker_retry import (
+    RetryingSamplingClient,
+    RetryingTrainingClient,
+    TinkerCallError,
+    is_transient,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +77,8 @@ class PolicyRun:
     reward_options: RewardOptions
     log_dir: Path
     training_client: Any = None
+    kl_reference: Any = None
+    """The KL penalty's reference: this policy's base model, sampled (``kl_penalty_coef`` > 0)."""
 
     @property
     def name(self) -> str:
@@ -166,6 +173,14 @@ class MultiPolicyLoop(TrainingRun):
             )
         run.training_client = RetryingTrainingClient(client, self.retrier)
 
+    async def _create_kl_reference(self, run: PolicyRun) -> None:
+        """``run``'s KL reference: a sampling client of its own base model."""
+        model = run.settings.model_name
+        reference = await self.retrier.call(
+            "create_sampling_client", lambda: self.service.create_sampling_client(base_model=model)
+        )
+        run.kl_reference = RetryingSamplingClient(reference, self.retrier)
+
     async def resume(self) -> CheckpointRecord | None:
         """Every policy from its checkpoint of the newest step all of them saved; the first's record.
 
@@ -212,6 +227,9 @@ class MultiPolicyLoop(TrainingRun):
     async def start(self, start_step: int) -> None:
         """Serve every policy's current weights from one endpoint and register the resources."""
         cfg = self.config
+        if cfg.kl_penalty_coef > 0:
+            for run in self.runs.values():
+                await self._create_kl_reference(run)
         served: dict[str, PolicyServing] = {}
         for learner, run in zip(self.learners(), self.runs.values(), strict=True):
             sampling_client = await learner.sampling_client()
@@ -288,7 +306,13 @@ class MultiPolicyLoop(TrainingRun):
     def learners(self) -> list[Learner]:
         """Every policy's training side, in the order of ``TrainConfig.policies``."""
         return [
-            Learner(name, run.training_client, run.settings.learning_rate, run.settings.num_substeps)
+            Learner(
+                name,
+                run.training_client,
+                run.settings.learning_rate,
+                run.settings.num_substeps,
+                run.kl_reference,
+            )
             for name, run in self.runs.items()
         ]
 
