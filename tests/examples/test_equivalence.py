@@ -485,7 +485,9 @@ async def test_dispatch_reads_spans_only_after_before_read() -> None:
             [{"x": 1}],
             1,
             lambda rollout, spans: len(spans),
-            config=DispatchConfig(before_read=before_read),
+            # Without the flush the first rollout is read (and would be released) before its span
+            # is stored; the second flush then stores that span: keep the rollout for it.
+            config=DispatchConfig(before_read=before_read, release=before_read is not None),
         )
         await running
         assert batch.outcomes[0].result == expected
