@@ -76,8 +76,8 @@ from agentlightning.store.client_server import LightningStoreClient, LightningSt
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import EnqueueRolloutRequest, Rollout, Span
 
+from agl_tinker.dispatch.batch import DispatchConfig, WaitStrategy, dispatch_batch
 from agl_tinker.loop.algo import wait_for_store
-from agl_tinker.loop.rollout import DispatchConfig, WaitStrategy, dispatch_batch
 from agl_tinker.store_server import serve_store
 
 BATCH_SIZE, GROUP_SIZE, N_BATCHES, N_RUNNERS = 8, 4, 6, 32

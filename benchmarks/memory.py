@@ -1,6 +1,7 @@
 """Memory growth per training step of Hello: the algorithm process, and the store in split mode.
 
-Run ``python benchmarks/memory.py [--steps 100] [--warmup 20]``; prints one JSON line:
+Run ``python benchmarks/memory.py [--steps 100] [--warmup 20] [--mode sync|stream|async]
+[--policies 1|2] [--layout both|one-click|split]``; prints one JSON line:
 
 * ``algorithm_mb_per_step``: one-click Hello (``agl_tinker.loop.algo.fit``: the store server, the
   algorithm and the endpoint in this process, 2 runner processes), RSS slope of this process.
@@ -11,7 +12,11 @@ Run ``python benchmarks/memory.py [--steps 100] [--warmup 20]``; prints one JSON
   over the steps after ``warmup``. ``rss_mb``: first and last RSS of each measured process.
 
 Hello as ``agl-tinker hello`` trains it (8 tasks x group 4), without evaluation or intermediate
-checkpoints (they only add a constant), on the in-process Tinker simulator. RSS is read from
+checkpoints (they only add a constant), on the in-process Tinker simulator. ``--mode`` picks the
+schedule: ``sync`` (the default loop), ``stream`` (``stream_minibatch_config``, 4 minibatches) or
+``async`` (``async_config``, ``max_steps_off_policy=1``). ``--policies 2`` trains the Duet instead
+(two agents, two LoRAs, the same batch shape); it has no split-mode runner command, so it runs
+one-click only. RSS is read from
 ``/proc/<pid>/status`` (``VmRSS``) right after each step. A flat process shows a slope of a few
 hundredths of a MB per step either way (allocator noise); one that keeps what it no longer needs
 grows by its per-step data.
@@ -39,7 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agentlightning.store.client_server import LightningStoreClient  # noqa: E402
+from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig  # noqa: E402
 
+from agl_tinker.examples.duet.agent import duet_agent, duet_dataset  # noqa: E402
+from agl_tinker.examples.duet.train import duet_config  # noqa: E402
 from agl_tinker.examples.hello.agent import hello_agent, hello_dataset  # noqa: E402
 from agl_tinker.examples.hello.train import hello_config  # noqa: E402
 from agl_tinker.loop.algo import fit, wait_for_store  # noqa: E402
@@ -70,18 +78,30 @@ def slope(values: list[float], warmup: int) -> float | None:
     return cov / var
 
 
-def _config(log_path: str, steps: int) -> TrainConfig:
-    return hello_config(log_path, max_steps=steps, eval_every=0, save_every=0)
+MODES = ("sync", "stream", "async")
+BATCH = 8
 
 
-def one_click(steps: int) -> list[float]:
-    """RSS of this process after each step of one-click Hello."""
+def _config(log_path: str, steps: int, mode: str = "sync", policies: int = 1) -> TrainConfig:
+    extra: dict[str, Any] = {"max_steps": steps, "eval_every": 0, "save_every": 0}
+    if mode == "async":
+        extra["async_config"] = AsyncConfig(max_steps_off_policy=1, groups_per_batch=BATCH)
+    elif mode == "stream":
+        extra["stream_minibatch_config"] = StreamMinibatchConfig(groups_per_batch=BATCH, num_minibatches=4)
+    if policies == 2:
+        return duet_config(log_path, batch_size=BATCH, **extra)
+    return hello_config(log_path, **extra)
+
+
+def one_click(steps: int, mode: str = "sync", policies: int = 1) -> list[float]:
+    """RSS of this process after each step of one-click Hello (the Duet with two policies)."""
     samples: list[float] = []
+    agent, dataset = (duet_agent, duet_dataset) if policies == 2 else (hello_agent, hello_dataset)
     with tempfile.TemporaryDirectory() as tmp:
         fit(
-            hello_agent,
-            _config(tmp, steps),
-            hello_dataset("train"),
+            agent,
+            _config(tmp, steps, mode, policies),
+            dataset("train"),
             n_runners=2,
             required_fields=("identity",),
             on_step=lambda step, metrics: samples.append(rss_mb()),
@@ -89,7 +109,7 @@ def one_click(steps: int) -> list[float]:
     return samples
 
 
-def _split_algorithm(url: str, steps: int, store_pid: int, out: Any) -> None:
+def _split_algorithm(url: str, steps: int, store_pid: int, out: Any, mode: str = "sync") -> None:
     """Child process: the algorithm over HTTP; sends (its RSS, the store's RSS) after each step."""
     logging.basicConfig(level=logging.CRITICAL)
 
@@ -98,7 +118,7 @@ def _split_algorithm(url: str, steps: int, store_pid: int, out: Any) -> None:
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 await train(
-                    _config(tmp, steps),
+                    _config(tmp, steps, mode),
                     store,
                     hello_dataset("train"),
                     required_fields=("identity",),
@@ -112,7 +132,7 @@ def _split_algorithm(url: str, steps: int, store_pid: int, out: Any) -> None:
     out.send(None)
 
 
-def split(steps: int) -> tuple[list[float], list[float]]:
+def split(steps: int, mode: str = "sync") -> tuple[list[float], list[float]]:
     """(algorithm RSS, store RSS) after each step of split-mode Hello."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -129,7 +149,9 @@ def split(steps: int) -> tuple[list[float], list[float]]:
         if not asyncio.run(wait_for_store(url, timeout_s=_START_TIMEOUT_S)) or store.poll() is not None:
             raise RuntimeError(f"the store server did not start within {_START_TIMEOUT_S:.0f}s")
         receive, send = mp.get_context("spawn").Pipe(duplex=False)
-        child = mp.get_context("spawn").Process(target=_split_algorithm, args=(url, steps, store.pid, send))
+        child = mp.get_context("spawn").Process(
+            target=_split_algorithm, args=(url, steps, store.pid, send, mode)
+        )
         child.start()
         while (sample := receive.recv()) is not None:
             algo_rss.append(sample[0])
@@ -154,17 +176,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--mode", choices=["both", "one-click", "split"], default="both")
+    parser.add_argument("--mode", choices=MODES, default="sync", help="the training schedule")
+    parser.add_argument("--policies", type=int, choices=[1, 2], default=1)
+    parser.add_argument("--layout", choices=["both", "one-click", "split"], default="both")
     args = parser.parse_args()
+    if args.policies == 2 and args.layout == "split":
+        parser.error("--policies 2 runs one-click only (the Duet has no split-mode runner command)")
     logging.basicConfig(level=logging.CRITICAL)
     started = time.perf_counter()
-    result: dict[str, Any] = {"steps": args.steps, "warmup": args.warmup}
+    result: dict[str, Any] = {
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "mode": args.mode,
+        "policies": args.policies,
+    }
     rss: dict[str, list[float]] = {}
-    if args.mode in ("both", "one-click"):
-        rss["algorithm"] = one_click(args.steps)
+    if args.layout in ("both", "one-click"):
+        rss["algorithm"] = one_click(args.steps, args.mode, args.policies)
         result["algorithm_mb_per_step"] = _rounded(slope(rss["algorithm"], args.warmup))
-    if args.mode in ("both", "split"):
-        rss["split_algorithm"], rss["store"] = split(args.steps)
+    if args.layout in ("both", "split") and args.policies == 1:
+        rss["split_algorithm"], rss["store"] = split(args.steps, args.mode)
         result["store_mb_per_step"] = _rounded(slope(rss["store"], args.warmup))
         result["split_algorithm_mb_per_step"] = _rounded(slope(rss["split_algorithm"], args.warmup))
     result["rss_mb"] = {k: [round(v[0], 1), round(v[-1], 1)] for k, v in rss.items() if v}

@@ -75,8 +75,10 @@ async def run_hello(
     agent: AgentFn = hello_rollout,  # type: ignore[assignment]
     costs: Mapping[str, float] | None = None,
     concurrency: int = BATCH * GROUP,
+    store: InMemoryLightningStore | None = None,
 ) -> TrainResult:
-    store = InMemoryLightningStore()
+    """Train ``config`` on Hello with in-process runners, against ``store`` (a fresh one by default)."""
+    store = store if store is not None else InMemoryLightningStore()
     service = backend.service_client(root_dir=Path(config.log_path) / "sim", **dict(costs or {}))
     async with InProcessRunners(store, agent, concurrency=concurrency):
         return await train(config, store, hello_dataset("train"), service=service, show_progress=False)

@@ -31,7 +31,7 @@ from agl_tinker.endpoint.generation import Generation, fill_response, openai_too
 from agl_tinker.endpoint.registration import PROVIDER_NAME
 from agl_tinker.endpoint.request_scope import tito_scope
 from agl_tinker.endpoint.tito import TokenMemory
-from agl_tinker.loop.retry import Retrier, RetryingSamplingClient, RetryPolicy, TinkerCallError
+from agl_tinker.tinker_retry import Retrier, RetryingSamplingClient, RetryPolicy, TinkerCallError
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class TinkerChatProvider(CustomLLM):
             raise BadRequest(f"invalid sampling parameters: {exc}") from None
 
     async def _sample(self, policy: Policy, prompt: list[int], params: tinker.SamplingParams) -> Any:
-        """One sample; transient errors retried by :mod:`agl_tinker.loop.retry` (by the client itself
+        """One sample; transient errors retried by :mod:`agl_tinker.tinker_retry` (by the client itself
         when it is a ``RetryingSamplingClient``, whose retries the training loop counts)."""
         model_input = tinker.ModelInput.from_ints(prompt)
         client = policy.sampling_client

@@ -39,22 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tinker
 from agentlightning.types import RolloutConfig
 from tinker_cookbook import checkpoint_utils
-from tinker_cookbook.rl.metrics import compute_kl_sample_train
-from tinker_cookbook.rl.train import train_step
-from tinker_cookbook.rl.types import TrajectoryGroup
 from tinker_cookbook.utils import ml_log
 
 from agl_tinker.core.trajectory import RolloutTrajectory
-from agl_tinker.loop.batch_metrics import batch_metrics
-from agl_tinker.loop.config import TrainConfig
-from agl_tinker.loop.continuous_dispatch import ContinuousDispatcher, FinishedGroup, GroupRequest
-from agl_tinker.loop.datums import group_datums
-from agl_tinker.loop.errors import StepStalled, StoreLost
-from agl_tinker.loop.result import TrainResult
-from agl_tinker.loop.rollout import (
+from agl_tinker.dispatch.batch import (
     BatchResult,
     DispatchConfig,
     DispatchStats,
@@ -62,7 +52,15 @@ from agl_tinker.loop.rollout import (
     RolloutsLost,
     StoreCallError,
 )
+from agl_tinker.dispatch.continuous import ContinuousDispatcher, FinishedGroup, GroupRequest
+from agl_tinker.loop.batch_metrics import batch_metrics
+from agl_tinker.loop.config import TrainConfig
+from agl_tinker.loop.errors import StepStalled, StoreLost
+from agl_tinker.loop.result import TrainResult
+from agl_tinker.loop.step_metrics import StepTimes, call_staleness, step_row
+from agl_tinker.loop.step_trainer import BusyClock, StepTrainer
 from agl_tinker.loop.training_run import TrainingRun
+from agl_tinker.run.flat_reward import group_reward_metrics
 
 __all__ = ["LEDGER_FILE", "effective_ledger", "overlapped", "run_overlapped"]
 
@@ -142,181 +140,9 @@ def effective_ledger(log_path: str | Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------- staleness
 
 
-def _call_versions(group: FinishedGroup[RolloutTrajectory]) -> list[int]:
-    versions = []
-    for outcome in group.outcomes:
-        for call in outcome.result.reconstruction.calls:
-            if call.weights_version is not None:
-                try:
-                    versions.append(int(call.weights_version))
-                except ValueError:
-                    logger.warning("call with a non-integer weights version %r", call.weights_version)
-    return versions
-
-
-def _staleness(group: FinishedGroup[RolloutTrajectory], step: int) -> tuple[int, list[int]]:
-    """(group staleness: versions its oldest call is behind ``step``, per-call staleness)."""
-    per_call = [step - v for v in _call_versions(group)]
-    return (max(per_call) if per_call else 0), per_call
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
-
-
-# --------------------------------------------------------------------------------------------- training
-
-
-class _BusyClock:
-    """Union of the intervals during which the training client had work queued."""
-
-    def __init__(self) -> None:
-        self.busy_s = 0.0
-        self._since: float | None = None
-        self._open = 0
-
-    def begin(self) -> None:
-        if self._open == 0:
-            self._since = time.perf_counter()
-        self._open += 1
-
-    def end(self) -> None:
-        self._open -= 1
-        if self._open == 0 and self._since is not None:
-            self.busy_s += time.perf_counter() - self._since
-            self._since = None
-
-    async def wait(self, future: Any) -> Any:
-        """Await an SDK future submitted just before ``begin()``; ``end()`` when it completes."""
-        try:
-            return await future.result_async()
-        finally:
-            self.end()
-
-
-def _remove_mask(datum: tinker.Datum) -> tinker.Datum:
-    """The cookbook's datums carry a ``mask`` the service refuses; its train_step strips it too."""
-    inputs = {k: v for k, v in datum.loss_fn_inputs.items() if k != "mask"}
-    return tinker.Datum(model_input=datum.model_input, loss_fn_inputs=inputs)
-
-
-class _StepTrainer:
-    """Trains one step's groups as they arrive.
-
-    Without streaming, the whole batch goes through the cookbook's ``train_step`` at the end (as
-    the synchronous loop does). With streaming, each minibatch of groups is turned into datums
-    and submitted to ``forward_backward`` as soon as it is complete; an ``optim_step`` follows
-    every ``groups_per_substep`` groups.
-    """
-
-    def __init__(self, loop: TrainingRun, clock: _BusyClock, batch_size: int) -> None:
-        cfg = loop.config
-        self.loop = loop
-        self.cfg = cfg
-        self.clock = clock
-        self.stream = cfg.stream_minibatch_config
-        self.groups_per_substep = batch_size // cfg.num_substeps
-        self.groups_per_minibatch = (
-            self.groups_per_substep // self.stream.num_minibatches if self.stream is not None else batch_size
-        )
-        self.rollout_groups: list[list[RolloutTrajectory]] = []
-        self._minibatch: list[list[RolloutTrajectory]] = []
-        self._substep_groups = 0
-        self._substep_has_data = False
-        self._pending_fb: list[Any] = []
-        self.data: list[tinker.Datum] = []
-        self.training_logprobs: list[Any] = []
-        self.metrics: dict[str, Any] = {
-            "groups/dropped": 0,
-            "groups/trained": 0,
-            "groups/constant_removed": 0,
-        }
-        self.trained_groups: set[int] = set()
-        self.groups: list[TrajectoryGroup] = []
-        """The valid groups (before constant-reward removal), as the synchronous loop checks them."""
-        self._keys: list[int] = []
-
-    async def add(self, group: FinishedGroup[RolloutTrajectory]) -> None:
-        rollouts = [o.result for o in group.outcomes]
-        self.rollout_groups.append(rollouts)
-        self._minibatch.append(rollouts)
-        self._keys.append(group.request.key)
-        self._substep_groups += 1
-        if self.stream is not None and len(self._minibatch) >= self.groups_per_minibatch:
-            await self._submit_minibatch()
-            if self._substep_groups >= self.groups_per_substep:
-                await self._optim_step()
-
-    async def finish(self) -> None:
-        """Train what is left; afterwards ``data``, ``metrics`` and ``trained_groups`` are final."""
-        if self.stream is None:
-            data = await self._datums(self._minibatch, self._keys)
-            if data:
-                optim: dict[str, Any] = {}
-                self.clock.begin()
-                try:
-                    self.training_logprobs = await train_step(
-                        data,
-                        self.loop.training_client,
-                        self.cfg.learning_rate,
-                        self.cfg.num_substeps,
-                        self.cfg.loss_fn,
-                        self.cfg.loss_fn_config,
-                        metrics=optim,
-                    )
-                finally:
-                    self.clock.end()
-                self.metrics.update({f"optim/{k}": v for k, v in optim.items()})
-            self._minibatch, self._keys = [], []
-            return
-        if self._minibatch:
-            await self._submit_minibatch()
-        if self._substep_groups:
-            await self._optim_step()
-
-    async def _datums(
-        self, rollout_groups: list[list[RolloutTrajectory]], keys: list[int]
-    ) -> list[tinker.Datum]:
-        made = await group_datums(rollout_groups, self.cfg, kl_reference=self.loop.kl_reference)
-        self.groups.extend(made.valid)
-        self.metrics["groups/dropped"] += made.dropped
-        self.metrics["groups/constant_removed"] += made.constant_removed
-        if not made.trained:
-            return []
-        self.metrics["groups/trained"] += len(made.trained)
-        self.trained_groups.update(keys[i] for i in made.trained)
-        self.metrics.update(made.kl_metrics)
-        self.data.extend(made.data)
-        return made.data
-
-    async def _submit_minibatch(self) -> None:
-        data = await self._datums(self._minibatch, self._keys)
-        self._minibatch, self._keys = [], []
-        if not data:
-            return
-        # The ``_async`` spellings, as the cookbook's own train_step uses: they return the future.
-        future = await self.loop.training_client.forward_backward_async(
-            [_remove_mask(d) for d in data], loss_fn=self.cfg.loss_fn, loss_fn_config=self.cfg.loss_fn_config
-        )
-        self.clock.begin()
-        self._pending_fb.append(future)
-        self._substep_has_data = True
-
-    async def _optim_step(self) -> None:
-        self._substep_groups = 0
-        if not self._substep_has_data:
-            return
-        self._substep_has_data = False
-        adam = tinker.AdamParams(learning_rate=self.cfg.learning_rate, beta1=0.9, beta2=0.95, eps=1e-8)
-        optim_future = await self.loop.training_client.optim_step_async(adam)
-        self.clock.begin()
-        pending, self._pending_fb = self._pending_fb, []
-        for future in pending:
-            result = await self.clock.wait(future)
-            self.training_logprobs.extend(out["logprobs"].to_torch() for out in result.loss_fn_outputs)
-        optim = await self.clock.wait(optim_future)
-        if optim.metrics:
-            self.metrics.update({f"optim/{k}": v for k, v in optim.metrics.items()})
+def _staleness(group: FinishedGroup[RolloutTrajectory], step: int) -> int:
+    """Versions the group's oldest call is behind ``step`` (0 for a group without versions)."""
+    return max(call_staleness(group.outcomes, step), default=0)
 
 
 # --------------------------------------------------------------------------------------------- the loop
@@ -335,6 +161,8 @@ def _as_batch(groups: Sequence[FinishedGroup[RolloutTrajectory]]) -> BatchResult
         process_s=0.0,
         max_in_flight=0,
         overheads_s=tuple(o.overhead_s for o in outcomes if o.overhead_s is not None),
+        detects_s=tuple(o.detect_s for o in outcomes if o.detect_s is not None),
+        reads_s=tuple(o.read_s for o in outcomes if o.read_s is not None),
     )
     return BatchResult(
         groups=tuple(
@@ -371,7 +199,7 @@ class _OverlappedRun:
             self.ledger = _Ledger(ledger_path, self.start_step)
         asynchronous = self.cfg.async_config
         self.max_off_policy = asynchronous.max_steps_off_policy if asynchronous is not None else 0
-        self.clock = _BusyClock()
+        self.clock = BusyClock()
 
     def _stream(self, first_batch: int, last_batch: int) -> list[GroupRequest]:
         """The run's groups of batches ``[first_batch, last_batch)`` that are not done yet."""
@@ -465,16 +293,23 @@ class _OverlappedRun:
     ) -> dict[str, Any] | None:
         """Collect ``batch_size`` fresh-enough groups (training minibatches as they come), train,
         swap; the step's metrics, or ``None`` when the stream has nothing left."""
-        trainer = _StepTrainer(self.loop, self.clock, self.batch_size)
+        learner = self.loop.learners()[0]
+        trainer = StepTrainer(
+            learner, self.cfg, self.clock, self.batch_size, self.cfg.stream_minibatch_config
+        )
         busy_before = self.clock.busy_s
         idle_before = dispatcher.sampler_idle_s()
-        taken: list[tuple[FinishedGroup[RolloutTrajectory], int, list[int]]] = []
+        read_before = dispatcher.read_s
+        taken: list[tuple[FinishedGroup[RolloutTrajectory], int]] = []
         requeued = dropped = 0
+        waiting_s = 0.0
         while len(taken) < self.batch_size:
             if not (dispatcher.pending_groups or dispatcher.running_groups or dispatcher.waiting_groups):
                 break
+            t_wait = time.perf_counter()
             group = await self._next_group(dispatcher, step)
-            staleness, per_call = _staleness(group, step)
+            waiting_s += time.perf_counter() - t_wait
+            staleness = _staleness(group, step)
             if staleness > self.max_off_policy:
                 if dispatcher.pending_groups:
                     requeued += 1
@@ -485,59 +320,51 @@ class _OverlappedRun:
                     dropped += 1
                     self.ledger.record(step, group, "stale_dropped", staleness)
                 continue
-            taken.append((group, staleness, per_call))
-            await trainer.add(group)
+            taken.append((group, staleness))
+            await trainer.add(group.request.key, [o.result for o in group.outcomes])
         if not taken:
             return None
         t_collected = time.perf_counter()
         in_flight = dispatcher.running_groups
         await trainer.finish()
         t_trained = time.perf_counter()
-        self.clock.begin()
-        try:
-            sampling_client = await self.loop.training_client.save_weights_and_get_sampling_client()
-        finally:
-            self.clock.end()
         assert self.loop.endpoint is not None
-        self.loop.endpoint.swap(sampling_client, version=step + 1)
+        await learner.publish(self.loop.endpoint, step + 1, self.clock)
         t_end = time.perf_counter()
-        for group, staleness, _ in taken:
-            outcome = "trained" if group.request.key in trainer.trained_groups else "excluded"
+        for group, staleness in taken:
+            outcome = "trained" if group.request.key in trainer.trained else "excluded"
             self.ledger.record(step, group, outcome, staleness)
 
-        batch = _as_batch([g for g, _, _ in taken])
+        batch = _as_batch([g for g, _ in taken])
         _, metrics = batch_metrics(batch, step)
         metrics.update(self.loop.transcripts.write(step, batch.groups))
-        metrics.update(trainer.metrics)
+        metrics.update(trainer.metrics())
+        metrics.update(group_reward_metrics(trainer.valid))
         metrics.update(self.loop.retrier.take_metrics())
-        self.loop.check_trainable(step, batch, trainer.groups)  # empty steps: logged, and bounded
-        if trainer.data and len(trainer.training_logprobs) == len(trainer.data):
-            metrics.update(compute_kl_sample_train(trainer.data, trainer.training_logprobs))
-        wall = max(t_end - last_end, 1e-9)
-        group_staleness = [s for _, s, _ in taken]
-        call_staleness = [s for _, _, calls in taken for s in calls]
-        metrics.update(
-            {
-                "progress/step": step,
-                "progress/epoch": self.loop.train_ds.epoch_of(min(step, len(self.loop.train_ds) - 1)),
-                "optim/lr": self.cfg.learning_rate,
-                "train/datums": len(trainer.data),
-                "staleness/call_mean": _mean(call_staleness),
-                "staleness/call_max": max(call_staleness, default=0),
-                "staleness/group_mean": _mean(group_staleness),
-                "staleness/group_max": max(group_staleness, default=0),
-                "async/stale_requeued": requeued,
-                "async/stale_dropped": dropped,
-                "async/groups_in_flight": in_flight,
-                "time/step_s": wall,
-                "time/sampling_s": t_collected - last_end,
-                "time/training_s": t_trained - t_collected,
-                "time/swap_s": t_end - t_trained,
-                "time/trainer_busy_s": self.clock.busy_s - busy_before,
-                "time/trainer_idle_frac": max(0.0, 1.0 - (self.clock.busy_s - busy_before) / wall),
-                "time/sampler_idle_frac": min(1.0, (dispatcher.sampler_idle_s() - idle_before) / wall),
-            }
+        self.loop.check_trainable(step, batch, trainer.valid)  # empty steps: logged, and bounded
+        times = StepTimes(
+            step_s=t_end - last_end,
+            sampling_s=t_collected - last_end,
+            waiting_s=waiting_s,
+            processing_s=dispatcher.read_s - read_before,
+            training_s=t_trained - t_collected,
+            swap_s=t_end - t_trained,
+            trainer_busy_s=self.clock.busy_s - busy_before,
+            sampler_idle_s=dispatcher.sampler_idle_s() - idle_before,
         )
+        epoch = self.loop.train_ds.epoch_of(min(step, len(self.loop.train_ds) - 1))
+        metrics.update(
+            step_row(
+                batch,
+                step,
+                epoch=epoch,
+                times=times,
+                requeued=requeued,
+                stale_dropped=dropped,
+                groups_in_flight=in_flight,
+            )
+        )
+        metrics.update(self.loop.endpoint.span_metrics())  # spans the recorder could not store
         return metrics
 
 

@@ -399,7 +399,6 @@ class TrainConfig:
             "agent_match": self.agent_match is not None,
             "model_match": self.model_match is not None,
             "model_aliases": bool(self.model_aliases),
-            "kl_penalty_coef": self.kl_penalty_coef > 0,
             "async_config": self.async_config is not None,
             "stream_minibatch_config": self.stream_minibatch_config is not None,
         }
@@ -407,7 +406,7 @@ class TrainConfig:
             if used:
                 raise ConfigError(
                     f"{name} cannot be combined with policies: set per-policy `models`/`agent_match` "
-                    "instead (several policies train synchronously, without a KL penalty)"
+                    "instead (several policies train synchronously)"
                 )
         if self.endpoint_mode != "lean":
             raise ConfigError("policies need endpoint_mode='lean' (LLMProxy serves one model name)")

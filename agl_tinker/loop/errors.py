@@ -7,7 +7,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 from agl_tinker.loop.checkpoints import ResumeError
-from agl_tinker.loop.retry import TinkerCallError
+from agl_tinker.tinker_retry import TinkerCallError
 
 __all__ = ["RUN_ERRORS", "NoTrainableRollouts", "StepStalled", "StoreLost", "TrainingAborted"]
 

@@ -4,15 +4,15 @@ Each policy (:class:`~agl_tinker.loop.config.PolicyConfig`) has its own Tinker t
 (``ServiceClient.create_lora_training_client``), its own sampling client served under its
 ``models`` names by one endpoint, and its own groups, advantages, datums, optimiser steps,
 weights version, checkpoints (``log_path/policies/<name>/checkpoints.jsonl``) and metrics
-(``policy/<name>/...``). The rollouts are shared: every rollout of a batch is read once per
+(``policy/<name>/...``), and with ``kl_penalty_coef`` its own KL reference (its base model). The rollouts are shared: every rollout of a batch is read once per
 policy, keeping only that policy's calls (the core's ``model_match``/``agent_match``), so a call
 is trained only on the policy that sampled it. A call no policy owns is counted
 (``calls/unowned``) and trained on none. Rewards are the episode reward for every policy, or,
 with ``reward_key``, one reward dimension per policy.
 
 Top-level ``reward/mean`` is the mean of the policies' means (what the run summary shows);
-``train/datums`` their sum. Synchronous steps only (``TrainConfig`` refuses ``async_config``,
-``stream_minibatch_config`` and a KL penalty together with policies).
+``train/datums`` their sum. Synchronous steps only (``TrainConfig`` refuses ``async_config`` and
+``stream_minibatch_config`` together with policies).
 """
 
 from __future__ import annotations
@@ -27,18 +27,12 @@ from typing import Any
 from agentlightning.store.base import LightningStore
 from tinker_cookbook import checkpoint_utils, model_info
 from tinker_cookbook.checkpoint_utils import CheckpointRecord
-from tinker_cookbook.rl.data_processing import (
-    assemble_training_data,
-    compute_advantages,
-    remove_constant_reward_groups,
-)
-from tinker_cookbook.rl.train import train_step
-from tinker_cookbook.rl.types import TrajectoryGroup
 
 from agl_tinker import backend
 from agl_tinker.core.reconstruct import ReconstructOptions
 from agl_tinker.core.rewards import RewardOptions
-from agl_tinker.core.trajectory import RolloutTrajectory, rollout_trajectory, trajectory_group
+from agl_tinker.core.trajectory import RolloutTrajectory, rollout_trajectory
+from agl_tinker.dispatch.batch import BatchResult, GroupResult, RolloutOutcome
 from agl_tinker.endpoint.start import EndpointConfig, PolicyServing, start_policy_endpoint
 from agl_tinker.loop.batch_metrics import batch_metrics, rollout_status
 from agl_tinker.loop.checkpoints import (
@@ -50,11 +44,21 @@ from agl_tinker.loop.checkpoints import (
 from agl_tinker.loop.config import ResolvedPolicy, TrainConfig
 from agl_tinker.loop.data import TaskDataset
 from agl_tinker.loop.progress import step_label
-from agl_tinker.loop.retry import RetryingTrainingClient, TinkerCallError, is_transient
-from agl_tinker.loop.rollout import BatchResult, GroupResult, RolloutOutcome
+from agl_tinker.loop.step_metrics import StepTimes, step_row, sum_policy_metrics
+from agl_tinker.loop.step_trainer import BusyClock, Learner, StepTrainer
 from agl_tinker.loop.training_run import TrainingRun, has_metrics
+from agl_tinker.run.flat_reward import group_reward_metrics
+from agl_tinker.tinker_retry import (
+    RetryingSamplingClient,
+    RetryingTrainingClient,
+    TinkerCallError,
+    is_transient,
+)
 
 logger = logging.getLogger(__name__)
+
+_SUMMED = ("train/datums", "groups/trained", "groups/dropped", "groups/constant_removed")
+"""Top-level keys of a several-policy step: the sum of the policies' own."""
 
 POLICIES_DIR = "policies"
 """``log_path/policies/<name>/`` holds a policy's checkpoint index and reward curve."""
@@ -74,6 +78,8 @@ class PolicyRun:
     reward_options: RewardOptions
     log_dir: Path
     training_client: Any = None
+    kl_reference: Any = None
+    """The KL penalty's reference: this policy's base model, sampled (``kl_penalty_coef`` > 0)."""
 
     @property
     def name(self) -> str:
@@ -168,6 +174,14 @@ class MultiPolicyLoop(TrainingRun):
             )
         run.training_client = RetryingTrainingClient(client, self.retrier)
 
+    async def _create_kl_reference(self, run: PolicyRun) -> None:
+        """``run``'s KL reference: a sampling client of its own base model."""
+        model = run.settings.model_name
+        reference = await self.retrier.call(
+            "create_sampling_client", lambda: self.service.create_sampling_client(base_model=model)
+        )
+        run.kl_reference = RetryingSamplingClient(reference, self.retrier)
+
     async def resume(self) -> CheckpointRecord | None:
         """Every policy from its checkpoint of the newest step all of them saved; the first's record.
 
@@ -214,9 +228,12 @@ class MultiPolicyLoop(TrainingRun):
     async def start(self, start_step: int) -> None:
         """Serve every policy's current weights from one endpoint and register the resources."""
         cfg = self.config
+        if cfg.kl_penalty_coef > 0:
+            for run in self.runs.values():
+                await self._create_kl_reference(run)
         served: dict[str, PolicyServing] = {}
-        for run in self.runs.values():
-            sampling_client = await run.training_client.save_weights_and_get_sampling_client()
+        for learner, run in zip(self.learners(), self.runs.values(), strict=True):
+            sampling_client = await learner.sampling_client()
             served[run.name] = PolicyServing(
                 sampling_client=sampling_client,
                 base_model=run.settings.model_name,
@@ -287,7 +304,21 @@ class MultiPolicyLoop(TrainingRun):
         metrics["eval/time_s"] = time.perf_counter() - t0
         return metrics
 
+    def learners(self) -> list[Learner]:
+        """Every policy's training side, in the order of ``TrainConfig.policies``."""
+        return [
+            Learner(
+                name,
+                run.training_client,
+                run.settings.learning_rate,
+                run.settings.num_substeps,
+                run.kl_reference,
+            )
+            for name, run in self.runs.items()
+        ]
+
     async def train_step(self, step: int) -> dict[str, Any]:
+        """One synchronous step: one batch, read once per policy; each policy trains on its view."""
         cfg = self.config
         assert self.endpoint is not None
         t0 = time.perf_counter()
@@ -302,75 +333,42 @@ class MultiPolicyLoop(TrainingRun):
         )
         t_sampled = time.perf_counter()
         metrics = self._shared_metrics(batch, step, "")
-        metrics["rollouts/timeout"] = sum(1 for o in batch.outcomes if o.final_status == "timeout")
-        metrics["rollouts/skipped"] = batch.stats.n_skipped
-        trained: list[TrajectoryGroup] = []
-        total_datums = 0
-        for run in self.runs.values():
-            groups, datums = await self._train_policy(run, policy_view(batch, run.name), metrics)
-            written = self.transcripts.write(step, policy_view(batch, run.name).groups, policy=run.name)
-            metrics.update({f"{run.prefix}{k}": v for k, v in written.items()})
-            trained.extend(groups)
-            total_datums += datums
-        self.check_trainable(step, policy_view(batch, next(iter(self.runs))), trained)
-        metrics["train/datums"] = total_datums
+        clock = BusyClock()
+        trainers = [
+            StepTrainer(learner, cfg, clock, cfg.batch_size, stream=None) for learner in self.learners()
+        ]
+        for trainer in trainers:
+            assert trainer.learner.name is not None
+            for group in policy_view(batch, trainer.learner.name).groups:
+                await trainer.add(group.group_index, group.results)
+            await trainer.finish()
+            metrics.update(trainer.metrics())
+            written = self.transcripts.write(
+                step, policy_view(batch, trainer.learner.name).groups, policy=trainer.learner.name
+            )
+            metrics.update({f"{trainer.learner.prefix}{k}": v for k, v in written.items()})
+        first = policy_view(batch, next(iter(self.runs)))
+        self.check_trainable(step, first, [g for t in trainers for g in t.valid])
+        metrics.update(group_reward_metrics([g for t in trainers for g in t.valid]))
+        metrics.update(sum_policy_metrics([t.metrics() for t in trainers], _SUMMED, prefixes=self.runs))
         t_trained = time.perf_counter()
-        for run in self.runs.values():
-            sampling_client = await run.training_client.save_weights_and_get_sampling_client()
-            self.endpoint.swap(sampling_client, version=step + 1, policy=run.name)
+        for learner in self.learners():
+            await learner.publish(self.endpoint, step + 1, clock)
+        t_end = time.perf_counter()
         metrics.update(self.retrier.take_metrics())
-        metrics.update(
-            {
-                "progress/step": step,
-                "progress/epoch": self.train_ds.epoch_of(step),
-                "time/sampling_s": t_sampled - t0,
-                "time/training_s": t_trained - t_sampled,
-                "time/swap_s": time.perf_counter() - t_trained,
-            }
+        times = StepTimes(
+            step_s=t_end - t0,
+            sampling_s=t_sampled - t0,
+            waiting_s=batch.stats.wait_s,
+            processing_s=batch.stats.process_s,
+            training_s=t_trained - t_sampled,
+            swap_s=t_end - t_trained,
+            trainer_busy_s=clock.busy_s,
+            sampler_idle_s=t_end - t_sampled,
         )
+        metrics.update(step_row(first, step, epoch=self.train_ds.epoch_of(step), times=times))
         metrics.update(self.endpoint.span_metrics())
         return metrics
-
-    async def _train_policy(
-        self, run: PolicyRun, view: BatchResult[RolloutTrajectory], metrics: dict[str, Any]
-    ) -> tuple[list[TrajectoryGroup], int]:
-        """Groups -> advantages -> datums -> optimiser step(s) for one policy; its groups and datums."""
-        cfg = self.config
-        prefix = run.prefix
-        groups: list[TrajectoryGroup] = []
-        dropped = 0
-        for g in view.groups:
-            group, _report = trajectory_group(list(g.results), min_valid=cfg.min_valid_per_group)
-            if group is None:
-                dropped += 1
-            else:
-                groups.append(group)
-        if cfg.remove_constant_reward_groups:
-            before = len(groups)
-            groups = remove_constant_reward_groups(groups)
-            metrics[f"{prefix}groups/constant_removed"] = before - len(groups)
-        metrics[f"{prefix}groups/dropped"] = dropped
-        metrics[f"{prefix}groups/trained"] = len(groups)
-        n_datums = 0
-        if groups:
-            data, _meta = assemble_training_data(groups, compute_advantages(groups))
-            n_datums = len(data)
-            if data:
-                optim_metrics: dict[str, Any] = {}
-                await train_step(
-                    data,
-                    run.training_client,
-                    run.settings.learning_rate,
-                    run.settings.num_substeps,
-                    cfg.loss_fn,
-                    cfg.loss_fn_config,
-                    metrics=optim_metrics,
-                )
-                metrics.update({f"{prefix}optim/{k}": v for k, v in optim_metrics.items()})
-                metrics[f"{prefix}optim/steps"] = run.settings.num_substeps
-        metrics[f"{prefix}train/datums"] = n_datums
-        metrics[f"{prefix}optim/lr"] = run.settings.learning_rate
-        return groups, n_datums
 
     async def checkpoint(
         self, name: str, next_step: int, *, final: bool = False, extra: Mapping[str, Any] | None = None

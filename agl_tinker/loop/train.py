@@ -10,9 +10,9 @@ checkpoint, so no batch is trained twice or skipped.
 Faults (``tests/reliability/README.md`` lists each, with what it costs):
 
 * every Tinker call (client creation, sampling, ``forward_backward``, ``optim_step``, saves) is
-  retried on transient errors with the SDK's own rules, bounded (:mod:`agl_tinker.loop.retry`), and
+  retried on transient errors with the SDK's own rules, bounded (:mod:`agl_tinker.tinker_retry`), and
   counted per call kind in ``tinker/retries/<kind>``; a non-retryable error stops the run naming
-  the call (:class:`~agl_tinker.loop.retry.TinkerCallError`);
+  the call (:class:`~agl_tinker.tinker_retry.TinkerCallError`);
 * a step always ends: without ``batch_timeout_s``, it ends once no rollout has finished for
   ``rollout_timeout_s * max_attempts + STALL_GRACE_S`` (rollouts still out count as ``timeout``);
 * a step that trains nothing is logged as an error with its dominant exclusion reason;

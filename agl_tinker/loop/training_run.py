@@ -21,13 +21,19 @@ from agentlightning.store.base import LightningStore
 from agentlightning.types import RolloutConfig
 from tinker_cookbook import checkpoint_utils, model_info
 from tinker_cookbook.checkpoint_utils import CheckpointRecord
-from tinker_cookbook.rl.train import train_step
 from tinker_cookbook.rl.types import TrajectoryGroup
 
 from agl_tinker import backend
 from agl_tinker.core.align import AlignOptions
 from agl_tinker.core.reconstruct import ReconstructOptions
 from agl_tinker.core.trajectory import RolloutTrajectory, rollout_trajectory
+from agl_tinker.dispatch.batch import (
+    BatchResult,
+    DispatchConfig,
+    RolloutsLost,
+    StoreCallError,
+    dispatch_batch,
+)
 from agl_tinker.endpoint.start import Endpoint, EndpointConfig, start_endpoint
 from agl_tinker.loop.batch_metrics import batch_metrics, rollout_status
 from agl_tinker.loop.checkpoints import (
@@ -38,10 +44,12 @@ from agl_tinker.loop.checkpoints import (
 )
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.data import TaskDataset
-from agl_tinker.loop.datums import group_datums
 from agl_tinker.loop.errors import NoTrainableRollouts, StoreLost
 from agl_tinker.loop.progress import ProgressDisplay, step_label
-from agl_tinker.loop.retry import (
+from agl_tinker.loop.step_metrics import StepTimes, step_row
+from agl_tinker.loop.step_trainer import BusyClock, Learner, StepTrainer
+from agl_tinker.run.flat_reward import group_reward_metrics
+from agl_tinker.tinker_retry import (
     Retrier,
     RetryingSamplingClient,
     RetryingTrainingClient,
@@ -49,9 +57,6 @@ from agl_tinker.loop.retry import (
     TinkerCallError,
     is_transient,
 )
-from agl_tinker.loop.rollout import BatchResult, DispatchConfig, RolloutsLost, StoreCallError, dispatch_batch
-from agl_tinker.run.flat_reward import group_reward_metrics
-from agl_tinker.store_server import release_rollouts
 from agl_tinker.viewer.writer import TranscriptWriter
 
 __all__ = ["LLM_RESOURCE", "STALL_GRACE_S", "TrainingRun", "has_metrics"]
@@ -156,7 +161,7 @@ class TrainingRun:
                 lambda: self.service.create_sampling_client(base_model=cfg.model_name),
             )
             self.kl_reference = RetryingSamplingClient(reference, self.retrier)
-        sampling_client = await self.training_client.save_weights_and_get_sampling_client()
+        sampling_client = await self.learners()[0].sampling_client()
         self.endpoint = await start_endpoint(
             EndpointConfig(
                 mode=cfg.endpoint_mode,
@@ -273,21 +278,7 @@ class TrainingRun:
             raise StoreLost(self.lost_message(step, exc)) from exc
         finally:
             self.progress.end()
-        await self._release(batch)
         return batch
-
-    async def _release(self, batch: BatchResult[Any]) -> None:
-        """Let the store forget the batch's finished rollouts and spans: their results are taken.
-
-        Without it the store (in this process in one-click mode) grows by a batch of rollouts and
-        spans every step. Cancelled rollouts stay: a runner may still be writing to them. A store
-        that cannot release, or fails to, is left as it is (logged, the run goes on).
-        """
-        finished = [o.rollout_id for o in batch.outcomes if o.status in ("succeeded", "failed")]
-        try:
-            await release_rollouts(self.store, finished)
-        except Exception as e:  # the results are safe; only the store's memory is at stake
-            logger.warning("could not release %d finished rollouts from the store: %s", len(finished), e)
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -303,60 +294,48 @@ class TrainingRun:
         return metrics
 
     async def train_step(self, step: int) -> dict[str, Any]:
-        cfg = self.config
+        """One synchronous step: dispatch a batch, train every policy on it, serve the new weights."""
         assert self.endpoint is not None
         t0 = time.perf_counter()
         tasks = self.train_ds.get_batch(step)
         await self.check_store(step)
-        batch = await self.run_batch(tasks, cfg.group_size, "train", step_label(step, self.n_steps), step)
-        t_sampled = time.perf_counter()
-        rollout_groups, metrics = batch_metrics(batch, step)
-        metrics.update(self.transcripts.write(step, batch.groups))
-        metrics["rollouts/timeout"] = sum(1 for o in batch.outcomes if o.final_status == "timeout")
-        metrics["rollouts/skipped"] = batch.stats.n_skipped
-        made = await group_datums(rollout_groups, cfg, kl_reference=self.kl_reference)
-        self.check_trainable(step, batch, made.valid)
-        if cfg.remove_constant_reward_groups:
-            metrics["groups/constant_removed"] = made.constant_removed
-        metrics["groups/dropped"] = made.dropped
-        metrics["groups/trained"] = len(made.trained)
-        metrics.update(group_reward_metrics(made.valid))
-        metrics.update(made.kl_metrics)
-        n_datums = len(made.data)
-        if made.data:
-            optim_metrics: dict[str, Any] = {}
-            await train_step(
-                made.data,
-                self.training_client,
-                cfg.learning_rate,
-                cfg.num_substeps,
-                cfg.loss_fn,
-                cfg.loss_fn_config,
-                metrics=optim_metrics,
-            )
-            metrics.update({f"optim/{k}": v for k, v in optim_metrics.items()})
-        metrics["train/datums"] = n_datums
-        t_trained = time.perf_counter()
-        sampling_client = await self.training_client.save_weights_and_get_sampling_client()
-        self.endpoint.swap(sampling_client, version=step + 1)
-        metrics.update(self.retrier.take_metrics())
-        stats = batch.stats
-        metrics.update(
-            {
-                "progress/step": step,
-                "progress/epoch": self.train_ds.epoch_of(step),
-                "optim/lr": cfg.learning_rate,
-                "time/sampling_s": t_sampled - t0,
-                "time/waiting_s": stats.wait_s,
-                "time/processing_s": stats.process_s,
-                "time/training_s": t_trained - t_sampled,
-                "time/swap_s": time.perf_counter() - t_trained,
-                "dispatch/overhead_ms_p50": stats.overhead_ms(0.5),
-                "dispatch/detect_ms_p50": stats.detect_ms(0.5),
-            }
+        batch = await self.run_batch(
+            tasks, self.config.group_size, "train", step_label(step, self.n_steps), step
         )
+        t_sampled = time.perf_counter()
+        _, metrics = batch_metrics(batch, step)
+        metrics.update(self.transcripts.write(step, batch.groups))
+        clock = BusyClock()
+        learner = self.learners()[0]
+        trainer = StepTrainer(learner, self.config, clock, self.config.batch_size, stream=None)
+        for group in batch.groups:
+            await trainer.add(group.group_index, group.results)
+        await trainer.finish()
+        self.check_trainable(step, batch, trainer.valid)
+        metrics.update(trainer.metrics())
+        metrics.update(group_reward_metrics(trainer.valid))
+        t_trained = time.perf_counter()
+        await learner.publish(self.endpoint, step + 1, clock)
+        t_end = time.perf_counter()
+        metrics.update(self.retrier.take_metrics())
+        times = StepTimes(
+            step_s=t_end - t0,
+            sampling_s=t_sampled - t0,
+            waiting_s=batch.stats.wait_s,
+            processing_s=batch.stats.process_s,
+            training_s=t_trained - t_sampled,
+            swap_s=t_end - t_trained,
+            trainer_busy_s=clock.busy_s,
+            sampler_idle_s=t_end - t_sampled,
+        )
+        metrics.update(step_row(batch, step, epoch=self.train_ds.epoch_of(step), times=times))
         metrics.update(self.endpoint.span_metrics())  # spans the recorder could not store
         return metrics
+
+    def learners(self) -> list[Learner]:
+        """The training side of each policy of the run (a list of one for a single policy)."""
+        cfg = self.config
+        return [Learner(None, self.training_client, cfg.learning_rate, cfg.num_substeps, self.kl_reference)]
 
     def check_trainable(
         self, step: int, batch: BatchResult[RolloutTrajectory], groups: list[TrajectoryGroup]

@@ -49,7 +49,7 @@ TokenText = Callable[[int], str]
 
 
 class OutcomeLike(Protocol):
-    """A finished rollout as the loop holds it (``agl_tinker.loop.rollout.RolloutOutcome``)."""
+    """A finished rollout as the loop holds it (``agl_tinker.dispatch.types.RolloutOutcome``)."""
 
     @property
     def rollout_id(self) -> str: ...
@@ -62,7 +62,7 @@ class OutcomeLike(Protocol):
 
 
 class GroupLike(Protocol):
-    """The rollouts of one task (``agl_tinker.loop.rollout.GroupResult``)."""
+    """The rollouts of one task (``agl_tinker.dispatch.types.GroupResult``)."""
 
     @property
     def group_index(self) -> int: ...

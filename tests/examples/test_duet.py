@@ -34,6 +34,16 @@ def _index(log_path: Path, name: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def test_each_policy_trains_with_a_kl_penalty_against_its_own_base_model(tmp_path: Path) -> None:
+    result = run(
+        duet_config(str(tmp_path / "duet"), max_steps=1, batch_size=4, kl_penalty_coef=0.05), n_runners=1
+    )
+    for name in POLICIES:
+        step = result.steps[0]
+        assert step[f"policy/{name}/train/datums"] > 0, step
+        assert f"policy/{name}/kl_policy_base" in step, sorted(step)
+
+
 def test_each_policy_trains_checkpoints_and_resumes_on_its_own(tmp_path: Path) -> None:
     log_path = tmp_path / "duet"
     config = duet_config(str(log_path), max_steps=2, batch_size=4, save_every=1)

@@ -44,12 +44,12 @@ from tinker_cookbook.rl.types import TrajectoryGroup
 from agl_tinker import spans as S
 from agl_tinker.backend import get_tokenizer, service_client
 from agl_tinker.core.trajectory import RolloutTrajectory, rollout_trajectory, trajectory_group
+from agl_tinker.dispatch.batch import DispatchConfig, dispatch_batch
 from agl_tinker.endpoint.start import Endpoint, EndpointConfig, start_endpoint
 from agl_tinker.endpoint.tito import TokenMemory
 from agl_tinker.examples.guess_number import env as genv
 from agl_tinker.examples.guess_number.agent import guess_number_rollout
 from agl_tinker.examples.guess_number.game import MAX_TOKENS, GuessTask, tasks
-from agl_tinker.loop.rollout import DispatchConfig, dispatch_batch
 
 N_TASKS, GROUP, STEPS = 4, 2, 10
 LORA_RANK, LORA_SEED, LEARNING_RATE = 8, 7, 0.05
@@ -485,7 +485,9 @@ async def test_dispatch_reads_spans_only_after_before_read() -> None:
             [{"x": 1}],
             1,
             lambda rollout, spans: len(spans),
-            config=DispatchConfig(before_read=before_read),
+            # Without the flush the first rollout is read (and would be released) before its span
+            # is stored; the second flush then stores that span: keep the rollout for it.
+            config=DispatchConfig(before_read=before_read, release=before_read is not None),
         )
         await running
         assert batch.outcomes[0].result == expected

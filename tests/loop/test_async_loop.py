@@ -19,13 +19,13 @@ import pytest
 from async_run import BATCH, hello_config, run_hello, with_stragglers
 from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
 
+from agl_tinker.dispatch.continuous import FinishedGroup, GroupRequest
 from agl_tinker.examples.hello.agent import hello_rollout
 from agl_tinker.loop.async_loop import FINAL_OUTCOMES, LEDGER_FILE, _Ledger, effective_ledger
 from agl_tinker.loop.config import ConfigError, TrainConfig
-from agl_tinker.loop.continuous_dispatch import FinishedGroup, GroupRequest
 
 # Our loop calls the SDK through its non-deprecated methods (the `*_async` spellings are
-# deprecated; see agl_tinker/loop/retry.py): a FutureWarning here is a regression.
+# deprecated; see agl_tinker/tinker_retry.py): a FutureWarning here is a regression.
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning")
 
 ENV = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1"}

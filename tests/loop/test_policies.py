@@ -23,7 +23,7 @@ from agl_tinker.loop.config import ConfigError, PolicyConfig, TrainConfig
 from agl_tinker.loop.policies import unowned_calls
 
 # Our loop calls the SDK through its non-deprecated methods (the `*_async` spellings are
-# deprecated; see agl_tinker/loop/retry.py): a FutureWarning here is a regression.
+# deprecated; see agl_tinker/tinker_retry.py): a FutureWarning here is a regression.
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning")
 
 MODEL = "Qwen/Qwen3-4B-Instruct-2507"
@@ -71,6 +71,11 @@ def test_policy_settings_fall_back_to_the_run_and_select_exact_model_names(tmp_p
     assert not re.search(answerer.model_match, "judge2") and not re.search(player.model_match, "xplayer")
 
 
+def test_several_policies_take_a_kl_penalty(tmp_path: Any) -> None:
+    """Each policy is penalised against its own base model (it used to be refused)."""
+    _config(tmp_path, policies={"a": PolicyConfig(), "b": PolicyConfig()}, kl_penalty_coef=0.1).validate()
+
+
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
@@ -84,7 +89,6 @@ def test_policy_settings_fall_back_to_the_run_and_select_exact_model_names(tmp_p
         ({"policies": {"a": PolicyConfig(models=("",))}}, r"empty name"),
         ({"policies": {"a": PolicyConfig()}, "agent_match": "x"}, "agent_match cannot be combined"),
         ({"policies": {"a": PolicyConfig()}, "model_aliases": ("x",)}, "model_aliases cannot"),
-        ({"policies": {"a": PolicyConfig()}, "kl_penalty_coef": 0.1}, "kl_penalty_coef cannot"),
         ({"policies": {"a": PolicyConfig()}, "endpoint_mode": "proxy"}, "endpoint_mode='lean'"),
     ],
 )

@@ -11,7 +11,7 @@ import pytest
 import tinker
 from reliability_harness import hello_config, run_hello
 
-from agl_tinker.loop.retry import Retrier, RetryPolicy, TinkerCallError, is_transient
+from agl_tinker.tinker_retry import Retrier, RetryPolicy, TinkerCallError, is_transient
 
 
 def _status_error(cls: type[tinker.APIStatusError], status: int) -> tinker.APIStatusError:

@@ -1,4 +1,4 @@
-"""agl_tinker.loop.rollout: one batch end to end through a real Agent-lightning store.
+"""agl_tinker.dispatch.batch: one batch end to end through a real Agent-lightning store.
 
 Runners here are plain coroutines doing what an Agent-lightning runner does with the store API:
 dequeue a rollout (which creates its attempt), write a reward span, mark the attempt finished.
@@ -22,15 +22,15 @@ from agentlightning.store.client_server import LightningStoreClient, LightningSt
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import AttemptedRollout, Rollout, RolloutConfig, Span
 
-from agl_tinker.loop.completion import open_completion_source, spread_timeouts
-from agl_tinker.loop.rollout import (
+from agl_tinker.dispatch.batch import (
     DispatchConfig,
     DispatchError,
     DispatchProgress,
     ProcessError,
     dispatch_batch,
 )
-from agl_tinker.loop.store_calls import StoreCaller
+from agl_tinker.dispatch.completion import open_completion_source, spread_timeouts
+from agl_tinker.dispatch.store_calls import StoreCaller
 from agl_tinker.store_server import WAIT_ANY_PATH, LeanStoreServer
 from fakes.store import FaultyStore
 
@@ -157,7 +157,7 @@ async def test_batch_end_to_end_in_memory(wait: str) -> None:
             TASKS,
             4,
             reward_process,
-            config=DispatchConfig(mode="train", wait=wait),  # type: ignore[arg-type]
+            config=DispatchConfig(mode="train", wait=wait, release=False),  # type: ignore[arg-type]
             on_progress=progress.append,
         )
     assert [g.task for g in result.groups] == TASKS
@@ -183,11 +183,27 @@ async def test_mode_resources_and_metadata_reach_the_store() -> None:
     res = await store.add_resources({})
     await store.add_resources({})  # a newer snapshot: the batch must still use the one it names
     async with Runners(store):
-        cfg = DispatchConfig(mode="val", resources_id=res.resources_id, metadata={"step": 7})
+        cfg = DispatchConfig(mode="val", resources_id=res.resources_id, metadata={"step": 7}, release=False)
         await dispatch_batch(store, TASKS[:1], 2, reward_process, config=cfg)
     for r in await store.query_rollouts():
         assert r.mode == "val" and r.resources_id == res.resources_id
         assert r.metadata is not None and r.metadata["step"] == 7 and r.metadata["group_index"] == 0
+
+
+@pytest.mark.parametrize("wait", ["events", "long_poll"])
+async def test_finished_rollouts_are_released_from_the_store_once_read(wait: str) -> None:
+    store = memory_store()
+    async with Runners(store):
+        result = await dispatch_batch(
+            store,
+            TASKS,
+            4,
+            reward_process,
+            config=DispatchConfig(wait=wait),  # type: ignore[arg-type]
+        )
+    assert result.stats.released == 12 and result.stats.summary()["released"] == 12
+    assert all(o.result["rewards"] for o in result.outcomes)  # read before they were released
+    assert list(await store.query_rollouts()) == [] and await store.collections.spans.size() == 0
 
 
 async def test_failed_rollouts_are_processed_not_dropped() -> None:

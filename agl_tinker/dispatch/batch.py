@@ -3,11 +3,12 @@
 ``dispatch_batch`` enqueues ``len(tasks) × group_size`` rollouts (``enqueue_many_rollouts``,
 with the mode, resources id and ``RolloutConfig`` the caller chose), keeps at most
 ``max_in_flight`` of them unfinished in the store (refilling as others finish), learns of each
-completion from a completion source (:mod:`agl_tinker.loop.completion`: store events, wait-for-any,
-or long-poll; no fixed-interval polling), reads the finished rollout (latest attempt) and the
-spans of its latest attempt, and hands both to a ``process`` callable (the pure reconstruct ->
-align -> rewards pipeline). Results come back grouped by task, in slot order, with timing stats
-(:mod:`agl_tinker.loop.dispatch_types`; ``benchmarks/dispatch.py`` measures them).
+completion from a completion source (:mod:`agl_tinker.dispatch.completion`: store events, wait-for-any,
+or long-poll; no fixed-interval polling), and hands each round of finished rollouts to the one
+reader (:mod:`agl_tinker.dispatch.reader`: read the rollout and its latest attempt's spans, run
+the ``process`` callable, the pure reconstruct -> align -> rewards pipeline, release the rollout
+from the store). Results come back grouped by task, in slot order, with timing stats
+(:mod:`agl_tinker.dispatch.types`; ``benchmarks/dispatch.py`` measures them).
 
 ``RolloutConfig`` timeouts and retries are applied by the store, not here: its watchdog
 (``healthcheck_before``) runs at the start of store calls, debounced by the store's
@@ -26,11 +27,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from agentlightning.store.base import LightningStore
-from agentlightning.types import AttemptedRollout, EnqueueRolloutRequest, Rollout, Span
+from agentlightning.types import EnqueueRolloutRequest, Rollout, Span
 
-from agl_tinker.core.reconstruct import dedupe_spans
-from agl_tinker.loop.completion import CompletionSource, open_completion_source
-from agl_tinker.loop.dispatch_types import (
+from agl_tinker.dispatch.completion import CompletionSource, open_completion_source
+from agl_tinker.dispatch.reader import RolloutReader
+from agl_tinker.dispatch.store_calls import StoreCaller, cancel_unfinished
+from agl_tinker.dispatch.types import (
     DEADLINE_METADATA_KEY,
     BatchResult,
     DispatchConfig,
@@ -44,9 +46,7 @@ from agl_tinker.loop.dispatch_types import (
     RolloutsLost,
     StoreCallError,
     WaitStrategy,
-    outcome_of,
 )
-from agl_tinker.loop.store_calls import StoreCaller, cancel_unfinished
 
 __all__ = [
     "DEADLINE_METADATA_KEY",
@@ -114,6 +114,9 @@ class _Dispatch(Generic[T]):
         self.cfg = cfg
         self.on_progress = on_progress
         self.call = StoreCaller(cfg.store_retries)
+        self.reader = RolloutReader(
+            store, process, self.call, before_read=cfg.before_read, release=cfg.release
+        )
         # Group-major order: with a cap on rollouts in flight, whole groups finish early.
         self.slots = [(g, k) for g in range(len(self.tasks)) for k in range(group_size)]
         self.cap = cfg.max_in_flight or max(1, len(self.slots))
@@ -209,68 +212,14 @@ class _Dispatch(Generic[T]):
         self._report()
 
     async def _finish_round(self, items: list[tuple[str, tuple[int, int]]]) -> None:
-        """Read and process the rollouts that finished together.
-
-        Rollouts that came with their completion (``wait_any``) are final as they are; the others
-        are read with one ``query_rollouts`` for the whole round (it returns each rollout with its
-        latest attempt), alongside one ``query_spans`` per rollout: over HTTP that is one round
-        trip per rollout instead of two, which matters when a burst of completions queues at the
-        server.
-        """
+        """Read, process and release the rollouts that finished together (:class:`RolloutReader`)."""
         t = time.perf_counter()
-        if self.cfg.before_read is not None:
-            await self.cfg.before_read()
-        store = self.store
-        given = self.watcher.finished_rollouts if self.watcher is not None else {}
-        known = {rid: rollout for rid, _ in items if (rollout := given.pop(rid, None)) is not None}
-        missing = [rid for rid, _ in items if rid not in known]
-        rollouts: asyncio.Future[Sequence[Rollout]] | None = None
-        if missing:
-            rollouts = asyncio.ensure_future(
-                self.call("query_rollouts", functools.partial(store.query_rollouts, rollout_id_in=missing))
-            )
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for rid, slot in items:
-                    tg.create_task(self._finish_one(rid, slot, known.get(rid), rollouts))
-        finally:
-            if rollouts is not None:
-                rollouts.cancel()
+        assert self.watcher is not None
+        outcomes = await self.reader.read(dict(items), self.watcher, cut=self.cut)
+        for rid, slot in items:
+            self.outcomes[slot] = outcomes[rid]
+        self.processing -= len(items)
         self.process_s += time.perf_counter() - t
-
-    async def _finish_one(
-        self,
-        rid: str,
-        slot: tuple[int, int],
-        rollout: Rollout | None,
-        rollouts: asyncio.Future[Sequence[Rollout]] | None,
-    ) -> None:
-        spans = await self.call("query_spans", functools.partial(self.store.query_spans, rid, "latest"))
-        if rollout is None and rollouts is not None:
-            rollout = next((r for r in await rollouts if r.rollout_id == rid), None)
-        if rollout is None:
-            raise StoreCallError(f"query_rollouts did not return finished rollout {rid}")
-        unique, n_dup = dedupe_spans(spans)
-        cut = rid in self.cut and rollout.status != "succeeded" and rollout.status != "failed"
-        if cut:
-            rollout = _as_cut_by_deadline(rollout)
-        try:
-            result = self.process(rollout, unique)
-        except Exception as e:
-            raise ProcessError(
-                rid, f"process() failed on rollout {rid} (task {slot[0]}, slot {slot[1]}): {e!r}"
-            ) from e
-        self.outcomes[slot] = outcome_of(
-            rollout,
-            result,
-            group_index=slot[0],
-            slot=slot[1],
-            n_spans=len(unique),
-            n_duplicate_spans=n_dup,
-            noticed_time=self.watcher.noticed.get(rid) if self.watcher is not None else None,
-            cut_by_deadline=cut,
-        )
-        self.processing -= 1
         self._report()
 
     async def _hit_deadline(self, *, stalled: bool) -> None:
@@ -346,19 +295,9 @@ class _Dispatch(Generic[T]):
             detects_s=detects,
             reads_s=reads,
             wait=self.watcher.strategy if self.watcher is not None else "",
+            released=self.reader.released,
         )
         return BatchResult(groups=groups, stats=stats)
-
-
-def _as_cut_by_deadline(rollout: Rollout) -> Rollout:
-    """A copy of ``rollout`` as ``process`` should judge it: failed, its attempt timed out."""
-    update: dict[str, Any] = {
-        "status": "failed",
-        "metadata": {**(rollout.metadata or {}), DEADLINE_METADATA_KEY: True},
-    }
-    if isinstance(rollout, AttemptedRollout):
-        update["attempt"] = rollout.attempt.model_copy(update={"status": "timeout"})
-    return rollout.model_copy(update=update)
 
 
 def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -1,7 +1,7 @@
 """What a dispatch takes and gives back: its configuration, per-rollout outcomes, stats, errors.
 
-Shared by :func:`agl_tinker.loop.rollout.dispatch_batch` (one batch, then return) and
-:class:`agl_tinker.loop.continuous_dispatch.ContinuousDispatcher` (groups in flight across steps).
+Shared by :func:`agl_tinker.dispatch.batch.dispatch_batch` (one batch, then return) and
+:class:`agl_tinker.dispatch.continuous.ContinuousDispatcher` (groups in flight across steps).
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ class DispatchConfig:
             before the span of its last call reaches the store; every call of a finished rollout
             was answered (hence recorded) before it finished, so a flush begun after the store
             reports it finished covers them all.
+        release: release each finished rollout (``succeeded``/``failed``) from the store once
+            read (:mod:`agl_tinker.dispatch.reader`); ``False`` keeps them, for inspection.
     """
 
     mode: RolloutMode = "train"
@@ -115,6 +117,7 @@ class DispatchConfig:
     store_retries: int = 3
     metadata: Mapping[str, Any] | None = None
     before_read: Callable[[], Awaitable[None]] | None = None
+    release: bool = True
 
     def __post_init__(self) -> None:
         if self.max_in_flight is not None and self.max_in_flight < 1:
@@ -260,6 +263,8 @@ class DispatchStats:
     reads_s: tuple[float, ...] = field(default=(), repr=False)
     wait: str = ""
     """How completions were learned by the end of the batch: ``events``, ``wait_any`` or ``long_poll``."""
+    released: int = 0
+    """Finished rollouts released from the store once read (0 for a store that cannot release)."""
 
     def overhead_ms(self, quantile: float) -> float | None:
         """Nearest-rank quantile of the per-rollout overhead, in milliseconds."""
@@ -288,12 +293,13 @@ class DispatchStats:
             "overhead_ms/detect_p50": self.detect_ms(0.5),
             "overhead_ms/read_p50": self.read_ms(0.5),
             "max_in_flight": self.max_in_flight,
+            "released": self.released,
         }
 
 
 @dataclass(frozen=True)
 class BatchResult(Generic[T]):
-    """What :func:`~agl_tinker.loop.rollout.dispatch_batch` returns: the groups, then the stats."""
+    """What :func:`~agl_tinker.dispatch.batch.dispatch_batch` returns: the groups, then the stats."""
 
     groups: tuple[GroupResult[T], ...]
     stats: DispatchStats

@@ -1,14 +1,14 @@
 """Continuous dispatch: task groups stay in flight across training steps; no barrier at a step's end.
 
-:func:`agl_tinker.loop.rollout.dispatch_batch` runs one batch and returns when its slowest rollout is
+:func:`agl_tinker.dispatch.batch.dispatch_batch` runs one batch and returns when its slowest rollout is
 done. A :class:`ContinuousDispatcher` instead takes groups at any time (:meth:`submit`), keeps
 whole groups enqueued in the store up to its caps, refills as groups finish, and hands each
 finished group out on its own (:meth:`next_group`, completion order). The training loop takes
 groups as they come and trains while the next ones run.
 
-Completions are learned, and finished rollouts read, as ``dispatch_batch`` does (the same
-completion sources, :mod:`agl_tinker.loop.completion`: store events, wait-for-any or long-poll; one ``query_spans`` per rollout and
-the rollout itself from the wait-for-any answer or one ``query_rollouts`` per round). Rollout
+Completions are learned, and finished rollouts read and released, as ``dispatch_batch`` does:
+the same completion sources (:mod:`agl_tinker.dispatch.completion`: store events, wait-for-any or
+long-poll) and the same reader (:mod:`agl_tinker.dispatch.reader`). Rollout
 timeouts and retries are the store's, through ``DispatchConfig.rollout_config``;
 ``DispatchConfig.batch_timeout_s`` and ``max_in_flight`` do not apply (the caps are arguments).
 
@@ -24,7 +24,6 @@ Two caps bound the work ahead of the trainer:
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -34,17 +33,10 @@ from typing import Any, Generic, TypeVar
 from agentlightning.store.base import LightningStore
 from agentlightning.types import EnqueueRolloutRequest, Rollout, Span
 
-from agl_tinker.core.reconstruct import dedupe_spans
-from agl_tinker.loop.completion import CompletionSource, open_completion_source
-from agl_tinker.loop.dispatch_types import (
-    DispatchConfig,
-    DispatchError,
-    ProcessError,
-    RolloutOutcome,
-    StoreCallError,
-    outcome_of,
-)
-from agl_tinker.loop.store_calls import StoreCaller, cancel_unfinished
+from agl_tinker.dispatch.completion import CompletionSource, open_completion_source
+from agl_tinker.dispatch.reader import RolloutReader
+from agl_tinker.dispatch.store_calls import StoreCaller, cancel_unfinished
+from agl_tinker.dispatch.types import DispatchConfig, DispatchError, RolloutOutcome
 
 __all__ = ["ContinuousDispatcher", "FinishedGroup", "GroupRequest"]
 
@@ -116,6 +108,9 @@ class ContinuousDispatcher(Generic[T]):
         self._max_groups = max_groups
         self._max_rollouts = max_rollouts
         self._call = StoreCaller(self._cfg.store_retries)
+        self._reader: RolloutReader[T] = RolloutReader(
+            store, process, self._call, before_read=self._cfg.before_read, release=self._cfg.release
+        )
         self._watcher: CompletionSource | None = None
         self._pending: deque[GroupRequest] = deque()
         self._running: dict[int, _Running] = {}  # by group key
@@ -127,6 +122,8 @@ class ContinuousDispatcher(Generic[T]):
         self._idle_since: float | None = None
         self._idle_s = 0.0
         self.max_rollouts_seen = 0
+        self.read_s = 0.0
+        """Total time spent reading, processing and releasing finished rollouts (rounds may overlap)."""
 
     # -- public --------------------------------------------------------------------------------
 
@@ -187,6 +184,11 @@ class ContinuousDispatcher(Generic[T]):
     @property
     def rollouts_in_flight(self) -> int:
         return len(self._by_rollout)
+
+    @property
+    def released(self) -> int:
+        """Finished rollouts released from the store once read, so far."""
+        return self._reader.released
 
     def sampler_idle_s(self) -> float:
         """Total time so far during which no rollout of this dispatcher was unfinished in the store."""
@@ -287,50 +289,20 @@ class ContinuousDispatcher(Generic[T]):
             self._finished.put_nowait(e)
 
     async def _read_round(self, rollout_ids: list[str]) -> None:
-        """Read and process rollouts that finished together; complete the groups they close."""
+        """Read, process and release rollouts that finished together; complete the groups they close."""
         try:
-            if self._cfg.before_read is not None:
-                await self._cfg.before_read()
             assert self._watcher is not None
-            given = self._watcher.finished_rollouts
-            known = {rid: r for rid in rollout_ids if (r := given.pop(rid, None)) is not None}
-            missing = [rid for rid in rollout_ids if rid not in known]
-            if missing:
-                queried = await self._call(
-                    "query_rollouts", functools.partial(self._store.query_rollouts, rollout_id_in=missing)
-                )
-                known.update({r.rollout_id: r for r in queried if r.rollout_id in missing})
-            outcomes = await asyncio.gather(*(self._read_one(rid, known.get(rid)) for rid in rollout_ids))
-            for rid, outcome in zip(rollout_ids, outcomes, strict=True):
-                self._record(rid, outcome)
+            slots = {rid: self._by_rollout[rid] for rid in rollout_ids}
+            t = time.perf_counter()
+            outcomes = await self._reader.read(slots, self._watcher)
+            self.read_s += time.perf_counter() - t
+            for rid in rollout_ids:
+                self._record(rid, outcomes[rid])
             await self._refill()  # finished rollouts free room under max_rollouts
         except asyncio.CancelledError:
             raise
         except BaseException as e:
             self._finished.put_nowait(e)
-
-    async def _read_one(self, rid: str, rollout: Rollout | None) -> RolloutOutcome[T]:
-        key, slot = self._by_rollout[rid]
-        if rollout is None:
-            raise StoreCallError(f"query_rollouts did not return finished rollout {rid}")
-        spans = await self._call("query_spans", functools.partial(self._store.query_spans, rid, "latest"))
-        unique, n_dup = dedupe_spans(spans)
-        try:
-            result = self._process(rollout, unique)
-        except Exception as e:
-            raise ProcessError(
-                rid, f"process() failed on rollout {rid} (group {key}, slot {slot}): {e!r}"
-            ) from e
-        noticed = self._watcher.noticed.get(rid) if self._watcher is not None else None
-        return outcome_of(
-            rollout,
-            result,
-            group_index=key,
-            slot=slot,
-            n_spans=len(unique),
-            n_duplicate_spans=n_dup,
-            noticed_time=noticed,
-        )
 
     def _record(self, rid: str, outcome: RolloutOutcome[T]) -> None:
         key, slot = self._by_rollout.pop(rid)

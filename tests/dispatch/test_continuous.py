@@ -12,7 +12,7 @@ import pytest
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import Rollout, Span
 
-from agl_tinker.loop.continuous_dispatch import ContinuousDispatcher, GroupRequest
+from agl_tinker.dispatch.continuous import ContinuousDispatcher, GroupRequest
 from agl_tinker.runners.inprocess import InProcessRunners
 
 GROUP = 2
@@ -58,6 +58,20 @@ async def test_groups_come_out_as_they_finish_under_the_group_cap() -> None:
     assert max(outstanding_seen) <= 3
     assert sorted(order) == list(range(6))
     assert order.index(0) >= 2  # the slow group did not hold the others back
+
+
+async def test_finished_rollouts_are_released_from_the_store_once_read() -> None:
+    """Continuous dispatch releases what it read, as batch dispatch does (the store stays flat)."""
+    store = await _store()
+    async with (
+        InProcessRunners(store, _agent({}), concurrency=16),
+        ContinuousDispatcher(store, GROUP, _process, max_groups=2) as dispatcher,
+    ):
+        await dispatcher.submit(_requests(4))
+        groups = [await dispatcher.next_group() for _ in range(4)]
+        assert all(o.result == ("succeeded", 1) for g in groups for o in g.outcomes)
+        assert dispatcher.released == 4 * GROUP
+    assert list(await store.query_rollouts()) == [] and await store.collections.spans.size() == 0
 
 
 async def test_requeued_group_goes_first_and_the_rollout_cap_holds() -> None:

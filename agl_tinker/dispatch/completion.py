@@ -44,8 +44,8 @@ from agentlightning.store.client_server import LightningStoreClient, LightningSt
 from agentlightning.types import Rollout
 
 from agl_tinker.agl_internals import client_request_json
-from agl_tinker.loop.dispatch_types import DispatchConfig, DispatchError, RolloutsLost
-from agl_tinker.loop.store_calls import StoreCaller
+from agl_tinker.dispatch.store_calls import StoreCaller
+from agl_tinker.dispatch.types import DispatchConfig, DispatchError, RolloutsLost
 from agl_tinker.store_server import MAX_WAIT_ANY_S, WAIT_ANY_PATH, WaitAnyResponse, completion_events
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""agl_tinker.loop.completion: each completion source on its own, against real Agent-lightning stores.
+"""agl_tinker.dispatch.completion: each completion source on its own, against real Agent-lightning stores.
 
 A rollout is finished here the way a runner finishes it: dequeue (creates the attempt), then
 ``update_attempt(status="succeeded")``.
@@ -18,15 +18,15 @@ from agentlightning.store.client_server import LightningStoreClient, LightningSt
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import AttemptedRollout
 
-from agl_tinker.loop.completion import (
+from agl_tinker.dispatch.completion import (
     CompletionSource,
     LongPollSource,
     StoreEventsSource,
     WaitAnySource,
     open_completion_source,
 )
-from agl_tinker.loop.dispatch_types import DispatchConfig, DispatchError, RolloutsLost
-from agl_tinker.loop.store_calls import StoreCaller
+from agl_tinker.dispatch.store_calls import StoreCaller
+from agl_tinker.dispatch.types import DispatchConfig, DispatchError, RolloutsLost
 from agl_tinker.store_server import LeanStoreServer
 
 logging.getLogger("agentlightning").setLevel(logging.CRITICAL)

@@ -1,7 +1,7 @@
 """Store calls as dispatch makes them: bounded retries, a bounded cancel of unfinished work, span dedupe.
 
-Used by both dispatchers (:mod:`agl_tinker.loop.rollout`, :mod:`agl_tinker.loop.continuous_dispatch`)
-and by the completion sources (:mod:`agl_tinker.loop.completion`).
+Used by both dispatchers (:mod:`agl_tinker.dispatch.batch`, :mod:`agl_tinker.dispatch.continuous`)
+and by the completion sources (:mod:`agl_tinker.dispatch.completion`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TypeVar
 import aiohttp
 from agentlightning.store.base import LightningStore
 
-from agl_tinker.loop.dispatch_types import StoreCallError
+from agl_tinker.dispatch.types import StoreCallError
 
 __all__ = ["TRANSIENT_ERRORS", "StoreCaller", "cancel_unfinished"]
 
