@@ -82,6 +82,13 @@ class HelloOneClickSettings(OneClickSettings):
     )
     runner_cpus: float = chz.field(default=1.0, doc="runners=ray: CPUs one runner reserves.")
     rollouts_per_runner: int = chz.field(default=1, doc="runners=ray: rollouts one runner runs at once.")
+    store_host: str = chz.field(
+        default="127.0.0.1",
+        doc="runners=ray: address the store binds (0.0.0.0 for runners on other machines).",
+    )
+    store_public_host: str | None = chz.field(
+        default=None, doc="runners=ray: host the runners reach the store at (None: store_host)."
+    )
 
 
 @chz.chz
@@ -410,8 +417,9 @@ def _ray_strategy(own: Any) -> Any:
         n_runners=own.n_runners,
         num_cpus=own.runner_cpus,
         rollouts_per_runner=own.rollouts_per_runner,
+        store_public_host=own.store_public_host,
     )
-    return RayRunnerStrategy(settings)
+    return RayRunnerStrategy(settings, server_host=own.store_host)
 
 
 def _hello_command(args: argparse.Namespace) -> Command:

@@ -146,7 +146,11 @@ class _ActorPool:
 
     def _watch(self) -> None:
         while not self._stop_evt.is_set():
-            ready, _ = self._ray.wait([*self._runs, *self._starting], num_returns=1, timeout=_WATCH_S)
+            watched = [*self._runs, *self._starting]
+            if not watched:  # every slot given up: the run is stopping
+                self._stop_evt.wait(_WATCH_S)
+                continue
+            ready, _ = self._ray.wait(watched, num_returns=1, timeout=_WATCH_S)
             for ref in ready:
                 if ref in self._starting:
                     self._note("started", self._starting.pop(ref), node=self._node_of(ref))
@@ -208,7 +212,8 @@ class _ActorPool:
     def stop(self, timeout_s: float) -> None:
         """Ask every actor to stop, wait up to ``timeout_s`` for them, then kill what is left."""
         self._stop_evt.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # started: not when the actors never started
+            self._thread.join()
         if self._runs:
             self._ray.wait(list(self._runs), num_returns=len(self._runs), timeout=timeout_s)
         for actor in self._actors.values():
