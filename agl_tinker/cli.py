@@ -74,6 +74,28 @@ class OneClickSettings:
 
 
 @chz.chz
+class HelloOneClickSettings(OneClickSettings):
+    """Settings of a one-click Hello run: where its runners run (processes here, or Ray actors)."""
+
+    runners: typing.Literal["processes", "ray"] = chz.field(
+        default="processes", doc="'processes': forked on this machine; 'ray': Ray actors on a Ray cluster."
+    )
+    ray_address: str | None = chz.field(
+        default=None,
+        doc="runners=ray: the cluster's host:port (`ray start --head`), or None for a local one.",
+    )
+    runner_cpus: float = chz.field(default=1.0, doc="runners=ray: CPUs one runner reserves.")
+    rollouts_per_runner: int = chz.field(default=1, doc="runners=ray: rollouts one runner runs at once.")
+    store_host: str = chz.field(
+        default="127.0.0.1",
+        doc="runners=ray: address the store binds (0.0.0.0 for runners on other machines).",
+    )
+    store_public_host: str | None = chz.field(
+        default=None, doc="runners=ray: host the runners reach the store at (None: store_host)."
+    )
+
+
+@chz.chz
 class AlgoSettings:
     """Settings of the split-mode algorithm role besides its TrainConfig."""
 
@@ -253,6 +275,7 @@ class Command:
         routed = _route(key_values, targets, self.name)
         own = make_settings(self.own, [("flags", _flag_values(args, self.own))], routed[-1])
         _check_own(own)
+        _check_ray_cluster(own)  # seconds before the heavy imports, so an unreachable cluster fails fast
         if self.train_layers is None:
             return None, own
         from agl_tinker.loop.config import bind_cookbook_types
@@ -390,15 +413,44 @@ def _arguments_of(help_text: str) -> str:
 def _check_own(settings: Any) -> None:
     from agl_tinker.loop.config import ConfigError
 
-    for name in ("n_runners", "games", "limit"):
+    for name in ("n_runners", "games", "limit", "rollouts_per_runner"):
         value = getattr(settings, name, None)
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
+    if getattr(settings, "runner_cpus", 0) < 0:
+        raise ConfigError(f"runner_cpus must be >= 0, got {settings.runner_cpus}")
     from agl_tinker.examples.q20.presets import SPLITS
 
     split = getattr(settings, "split", None)
     if split is not None and split not in (*SPLITS, "all"):
         raise ConfigError(f"split must be one of {', '.join(map(repr, (*SPLITS, 'all')))}, got {split!r}")
+
+
+def _check_ray_cluster(settings: Any) -> None:
+    """``runners=ray``: the cluster answers (a TCP probe, no Ray import), else ClusterUnreachable."""
+    if getattr(settings, "runners", None) != "ray":
+        return
+    from agl_tinker.runners.ray_cluster import probe
+
+    if settings.ray_address is not None:
+        probe(settings.ray_address)
+
+
+def _ray_strategy(own: Any) -> Any:
+    """The Ray runner strategy ``runners=ray`` asks for, or ``None`` (runner processes)."""
+    if getattr(own, "runners", None) != "ray":
+        return None
+    from agl_tinker.runners.ray_cluster import RayRunnerSettings
+    from agl_tinker.runners.ray_runners import RayRunnerStrategy
+
+    settings = RayRunnerSettings(
+        address=own.ray_address,
+        n_runners=own.n_runners,
+        num_cpus=own.runner_cpus,
+        rollouts_per_runner=own.rollouts_per_runner,
+        store_public_host=own.store_public_host,
+    )
+    return RayRunnerStrategy(settings, server_host=own.store_host)
 
 
 def _hello_command(args: argparse.Namespace) -> Command:
@@ -407,7 +459,7 @@ def _hello_command(args: argparse.Namespace) -> Command:
     name = "agl-tinker hello" + (f" {args.mode}" if args.mode else "")
     if args.mode == "runner":
         return Command(name, RunnerSettings, None)
-    own = AlgoSettings if args.mode == "algo" else OneClickSettings
+    own = AlgoSettings if args.mode == "algo" else HelloOneClickSettings
     return Command(name, own, _train_layers(args, "hello", presets))
 
 
@@ -487,7 +539,17 @@ def _hello(args: argparse.Namespace) -> int:
     if args.mode == "algo":
         result = _train(args, config, lambda on_step: run_algo(config, own.store, on_step=on_step))
     else:
-        result = _train(args, config, lambda on_step: run_one_click(config, own.n_runners, on_step=on_step))
+        strategy = _ray_strategy(own)
+        result = _train(
+            args,
+            config,
+            lambda on_step: run_one_click(config, own.n_runners, on_step=on_step, strategy=strategy),
+        )
+        if strategy is not None and strategy.stats:
+            print(
+                "Ray runners: "
+                + ", ".join(f"{k.split('/')[-1]} {v}" for k, v in sorted(strategy.stats.items()))
+            )
     print_summary(result)
     return 0
 
@@ -685,6 +747,7 @@ _USER_ERRORS = (
     ("agl_tinker.backend", "BackendError"),
     ("agl_tinker.loop.data", "DatasetError"),
     ("agl_tinker.examples.q20.evaluate", "DatasetError"),
+    ("agl_tinker.runners.ray_cluster", "ClusterUnreachable"),
 )
 
 

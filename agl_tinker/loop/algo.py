@@ -11,13 +11,11 @@ import os
 import secrets
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from multiprocessing.context import BaseContext
 from typing import Any, cast
 
 import agentlightning as agl
-import aiohttp
 from agentlightning.execution.client_server import ClientServerExecutionStrategy
 from agentlightning.execution.events import ExecutionEvent
 from agentlightning.runner import LitAgentRunner
@@ -33,9 +31,10 @@ from agl_tinker.loop.train import TrainResult, train
 from agl_tinker.net import free_port
 from agl_tinker.run.failures import summarise_failures
 from agl_tinker.runners.deadline import DeadlineRunner
+from agl_tinker.runners.store_wait import StoreOfAnotherRun, wait_for_store
 from agl_tinker.runners.supervise import RunnerSupervisor
 from agl_tinker.runners.tracing import repair_store_otlp_export
-from agl_tinker.store_server import RUN_PATH, LeanStoreServer
+from agl_tinker.store_server import LeanStoreServer
 
 logger = logging.getLogger(__name__)
 
@@ -139,14 +138,8 @@ def check_runner(trainer: Any) -> None:
 
 
 _RUNNER_DRAIN_S = 0.3
-_STORE_PROBE_S = 0.1
-_STORE_START_TIMEOUT_S = 120.0
 _ORPHAN_CHECK_S = 0.5
 _ORPHAN_GRACE_S = 5.0
-
-
-class StoreOfAnotherRun(RuntimeError):
-    """A runner reached a store server that is not the one of the run that started it."""
 
 
 class LeanServerStrategy(ClientServerExecutionStrategy):
@@ -298,46 +291,6 @@ async def _stop_when_orphaned(stop_evt: ExecutionEvent) -> None:
     os._exit(1)
 
 
-async def wait_for_store(
-    endpoint: str,
-    stop_evt: ExecutionEvent | None = None,
-    timeout_s: float = _STORE_START_TIMEOUT_S,
-    *,
-    run_id: str | None = None,
-) -> bool:
-    """Wait until the store server at ``endpoint`` answers its health check; ``False`` if it never did.
-
-    Gives up silently after ``timeout_s`` or once ``stop_evt`` is set: whoever talks to the store
-    next reports a store that is really down. With ``run_id``, the server must also announce that
-    run (:data:`~agl_tinker.store_server.RUN_PATH`); one that answers with another (or is not a
-    :class:`LeanStoreServer`) raises :class:`StoreOfAnotherRun`.
-    """
-    base = endpoint.rstrip("/") + API_V1_AGL_PREFIX
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
-        while time.monotonic() < deadline and not (stop_evt is not None and stop_evt.is_set()):
-            try:
-                async with http.get(base + "/health") as response:
-                    if response.status == 200:
-                        if run_id is not None:
-                            await _check_run(http, base, endpoint, run_id)
-                        return True
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                pass
-            await asyncio.sleep(_STORE_PROBE_S)  # ok: start-up readiness probe, not completion polling
-    return False
-
-
-async def _check_run(http: aiohttp.ClientSession, base: str, endpoint: str, run_id: str) -> None:
-    async with http.get(base + RUN_PATH) as response:
-        found = (await response.json()).get("run_id") if response.status == 200 else None
-    if found != run_id:
-        raise StoreOfAnotherRun(
-            f"the store server at {endpoint} belongs to another run (run id {found!r}, this runner's "
-            f"{run_id!r}): its port was taken before this run's server bound it; not taking its rollouts"
-        )
-
-
 def fit(
     agent: agl.LitAgent[Any],
     config: TrainConfig,
@@ -349,17 +302,21 @@ def fit(
     store_host: str = "127.0.0.1",
     store_port: int | None = None,
     on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
+    strategy: ClientServerExecutionStrategy | None = None,
 ) -> TrainResult:
     """One command: store server, this algorithm and ``n_runners`` runner processes via ``agl.Trainer``.
 
     ``on_step(step, metrics)`` is called after each training step (see :func:`agl_tinker.loop.train.train`).
+    ``strategy`` replaces the runner processes (and ``n_runners``, ``store_*``), e.g. with
+    :class:`agl_tinker.runners.ray_runners.RayRunnerStrategy`'s Ray actors.
     """
     algorithm = TinkerAlgorithm(config, required_fields=required_fields, on_step=on_step)
     trainer = agl.Trainer(
         algorithm=algorithm,
         n_runners=n_runners,
         runner=fast_runner(),
-        strategy=LeanServerStrategy(n_runners=n_runners, server_host=store_host, server_port=store_port),
+        strategy=strategy
+        or LeanServerStrategy(n_runners=n_runners, server_host=store_host, server_port=store_port),
     )
     with interrupt_watch() as interrupted:
         trainer.fit(

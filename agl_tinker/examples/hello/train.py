@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import agentlightning as agl
+from agentlightning.execution.client_server import ClientServerExecutionStrategy
 from agentlightning.store.client_server import LightningStoreClient
 
 from agl_tinker.examples.hello import presets
@@ -35,9 +36,11 @@ def run_one_click(
     config: TrainConfig,
     n_runners: int = 2,
     on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
+    strategy: ClientServerExecutionStrategy | None = None,
 ) -> TrainResult:
     """Store, algorithm and ``n_runners`` runner processes, all from ``agl.Trainer``;
-    ``on_step(step, metrics)`` after each training step."""
+    ``on_step(step, metrics)`` after each training step. ``strategy`` places the runners
+    elsewhere (e.g. Ray actors: :class:`agl_tinker.runners.ray_runners.RayRunnerStrategy`)."""
     return fit(
         hello_agent,
         config,
@@ -46,6 +49,7 @@ def run_one_click(
         n_runners=n_runners,
         required_fields=("identity",),
         on_step=on_step,
+        strategy=strategy,
     )
 
 
