@@ -115,6 +115,22 @@ def _pct(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3) if ordered else float("nan")
 
 
+def _route_figures() -> dict[str, Any]:
+    """One route's figures, before any run is added (:func:`_add_run`)."""
+    return {"overhead_ms_p50": {}, "server_cpu_ms_per_call": {}, "failed_requests": 0}
+
+
+def _add_run(figures: dict[str, Any], clients: int, run: dict[str, Any], cpu_start: float) -> None:
+    """Add one :func:`drive` run with ``clients`` clients to ``figures``: its p50 latency, this
+    process's CPU since ``cpu_start`` per call (the clients' warm-up calls too) and its failures."""
+    calls = len(run["latencies"]) + clients
+    figures["overhead_ms_p50"][str(clients)] = _pct(run["latencies"], 0.5)
+    figures["server_cpu_ms_per_call"][str(clients)] = round(
+        (time.process_time() - cpu_start) * 1000 / max(calls, 1), 3
+    )
+    figures["failed_requests"] += run["failures"]
+
+
 async def measure(
     mode: str, pool: concurrent.futures.ProcessPoolExecutor, instant: bool = True
 ) -> dict[str, Any]:
@@ -192,22 +208,13 @@ async def measure_routes(pool: concurrent.futures.ProcessPoolExecutor) -> dict[s
         rollout = await store.start_rollout(input={"bench": "routes"})
         url = endpoint.as_resource(rollout.rollout_id, rollout.attempt.attempt_id).endpoint
         for route in ("chat", "responses", "messages"):
-            figures: dict[str, Any] = {
-                "overhead_ms_p50": {},
-                "server_cpu_ms_per_call": {},
-                "failed_requests": 0,
-            }
+            figures = _route_figures()
             for clients in (1, 16):
                 await endpoint.flush()
                 cpu = time.process_time()
                 run = await loop.run_in_executor(pool, drive, url, clients, SECONDS, route)
                 await endpoint.flush()  # recording is part of a call's cost
-                calls = len(run["latencies"]) + clients  # the warm-up calls too
-                figures["overhead_ms_p50"][str(clients)] = _pct(run["latencies"], 0.5)
-                figures["server_cpu_ms_per_call"][str(clients)] = round(
-                    (time.process_time() - cpu) * 1000 / max(calls, 1), 3
-                )
-                figures["failed_requests"] += run["failures"]
+                _add_run(figures, clients, run, cpu)
             routes[route] = figures
     finally:
         await endpoint.stop()
@@ -294,21 +301,12 @@ async def measure_capture_proxy(
     result: dict[str, Any] = {}
     try:
         for route in ("chat", "messages"):
-            figures: dict[str, Any] = {
-                "overhead_ms_p50": {},
-                "server_cpu_ms_per_call": {},
-                "failed_requests": 0,
-            }
+            figures = _route_figures()
             for clients in (1, 16):
                 cpu = time.process_time()
                 run = await loop.run_in_executor(pool, drive, url + "/v1", clients, SECONDS, route)
                 exporter.force_flush(timeout=30)
-                calls = len(run["latencies"]) + clients
-                figures["overhead_ms_p50"][str(clients)] = _pct(run["latencies"], 0.5)
-                figures["server_cpu_ms_per_call"][str(clients)] = round(
-                    (time.process_time() - cpu) * 1000 / max(calls, 1), 3
-                )
-                figures["failed_requests"] += run["failures"]
+                _add_run(figures, clients, run, cpu)
             result[route] = figures
     finally:
         stop()

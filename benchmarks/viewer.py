@@ -30,7 +30,7 @@ from _stdout import emit_json, json_stdout  # benchmarks/ is on sys.path when a 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # spanfactory: spans as the endpoint writes them
-sys.path.insert(0, str(ROOT / "tests" / "viewer"))
+sys.path.insert(0, str(ROOT / "tests" / "viewer"))  # recorded_run, chromium
 
 STEPS, GROUPS, GROUP_SIZE = 200, 16, 4
 
@@ -104,23 +104,16 @@ def open_viewer(log: Path) -> dict[str, float]:
 
 
 def _browser_open_s(url: str) -> float | None:
-    if not Path("/usr/bin/chromium").exists():
+    from chromium import CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).exists():
         return None
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         return None
-    args = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-    ]
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=args)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page()
         t0 = time.perf_counter()
         page.goto(url)

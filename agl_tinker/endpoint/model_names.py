@@ -14,6 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
+def slash_free_alias(name: str) -> str:
+    """The part of ``name`` after its last ``/`` (``name`` itself when it has none)."""
+    return name.rsplit("/", 1)[-1]
+
+
 def slash_free_aliases(names: Iterable[str]) -> dict[str, str]:
     """``alias -> served name`` for every served name with a ``/`` whose last segment is free."""
     served = set(names)
@@ -22,7 +27,7 @@ def slash_free_aliases(names: Iterable[str]) -> dict[str, str]:
     for name in sorted(served):
         if "/" not in name:
             continue
-        alias = name.rsplit("/", 1)[1]
+        alias = slash_free_alias(name)
         if not alias or alias in served:
             continue
         counts[alias] = counts.get(alias, 0) + 1

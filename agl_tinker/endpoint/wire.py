@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from agl_tinker.endpoint.conversation import openai_messages
+from agl_tinker.endpoint.chat_request import ChatRequest
+from agl_tinker.endpoint.conversation import Conversation, openai_messages
 from agl_tinker.endpoint.generation import Generation, completion_dict
 from agl_tinker.endpoint.messages_answer import anthropic_error, message_dict, message_events
 from agl_tinker.endpoint.messages_request import parse_messages_request
@@ -75,6 +76,29 @@ def _tool_count(tools: object) -> int:
     return len(tools) if isinstance(tools, list) else 0
 
 
+class _ConversationParse(Protocol):
+    """What a Responses or Messages parse holds (:class:`ResponsesCall`, :class:`MessagesCall`)."""
+
+    @property
+    def request(self) -> ChatRequest: ...
+    @property
+    def conversation(self) -> Conversation: ...
+    @property
+    def ignored_tools(self) -> int: ...
+
+
+def _conversation_call(parsed: _ConversationParse) -> ParsedCall:
+    """The :class:`ParsedCall` of an API parsed into a :class:`Conversation`: the span records its
+    messages in OpenAI chat form and the parse itself is handed back to ``answer``."""
+    return ParsedCall(
+        parsed.request,
+        openai_messages(parsed.conversation),
+        len(parsed.conversation.tool_specs),
+        parsed.ignored_tools,
+        parsed,
+    )
+
+
 class ChatCompletionsApi:
     name = "chat.completions"
     path = "/chat/completions"
@@ -98,14 +122,7 @@ class ResponsesApi:
     path = "/responses"
 
     def parse(self, body: dict[str, Any], provider: TinkerChatProvider) -> ParsedCall:
-        parsed = parse_responses_request(body, provider)
-        return ParsedCall(
-            parsed.request,
-            openai_messages(parsed.conversation),
-            len(parsed.conversation.tool_specs),
-            parsed.ignored_tools,
-            parsed,
-        )
+        return _conversation_call(parse_responses_request(body, provider))
 
     def error(self, status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
         return openai_error(status, message, kind)
@@ -122,14 +139,7 @@ class MessagesApi:
     path = "/messages"
 
     def parse(self, body: dict[str, Any], provider: TinkerChatProvider) -> ParsedCall:
-        parsed = parse_messages_request(body, provider)
-        return ParsedCall(
-            parsed.request,
-            openai_messages(parsed.conversation),
-            len(parsed.conversation.tool_specs),
-            parsed.ignored_tools,
-            parsed,
-        )
+        return _conversation_call(parse_messages_request(body, provider))
 
     def error(self, status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
         return anthropic_error(status, message, "api_error" if status >= 500 else kind)

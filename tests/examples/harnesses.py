@@ -29,6 +29,7 @@ from tinker_cookbook.rl.types import TrajectoryGroup
 
 from agl_tinker.backend import service_client
 from agl_tinker.core.trajectory import alignment_trajectory
+from agl_tinker.endpoint.model_names import slash_free_alias
 
 PACKAGES = ("@openai/codex", "opencode-ai")
 TASK_PROMPT = "List the files in this directory, then say done."
@@ -62,9 +63,14 @@ def harness_bin() -> Path | str:
     return bin_dir
 
 
-def plain_model_name(model: str) -> str:
-    """The endpoint's slash-free alias of ``model`` (harnesses read ``org/name`` as a provider)."""
-    return model.rsplit("/", 1)[-1]
+def _run_harness(
+    argv: list[str], work: Path, env: dict[str, str], timeout_s: float
+) -> subprocess.CompletedProcess[str]:
+    """Run a harness CLI non-interactively in ``work`` (no stdin, output captured as text); raises
+    ``subprocess.TimeoutExpired`` past ``timeout_s``."""
+    return subprocess.run(
+        argv, cwd=work, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s
+    )
 
 
 def run_codex(
@@ -75,7 +81,7 @@ def run_codex(
     home.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(
-        f'model = "{plain_model_name(model)}"\n'
+        f'model = "{slash_free_alias(model)}"\n'  # harnesses read org/name as a provider
         'model_provider = "agl"\n'
         'approval_policy = "never"\n'
         'sandbox_mode = "read-only"\n'
@@ -85,15 +91,7 @@ def run_codex(
         'wire_api = "responses"\n'
     )
     env = {**os.environ, "CODEX_HOME": str(home)}
-    return subprocess.run(
-        [str(bin_dir / "codex"), "exec", "--skip-git-repo-check", prompt],
-        cwd=work,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return _run_harness([str(bin_dir / "codex"), "exec", "--skip-git-repo-check", prompt], work, env, 120)
 
 
 def run_opencode(
@@ -102,7 +100,7 @@ def run_opencode(
     """``opencode run`` on ``prompt`` in ``scratch/work``; ``base_url`` is a rollout URL ending with ``/v1``."""
     home, work = scratch / "opencode-home", scratch / "work"
     work.mkdir(parents=True, exist_ok=True)
-    name = plain_model_name(model)
+    name = slash_free_alias(model)
     bare = base_url.split("/rollout/", 1)[0].removesuffix("/v1") + "/v1"
 
     def provider(url: str, label: str) -> dict[str, Any]:
@@ -130,15 +128,7 @@ def run_opencode(
     env["OPENCODE_CONFIG"] = str(work / "opencode.json")
     for flag in ("MODELS_FETCH", "AUTOUPDATE", "LSP_DOWNLOAD", "DEFAULT_PLUGINS", "SHARE", "CLAUDE_CODE"):
         env[f"OPENCODE_DISABLE_{flag}"] = "1"
-    return subprocess.run(
-        [str(bin_dir / "opencode"), "run", prompt],
-        cwd=work,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return _run_harness([str(bin_dir / "opencode"), "run", prompt], work, env, 180)
 
 
 def train_one_step(alignment: Any, model: str, reward: float) -> int:

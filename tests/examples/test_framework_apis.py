@@ -8,6 +8,8 @@ from pathlib import Path
 import agentlightning as agl
 import pytest
 from framework_checks import (
+    Episode,
+    RunEpisode,
     check_episode,
     episodes_until,
     sequence_report,
@@ -36,14 +38,19 @@ async def _anthropic_episode(llm: agl.LLM, seed: int) -> int:
     return calls
 
 
-async def test_agents_sdk_default_provider_speaks_responses_and_keeps_the_researcher_one_sequence() -> None:
+async def _lookup_episodes(run: RunEpisode, api: str) -> tuple[Episode, list[Episode]]:
+    """Seeded episodes of ``run`` until one round-trips the ``lookup`` tool; asserts each episode's
+    contract and that every call went through ``api``. Returns (that episode, every episode run)."""
     async with served_endpoint() as served:
-        (looked_up,), episodes = await episodes_until(
-            served, _responses_episode, lambda e: tool_round_trip(e, "lookup")
-        )
+        (looked_up,), episodes = await episodes_until(served, run, lambda e: tool_round_trip(e, "lookup"))
     for episode in episodes:
         check_episode(episode)
-        assert all(c.attributes[S.AGL_API] == "responses" for c in episode.calls)
+        assert all(c.attributes[S.AGL_API] == api for c in episode.calls)
+    return looked_up, episodes
+
+
+async def test_agents_sdk_default_provider_speaks_responses_and_keeps_the_researcher_one_sequence() -> None:
+    looked_up, episodes = await _lookup_episodes(_responses_episode, "responses")
     researcher = [c.index for c in looked_up.calls if c.agent_name == "researcher"]
     assert len(researcher) >= 2
     assert not [d for d in looked_up.trajectory.alignment.drift if d.call_index in researcher[1:]]
@@ -51,13 +58,7 @@ async def test_agents_sdk_default_provider_speaks_responses_and_keeps_the_resear
 
 
 async def test_anthropic_tool_agent_episode_is_one_sequence() -> None:
-    async with served_endpoint() as served:
-        (looked_up,), episodes = await episodes_until(
-            served, _anthropic_episode, lambda e: tool_round_trip(e, "lookup")
-        )
-    for episode in episodes:
-        check_episode(episode)
-        assert all(c.attributes[S.AGL_API] == "messages" for c in episode.calls)
+    looked_up, episodes = await _lookup_episodes(_anthropic_episode, "messages")
     assert len(looked_up.calls) >= 2
     assert len(looked_up.trajectory.alignment.sequences) == 1 and not looked_up.trajectory.alignment.drift
     print("anthropic", sequence_report(episodes))

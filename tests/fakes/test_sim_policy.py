@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -73,29 +74,38 @@ def _total_loss(policy: Policy, loss_fn: str, batch) -> torch.Tensor:  # type: i
     return torch.stack(per).sum()
 
 
+def _check_gradients(
+    policy: Policy, names: list[str], loss: torch.Tensor, loss_of: Callable[[], torch.Tensor]
+) -> int:
+    """Assert ``loss``'s autograd gradient matches central finite differences of ``loss_of()`` on
+    the two largest-gradient entries of each parameter group in ``names`` (the largest, so the check
+    cannot pass on zeros alone); returns how many of the checked entries carry real signal."""
+    grads = dict(zip(names, torch.autograd.grad(loss, [policy.params[n] for n in names]), strict=True))
+    checked = 0
+    for name in names:
+        flat_grad = grads[name].flatten()
+        for index in torch.argsort(flat_grad.abs(), descending=True)[:2].tolist():
+            param = policy.params[name]
+            h = 1e-6
+            with torch.no_grad():
+                param.view(-1)[index] += h
+                up = float(loss_of())
+                param.view(-1)[index] -= 2 * h
+                down = float(loss_of())
+                param.view(-1)[index] += h
+            numeric = (up - down) / (2 * h)
+            assert flat_grad[index].item() == pytest.approx(numeric, rel=1e-4, abs=1e-6), (name, index)
+            checked += abs(numeric) > 1e-3
+    return checked
+
+
 @pytest.mark.parametrize("loss_fn", ["cross_entropy", "importance_sampling", "ppo"])
 def test_gradients_match_finite_differences(vocab, loss_fn: str) -> None:  # type: ignore[no-untyped-def]
     policy = _random_policy(vocab)
     batch = _rl_batch(vocab, policy)
     loss = _total_loss(policy, loss_fn, batch)
     names = ["lora_a", "lora_b", "behaviour_bias", "gate", "bg_bias", "bg_b"]
-    grads = dict(zip(names, torch.autograd.grad(loss, [policy.params[n] for n in names]), strict=True))
-    checked = 0
-    for name in names:
-        flat_grad = grads[name].flatten()
-        # the entries with the largest gradients, so the check cannot pass on zeros alone
-        for index in torch.argsort(flat_grad.abs(), descending=True)[:2].tolist():
-            param = policy.params[name]
-            h = 1e-6
-            with torch.no_grad():
-                param.view(-1)[index] += h
-                up = float(_total_loss(policy, loss_fn, batch))
-                param.view(-1)[index] -= 2 * h
-                down = float(_total_loss(policy, loss_fn, batch))
-                param.view(-1)[index] += h
-            numeric = (up - down) / (2 * h)
-            assert flat_grad[index].item() == pytest.approx(numeric, rel=1e-4, abs=1e-6), (name, index)
-            checked += abs(numeric) > 1e-3
+    checked = _check_gradients(policy, names, loss, lambda: _total_loss(policy, loss_fn, batch))
     assert checked >= 6  # most parameter groups carry real signal
 
 
@@ -266,22 +276,7 @@ def test_off_policy_gradients_match_finite_differences(vocab, loss_fn: str, conf
     )
     assert float(loss.detach()) == pytest.approx(direct, rel=1e-12)
     names = ["lora_b", "behaviour_bias", "gate", "bg_bias", "bg_b"]
-    grads = dict(zip(names, torch.autograd.grad(loss, [policy.params[n] for n in names]), strict=True))
-    checked = 0
-    for name in names:
-        flat_grad = grads[name].flatten()
-        for index in torch.argsort(flat_grad.abs(), descending=True)[:2].tolist():
-            param = policy.params[name]
-            h = 1e-6
-            with torch.no_grad():
-                param.view(-1)[index] += h
-                up = float(total())
-                param.view(-1)[index] -= 2 * h
-                down = float(total())
-                param.view(-1)[index] += h
-            numeric = (up - down) / (2 * h)
-            assert flat_grad[index].item() == pytest.approx(numeric, rel=1e-4, abs=1e-6), (name, index)
-            checked += abs(numeric) > 1e-3
+    checked = _check_gradients(policy, names, loss, total)
     assert checked >= 5
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spanfactory import call_spans, conversation, span_id
+from agentlightning.types import Span
+from spanfactory import CallSpec, call_spans, conversation, span_id
 
 from agl_tinker.core.trajectory import RolloutTrajectory, rollout_trajectory
 from agl_tinker.viewer.writer import TranscriptWriter
@@ -41,21 +42,29 @@ def rollout(rid: str, reward: float | None, n_calls: int = 3, *, drift: bool = F
     calls, spans = conversation(
         n_calls, rollout_id=rid, final_reward=reward, with_messages=True, first_prompt=60, answer=24
     )
-    if drift:  # the last call's prompt re-rendered: one token of the history changed
-        last = calls[-1]
-        bad = [*last.prompt]
-        bad[5] += 1
-        calls[-1] = dataclasses.replace(last, prompt=bad, prefix_length=None)
-        spans = [s for s in spans if s.span_id != span_id(n_calls - 1)]
-        spans += call_spans(
-            calls[-1],
-            "agl",
-            span_id=span_id(n_calls - 1),
-            rollout_id=rid,
-            attempt_id="at-1",
-            sequence_id=n_calls,
-        )
+    if drift:
+        spans = drift_last_call(calls, spans, rid)
     return rollout_trajectory(spans, status="succeeded", decode=decode)
+
+
+def drift_last_call(calls: list[CallSpec], spans: list[Span], rid: str) -> list[Span]:
+    """The last call's prompt re-rendered: one token of the history changed (``calls[-1]`` is
+    replaced in place); returns ``spans`` with that call's span recorded anew."""
+    n_calls = len(calls)
+    last = calls[-1]
+    bad = [*last.prompt]
+    bad[5] += 1
+    calls[-1] = dataclasses.replace(last, prompt=bad, prefix_length=None)
+    spans = [s for s in spans if s.span_id != span_id(n_calls - 1)]
+    spans += call_spans(
+        calls[-1],
+        "agl",
+        span_id=span_id(n_calls - 1),
+        rollout_id=rid,
+        attempt_id="at-1",
+        sequence_id=n_calls,
+    )
+    return spans
 
 
 def step_groups(step: int, n_groups: int, group_size: int) -> list[Group]:

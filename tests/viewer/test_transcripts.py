@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,8 +10,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from recorded_run import Group, Outcome
-from spanfactory import call_spans, conversation, span_id
+from recorded_run import Group, Outcome, drift_last_call
+from spanfactory import conversation
 
 from agl_tinker.core.trajectory import rollout_trajectory
 from agl_tinker.loop.config import ConfigError, TrainConfig
@@ -22,20 +21,8 @@ from agl_tinker.viewer.writer import TranscriptWriter, transcript_file
 
 def _rollout(rid: str, reward: float | None, n_calls: int = 3, *, drift: bool = False) -> Any:
     calls, spans = conversation(n_calls, rollout_id=rid, final_reward=reward, with_messages=True)
-    if drift:  # the last call's prompt re-rendered: one token of the history changed
-        last = calls[-1]
-        bad = [*last.prompt]
-        bad[5] = bad[5] + 1
-        calls[-1] = dataclasses.replace(last, prompt=bad, prefix_length=None)
-        spans = [s for s in spans if s.span_id != span_id(n_calls - 1)]
-        spans += call_spans(
-            calls[-1],
-            "agl",
-            span_id=span_id(n_calls - 1),
-            rollout_id=rid,
-            attempt_id="at-1",
-            sequence_id=n_calls,
-        )
+    if drift:
+        spans = drift_last_call(calls, spans, rid)
     return calls, rollout_trajectory(spans, status="succeeded", decode=lambda ids: " ".join(map(str, ids)))
 
 

@@ -14,21 +14,12 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from chromium import CHROMIUM, CHROMIUM_ARGS
 from recorded_run import decode, step_groups, write_run, write_step
 
 from agl_tinker.viewer.server import start
 from agl_tinker.viewer.writer import TranscriptWriter
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "viewer"
 
 

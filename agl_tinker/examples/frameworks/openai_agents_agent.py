@@ -19,12 +19,14 @@ from typing import Any
 import agentlightning as agl
 from agents import (
     Agent,
+    Model,
     ModelSettings,
     OpenAIChatCompletionsModel,
     RunConfig,
     Runner,
     function_tool,
 )
+from agents.exceptions import MaxTurnsExceeded
 from agents.items import ModelResponse
 from openai import AsyncOpenAI
 
@@ -46,18 +48,23 @@ def lookup(query: str) -> str:
 
 
 def build_agents(client: AsyncOpenAI, model: str, temperature: float = 1.0, max_tokens: int = 96) -> Agent:
-    """The researcher (tool + handoff) and the writer it hands off to; returns the starting agent."""
+    """The researcher and writer of :func:`team` on chat completions over ``client``."""
+    return team(OpenAIChatCompletionsModel(model=model, openai_client=client), temperature, max_tokens)
+
+
+def team(model: str | Model, temperature: float = 1.0, max_tokens: int = 96) -> Agent:
+    """The researcher (tool + handoff) and the writer it hands off to, both on ``model`` (a model
+    object, or a name the run's model provider resolves); returns the starting agent."""
 
     def settings(name: str) -> ModelSettings:
         return ModelSettings(
             temperature=temperature, max_tokens=max_tokens, extra_headers={"X-Agent-Name": name}
         )
 
-    chat_model = OpenAIChatCompletionsModel(model=model, openai_client=client)
     writer = Agent(
         name="writer",
         instructions="You write the final answer, naming the object in one short sentence.",
-        model=chat_model,
+        model=model,
         model_settings=settings("writer"),
     )
     return Agent(
@@ -65,23 +72,24 @@ def build_agents(client: AsyncOpenAI, model: str, temperature: float = 1.0, max_
         instructions="You help users. Use the lookup tool to find facts, then hand off to the writer.",
         tools=[lookup],
         handoffs=[writer],
-        model=chat_model,
+        model=model,
         model_settings=settings("researcher"),
     )
 
 
 async def run_agent(client: AsyncOpenAI, model: str, question: str, max_turns: int = 6) -> tuple[str, int]:
-    """Run the agents on ``question``; return the final answer and how many model calls were made.
+    """Run the agents on ``question``; return the final answer and how many model calls were made
+    (see :func:`run_team`)."""
+    return await run_team(build_agents(client, model), question, max_turns, RunConfig(tracing_disabled=True))
+
+
+async def run_team(start: Agent, question: str, max_turns: int, run_config: RunConfig) -> tuple[str, int]:
+    """Run from ``start`` on ``question``; return the final answer and how many model calls were made.
 
     A run that exceeds ``max_turns`` ends with an empty answer (the SDK raises ``MaxTurnsExceeded``).
     """
-    from agents.exceptions import MaxTurnsExceeded
-
-    start = build_agents(client, model)
     try:
-        result = await Runner.run(
-            start, question, max_turns=max_turns, run_config=RunConfig(tracing_disabled=True)
-        )
+        result = await Runner.run(start, question, max_turns=max_turns, run_config=run_config)
     except MaxTurnsExceeded as exc:
         data = exc.run_data
         return "", len(data.raw_responses) if data is not None else max_turns

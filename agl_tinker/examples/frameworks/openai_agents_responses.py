@@ -17,12 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 import agentlightning as agl
-from agents import Agent, ModelSettings, RunConfig, Runner
-from agents.exceptions import MaxTurnsExceeded
+from agents import Agent, RunConfig
 from agents.models.multi_provider import MultiProvider
 from openai import AsyncOpenAI
 
-from agl_tinker.examples.frameworks.openai_agents_agent import TASKS, client_for, lookup
+from agl_tinker.examples.frameworks.openai_agents_agent import TASKS, client_for, run_team, team
 
 __all__ = ["TASKS", "openai_agents_responses_agent", "plain_model_name", "run_agent"]
 
@@ -33,40 +32,14 @@ def plain_model_name(model: str) -> str:
 
 
 def build_agents(model: str, temperature: float = 1.0, max_tokens: int = 96) -> Agent:
-    """The researcher (tool + handoff) and the writer, naming their model by a plain string."""
-
-    def settings(name: str) -> ModelSettings:
-        return ModelSettings(
-            temperature=temperature, max_tokens=max_tokens, extra_headers={"X-Agent-Name": name}
-        )
-
-    writer = Agent(
-        name="writer",
-        instructions="You write the final answer, naming the object in one short sentence.",
-        model=model,
-        model_settings=settings("writer"),
-    )
-    return Agent(
-        name="researcher",
-        instructions="You help users. Use the lookup tool to find facts, then hand off to the writer.",
-        tools=[lookup],
-        handoffs=[writer],
-        model=model,
-        model_settings=settings("researcher"),
-    )
+    """The researcher (tool + handoff) and the writer of :func:`team`, naming their model by a plain string."""
+    return team(model, temperature, max_tokens)
 
 
 async def run_agent(client: AsyncOpenAI, model: str, question: str, max_turns: int = 6) -> tuple[str, int]:
     """Run the agents on ``question`` through the default provider; return the answer and the model calls."""
     config = RunConfig(model_provider=MultiProvider(openai_client=client), tracing_disabled=True)
-    try:
-        result = await Runner.run(
-            build_agents(plain_model_name(model)), question, max_turns=max_turns, run_config=config
-        )
-    except MaxTurnsExceeded as exc:
-        data = exc.run_data
-        return "", len(data.raw_responses) if data is not None else max_turns
-    return str(result.final_output or ""), len(result.raw_responses)
+    return await run_team(build_agents(plain_model_name(model)), question, max_turns, config)
 
 
 async def openai_agents_responses_rollout(task: dict[str, Any], llm: agl.LLM) -> float:
