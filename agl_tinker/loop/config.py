@@ -97,9 +97,10 @@ class TrainConfig:
     learning_rate: float = chz.field(default=4e-5, doc="Adam learning rate of each optimiser step.")
     loss_fn: LossFn = chz.field(
         default="importance_sampling",
-        doc="Policy-gradient loss: 'importance_sampling', 'ppo', 'cispo', 'dro' or 'gspo' (Tinker's "
-        "built-ins); 'stable_reinforce' is accepted by the simulator and the datums but not wired in "
-        "the loop yet (docs/offpolicy.md).",
+        doc="Policy-gradient loss: 'importance_sampling', 'ppo', 'cispo', 'dro', 'gspo' or "
+        "'stable_reinforce' (Tinker's built-ins). 'stable_reinforce' serves through sampling clients "
+        "that record stability info and trains datums naming each call's sampled sequence; a datum "
+        "whose call was not recorded is left out and counted (datums/unrecorded).",
     )
     loss_fn_config: dict[str, Any] | None = chz.field(
         default=None,
@@ -359,12 +360,6 @@ class TrainConfig:
             raise ConfigError(
                 f"loss_fn_config keys {sorted(unknown)} are not {self.loss_fn!r}'s; it takes "
                 f"{sorted(LOSS_CONFIG_KEYS[self.loss_fn]) or 'none'}"
-            )
-        if self.loss_fn in PROVENANCE_LOSSES:
-            raise ConfigError(
-                f"loss_fn={self.loss_fn!r} needs sampling clients with record_stability_info and datums "
-                "that keep their provenance up to forward_backward; the loop does not do that yet "
-                "(docs/offpolicy.md says what is missing)"
             )
 
     def _validate_overlap(self) -> None:
