@@ -36,6 +36,7 @@ LOSS_CONFIG_KEYS: dict[str, frozenset[str]] = {
 PROVENANCE_LOSSES: frozenset[str] = frozenset({"stable_reinforce"})
 """Losses whose datums must name their recorded sampled sequences (``Datum.with_provenance``)."""
 EndpointMode = Literal["lean", "proxy"]
+SamplingClientKind = Literal["snapshot", "inflight"]
 
 
 POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -101,6 +102,13 @@ class TrainConfig:
         "'stable_reinforce' (Tinker's built-ins). 'stable_reinforce' serves through sampling clients "
         "that record stability info and trains datums naming each call's sampled sequence; a datum "
         "whose call was not recorded is left out and counted (datums/unrecorded).",
+    )
+    sampling_client_kind: SamplingClientKind = chz.field(
+        default="snapshot",
+        doc="How new weights reach the served sampling client (the SDK's SamplingClientKind): 'snapshot' "
+        "saves fixed weights each step; 'inflight' saves onto the training model's one shared target, "
+        "which clients already serving (and calls in flight) adopt; each call records the save its client "
+        "was created at, the oldest weights it may have run on.",
     )
     loss_fn_config: dict[str, Any] | None = chz.field(
         default=None,
@@ -343,6 +351,7 @@ class TrainConfig:
         choices: dict[str, tuple[str, tuple[str, ...]]] = {
             "loss_fn": (self.loss_fn, get_args(LossFn)),
             "endpoint_mode": (self.endpoint_mode, get_args(EndpointMode)),
+            "sampling_client_kind": (self.sampling_client_kind, get_args(SamplingClientKind)),
             "on_gap": (self.on_gap, ("exclude", "train")),
         }
         for name, (choice, allowed) in choices.items():

@@ -315,6 +315,7 @@ class MultiPolicyLoop(TrainingRun):
                 run.settings.num_substeps,
                 run.kl_reference,
                 records_stability_info=self.config.loss_fn in PROVENANCE_LOSSES,
+                sampling_client_kind=self.config.sampling_client_kind,
             )
             for name, run in self.runs.items()
         ]

@@ -77,6 +77,8 @@ class Learner:
         kl_reference: the KL penalty's reference sampling client, ``None`` without a penalty.
         records_stability_info: serve through sampling clients created with
             ``record_stability_info=True`` (the loss needs each call's ``sequence_id``).
+        sampling_client_kind: ``"snapshot"`` (fixed weights per save) or ``"inflight"`` (each save
+            updates the training model's shared target, adopted by the clients already serving).
     """
 
     name: str | None
@@ -85,6 +87,7 @@ class Learner:
     num_substeps: int
     kl_reference: Any = None
     records_stability_info: bool = False
+    sampling_client_kind: str = "snapshot"
 
     @property
     def prefix(self) -> str:
@@ -95,8 +98,11 @@ class Learner:
         """Save the current weights for sampling; their sampling client (timed on ``clock``).
 
         The client records stability info (each sample's ``sequence_id``) when
-        ``records_stability_info`` is set; serve it with the same flag (:meth:`publish` does)."""
+        ``records_stability_info`` is set; serve it with the same flag (:meth:`publish` does). With
+        ``sampling_client_kind="inflight"`` the save also reaches every in-flight client made before."""
         kwargs: dict[str, Any] = {"record_stability_info": True} if self.records_stability_info else {}
+        if self.sampling_client_kind != "snapshot":
+            kwargs["kind"] = self.sampling_client_kind
         if clock is not None:
             clock.begin()
         try:
@@ -106,7 +112,12 @@ class Learner:
                 clock.end()
 
     async def publish(self, endpoint: Any, version: int, clock: BusyClock | None = None) -> None:
-        """Serve the current weights as ``version`` from the endpoint's next request on."""
+        """Serve the current weights as ``version`` from the endpoint's next request on.
+
+        In-flight clients: the swap costs no drain (requests in flight keep their client, which
+        adopts the new weights too); new calls get a fresh session and record ``version``, the
+        oldest weights they may run on; calls already in flight keep the older version they
+        recorded (a lower bound of what they ran on)."""
         endpoint.swap(
             await self.sampling_client(clock),
             version=version,

@@ -345,6 +345,7 @@ class TrainingRun:
                 cfg.num_substeps,
                 self.kl_reference,
                 records_stability_info=cfg.loss_fn in PROVENANCE_LOSSES,
+                sampling_client_kind=cfg.sampling_client_kind,
             )
         ]
 
