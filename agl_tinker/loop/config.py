@@ -36,6 +36,7 @@ LOSS_CONFIG_KEYS: dict[str, frozenset[str]] = {
 PROVENANCE_LOSSES: frozenset[str] = frozenset({"stable_reinforce"})
 """Losses whose datums must name their recorded sampled sequences (``Datum.with_provenance``)."""
 EndpointMode = Literal["lean", "proxy"]
+SamplingClientKind = Literal["snapshot", "inflight"]
 
 
 POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -97,9 +98,17 @@ class TrainConfig:
     learning_rate: float = chz.field(default=4e-5, doc="Adam learning rate of each optimiser step.")
     loss_fn: LossFn = chz.field(
         default="importance_sampling",
-        doc="Policy-gradient loss: 'importance_sampling', 'ppo', 'cispo', 'dro' or 'gspo' (Tinker's "
-        "built-ins); 'stable_reinforce' is accepted by the simulator and the datums but not wired in "
-        "the loop yet (docs/offpolicy.md).",
+        doc="Policy-gradient loss: 'importance_sampling', 'ppo', 'cispo', 'dro', 'gspo' or "
+        "'stable_reinforce' (Tinker's built-ins). 'stable_reinforce' serves through sampling clients "
+        "that record stability info and trains datums naming each call's sampled sequence; a datum "
+        "whose call was not recorded is left out and counted (datums/unrecorded).",
+    )
+    sampling_client_kind: SamplingClientKind = chz.field(
+        default="snapshot",
+        doc="How new weights reach the served sampling client (the SDK's SamplingClientKind): 'snapshot' "
+        "saves fixed weights each step; 'inflight' saves onto the training model's one shared target, "
+        "which clients already serving (and calls in flight) adopt; each call records the save its client "
+        "was created at, the oldest weights it may have run on.",
     )
     loss_fn_config: dict[str, Any] | None = chz.field(
         default=None,
@@ -342,6 +351,7 @@ class TrainConfig:
         choices: dict[str, tuple[str, tuple[str, ...]]] = {
             "loss_fn": (self.loss_fn, get_args(LossFn)),
             "endpoint_mode": (self.endpoint_mode, get_args(EndpointMode)),
+            "sampling_client_kind": (self.sampling_client_kind, get_args(SamplingClientKind)),
             "on_gap": (self.on_gap, ("exclude", "train")),
         }
         for name, (choice, allowed) in choices.items():
@@ -359,12 +369,6 @@ class TrainConfig:
             raise ConfigError(
                 f"loss_fn_config keys {sorted(unknown)} are not {self.loss_fn!r}'s; it takes "
                 f"{sorted(LOSS_CONFIG_KEYS[self.loss_fn]) or 'none'}"
-            )
-        if self.loss_fn in PROVENANCE_LOSSES:
-            raise ConfigError(
-                f"loss_fn={self.loss_fn!r} needs sampling clients with record_stability_info and datums "
-                "that keep their provenance up to forward_backward; the loop does not do that yet "
-                "(docs/offpolicy.md says what is missing)"
             )
 
     def _validate_overlap(self) -> None:

@@ -41,7 +41,7 @@ from agl_tinker.loop.checkpoints import (
     resume_candidates,
     set_aside,
 )
-from agl_tinker.loop.config import ResolvedPolicy, TrainConfig
+from agl_tinker.loop.config import PROVENANCE_LOSSES, ResolvedPolicy, TrainConfig
 from agl_tinker.loop.data import TaskDataset
 from agl_tinker.loop.progress import step_label
 from agl_tinker.loop.step_metrics import StepTimes, step_row, sum_policy_metrics
@@ -241,6 +241,7 @@ class MultiPolicyLoop(TrainingRun):
                 models=run.settings.models,
                 renderer_name=run.renderer_name,
                 weights_version=start_step,
+                records_stability_info=learner.records_stability_info,
             )
         self.endpoint = await start_policy_endpoint(
             EndpointConfig(
@@ -313,6 +314,8 @@ class MultiPolicyLoop(TrainingRun):
                 run.settings.learning_rate,
                 run.settings.num_substeps,
                 run.kl_reference,
+                records_stability_info=self.config.loss_fn in PROVENANCE_LOSSES,
+                sampling_client_kind=self.config.sampling_client_kind,
             )
             for name, run in self.runs.items()
         ]

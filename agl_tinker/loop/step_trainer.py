@@ -7,6 +7,10 @@ through :meth:`Learner.publish`. This module holds the package's only call of th
 
 * Without streaming, a step's groups go through the cookbook's ``train_step`` at the end
   (``num_substeps`` ``forward_backward`` + ``optim_step`` pairs, pipelined).
+* A loss that needs provenance (``stable_reinforce``) trains without the cookbook's ``train_step``:
+  it rebuilds each datum without its ``model_input_spans``/``loss_fn_input_spans``. The step trainer
+  splits the step the same way and calls ``forward_backward`` + ``optim_step`` itself, on datums whose
+  ``mask`` is stripped with :func:`dataclasses.replace` (provenance kept).
 * With streaming (``StreamMinibatchConfig``), each minibatch of groups becomes datums and is
   submitted to ``forward_backward`` as soon as it is complete; an ``optim_step`` follows every
   ``groups_per_substep`` groups. The datums come from the same :func:`~agl_tinker.loop.datums.group_datums`.
@@ -14,6 +18,7 @@ through :meth:`Learner.publish`. This module holds the package's only call of th
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,9 +27,10 @@ from typing import Any
 import tinker
 from tinker_cookbook.rl.metrics import compute_kl_sample_train
 from tinker_cookbook.rl.train import StreamMinibatchConfig, train_step
+from tinker_cookbook.utils.misc_utils import split_list
 
 from agl_tinker.core.trajectory import RolloutTrajectory
-from agl_tinker.loop.config import TrainConfig
+from agl_tinker.loop.config import PROVENANCE_LOSSES, TrainConfig
 from agl_tinker.loop.datums import group_datums
 
 __all__ = ["BusyClock", "Learner", "StepTrainer"]
@@ -69,6 +75,10 @@ class Learner:
         learning_rate: Adam's learning rate.
         num_substeps: optimiser steps per training step.
         kl_reference: the KL penalty's reference sampling client, ``None`` without a penalty.
+        records_stability_info: serve through sampling clients created with
+            ``record_stability_info=True`` (the loss needs each call's ``sequence_id``).
+        sampling_client_kind: ``"snapshot"`` (fixed weights per save) or ``"inflight"`` (each save
+            updates the training model's shared target, adopted by the clients already serving).
     """
 
     name: str | None
@@ -76,6 +86,8 @@ class Learner:
     learning_rate: float
     num_substeps: int
     kl_reference: Any = None
+    records_stability_info: bool = False
+    sampling_client_kind: str = "snapshot"
 
     @property
     def prefix(self) -> str:
@@ -83,18 +95,35 @@ class Learner:
         return "" if self.name is None else f"policy/{self.name}/"
 
     async def sampling_client(self, clock: BusyClock | None = None) -> Any:
-        """Save the current weights for sampling; their sampling client (timed on ``clock``)."""
+        """Save the current weights for sampling; their sampling client (timed on ``clock``).
+
+        The client records stability info (each sample's ``sequence_id``) when
+        ``records_stability_info`` is set; serve it with the same flag (:meth:`publish` does). With
+        ``sampling_client_kind="inflight"`` the save also reaches every in-flight client made before."""
+        kwargs: dict[str, Any] = {"record_stability_info": True} if self.records_stability_info else {}
+        if self.sampling_client_kind != "snapshot":
+            kwargs["kind"] = self.sampling_client_kind
         if clock is not None:
             clock.begin()
         try:
-            return await self.training_client.save_weights_and_get_sampling_client()
+            return await self.training_client.save_weights_and_get_sampling_client(**kwargs)
         finally:
             if clock is not None:
                 clock.end()
 
     async def publish(self, endpoint: Any, version: int, clock: BusyClock | None = None) -> None:
-        """Serve the current weights as ``version`` from the endpoint's next request on."""
-        endpoint.swap(await self.sampling_client(clock), version=version, policy=self.name)
+        """Serve the current weights as ``version`` from the endpoint's next request on.
+
+        In-flight clients: the swap costs no drain (requests in flight keep their client, which
+        adopts the new weights too); new calls get a fresh session and record ``version``, the
+        oldest weights they may run on; calls already in flight keep the older version they
+        recorded (a lower bound of what they ran on)."""
+        endpoint.swap(
+            await self.sampling_client(clock),
+            version=version,
+            policy=self.name,
+            records_stability_info=self.records_stability_info,
+        )
 
 
 class StepTrainer:
@@ -102,7 +131,8 @@ class StepTrainer:
 
     After :meth:`finish`: ``data`` (the datums trained), ``trained`` (the keys of the groups they
     came from), ``valid`` (the groups with enough valid rollouts, before constant-reward removal)
-    and :meth:`metrics` (``groups/*``, ``optim/*``, KL, ``train/datums``, under the learner's prefix).
+    and :meth:`metrics` (``groups/*``, ``optim/*``, KL, ``train/datums``, ``datums/unrecorded``: datums
+    left out because the loss needs ids their calls did not record; under the learner's prefix).
     """
 
     def __init__(
@@ -130,7 +160,12 @@ class StepTrainer:
         self.training_logprobs: list[Any] = []
         self.trained: set[int] = set()
         self.valid: list[Any] = []
-        self._counts = {"groups/dropped": 0, "groups/trained": 0, "groups/constant_removed": 0}
+        self._counts = {
+            "groups/dropped": 0,
+            "groups/trained": 0,
+            "groups/constant_removed": 0,
+            "datums/unrecorded": 0,
+        }
         self._extra: dict[str, Any] = {}
 
     async def add(self, key: int, rollouts: Sequence[RolloutTrajectory]) -> None:
@@ -145,6 +180,12 @@ class StepTrainer:
 
     async def finish(self) -> None:
         """Train what is left of the step."""
+        if self.stream is None and self.cfg.loss_fn in PROVENANCE_LOSSES:
+            data = await self._datums()
+            for batch in split_list(data, min(self.learner.num_substeps, len(data))) if data else []:
+                await self._forward_backward(batch)
+                await self._optim_step()
+            return
         if self.stream is None:
             data = await self._datums()
             if data:
@@ -186,6 +227,7 @@ class StepTrainer:
         self.valid.extend(made.valid)
         self._counts["groups/dropped"] += made.dropped
         self._counts["groups/constant_removed"] += made.constant_removed
+        self._counts["datums/unrecorded"] += made.unrecorded
         if not made.trained:
             return []
         self._counts["groups/trained"] += len(made.trained)
@@ -196,8 +238,10 @@ class StepTrainer:
 
     async def _submit_minibatch(self) -> None:
         data = await self._datums()
-        if not data:
-            return
+        if data:
+            await self._forward_backward(data)
+
+    async def _forward_backward(self, data: list[tinker.Datum]) -> None:
         # The ``_async`` spellings, as the cookbook's own train_step uses: they return the future.
         # The clock starts before the call: the service may run the work while it is submitted.
         self.clock.begin()
@@ -235,6 +279,9 @@ class StepTrainer:
 
 
 def _remove_mask(datum: tinker.Datum) -> tinker.Datum:
-    """The cookbook's datums carry a ``mask`` the service refuses; its train_step strips it too."""
+    """The cookbook's datums carry a ``mask`` the service refuses; its train_step strips it too.
+
+    Unlike the cookbook's, this keeps the datum's provenance (``model_input_spans``,
+    ``loss_fn_input_spans``): ``stable_reinforce`` needs it."""
     inputs = {k: v for k, v in datum.loss_fn_inputs.items() if k != "mask"}
-    return tinker.Datum(model_input=datum.model_input, loss_fn_inputs=inputs)
+    return dataclasses.replace(datum, loss_fn_inputs=inputs)

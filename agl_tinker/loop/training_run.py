@@ -42,7 +42,7 @@ from agl_tinker.loop.checkpoints import (
     resume_candidates,
     set_aside,
 )
-from agl_tinker.loop.config import TrainConfig
+from agl_tinker.loop.config import PROVENANCE_LOSSES, TrainConfig
 from agl_tinker.loop.data import TaskDataset
 from agl_tinker.loop.errors import NoTrainableRollouts, StoreLost
 from agl_tinker.loop.progress import ProgressDisplay, step_label
@@ -161,7 +161,8 @@ class TrainingRun:
                 lambda: self.service.create_sampling_client(base_model=cfg.model_name),
             )
             self.kl_reference = RetryingSamplingClient(reference, self.retrier)
-        sampling_client = await self.learners()[0].sampling_client()
+        learner = self.learners()[0]
+        sampling_client = await learner.sampling_client()
         self.endpoint = await start_endpoint(
             EndpointConfig(
                 mode=cfg.endpoint_mode,
@@ -179,6 +180,7 @@ class TrainingRun:
             base_model=cfg.model_name,
             tokenizer=self.tokenizer,
             weights_version=start_step,
+            records_stability_info=learner.records_stability_info,
         )
         self.train_resources_id = await self._add_llm_resource(cfg.temperature)
         self.val_resources_id = await self._add_llm_resource(cfg.eval_temperature)
@@ -335,7 +337,17 @@ class TrainingRun:
     def learners(self) -> list[Learner]:
         """The training side of each policy of the run (a list of one for a single policy)."""
         cfg = self.config
-        return [Learner(None, self.training_client, cfg.learning_rate, cfg.num_substeps, self.kl_reference)]
+        return [
+            Learner(
+                None,
+                self.training_client,
+                cfg.learning_rate,
+                cfg.num_substeps,
+                self.kl_reference,
+                records_stability_info=cfg.loss_fn in PROVENANCE_LOSSES,
+                sampling_client_kind=cfg.sampling_client_kind,
+            )
+        ]
 
     def check_trainable(
         self, step: int, batch: BatchResult[RolloutTrajectory], groups: list[TrajectoryGroup]

@@ -18,6 +18,7 @@ from agl_tinker.loop.config import ConfigError, TrainConfig
         ("cispo", {"clip_high_threshold": 1.3}),
         ("dro", {"beta": 0.05}),
         ("gspo", None),
+        ("stable_reinforce", {"kl_coeff": 0.01}),
     ],
 )
 def test_documented_losses_and_their_config_are_accepted(
@@ -32,7 +33,7 @@ def test_documented_losses_and_their_config_are_accepted(
         ("importance_sampling", {"beta": 0.1}, "not 'importance_sampling'"),
         ("dro", {"clip_low_threshold": 0.5}, "takes \\['beta'\\]"),
         ("ppo", {"kl_coeff": 0.1}, "clip_high_threshold"),
-        ("stable_reinforce", None, "record_stability_info"),
+        ("stable_reinforce", {"beta": 0.1}, "kl_coeff"),
     ],
 )
 def test_a_loss_config_the_loss_does_not_take_is_refused(

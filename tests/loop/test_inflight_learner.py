@@ -1,0 +1,81 @@
+"""``sampling_client_kind`` through ``Learner.publish`` on the simulator (issue 37): with
+``"inflight"`` a publish reaches the client the endpoint already serves (so a call still on it runs
+on the new weights or newer than the version it recorded), with ``"snapshot"`` it does not."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tinker
+
+from agl_tinker.loop.config import ConfigError, TrainConfig
+from agl_tinker.loop.step_trainer import Learner
+from agl_tinker.tinker_retry import Retrier, RetryingTrainingClient
+from fakes.tinker import ServiceClient, SimConfig
+
+BASE = "Qwen/Qwen3-4B-Instruct-2507"
+
+
+class _Endpoint:
+    """Records what ``Learner.publish`` swaps in (the endpoint's ``swap`` contract)."""
+
+    def __init__(self) -> None:
+        self.served: list[tuple[Any, int | str, bool]] = []
+
+    def swap(
+        self, client: Any, *, version: int | str, policy: str | None, records_stability_info: bool
+    ) -> None:
+        self.served.append((client, version, records_stability_info))
+
+
+def _ran_on(service: ServiceClient, client: Any, prompt: list[int]) -> set[int]:
+    """The simulator's weights versions the samples of one call ran on (read from its ledger)."""
+    params = tinker.SamplingParams(max_tokens=8, seed=1)
+    response = client.sample(tinker.ModelInput.from_ints(prompt), 2, params).result()
+    ledger = service._runtime.stability
+    return {ledger.peek(seq.sequence_id).weights_version for seq in response.sequences}  # type: ignore[union-attr]
+
+
+async def _publish_twice(tmp_path: Path, kind: str) -> tuple[ServiceClient, _Endpoint, list[int]]:
+    warnings.simplefilter("ignore", FutureWarning)
+    service = ServiceClient(config=SimConfig(root_dir=tmp_path))
+    tc = service.create_lora_training_client(BASE, rank=4, seed=0).result()
+    prompt = list(tc.get_tokenizer().encode("Say you are 617"))
+    learner = Learner(
+        None,
+        RetryingTrainingClient(tc, Retrier()),
+        0.05,
+        1,
+        records_stability_info=True,
+        sampling_client_kind=kind,
+    )
+    endpoint = _Endpoint()
+    await learner.publish(endpoint, 0)
+    tc.optim_step(tinker.AdamParams(learning_rate=0.05)).result()
+    await learner.publish(endpoint, 1)
+    return service, endpoint, prompt
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["snapshot", "inflight"])
+async def test_a_publish_reaches_the_served_client_only_in_flight(tmp_path: Path, kind: str) -> None:
+    service, endpoint, prompt = await _publish_twice(tmp_path, kind)
+    (first, v0, recorded0), (second, v1, _) = endpoint.served
+    assert (v0, v1) == (0, 1) and recorded0
+    new = _ran_on(service, second, prompt)
+    old = _ran_on(service, first, prompt)  # a call still on the client served before the publish
+    assert len(new) == 1 and len(old) == 1
+    if kind == "inflight":
+        assert old == new  # it adopted the published weights: never older than it recorded
+    else:
+        assert max(old) < min(new)  # a snapshot keeps its weights
+
+
+def test_an_unknown_sampling_client_kind_is_refused(tmp_path: Path) -> None:
+    config = TrainConfig(log_path=str(tmp_path), sampling_client_kind="mutable")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="sampling_client_kind"):
+        config.validate()
