@@ -102,6 +102,15 @@ class RolloutTrajectory:
     reconstruction: Reconstruction
     alignment: Alignment
     attribution: RewardAttribution
+    unrecorded_calls: int = 0
+    """Calls the endpoint served this attempt beyond the calls its spans hold (``served_calls``
+    of :func:`rollout_trajectory`): their spans never reached the store."""
+
+    @property
+    def lost_calls(self) -> int:
+        """Lost calls, as many as the evidence shows: the alignment's gaps (a later call claims
+        tokens no recorded call produced) or the endpoint's count of calls not recorded, the larger."""
+        return max(len(self.alignment.gaps), self.unrecorded_calls)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -122,7 +131,7 @@ def problem_metrics(rollouts: Iterable[RolloutTrajectory], prefix: str = "") -> 
 
     Returns:
         ``calls/problem/<reason>`` (calls not trained), ``rewards/problem/<reason>`` (reward spans
-        that excluded their rollout), ``align/gaps`` (lost calls) and ``tool_calls/parse_failures``
+        that excluded their rollout), ``align/gaps`` (lost calls, :attr:`RolloutTrajectory.lost_calls`) and ``tool_calls/parse_failures``
         (tool calls the policy wrote that did not parse; the agent got them as text).
     """
     out: dict[str, int] = {f"{prefix}align/gaps": 0, f"{prefix}tool_calls/parse_failures": 0}
@@ -137,7 +146,7 @@ def problem_metrics(rollouts: Iterable[RolloutTrajectory], prefix: str = "") -> 
             else:
                 continue
             out[name] = out.get(name, 0) + value
-        out[f"{prefix}align/gaps"] += len(r.alignment.gaps)
+        out[f"{prefix}align/gaps"] += r.lost_calls
     return out
 
 
@@ -149,6 +158,7 @@ def rollout_trajectory(
     reconstruct_options: ReconstructOptions | None = None,
     align_options: AlignOptions | None = None,
     reward_options: RewardOptions | None = None,
+    served_calls: int | None = None,
 ) -> RolloutTrajectory:
     """Spans of one rollout -> its cookbook ``Trajectory`` (or why it is excluded).
 
@@ -160,14 +170,26 @@ def rollout_trajectory(
         reconstruct_options: defaults to ``ReconstructOptions()``.
         align_options: defaults to ``AlignOptions()``.
         reward_options: defaults to ``RewardOptions()``.
+        served_calls: LLM calls the endpoint served this attempt, when known (``None``: unknown).
+            Spans holding fewer calls (kept and filtered) lost the rest: a lost *last* call is seen
+            only this way (no later call claims its tokens). Lost calls are gaps: they exclude the
+            rollout (``gap``) unless ``align_options.on_gap`` is ``train``.
 
     Returns:
         The trajectory with every intermediate result (for logging).
+
+    Raises:
+        ValueError: ``served_calls`` is negative.
     """
+    if served_calls is not None and served_calls < 0:
+        raise ValueError(f"served_calls must be >= 0 or None, got {served_calls}")
     rec = reconstruct(spans, reconstruct_options or ReconstructOptions())
     align_options = align_options or AlignOptions()
     alignment = align_calls(rec.calls, decode=decode, options=align_options, other_ends=rec.filtered_ends)
-    gaps = len(alignment.gaps) if align_options.on_gap == "exclude" else 0
+    recorded = len(rec.calls) + rec.metrics.get("filtered_calls", 0)
+    unrecorded = 0 if served_calls is None else max(0, served_calls - recorded)
+    lost = max(len(alignment.gaps), unrecorded)
+    gaps = lost if align_options.on_gap == "exclude" else 0
     attribution = attribute_rewards(
         rec.rewards, alignment.step_calls, status, reward_options or RewardOptions(), gaps=gaps
     )
@@ -192,6 +214,7 @@ def rollout_trajectory(
         reconstruction=rec,
         alignment=alignment,
         attribution=attribution,
+        unrecorded_calls=unrecorded,
     )
 
 

@@ -115,7 +115,12 @@ class _Dispatch(Generic[T]):
         self.on_progress = on_progress
         self.call = StoreCaller(cfg.store_retries)
         self.reader = RolloutReader(
-            store, process, self.call, before_read=cfg.before_read, release=cfg.release
+            store,
+            process,
+            self.call,
+            before_read=cfg.before_read,
+            release=cfg.release,
+            call_counts=cfg.call_counts,
         )
         # Group-major order: with a cap on rollouts in flight, whole groups finish early.
         self.slots = [(g, k) for g in range(len(self.tasks)) for k in range(group_size)]

@@ -109,7 +109,12 @@ class ContinuousDispatcher(Generic[T]):
         self._max_rollouts = max_rollouts
         self._call = StoreCaller(self._cfg.store_retries)
         self._reader: RolloutReader[T] = RolloutReader(
-            store, process, self._call, before_read=self._cfg.before_read, release=self._cfg.release
+            store,
+            process,
+            self._call,
+            before_read=self._cfg.before_read,
+            release=self._cfg.release,
+            call_counts=self._cfg.call_counts,
         )
         self._watcher: CompletionSource | None = None
         self._pending: deque[GroupRequest] = deque()

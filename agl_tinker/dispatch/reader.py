@@ -8,7 +8,9 @@ each round of rollouts that finished together to :meth:`RolloutReader.read`, whi
    or reads the rest with one ``query_rollouts`` for the round, alongside one ``query_spans``
    (latest attempt) per rollout;
 3. dedupes the spans (by span id, ordered by sequence id) and hands rollout and spans to
-   ``process`` (the pure reconstruct -> align -> rewards pipeline);
+   ``process`` (the pure reconstruct -> align -> rewards pipeline); with ``call_counts`` (an
+   endpoint in this process) the rollout copy carries the calls served its attempt
+   (:data:`SERVED_CALLS_METADATA_KEY`), and the round's counts are released once read;
 4. releases the round's finished rollouts from the store (:func:`agl_tinker.store_server.release_rollouts`):
    their results are taken, and a store that kept them would grow by a batch every step.
 
@@ -32,6 +34,8 @@ from agl_tinker.dispatch.completion import CompletionSource
 from agl_tinker.dispatch.store_calls import StoreCaller
 from agl_tinker.dispatch.types import (
     DEADLINE_METADATA_KEY,
+    SERVED_CALLS_METADATA_KEY,
+    CallCounts,
     ProcessError,
     RolloutOutcome,
     StoreCallError,
@@ -59,6 +63,7 @@ class RolloutReader(Generic[T]):
         call: the dispatcher's store caller (bounded retries on network errors).
         before_read: awaited once per round before any span is read (``DispatchConfig.before_read``).
         release: release finished rollouts from the store after reading them.
+        call_counts: the endpoint's calls served per attempt (``DispatchConfig.call_counts``).
     """
 
     def __init__(
@@ -69,8 +74,10 @@ class RolloutReader(Generic[T]):
         *,
         before_read: Callable[[], Awaitable[None]] | None = None,
         release: bool = True,
+        call_counts: CallCounts | None = None,
     ) -> None:
         self._store = store
+        self._call_counts = call_counts
         self._process = process
         self._call = call
         self._before_read = before_read
@@ -117,6 +124,8 @@ class RolloutReader(Generic[T]):
         finally:
             if queried is not None:
                 queried.cancel()
+            if self._call_counts is not None:
+                self._call_counts.forget_calls(slots)
         outcomes = dict(zip(slots, results, strict=True))
         await self._release_finished(outcomes.values())
         return outcomes
@@ -139,6 +148,11 @@ class RolloutReader(Generic[T]):
         cut = cut_candidate and rollout.status not in RELEASED_STATUSES
         if cut:
             rollout = _as_cut_by_deadline(rollout)
+        served = self._served_calls(rollout, unique)
+        if served is not None:
+            rollout = rollout.model_copy(
+                update={"metadata": {**(rollout.metadata or {}), SERVED_CALLS_METADATA_KEY: served}}
+            )
         try:
             result = self._process(rollout, unique)
         except Exception as e:
@@ -155,6 +169,19 @@ class RolloutReader(Generic[T]):
             noticed_time=source.noticed.pop(rid, None),
             cut_by_deadline=cut,
         )
+
+    def _served_calls(self, rollout: Rollout, spans: Sequence[Span]) -> int | None:
+        """Calls the endpoint served the attempt whose spans were read, or ``None`` (unknown)."""
+        if self._call_counts is None:
+            return None
+        if isinstance(rollout, AttemptedRollout):
+            attempt_id = rollout.attempt.attempt_id
+        else:
+            attempts = {span.attempt_id for span in spans}
+            if len(attempts) != 1:
+                return None  # no spans, and no attempt named: nothing to compare
+            (attempt_id,) = attempts
+        return self._call_counts.served_calls(rollout.rollout_id, attempt_id)
 
     async def _release_finished(self, outcomes: Collection[RolloutOutcome[Any]]) -> None:
         """Let the store forget the finished rollouts read (best effort: the results are safe)."""

@@ -7,9 +7,9 @@ Shared by :func:`agl_tinker.dispatch.batch.dispatch_batch` (one batch, then retu
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from agentlightning.types import (
     AttemptedRollout,
@@ -24,7 +24,9 @@ from agl_tinker.core.rewards import FinalStatus, final_status
 
 __all__ = [
     "DEADLINE_METADATA_KEY",
+    "SERVED_CALLS_METADATA_KEY",
     "BatchResult",
+    "CallCounts",
     "DispatchConfig",
     "DispatchError",
     "DispatchProgress",
@@ -46,6 +48,24 @@ WaitStrategy = Literal["auto", "events", "wait_any", "long_poll"]
 DEADLINE_METADATA_KEY = "agl_tinker_cut_by_deadline"
 """Set (``True``) in the metadata of the rollout copy ``process`` gets for a rollout ended by
 ``stall_timeout_s``; the store's record is not changed beyond its cancellation."""
+
+
+SERVED_CALLS_METADATA_KEY = "agl_tinker_served_calls"
+"""Set (an ``int``) in the metadata of the rollout copy ``process`` gets when
+``DispatchConfig.call_counts`` knows how many calls the endpoint served the attempt read: spans
+holding fewer calls lost the rest (``served_calls`` of :func:`agl_tinker.core.trajectory.rollout_trajectory`)."""
+
+
+class CallCounts(Protocol):
+    """The endpoint's count of calls served per rollout attempt (:class:`agl_tinker.endpoint.start.Endpoint`)."""
+
+    def served_calls(self, rollout_id: str, attempt_id: str) -> int | None:
+        """Calls served on the attempt's path; ``None`` when unknown."""
+        ...
+
+    def forget_calls(self, rollout_ids: Iterable[str]) -> None:
+        """Release the counts of rollouts read for good."""
+        ...
 
 
 class DispatchError(RuntimeError):
@@ -102,6 +122,9 @@ class DispatchConfig:
             reports it finished covers them all.
         release: release each finished rollout (``succeeded``/``failed``) from the store once
             read (:mod:`agl_tinker.dispatch.reader`); ``False`` keeps them, for inspection.
+        call_counts: the endpoint's calls served per attempt, when it runs in this process: each
+            rollout read gets :data:`SERVED_CALLS_METADATA_KEY`, and its counts are released once
+            read. ``None`` (an endpoint elsewhere): a lost *last* call goes unseen.
     """
 
     mode: RolloutMode = "train"
@@ -118,6 +141,7 @@ class DispatchConfig:
     metadata: Mapping[str, Any] | None = None
     before_read: Callable[[], Awaitable[None]] | None = None
     release: bool = True
+    call_counts: CallCounts | None = None
 
     def __post_init__(self) -> None:
         if self.max_in_flight is not None and self.max_in_flight < 1:

@@ -12,6 +12,10 @@ Nothing waits forever on a store that is gone: a batch is tried ``max_attempts``
 dropped (counted in :attr:`SpanRecorder.dropped`, logged as an error); a 4xx answer (the store
 does not know the rollout) is a refusal, never retried; :meth:`close` gives the last flush
 ``close_timeout_s`` and then drops what is left, saying how much.
+
+The recorder also counts the calls recorded per rollout attempt (:meth:`SpanRecorder.served_calls`):
+every call the endpoint answers on a rollout path is recorded here, so a reader whose spans hold
+fewer calls knows the rest were lost. Counts stay until :meth:`SpanRecorder.forget` releases them.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +80,7 @@ class SpanRecorder:
         self._written = 0
         self._dropped = 0
         self._failed = 0
+        self._served: dict[str, dict[str, int]] = {}  # rollout id -> attempt id -> calls recorded
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._urgent: asyncio.Event | None = None
@@ -113,6 +118,8 @@ class SpanRecorder:
         with self._lock:
             self._pending.append(record)
             self._recorded += 1
+            attempts = self._served.setdefault(record.rollout_id, {})
+            attempts[record.attempt_id] = attempts.get(record.attempt_id, 0) + 1
             full = len(self._pending) >= self.max_batch
         loop, wake, urgent = self._loop, self._wake, self._urgent
         if loop is None or wake is None or urgent is None:
@@ -126,6 +133,23 @@ class SpanRecorder:
                 event.set()
             else:
                 loop.call_soon_threadsafe(event.set)
+
+    def served_calls(self, rollout_id: str, attempt_id: str) -> int:
+        """Calls recorded for this rollout attempt since it was last forgotten (0 if none);
+        callable from any thread."""
+        with self._lock:
+            return self._served.get(rollout_id, {}).get(attempt_id, 0)
+
+    def forget(self, rollout_ids: Iterable[str]) -> None:
+        """Release the call counts of these rollouts (every attempt); callable from any thread."""
+        with self._lock:
+            for rollout_id in rollout_ids:
+                self._served.pop(rollout_id, None)
+
+    @property
+    def counted_rollouts(self) -> int:
+        """Rollouts whose call counts are held (not yet forgotten)."""
+        return len(self._served)
 
     async def flush(self) -> None:
         """Wait until every call recorded before this one is stored (or refused by the store)."""

@@ -9,7 +9,7 @@ of training: a trainer hands it a new sampling client with :meth:`Endpoint.swap`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -142,6 +142,18 @@ class Endpoint:
         delta = {f"spans/{k}": v - self._span_counts_reported[k] for k, v in now.items()}
         self._span_counts_reported = now
         return delta | clamp_delta
+
+    def served_calls(self, rollout_id: str, attempt_id: str) -> int | None:
+        """Calls served on this rollout attempt's path and not yet forgotten; ``None`` without a
+        recorder (unknown). A reader compares it with the calls the attempt's spans hold."""
+        if self.recorder is None:
+            return None
+        return self.recorder.served_calls(rollout_id, attempt_id)
+
+    def forget_calls(self, rollout_ids: Iterable[str]) -> None:
+        """Release the call counts of rollouts read for good (every attempt)."""
+        if self.recorder is not None:
+            self.recorder.forget(rollout_ids)
 
     async def stop(self) -> None:
         """Stop serving after storing the spans still buffered."""

@@ -224,6 +224,8 @@ class _OverlappedRun:
             resources_id=loop.train_resources_id,
             rollout_config=rollout_config,
             before_read=loop.endpoint.flush if loop.endpoint is not None else None,
+            # It counts the calls it served: a rollout's spans holding fewer lost the rest.
+            call_counts=loop.endpoint,
         )
         # Async: about max_steps_off_policy batches ahead of the trainer, so a group is normally
         # trained within its staleness bound. Streaming alone: one batch at a time.

@@ -12,8 +12,9 @@ from agl_tinker.core.rewards import final_status
 from agl_tinker.core.tool_health import tool_health_metrics
 from agl_tinker.core.trajectory import RolloutTrajectory, exclusion_counts, problem_metrics
 from agl_tinker.dispatch.batch import DEADLINE_METADATA_KEY, BatchResult
+from agl_tinker.dispatch.types import SERVED_CALLS_METADATA_KEY
 
-__all__ = ["batch_metrics", "rollout_status"]
+__all__ = ["batch_metrics", "rollout_status", "served_calls"]
 
 
 def rollout_status(rollout: Any) -> str:
@@ -24,6 +25,12 @@ def rollout_status(rollout: Any) -> str:
         attempt_status=attempt.status if attempt is not None else None,
         cut_by_deadline=bool((rollout.metadata or {}).get(DEADLINE_METADATA_KEY)),
     )
+
+
+def served_calls(rollout: Any) -> int | None:
+    """Calls the endpoint served the rollout's attempt, as the reader noted them (``None``: unknown)."""
+    served = (rollout.metadata or {}).get(SERVED_CALLS_METADATA_KEY)
+    return served if type(served) is int else None
 
 
 def batch_metrics(

@@ -34,7 +34,7 @@ from agl_tinker.core.rewards import RewardOptions
 from agl_tinker.core.trajectory import RolloutTrajectory, rollout_trajectory
 from agl_tinker.dispatch.batch import BatchResult, GroupResult, RolloutOutcome
 from agl_tinker.endpoint.start import EndpointConfig, PolicyServing, start_policy_endpoint
-from agl_tinker.loop.batch_metrics import batch_metrics, rollout_status
+from agl_tinker.loop.batch_metrics import batch_metrics, rollout_status, served_calls
 from agl_tinker.loop.checkpoints import (
     AtomicCheckpointIndex,
     no_usable_checkpoint,
@@ -263,6 +263,7 @@ class MultiPolicyLoop(TrainingRun):
     def _process_policies(self, rollout: Any, spans: Sequence[Any]) -> PolicyResults:
         spans = list(spans)
         status = rollout_status(rollout)
+        served = served_calls(rollout)
         return {
             name: rollout_trajectory(
                 spans,
@@ -271,6 +272,7 @@ class MultiPolicyLoop(TrainingRun):
                 reconstruct_options=run.reconstruct_options,
                 align_options=self.align_options,
                 reward_options=run.reward_options,
+                served_calls=served,
             )
             for name, run in self.runs.items()
         }

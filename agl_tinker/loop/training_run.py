@@ -35,7 +35,7 @@ from agl_tinker.dispatch.batch import (
     dispatch_batch,
 )
 from agl_tinker.endpoint.start import Endpoint, EndpointConfig, start_endpoint
-from agl_tinker.loop.batch_metrics import batch_metrics, rollout_status
+from agl_tinker.loop.batch_metrics import batch_metrics, rollout_status, served_calls
 from agl_tinker.loop.checkpoints import (
     AtomicCheckpointIndex,
     no_usable_checkpoint,
@@ -208,6 +208,7 @@ class TrainingRun:
             reconstruct_options=self.reconstruct_options,
             align_options=self.align_options,
             reward_options=self.reward_options,
+            served_calls=served_calls(rollout),
         )
 
     def stall_timeout_s(self) -> float | None:
@@ -265,6 +266,8 @@ class TrainingRun:
             stall_timeout_s=self.stall_timeout_s() if cfg.batch_timeout_s is None else None,
             # The endpoint stores spans off the request path: store them before reading a rollout's.
             before_read=self.endpoint.flush if self.endpoint is not None else None,
+            # It counts the calls it served: a rollout's spans holding fewer lost the rest.
+            call_counts=self.endpoint,
         )
         self.progress.begin(label, len(tasks) * group_size)
         try:

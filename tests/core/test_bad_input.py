@@ -221,6 +221,32 @@ def test_a_lost_middle_call_is_a_gap_not_a_shorter_trajectory() -> None:
     assert rollout_trajectory(spans, status="succeeded").alignment.gaps == ()
 
 
+def test_a_lost_last_call_is_a_gap_when_the_endpoint_served_more_calls_than_spans_hold() -> None:
+    calls, spans = conversation(3)
+    lost_last = [s for s in spans if s.span_id != span_id(2)]
+    # No later call claims the last call's tokens: the spans alone cannot see it is lost.
+    assert rollout_trajectory(lost_last, status="succeeded").exclusion is None
+    result = rollout_trajectory(lost_last, status="succeeded", served_calls=3)
+    assert result.exclusion is ExclusionReason.GAP and result.trajectory is None
+    assert result.unrecorded_calls == 1 and result.lost_calls == 1
+    assert problem_metrics([result])["align/gaps"] == 1
+    # A lost middle call seen both ways is one lost call, not two.
+    lost_middle = [s for s in spans if s.span_id != span_id(1)]
+    both = rollout_trajectory(lost_middle, status="succeeded", served_calls=3)
+    assert both.exclusion is ExclusionReason.GAP and problem_metrics([both])["align/gaps"] == 1
+    # Asked to train around lost calls, the recorded ones are trained.
+    kept = rollout_trajectory(
+        lost_last, status="succeeded", served_calls=3, align_options=AlignOptions(on_gap="train")
+    )
+    assert kept.exclusion is None and kept.unrecorded_calls == 1
+    assert [s.ac.tokens for s in kept.alignment.steps] == [calls[0].response, calls[1].response]
+    # As many spans as served calls (or more: spans of calls served elsewhere) is no gap.
+    for served in (3, 2, 0):
+        assert rollout_trajectory(spans, status="succeeded", served_calls=served).exclusion is None
+    with pytest.raises(ValueError, match="served_calls"):
+        rollout_trajectory(spans, status="succeeded", served_calls=-1)
+
+
 def test_a_call_without_token_ids_is_reported_once_not_also_as_a_gap() -> None:
     calls, _ = conversation(3)
     calls[1] = replace(calls[1], drop_prompt_ids=True)

@@ -30,8 +30,10 @@ IGNORED_COUNTS = ("spans", "duplicate_spans", "merged_spans")
 """Counts of the spans handed over, which duplicates change by design."""
 
 
-def _process(spans: list[Span]) -> RolloutTrajectory:
-    return rollout_trajectory(spans, status="succeeded", decode=_decode, reconstruct_options=OPTIONS)
+def _process(spans: list[Span], served_calls: int | None = None) -> RolloutTrajectory:
+    return rollout_trajectory(
+        spans, status="succeeded", decode=_decode, reconstruct_options=OPTIONS, served_calls=served_calls
+    )
 
 
 def _decode(ids: list[int]) -> str:
@@ -140,6 +142,10 @@ def test_dropped_spans_are_reported_or_harmless(run: Run, rng: random.Random) ->
         assert call.index in gaps or reported, (k, lost)
     if gaps:
         assert result.exclusion is not None and result.trajectory is None
+    # With the endpoint's count of the calls it served, no lost call goes unseen, the last included.
+    if lost:
+        counted = _process([s for s in spans if s.span_id not in dropped], served_calls=len(run.calls))
+        assert counted.exclusion is not None and counted.trajectory is None, (lost, len(run.calls))
 
 
 # --- corrupted values -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +31,7 @@ from agl_tinker.dispatch.batch import (
 )
 from agl_tinker.dispatch.completion import open_completion_source, spread_timeouts
 from agl_tinker.dispatch.store_calls import StoreCaller
+from agl_tinker.dispatch.types import SERVED_CALLS_METADATA_KEY
 from agl_tinker.store_server import WAIT_ANY_PATH, LeanStoreServer
 from fakes.store import FaultyStore
 
@@ -204,6 +205,40 @@ async def test_finished_rollouts_are_released_from_the_store_once_read(wait: str
     assert result.stats.released == 12 and result.stats.summary()["released"] == 12
     assert all(o.result["rewards"] for o in result.outcomes)  # read before they were released
     assert list(await store.query_rollouts()) == [] and await store.collections.spans.size() == 0
+
+
+@dataclass
+class Counts:
+    """The endpoint's side of ``DispatchConfig.call_counts``: calls served by (rollout, attempt)."""
+
+    served: dict[tuple[str, str], int] = field(default_factory=dict)
+    forgotten: list[str] = field(default_factory=list)
+
+    def served_calls(self, rollout_id: str, attempt_id: str) -> int | None:
+        return self.served.get((rollout_id, attempt_id), 0)
+
+    def forget_calls(self, rollout_ids: Iterable[str]) -> None:
+        for rid in rollout_ids:
+            self.forgotten.append(rid)
+            self.served = {k: v for k, v in self.served.items() if k[0] != rid}
+
+
+async def test_the_calls_served_reach_process_and_are_released_once_read() -> None:
+    store = memory_store()
+    counts = Counts()
+
+    async def serve_two(ar: AttemptedRollout) -> str | None:
+        counts.served[(ar.rollout_id, ar.attempt.attempt_id)] = 2
+        return "succeeded"
+
+    def process(rollout: Rollout, spans: Sequence[Span]) -> int | None:
+        return (rollout.metadata or {}).get(SERVED_CALLS_METADATA_KEY)
+
+    async with Runners(store, behaviour=serve_two):
+        result = await dispatch_batch(store, TASKS, 2, process, config=DispatchConfig(call_counts=counts))
+    assert [o.result for o in result.outcomes] == [2] * 6
+    assert sorted(counts.forgotten) == sorted(o.rollout_id for o in result.outcomes)
+    assert counts.served == {}  # nothing held once read
 
 
 async def test_failed_rollouts_are_processed_not_dropped() -> None:

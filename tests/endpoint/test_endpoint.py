@@ -133,6 +133,31 @@ async def test_spans_read_back_by_both_readers(served: Any) -> None:
     assert {c.weights_version for c in calls} == {endpoint.weights_version}
 
 
+async def test_calls_served_are_counted_per_attempt_and_released(served: Any) -> None:
+    endpoint, _, store = served
+    rollout_id, client = await _rollout(store, endpoint)
+    first = (await store.query_attempts(rollout_id))[-1].attempt_id
+    for i in range(2):
+        await _chat(client, messages=[{"role": "user", "content": f"Count to {i}."}])
+    retried = await store.start_attempt(rollout_id)
+    llm = endpoint.as_resource(rollout_id, retried.attempt.attempt_id)
+    second = openai.OpenAI(base_url=llm.endpoint, api_key="not-a-secret", max_retries=0)
+    await _chat(second, messages=[{"role": "user", "content": "Once more."}])
+    other_id, other = await _rollout(store, endpoint)
+    await _chat(other, messages=[{"role": "user", "content": "Hi."}])
+    assert endpoint.served_calls(rollout_id, first) == 2
+    assert endpoint.served_calls(rollout_id, retried.attempt.attempt_id) == 1
+    assert endpoint.served_calls(other_id, "never-served") == 0
+    assert endpoint.recorder is not None
+    held = endpoint.recorder.counted_rollouts
+    endpoint.forget_calls([rollout_id])
+    assert endpoint.recorder.counted_rollouts == held - 1
+    assert endpoint.served_calls(rollout_id, first) == 0
+    assert endpoint.served_calls(other_id, (await store.query_attempts(other_id))[-1].attempt_id) == 1
+    endpoint.forget_calls([other_id, "unknown-rollout"])
+    assert endpoint.recorder.counted_rollouts == held - 2
+
+
 async def test_streaming_answer_and_span(served: Any, tokenizer: Any) -> None:
     endpoint, sim, store = served
     rollout_id, client = await _rollout(store, endpoint)
