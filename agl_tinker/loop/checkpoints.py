@@ -22,6 +22,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,13 +146,28 @@ def resume_candidates(log_path: str | Path) -> list[CheckpointRecord]:
     return list(reversed(usable))
 
 
-def missing_index_error(log_path: str | Path) -> ResumeError | None:
-    """The refusal for a ``log_path`` with metrics rows but no checkpoint index, if that is the case."""
+POLICIES_DIR = "policies"
+"""``log_path/policies/<name>/`` holds a policy's checkpoint index and reward curve (several policies)."""
+
+
+def policy_dir(log_path: str | Path, name: str) -> Path:
+    """Where policy ``name`` of a several-policy run keeps its checkpoint index and reward curve."""
+    return Path(log_path) / POLICIES_DIR / name
+
+
+def missing_index_error(log_path: str | Path, policies: Sequence[str] = ()) -> ResumeError | None:
+    """The refusal for a ``log_path`` with metrics rows but no checkpoint index, if that is the case.
+
+    ``policies``: a several-policy run's names; each keeps its index in :func:`policy_dir`, and
+    the run can resume when any of them has one (the metrics rows are the run's, in ``log_path``).
+    """
     log_path = Path(log_path)
     metrics = log_path / METRICS_BASE_NAME
-    index = log_path / CHECKPOINTS_BASE_NAME
-    if index.exists() or not _has_rows(metrics):
+    dirs = [policy_dir(log_path, name) for name in policies] or [log_path]
+    indexes = [d / CHECKPOINTS_BASE_NAME for d in dirs]
+    if any(i.exists() for i in indexes) or not _has_rows(metrics):
         return None
+    index = indexes[0] if len(indexes) == 1 else log_path / POLICIES_DIR / "*" / CHECKPOINTS_BASE_NAME
     return ResumeError(
         f"{metrics} holds metrics of an earlier run but {index} is missing, so it cannot be "
         "resumed; restore the checkpoint index, use another log_path, or set fresh_start=True "

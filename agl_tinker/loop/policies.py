@@ -38,6 +38,7 @@ from agl_tinker.loop.batch_metrics import batch_metrics, rollout_status, served_
 from agl_tinker.loop.checkpoints import (
     AtomicCheckpointIndex,
     no_usable_checkpoint,
+    policy_dir,
     resume_candidates,
     set_aside,
 )
@@ -59,9 +60,6 @@ logger = logging.getLogger(__name__)
 
 _SUMMED = ("train/datums", "groups/trained", "groups/dropped", "groups/constant_removed")
 """Top-level keys of a several-policy step: the sum of the policies' own."""
-
-POLICIES_DIR = "policies"
-"""``log_path/policies/<name>/`` holds a policy's checkpoint index and reward curve."""
 
 PolicyResults = dict[str, RolloutTrajectory]
 """One rollout read once per policy: policy name -> its calls' trajectory."""
@@ -149,7 +147,7 @@ class MultiPolicyLoop(TrainingRun):
                     model_match=settings.model_match,
                 ),
                 reward_options=replace(base_options, dimension=settings.reward_key),
-                log_dir=Path(config.log_path) / POLICIES_DIR / name,
+                log_dir=policy_dir(config.log_path, name),
             )
 
     def policy_dirs(self) -> dict[str, Path]:

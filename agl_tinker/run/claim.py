@@ -44,7 +44,7 @@ def claim_run(config: TrainConfig) -> None:
         return
     from agl_tinker.loop.checkpoints import missing_index_error
 
-    error = missing_index_error(config.log_path)
+    error = missing_index_error(config.log_path, list(config.policies))
     if error is not None:
         raise ResumeRefused(str(error))
     identity.check_identity(config, identity.config_identity(config))

@@ -113,6 +113,21 @@ def test_metrics_without_an_index_are_refused_before_anything_starts(tmp_path: P
     lock.release(tmp_path)
 
 
+def test_several_policies_resume_from_their_own_indexes(tmp_path: Path) -> None:
+    """A several-policy run keeps its checkpoint indexes under ``policies/<name>/``: its metrics
+    with those indexes resume; with none of them, the refusal names where they belong."""
+    policies = {"a": PolicyConfig(), "b": PolicyConfig()}
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
+    with pytest.raises(ResumeRefused, match=r"policies/\*/checkpoints\.jsonl is missing"):
+        claim_run(_config(tmp_path, policies=policies))
+    lock.release(tmp_path)
+    for name in policies:
+        (tmp_path / "policies" / name).mkdir(parents=True)
+        (tmp_path / "policies" / name / "checkpoints.jsonl").write_text("")
+    claim_run(_config(tmp_path, policies=policies))
+    lock.release(tmp_path)
+
+
 def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
