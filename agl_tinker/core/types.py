@@ -48,6 +48,9 @@ class CallProblem(StrEnum):
     """A logprob that is not a number, not finite, or above 0 (beyond float noise)."""
     FINGERPRINT_MISMATCH = "fingerprint_mismatch"
     """The tokens differ from those our endpoint hashed into ``agl_tinker.sequence_fingerprint``."""
+    CONFLICTING_SPANS = "conflicting_spans"
+    """Spans sharing one response id record different token ids: two calls were given one id, or
+    a record was changed; which tokens were sampled cannot be told."""
     FAILED = "failed"
 
 

@@ -319,3 +319,25 @@ def test_tool_call_parse_failures_are_summed_into_the_step_metrics() -> None:
     results = [rollout_trajectory(_spans_of(calls), status="succeeded") for _ in range(2)]
     assert results[0].reconstruction.metrics["tool_call_parse_failures"] == 3
     assert problem_metrics(results)["tool_calls/parse_failures"] == 6
+
+
+@pytest.mark.parametrize("writer", ["agl", "client", "proxy"])
+def test_two_calls_given_one_response_id_are_reported_not_merged_into_one(writer: Any) -> None:
+    """Spans of different calls that share a response id (a writer's bug, or a changed record) used
+    to fold into one call, the other's tokens silently lost; now the call is reported."""
+    first = CallSpec(
+        prompt=[1, 2, 3], response=[4, 5], logprobs=[-0.1, -0.2], start=1.0, end=2.0, response_id="r"
+    )
+    second = replace(first, prompt=[1, 2, 3, 4, 5, 6], response=[7], logprobs=[-0.3], start=3.0, end=4.0)
+    common = dict(rollout_id="ro", attempt_id="at")
+    spans = [
+        *call_spans(first, writer, span_id=span_id(0), sequence_id=1, **common),
+        *call_spans(second, writer, span_id=span_id(1), sequence_id=2, **common),
+    ]
+    rec = reconstruct(spans)
+    assert [c.problem for c in rec.calls] == [CallProblem.CONFLICTING_SPANS]
+    assert rec.metrics["problem/conflicting_spans"] == 1
+    # The same call recorded twice (our endpoint and the client's tracer) is no conflict.
+    twice = [*call_spans(first, "agl", span_id=span_id(0), sequence_id=1, **common)]
+    twice += call_spans(first, "client", span_id=span_id(0, "d"), sequence_id=1, **common)
+    assert [c.problem for c in reconstruct(twice).calls] == [None]

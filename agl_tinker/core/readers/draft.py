@@ -47,6 +47,8 @@ class CallDraft:
     prefix_call: int | None = None
     """Set by validation: see :attr:`LLMCall.prefix_call`."""
     sampled_sequence_id: str | None = None
+    conflicting: bool = False
+    """Spans merged into the draft recorded different token ids (see :func:`merge_draft`)."""
 
     @property
     def key(self) -> str:
@@ -92,6 +94,8 @@ def problem_of(draft: CallDraft) -> CallProblem | None:
     A failed span that still returned a response is trainable: the tokens were sampled.
     """
     prompt, response, logprobs = draft.prompt_token_ids, draft.response_token_ids, draft.logprobs
+    if draft.conflicting:
+        return CallProblem.CONFLICTING_SPANS
     if prompt is MALFORMED or response is MALFORMED:
         return CallProblem.MALFORMED_TOKEN_IDS
     if draft.failed and not response:
@@ -113,9 +117,17 @@ def merge_draft(into: CallDraft, other: CallDraft) -> None:
     """Fill ``into`` (the higher-priority source) from ``other``, and recompute its problem.
 
     Missing values are taken from ``other``; times widen to cover both; the draft failed only if
-    both did.
+    both did. Token ids both record and that differ make the draft :attr:`CallDraft.conflicting`:
+    one response id then stands for two different calls (or a changed record), and neither
+    version can be trusted.
     """
     into.span_ids += other.span_ids
+    into.conflicting = (
+        into.conflicting
+        or other.conflicting
+        or _differ(into.prompt_token_ids, other.prompt_token_ids)
+        or _differ(into.response_token_ids, other.response_token_ids)
+    )
     if into.prompt_token_ids is None:
         into.prompt_token_ids = other.prompt_token_ids
     if into.response_token_ids is None:
@@ -137,3 +149,11 @@ def merge_draft(into: CallDraft, other: CallDraft) -> None:
     into.sequence_id = min(into.sequence_id, other.sequence_id)
     into.failed = into.failed and other.failed
     into.problem = problem_of(into)
+
+
+def _differ(a: Sequence[int] | Malformed | None, b: Sequence[int] | Malformed | None) -> bool:
+    """Both are token id lists, and not the same ones."""
+    if a is None or b is None or a is MALFORMED or b is MALFORMED:
+        return False
+    assert not isinstance(a, Malformed) and not isinstance(b, Malformed)
+    return len(a) != len(b) or list(a) != list(b)
