@@ -33,7 +33,6 @@ import asyncio
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -44,6 +43,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _stdout import emit_json, json_stdout  # benchmarks/ is on sys.path when a script runs
+
+from agl_tinker.net import free_port
 
 MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 LEVELS = [
@@ -59,12 +60,6 @@ WARMUP_S = 2.0
 RUNNER_PROCESSES = 2
 SLOTS_PER_CLIENT = 32
 START_TIMEOUT_S = 180.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _quiet() -> None:
@@ -276,7 +271,7 @@ def main() -> None:
     from agl_tinker.runners.store_wait import wait_for_store
 
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     store_url = f"http://127.0.0.1:{port}"
     store = ctx.Process(target=_store_main, args=(port,), daemon=True)
     store.start()
