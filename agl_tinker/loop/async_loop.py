@@ -8,7 +8,9 @@ records its weights version), and the next groups keep running meanwhile. A grou
 call is more than ``max_steps_off_policy`` versions behind the step about to train is stale: it
 is requeued (rolled out again) while groups of the run remain undispatched, and dropped after
 that, as the cookbook does (it stops requeuing once its data loader is done). Stale groups are
-counted and never trained. Off-policy data that is within the bound is corrected, not ignored:
+counted and never trained. With ``TrainConfig.sampling_steps_ahead`` the run paces dispatch instead
+(:mod:`agl_tinker.loop.pacing`): groups are released only so far ahead of the trainer, and a step
+waits for the groups that are due, so none goes stale and none is requeued or dropped. Off-policy data that is within the bound is corrected, not ignored:
 datums carry the logprobs the sampler returned, and the importance-sampling (or PPO) loss
 weighs each token by ``exp(logprob_now - logprob_sampled)``.
 
@@ -24,18 +26,16 @@ stream (``batch * batch_size + index``). Every group taken off the stream ends i
 ``min_valid_per_group`` or as constant-reward), ``stale_dropped``, or ``stale_requeued`` (then it
 comes back). A checkpoint records which keys are done; a restarted run skips exactly those and
 rolls out the others again (groups in flight or finished but untrained at a kill are not lost),
-so no group is trained twice in the weights. :func:`effective_ledger` reads ``groups.jsonl``
+so no group is trained twice in the weights. :func:`~agl_tinker.loop.ledger.effective_ledger` reads ``groups.jsonl``
 as the surviving weights saw it (lines of steps a restart redid are superseded).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,85 +56,22 @@ from agl_tinker.dispatch.continuous import ContinuousDispatcher, FinishedGroup, 
 from agl_tinker.loop.batch_metrics import batch_metrics
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.errors import StepStalled, StoreLost
+from agl_tinker.loop.ledger import LEDGER_FILE, GroupLedger
+from agl_tinker.loop.pacing import Pacer
 from agl_tinker.loop.result import TrainResult
 from agl_tinker.loop.step_metrics import StepTimes, call_staleness, step_row
 from agl_tinker.loop.step_trainer import BusyClock, StepTrainer
 from agl_tinker.loop.training_run import TrainingRun
 from agl_tinker.run.flat_reward import group_reward_metrics
 
-__all__ = ["LEDGER_FILE", "effective_ledger", "overlapped", "run_overlapped"]
+__all__ = ["overlapped", "run_overlapped"]
 
 logger = logging.getLogger(__name__)
-
-LEDGER_FILE = "groups.jsonl"
-FINAL_OUTCOMES = frozenset({"trained", "excluded", "stale_dropped"})
 
 
 def overlapped(config: TrainConfig) -> bool:
     """Whether ``config`` asks for streaming minibatches or asynchronous training."""
     return config.async_config is not None or config.stream_minibatch_config is not None
-
-
-# --------------------------------------------------------------------------------------------- ledger
-
-
-@dataclass
-class _Ledger:
-    """Where each group of the run ended up (``groups.jsonl``), and what a checkpoint records."""
-
-    path: Path
-    start_step: int
-    done: set[int] = field(default_factory=set)
-
-    def record(self, step: int, group: FinishedGroup[Any], outcome: str, staleness: int) -> None:
-        if outcome in FINAL_OUTCOMES:
-            self.done.add(group.request.key)
-        line = {
-            "run_start": self.start_step,
-            "step": step,
-            "key": group.request.key,
-            "attempt": group.request.attempt,
-            "outcome": outcome,
-            "staleness": staleness,
-        }
-        with self.path.open("a") as f:
-            f.write(json.dumps(line) + "\n")
-
-    def loop_state(self) -> dict[str, Any]:
-        """Checkpoint extras: every key below ``async_done_below`` is done, plus ``async_done``."""
-        below = 0
-        while below in self.done:
-            below += 1
-        return {
-            "async_done_below": below,
-            "async_done": sorted(k for k in self.done if k > below),
-        }
-
-    @classmethod
-    def resume(cls, path: Path, start_step: int, batch_size: int, extra: Mapping[str, Any]) -> _Ledger:
-        """The ledger a checkpoint describes; a synchronous checkpoint means whole batches done."""
-        below = int(extra.get("async_done_below", start_step * batch_size))
-        done = set(range(below)) | {int(k) for k in extra.get("async_done", [])}
-        return cls(path, start_step, done)
-
-
-def effective_ledger(log_path: str | Path) -> list[dict[str, Any]]:
-    """The lines of ``groups.jsonl`` that the final weights reflect.
-
-    A restarted run (``run_start`` = the step it resumed at) redoes every step from there, so an
-    earlier run's lines of those steps are superseded; the rest are kept, in file order.
-    """
-    kept: list[dict[str, Any]] = []
-    current: int | None = None
-    for raw in (Path(log_path) / LEDGER_FILE).read_text().splitlines():
-        if not raw.strip():
-            continue
-        line = json.loads(raw)
-        if line["run_start"] != current:
-            current = line["run_start"]
-            kept = [x for x in kept if x["step"] < line["run_start"]]
-        kept.append(line)
-    return kept
 
 
 # --------------------------------------------------------------------------------------------- staleness
@@ -194,11 +131,12 @@ class _OverlappedRun:
         self.batch_size = self.cfg.batch_size
         ledger_path = Path(self.cfg.log_path) / LEDGER_FILE
         if resume is not None:
-            self.ledger = _Ledger.resume(ledger_path, self.start_step, self.batch_size, resume.extra)
+            self.ledger = GroupLedger.resume(ledger_path, self.start_step, self.batch_size, resume.extra)
         else:
-            self.ledger = _Ledger(ledger_path, self.start_step)
+            self.ledger = GroupLedger(ledger_path, self.start_step)
         asynchronous = self.cfg.async_config
         self.max_off_policy = asynchronous.max_steps_off_policy if asynchronous is not None else 0
+        self.pacer: Pacer[RolloutTrajectory] | None = None  # with sampling_steps_ahead, made by run()
         self.clock = BusyClock()
 
     def _stream(self, first_batch: int, last_batch: int) -> list[GroupRequest]:
@@ -229,20 +167,25 @@ class _OverlappedRun:
         )
         # Async: about max_steps_off_policy batches ahead of the trainer, so a group is normally
         # trained within its staleness bound. Streaming alone: one batch at a time.
+        # Paced: the pacer bounds the groups released, the dispatcher does not need to.
         ahead = max(1, self.max_off_policy) if cfg.async_config is not None else 1
         return ContinuousDispatcher(
             loop.store,
             cfg.group_size,
             loop.process,
             config=dispatch,
-            max_groups=ahead * self.batch_size,
+            max_groups=None if cfg.sampling_steps_ahead is not None else ahead * self.batch_size,
             max_rollouts=cfg.max_in_flight,
         )
 
     async def run(self) -> None:
         asynchronous = self.cfg.async_config is not None
         async with self._dispatcher() as dispatcher:
-            if asynchronous:
+            if asynchronous and self.cfg.sampling_steps_ahead is not None:
+                stream = self._stream(0, self.n_steps)
+                self.pacer = Pacer(stream, self.batch_size, self.cfg.sampling_steps_ahead)
+                await dispatcher.submit(self.pacer.release())
+            elif asynchronous:
                 await dispatcher.submit(self._stream(0, self.n_steps))
             last_end = time.perf_counter()
             for step in range(self.start_step, self.n_steps):
@@ -270,6 +213,8 @@ class _OverlappedRun:
 
     def _record_unfinished(self, dispatcher: ContinuousDispatcher[RolloutTrajectory]) -> None:
         left = dispatcher.pending_groups + dispatcher.running_groups + dispatcher.waiting_groups
+        if self.pacer is not None:
+            left = self.pacer.outstanding + self.pacer.unreleased
         if left:
             logger.warning("%d groups were neither trained nor dropped when the run ended", left)
 
@@ -306,14 +251,26 @@ class _OverlappedRun:
         requeued = dropped = 0
         waiting_s = 0.0
         while len(taken) < self.batch_size:
-            if not (dispatcher.pending_groups or dispatcher.running_groups or dispatcher.waiting_groups):
+            if self.pacer is not None:
+                picked = self.pacer.take_next(self.batch_size - len(taken))
+                if picked is None and self.pacer.outstanding:
+                    t_wait = time.perf_counter()
+                    self.pacer.hold(await self._next_group(dispatcher, step))
+                    waiting_s += time.perf_counter() - t_wait
+                    continue
+                if picked is None:
+                    break
+                group = picked
+            elif not (dispatcher.pending_groups or dispatcher.running_groups or dispatcher.waiting_groups):
                 break
-            t_wait = time.perf_counter()
-            group = await self._next_group(dispatcher, step)
-            waiting_s += time.perf_counter() - t_wait
+            else:
+                t_wait = time.perf_counter()
+                group = await self._next_group(dispatcher, step)
+                waiting_s += time.perf_counter() - t_wait
             staleness = _staleness(group, step)
             if staleness > self.max_off_policy:
-                if dispatcher.pending_groups:
+                # Paced groups are never this stale (pacing.py); were one, it is dropped and counted.
+                if dispatcher.pending_groups and self.pacer is None:
                     requeued += 1
                     self.ledger.record(step, group, "stale_requeued", staleness)
                     retry = GroupRequest(group.request.key, group.request.task, group.request.attempt + 1)
@@ -332,6 +289,9 @@ class _OverlappedRun:
         t_trained = time.perf_counter()
         assert self.loop.endpoint is not None
         await learner.publish(self.loop.endpoint, step + 1, self.clock)
+        if self.pacer is not None:  # the new weights are served: release the next batch's worth
+            self.pacer.step_trained()
+            await dispatcher.submit(self.pacer.release())
         t_end = time.perf_counter()
         for group, staleness in taken:
             outcome = "trained" if group.request.key in trainer.trained else "excluded"

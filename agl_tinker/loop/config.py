@@ -277,6 +277,14 @@ class TrainConfig:
         "complete while the next ones run; groups more than `max_steps_off_policy` weights versions behind are "
         "requeued or dropped (`agl_tinker.loop.async_loop`). None: synchronous.",
     )
+    sampling_steps_ahead: int | None = chz.field(
+        default=None,
+        doc="Pacing instead of discarding (needs `async_config`): a group is dispatched only while the groups "
+        "dispatched are fewer than (steps trained + 1 + this) x `groups_per_batch`, and a step waits for every "
+        "group dispatched this many versions ago, so no group is ever more than this many versions behind and "
+        "none is requeued or dropped (`agl_tinker.loop.pacing`). Must be <= `max_steps_off_policy`. None: "
+        "the requeue/drop rule of `async_config.max_steps_off_policy`.",
+    )
     stream_minibatch_config: StreamMinibatchConfig | None = chz.field(
         default=None,
         doc="`forward_backward` on each minibatch of groups as soon as it is complete (the cookbook's).",
@@ -381,6 +389,15 @@ class TrainConfig:
                 )
             if self.async_config.max_steps_off_policy < 0:
                 raise ConfigError("async_config.max_steps_off_policy must be >= 0")
+        ahead = self.sampling_steps_ahead
+        if ahead is not None:
+            if self.async_config is None:
+                raise ConfigError("sampling_steps_ahead paces asynchronous training: it needs async_config")
+            if not 0 <= ahead <= self.async_config.max_steps_off_policy:
+                raise ConfigError(
+                    f"sampling_steps_ahead ({ahead}) must be in 0..async_config.max_steps_off_policy "
+                    f"({self.async_config.max_steps_off_policy}): a paced group is never staler than it"
+                )
         stream = self.stream_minibatch_config
         if stream is not None:
             if stream.groups_per_batch != self.batch_size:

@@ -18,7 +18,7 @@ import pytest
 from agentlightning.store.memory import InMemoryLightningStore
 from async_run import BATCH, hello_config, run_hello
 
-from agl_tinker.loop.async_loop import LEDGER_FILE
+from agl_tinker.loop.ledger import LEDGER_FILE
 
 STEPS = 2
 MODES = ("sync", "stream", "async")
