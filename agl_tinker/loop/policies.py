@@ -127,6 +127,7 @@ class MultiPolicyLoop(TrainingRun):
     ) -> None:
         super().__init__(config, store, train_ds, val_ds, service, show_progress, n_steps)
         self.runs: dict[str, PolicyRun] = {}
+        self.session_start = 0  # the weights version start() served first
         base_options = config.reward_options()
         for name in config.policies:
             settings = config.policy_settings(name)
@@ -226,6 +227,7 @@ class MultiPolicyLoop(TrainingRun):
     async def start(self, start_step: int) -> None:
         """Serve every policy's current weights from one endpoint and register the resources."""
         cfg = self.config
+        self.session_start = start_step
         if cfg.kl_penalty_coef > 0:
             for run in self.runs.values():
                 await self._create_kl_reference(run)
@@ -316,6 +318,7 @@ class MultiPolicyLoop(TrainingRun):
                 run.kl_reference,
                 records_stability_info=self.config.loss_fn in PROVENANCE_LOSSES,
                 sampling_client_kind=self.config.sampling_client_kind,
+                session_start=self.session_start,
             )
             for name, run in self.runs.items()
         ]

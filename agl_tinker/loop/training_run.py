@@ -123,6 +123,7 @@ class TrainingRun:
         self.endpoint: Endpoint | None = None
         self.training_client: Any = None
         self.kl_reference: Any = None
+        self.session_start = 0  # the weights version start() served first
         self.train_resources_id: str | None = None
         self.val_resources_id: str | None = None
         self.empty_steps = 0
@@ -155,6 +156,7 @@ class TrainingRun:
     async def start(self, start_step: int) -> None:
         """Serve the current weights (after :meth:`create_training_client`) and register them."""
         cfg = self.config
+        self.session_start = start_step
         if cfg.kl_penalty_coef > 0:
             reference = await self.retrier.call(
                 "create_sampling_client",
@@ -349,6 +351,7 @@ class TrainingRun:
                 self.kl_reference,
                 records_stability_info=cfg.loss_fn in PROVENANCE_LOSSES,
                 sampling_client_kind=cfg.sampling_client_kind,
+                session_start=self.session_start,
             )
         ]
 
