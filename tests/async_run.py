@@ -90,8 +90,7 @@ async def run_hello(
 
 RESUME_MODES: dict[str, tuple[str, dict[str, Any]]] = {
     "async": ("async", {}),
-    "paced": ("paced", {}),
-    "inflight_sr": ("paced", {"sampling_client_kind": "inflight", "loss_fn": "stable_reinforce"}),
+    "paced_inflight_sr": ("paced", {"sampling_client_kind": "inflight", "loss_fn": "stable_reinforce"}),
 }
 """The script's modes: ``hello_config`` mode and overrides."""
 

@@ -207,9 +207,13 @@ def test_stream_minibatches_train_every_group_with_the_current_weights(tmp_path:
 
 
 @pytest.mark.slow
-def test_async_resume_after_sigkill_trains_no_group_twice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["async", "paced_inflight_sr"])
+def test_async_resume_after_sigkill_trains_no_group_twice(tmp_path: Path, mode: str) -> None:
     """Kill the async run right after its step-2 checkpoint, while groups are in flight; the restart
-    resumes at step 2, re-runs the groups that were in flight or waiting, and skips the done ones."""
+    resumes at step 2, re-runs the groups that were in flight or waiting, and skips the done ones.
+    Also in every new mode at once (one run, to keep CI short): paced (``sampling_steps_ahead``), with
+    in-flight clients and ``stable_reinforce`` (the restart is a new session: the groups it trains were
+    all sampled, and their ids recorded, in it)."""
     log_path = tmp_path / "run"
     steps, save_every = 5, 2
     cmd = [
@@ -218,6 +222,7 @@ def test_async_resume_after_sigkill_trains_no_group_twice(tmp_path: Path) -> Non
         str(log_path),
         str(steps),
         str(save_every),
+        mode,
     ]
     env = {**ENV, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), ENV.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -252,3 +257,10 @@ def test_async_resume_after_sigkill_trains_no_group_twice(tmp_path: Path) -> Non
     assert Counter(metrics_steps)[0] == 1 and Counter(metrics_steps)[1] == 1  # before the checkpoint: once
     assert sorted(set(metrics_steps)) == list(range(steps))
     assert [c["batch"] for c in _rows(checkpoints)] == [2, 4, 5]
+    rows = [r for r in _rows(log_path / "metrics.jsonl") if "reward/mean" in r]
+    if mode != "async":  # paced: nothing requeued or dropped, before or after the kill
+        assert {line["outcome"] for line in ledger} <= {"trained", "excluded"}, ledger
+        assert all(r["async/stale_requeued"] == r["async/stale_dropped"] == 0 for r in rows)
+    if mode == "paced_inflight_sr":  # every datum named this session's recorded sequences
+        assert all(r["datums/unrecorded"] == r["datums/expired"] == 0 for r in rows), rows
+        assert sum(r["train/datums"] for r in rows if r["step"] >= 2) > 0
