@@ -21,21 +21,39 @@ from fakes.vocabularies import OfflineVocabulary, offline_vocabulary
 THINK_PREFIX = "<think>\n\n</think>\n\n"
 
 
+QWEN_TURN = r"<\|im_start\|>(?P<role>[^\n]*)\n?(?P<content>.*?)(?=<\|im_start\|>|\Z)"
+"""A Qwen turn: ``<|im_start|>role\\n content <|im_end|>`` (content is cut at the end-of-turn token)."""
+QWEN_TOOLS = r"<tools>\s*(.*?)\s*</tools>"
+"""Qwen's tool declarations: one JSON object per line inside ``<tools>``."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ChatFormat:
-    """How a family's assistant turn starts and calls tools, as the simulated model writes it.
+    """A family's chat format as the simulated model reads and writes it.
 
-    ``answer_prefixes``: what the model writes before its answer, one entry per tokenization
-    a renderer's prompt may already have begun; each entry is pieces encoded one by one and
-    concatenated (the last piece is encoded together with the answer). ``tool_call``: ``json``
-    (Qwen3: ``{"name": ..., "arguments": {...}}`` inside ``<tool_call>``) or ``xml`` (Qwen3.5:
-    ``<function=...><parameter=...>``).
+    ``assistant_header``: the text that opens an assistant turn (what a generation prompt ends
+    with, before any answer prefix); ``end_of_turn``: the single token that closes it (the
+    renderer's stop token); ``end_of_text``: the other token sampling stops at by default.
+    ``turn``: a regex whose ``role`` and ``content`` groups read each turn of a rendered prompt
+    back (roles lowercased); ``tools``: a regex whose first group
+    holds the declared tools, one JSON object per line. ``answer_prefixes``: what the model
+    writes before its answer, one entry per tokenization a renderer's prompt may already have
+    begun; each entry is pieces encoded one by one and concatenated (the last piece is encoded
+    together with the answer). ``tool_call``: ``json`` (Qwen3: ``{"name": ..., "arguments":
+    {...}}`` inside ``<tool_call>``), ``xml`` (Qwen3.5: ``<function=...><parameter=...>``),
+    ``dsml`` (DeepSeek V4: ``<｜DSML｜ invoke name=...>``) or ``none`` (the renderer has no
+    tool calls: the prior proposes none).
     """
 
     name: str
     answer_prefixes: tuple[tuple[str, ...], ...]
     tool_call: str = "json"
     thinking: bool = False  # the renderer family has thinking blocks
+    assistant_header: str = "<|im_start|>assistant\n"
+    end_of_turn: str = "<|im_end|>"
+    end_of_text: str = "<|endoftext|>"
+    turn: str = QWEN_TURN
+    tools: str = QWEN_TOOLS
 
 
 INSTRUCT = ChatFormat("qwen3_instruct", ((),))
@@ -46,6 +64,30 @@ QWEN3_5 = ChatFormat(
     (("<think>\n", "\n</think>\n\n"), (THINK_PREFIX,)),
     tool_call="xml",
     thinking=True,
+)
+DEEPSEEK_V4_1 = ChatFormat(
+    # Thinking mode's generation prompt ends with "<think>" (the model closes it); chat mode's
+    # and history's assistant turns start with "</think>". Turns are marked, not closed: a
+    # turn's text runs to the next marker.
+    "deepseekv4_1",
+    (("<think>", "</think>"), ("</think>",)),
+    tool_call="dsml",
+    thinking=True,
+    assistant_header="<｜Assistant｜>",
+    end_of_turn="<｜end▁of▁sentence｜>",
+    end_of_text="<｜end▁of▁sentence｜>",
+    turn=r"<｜(?P<role>System|User|Assistant)｜>(?P<content>.*?)(?=<｜(?:System|User|Assistant)｜>|\Z)",
+    tools=r"### Available Tool Schemas\s*(.*?)\s*You MUST strictly follow",
+)
+LLAMA3 = ChatFormat(
+    "llama3",
+    ((),),
+    tool_call="none",
+    assistant_header="<|start_header_id|>assistant<|end_header_id|>\n\n",
+    end_of_turn="<|eot_id|>",
+    end_of_text="<|end_of_text|>",
+    turn=r"<\|start_header_id\|>(?P<role>.*?)<\|end_header_id\|>(?P<content>.*?)(?=<\|start_header_id\|>|\Z)",
+    tools=r"(?!)",  # the cookbook's Llama 3 renderer declares no tools
 )
 
 
