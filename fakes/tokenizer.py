@@ -324,12 +324,12 @@ def _packaged_file(vocabulary: OfflineVocabulary) -> Path | None:
 def load_vocabulary(vocabulary: OfflineVocabulary) -> PreTrainedTokenizerFast:
     """``vocabulary``'s tokenizer, built once per process (and once per machine: cached on disk);
     a packaged vocabulary's file is read from its package."""
-    path = _packaged_file(vocabulary)
-    if path is not None:
-        tok = _from_file(path, vocabulary)
-        if not _is_intact(tok.backend_tokenizer, vocabulary):
-            raise RuntimeError(f"{vocabulary.name} tokenizer at {path} fails its identity check")
-        return tok
+    packaged = _packaged_file(vocabulary)
+    if packaged is not None:
+        loaded = _from_file(packaged, vocabulary)
+        if not _is_intact(loaded.backend_tokenizer, vocabulary):
+            raise RuntimeError(f"{vocabulary.name} tokenizer at {packaged} fails its identity check")
+        return loaded
     path = cache_dir() / vocabulary.cache_file_name
     tok: PreTrainedTokenizerFast | None = None
     if path.is_file():

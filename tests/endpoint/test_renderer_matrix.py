@@ -89,7 +89,9 @@ async def test_multi_turn_is_one_sequence_with_tito_and_drift_is_reported_withou
     family: str, tito: bool
 ) -> None:
     turns = [{"user": "Let's talk. Say you are Bob."}] + [{"user": f"Turn {i}: go on."} for i in range(3)]
-    alignment, _answers = await _episode(FAMILIES[family], tito, drift=1.0, turns=turns)
+    alignment, answers = await _episode(FAMILIES[family], tito, drift=1.0, turns=turns)
+    # Thinking families' (empty) think blocks are parsed out of the answer, not shown as text.
+    assert all(a.content and "think>" not in a.content for a in answers), [a.content for a in answers]
     if tito:
         assert len(alignment.sequences) == 1 and not alignment.drift
     else:
