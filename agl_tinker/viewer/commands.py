@@ -1,7 +1,7 @@
 """The viewer's ``agl-tinker`` subcommands: ``dryrun``, ``evaluate`` and ``view``.
 
 :func:`add_parsers` adds them to the CLI's parser; :data:`COMMANDS` says how each builds its
-``key=value`` settings (the CLI's :class:`~agl_tinker.cli.Command`). Importing this module is
+``key=value`` settings (the CLI's :class:`~agl_tinker.cli.command.Command`). Importing this module is
 cheap: everything heavy is imported once the settings are checked.
 """
 
@@ -52,7 +52,7 @@ class EvaluateSettings(DryrunSettings):
 
 def _command(name: str, settings: type) -> Callable[[argparse.Namespace], Any]:
     def build(args: argparse.Namespace) -> Any:
-        from agl_tinker.cli import Command
+        from agl_tinker.cli.command import Command
 
         return Command(f"agl-tinker {name}", settings, None)
 
@@ -67,7 +67,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
 
 
 def _checked(settings: Any) -> None:
-    from agl_tinker.cli import UsageError
+    from agl_tinker.cli.settings import UsageError
 
     for name in ("n", "group_size", "max_tokens"):
         value = getattr(settings, name)
@@ -81,7 +81,7 @@ def _run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Any]:
     """The command's rollouts (transcript rows) and settings; a bad agent or task list is a usage error."""
     import asyncio
 
-    from agl_tinker.cli import UsageError
+    from agl_tinker.cli.settings import UsageError
     from agl_tinker.heavy_import import import_agentlightning
     from agl_tinker.viewer.dryrun import DryRun, dry_run, load_agent, load_task_list
 
@@ -141,7 +141,7 @@ def _view(args: argparse.Namespace) -> int:
     import asyncio
     import contextlib
 
-    from agl_tinker.cli import UsageError
+    from agl_tinker.cli.settings import UsageError
     from agl_tinker.viewer.server import serve
 
     if not os.path.isdir(args.log_path):
