@@ -118,7 +118,6 @@ async def _train_claimed(
     on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
 ) -> TrainResult:
     """:func:`train`, with ``config.log_path`` claimed."""
-    config.validate()
     started = time.perf_counter()
     train_ds, val_ds = build_datasets(
         train_tasks,

@@ -69,9 +69,7 @@ def config_from_argv(argv: list[str], log_path: str | None = None) -> TrainConfi
     for name, policy in DEFAULTS["policies"].items():  # as sub-parameters, so argv may set one field
         for field_name in chz.chz_fields(policy):
             flat[f"policies.{name}.{field_name}"] = getattr(policy, field_name)
-    config = chz.Blueprint(TrainConfig).apply({"log_path": log_path, **flat}).make_from_argv(argv)
-    config.validate()
-    return config
+    return chz.Blueprint(TrainConfig).apply({"log_path": log_path, **flat}).make_from_argv(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
