@@ -275,7 +275,7 @@ class TrainConfig:
         default=None,
         doc="Asynchronous off-policy training (the cookbook's): train as soon as `groups_per_batch` groups are "
         "complete while the next ones run; groups more than `max_steps_off_policy` weights versions behind are "
-        "requeued or dropped (`agl_tinker.loop.async_loop`). None: synchronous.",
+        "requeued or dropped (`agl_tinker.loop.schedules`). None: synchronous.",
     )
     stream_minibatch_config: StreamMinibatchConfig | None = chz.field(
         default=None,
@@ -403,14 +403,11 @@ class TrainConfig:
             "agent_match": self.agent_match is not None,
             "model_match": self.model_match is not None,
             "model_aliases": bool(self.model_aliases),
-            "async_config": self.async_config is not None,
-            "stream_minibatch_config": self.stream_minibatch_config is not None,
         }
         for name, used in single_only.items():
             if used:
                 raise ConfigError(
-                    f"{name} cannot be combined with policies: set per-policy `models`/`agent_match` "
-                    "instead (several policies train synchronously)"
+                    f"{name} cannot be combined with policies: set per-policy `models`/`agent_match` instead"
                 )
         if self.endpoint_mode != "lean":
             raise ConfigError("policies need endpoint_mode='lean' (LLMProxy serves one model name)")

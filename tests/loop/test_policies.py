@@ -20,7 +20,7 @@ from agl_tinker.core.rewards import RewardOptions
 from agl_tinker.core.trajectory import rollout_trajectory
 from agl_tinker.endpoint.start import EndpointConfig, PolicyServing, start_policy_endpoint
 from agl_tinker.loop.config import ConfigError, PolicyConfig, TrainConfig
-from agl_tinker.loop.policies import unowned_calls
+from agl_tinker.loop.policy import unowned_calls
 
 # Our loop calls the SDK through its non-deprecated methods (the `*_async` spellings are
 # deprecated; see agl_tinker/tinker_retry.py): a FutureWarning here is a regression.
