@@ -15,7 +15,7 @@ import chz
 import pytest
 
 from agl_tinker import cli
-from agl_tinker.loop.algo import interrupt_watch
+from agl_tinker.algorithm import interrupt_watch
 from agl_tinker.loop.config import ConfigError, TrainConfig
 from agl_tinker.loop.preflight import SetupError, check_log_path, check_model
 

@@ -1,8 +1,8 @@
 """Every combination of modes trains the same way, against the simulator:
 (sync / stream / async) x (one policy / two policies) x (KL off / on).
 
-Each case runs two short steps in one process (Hello for one policy; the Duet, whose speaker and
-checker are two LoRAs, for two) and asserts what the one loop promises in every mode: datums
+Each case runs two short steps in one process (Hello for one policy; for two, the Duet's episode:
+the speaker and the checker are two LoRAs, each trained on the episode's reward) and asserts what the one loop promises in every mode: datums
 trained every step by every policy, no group lost or trained twice, every finished rollout
 released from the store, and the same metric keys in every mode (so curves of two modes compare).
 """
@@ -14,11 +14,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import agentlightning as agl
 import pytest
 from agentlightning.store.memory import InMemoryLightningStore
 from async_run import BATCH, GROUP, hello_config, run_hello
 
-from agl_tinker.examples.duet.agent import CHECKER, SPEAKER, duet_dataset, duet_rollout
+from agl_tinker.examples.clients import openai_client
+from agl_tinker.examples.duet.agent import CHECKER, SPEAKER, checker_prompt, duet_dataset, rewards, verdict
+from agl_tinker.examples.hello.agent import prompt_for, score
 from agl_tinker.loop.config import PolicyConfig
 from agl_tinker.loop.ledger import LEDGER_FILE
 
@@ -38,14 +41,32 @@ def _schedule_keys(row: dict[str, Any]) -> set[str]:
     return {k for k in row if k != "step" and not data_dependent(k)}
 
 
+async def _ask(llm: agl.LLM, model: str, prompt: str) -> str:
+    client = openai_client(llm.get_base_url(), llm.api_key)
+    response = await client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=32
+    )
+    return response.choices[0].message.content or ""
+
+
+async def _duet_episode(task: dict[str, Any], llm: agl.LLM) -> float:
+    """The Duet's episode (the speaker's call, then the checker's, each served by its own policy),
+    rewarded with both agents' scores summed (the in-process runners store one reward per rollout)."""
+    identity = task["identity"]
+    reply = await _ask(llm, SPEAKER, prompt_for(identity))
+    said = verdict(await _ask(llm, CHECKER, checker_prompt(identity, reply)))
+    each = rewards(score(reply, identity), said)
+    return each[SPEAKER] + each[CHECKER]
+
+
 def _run(tmp_path: Path, mode: str, n_policies: int, kl: bool, store: InMemoryLightningStore) -> Any:
     overrides: dict[str, Any] = {"kl_penalty_coef": 0.05 if kl else 0.0, "eval_every": 0}
     if n_policies == 1:
         return asyncio.run(run_hello(hello_config(tmp_path, mode, STEPS, **overrides), store=store))
-    policies = {name: PolicyConfig(reward_key=name) for name in DUET}
+    policies = {name: PolicyConfig() for name in DUET}
     config = hello_config(tmp_path, mode, STEPS, policies=policies, **overrides)
     return asyncio.run(
-        run_hello(config, store=store, agent=duet_rollout, tasks=duet_dataset("train"))  # type: ignore[arg-type]
+        run_hello(config, store=store, agent=_duet_episode, tasks=duet_dataset("train"))  # type: ignore[arg-type]
     )
 
 

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from agentlightning.store.memory import InMemoryLightningStore
 
-from agl_tinker.loop import algo
+from agl_tinker.algorithm import tinker_algorithm as algo
 from agl_tinker.loop.config import TrainConfig
+from agl_tinker.runners.store_wait import wait_for_store
 from agl_tinker.store_server import LeanStoreServer
 
 
@@ -58,7 +59,7 @@ async def test_runners_wait_for_the_store_that_starts_after_them() -> None:
 
     starter = asyncio.create_task(start_later())
     try:
-        assert await algo.wait_for_store(f"http://127.0.0.1:{port}", timeout_s=30)
+        assert await wait_for_store(f"http://127.0.0.1:{port}", timeout_s=30)
         assert server.endpoint == f"http://127.0.0.1:{port}"
     finally:
         await starter
@@ -67,11 +68,11 @@ async def test_runners_wait_for_the_store_that_starts_after_them() -> None:
 
 async def test_waiting_for_a_store_gives_up_at_the_timeout_or_when_told_to_stop() -> None:
     endpoint = f"http://127.0.0.1:{_unused_port()}"  # nothing listens there
-    assert not await algo.wait_for_store(endpoint, timeout_s=0.3)
+    assert not await wait_for_store(endpoint, timeout_s=0.3)
     stop = threading.Event()
     stop.set()
     t = time.monotonic()
-    assert not await algo.wait_for_store(endpoint, stop, timeout_s=30)
+    assert not await wait_for_store(endpoint, stop, timeout_s=30)
     assert time.monotonic() - t < 1.0
 
 
