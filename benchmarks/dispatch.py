@@ -76,7 +76,8 @@ from agentlightning.store.client_server import LightningStoreClient, LightningSt
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import EnqueueRolloutRequest, Rollout, Span
 
-from agl_tinker.dispatch.batch import DispatchConfig, WaitStrategy, dispatch_batch
+from agl_tinker.dispatch.batch import dispatch_batch
+from agl_tinker.dispatch.types import DispatchConfig, WaitStrategy
 from agl_tinker.runners.store_wait import wait_for_store
 from agl_tinker.store_server import serve_store
 
