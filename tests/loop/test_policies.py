@@ -76,6 +76,17 @@ def test_several_policies_take_a_kl_penalty(tmp_path: Any) -> None:
     _config(tmp_path, policies={"a": PolicyConfig(), "b": PolicyConfig()}, kl_penalty_coef=0.1).validate()
 
 
+def test_several_policies_train_streamed_and_asynchronously(tmp_path: Any) -> None:
+    """Every schedule trains a list of policies (these used to be refused)."""
+    from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
+
+    policies = {"a": PolicyConfig(), "b": PolicyConfig()}
+    stream = StreamMinibatchConfig(groups_per_batch=8, num_minibatches=2)
+    _config(tmp_path, policies=policies, batch_size=8, stream_minibatch_config=stream).validate()
+    asynchronous = AsyncConfig(max_steps_off_policy=1, groups_per_batch=8)
+    _config(tmp_path, policies=policies, batch_size=8, async_config=asynchronous).validate()
+
+
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
