@@ -90,3 +90,15 @@ def test_a_dataset_path_reaches_the_loop_as_a_path(monkeypatch: pytest.MonkeyPat
     asyncio.run(algorithm.run(path, (t for t in [{"identity": "b"}])))
     assert seen["train_tasks"] is path  # list(path) would fail, list(str) would be characters
     assert seen["val_tasks"] == [{"identity": "b"}]
+
+
+def test_the_old_import_path_gives_the_moved_names_with_a_warning() -> None:
+    import agl_tinker.algorithm
+    from agl_tinker.loop import algo as old
+
+    with pytest.warns(DeprecationWarning, match="import it from agl_tinker.algorithm"):
+        assert old.fit is agl_tinker.algorithm.fit
+    with pytest.warns(DeprecationWarning):
+        assert old.fast_runner is agl_tinker.algorithm.fast_runner
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = old.nothing
