@@ -11,14 +11,12 @@ import logging
 import os
 from typing import Any, Literal
 
+from agl_tinker.backend_error import BackendError
+
 logger = logging.getLogger(__name__)
 
 BACKEND_ENV = "AGL_TINKER_BACKEND"
 Backend = Literal["sim", "live"]
-
-
-class BackendError(RuntimeError):
-    """The backend is misconfigured (unknown name, missing credentials)."""
 
 
 def backend_name(value: str | None = None) -> Backend:
