@@ -1,11 +1,13 @@
-"""Where each group of an overlapped run ended up: ``groups.jsonl`` and what a checkpoint records.
+"""The group ledger of the overlapped schedules: where each group of the run ended up.
 
-Each group of the run has a key, its position in the run's stream (``batch * batch_size + index``).
-Every group taken off the stream ends in ``groups.jsonl`` (in the log directory) as ``trained``,
-``excluded`` (dropped by ``min_valid_per_group`` or as constant-reward), ``stale_dropped``, or
-``stale_requeued`` (then it comes back). A checkpoint records which keys are done
-(:meth:`GroupLedger.loop_state`); a restarted run skips exactly those. :func:`effective_ledger` reads
-``groups.jsonl`` as the surviving weights saw it (lines of steps a restart redid are superseded).
+Each group of the run has a key, its position in the run's stream (``batch * batch_size +
+index``). Every group taken off the stream ends in ``groups.jsonl`` (in the log directory) as
+``trained``, ``excluded`` (dropped by ``min_valid_per_group`` or as constant-reward),
+``stale_dropped``, or ``stale_requeued`` (then it comes back). A checkpoint records which keys
+are done (:meth:`GroupLedger.loop_state`); a restarted run skips exactly those and rolls out the
+others again (groups in flight or finished but untrained at a kill are not lost), so no group is
+trained twice in the weights. :func:`effective_ledger` reads ``groups.jsonl`` as the surviving
+weights saw it (lines of steps a restart redid are superseded).
 """
 
 from __future__ import annotations

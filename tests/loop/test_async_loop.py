@@ -71,9 +71,8 @@ def _assert_every_group_once(log_path: Path, n_groups: int) -> list[dict[str, An
 def test_overlap_configs_that_do_not_fit_the_batch_are_refused(
     tmp_path: Path, overrides: dict[str, Any], field: str
 ) -> None:
-    config = TrainConfig(log_path=str(tmp_path), batch_size=8, **overrides)
     with pytest.raises(ConfigError, match=field):
-        config.validate()
+        TrainConfig(log_path=str(tmp_path), batch_size=8, **overrides)
 
 
 def test_synchronous_stays_the_default(tmp_path: Path) -> None:

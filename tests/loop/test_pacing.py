@@ -141,6 +141,5 @@ def test_bad_arguments_are_refused() -> None:
     ],
 )
 def test_pacing_config_is_checked(tmp_path: Path, overrides: dict[str, object], message: str) -> None:
-    config = TrainConfig(log_path=str(tmp_path), batch_size=8, **overrides)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=message):
-        config.validate()
+        TrainConfig(log_path=str(tmp_path), batch_size=8, **overrides)  # type: ignore[arg-type]
