@@ -40,7 +40,7 @@ from .faults import Fault, FaultInjector, WireFaults
 from .futures import Promise
 from .http import _detail, _json
 from .memory import return_free_memory
-from .rest import RestRoutes
+from .rest import FILES, RestRoutes
 from .service import DEFAULT_SESSION_EXPIRY_S, WireService
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class WireServer:
     # ---- plumbing ----------------------------------------------------------------------------
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path != f"{API}/healthz":
+        if request.path != f"{API}/healthz" and not request.path.startswith(FILES):
             key = request.headers.get("X-API-Key", "")
             if not key.startswith(("tml-", "eyJ")):
                 return _detail(401, "missing or invalid API key (X-API-Key must start with 'tml-')")
@@ -235,6 +235,10 @@ class WireServer:
             web.post(
                 f"{API}/save_weights_for_sampler",
                 self._submit(T.SaveWeightsForSamplerRequest.model_validate, s.save_weights_for_sampler),
+            ),
+            web.post(
+                f"{API}/save_weights_external",
+                self._submit(T.SaveWeightsExternalRequest.model_validate, s.save_weights_external),
             ),
             web.post(
                 f"{API}/load_weights", self._submit(T.LoadWeightsRequest.model_validate, s.load_weights)

@@ -311,6 +311,26 @@ class WireService:
             ),
         )
 
+    async def save_weights_external(self, request: types.SaveWeightsExternalRequest) -> Promise:
+        key = ("train", request.model_id, request.seq_id)
+        if (seen := self._seen(key)) is not None:
+            return seen
+        run = self.run(request.model_id)
+
+        def save() -> Any:
+            return run.client.save_weights_external(
+                request.path, request.ttl_seconds, request.age_encryption_recipients
+            )
+
+        return await self._apply(
+            run,
+            key,
+            request.seq_id,
+            lambda: self._track(
+                key, _call(save), lambda r: types.SaveWeightsExternalResponseInternal(path=r.path)
+            ),
+        )
+
     async def save_weights_for_sampler(self, request: types.SaveWeightsForSamplerRequest) -> Promise:
         key = ("train", request.model_id, request.seq_id)
         if (seen := self._seen(key)) is not None:
