@@ -196,3 +196,40 @@ def test_the_sdks_documented_calls_one_by_one(live_env: str, tmp_path: Path) -> 
 
     asyncio.run(async_variants())
     service.close("success").result()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", ["sync", "async", "stream_minibatch"])
+def test_the_cookbook_math_rl_arithmetic_recipe_trains_in_each_schedule(
+    live_env: str, tmp_path: Path, schedule: str
+) -> None:
+    """``recipes/math_rl/train.py``'s ``cli_main`` (arithmetic: synthetic problems, no hub), through the
+    cookbook's ``rl/train.py`` in its sync, async (off-policy) and stream-minibatch schedules."""
+    from tinker_cookbook.recipes.math_rl import train
+    from tinker_cookbook.rl.train import StreamMinibatchConfig
+
+    config = train.CLIConfig(
+        base_url=live_env,
+        log_path=str(tmp_path),
+        model_name=MODEL,
+        lora_rank=4,
+        group_size=2,
+        groups_per_batch=4,
+        max_tokens=5,
+        learning_rate=1e-2,
+        eval_every=0,
+        save_every=0,
+        max_steps=2,
+        behavior_if_log_dir_exists="delete",
+        max_steps_off_policy=1 if schedule == "async" else None,
+        stream_minibatch_config=(
+            StreamMinibatchConfig(groups_per_batch=4, num_minibatches=2)
+            if schedule == "stream_minibatch"
+            else None
+        ),
+    )
+    asyncio.run(train.cli_main(config))
+    metrics = _metrics(tmp_path)
+    trained = [m for m in metrics if "env/all/reward/total" in m]
+    assert len(trained) == 2, [sorted(m) for m in metrics]
+    assert all(math.isfinite(m["env/all/reward/total"]) for m in trained)
