@@ -248,6 +248,7 @@ class WireServer:
             web.get(f"{API}/samplers/{{sampler_id}}", self._get_sampler),
             web.post(f"{API}/asample", self._asample),
             web.post(f"{API}/retrieve_future", self._retrieve_future),
+            web.post(f"{API}/retrieve_futures", self._retrieve_futures),
             web.post(f"{API}/cancel_future", self._cancel_future),
             *RestRoutes(s).routes(API),
         ]
@@ -332,6 +333,16 @@ class WireServer:
         if error is not None:
             return _json(_failure(error))
         return _result_response(value)
+
+    async def _retrieve_futures(self, request: web.Request) -> web.Response:
+        """The session poller's long poll (``sample_use_retrieve_futures``; see ``feeds.py``)."""
+        body = types.FuturesRetrieveRequest.model_validate(await request.json())
+        target = body.target
+        self.service.sampler(target.sampling_session_id)  # 404 for an unknown or released session
+        self.service.promises.drop(body.retrieved_request_ids)
+        timeout = self.poll_hold_s if body.timeout is None else min(body.timeout, self.poll_hold_s)
+        feed = self.service.feeds.feed(target.sampling_session_id, target.cloned_sampler_id)
+        return _json(await feed.poll(body.prev_cursor, timeout))
 
     async def _cancel_future(self, request: web.Request) -> web.Response:
         body = await request.json()
