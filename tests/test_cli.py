@@ -15,9 +15,9 @@ import chz
 import pytest
 
 from agl_tinker import cli
+from agl_tinker.algorithm import interrupt_watch
 from agl_tinker.cli.examples import message_text
 from agl_tinker.cli.main import COMMANDS
-from agl_tinker.loop.algo import interrupt_watch
 from agl_tinker.loop.config import ConfigError, TrainConfig
 from agl_tinker.loop.preflight import SetupError, check_log_path, check_model
 

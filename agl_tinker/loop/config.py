@@ -187,7 +187,7 @@ class TrainConfig(KnownKeywords):
         default=None,
         doc="Asynchronous off-policy training (the cookbook's): train as soon as `groups_per_batch` groups are "
         "complete while the next ones run; groups more than `max_steps_off_policy` weights versions behind are "
-        "requeued or dropped (`agl_tinker.loop.async_loop`). None: synchronous.",
+        "requeued or dropped (`agl_tinker.loop.schedules`). None: synchronous.",
     )
     stream_minibatch_config: StreamMinibatchConfig | None = chz.field(
         default=None,

@@ -212,14 +212,11 @@ def _check_policies(config: Any) -> None:
         "agent_match": config.agent_match is not None,
         "model_match": config.model_match is not None,
         "model_aliases": bool(config.model_aliases),
-        "async_config": config.async_config is not None,
-        "stream_minibatch_config": config.stream_minibatch_config is not None,
     }
     for name, used in single_only.items():
         if used:
             raise ConfigError(
-                f"{name} cannot be combined with policies: set per-policy `models`/`agent_match` "
-                "instead (several policies train synchronously)"
+                f"{name} cannot be combined with policies: set per-policy `models`/`agent_match` instead"
             )
     if config.endpoint_mode != "lean":
         raise ConfigError("policies need endpoint_mode='lean' (LLMProxy serves one model name)")

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from agl_tinker.algorithm import fit
 from agl_tinker.core.rewards import RewardMode
 from agl_tinker.examples.hello.agent import hello_agent, hello_dataset
-from agl_tinker.loop.algo import fit
 from agl_tinker.loop.config import ConfigError, TrainConfig
 from agl_tinker.loop.data import DatasetError, build_datasets
 

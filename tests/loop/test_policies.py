@@ -20,7 +20,7 @@ from agl_tinker.core.rewards import RewardOptions
 from agl_tinker.core.trajectory import rollout_trajectory
 from agl_tinker.endpoint.start import EndpointConfig, PolicyServing, start_policy_endpoint
 from agl_tinker.loop.config import ConfigError, PolicyConfig, TrainConfig
-from agl_tinker.loop.policies import unowned_calls
+from agl_tinker.loop.policy import unowned_calls
 
 # Our loop calls the SDK through its non-deprecated methods (the `*_async` spellings are
 # deprecated; see agl_tinker/tinker_retry.py): a FutureWarning here is a regression.
@@ -72,6 +72,17 @@ def test_policy_settings_fall_back_to_the_run_and_select_exact_model_names(tmp_p
 def test_several_policies_take_a_kl_penalty(tmp_path: Any) -> None:
     """Each policy is penalised against its own base model (it used to be refused)."""
     _config(tmp_path, policies={"a": PolicyConfig(), "b": PolicyConfig()}, kl_penalty_coef=0.1)
+
+
+def test_several_policies_train_streamed_and_asynchronously(tmp_path: Any) -> None:
+    """Every schedule trains a list of policies (these used to be refused)."""
+    from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
+
+    policies = {"a": PolicyConfig(), "b": PolicyConfig()}
+    stream = StreamMinibatchConfig(groups_per_batch=8, num_minibatches=2)
+    _config(tmp_path, policies=policies, batch_size=8, stream_minibatch_config=stream)  # built: checked
+    asynchronous = AsyncConfig(max_steps_off_policy=1, groups_per_batch=8)
+    _config(tmp_path, policies=policies, batch_size=8, async_config=asynchronous)  # built: checked
 
 
 @pytest.mark.parametrize(

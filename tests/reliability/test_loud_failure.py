@@ -10,8 +10,8 @@ import pytest
 from reliability_harness import always_raises, hello_config, run_hello
 
 from agl_tinker import cli
+from agl_tinker.algorithm import fit
 from agl_tinker.examples.hello.agent import hello_dataset
-from agl_tinker.loop.algo import fit
 from agl_tinker.loop.config import ConfigError
 from agl_tinker.loop.errors import NoTrainableRollouts
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import chz
 
+from agl_tinker.algorithm import fit
 from agl_tinker.examples.duet.agent import CHECKER, SPEAKER, duet_agent, duet_dataset
-from agl_tinker.loop.algo import fit
 from agl_tinker.loop.config import PolicyConfig, TrainConfig, bind_cookbook_types
 from agl_tinker.loop.train import TrainResult
 
