@@ -44,13 +44,17 @@ def _store(args: argparse.Namespace) -> int:
     import contextlib
 
     import_agentlightning()
-    from agl_tinker.store_server import serve_store
+    from agl_tinker.split_store import DEFAULT_LEAVE_AFTER_S, RunnerPresence, serve_store
 
+    timeout = DEFAULT_LEAVE_AFTER_S if args.runner_timeout is None else args.runner_timeout
+    if timeout <= 0:
+        raise UsageError(f"--runner-timeout must be > 0 seconds, got {timeout}")
+    presence = RunnerPresence(leave_after_s=timeout)
     if not args.verbose:  # its stop line ("received cancellation signal") is a warning: ours says it
         logging.getLogger("agentlightning.utils.server_launcher").setLevel(logging.ERROR)
     print(f"agl-tinker store: serving at http://{args.host}:{args.port}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a store is stopped
-        asyncio.run(serve_store(args.host, args.port, args.cors_origins))
+        asyncio.run(serve_store(args.host, args.port, args.cors_origins, presence))
     print("agl-tinker store: stopped", flush=True)
     return 0
 
@@ -108,6 +112,7 @@ class RunnerSettings:
 
     store: str = chz.field(default=_STORE_URL, doc="URL of the store server the algorithm feeds.")
     n_runners: int = chz.field(default=2, doc="Runner processes to start.")
+    report_every: int = chz.field(default=20, doc="Print a progress line per this many finished rollouts.")
 
 
 def _q20_games_path(command: str) -> str:
@@ -413,7 +418,7 @@ def _arguments_of(help_text: str) -> str:
 def _check_own(settings: Any) -> None:
     from agl_tinker.loop.config import ConfigError
 
-    for name in ("n_runners", "games", "limit", "rollouts_per_runner"):
+    for name in ("n_runners", "games", "limit", "rollouts_per_runner", "report_every"):
         value = getattr(settings, name, None)
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
@@ -529,10 +534,12 @@ def _hello(args: argparse.Namespace) -> int:
     if config is None:
         from agl_tinker.examples.hello.train import run_runners
 
-        print(f"Hello 1024 runners: connected to the store at {own.store}; {own.n_runners} runner processes")
-        run_runners(own.store, own.n_runners)
-        print("Hello 1024 runners: stopped (the algorithm finished, or the store stopped)", flush=True)
-        return 0
+        label = "Hello 1024 runners"
+        processes = f"{own.n_runners} runner process{'es' if own.n_runners != 1 else ''}"
+        print(f"{label}: connected to the store at {own.store}; {processes}", flush=True)
+        stopped = run_runners(own.store, own.n_runners, every=own.report_every, verbose=args.verbose)
+        print(stopped.line(label), flush=True)
+        return stopped.exit_code
     from agl_tinker.examples.hello.train import print_summary, run_algo, run_one_click
 
     print(f"Hello 1024 ({args.mode or 'one-click'}), logging to {config.log_path}", flush=True)
@@ -662,6 +669,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # ok: same documented split-mode default as _STORE_URL
     store.add_argument(
         "--cors-origin", dest="cors_origins", action="append", help="allowed CORS origin (repeatable)"
+    )
+    store.add_argument(
+        "--runner-timeout",
+        type=float,
+        help="seconds without a call from a runner after which it is reported gone (default 30)",
     )
     store.set_defaults(func=_store)
 
