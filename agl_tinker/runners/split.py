@@ -30,7 +30,7 @@ from agentlightning.execution.events import ExecutionEvent
 from agentlightning.store.base import LightningStore
 from agentlightning.store.client_server import API_V1_AGL_PREFIX
 
-from agl_tinker.loop.algo import LeanServerStrategy, fast_runner, interrupt_watch
+from agl_tinker.algorithm import LeanServerStrategy, fast_runner, interrupt_watch
 from agl_tinker.run.reach import Deadline, Unreachable, probe
 from agl_tinker.runners.progress import ProgressPrinter
 
