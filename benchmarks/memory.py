@@ -191,8 +191,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.policies == 2 and args.layout == "split":
         parser.error("--policies 2 runs one-click only (the Duet has no split-mode runner command)")
-    try:  # what the loop refuses (e.g. a schedule several policies cannot run yet) is refused here
-        _config(tempfile.gettempdir(), args.steps, args.mode, args.policies).validate()
+    try:  # what the config refuses (it checks itself when built) is refused here, before anything starts
+        _config(tempfile.gettempdir(), args.steps, args.mode, args.policies)
     except ConfigError as e:
         parser.error(f"--mode {args.mode} --policies {args.policies}: {e}")
     logging.basicConfig(level=logging.CRITICAL)
