@@ -11,6 +11,7 @@ import os
 import secrets
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from multiprocessing.context import BaseContext
 from typing import Any, cast
@@ -69,10 +70,14 @@ class TinkerAlgorithm(agl.Algorithm):
         self.result: TrainResult | None = None
         self.error: BaseException | None = None
         """What stopped the run, if it failed (the trainer's strategy may log it instead of raising)."""
+        self._runner_stats: Mapping[str, int] = {}
 
     def set_trainer(self, trainer: Any) -> None:
         check_runner(trainer)
         super().set_trainer(trainer)
+        strategy = getattr(trainer, "strategy", None)
+        # This package's strategies count the runner faults they see; the steps report restarts.
+        self._runner_stats = strategy.stats if isinstance(strategy, LeanServerStrategy) else {}
 
     async def run(  # type: ignore[override]
         self, train_dataset: Any = None, val_dataset: Any = None
@@ -89,6 +94,7 @@ class TinkerAlgorithm(agl.Algorithm):
                 service=self.service,
                 show_progress=self.show_progress,
                 on_step=self.on_step,
+                runner_stats=self._runner_stats,
             )
         except Exception as exc:
             self.error = exc
@@ -154,6 +160,10 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
     - in ``role="both"`` (one command: server, algorithm and runners), each run has a ``run_id``
       its server announces; a runner process checks it before taking any rollout and stops with
       :class:`StoreOfAnotherRun` when it reached another run's store (a port taken meanwhile).
+
+    ``stats`` counts the runner faults it saw, as they happen (keys in
+    :mod:`agl_tinker.runners.supervise`: deaths, restarts, rollouts given up); the algorithm of a
+    run in this process puts each step's restarts in that step's metrics row.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -163,6 +173,7 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
         if not fixed:
             self.server_port = free_port(_bind_host(self.server_host))
         self.run_id = secrets.token_hex(8)
+        self.stats: Counter[str] = Counter()
 
     def _spawn_runners(
         self, runner: Any, store: LightningStore, stop_evt: ExecutionEvent, *, ctx: BaseContext
@@ -186,7 +197,7 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
 
         processes = [spawn(i) for i in range(self.n_runners)]
         store_url = f"http://{self.server_host}:{self.server_port}" if self.managed_store else None
-        supervisor = RunnerSupervisor(processes, spawn, stop_evt, store_url)
+        supervisor = RunnerSupervisor(processes, spawn, stop_evt, store_url, stats=self.stats)
         if self.role != "runner":
             supervisor.start()
             return processes

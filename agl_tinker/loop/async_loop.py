@@ -364,6 +364,7 @@ class _OverlappedRun:
                 requeued=requeued,
                 stale_dropped=dropped,
                 groups_in_flight=in_flight,
+                runner_restarts=self.loop.take_runner_restarts(),
             )
         )
         metrics.update(self.loop.endpoint.span_metrics())  # spans the recorder could not store

@@ -124,8 +124,12 @@ class MultiPolicyLoop(TrainingRun):
         service: Any,
         show_progress: bool,
         n_steps: int,
+        *,
+        runner_stats: Mapping[str, int] | None = None,
     ) -> None:
-        super().__init__(config, store, train_ds, val_ds, service, show_progress, n_steps)
+        super().__init__(
+            config, store, train_ds, val_ds, service, show_progress, n_steps, runner_stats=runner_stats
+        )
         self.runs: dict[str, PolicyRun] = {}
         base_options = config.reward_options()
         for name in config.policies:
@@ -369,7 +373,15 @@ class MultiPolicyLoop(TrainingRun):
             trainer_busy_s=clock.busy_s,
             sampler_idle_s=t_end - t_sampled,
         )
-        metrics.update(step_row(first, step, epoch=self.train_ds.epoch_of(step), times=times))
+        metrics.update(
+            step_row(
+                first,
+                step,
+                epoch=self.train_ds.epoch_of(step),
+                times=times,
+                runner_restarts=self.take_runner_restarts(),
+            )
+        )
         metrics.update(self.endpoint.span_metrics())
         return metrics
 

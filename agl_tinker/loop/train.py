@@ -81,6 +81,7 @@ async def train(
     service: Any = None,
     show_progress: bool = True,
     on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
+    runner_stats: Mapping[str, int] | None = None,
 ) -> TrainResult:
     """Train the policy behind the endpoint on rollouts run by whatever runners serve ``store``.
 
@@ -89,6 +90,9 @@ async def train(
     the endpoint as the ``main_llm`` resource. ``service`` defaults to ``backend.service_client()``.
     The run holds the lock of ``config.log_path`` until it returns or raises
     (:mod:`agl_tinker.run.lock`; another run there fails at once) and logs to ``run.log`` there.
+    ``runner_stats``: the live runner-fault counts of the strategy running the runners (keys in
+    :mod:`agl_tinker.runners.supervise`), read at each step: its ``runners/restarts`` metric is
+    the restarts during that step (0 when not given, e.g. runners started by hand elsewhere).
     """
     claim_run(config)
     try:
@@ -101,6 +105,7 @@ async def train(
             service=service,
             show_progress=show_progress,
             on_step=on_step,
+            runner_stats=runner_stats,
         )
     finally:
         release_run(config)
@@ -116,6 +121,7 @@ async def _train_claimed(
     service: Any = None,
     show_progress: bool = True,
     on_step: Callable[[int, Mapping[str, Any]], None] | None = None,
+    runner_stats: Mapping[str, int] | None = None,
 ) -> TrainResult:
     """:func:`train`, with ``config.log_path`` claimed."""
     config.validate()
@@ -141,7 +147,14 @@ async def _train_claimed(
 
         loop_type = MultiPolicyLoop
     loop = loop_type(
-        config, store, train_ds, val_ds, service or backend.service_client(), show_progress, n_steps
+        config,
+        store,
+        train_ds,
+        val_ds,
+        service or backend.service_client(),
+        show_progress,
+        n_steps,
+        runner_stats=runner_stats,
     )
     resume = await loop.resume()
     start_step = int(resume.batch) if resume is not None and resume.batch is not None else 0

@@ -49,6 +49,7 @@ from agl_tinker.loop.progress import ProgressDisplay, step_label
 from agl_tinker.loop.step_metrics import StepTimes, step_row
 from agl_tinker.loop.step_trainer import BusyClock, Learner, StepTrainer
 from agl_tinker.run.flat_reward import group_reward_metrics
+from agl_tinker.runners.supervise import RESTARTS
 from agl_tinker.tinker_retry import (
     Retrier,
     RetryingSamplingClient,
@@ -85,6 +86,8 @@ class TrainingRun:
         service: Any,
         show_progress: bool,
         n_steps: int,
+        *,
+        runner_stats: Mapping[str, int] | None = None,
     ) -> None:
         self.config = config
         self.n_steps = n_steps
@@ -128,6 +131,15 @@ class TrainingRun:
         self.empty_steps = 0
         self.policy_checkpoints: dict[str, dict[str, str]] = {}
         """Several policies only: the paths of each policy's latest checkpoint."""
+        self.runner_stats: Mapping[str, int] = runner_stats if runner_stats is not None else {}
+        """The live runner-fault counts of the strategy running the runners (see :func:`train`)."""
+        self._restarts_reported = 0
+
+    def take_runner_restarts(self) -> int:
+        """Runner restarts since the previous call (the strategy's counts are cumulative)."""
+        total = int(self.runner_stats.get(RESTARTS, 0))
+        taken, self._restarts_reported = total - self._restarts_reported, total
+        return taken
 
     def policy_dirs(self) -> dict[str, Path]:
         """Several policies only: policy name -> its directory (checkpoints, reward curve)."""
@@ -333,7 +345,15 @@ class TrainingRun:
             trainer_busy_s=clock.busy_s,
             sampler_idle_s=t_end - t_sampled,
         )
-        metrics.update(step_row(batch, step, epoch=self.train_ds.epoch_of(step), times=times))
+        metrics.update(
+            step_row(
+                batch,
+                step,
+                epoch=self.train_ds.epoch_of(step),
+                times=times,
+                runner_restarts=self.take_runner_restarts(),
+            )
+        )
         metrics.update(self.endpoint.span_metrics())  # spans the recorder could not store
         return metrics
 
