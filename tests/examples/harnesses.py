@@ -131,13 +131,35 @@ def run_opencode(
     return _run_harness([str(bin_dir / "opencode"), "run", prompt], work, env, 180)
 
 
-def train_one_step(alignment: Any, model: str, reward: float) -> int:
+def train_one_step(alignments: list[Any], rewards: list[float], model: str) -> tuple[int, list[float]]:
     """One training step on the simulator (importance sampling, ``forward_backward`` then
-    ``optim_step``) on the datums of one recorded episode rewarded ``reward``; returns the datums."""
-    trajectory = alignment_trajectory(alignment, [0.0] * (len(alignment.steps) - 1) + [reward])
-    group = TrajectoryGroup(trajectories_G=[trajectory], final_rewards_G=[0.0], metrics_G=[{}])
-    data, _ = assemble_training_data([group], compute_advantages([group]))
+    ``optim_step``) on one group of recorded episodes, episode ``i`` rewarded ``rewards[i]``.
+
+    Returns the number of datums trained and, per datum, how much the summed logprob of its
+    sampled tokens moved (a ``forward`` after the step minus the one before it): the rewarded
+    episode's must rise and the other's fall, or the step did not train on what was recorded.
+    """
+    trajectories = [
+        alignment_trajectory(alignment, [0.0] * (len(alignment.steps) - 1) + [reward])
+        for alignment, reward in zip(alignments, rewards, strict=True)
+    ]
+    group = TrajectoryGroup(trajectories_G=trajectories, final_rewards_G=[0.0] * len(rewards), metrics_G=[{}])
+    assembled, _ = assemble_training_data([group], compute_advantages([group]))
+    # The mask marks sampled tokens; it is the cookbook's, not a loss input the service takes.
+    sampled = [datum.loss_fn_inputs["mask"].to_numpy() > 0 for datum in assembled]
+    data = [
+        tinker.Datum(
+            model_input=datum.model_input,
+            loss_fn_inputs={k: v for k, v in datum.loss_fn_inputs.items() if k != "mask"},
+        )
+        for datum in assembled
+    ]
     trainer = service_client().create_lora_training_client(base_model=model, rank=8).result()
-    trainer.forward_backward(data, loss_fn="importance_sampling").result()
+    before = trainer.forward_backward(data, loss_fn="importance_sampling").result()
     trainer.optim_step(tinker.AdamParams(learning_rate=1e-2)).result()
-    return len(data)
+    after = trainer.forward(data, loss_fn="importance_sampling").result()
+    moved = []
+    for mask, old, new in zip(sampled, before.loss_fn_outputs, after.loss_fn_outputs, strict=True):
+        change = new["logprobs"].to_numpy() - old["logprobs"].to_numpy()
+        moved.append(float(change[mask].sum()))
+    return len(data), moved

@@ -1,6 +1,7 @@
 """Codex CLI and opencode, installed from npm and run unchanged against the endpoint (issue 32):
 a tool-using episode is one token sequence with no drift and every tool call it sent back matched,
-and one training step runs on its datums. Skipped, saying why, when npm or the packages cannot
+and one training step on a group of two such episodes (rewarded 1 and 0) moves the policy toward
+the rewarded one. Skipped, saying why, when npm or the packages cannot
 be had."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 import tinker
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.store.threading import LightningStoreThreaded
-from harnesses import harness_bin, run_codex, run_opencode
+from harnesses import TASK_PROMPT, harness_bin, run_codex, run_opencode, train_one_step
 
 from agl_tinker import spans as S
 from agl_tinker.backend import get_tokenizer
@@ -35,11 +36,15 @@ def bin_dir() -> Path:
     return found
 
 
-class HarnessSampler:
-    """Plays a coding agent's policy: a title when asked for one, one shell tool call, then done."""
+OTHER_TASK = "List every file here, hidden ones too, then say done."
 
-    def __init__(self, tokenizer: Any, call: str) -> None:
-        self.tokenizer, self.call = tokenizer, call
+
+class HarnessSampler:
+    """Plays a coding agent's policy: a title when asked for one, one tool call (the one ``calls``
+    gives for the task in the prompt), then done."""
+
+    def __init__(self, tokenizer: Any, calls: dict[str, str]) -> None:
+        self.tokenizer, self.calls = tokenizer, calls
 
     async def sample(self, prompt: tinker.ModelInput, num_samples: int, sampling_params: Any) -> Any:
         seen = self.tokenizer.decode(prompt.to_ints()[-4000:])
@@ -48,7 +53,8 @@ class HarnessSampler:
         elif "<tool_response>" in seen:
             text = "Done."
         else:
-            text = f"<tool_call>\n{self.call}\n</tool_call>"
+            (call,) = [call for task, call in self.calls.items() if task in seen]
+            text = f"<tool_call>\n{call}\n</tool_call>"
         tokens = [*self.tokenizer.encode(text, add_special_tokens=False), 151645][
             : sampling_params.max_tokens
         ]
@@ -62,28 +68,56 @@ class HarnessSampler:
 
 
 @asynccontextmanager
-async def _rollout_url(call: str) -> AsyncIterator[tuple[str, Callable[[], Any]]]:
+async def _rollout_urls(calls: dict[str, str]) -> AsyncIterator[tuple[list[str], Callable[[], Any]]]:
+    """One endpoint and one rollout per task of ``calls``: their URLs, and a function returning
+    their trajectories (in the same order) once the harnesses are done."""
     tokenizer = get_tokenizer(MODEL)
     store = LightningStoreThreaded(InMemoryLightningStore())
     endpoint = await start_endpoint(
         EndpointConfig(),
         store=store,
-        sampling_client=HarnessSampler(tokenizer, call),
+        sampling_client=HarnessSampler(tokenizer, calls),
         base_model=MODEL,
         tokenizer=tokenizer,
     )
-    rollout = await store.start_rollout(input={})
-    url = endpoint.as_resource(rollout.rollout_id, rollout.attempt.attempt_id).get_base_url()
+    rollouts = [await store.start_rollout(input={}) for _ in calls]
+    urls = [endpoint.as_resource(r.rollout_id, r.attempt.attempt_id).get_base_url() for r in rollouts]
 
-    async def trajectory() -> Any:
+    async def trajectories() -> list[Any]:
         await endpoint.flush()
-        spans = await store.query_spans(rollout.rollout_id)
-        return rollout_trajectory(spans, status=None, decode=tokenizer.decode)
+        return [
+            rollout_trajectory(await store.query_spans(r.rollout_id), status=None, decode=tokenizer.decode)
+            for r in rollouts
+        ]
 
     try:
-        yield url, trajectory
+        yield urls, trajectories
     finally:
         await endpoint.stop()
+
+
+async def _run_group(
+    run: Callable[..., Any], bin_dir: Path, calls: dict[str, str], tmp_path: Path, api: str
+) -> None:
+    """Run the harness once per task, concurrently; check each episode is one sequence; train one
+    step on the two, the first rewarded 1 and the second 0."""
+    async with _rollout_urls(calls) as (urls, trajectories):
+        done = await asyncio.gather(
+            *(
+                asyncio.to_thread(run, bin_dir, url, MODEL, tmp_path / str(i), task)
+                for i, (url, task) in enumerate(zip(urls, calls, strict=True))
+            )
+        )
+        for finished in done:
+            assert finished.returncode == 0, finished.stderr[-2000:]
+        episodes = await trajectories()
+    for episode in episodes:
+        _check_one_sequence(episode, api)
+    datums, moved = await asyncio.to_thread(
+        train_one_step, [e.alignment for e in episodes], [1.0, 0.0], MODEL
+    )
+    assert datums == 2  # one sequence per episode: one datum each
+    assert moved[0] > 0 > moved[1], moved
 
 
 def _check_one_sequence(trajectory: Any, api: str) -> None:
@@ -105,16 +139,21 @@ def _check_one_sequence(trajectory: Any, api: str) -> None:
     )
 
 
-async def test_codex_exec_tool_episode_is_one_sequence(bin_dir: Path, tmp_path: Path) -> None:
-    async with _rollout_url('{"name": "exec_command", "arguments": {"cmd": "ls"}}') as (url, trajectory):
-        done = await asyncio.to_thread(run_codex, bin_dir, url, MODEL, tmp_path)
-        assert done.returncode == 0, done.stderr[-2000:]
-        _check_one_sequence(await trajectory(), "responses")
+async def test_codex_exec_tool_episodes_are_one_sequence_each_and_train(
+    bin_dir: Path, tmp_path: Path
+) -> None:
+    calls = {
+        TASK_PROMPT: '{"name": "exec_command", "arguments": {"cmd": "ls"}}',
+        OTHER_TASK: '{"name": "exec_command", "arguments": {"cmd": "ls -a"}}',
+    }
+    await _run_group(run_codex, bin_dir, calls, tmp_path, "responses")
 
 
-async def test_opencode_run_tool_episode_is_one_sequence(bin_dir: Path, tmp_path: Path) -> None:
-    call = '{"name": "glob", "arguments": {"pattern": "*"}}'  # bash is denied, so not offered
-    async with _rollout_url(call) as (url, trajectory):
-        done = await asyncio.to_thread(run_opencode, bin_dir, url, MODEL, tmp_path)
-        assert done.returncode == 0, done.stderr[-2000:]
-        _check_one_sequence(await trajectory(), "chat.completions")
+async def test_opencode_run_tool_episodes_are_one_sequence_each_and_train(
+    bin_dir: Path, tmp_path: Path
+) -> None:
+    calls = {  # bash is denied, so not offered
+        TASK_PROMPT: '{"name": "glob", "arguments": {"pattern": "*"}}',
+        OTHER_TASK: '{"name": "glob", "arguments": {"pattern": "**/*"}}',
+    }
+    await _run_group(run_opencode, bin_dir, calls, tmp_path, "chat.completions")

@@ -18,6 +18,17 @@ from agl_tinker.net import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _stopped(store: subprocess.Popen[str]) -> tuple[str, str]:
+    """The store's output once it has exited; if it has not within 60 s of SIGINT, fail with the
+    stacks of its threads (SIGABRT makes the faulthandler print them)."""
+    try:
+        return store.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        store.send_signal(signal.SIGABRT)
+        out, err = store.communicate(timeout=30)
+        pytest.fail(f"the store did not exit within 60 s of SIGINT\n{out}\n{err[-6000:]}")
+
+
 @pytest.mark.slow
 def test_the_store_says_its_url_and_nothing_else_by_default() -> None:
     port = free_port()
@@ -26,6 +37,7 @@ def test_the_store_says_its_url_and_nothing_else_by_default() -> None:
         "PYTHONPATH": str(ROOT),
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "HF_HUB_OFFLINE": "1",
+        "PYTHONFAULTHANDLER": "1",  # a store that hangs on SIGINT is aborted below: its stacks say where
     }
     store = subprocess.Popen(
         [sys.executable, "-m", "agl_tinker.cli", "store", "--port", str(port)],
@@ -46,7 +58,7 @@ def test_the_store_says_its_url_and_nothing_else_by_default() -> None:
                 time.sleep(0.2)
     finally:
         store.send_signal(signal.SIGINT)
-        out, err = store.communicate(timeout=60)
+        out, err = _stopped(store)
     assert out.strip().splitlines() == [
         f"agl-tinker store: serving at http://127.0.0.1:{port}",
         "agl-tinker store: stopped",
