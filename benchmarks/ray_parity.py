@@ -21,9 +21,7 @@ within it, the two modes reach the same reward), and ``ray_vs_split_overhead`` (
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -41,6 +39,7 @@ from _stdout import emit_json, json_stdout  # benchmarks/ is on sys.path when a 
 from agl_tinker.net import free_port
 
 SEEDS = [int(s) for s in os.environ.get("AGL_BENCH_SEEDS", "0,1,2").split(",")]
+MODES = os.environ.get("AGL_BENCH_MODES", "one_process,split,ray").split(",")
 N_RUNNERS = 3
 
 
@@ -70,51 +69,59 @@ def _one_run(mode: str, seed: int, root: Path) -> dict[str, Any]:
     return _summary(result, time.monotonic() - t0)
 
 
-def _store_main(port: int) -> None:
-    import asyncio
-
-    from agl_tinker.store_server import serve_store
-
-    asyncio.run(serve_store("127.0.0.1", port))
-
-
-def _runners_main(store_url: str) -> None:
-    from agl_tinker.examples.hello.train import run_runners
-
-    with contextlib.suppress(KeyboardInterrupt):  # how the benchmark stops it
-        run_runners(store_url, N_RUNNERS)
-
-
 def _split_run(seed: int, root: Path) -> dict[str, Any]:
-    """Store server and runner launcher as processes of their own; the algorithm here, over HTTP."""
+    """``agl-tinker store`` and ``agl-tinker hello runner`` as a user starts them; the algorithm
+    here, talking to the store over HTTP."""
     import asyncio
     import signal
+    import subprocess
 
     from agl_tinker.examples.hello.train import hello_config, run_algo
     from agl_tinker.runners.store_wait import wait_for_store
 
-    ctx = mp.get_context("spawn")
+    cli = [sys.executable, "-m", "agl_tinker.cli"]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    store = ctx.Process(target=_store_main, args=(port,), daemon=True)
-    store.start()
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    store = subprocess.Popen([*cli, "store", "--port", str(port)], **quiet)  # type: ignore[call-overload]
     runners = None
     try:
         if not asyncio.run(wait_for_store(url, timeout_s=180.0)):
             raise RuntimeError("the store server did not start")
-        runners = ctx.Process(target=_runners_main, args=(url,))
-        runners.start()
+        runners = subprocess.Popen(
+            [*cli, "hello", "runner", "--store", url, "--n-runners", str(N_RUNNERS)], **quiet
+        )  # type: ignore[call-overload]
+        asyncio.run(_until_runners_poll(url, N_RUNNERS, runners))
         t0 = time.monotonic()
         result = run_algo(hello_config(str(root / f"split-{seed}"), ci=True, seed=seed), url)
         return _summary(result, time.monotonic() - t0)
     finally:
-        if runners is not None and runners.pid is not None and runners.is_alive():
-            os.kill(runners.pid, signal.SIGINT)
-            runners.join(60)
-            if runners.is_alive():
-                runners.kill()
-        store.terminate()
-        store.join(10)
+        for proc in (runners, store):
+            if proc is not None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+async def _until_runners_poll(url: str, n: int, launcher: Any, timeout_s: float = 600.0) -> None:
+    """Wait until ``n`` runners have asked the store for work (their imports take minutes on a
+    loaded machine; the algorithm's stall deadline would count that wait as timeouts)."""
+    import asyncio
+
+    from agentlightning.store.client_server import LightningStoreClient
+
+    store = LightningStoreClient(url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(await store.query_workers()) < n:
+            if launcher.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the runner launcher did not bring up {n} runners")
+            await asyncio.sleep(1.0)  # ok: waiting for other processes to start
+    finally:
+        await store.close()
 
 
 def _cluster() -> Any:
@@ -145,18 +152,29 @@ def main() -> None:
     logging.disable(logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="ray-parity-"))
     out: dict[str, Any] = {"seeds": SEEDS, "runners": N_RUNNERS, "cpus": os.cpu_count()}
-    out["one_process"] = _mode([_one_run("one_process", s, root) for s in SEEDS])
-    print({"one_process": out["one_process"]}, file=sys.stderr, flush=True)
-    out["split"] = _mode([_split_run(SEEDS[0], root)])
-    print({"split": out["split"]}, file=sys.stderr, flush=True)
-    import ray
+    if "one_process" in MODES:
+        out["one_process"] = _mode([_one_run("one_process", s, root) for s in SEEDS])
+        print({"one_process": out["one_process"]}, file=sys.stderr, flush=True)
+    if "split" in MODES:
+        out["split"] = _mode([_split_run(SEEDS[0], root)])
+        print({"split": out["split"]}, file=sys.stderr, flush=True)
+    if "ray" in MODES:
+        import ray
 
-    cluster = _cluster()
-    try:
-        out["ray"] = _mode([_one_run("ray", s, root) for s in SEEDS])
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+        cluster = _cluster()
+        try:
+            out["ray"] = _mode([_one_run("ray", s, root) for s in SEEDS])
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+    out["loadavg_1m"] = round(os.getloadavg()[0], 1)
+    if all(m in out for m in ("one_process", "split", "ray")):
+        _compare(out)
+    emit_json(out)
+
+
+def _compare(out: dict[str, Any]) -> None:
+    """The targets: Ray's final reward within noise of one process's, its overhead within 2x of split's."""
     one, on_ray = out["one_process"], out["ray"]
     if one["final_reward_mean"] is not None and on_ray["final_reward_mean"] is not None:
         out["reward_diff"] = round(on_ray["final_reward_mean"] - one["final_reward_mean"], 4)
@@ -165,8 +183,6 @@ def main() -> None:
         out["within_noise"] = abs(out["reward_diff"]) <= out["noise"]
     split_ms, ray_ms = out["split"]["dispatch_overhead_ms_p50"], on_ray["dispatch_overhead_ms_p50"]
     out["ray_vs_split_overhead"] = round(ray_ms / split_ms, 2) if split_ms and ray_ms else None
-    out["loadavg_1m"] = round(os.getloadavg()[0], 1)
-    emit_json(out)
 
 
 if __name__ == "__main__":

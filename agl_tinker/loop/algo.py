@@ -106,6 +106,20 @@ def _as_task_source(dataset: Any) -> Any:
     return dataset if isinstance(dataset, (str, os.PathLike)) else list(dataset)
 
 
+IDLE_POLLS_PER_S = 500.0
+"""What the runners of one run may ask an empty queue for, in all, per second: one empty dequeue
+costs the store ~0.8 ms of CPU (``docs/scaling.md``), so this is ~0.4 of a store core."""
+
+
+def poll_interval_for(n_runners: int) -> float:
+    """``fast_runner``'s poll interval for ``n_runners`` sharing one store: 50 ms, or longer so that
+    idle runners poll at most :data:`IDLE_POLLS_PER_S` times a second in all (0.05 s up to 25
+    runners, 2 s for 1000). A new batch waits up to this long for a runner to take it."""
+    if n_runners < 1:
+        raise ValueError(f"n_runners must be >= 1, got {n_runners}")
+    return max(0.05, n_runners / IDLE_POLLS_PER_S)
+
+
 def fast_runner(poll_interval: float = 0.05) -> LitAgentRunner[Any]:
     """A runner that notices new rollouts within ``poll_interval`` (Agent-lightning's default is 5 s).
 
@@ -319,15 +333,18 @@ def fit(
 
     ``on_step(step, metrics)`` is called after each training step (see :func:`agl_tinker.loop.train.train`).
     ``strategy`` replaces the runner processes (and ``n_runners``, ``store_*``), e.g. with
-    :class:`agl_tinker.runners.ray_runners.RayRunnerStrategy`'s Ray actors.
+    :class:`agl_tinker.runners.ray_runners.RayRunnerStrategy`'s Ray actors. The runners poll an
+    empty queue every :func:`poll_interval_for` (their number) seconds.
     """
     algorithm = TinkerAlgorithm(config, required_fields=required_fields, on_step=on_step)
+    strategy = strategy or LeanServerStrategy(
+        n_runners=n_runners, server_host=store_host, server_port=store_port
+    )
     trainer = agl.Trainer(
         algorithm=algorithm,
         n_runners=n_runners,
-        runner=fast_runner(),
-        strategy=strategy
-        or LeanServerStrategy(n_runners=n_runners, server_host=store_host, server_port=store_port),
+        runner=fast_runner(poll_interval_for(getattr(strategy, "n_runners", n_runners))),
+        strategy=strategy,
     )
     with interrupt_watch() as interrupted:
         trainer.fit(
