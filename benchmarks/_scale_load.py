@@ -5,9 +5,11 @@ store calls Agent-lightning 0.3.0's ``LitAgentRunner`` makes (``dequeue_rollout`
 id; ``get_resources_by_id``; the reward span: ``get_next_span_sequence_id`` + ``add_span``;
 ``update_attempt(succeeded)``), and ``calls_per_rollout`` chat completions against the endpoint
 (which records each call's span into the store, as in split mode). An empty queue is polled every
-50 ms (``fast_runner()``); ``calls_per_rollout=0`` is a level of idle runners that only poll. A feeder plays the algorithm's part on the store: it enqueues rollouts
-in batches so ``in_flight`` stay queued or running, and releases finished ones a few seconds
-after they finished (the algorithm releases what it has read; spans written late still land).
+50 ms (``fast_runner()``'s default); ``calls_per_rollout=0`` is a level of idle runners that only
+poll. A feeder plays the algorithm's part on the store: it keeps each slot's next rollout queued
+(one enqueue request per top-up, as a step enqueues its batch), and a releaser forgets finished
+rollouts 10 s after they finished (the algorithm releases what it has read; late span writes
+still land).
 
 Requests are raw aiohttp calls with bodies serialized once: the generator spends its CPU on
 sockets, not on pydantic models, so the servers, not it, are what saturates. The process pins
@@ -33,7 +35,7 @@ IDLE_WARMUP_S = 3.0
 
 
 def _settle_process() -> None:
-    """Pin to the last CPU and lower the priority: the servers get first call on the cores."""
+    """Pin to the last CPU (and lower the priority if asked): the servers get first call on the others."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) > 1:
         os.sched_setaffinity(0, {cpus[-1]})
@@ -191,6 +193,7 @@ class Load:
         releaser.cancel()
 
     async def _release_loop(self, http: Any) -> None:
+        """Release the rollouts finished ``RELEASE_AFTER_S`` ago, every half second, until cancelled."""
         while True:
             ids: list[str] = []
             horizon = time.monotonic() - RELEASE_AFTER_S
