@@ -23,7 +23,7 @@ finished rollouts (latest attempt included) back in the same answer. ``dispatch_
 when the server has it and falls back to long-polling against a stock ``agl store``.
 
 Use it wherever a ``LightningStoreServer`` would be: ``agl-tinker store`` (split mode), and
-``agl_tinker.loop.algo.fit`` starts one for its runners.
+``agl_tinker.algorithm.fit`` starts one for its runners.
 """
 
 from __future__ import annotations

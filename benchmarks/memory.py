@@ -3,7 +3,7 @@
 Run ``python benchmarks/memory.py [--steps 100] [--warmup 20] [--mode sync|stream|async]
 [--policies 1|2] [--layout both|one-click|split]``; prints one JSON line:
 
-* ``algorithm_mb_per_step``: one-click Hello (``agl_tinker.loop.algo.fit``: the store server, the
+* ``algorithm_mb_per_step``: one-click Hello (``agl_tinker.algorithm.fit``: the store server, the
   algorithm and the endpoint in this process, 2 runner processes), RSS slope of this process.
 * ``store_mb_per_step``: split mode (``agl-tinker store`` in its own process, the algorithm in a
   process of its own against it over HTTP, ``agl-tinker hello runner`` processes), RSS slope of the
@@ -16,7 +16,9 @@ checkpoints (they only add a constant), on the in-process Tinker simulator. ``--
 schedule: ``sync`` (the default loop), ``stream`` (``stream_minibatch_config``, 4 minibatches) or
 ``async`` (``async_config``, ``max_steps_off_policy=1``). ``--policies 2`` trains the Duet instead
 (two agents, two LoRAs, the same batch shape); it has no split-mode runner command, so it runs
-one-click only. RSS is read from
+one-click only; a combination the training loop refuses is refused before anything runs.
+The simulator's candidate cache is set to ``SIM_CANDIDATE_CACHE`` prompts (``sim_candidate_cache``
+in the JSON), so that it is full before the warm-up ends. RSS is read from
 ``/proc/<pid>/status`` (``VmRSS``) right after each step. A flat process shows a slope of a few
 hundredths of a MB per step either way (allocator noise); one that keeps what it no longer needs
 grows by its per-step data.
@@ -40,19 +42,26 @@ from typing import Any
 from _stdout import emit_json, json_stdout  # benchmarks/ is on sys.path when a script runs
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+SIM_CANDIDATE_CACHE = 64
+# The simulator's candidate cache (read at its import; runner and algorithm children inherit it) is
+# bounded, but at its default 256 prompts (~60 KB each) Hello's 8 new prompts per step fill it over
+# the first 32 steps, past the warm-up: the slope then measured the simulator warming up (0.4 MB/step
+# until full, in every mode), not what the algorithm keeps. 64 prompts still hold two steps in flight.
+os.environ.setdefault("AGL_TINKER_SIM_CANDIDATE_CACHE", str(SIM_CANDIDATE_CACHE))
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agentlightning.store.client_server import LightningStoreClient  # noqa: E402
 from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig  # noqa: E402
 
+from agl_tinker.algorithm import fit  # noqa: E402
 from agl_tinker.examples.duet.agent import duet_agent, duet_dataset  # noqa: E402
 from agl_tinker.examples.duet.train import duet_config  # noqa: E402
 from agl_tinker.examples.hello.agent import hello_agent, hello_dataset  # noqa: E402
 from agl_tinker.examples.hello.train import hello_config  # noqa: E402
-from agl_tinker.loop.algo import fit, wait_for_store  # noqa: E402
-from agl_tinker.loop.config import TrainConfig  # noqa: E402
+from agl_tinker.loop.config import ConfigError, TrainConfig  # noqa: E402
 from agl_tinker.loop.train import train  # noqa: E402
+from agl_tinker.runners.store_wait import wait_for_store  # noqa: E402
 
 _START_TIMEOUT_S = 600.0  # a loaded machine imports slowly
 
@@ -182,6 +191,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.policies == 2 and args.layout == "split":
         parser.error("--policies 2 runs one-click only (the Duet has no split-mode runner command)")
+    try:  # what the loop refuses (e.g. a schedule several policies cannot run yet) is refused here
+        _config(tempfile.gettempdir(), args.steps, args.mode, args.policies).validate()
+    except ConfigError as e:
+        parser.error(f"--mode {args.mode} --policies {args.policies}: {e}")
     logging.basicConfig(level=logging.CRITICAL)
     started = time.perf_counter()
     result: dict[str, Any] = {
@@ -189,6 +202,7 @@ def main() -> None:
         "warmup": args.warmup,
         "mode": args.mode,
         "policies": args.policies,
+        "sim_candidate_cache": int(os.environ["AGL_TINKER_SIM_CANDIDATE_CACHE"]),
     }
     rss: dict[str, list[float]] = {}
     if args.layout in ("both", "one-click"):

@@ -76,12 +76,15 @@ async def run_hello(
     costs: Mapping[str, float] | None = None,
     concurrency: int = BATCH * GROUP,
     store: InMemoryLightningStore | None = None,
+    tasks: Any = None,
 ) -> TrainResult:
-    """Train ``config`` on Hello with in-process runners, against ``store`` (a fresh one by default)."""
+    """Train ``config`` on ``tasks`` (Hello's by default) with in-process runners, against
+    ``store`` (a fresh one by default)."""
     store = store if store is not None else InMemoryLightningStore()
     service = backend.service_client(root_dir=Path(config.log_path) / "sim", **dict(costs or {}))
+    tasks = hello_dataset("train") if tasks is None else tasks
     async with InProcessRunners(store, agent, concurrency=concurrency):
-        return await train(config, store, hello_dataset("train"), service=service, show_progress=False)
+        return await train(config, store, tasks, service=service, show_progress=False)
 
 
 if __name__ == "__main__":

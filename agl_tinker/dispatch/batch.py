@@ -33,37 +33,16 @@ from agl_tinker.dispatch.completion import CompletionSource, open_completion_sou
 from agl_tinker.dispatch.reader import RolloutReader
 from agl_tinker.dispatch.store_calls import StoreCaller, cancel_unfinished
 from agl_tinker.dispatch.types import (
-    DEADLINE_METADATA_KEY,
     BatchResult,
     DispatchConfig,
     DispatchError,
     DispatchProgress,
     DispatchStats,
-    FinalStatus,
     GroupResult,
-    ProcessError,
     RolloutOutcome,
-    RolloutsLost,
-    StoreCallError,
-    WaitStrategy,
 )
 
-__all__ = [
-    "DEADLINE_METADATA_KEY",
-    "BatchResult",
-    "DispatchConfig",
-    "DispatchError",
-    "DispatchProgress",
-    "DispatchStats",
-    "FinalStatus",
-    "GroupResult",
-    "ProcessError",
-    "RolloutOutcome",
-    "RolloutsLost",
-    "StoreCallError",
-    "WaitStrategy",
-    "dispatch_batch",
-]
+__all__ = ["dispatch_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +196,7 @@ class _Dispatch(Generic[T]):
         self._report()
 
     async def _finish_round(self, items: list[tuple[str, tuple[int, int]]]) -> None:
-        """Read, process and release the rollouts that finished together (:class:`RolloutReader`)."""
+        """Read and process the rollouts that finished together (:class:`RolloutReader`), then release them."""
         t = time.perf_counter()
         assert self.watcher is not None
         outcomes = await self.reader.read(dict(items), self.watcher, cut=self.cut)
@@ -226,6 +205,7 @@ class _Dispatch(Generic[T]):
         self.processing -= len(items)
         self.process_s += time.perf_counter() - t
         self._report()
+        await self.reader.release(outcomes.values())  # the batch returns once its rounds are released
 
     async def _hit_deadline(self, *, stalled: bool) -> None:
         """Cancel what is still running so the store finishes it and the waiters wake up.

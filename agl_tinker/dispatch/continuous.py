@@ -124,11 +124,12 @@ class ContinuousDispatcher(Generic[T]):
         self._refill_lock = asyncio.Lock()
         self._loop_task: asyncio.Task[None] | None = None
         self._readers: set[asyncio.Task[None]] = set()
+        self._releases: set[asyncio.Task[None]] = set()
         self._idle_since: float | None = None
         self._idle_s = 0.0
         self.max_rollouts_seen = 0
         self.read_s = 0.0
-        """Total time spent reading, processing and releasing finished rollouts (rounds may overlap)."""
+        """Total time spent reading and processing finished rollouts (rounds may overlap)."""
 
     # -- public --------------------------------------------------------------------------------
 
@@ -203,12 +204,14 @@ class ContinuousDispatcher(Generic[T]):
         return idle
 
     async def aclose(self) -> None:
-        """Stop collecting, cancel unfinished rollouts in the store, forget pending groups."""
+        """Stop collecting, cancel unfinished rollouts in the store, forget pending groups; the
+        finished rollouts already read are released first."""
         self._pending.clear()
         tasks = [t for t in (self._loop_task, *self._readers) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._releases)  # read rounds' releases finish (they never raise)
         self._loop_task = None
         if self._watcher is not None:
             await self._watcher.aclose()
@@ -294,7 +297,11 @@ class ContinuousDispatcher(Generic[T]):
             self._finished.put_nowait(e)
 
     async def _read_round(self, rollout_ids: list[str]) -> None:
-        """Read, process and release rollouts that finished together; complete the groups they close."""
+        """Read and process rollouts that finished together; complete the groups they close.
+
+        Their release from the store runs as a task of its own, after the groups are handed on and
+        off the refill's path; :meth:`aclose` waits for it.
+        """
         try:
             assert self._watcher is not None
             slots = {rid: self._by_rollout[rid] for rid in rollout_ids}
@@ -303,6 +310,9 @@ class ContinuousDispatcher(Generic[T]):
             self.read_s += time.perf_counter() - t
             for rid in rollout_ids:
                 self._record(rid, outcomes[rid])
+            release = asyncio.create_task(self._reader.release(outcomes.values()))
+            self._releases.add(release)
+            release.add_done_callback(self._releases.discard)
             await self._refill()  # finished rollouts free room under max_rollouts
         except asyncio.CancelledError:
             raise

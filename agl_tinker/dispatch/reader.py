@@ -11,8 +11,10 @@ each round of rollouts that finished together to :meth:`RolloutReader.read`, whi
    ``process`` (the pure reconstruct -> align -> rewards pipeline); with ``call_counts`` (an
    endpoint in this process) the rollout copy carries the calls served its attempt
    (:data:`SERVED_CALLS_METADATA_KEY`), and the round's counts are released once read;
-4. releases the round's finished rollouts from the store (:func:`agl_tinker.store_server.release_rollouts`):
-   their results are taken, and a store that kept them would grow by a batch every step.
+4. on :meth:`RolloutReader.release`, which the dispatcher awaits once it has handed the outcomes on
+   (off the path from a finished rollout to its group's training), releases the round's finished
+   rollouts from the store (:func:`agl_tinker.store_server.release_rollouts`): their results are
+   taken, and a store that kept them would grow by a batch every step.
 
 Rollouts ``cancelled`` in the store stay (a runner may still write to them); a store that cannot
 release keeps growing and the run goes on (logged once per reader).
@@ -95,6 +97,9 @@ class RolloutReader(Generic[T]):
     ) -> dict[str, RolloutOutcome[T]]:
         """Read and process the rollouts of one round; their outcomes by rollout id.
 
+        The caller hands the outcomes on, then awaits :meth:`release` with them: the store keeps
+        the rollouts until then.
+
         Args:
             slots: rollout id -> (group index or key, slot in the group) of each finished rollout.
             source: the completion source that reported them (it may hold the rollouts themselves,
@@ -126,9 +131,7 @@ class RolloutReader(Generic[T]):
                 queried.cancel()
             if self._call_counts is not None:
                 self._call_counts.forget_calls(slots)
-        outcomes = dict(zip(slots, results, strict=True))
-        await self._release_finished(outcomes.values())
-        return outcomes
+        return dict(zip(slots, results, strict=True))
 
     async def _read_one(
         self,
@@ -183,8 +186,12 @@ class RolloutReader(Generic[T]):
             (attempt_id,) = attempts
         return self._call_counts.served_calls(rollout.rollout_id, attempt_id)
 
-    async def _release_finished(self, outcomes: Collection[RolloutOutcome[Any]]) -> None:
-        """Let the store forget the finished rollouts read (best effort: the results are safe)."""
+    async def release(self, outcomes: Collection[RolloutOutcome[Any]]) -> None:
+        """Let the store forget the finished rollouts of ``outcomes`` (from :meth:`read`).
+
+        Best effort, never raises: the results are taken; a store that cannot release is logged
+        once and left to grow. ``cancelled`` rollouts are kept (see the module).
+        """
         if not self._release or self._release_failed:
             return
         finished = [o.rollout_id for o in outcomes if o.status in RELEASED_STATUSES]

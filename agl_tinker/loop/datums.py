@@ -1,7 +1,7 @@
 """From finished groups of rollouts to the datums one optimiser step trains on.
 
-The one place both training loops (:mod:`agl_tinker.loop.train`, synchronous;
-:mod:`agl_tinker.loop.async_loop`, overlapped) turn rollout groups into cookbook
+The one place every schedule (:mod:`agl_tinker.loop.schedules`), through the one step trainer
+(:mod:`agl_tinker.loop.step_trainer`), turns rollout groups into cookbook
 ``TrajectoryGroup`` s, drop the invalid and (optionally) the constant-reward ones, compute
 advantages, assemble ``tinker.Datum`` s and apply the KL penalty against a reference policy.
 

@@ -1,4 +1,4 @@
-"""The runner :func:`agl_tinker.loop.algo.fast_runner` builds: Agent-lightning's, plus a rollout deadline.
+"""The runner :func:`agl_tinker.algorithm.fast_runner` builds: Agent-lightning's, plus a rollout deadline.
 
 Agent-lightning 0.3.0's ``LitAgentRunner`` awaits the agent for as long as it takes. The store's
 watchdog marks an attempt ``timeout`` once it runs past ``RolloutConfig.timeout_seconds``, but the

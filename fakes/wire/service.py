@@ -130,9 +130,17 @@ class WireService:
 
     # ---- helpers ---------------------------------------------------------------------------
     def _track(
-        self, key: Hashable | None, work: Future[Any], transform: Callable[[Any], Any] = lambda v: v
+        self,
+        key: Hashable | None,
+        work: Future[Any],
+        transform: Callable[[Any], Any] = lambda v: v,
+        owner: str | None = None,
     ) -> Promise:
-        promise = self.promises.track(work, transform, delay_s=self.faults.slow())
+        """A promise for ``work``, remembered under ``key`` (for retries) and owned by the session
+        ``owner`` (default: the session that ``key``'s id names), which releases it."""
+        if owner is None and isinstance(key, tuple) and len(key) > 1 and isinstance(key[1], str):
+            owner = session_of(key[1])
+        promise = self.promises.track(work, transform, delay_s=self.faults.slow(), owner=owner)
         if key is not None:
             self._submitted[key] = promise
             while len(self._submitted) > MAX_KEPT:  # retries come within seconds, not 20k requests later
@@ -231,6 +239,7 @@ class WireService:
         prefix = f"{session_id}:"
         for key in [k for k in self._submitted if _owned_by(k, session_id, prefix)]:
             del self._submitted[key]
+        self.promises.release(session_id)
 
     # ---- training runs -----------------------------------------------------------------------
     def create_model(self, request: types.CreateModelRequest) -> Promise:
@@ -415,7 +424,9 @@ class WireService:
                 session_id=session_of(request.sampling_session_id or ""),
             )
         )
-        promise = self._track(key if request.seq_id is not None else None, work)
+        promise = self._track(
+            key if request.seq_id is not None else None, work, owner=session_of(request.sampling_session_id)
+        )
         promise.sequence_ids = sequence_ids
         return promise, promise.sequence_ids
 

@@ -12,6 +12,7 @@ import pytest
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import Rollout, Span
 
+from agl_tinker.dispatch import reader as reader_module
 from agl_tinker.dispatch.continuous import ContinuousDispatcher, GroupRequest
 from agl_tinker.runners.inprocess import InProcessRunners
 
@@ -70,7 +71,33 @@ async def test_finished_rollouts_are_released_from_the_store_once_read() -> None
         await dispatcher.submit(_requests(4))
         groups = [await dispatcher.next_group() for _ in range(4)]
         assert all(o.result == ("succeeded", 1) for g in groups for o in g.outcomes)
-        assert dispatcher.released == 4 * GROUP
+    assert dispatcher.released == 4 * GROUP  # closing waits for the releases under way
+    assert list(await store.query_rollouts()) == [] and await store.collections.spans.size() == 0
+
+
+async def test_a_group_is_handed_on_before_its_release_from_the_store_finishes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store release is off the path from a finished group to the trainer; closing awaits it."""
+    store = await _store()
+    gate = asyncio.Event()
+    release = reader_module.release_rollouts
+
+    async def held_release(store: Any, rollout_ids: Sequence[str]) -> list[str] | None:
+        await gate.wait()
+        return await release(store, rollout_ids)
+
+    monkeypatch.setattr(reader_module, "release_rollouts", held_release)
+    async with (
+        InProcessRunners(store, _agent({}), concurrency=16),
+        ContinuousDispatcher(store, GROUP, _process) as dispatcher,
+    ):
+        await dispatcher.submit(_requests(2))
+        groups = [await asyncio.wait_for(dispatcher.next_group(), 30) for _ in range(2)]
+        assert sorted(g.request.key for g in groups) == [0, 1]
+        assert dispatcher.released == 0 and len(await store.query_rollouts()) == 2 * GROUP
+        asyncio.get_running_loop().call_later(0.05, gate.set)
+    assert dispatcher.released == 2 * GROUP
     assert list(await store.query_rollouts()) == [] and await store.collections.spans.size() == 0
 
 

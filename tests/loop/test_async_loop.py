@@ -21,8 +21,8 @@ from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
 
 from agl_tinker.dispatch.continuous import FinishedGroup, GroupRequest
 from agl_tinker.examples.hello.agent import hello_rollout
-from agl_tinker.loop.async_loop import FINAL_OUTCOMES, LEDGER_FILE, _Ledger, effective_ledger
 from agl_tinker.loop.config import ConfigError, TrainConfig
+from agl_tinker.loop.ledger import FINAL_OUTCOMES, LEDGER_FILE, GroupLedger, effective_ledger
 
 # Our loop calls the SDK through its non-deprecated methods (the `*_async` spellings are
 # deprecated; see agl_tinker/tinker_retry.py): a FutureWarning here is a regression.
@@ -71,9 +71,8 @@ def _assert_every_group_once(log_path: Path, n_groups: int) -> list[dict[str, An
 def test_overlap_configs_that_do_not_fit_the_batch_are_refused(
     tmp_path: Path, overrides: dict[str, Any], field: str
 ) -> None:
-    config = TrainConfig(log_path=str(tmp_path), batch_size=8, **overrides)
     with pytest.raises(ConfigError, match=field):
-        config.validate()
+        TrainConfig(log_path=str(tmp_path), batch_size=8, **overrides)
 
 
 def test_synchronous_stays_the_default(tmp_path: Path) -> None:
@@ -89,7 +88,7 @@ def _group(key: int, attempt: int = 0) -> FinishedGroup[Any]:
 
 
 def test_checkpoint_records_done_groups_and_a_restart_supersedes_redone_steps(tmp_path: Path) -> None:
-    ledger = _Ledger(tmp_path / LEDGER_FILE, start_step=0)
+    ledger = GroupLedger(tmp_path / LEDGER_FILE, start_step=0)
     ledger.record(0, _group(0), "trained", 0)
     ledger.record(0, _group(2), "excluded", 0)
     ledger.record(0, _group(1), "stale_requeued", 2)
@@ -99,7 +98,7 @@ def test_checkpoint_records_done_groups_and_a_restart_supersedes_redone_steps(tm
     assert state == {"async_done_below": 3, "async_done": [4]}
     ledger.record(2, _group(5), "trained", 1)  # after the checkpoint: lost with the kill
 
-    resumed = _Ledger.resume(tmp_path / LEDGER_FILE, 2, BATCH, state)
+    resumed = GroupLedger.resume(tmp_path / LEDGER_FILE, 2, BATCH, state)
     assert resumed.done == {0, 1, 2, 4}
     resumed.record(2, _group(3), "trained", 0)
     resumed.record(2, _group(5), "trained", 0)
@@ -114,7 +113,7 @@ def test_checkpoint_records_done_groups_and_a_restart_supersedes_redone_steps(tm
         (5, "trained"),
     ]
     # a synchronous checkpoint (no ledger keys) means whole batches done
-    assert _Ledger.resume(tmp_path / "x.jsonl", 2, BATCH, {}).done == set(range(2 * BATCH))
+    assert GroupLedger.resume(tmp_path / "x.jsonl", 2, BATCH, {}).done == set(range(2 * BATCH))
 
 
 # --------------------------------------------------------------------------------------------- async runs

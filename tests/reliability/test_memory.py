@@ -2,7 +2,8 @@
 
 Agent-lightning's stores keep every rollout, attempt and span for their whole life: the one-click
 algorithm process (which holds the store) and split mode's store process grew by a batch of
-them every step. Per-step memory over a long run is measured by ``benchmarks/memory.py``.
+them every step. Every schedule (sync batches, streamed minibatches, overlapped async) releases;
+per-step memory over a long run is measured by ``benchmarks/memory.py --mode sync|stream|async``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from agentlightning.store.client_server import LightningStoreClient, LightningSt
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.tracer.dummy import DummyTracer
 from agentlightning.types import Span
+from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
 
 from agl_tinker.examples.hello.agent import hello_agent, hello_dataset
 from agl_tinker.loop.config import TrainConfig
@@ -91,8 +93,20 @@ async def test_split_mode_releases_through_the_lean_server_and_skips_a_stock_one
             await server.stop()
 
 
+def _schedule(mode: str) -> dict[str, Any]:
+    """``TrainConfig`` fields of a schedule for 2 groups per step."""
+    if mode == "async":
+        return {"async_config": AsyncConfig(max_steps_off_policy=1, groups_per_batch=2)}
+    if mode == "stream":
+        return {"stream_minibatch_config": StreamMinibatchConfig(groups_per_batch=2, num_minibatches=2)}
+    return {}
+
+
 @pytest.mark.slow
-async def test_the_training_loop_leaves_no_finished_rollout_or_span_in_the_store(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["sync", "stream", "async"])
+async def test_the_training_loop_leaves_no_finished_rollout_or_span_in_the_store(
+    tmp_path: Path, mode: str
+) -> None:
     store = InMemoryLightningStore(thread_safe=True)
     runner = DeadlineRunner(_QuietTracer(), poll_interval=0.01)
     runner.init(hello_agent)
@@ -107,6 +121,7 @@ async def test_the_training_loop_leaves_no_finished_rollout_or_span_in_the_store
         max_tokens=8,
         eval_every=0,
         save_every=0,
+        **_schedule(mode),
     )
     try:
         result = await train(
@@ -115,6 +130,6 @@ async def test_the_training_loop_leaves_no_finished_rollout_or_span_in_the_store
     finally:
         stop.set()
         await running
-    assert all(step["train/datums"] > 0 for step in result.steps)
+    assert len(result.steps) == 2 and all(step["train/datums"] > 0 for step in result.steps), mode
     assert list(await store.query_rollouts()) == []
     assert await store.collections.spans.size() == 0

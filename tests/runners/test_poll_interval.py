@@ -6,6 +6,7 @@ runners at ``fast_runner()``'s 50 ms would ask for 20,480 a second, about 16 cor
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agl_tinker.algorithm import IDLE_POLLS_PER_S, LeanServerStrategy, poll_interval_for
 from agl_tinker.examples.hello.agent import hello_agent, hello_dataset
 from agl_tinker.examples.hello.train import hello_config
-from agl_tinker.loop import algo
-from agl_tinker.loop.algo import IDLE_POLLS_PER_S, LeanServerStrategy, poll_interval_for
+
+fit_module = importlib.import_module("agl_tinker.algorithm.fit")  # the package's `fit` is the function
 
 
 @given(st.integers(min_value=1, max_value=100_000))
@@ -44,15 +46,15 @@ def test_fit_gives_the_runners_the_interval_for_the_strategy_s_runner_count(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asked: list[float] = []
-    real = algo.fast_runner
+    real = fit_module.fast_runner
 
     def recording(poll_interval: float = 0.05) -> Any:
         asked.append(poll_interval)
         return real(poll_interval)
 
-    monkeypatch.setattr(algo, "fast_runner", recording)
+    monkeypatch.setattr(fit_module, "fast_runner", recording)
     with pytest.raises(RuntimeError, match="did not finish"):
-        algo.fit(
+        fit_module.fit(
             hello_agent,
             hello_config(str(tmp_path)),
             hello_dataset("train"),

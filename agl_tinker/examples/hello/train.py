@@ -16,10 +16,10 @@ import agentlightning as agl
 from agentlightning.execution.client_server import ClientServerExecutionStrategy
 from agentlightning.store.client_server import LightningStoreClient
 
+from agl_tinker.algorithm import LeanServerStrategy, fast_runner, fit, interrupt_watch
 from agl_tinker.examples.hello import presets
 from agl_tinker.examples.hello.agent import hello_agent, hello_dataset
 from agl_tinker.examples.hello.presets import default_log_path
-from agl_tinker.loop.algo import LeanServerStrategy, fast_runner, fit, interrupt_watch
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.report import summary_lines
 from agl_tinker.loop.train import TrainResult, train
