@@ -110,16 +110,20 @@ def poll_interval_for(n_runners: int) -> float:
     return max(0.05, n_runners / IDLE_POLLS_PER_S)
 
 
-def fast_runner(poll_interval: float = 0.05) -> LitAgentRunner[Any]:
+def fast_runner(
+    poll_interval: float = 0.05, on_finished: Callable[[str, str, str], None] | None = None
+) -> LitAgentRunner[Any]:
     """A runner that notices new rollouts within ``poll_interval`` (Agent-lightning's default is 5 s).
 
     It traces with plain OpenTelemetry: the endpoint already records every LLM call with its
     tokens, so the runner only needs to capture rewards and the agent's own spans. A rollout that
     runs past its ``timeout_seconds`` is cancelled and reported ``timeout`` (see
-    :class:`agl_tinker.runners.deadline.DeadlineRunner`).
+    :class:`agl_tinker.runners.deadline.DeadlineRunner`, which also calls ``on_finished``).
     """
     summarise_failures()  # the first traceback of each distinct agent error, later ones counted
-    return DeadlineRunner(OtelTracer(), poll_interval=poll_interval, interval_jitter=poll_interval / 5)
+    return DeadlineRunner(
+        OtelTracer(), poll_interval=poll_interval, interval_jitter=poll_interval / 5, on_finished=on_finished
+    )
 
 
 def check_runner(trainer: Any) -> None:

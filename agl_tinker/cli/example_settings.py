@@ -70,6 +70,9 @@ class RunnerSettings:
 
     store: str = chz.field(default=STORE_URL, doc="URL of the store server the algorithm feeds.")
     n_runners: int = chz.field(default=2, validator=at_least(1), doc="Runner processes to start.")
+    report_every: int = chz.field(
+        default=20, validator=at_least(1), doc="Print a progress line per this many finished rollouts."
+    )
 
 
 def _q20_games_path(command: str) -> str:

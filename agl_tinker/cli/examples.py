@@ -40,10 +40,13 @@ def hello(args: argparse.Namespace) -> int:
     if config is None:
         from agl_tinker.examples.hello.train import run_runners
 
-        print(f"Hello 1024 runners: connected to the store at {own.store}; {own.n_runners} runner processes")
-        run_runners(own.store, own.n_runners)
-        print("Hello 1024 runners: stopped (the algorithm finished, or the store stopped)", flush=True)
-        return 0
+        label = "Hello 1024 runners"
+        processes = f"{own.n_runners} runner process{'es' if own.n_runners != 1 else ''}"
+        print(f"{label}: connected to the store at {own.store}; {processes}", flush=True)
+        verbose = bool(getattr(args, "verbose", False))
+        stopped = run_runners(own.store, own.n_runners, every=own.report_every, verbose=verbose)
+        print(stopped.line(label), flush=True)
+        return stopped.exit_code
     from agl_tinker.examples.hello.train import print_summary, run_algo, run_one_click
 
     print(f"Hello 1024 ({args.mode or 'one-click'}), logging to {config.log_path}", flush=True)

@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument(
         "--cors-origin", dest="cors_origins", action="append", help="allowed CORS origin (repeatable)"
     )
+    store.add_argument(
+        "--runner-timeout",
+        type=float,
+        help="seconds without a call from a runner after which it is reported gone (default 30)",
+    )
     store.set_defaults(func=services.store)
 
     hello = sub.add_parser(

@@ -27,13 +27,18 @@ def store(args: argparse.Namespace) -> int:
     import contextlib
 
     import_agentlightning()
-    from agl_tinker.store_server import serve_store
+    from agl_tinker.cli.settings import UsageError
+    from agl_tinker.split_store import DEFAULT_LEAVE_AFTER_S, RunnerPresence, serve_store
 
+    timeout = DEFAULT_LEAVE_AFTER_S if args.runner_timeout is None else args.runner_timeout
+    if timeout <= 0:
+        raise UsageError(f"--runner-timeout must be > 0 seconds, got {timeout}")
+    presence = RunnerPresence(leave_after_s=timeout)
     if not args.verbose:  # its stop line ("received cancellation signal") is a warning: ours says it
         logging.getLogger("agentlightning.utils.server_launcher").setLevel(logging.ERROR)
     print(f"agl-tinker store: serving at http://{args.host}:{args.port}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a store is stopped
-        asyncio.run(serve_store(args.host, args.port, args.cors_origins))
+        asyncio.run(serve_store(args.host, args.port, args.cors_origins, presence))
     print("agl-tinker store: stopped", flush=True)
     return 0
 

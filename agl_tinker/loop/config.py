@@ -189,6 +189,14 @@ class TrainConfig(KnownKeywords):
         "complete while the next ones run; groups more than `max_steps_off_policy` weights versions behind are "
         "requeued or dropped (`agl_tinker.loop.schedules`). None: synchronous.",
     )
+    sampling_steps_ahead: int | None = chz.field(
+        default=None,
+        doc="Pacing instead of discarding (needs `async_config`): a group is dispatched only while the groups "
+        "dispatched are fewer than (steps trained + 1 + this) x `groups_per_batch`, and a step waits for every "
+        "group dispatched this many versions ago, so no group is ever more than this many versions behind and "
+        "none is requeued or dropped (`agl_tinker.loop.pacing`). Must be <= `max_steps_off_policy`. None: "
+        "the requeue/drop rule of `async_config.max_steps_off_policy`.",
+    )
     stream_minibatch_config: StreamMinibatchConfig | None = chz.field(
         default=None,
         doc="`forward_backward` on each minibatch of groups as soon as it is complete (the cookbook's).",

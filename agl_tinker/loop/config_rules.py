@@ -189,6 +189,15 @@ def _check_overlap(config: Any) -> None:
             )
         if async_config.max_steps_off_policy < 0:
             raise ConfigError("async_config.max_steps_off_policy must be >= 0")
+    ahead = config.sampling_steps_ahead
+    if ahead is not None:
+        if async_config is None:
+            raise ConfigError("sampling_steps_ahead paces asynchronous training: it needs async_config")
+        if not 0 <= ahead <= async_config.max_steps_off_policy:
+            raise ConfigError(
+                f"sampling_steps_ahead ({ahead}) must be in 0..async_config.max_steps_off_policy "
+                f"({async_config.max_steps_off_policy}): a paced group is never staler than it"
+            )
     stream = config.stream_minibatch_config
     if stream is not None:
         if stream.groups_per_batch != config.batch_size:

@@ -69,8 +69,9 @@ class Policy:
         """Its metrics' prefix: ``""`` alone, ``policy/<name>/`` among several."""
         return "" if self.name is None else f"policy/{self.name}/"
 
-    def learner(self, config: TrainConfig) -> Learner:
-        """Its training side, as the one step trainer takes it."""
+    def learner(self, config: TrainConfig, session_start: int = 0) -> Learner:
+        """Its training side, as the one step trainer takes it (``session_start``: the weights
+        version this process served first, see :class:`Learner`)."""
         return Learner(
             self.name,
             self.training_client,
@@ -79,6 +80,7 @@ class Policy:
             self.kl_reference,
             records_stability_info=config.loss_fn in PROVENANCE_LOSSES,
             sampling_client_kind=config.sampling_client_kind,
+            session_start=session_start,
         )
 
 

@@ -17,6 +17,9 @@ picks its training function:
   and dropped after that, as the cookbook does. Stale groups are counted and never trained.
   Off-policy data within the bound is corrected, not ignored: datums carry the sampler's logprobs
   and the importance-sampling (or PPO) loss weighs each token by ``exp(logprob_now - logprob_sampled)``.
+  With ``sampling_steps_ahead`` the stream is paced instead (:class:`~agl_tinker.loop.pacing.Pacer`):
+  groups are released only so far ahead of the trainer and a step waits for the groups that are due,
+  so none goes stale and none is requeued or dropped.
 
 A schedule only dispatches and hands groups to a :class:`~agl_tinker.loop.step.TrainingStep`;
 the outer loop (:func:`agl_tinker.loop.train.run_steps`) trains, publishes, logs and checkpoints,
@@ -48,6 +51,7 @@ from agl_tinker.dispatch.types import (
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.errors import StepStalled, StoreLost
 from agl_tinker.loop.ledger import LEDGER_FILE, GroupLedger
+from agl_tinker.loop.pacing import Pacer
 from agl_tinker.loop.policy import PolicyResults, outcome_view
 from agl_tinker.loop.progress import step_label
 from agl_tinker.loop.step import Sampled, TrainingStep
@@ -163,6 +167,9 @@ class ContinuousSchedule:
             self.ledger = GroupLedger(path, start_step)
         self._dispatcher: ContinuousDispatcher[PolicyResults] | None = None
         self._taken: list[tuple[FinishedGroup[PolicyResults], int]] = []
+        self.pacer: Pacer[PolicyResults] | None = None
+        if cfg.sampling_steps_ahead is not None:
+            self.pacer = Pacer(self._requests(0, run.n_steps), cfg.batch_size, cfg.sampling_steps_ahead)
 
     def _requests(self, first_batch: int, last_batch: int) -> list[GroupRequest]:
         """The run's groups of batches ``[first_batch, last_batch)`` that are not done yet."""
@@ -182,15 +189,17 @@ class ContinuousSchedule:
             cfg.group_size,
             run.process,
             config=run.dispatch_config("train"),
-            max_groups=groups_ahead(cfg),
+            max_groups=None if self.pacer is not None else groups_ahead(cfg),  # paced: the pacer bounds
             max_rollouts=cfg.max_in_flight,
         )
         async with dispatcher:
             self._dispatcher = dispatcher
-            if self.asynchronous:
+            if self.asynchronous and self.pacer is None:
                 await dispatcher.submit(self._requests(0, run.n_steps))
             yield self
             left = dispatcher.pending_groups + dispatcher.running_groups + dispatcher.waiting_groups
+            if self.pacer is not None:
+                left = self.pacer.outstanding + self.pacer.unreleased
             if left:
                 logger.warning("%d groups were neither trained nor dropped when the run ended", left)
 
@@ -203,19 +212,36 @@ class ContinuousSchedule:
         dispatcher = self._dispatcher
         assert dispatcher is not None, "fill() runs inside running()"
         index = step.step
-        if not self.asynchronous:
+        if self.pacer is not None:  # the step's weights are served: release what they allow
+            await dispatcher.submit(self.pacer.release())
+        elif not self.asynchronous:
             await dispatcher.submit(self._requests(index, index + 1))
         read_before = dispatcher.read_s
         self._taken = []
         requeued = dropped = 0
         waiting_s = 0.0
-        while len(self._taken) < self.run.config.batch_size and self._has_groups():
-            t_wait = time.perf_counter()
-            group = await self._next_group(dispatcher, index)
-            waiting_s += time.perf_counter() - t_wait
+        batch_size = self.run.config.batch_size
+        while len(self._taken) < batch_size:
+            if self.pacer is not None:
+                picked = self.pacer.take_next(batch_size - len(self._taken))
+                if picked is None and self.pacer.outstanding:
+                    t_wait = time.perf_counter()
+                    self.pacer.hold(await self._next_group(dispatcher, index))
+                    waiting_s += time.perf_counter() - t_wait
+                    continue
+                if picked is None:
+                    break
+                group = picked
+            elif not self._has_groups():
+                break
+            else:
+                t_wait = time.perf_counter()
+                group = await self._next_group(dispatcher, index)
+                waiting_s += time.perf_counter() - t_wait
             staleness = _staleness(group, index)
             if staleness > self.max_off_policy:
-                if dispatcher.pending_groups:
+                # Paced groups are never this stale (pacing.py); were one, it is dropped and counted.
+                if dispatcher.pending_groups and self.pacer is None:
                     requeued += 1
                     self.ledger.record(index, group, "stale_requeued", staleness)
                     retry = GroupRequest(group.request.key, group.request.task, group.request.attempt + 1)
@@ -255,6 +281,8 @@ class ContinuousSchedule:
             raise StoreLost(self.run.lost_message(step, exc)) from exc
 
     def after_step(self, step: TrainingStep) -> None:
+        if self.pacer is not None:  # the step's new weights are published
+            self.pacer.step_trained()
         trained = step.trained
         for group, staleness in self._taken:
             outcome = "trained" if group.request.key in trained else "excluded"

@@ -120,6 +120,7 @@ class TrainingRun:
         )
         self.clients = PolicyClients(self.policies, service, self.retrier, config.log_path, config.seed)
         self.endpoint: Endpoint | None = None
+        self.session_start = 0  # the weights version start() served first
         self.train_resources_id: str | None = None
         self.val_resources_id: str | None = None
         self.empty_steps = 0
@@ -139,7 +140,7 @@ class TrainingRun:
 
     def learners(self) -> list[Learner]:
         """The training side of each policy, in order (a list of one for a single policy)."""
-        return [p.learner(self.config) for p in self.policies]
+        return [p.learner(self.config, self.session_start) for p in self.policies]
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -157,6 +158,7 @@ class TrainingRun:
     async def start(self, start_step: int) -> None:
         """Serve every policy's current weights (after :meth:`resume`) and register them."""
         cfg = self.config
+        self.session_start = start_step  # calls recording an older version were an earlier session's
         if cfg.kl_penalty_coef > 0:
             await self.clients.create_kl_references()
         served: dict[str | None, PolicyServing] = {}

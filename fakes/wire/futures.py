@@ -37,6 +37,10 @@ class Promise:
     def done(self) -> bool:
         return self._done.done()
 
+    def on_settled(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the loop once the promise settles (at once if it has)."""
+        self._done.add_done_callback(lambda _: callback())
+
     def settle(self, value: Any = None, error: BaseException | None = None) -> None:
         if self._done.done():
             return
@@ -113,6 +117,11 @@ class PromiseTable:
 
         work.add_done_callback(on_done)
         return promise
+
+    def drop(self, request_ids: list[str]) -> None:
+        """Forget these requests' results (their client fetched them and said so)."""
+        for request_id in request_ids:
+            self._promises.pop(request_id, None)
 
     def release(self, owner: str) -> int:
         """Forget every promise of the session ``owner`` (it ended: nobody polls them); returns how many."""

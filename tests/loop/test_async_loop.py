@@ -146,6 +146,24 @@ def test_stragglers_are_requeued_or_dropped_never_trained_beyond_the_bound(tmp_p
 
 
 @pytest.mark.slow
+def test_pacing_drops_no_group_and_keeps_staleness_within_its_bound(tmp_path: Path) -> None:
+    """The stragglers of the test above, paced one step ahead: nothing is requeued or dropped,
+    every group is trained once (or excluded), none more than one version behind."""
+    steps = 6
+    config = hello_config(tmp_path, "paced", steps)
+    result = asyncio.run(run_hello(config, agent=with_stragglers(hello_rollout, 3.0, 3)))  # type: ignore[arg-type]
+    ledger = _assert_every_group_once(tmp_path, steps * BATCH)
+    assert {line["outcome"] for line in ledger} <= {"trained", "excluded"}, Counter(
+        line["outcome"] for line in ledger
+    )
+    assert max(line["staleness"] for line in ledger) <= 1
+    assert any(s["staleness/group_max"] == 1 for s in result.steps)  # it did run ahead
+    for s in result.steps:
+        assert s["async/stale_requeued"] == s["async/stale_dropped"] == 0, s
+        assert s["staleness/group_max"] <= 1 and s["staleness/call_max"] <= 1, s
+
+
+@pytest.mark.slow
 def test_one_step_off_policy_is_importance_weighted_and_learns_like_sync(tmp_path: Path) -> None:
     """Same seed, same cost model: the async run trains on samples one version old (their
     sampled logprobs differ from the trainer's: the IS ratio is not 1), and its reward rises as far."""
@@ -188,9 +206,13 @@ def test_stream_minibatches_train_every_group_with_the_current_weights(tmp_path:
 
 
 @pytest.mark.slow
-def test_async_resume_after_sigkill_trains_no_group_twice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["async", "paced_inflight_sr"])
+def test_async_resume_after_sigkill_trains_no_group_twice(tmp_path: Path, mode: str) -> None:
     """Kill the async run right after its step-2 checkpoint, while groups are in flight; the restart
-    resumes at step 2, re-runs the groups that were in flight or waiting, and skips the done ones."""
+    resumes at step 2, re-runs the groups that were in flight or waiting, and skips the done ones.
+    Also in every new mode at once (one run, to keep CI short): paced (``sampling_steps_ahead``), with
+    in-flight clients and ``stable_reinforce`` (the restart is a new session: the groups it trains were
+    all sampled, and their ids recorded, in it)."""
     log_path = tmp_path / "run"
     steps, save_every = 5, 2
     cmd = [
@@ -199,6 +221,7 @@ def test_async_resume_after_sigkill_trains_no_group_twice(tmp_path: Path) -> Non
         str(log_path),
         str(steps),
         str(save_every),
+        mode,
     ]
     env = {**ENV, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), ENV.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -233,3 +256,10 @@ def test_async_resume_after_sigkill_trains_no_group_twice(tmp_path: Path) -> Non
     assert Counter(metrics_steps)[0] == 1 and Counter(metrics_steps)[1] == 1  # before the checkpoint: once
     assert sorted(set(metrics_steps)) == list(range(steps))
     assert [c["batch"] for c in _rows(checkpoints)] == [2, 4, 5]
+    rows = [r for r in _rows(log_path / "metrics.jsonl") if "reward/mean" in r]
+    if mode != "async":  # paced: nothing requeued or dropped, before or after the kill
+        assert {line["outcome"] for line in ledger} <= {"trained", "excluded"}, ledger
+        assert all(r["async/stale_requeued"] == r["async/stale_dropped"] == 0 for r in rows)
+    if mode == "paced_inflight_sr":  # every datum named this session's recorded sequences
+        assert all(r["datums/unrecorded"] == r["datums/expired"] == 0 for r in rows), rows
+        assert sum(r["train/datums"] for r in rows if r["step"] >= 2) > 0
