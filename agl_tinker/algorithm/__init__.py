@@ -7,14 +7,22 @@ Import from here: ``from agl_tinker.algorithm import fit, fast_runner``.
 
 from agl_tinker.algorithm.fit import fit, interrupt_watch
 from agl_tinker.algorithm.strategy import LeanServerStrategy, store_launcher_args
-from agl_tinker.algorithm.tinker_algorithm import TinkerAlgorithm, check_runner, fast_runner
+from agl_tinker.algorithm.tinker_algorithm import (
+    IDLE_POLLS_PER_S,
+    TinkerAlgorithm,
+    check_runner,
+    fast_runner,
+    poll_interval_for,
+)
 
 __all__ = [
+    "IDLE_POLLS_PER_S",
     "LeanServerStrategy",
     "TinkerAlgorithm",
     "check_runner",
     "fast_runner",
     "fit",
     "interrupt_watch",
+    "poll_interval_for",
     "store_launcher_args",
 ]

@@ -13,7 +13,7 @@ import agentlightning as agl
 from agentlightning.execution.client_server import ClientServerExecutionStrategy
 
 from agl_tinker.algorithm.strategy import LeanServerStrategy
-from agl_tinker.algorithm.tinker_algorithm import TinkerAlgorithm, fast_runner
+from agl_tinker.algorithm.tinker_algorithm import TinkerAlgorithm, fast_runner, poll_interval_for
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.train import TrainResult
 
@@ -37,15 +37,18 @@ def fit(
 
     ``on_step(step, metrics)`` is called after each training step (see :func:`agl_tinker.loop.train.train`).
     ``strategy`` replaces the runner processes (and ``n_runners``, ``store_*``), e.g. with
-    :class:`agl_tinker.runners.ray_runners.RayRunnerStrategy`'s Ray actors.
+    :class:`agl_tinker.runners.ray_runners.RayRunnerStrategy`'s Ray actors. The runners poll an
+    empty queue every :func:`poll_interval_for` (their number) seconds.
     """
     algorithm = TinkerAlgorithm(config, required_fields=required_fields, on_step=on_step)
+    strategy = strategy or LeanServerStrategy(
+        n_runners=n_runners, server_host=store_host, server_port=store_port
+    )
     trainer = agl.Trainer(
         algorithm=algorithm,
         n_runners=n_runners,
-        runner=fast_runner(),
-        strategy=strategy
-        or LeanServerStrategy(n_runners=n_runners, server_host=store_host, server_port=store_port),
+        runner=fast_runner(poll_interval_for(getattr(strategy, "n_runners", n_runners))),
+        strategy=strategy,
     )
     with interrupt_watch() as interrupted:
         trainer.fit(

@@ -11,6 +11,7 @@ import multiprocessing as mp
 import os
 import secrets
 import signal
+from collections import Counter
 from multiprocessing.context import BaseContext
 from typing import Any, cast
 
@@ -46,6 +47,10 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
     - in ``role="both"`` (one command: server, algorithm and runners), each run has a ``run_id``
       its server announces; a runner process checks it before taking any rollout and stops with
       :class:`StoreOfAnotherRun` when it reached another run's store (a port taken meanwhile).
+
+    ``stats`` counts the runner faults it saw, as they happen (keys in
+    :mod:`agl_tinker.runners.supervise`: deaths, restarts, rollouts given up); the algorithm of a
+    run in this process puts each step's restarts in that step's metrics row.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -55,6 +60,7 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
         if not fixed:
             self.server_port = free_port(_bind_host(self.server_host))
         self.run_id = secrets.token_hex(8)
+        self.stats: Counter[str] = Counter()
 
     def _spawn_runners(
         self, runner: Any, store: LightningStore, stop_evt: ExecutionEvent, *, ctx: BaseContext
@@ -78,7 +84,7 @@ class LeanServerStrategy(ClientServerExecutionStrategy):
 
         processes = [spawn(i) for i in range(self.n_runners)]
         store_url = f"http://{self.server_host}:{self.server_port}" if self.managed_store else None
-        supervisor = RunnerSupervisor(processes, spawn, stop_evt, store_url)
+        supervisor = RunnerSupervisor(processes, spawn, stop_evt, store_url, stats=self.stats)
         if self.role != "runner":
             supervisor.start()
             return processes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ from agl_tinker.run.failures import summarise_failures
 from agl_tinker.runners.deadline import DeadlineRunner
 from agl_tinker.runners.tracing import repair_store_otlp_export
 
-__all__ = ["TinkerAlgorithm", "check_runner", "fast_runner"]
+__all__ = ["IDLE_POLLS_PER_S", "TinkerAlgorithm", "check_runner", "fast_runner", "poll_interval_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,15 @@ class TinkerAlgorithm(agl.Algorithm):
         self.result: TrainResult | None = None
         self.error: BaseException | None = None
         """What stopped the run, if it failed (the trainer's strategy may log it instead of raising)."""
+        self._runner_stats: Mapping[str, int] = {}
 
     def set_trainer(self, trainer: Any) -> None:
         check_runner(trainer)
         super().set_trainer(trainer)
+        # This package's strategies count the runner faults they see (LeanServerStrategy.stats,
+        # Ray's included); the steps report restarts from them.
+        stats = getattr(getattr(trainer, "strategy", None), "stats", None)
+        self._runner_stats = stats if isinstance(stats, Counter) else {}
 
     async def run(  # type: ignore[override]
         self, train_dataset: Any = None, val_dataset: Any = None
@@ -78,6 +84,7 @@ class TinkerAlgorithm(agl.Algorithm):
                 service=self.service,
                 show_progress=self.show_progress,
                 on_step=self.on_step,
+                runner_stats=self._runner_stats,
             )
         except Exception as exc:
             self.error = exc
@@ -87,6 +94,20 @@ class TinkerAlgorithm(agl.Algorithm):
 def _as_task_source(dataset: Any) -> Any:
     """A dataset as :func:`agl_tinker.loop.train.train` takes it: a file path stays a path, anything else a list."""
     return dataset if isinstance(dataset, (str, os.PathLike)) else list(dataset)
+
+
+IDLE_POLLS_PER_S = 500.0
+"""What the runners of one run may ask an empty queue for, in all, per second: one empty dequeue
+costs the store ~0.8 ms of CPU (``docs/scaling.md``), so this is ~0.4 of a store core."""
+
+
+def poll_interval_for(n_runners: int) -> float:
+    """``fast_runner``'s poll interval for ``n_runners`` sharing one store: 50 ms, or longer so that
+    idle runners poll at most :data:`IDLE_POLLS_PER_S` times a second in all (0.05 s up to 25
+    runners, 2 s for 1000). A new batch waits up to this long for a runner to take it."""
+    if n_runners < 1:
+        raise ValueError(f"n_runners must be >= 1, got {n_runners}")
+    return max(0.05, n_runners / IDLE_POLLS_PER_S)
 
 
 def fast_runner(

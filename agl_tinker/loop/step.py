@@ -120,6 +120,7 @@ class TrainingStep:
                 requeued=sampled.requeued,
                 stale_dropped=sampled.stale_dropped,
                 groups_in_flight=sampled.groups_in_flight,
+                runner_restarts=run.take_runner_restarts(),
             )
         )
         assert run.endpoint is not None

@@ -14,6 +14,7 @@ from typing import Any
 
 from agl_tinker.core.trajectory import RolloutTrajectory
 from agl_tinker.dispatch.types import BatchResult, RolloutOutcome
+from agl_tinker.runners.supervise import RESTARTS
 
 __all__ = ["StepTimes", "call_staleness", "step_row"]
 
@@ -69,6 +70,7 @@ def step_row(
     requeued: int = 0,
     stale_dropped: int = 0,
     groups_in_flight: int = 0,
+    runner_restarts: int,
 ) -> dict[str, Any]:
     """The schedule's part of a step's row: progress, staleness, dispatch and time figures.
 
@@ -79,6 +81,8 @@ def step_row(
         times: what the schedule measured.
         requeued, stale_dropped: groups found stale this step (async only; 0 otherwise).
         groups_in_flight: groups still running when the step started training.
+        runner_restarts: runners (processes or Ray actors) that died and were replaced during
+            the step; 0 where the run does not start its runners (split mode).
     """
     group_staleness = [max(call_staleness(g.outcomes, step), default=0) for g in batch.groups]
     calls = call_staleness(batch.outcomes, step)
@@ -98,6 +102,7 @@ def step_row(
         "async/stale_requeued": requeued,
         "async/stale_dropped": stale_dropped,
         "async/groups_in_flight": groups_in_flight,
+        RESTARTS: runner_restarts,
         "time/step_s": times.step_s,
         "time/sampling_s": times.sampling_s,
         "time/waiting_s": times.waiting_s,

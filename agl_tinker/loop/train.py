@@ -106,6 +106,7 @@ async def train(
     service: Any = None,
     show_progress: bool = True,
     on_step: OnStep | None = None,
+    runner_stats: Mapping[str, int] | None = None,
 ) -> TrainResult:
     """Train the policies behind the endpoint on rollouts run by whatever runners serve ``store``.
 
@@ -114,6 +115,9 @@ async def train(
     the endpoint as the ``main_llm`` resource. ``service`` defaults to ``backend.service_client()``.
     The run holds the lock of ``config.log_path`` until it returns or raises
     (:mod:`agl_tinker.run.lock`; another run there fails at once) and logs to ``run.log`` there.
+    ``runner_stats``: the live runner-fault counts of the strategy running the runners (keys in
+    :mod:`agl_tinker.runners.supervise`), read at each step: its ``runners/restarts`` metric is
+    the restarts during that step (0 when not given, e.g. runners started by hand elsewhere).
     """
     with claimed(config):
         started = time.perf_counter()
@@ -133,7 +137,14 @@ async def train(
         override_metrics = record_run(config, train_ds.tasks)
         owns_service = service is None  # a service the run creates is closed by the run (ends a live session)
         run = TrainingRun(
-            config, store, train_ds, val_ds, service or backend.service_client(), show_progress, n_steps
+            config,
+            store,
+            train_ds,
+            val_ds,
+            service or backend.service_client(),
+            show_progress,
+            n_steps,
+            runner_stats=runner_stats,
         )
         resume = await run.resume()
         start_step = int(resume.batch) if resume is not None and resume.batch is not None else 0

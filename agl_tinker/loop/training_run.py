@@ -50,6 +50,7 @@ from agl_tinker.loop.policy_clients import PolicyClients
 from agl_tinker.loop.policy_metrics import rollout_metrics, write_transcripts
 from agl_tinker.loop.progress import ProgressDisplay
 from agl_tinker.loop.step_trainer import Learner
+from agl_tinker.runners.supervise import RESTARTS
 from agl_tinker.tinker_retry import Retrier, RetryPolicy
 from agl_tinker.viewer.writer import TranscriptWriter
 
@@ -79,6 +80,8 @@ class TrainingRun:
         service: Any,
         show_progress: bool,
         n_steps: int,
+        *,
+        runner_stats: Mapping[str, int] | None = None,
     ) -> None:
         self.config = config
         self.n_steps = n_steps
@@ -121,6 +124,15 @@ class TrainingRun:
         self.train_resources_id: str | None = None
         self.val_resources_id: str | None = None
         self.empty_steps = 0
+        self.runner_stats: Mapping[str, int] = runner_stats if runner_stats is not None else {}
+        """The live runner-fault counts of the strategy running the runners (see :func:`train`)."""
+        self._restarts_reported = 0
+
+    def take_runner_restarts(self) -> int:
+        """Runner restarts since the previous call (the strategy's counts are cumulative)."""
+        total = int(self.runner_stats.get(RESTARTS, 0))
+        taken, self._restarts_reported = total - self._restarts_reported, total
+        return taken
 
     def policy_dirs(self) -> dict[str, Path]:
         """Several policies only: policy name -> its directory (checkpoints, reward curve)."""

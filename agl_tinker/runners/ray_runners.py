@@ -41,7 +41,7 @@ from agl_tinker.algorithm import LeanServerStrategy
 from agl_tinker.loop.errors import TrainingAborted
 from agl_tinker.runners.ray_actor import RunnerActor, RunnerParts
 from agl_tinker.runners.ray_cluster import RayRunnerSettings, connect
-from agl_tinker.runners.supervise import give_up_current_attempt
+from agl_tinker.runners.supervise import DEATHS, RESTARTS, ROLLOUTS_GIVEN_UP, give_up_current_attempt
 
 __all__ = ["RayRunnerStrategy", "RunnerParts", "RunnersLost", "runner_parts"]
 
@@ -172,12 +172,12 @@ class _ActorPool:
             return "?"
 
     def _died(self, worker_id: int, reason: str) -> None:
-        self.stats["runners/deaths"] += 1
+        self.stats[DEATHS] += 1
         self._note("died", worker_id, reason=reason)
         logger.error("runner actor %d died while the run was going: %s", worker_id, reason)
         rollout_id = self._give_up(worker_id)
         if rollout_id is not None:
-            self.stats["runners/rollouts_given_up"] += 1
+            self.stats[ROLLOUTS_GIVEN_UP] += 1
             self._note("rollout_given_up", worker_id, rollout_id=rollout_id)
         if self._restarts[worker_id] >= self._settings.max_restarts:
             logger.error(
@@ -189,7 +189,7 @@ class _ActorPool:
             self._stop_evt.set()
             return
         self._restarts[worker_id] += 1
-        self.stats["runners/restarts"] += 1
+        self.stats[RESTARTS] += 1
         self._place(worker_id)
         logger.warning("runner actor %d replaced (restart %d)", worker_id, self._restarts[worker_id])
         self._starting[self._actors[worker_id].node.remote()] = worker_id  # noted once it answers
@@ -252,7 +252,6 @@ class RayRunnerStrategy(LeanServerStrategy):
             n_runners=self.settings.n_actors,
             graceful_timeout=graceful_timeout,
         )
-        self.stats: Counter[str] = Counter()
         self.events: list[dict[str, Any]] = []
         self.created_at = time.monotonic()
         """``time.monotonic()`` when this strategy was made: the zero of ``events``' ``t``."""

@@ -24,15 +24,23 @@ import multiprocessing
 import multiprocessing.connection
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, MutableSequence
 
 from agentlightning.execution.events import ExecutionEvent
 from agentlightning.store.client_server import LightningStoreClient
 
-__all__ = ["RunnerSupervisor", "give_up_current_attempt"]
+__all__ = ["DEATHS", "RESTARTS", "ROLLOUTS_GIVEN_UP", "RunnerSupervisor", "give_up_current_attempt"]
 
 logger = logging.getLogger(__name__)
+
+# The keys of a strategy's runner-fault counts (``LeanServerStrategy.stats``), one place for each.
+DEATHS = "runners/deaths"
+"""Runners (processes or Ray actors) that died while the run was going."""
+RESTARTS = "runners/restarts"
+"""Dead runners replaced by a new one; each training step's metrics row carries the step's count."""
+ROLLOUTS_GIVEN_UP = "runners/rollouts_given_up"
+"""Attempts of dead runners marked ``unresponsive`` (the store retries or ends the rollout)."""
 
 _WAKE_S = 0.5  # how often the wait on the sentinels also looks at the stop event
 _STORE_CALL_S = 10.0
@@ -66,7 +74,8 @@ class RunnerSupervisor:
 
     ``processes[i]`` runs worker ``i``; ``spawn(i)`` starts a new process for it. The list is
     updated in place. Runs in a thread (:meth:`start`) or in the caller (:meth:`run`) until
-    ``stop_evt`` is set.
+    ``stop_evt`` is set. ``stats`` (a new counter when not given) counts :data:`DEATHS`,
+    :data:`RESTARTS` and :data:`ROLLOUTS_GIVEN_UP` as they happen.
     """
 
     def __init__(
@@ -78,6 +87,7 @@ class RunnerSupervisor:
         *,
         max_deaths: int = 3,
         window_s: float = 60.0,
+        stats: Counter[str] | None = None,
     ) -> None:
         self.processes = processes
         self.spawn = spawn
@@ -85,9 +95,14 @@ class RunnerSupervisor:
         self.store_url = store_url
         self.max_deaths = max_deaths
         self.window_s = window_s
-        self.replaced = 0
+        self.stats: Counter[str] = Counter() if stats is None else stats
         self._deaths: dict[int, deque[float]] = defaultdict(deque)
         self._thread: threading.Thread | None = None
+
+    @property
+    def replaced(self) -> int:
+        """Dead processes replaced so far."""
+        return self.stats[RESTARTS]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="runner-supervisor", daemon=True)
@@ -119,6 +134,7 @@ class RunnerSupervisor:
             dead.pid,
             dead.exitcode,
         )
+        self.stats[DEATHS] += 1
         self._give_up_rollout(worker)
         if self._keeps_dying(worker):
             logger.error(
@@ -130,7 +146,7 @@ class RunnerSupervisor:
             self.stop_evt.set()
             return
         self.processes[worker] = self.spawn(worker)
-        self.replaced += 1
+        self.stats[RESTARTS] += 1
         logger.warning("runner %d replaced by a new process (pid %s)", worker, self.processes[worker].pid)
 
     def _keeps_dying(self, worker: int) -> bool:
@@ -150,4 +166,5 @@ class RunnerSupervisor:
             logger.warning("could not give up the rollout of dead runner %d: %s", worker, e)
             return
         if rollout_id is not None:
+            self.stats[ROLLOUTS_GIVEN_UP] += 1
             logger.warning("rollout %s of dead runner %d marked unresponsive", rollout_id, worker)

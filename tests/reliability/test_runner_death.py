@@ -45,6 +45,7 @@ def test_a_killed_runner_is_reported_replaced_and_its_rollout_given_up(tmp_path:
     steps = json.loads(out.strip().splitlines()[-1])["steps"]
     assert len(steps) == 2 and all(step["train/datums"] > 0 for step in steps)
     assert sum(step.get("excluded/timeout", 0) for step in steps) == 1, steps  # the killed one
+    assert sum(step["runners/restarts"] for step in steps) == 1, steps  # counted in the metrics
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[str], timeout_s: float) -> int:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from agl_tinker.runners.supervise import RunnerSupervisor
+from agl_tinker.runners.supervise import DEATHS, RESTARTS, RunnerSupervisor
 
 CTX = multiprocessing.get_context("fork")
 
@@ -56,6 +56,7 @@ def test_a_killed_process_is_replaced_in_its_slot() -> None:
         os.kill(victim.pid, signal.SIGKILL)  # type: ignore[arg-type]
         _until(lambda: supervisor.replaced == 1)
         assert processes[1] is not victim and processes[1].is_alive() and processes[0] is started[0]
+        assert supervisor.stats == {DEATHS: 1, RESTARTS: 1}  # no store: no rollout given up
     finally:
         stop.set()
         for p in started:

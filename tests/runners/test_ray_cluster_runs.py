@@ -109,7 +109,10 @@ def test_runners_spread_over_the_nodes_survive_the_loss_of_one_mid_step(
     assert victim not in {
         e["node"] for e in strategy.events if e["event"] == "started" and e["t"] > died["t"]
     }
-    for row in _metrics(tmp_path):
+    rows = _metrics(tmp_path)
+    assert rows[0]["runners/restarts"] == 0  # the restart is in the metrics (step 1's or 2's row)
+    assert sum(row["runners/restarts"] for row in rows) == 1
+    for row in rows:
         assert row["rollouts/total"] == ROLLOUTS_PER_STEP  # none trained twice, none dropped
         assert row["rollouts/succeeded_frac"] == 1.0  # the held rollout was retried, not lost
 
