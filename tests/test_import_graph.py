@@ -11,6 +11,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from source_ast import parse_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,7 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
 
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str | None] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(parse_file(path)):
         if isinstance(node, ast.Import):
             found.update(module_of(a.name) for a in node.names if a.name.startswith("agl_tinker"))
         elif isinstance(node, ast.ImportFrom):

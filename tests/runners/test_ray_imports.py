@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from source_ast import parse_file
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY_MODULES = {ROOT / "agl_tinker" / "runners" / name for name in ("ray_cluster.py", "ray_actor.py")}
@@ -18,7 +19,7 @@ RAY_MODULES = {ROOT / "agl_tinker" / "runners" / name for name in ("ray_cluster.
 def _imports_ray(path: Path) -> list[int]:
     """Lines of ``path`` that import ``ray`` (or a submodule of it)."""
     lines = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(parse_file(path)):
         if (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "ray" for a in node.names)) or (
             isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ray" and not node.level
         ):
