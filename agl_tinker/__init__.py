@@ -41,9 +41,9 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _PUBLIC = {
-    "TinkerAlgorithm": "agl_tinker.loop.algo",
-    "LeanServerStrategy": "agl_tinker.loop.algo",
-    "fast_runner": "agl_tinker.loop.algo",
+    "TinkerAlgorithm": "agl_tinker.algorithm",
+    "LeanServerStrategy": "agl_tinker.algorithm",
+    "fast_runner": "agl_tinker.algorithm",
     "TrainConfig": "agl_tinker.loop.config",
     "PolicyConfig": "agl_tinker.loop.config",
     "load_tasks": "agl_tinker.loop.data",
@@ -62,14 +62,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from agl_tinker.algorithm import LeanServerStrategy, TinkerAlgorithm, fast_runner
     from agl_tinker.endpoint.start import EndpointConfig
-    from agl_tinker.loop.algo import LeanServerStrategy, TinkerAlgorithm, fast_runner
     from agl_tinker.loop.config import PolicyConfig, TrainConfig
     from agl_tinker.loop.data import load_tasks
 
 
 # the public modules that import Agent-lightning: it is imported first, through heavy_import
-_NEED_AGENTLIGHTNING = frozenset({"agl_tinker.loop.algo", "agl_tinker.endpoint.start"})
+_NEED_AGENTLIGHTNING = frozenset({"agl_tinker.algorithm", "agl_tinker.endpoint.start"})
 
 
 def __getattr__(name: str) -> Any:

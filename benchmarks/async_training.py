@@ -1,14 +1,19 @@
 """Synchronous vs streaming vs asynchronous training under a Tinker-like cost model.
 
 Run ``python benchmarks/async_training.py`` (``--steps``, ``--seeds``, ``--agents`` to change the
-workload); prints one JSON line. Same agents, same cost model (``cost_model`` in the JSON, the
-simulator's knobs), three modes per agent:
+workload, ``--modes`` to run some modes only); prints one JSON line. Same agents, same cost model
+(``cost_model`` in the JSON, the simulator's knobs; ``save_sampler_share`` states the save-for-sampler
+cost as a share of a step's training), six modes per agent:
 
 * ``sync``: the default loop (dispatch a batch, wait for its slowest rollout, train, swap);
 * ``stream``: ``stream_minibatch_config`` with 4 minibatches (``forward_backward`` per minibatch as
   soon as its groups are complete; still one batch per step);
 * ``async``: ``async_config`` with ``max_steps_off_policy=1`` (continuous dispatch; train as soon as a
-  batch's worth of groups is complete; stale groups requeued or dropped).
+  batch's worth of groups is complete; stale groups requeued or dropped);
+* ``inflight_pace_is``: ``async`` with in-flight sampling clients (``sampling_client_kind="inflight"``)
+  and pacing (``sampling_steps_ahead=1``) instead of requeuing, ``importance_sampling``;
+* ``inflight_pace_sr``: the same with ``loss_fn="stable_reinforce"``;
+* ``inflight_pace2_sr``: ``stable_reinforce`` paced two steps ahead (``max_steps_off_policy=2``).
 
 Agents: ``hello`` (Hello 1024, one call) and ``lookup`` (two calls with a lookup tool between them
 whose latency is log-normal: median 0.3 s, sigma 1, so one call in ~40 takes over 2 s). Both are
@@ -25,8 +30,11 @@ sync run measured them (its ``time/sampling_s`` and ``time/training_s + time/swa
 pipelining. It can fall below 1: continuous dispatch also removes the sync step's ramp-up and its wait for
 the slowest rollout, so the async sampler delivers a batch faster than a sync sampling phase takes.
 ``async_step_over_training`` divides the async step by the training client's busy time per step in the async
-run (1.0: the trainer never waits). Top-level figures are the worst over agents. ``detail`` has the per-seed numbers and
-the async runs' staleness and requeue/drop counts.
+run (1.0: the trainer never waits). Every overlapped mode gets ``<mode>_speedup_vs_sync`` and
+``<mode>_step_over_bound`` the same way; its summary adds ``groups_discarded`` (stale groups requeued or
+dropped: sampling thrown away, summed over the run), ``staleness_group_mean`` (versions behind, per
+trained group) and ``reward_vs_sync`` (its final reward minus sync's). Top-level figures are the worst over
+agents. ``detail`` has the per-seed numbers.
 """
 
 from __future__ import annotations
@@ -70,7 +78,15 @@ COST_MODEL = {
     # per step (32 Hello datums, ~800 tokens): ~2 s of forward_backward + optim + save
     "train_token_s": 0.0021,
     "optim_step_s": 0.1,
-    "save_sampler_s": 0.15,
+    # save-for-sampler: about a fifth of a step's training (both kinds of sampling client pay it,
+    # serialised on the training queue)
+    "save_sampler_s": 0.4,
+}
+MODES = ("sync", "stream", "async", "inflight_pace_is", "inflight_pace_sr", "inflight_pace2_sr")
+PACED = {  # mode -> (sampling_steps_ahead, loss_fn)
+    "inflight_pace_is": (1, "importance_sampling"),
+    "inflight_pace_sr": (1, "stable_reinforce"),
+    "inflight_pace2_sr": (2, "stable_reinforce"),
 }
 TOOL_MEDIAN_S, TOOL_SIGMA = 0.3, 1.0
 
@@ -100,6 +116,10 @@ def _config(log_path: str, mode: str, steps: int, seed: int) -> TrainConfig:
     extra: dict[str, Any] = {}
     if mode == "async":
         extra["async_config"] = AsyncConfig(max_steps_off_policy=1, groups_per_batch=BATCH)
+    elif mode in PACED:
+        ahead, loss_fn = PACED[mode]
+        extra["async_config"] = AsyncConfig(max_steps_off_policy=ahead, groups_per_batch=BATCH)
+        extra.update(sampling_steps_ahead=ahead, sampling_client_kind="inflight", loss_fn=loss_fn)
     elif mode == "stream":
         extra["stream_minibatch_config"] = StreamMinibatchConfig(groups_per_batch=BATCH, num_minibatches=4)
     return TrainConfig(
@@ -149,6 +169,9 @@ async def _run(agent: AgentFn, mode: str, steps: int, seed: int) -> dict[str, An
         out["sampler_idle_frac"] = statistics.fmean(s["time/sampler_idle_frac"] for s in timed)
         out["trainer_busy_s_mean"] = statistics.fmean(s["time/trainer_busy_s"] for s in timed)
         out["staleness_call_mean"] = statistics.fmean(s["staleness/call_mean"] for s in timed)
+        out["staleness_group_mean"] = statistics.fmean(s["staleness/group_mean"] for s in result.steps)
+        out["staleness_group_max"] = max(s["staleness/group_max"] for s in result.steps)
+        out["datums_unrecorded"] = sum(s.get("datums/unrecorded", 0) for s in result.steps)
         out["stale_requeued"] = sum(s["async/stale_requeued"] for s in result.steps)
         out["stale_dropped"] = sum(s["async/stale_dropped"] for s in result.steps)
     return out
@@ -164,41 +187,71 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--agents", default="hello,lookup")
+    parser.add_argument("--modes", default=",".join(MODES), help="sync first; the others compare to it")
     args = parser.parse_args()
+    modes = args.modes.split(",")
+    if modes[0] != "sync" or not set(modes) <= set(MODES):
+        parser.error(f"--modes: sync first, then any of {MODES[1:]}")
     warnings.simplefilter("ignore", FutureWarning)
     logging.disable(logging.WARNING)
     report: dict[str, Any] = {
         "cost_model": COST_MODEL,
+        "save_sampler_share": None,  # of the sync run's training time per step, set below
         "steps": args.steps,
         "seeds": args.seeds,
         "detail": {},
     }
-    speedups, bounds = [], []
+    worst: dict[str, list[float]] = {}
     for name in args.agents.split(","):
         runs = {
             mode: [asyncio.run(_run(AGENTS[name], mode, args.steps, seed)) for seed in range(args.seeds)]
-            for mode in ("sync", "stream", "async")
+            for mode in modes
         }
-        summary: dict[str, Any] = {mode: _mean_over_seeds(r) for mode, r in runs.items()}
-        sync_bound = statistics.fmean(max(r["sampling_s_mean"], r["training_s_mean"]) for r in runs["sync"])
-        summary["speedup_async_vs_sync"] = round(
-            summary["async"]["groups_per_s"] / summary["sync"]["groups_per_s"], 3
-        )
-        summary["async_step_over_bound"] = round(summary["async"]["step_s_mean"] / sync_bound, 3)
-        busy = statistics.fmean(r["trainer_busy_s_mean"] for r in runs["async"])
-        summary["async_step_over_training"] = round(summary["async"]["step_s_mean"] / busy, 3)
-        summary["sync_sampling_s"] = round(statistics.fmean(r["sampling_s_mean"] for r in runs["sync"]), 3)
-        summary["sync_training_s"] = round(statistics.fmean(r["training_s_mean"] for r in runs["sync"]), 3)
+        summary = _summary(runs)
         report[name] = summary
         report["detail"][name] = {
             mode: [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rs]
             for mode, rs in runs.items()
         }
-        speedups.append(summary["speedup_async_vs_sync"])
-        bounds.append(summary["async_step_over_bound"])
-    report["speedup_async_vs_sync"] = min(speedups)
-    report["async_step_over_bound"] = max(bounds)
+        share = summary["sync_training_s"] and COST_MODEL["save_sampler_s"] / summary["sync_training_s"]
+        report["save_sampler_share"] = round(max(report["save_sampler_share"] or 0.0, share), 3)
+        for key, value in summary.items():
+            if key.endswith(("_speedup_vs_sync", "_step_over_bound", "_discarded")):
+                worst.setdefault(key, []).append(value)
+    for key, values in worst.items():
+        report[key] = min(values) if key.endswith("speedup_vs_sync") else max(values)
     emit_json(report)
+
+
+def _summary(runs: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One agent's figures: per mode, its seeds' mean; per overlapped mode, its ratios to sync."""
+    summary: dict[str, Any] = {mode: _mean_over_seeds(r) for mode, r in runs.items()}
+    sync = summary["sync"]
+    sync_bound = statistics.fmean(max(r["sampling_s_mean"], r["training_s_mean"]) for r in runs["sync"])
+    summary["sync_sampling_s"] = round(statistics.fmean(r["sampling_s_mean"] for r in runs["sync"]), 3)
+    summary["sync_training_s"] = round(statistics.fmean(r["training_s_mean"] for r in runs["sync"]), 3)
+    for mode, mode_runs in runs.items():
+        if mode == "sync":
+            continue
+        figures = summary[mode]
+        figures["groups_discarded"] = statistics.fmean(
+            r["stale_requeued"] + r["stale_dropped"] for r in mode_runs
+        )
+        figures["staleness_group_mean"] = round(
+            statistics.fmean(r["staleness_group_mean"] for r in mode_runs), 3
+        )
+        figures["staleness_group_max"] = max(r["staleness_group_max"] for r in mode_runs)
+        figures["reward_vs_sync"] = round(figures["final_reward"] - sync["final_reward"], 4)
+        summary[f"{mode}_speedup_vs_sync"] = round(figures["groups_per_s"] / sync["groups_per_s"], 3)
+        summary[f"{mode}_step_over_bound"] = round(figures["step_s_mean"] / sync_bound, 3)
+        if mode != "stream":
+            summary[f"{mode}_discarded"] = figures["groups_discarded"]
+        if mode == "async":  # the names earlier runs reported
+            summary["speedup_async_vs_sync"] = summary["async_speedup_vs_sync"]
+            summary["async_step_over_bound"] = summary["async_step_over_bound"]
+            busy = statistics.fmean(r["trainer_busy_s_mean"] for r in mode_runs)
+            summary["async_step_over_training"] = round(figures["step_s_mean"] / busy, 3)
+    return summary
 
 
 if __name__ == "__main__":

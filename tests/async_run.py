@@ -1,8 +1,9 @@
 """Hello training runs in one process (in-memory store, in-process runners) for the async tests.
 
 Also a script, so a test can SIGKILL a run and restart it:
-``python tests/async_run.py LOG_PATH STEPS SAVE_EVERY`` trains asynchronously (one step off policy)
-with the simulator's checkpoints under ``LOG_PATH/sim``; the same command resumes.
+``python tests/async_run.py LOG_PATH STEPS SAVE_EVERY [MODE]`` trains asynchronously (one step off
+policy; ``MODE`` as :data:`RESUME_MODES` names, ``async`` by default) with the simulator's checkpoints
+under ``LOG_PATH/sim``; the same command resumes.
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ BATCH, GROUP = 8, 4
 def hello_config(
     log_path: Path, mode: str, steps: int, *, seed: int = 0, off_policy: int = 1, **overrides: Any
 ) -> TrainConfig:
-    """Hello's CI settings; ``mode``: ``sync``, ``stream`` or ``async`` (``off_policy`` steps)."""
+    """Hello's CI settings; ``mode``: ``sync``, ``stream``, ``async`` (``off_policy`` steps) or
+    ``paced`` (async, ``sampling_steps_ahead=off_policy``)."""
     extra: dict[str, Any] = {}
-    if mode == "async":
+    if mode in ("async", "paced"):
         extra["async_config"] = AsyncConfig(max_steps_off_policy=off_policy, groups_per_batch=BATCH)
+    if mode == "paced":
+        extra["sampling_steps_ahead"] = off_policy
     elif mode == "stream":
         extra["stream_minibatch_config"] = StreamMinibatchConfig(groups_per_batch=BATCH, num_minibatches=4)
     return TrainConfig(
@@ -76,15 +80,26 @@ async def run_hello(
     costs: Mapping[str, float] | None = None,
     concurrency: int = BATCH * GROUP,
     store: InMemoryLightningStore | None = None,
+    tasks: Any = None,
 ) -> TrainResult:
-    """Train ``config`` on Hello with in-process runners, against ``store`` (a fresh one by default)."""
+    """Train ``config`` on ``tasks`` (Hello's by default) with in-process runners, against
+    ``store`` (a fresh one by default)."""
     store = store if store is not None else InMemoryLightningStore()
     service = backend.service_client(root_dir=Path(config.log_path) / "sim", **dict(costs or {}))
+    tasks = hello_dataset("train") if tasks is None else tasks
     async with InProcessRunners(store, agent, concurrency=concurrency):
-        return await train(config, store, hello_dataset("train"), service=service, show_progress=False)
+        return await train(config, store, tasks, service=service, show_progress=False)
+
+
+RESUME_MODES: dict[str, tuple[str, dict[str, Any]]] = {
+    "async": ("async", {}),
+    "paced_inflight_sr": ("paced", {"sampling_client_kind": "inflight", "loss_fn": "stable_reinforce"}),
+}
+"""The script's modes: ``hello_config`` mode and overrides."""
 
 
 if __name__ == "__main__":
     log, steps, save_every = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    config = hello_config(log, "async", steps, save_every=save_every)
+    mode, overrides = RESUME_MODES[sys.argv[4] if len(sys.argv) > 4 else "async"]
+    config = hello_config(log, mode, steps, save_every=save_every, **overrides)
     asyncio.run(run_hello(config, agent=with_stragglers(hello_rollout, 0.4, 5)))  # type: ignore[arg-type]

@@ -3,7 +3,7 @@
 ``episodes_until`` runs a framework agent against a real endpoint (simulator backend) until
 episodes with the wanted features (e.g. a tool round trip, :func:`tool_round_trip`) turned up,
 each with its trajectory and the number of model calls the framework itself reports; ``check_episode`` asserts the issue's per-episode
-contract; ``train_few_steps`` trains the agent through ``agl_tinker.loop.algo.fit`` (the stock
+contract; ``train_few_steps`` trains the agent through ``agl_tinker.algorithm.fit`` (the stock
 Agent-lightning trainer with the project's runner) and asserts that datums were trained.
 """
 
@@ -20,10 +20,10 @@ import agentlightning as agl
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.store.threading import LightningStoreThreaded
 
+from agl_tinker.algorithm import fit
 from agl_tinker.backend import get_tokenizer, service_client
 from agl_tinker.core.trajectory import RolloutTrajectory, rollout_trajectory
 from agl_tinker.endpoint.start import Endpoint, EndpointConfig, start_endpoint
-from agl_tinker.loop.algo import fit
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.train import TrainResult
 

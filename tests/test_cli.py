@@ -15,7 +15,9 @@ import chz
 import pytest
 
 from agl_tinker import cli
-from agl_tinker.loop.algo import interrupt_watch
+from agl_tinker.algorithm import interrupt_watch
+from agl_tinker.cli.examples import message_text
+from agl_tinker.cli.main import COMMANDS
 from agl_tinker.loop.config import ConfigError, TrainConfig
 from agl_tinker.loop.preflight import SetupError, check_log_path, check_model
 
@@ -31,7 +33,7 @@ def _args(argv: list[str]) -> Any:
 
 def _build(argv: list[str]) -> tuple[Any, Any]:
     args = _args(argv)
-    command = cli._COMMANDS[args.command](args)
+    command = COMMANDS[args.command](args)
     return command.build(args, args.key_values)
 
 
@@ -204,10 +206,10 @@ def test_a_ctrl_c_during_fit_is_noted_and_the_handler_restored() -> None:
 
 def test_transcripts_show_tool_calls_and_results() -> None:
     call = {"function": {"name": "search", "arguments": '{"query": "dog"}'}}
-    assert cli._message_text({"role": "assistant", "content": "Let me check.", "tool_calls": [call]}) == (
+    assert message_text({"role": "assistant", "content": "Let me check.", "tool_calls": [call]}) == (
         'Let me check. [calls search({"query": "dog"})]'
     )
-    assert cli._message_text({"role": "tool", "name": "search", "content": "dogs bark"}) == (
+    assert message_text({"role": "tool", "name": "search", "content": "dogs bark"}) == (
         "[search result] dogs bark"
     )
 

@@ -14,6 +14,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = """
 import sys, warnings
@@ -46,6 +48,7 @@ def _build(project: Path, hook: str, out: Path) -> Path:
     return out / done.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_editable_build_emits_no_setuptools_warning_and_the_wheel_keeps_its_packages(tmp_path: Path) -> None:
     project = _copy_project(tmp_path / "project")
     editable = _build(project, "build_editable", tmp_path / "editable")

@@ -19,6 +19,7 @@ transition's logs); a datum with a step whose sample was not recorded has no pro
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass
 
 import tinker
@@ -37,6 +38,10 @@ class Provenance:
 
     model_input: list[Run]
     loss_fn_inputs: list[Run]
+
+    def names_any(self, sequence_ids: Set[str]) -> bool:
+        """Whether a run of this datum names one of ``sequence_ids``."""
+        return any(run.sequence_id in sequence_ids for run in (*self.model_input, *self.loss_fn_inputs))
 
     def attach(self, datum: tinker.Datum) -> tinker.Datum:
         """``datum`` with this provenance (the SDK checks that both lists tile their fields)."""

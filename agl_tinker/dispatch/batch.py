@@ -33,37 +33,16 @@ from agl_tinker.dispatch.completion import CompletionSource, open_completion_sou
 from agl_tinker.dispatch.reader import RolloutReader
 from agl_tinker.dispatch.store_calls import StoreCaller, cancel_unfinished
 from agl_tinker.dispatch.types import (
-    DEADLINE_METADATA_KEY,
     BatchResult,
     DispatchConfig,
     DispatchError,
     DispatchProgress,
     DispatchStats,
-    FinalStatus,
     GroupResult,
-    ProcessError,
     RolloutOutcome,
-    RolloutsLost,
-    StoreCallError,
-    WaitStrategy,
 )
 
-__all__ = [
-    "DEADLINE_METADATA_KEY",
-    "BatchResult",
-    "DispatchConfig",
-    "DispatchError",
-    "DispatchProgress",
-    "DispatchStats",
-    "FinalStatus",
-    "GroupResult",
-    "ProcessError",
-    "RolloutOutcome",
-    "RolloutsLost",
-    "StoreCallError",
-    "WaitStrategy",
-    "dispatch_batch",
-]
+__all__ = ["dispatch_batch"]
 
 logger = logging.getLogger(__name__)
 

@@ -69,9 +69,36 @@ def renders_incrementally(renderer: Renderer) -> bool:
     """Whether the renderer uses the cookbook's per-message generation loop, which the suffix mirrors.
 
     Renderers that override ``build_generation_prompt`` (re-sorting, injected system messages) are
-    rendered whole instead; token-in-token-out is then off for them.
+    rendered whole instead: see :func:`continuation_after_stop`.
     """
     return type(renderer).build_generation_prompt is Renderer.build_generation_prompt
+
+
+def _single_stop_token(renderer: Renderer) -> int | None:
+    stops = renderer.get_stop_sequences()
+    return stops[0] if len(stops) == 1 and isinstance(stops[0], int) else None
+
+
+def continuation_after_stop(
+    renderer: Renderer, messages: Sequence[Message], start: int, rendered: Sequence[int]
+) -> list[int] | None:
+    """For a renderer rendered whole: the tokens of ``rendered`` (the whole conversation's
+    generation prompt) after the assistant message ``messages[start - 1]``.
+
+    Found by its closing token: when the renderer's one stop token occurs in ``rendered`` exactly
+    once per assistant message (DeepSeek V4.1 closes assistant messages, and only them, with
+    ``<｜end▁of▁sentence｜>``), the k-th occurrence ends the k-th assistant message. None when it
+    does not (a renderer that closes every message with its stop token, as Qwen's do), where only
+    the full render is right.
+    """
+    stop = _single_stop_token(renderer)
+    assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if stop is None or start < 1 or messages[start - 1]["role"] != "assistant":
+        return None
+    ends = [k for k, token in enumerate(rendered) if token == stop]
+    if len(ends) != len(assistants):
+        return None
+    return list(rendered[ends[assistants.index(start - 1)] + 1 :])
 
 
 def render_continuation(renderer: Renderer, messages: Sequence[Message], start: int) -> list[int] | None:
@@ -129,7 +156,8 @@ class TokenMemory:
         self._max_tokens = max_tokens
         self._entries: OrderedDict[bytes, tuple[int, ...]] = OrderedDict()
         self._total_tokens = 0
-        self.enabled = renders_incrementally(renderer)
+        self._incremental = renders_incrementally(renderer)
+        self.enabled = self._incremental or _single_stop_token(renderer) is not None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -141,19 +169,25 @@ class TokenMemory:
         Also returns the conversation digests so :meth:`remember` does not hash the history twice.
         """
         digests = conversation_digests(messages, scope) if self.enabled else []
+        whole: list[int] | None = None  # the full render, made once if needed
         for i in range(len(messages) - 1, -1, -1):
             if not self.enabled or messages[i]["role"] != "assistant":
                 continue
             remembered = self._entries.get(digests[i])
             if remembered is None:
                 continue
-            continuation = render_continuation(self._renderer, messages, i + 1)
+            if self._incremental:
+                continuation = render_continuation(self._renderer, messages, i + 1)
+            else:
+                whole = self._renderer.build_generation_prompt(list(messages)).to_ints()
+                continuation = continuation_after_stop(self._renderer, messages, i + 1, whole)
             if continuation is None:
                 break
             self._entries.move_to_end(digests[i])
             return PromptPlan([*remembered, *continuation], reused_length=len(remembered)), digests
-        rendered = self._renderer.build_generation_prompt(list(messages)).to_ints()
-        return PromptPlan(rendered), digests
+        if whole is None:
+            whole = self._renderer.build_generation_prompt(list(messages)).to_ints()
+        return PromptPlan(whole), digests
 
     def remember(
         self,

@@ -11,8 +11,7 @@ from typing import Any
 from agl_tinker.core.rewards import final_status
 from agl_tinker.core.tool_health import tool_health_metrics
 from agl_tinker.core.trajectory import RolloutTrajectory, exclusion_counts, problem_metrics
-from agl_tinker.dispatch.batch import DEADLINE_METADATA_KEY, BatchResult
-from agl_tinker.dispatch.types import SERVED_CALLS_METADATA_KEY
+from agl_tinker.dispatch.types import DEADLINE_METADATA_KEY, SERVED_CALLS_METADATA_KEY, BatchResult
 
 __all__ = ["batch_metrics", "rollout_status", "served_calls"]
 

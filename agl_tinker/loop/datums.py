@@ -1,21 +1,24 @@
 """From finished groups of rollouts to the datums one optimiser step trains on.
 
-The one place both training loops (:mod:`agl_tinker.loop.train`, synchronous;
-:mod:`agl_tinker.loop.async_loop`, overlapped) turn rollout groups into cookbook
+The one place every schedule (:mod:`agl_tinker.loop.schedules`), through the one step trainer
+(:mod:`agl_tinker.loop.step_trainer`), turns rollout groups into cookbook
 ``TrajectoryGroup`` s, drop the invalid and (optionally) the constant-reward ones, compute
 advantages, assemble ``tinker.Datum`` s and apply the KL penalty against a reference policy.
 
 Datums carry the SDK's provenance (``Datum.with_provenance``, :mod:`agl_tinker.core.provenance`)
 whenever every call of theirs recorded its sampled ``sequence_id``; a loss that needs it
 (:data:`~agl_tinker.loop.config.PROVENANCE_LOSSES`) trains only such datums and counts the others
-(never trains with a wrong or missing id). ``gspo`` datums get ``sequence_ratio_mask`` (the action
-tokens: the sequence ratio is over what was sampled).
+(never trains with a wrong or missing id). Recorded ids belong to the session that sampled them: a
+call whose weights version is older than the session's first (``session_start``: the step a resumed
+process started at) was sampled by an earlier process, and a datum naming it is left out and counted
+(``expired``), never sent with an id the service no longer knows. ``gspo`` datums get
+``sequence_ratio_mask`` (the action tokens: the sequence ratio is over what was sampled).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +35,7 @@ from agl_tinker.core.provenance import trajectory_provenance
 from agl_tinker.core.trajectory import RolloutTrajectory, trajectory_group
 from agl_tinker.loop.config import PROVENANCE_LOSSES, TrainConfig
 
-__all__ = ["GroupDatums", "group_datums"]
+__all__ = ["Attached", "GroupDatums", "earlier_session_ids", "group_datums", "with_provenance"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class GroupDatums:
         kl_metrics: the KL penalty's metrics, empty when no penalty was applied.
         unrecorded: datums left out because the loss needs provenance and a call of theirs did
             not record its sampled sequence (0 for the other losses).
+        expired: datums left out because the loss needs provenance and a call of theirs was
+            sampled in an earlier session (before a resume): its id is not this session's.
     """
 
     valid: list[TrajectoryGroup]
@@ -58,10 +63,15 @@ class GroupDatums:
     data: list[tinker.Datum]
     kl_metrics: dict[str, float] = field(default_factory=dict)
     unrecorded: int = 0
+    expired: int = 0
 
 
 async def group_datums(
-    rollout_groups: Sequence[Sequence[RolloutTrajectory]], config: TrainConfig, *, kl_reference: Any
+    rollout_groups: Sequence[Sequence[RolloutTrajectory]],
+    config: TrainConfig,
+    *,
+    kl_reference: Any,
+    session_start: int = 0,
 ) -> GroupDatums:
     """Turn rollout groups into datums as one training step does.
 
@@ -71,6 +81,8 @@ async def group_datums(
         config: ``min_valid_per_group``, ``remove_constant_reward_groups``, ``kl_penalty_coef``
             and ``kl_discount_factor``.
         kl_reference: the reference sampling client of the KL penalty; ``None`` for none.
+        session_start: the weights version this process served first; calls recording an older
+            one were sampled (and their ids recorded) in an earlier session.
 
     Returns:
         The groups kept at each stage, the datums and the KL metrics (see :class:`GroupDatums`).
@@ -96,35 +108,90 @@ async def group_datums(
         kl_metrics = await incorporate_kl_penalty(
             data, kl_reference, config.kl_penalty_coef, config.kl_discount_factor
         )
-    data, unrecorded = with_provenance(data, groups, needed=config.loss_fn in PROVENANCE_LOSSES)
+    needed = config.loss_fn in PROVENANCE_LOSSES
+    made = with_provenance(
+        data, groups, needed=needed, expired_ids=earlier_session_ids(rollout_groups, session_start)
+    )
+    data = made.data
+    trained = [index for k, index in enumerate(trained) if k in made.groups]  # a datum of theirs is kept
     if config.loss_fn == "gspo":
         data = [_with_sequence_ratio_mask(d) for d in data]
-    return GroupDatums(valid, trained, dropped, constant_removed, data, kl_metrics, unrecorded)
+    return GroupDatums(
+        valid, trained, dropped, constant_removed, data, kl_metrics, made.unrecorded, made.expired
+    )
+
+
+def earlier_session_ids(
+    rollout_groups: Sequence[Sequence[RolloutTrajectory]], session_start: int
+) -> set[str]:
+    """The recorded sequence ids of calls made on weights older than ``session_start``."""
+    out: set[str] = set()
+    for rollouts in rollout_groups:
+        for rollout in rollouts:
+            for call in rollout.reconstruction.calls:
+                version = call.weights_version
+                if call.sampled_sequence_id and isinstance(version, int) and version < session_start:
+                    out.add(call.sampled_sequence_id)
+    return out
+
+
+@dataclass(frozen=True)
+class Attached:
+    """What :func:`with_provenance` made of some datums: those kept, the groups they came from
+    (indices into its ``groups``), and how many were left out."""
+
+    data: list[tinker.Datum]
+    groups: set[int]
+    unrecorded: int = 0
+    expired: int = 0
 
 
 def with_provenance(
-    data: Sequence[tinker.Datum], groups: Sequence[TrajectoryGroup], *, needed: bool
-) -> tuple[list[tinker.Datum], int]:
+    data: Sequence[tinker.Datum],
+    groups: Sequence[TrajectoryGroup],
+    *,
+    needed: bool,
+    expired_ids: Set[str] = frozenset(),
+) -> Attached:
     """``data`` (as ``assemble_training_data`` made it of ``groups``) with provenance attached.
 
     Args:
         data: the groups' datums, in the cookbook's order (group, trajectory, datum).
         groups: the trajectory groups they were made of.
         needed: keep only the datums with provenance (the loss needs it).
+        expired_ids: sequence ids of an earlier session: a datum naming one gets no provenance
+            (left out when it is needed).
 
     Returns:
-        The datums, and how many were left out for lack of provenance.
+        The datums kept, and how many were left out for lack of provenance (``unrecorded``) or for
+        naming an earlier session's sequence (``expired``).
     """
-    provenance = [p for group in groups for traj in group.trajectories_G for p in trajectory_provenance(traj)]
+    provenance = [
+        (g, p)
+        for g, group in enumerate(groups)
+        for traj in group.trajectories_G
+        for p in trajectory_provenance(traj)
+    ]
     if len(provenance) != len(data):
         raise AssertionError(f"{len(provenance)} provenance entries for {len(data)} datums")
     out: list[tinker.Datum] = []
-    for datum, found in zip(data, provenance, strict=True):
-        if found is not None:
-            out.append(found.attach(datum))
-        elif not needed:
+    kept_groups: set[int] = set()
+    unrecorded = expired = 0
+    for datum, (group, found) in zip(data, provenance, strict=True):
+        if found is not None and found.names_any(expired_ids):
+            if needed:
+                expired += 1
+                continue
             out.append(datum)
-    return out, len(data) - len(out)
+        elif found is not None:
+            out.append(found.attach(datum))
+        elif needed:
+            unrecorded += 1
+            continue
+        else:
+            out.append(datum)
+        kept_groups.add(group)
+    return Attached(out, kept_groups, unrecorded, expired)
 
 
 def _with_sequence_ratio_mask(datum: tinker.Datum) -> tinker.Datum:

@@ -26,13 +26,13 @@ class SetupError(ConfigError):
 
 
 def check_setup(config: TrainConfig, *, check_service: bool = True) -> None:
-    """Validate ``config``, its log path, the backend's credentials and the model, in that order,
-    then claim the log path for this run (:func:`agl_tinker.run.claim.claim_run`).
+    """Check ``config``'s log path, the backend's credentials and the model, in that order, then
+    claim the log path for this run (:func:`agl_tinker.run.claim.claim_run`). The config's own
+    values were checked when it was built (:mod:`agl_tinker.loop.config_rules`).
 
     ``check_service=False`` skips the backend and model checks (for a caller that passes its own
     service object, e.g. a test double).
     """
-    config.validate()
     check_log_path(config.log_path)
     if check_service:
         check_model(config.model_name, config.renderer_name)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from agl_tinker.dispatch.batch import DispatchProgress
+from agl_tinker.dispatch.types import DispatchProgress
 from agl_tinker.run.failures import exclusion_text
 from agl_tinker.run.flat_reward import FlatRewardWatch
 

@@ -79,6 +79,9 @@ class Learner:
             ``record_stability_info=True`` (the loss needs each call's ``sequence_id``).
         sampling_client_kind: ``"snapshot"`` (fixed weights per save) or ``"inflight"`` (each save
             updates the training model's shared target, adopted by the clients already serving).
+        session_start: the weights version this process served first (the step it started or
+            resumed at); calls recording an older one were sampled, and their sequence ids recorded,
+            in an earlier session.
     """
 
     name: str | None
@@ -88,6 +91,7 @@ class Learner:
     kl_reference: Any = None
     records_stability_info: bool = False
     sampling_client_kind: str = "snapshot"
+    session_start: int = 0
 
     @property
     def prefix(self) -> str:
@@ -132,7 +136,8 @@ class StepTrainer:
     After :meth:`finish`: ``data`` (the datums trained), ``trained`` (the keys of the groups they
     came from), ``valid`` (the groups with enough valid rollouts, before constant-reward removal)
     and :meth:`metrics` (``groups/*``, ``optim/*``, KL, ``train/datums``, ``datums/unrecorded``: datums
-    left out because the loss needs ids their calls did not record; under the learner's prefix).
+    left out because the loss needs ids their calls did not record, ``datums/expired``: datums left out
+    because a call of theirs was sampled before the session started; under the learner's prefix).
     """
 
     def __init__(
@@ -165,6 +170,7 @@ class StepTrainer:
             "groups/trained": 0,
             "groups/constant_removed": 0,
             "datums/unrecorded": 0,
+            "datums/expired": 0,
         }
         self._extra: dict[str, Any] = {}
 
@@ -223,11 +229,14 @@ class StepTrainer:
     async def _datums(self) -> list[tinker.Datum]:
         groups, keys = self._minibatch, self._keys
         self._minibatch, self._keys = [], []
-        made = await group_datums(groups, self.cfg, kl_reference=self.learner.kl_reference)
+        made = await group_datums(
+            groups, self.cfg, kl_reference=self.learner.kl_reference, session_start=self.learner.session_start
+        )
         self.valid.extend(made.valid)
         self._counts["groups/dropped"] += made.dropped
         self._counts["groups/constant_removed"] += made.constant_removed
         self._counts["datums/unrecorded"] += made.unrecorded
+        self._counts["datums/expired"] += made.expired
         if not made.trained:
             return []
         self._counts["groups/trained"] += len(made.trained)

@@ -1,15 +1,16 @@
-"""One training run's state and what its steps do with it: :class:`TrainingRun`.
+"""One training run's state and the parts of a step that need it: :class:`TrainingRun`.
 
-:func:`agl_tinker.loop.train.train` drives the steps; this module holds what they share (the
-training client, the endpoint, datasets, retries, progress) and does each part of a step:
-dispatch a batch through the store and rebuild its trajectories (the pure core), evaluate,
-train (the cookbook's ``train_step``) and swap the new weights into the endpoint, checkpoint,
-resume. The asynchronous loop (:mod:`agl_tinker.loop.async_loop`) and the several-policy loop
-(:mod:`agl_tinker.loop.policies`, a subclass) reuse it.
+:func:`agl_tinker.loop.train.train` drives the steps through a schedule
+(:mod:`agl_tinker.loop.schedules`) and the one step (:mod:`agl_tinker.loop.step`); this module
+holds what they share (the run's policies and their clients, the endpoint, datasets, retries,
+progress) and does the parts of a step that need it: read a finished rollout once per policy
+(the pure core), dispatch a batch through the store, evaluate, serve the policies, check the
+store, count steps that trained nothing. A single-policy run is a list of one policy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -19,47 +20,40 @@ from typing import Any, TypeVar
 
 from agentlightning.store.base import LightningStore
 from agentlightning.types import RolloutConfig
-from tinker_cookbook import checkpoint_utils, model_info
+from tinker_cookbook import model_info
 from tinker_cookbook.checkpoint_utils import CheckpointRecord
-from tinker_cookbook.rl.types import TrajectoryGroup
 
 from agl_tinker import backend
 from agl_tinker.core.align import AlignOptions
 from agl_tinker.core.reconstruct import ReconstructOptions
 from agl_tinker.core.trajectory import RolloutTrajectory, rollout_trajectory
-from agl_tinker.dispatch.batch import (
+from agl_tinker.dispatch.batch import dispatch_batch
+from agl_tinker.dispatch.types import (
     BatchResult,
     DispatchConfig,
     RolloutsLost,
     StoreCallError,
-    dispatch_batch,
 )
-from agl_tinker.endpoint.start import Endpoint, EndpointConfig, start_endpoint
-from agl_tinker.loop.batch_metrics import batch_metrics, rollout_status, served_calls
-from agl_tinker.loop.checkpoints import (
-    AtomicCheckpointIndex,
-    no_usable_checkpoint,
-    resume_candidates,
-    set_aside,
+from agl_tinker.endpoint.start import (
+    Endpoint,
+    EndpointConfig,
+    PolicyServing,
+    start_endpoint,
+    start_policy_endpoint,
 )
-from agl_tinker.loop.config import PROVENANCE_LOSSES, TrainConfig
+from agl_tinker.loop.batch_metrics import rollout_status, served_calls
+from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.data import TaskDataset
 from agl_tinker.loop.errors import NoTrainableRollouts, StoreLost
-from agl_tinker.loop.progress import ProgressDisplay, step_label
-from agl_tinker.loop.step_metrics import StepTimes, step_row
-from agl_tinker.loop.step_trainer import BusyClock, Learner, StepTrainer
-from agl_tinker.run.flat_reward import group_reward_metrics
-from agl_tinker.tinker_retry import (
-    Retrier,
-    RetryingSamplingClient,
-    RetryingTrainingClient,
-    RetryPolicy,
-    TinkerCallError,
-    is_transient,
-)
+from agl_tinker.loop.policy import Policy, PolicyResults, make_policies
+from agl_tinker.loop.policy_clients import PolicyClients
+from agl_tinker.loop.policy_metrics import rollout_metrics, write_transcripts
+from agl_tinker.loop.progress import ProgressDisplay
+from agl_tinker.loop.step_trainer import Learner
+from agl_tinker.tinker_retry import Retrier, RetryPolicy
 from agl_tinker.viewer.writer import TranscriptWriter
 
-__all__ = ["LLM_RESOURCE", "STALL_GRACE_S", "TrainingRun", "has_metrics"]
+__all__ = ["LLM_RESOURCE", "STALL_GRACE_S", "TrainingRun"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +68,7 @@ watchdog runs on a tick (about a second) and a timed-out attempt may be requeued
 
 
 class TrainingRun:
-    """State shared by the steps of one run (clients, endpoint, logger, datasets)."""
+    """State shared by the steps of one run (policies, clients, endpoint, datasets, logs)."""
 
     def __init__(
         self,
@@ -93,17 +87,18 @@ class TrainingRun:
         self.val_ds = val_ds
         self.service = service
         self.tokenizer = backend.get_tokenizer(config.model_name)
-        self.renderer_name = config.renderer_name or model_info.get_recommended_renderer_name(
-            config.model_name
-        )
-        self.reward_options = config.reward_options()
+        renderer_name = config.renderer_name or model_info.get_recommended_renderer_name(config.model_name)
         # Token ids are checked against the vocabulary the endpoint samples from (issue 14).
-        self.reconstruct_options = ReconstructOptions(
+        reconstruct_options = ReconstructOptions(
             vocab_size=len(self.tokenizer),
             max_abs_reward=config.max_abs_reward,
             agent_match=config.agent_match,
             model_match=config.model_match,
         )
+        self.policies: list[Policy] = make_policies(
+            config, self.tokenizer, renderer_name, reconstruct_options
+        )
+        self.names: list[str | None] = [p.name for p in self.policies]
         self.align_options = AlignOptions(on_gap=config.on_gap)
         self.progress = ProgressDisplay(enabled=show_progress, flat_steps=config.warn_flat_reward_steps)
         self.transcripts = TranscriptWriter(
@@ -120,70 +115,84 @@ class TrainingRun:
             ),
             seed=config.seed,
         )
+        self.clients = PolicyClients(self.policies, service, self.retrier, config.log_path, config.seed)
         self.endpoint: Endpoint | None = None
-        self.training_client: Any = None
-        self.kl_reference: Any = None
+        self.session_start = 0  # the weights version start() served first
         self.train_resources_id: str | None = None
         self.val_resources_id: str | None = None
         self.empty_steps = 0
-        self.policy_checkpoints: dict[str, dict[str, str]] = {}
-        """Several policies only: the paths of each policy's latest checkpoint."""
 
     def policy_dirs(self) -> dict[str, Path]:
         """Several policies only: policy name -> its directory (checkpoints, reward curve)."""
-        return {}
+        return {p.name: p.log_dir for p in self.policies if p.name is not None}
+
+    def learners(self) -> list[Learner]:
+        """The training side of each policy, in order (a list of one for a single policy)."""
+        return [p.learner(self.config, self.session_start) for p in self.policies]
 
     # -- setup ---------------------------------------------------------------------------------
 
-    async def create_training_client(self, state_path: str | None) -> None:
-        """A fresh LoRA training client, or one loaded from ``state_path`` (weights + optimiser)."""
-        cfg = self.config
-        if state_path is not None:
-            client = await self.retrier.call(
-                "create_training_client",
-                lambda: self.service.create_training_client_from_state_with_optimizer(state_path),
-            )
-        else:
-            client = await self.retrier.call(
-                "create_training_client",
-                lambda: self.service.create_lora_training_client(
-                    cfg.model_name, rank=cfg.lora_rank, seed=cfg.seed
-                ),
-            )
-        self.training_client = RetryingTrainingClient(client, self.retrier)
+    async def resume(self) -> CheckpointRecord | None:
+        """Create every policy's training client, from the newest loadable checkpoint if any
+        (:meth:`PolicyClients.resume`); the checkpoint used."""
+        return await self.clients.resume(self.config.fresh_start)
+
+    async def checkpoint(
+        self, name: str, next_step: int, *, final: bool = False, extra: Mapping[str, Any] | None = None
+    ) -> dict[str, str]:
+        """Checkpoint every policy (:meth:`PolicyClients.checkpoint`); the first policy's paths."""
+        return await self.clients.checkpoint(name, next_step, final=final, extra=extra)
 
     async def start(self, start_step: int) -> None:
-        """Serve the current weights (after :meth:`create_training_client`) and register them."""
+        """Serve every policy's current weights (after :meth:`resume`) and register them."""
         cfg = self.config
+        self.session_start = start_step  # calls recording an older version were an earlier session's
         if cfg.kl_penalty_coef > 0:
-            reference = await self.retrier.call(
-                "create_sampling_client",
-                lambda: self.service.create_sampling_client(base_model=cfg.model_name),
+            await self.clients.create_kl_references()
+        served: dict[str | None, PolicyServing] = {}
+        for learner, policy in zip(self.learners(), self.policies, strict=True):
+            served[policy.name] = PolicyServing(
+                sampling_client=await learner.sampling_client(),
+                base_model=policy.model_name,
+                tokenizer=policy.tokenizer,
+                models=policy.models,
+                renderer_name=policy.renderer_name,
+                weights_version=start_step,
+                records_stability_info=learner.records_stability_info,
             )
-            self.kl_reference = RetryingSamplingClient(reference, self.retrier)
-        learner = self.learners()[0]
-        sampling_client = await learner.sampling_client()
-        self.endpoint = await start_endpoint(
-            EndpointConfig(
-                mode=cfg.endpoint_mode,
-                host=cfg.endpoint_host,
-                port=cfg.endpoint_port,
-                public_host=cfg.endpoint_public_host,
-                renderer_name=self.renderer_name,
-                token_in_token_out=cfg.token_in_token_out,
-                max_context_tokens=cfg.max_context_tokens,
-                default_max_tokens=cfg.max_tokens,
-                model_aliases=tuple(cfg.model_aliases),
-            ),
-            store=self.store,
-            sampling_client=sampling_client,
-            base_model=cfg.model_name,
-            tokenizer=self.tokenizer,
-            weights_version=start_step,
-            records_stability_info=learner.records_stability_info,
-        )
+        self.endpoint = await self._serve(served)
         self.train_resources_id = await self._add_llm_resource(cfg.temperature)
         self.val_resources_id = await self._add_llm_resource(cfg.eval_temperature)
+
+    async def _serve(self, served: Mapping[str | None, PolicyServing]) -> Endpoint:
+        """One endpoint for the policies: one policy as ``endpoint_mode`` says, several on the lean one."""
+        cfg = self.config
+        common = EndpointConfig(
+            host=cfg.endpoint_host,
+            port=cfg.endpoint_port,
+            public_host=cfg.endpoint_public_host,
+            token_in_token_out=cfg.token_in_token_out,
+            max_context_tokens=cfg.max_context_tokens,
+            default_max_tokens=cfg.max_tokens,
+        )
+        if None in served:
+            only = served[None]
+            return await start_endpoint(
+                dataclasses.replace(
+                    common,
+                    mode=cfg.endpoint_mode,
+                    renderer_name=only.renderer_name,
+                    model_aliases=tuple(cfg.model_aliases),
+                ),
+                store=self.store,
+                sampling_client=only.sampling_client,
+                base_model=only.base_model,
+                tokenizer=only.tokenizer,
+                weights_version=only.weights_version,
+                records_stability_info=only.records_stability_info,
+            )
+        named = {name: s for name, s in served.items() if name is not None}
+        return await start_policy_endpoint(common, store=self.store, policies=named)
 
     async def _add_llm_resource(self, temperature: float) -> str:
         assert self.endpoint is not None
@@ -199,17 +208,23 @@ class TrainingRun:
 
     # -- rollouts -----------------------------------------------------------------------------
 
-    def process(self, rollout: Any, spans: Sequence[Any]) -> RolloutTrajectory:
-        """A finished rollout and its spans as a trajectory, by the pure core (one rule for all loops)."""
-        return rollout_trajectory(
-            spans,
-            status=rollout_status(rollout),
-            decode=self.tokenizer.decode,
-            reconstruct_options=self.reconstruct_options,
-            align_options=self.align_options,
-            reward_options=self.reward_options,
-            served_calls=served_calls(rollout),
-        )
+    def process(self, rollout: Any, spans: Sequence[Any]) -> PolicyResults:
+        """A finished rollout read once per policy, by the pure core (one rule for every schedule)."""
+        spans = list(spans)
+        status = rollout_status(rollout)
+        served = served_calls(rollout)
+        return {
+            policy.name: rollout_trajectory(
+                spans,
+                status=status,
+                decode=policy.tokenizer.decode,
+                reconstruct_options=policy.reconstruct_options,
+                align_options=self.align_options,
+                reward_options=policy.reward_options,
+                served_calls=served,
+            )
+            for policy in self.policies
+        }
 
     def stall_timeout_s(self) -> float | None:
         """No rollout finished for this long: nothing will (see :data:`STALL_GRACE_S`)."""
@@ -217,6 +232,27 @@ class TrainingRun:
         if cfg.rollout_timeout_s is None:
             return None
         return cfg.rollout_timeout_s * cfg.max_attempts + STALL_GRACE_S
+
+    def dispatch_config(self, mode: str, **limits: Any) -> DispatchConfig:
+        """How a batch (``mode="train"`` or ``"val"``) or the continuous stream is dispatched.
+
+        ``limits``: the schedule's own :class:`DispatchConfig` fields (timeouts, in-flight bounds)."""
+        cfg = self.config
+        rollout_config = RolloutConfig(
+            timeout_seconds=cfg.rollout_timeout_s,
+            max_attempts=cfg.max_attempts,
+            retry_condition=["failed", "timeout", "unresponsive"] if cfg.max_attempts > 1 else [],
+        )
+        return DispatchConfig(
+            mode="train" if mode == "train" else "val",
+            resources_id=self.train_resources_id if mode == "train" else self.val_resources_id,
+            rollout_config=rollout_config,
+            # The endpoint stores spans off the request path: store them before reading a rollout's.
+            before_read=self.endpoint.flush if self.endpoint is not None else None,
+            # It counts the calls it served: a rollout's spans holding fewer lost the rest.
+            call_counts=self.endpoint,
+            **limits,
+        )
 
     async def check_store(self, step: int) -> None:
         """Raise :class:`StoreLost` if the store forgot this run's resources (it restarted)."""
@@ -236,11 +272,6 @@ class TrainingRun:
             "last checkpoint"
         )
 
-    async def run_batch(
-        self, tasks: Sequence[Mapping[str, Any]], group_size: int, mode: str, label: str, step: int
-    ) -> BatchResult[RolloutTrajectory]:
-        return await self.dispatch(tasks, group_size, mode, label, step, self.process)
-
     async def dispatch(
         self,
         tasks: Sequence[Mapping[str, Any]],
@@ -252,111 +283,38 @@ class TrainingRun:
     ) -> BatchResult[_T]:
         """Run ``tasks`` x ``group_size`` rollouts; ``process(rollout, spans)`` makes each result."""
         cfg = self.config
-        rollout_config = RolloutConfig(
-            timeout_seconds=cfg.rollout_timeout_s,
-            max_attempts=cfg.max_attempts,
-            retry_condition=["failed", "timeout", "unresponsive"] if cfg.max_attempts > 1 else [],
-        )
-        dispatch = DispatchConfig(
-            mode="train" if mode == "train" else "val",
-            resources_id=self.train_resources_id if mode == "train" else self.val_resources_id,
-            rollout_config=rollout_config,
+        dispatch = self.dispatch_config(
+            mode,
             max_in_flight=cfg.max_in_flight,
             batch_timeout_s=cfg.batch_timeout_s,
             stall_timeout_s=self.stall_timeout_s() if cfg.batch_timeout_s is None else None,
-            # The endpoint stores spans off the request path: store them before reading a rollout's.
-            before_read=self.endpoint.flush if self.endpoint is not None else None,
-            # It counts the calls it served: a rollout's spans holding fewer lost the rest.
-            call_counts=self.endpoint,
         )
         self.progress.begin(label, len(tasks) * group_size)
         try:
-            batch = await dispatch_batch(
-                self.store,
-                tasks,
-                group_size,
-                process,
-                config=dispatch,
-                on_progress=self.progress.update,
+            return await dispatch_batch(
+                self.store, tasks, group_size, process, config=dispatch, on_progress=self.progress.update
             )
         except (StoreCallError, RolloutsLost) as exc:
             raise StoreLost(self.lost_message(step, exc)) from exc
         finally:
             self.progress.end()
-        return batch
-
-    # -- one step ------------------------------------------------------------------------------
 
     async def evaluate(self, step: int) -> dict[str, Any]:
+        """Run the validation batch (one rollout per task) on the current weights; its metrics."""
         assert self.val_ds is not None
         t0 = time.perf_counter()
-        tasks = self.val_ds.get_batch(0)
         await self.check_store(step)
-        batch = await self.run_batch(tasks, 1, "val", f"eval @ step {step}", step)
-        _, metrics = batch_metrics(batch, step, prefix="eval/")
-        metrics.update(self.transcripts.write(step, batch.groups, kind="eval"))
+        batch = await self.dispatch(
+            self.val_ds.get_batch(0), 1, "val", f"eval @ step {step}", step, self.process
+        )
+        metrics = rollout_metrics(batch, step, self.names, prefix="eval/")
+        metrics.update(write_transcripts(self.transcripts, batch, step, self.names, kind="eval"))
         metrics["eval/time_s"] = time.perf_counter() - t0
         return metrics
 
-    async def train_step(self, step: int) -> dict[str, Any]:
-        """One synchronous step: dispatch a batch, train every policy on it, serve the new weights."""
-        assert self.endpoint is not None
-        t0 = time.perf_counter()
-        tasks = self.train_ds.get_batch(step)
-        await self.check_store(step)
-        batch = await self.run_batch(
-            tasks, self.config.group_size, "train", step_label(step, self.n_steps), step
-        )
-        t_sampled = time.perf_counter()
-        _, metrics = batch_metrics(batch, step)
-        metrics.update(self.transcripts.write(step, batch.groups))
-        clock = BusyClock()
-        learner = self.learners()[0]
-        trainer = StepTrainer(learner, self.config, clock, self.config.batch_size, stream=None)
-        for group in batch.groups:
-            await trainer.add(group.group_index, group.results)
-        await trainer.finish()
-        self.check_trainable(step, batch, trainer.valid)
-        metrics.update(trainer.metrics())
-        metrics.update(group_reward_metrics(trainer.valid))
-        t_trained = time.perf_counter()
-        await learner.publish(self.endpoint, step + 1, clock)
-        t_end = time.perf_counter()
-        metrics.update(self.retrier.take_metrics())
-        times = StepTimes(
-            step_s=t_end - t0,
-            sampling_s=t_sampled - t0,
-            waiting_s=batch.stats.wait_s,
-            processing_s=batch.stats.process_s,
-            training_s=t_trained - t_sampled,
-            swap_s=t_end - t_trained,
-            trainer_busy_s=clock.busy_s,
-            sampler_idle_s=t_end - t_sampled,
-        )
-        metrics.update(step_row(batch, step, epoch=self.train_ds.epoch_of(step), times=times))
-        metrics.update(self.endpoint.span_metrics())  # spans the recorder could not store
-        return metrics
-
-    def learners(self) -> list[Learner]:
-        """The training side of each policy of the run (a list of one for a single policy)."""
-        cfg = self.config
-        return [
-            Learner(
-                None,
-                self.training_client,
-                cfg.learning_rate,
-                cfg.num_substeps,
-                self.kl_reference,
-                records_stability_info=cfg.loss_fn in PROVENANCE_LOSSES,
-                sampling_client_kind=cfg.sampling_client_kind,
-            )
-        ]
-
-    def check_trainable(
-        self, step: int, batch: BatchResult[RolloutTrajectory], groups: list[TrajectoryGroup]
-    ) -> None:
+    def check_trainable(self, step: int, batch: BatchResult[RolloutTrajectory], trained_any: bool) -> None:
         """Log a step with nothing to train on as an error; too many in a row stop the run."""
-        if groups:
+        if trained_any:
             self.empty_steps = 0
             return
         self.empty_steps += 1
@@ -379,59 +337,3 @@ class TrainingRun:
                 f"{self.empty_steps} steps in a row (to step {step}) had no rollout to train on; "
                 f"last: {why}. Check the agent (does it fail, or return no reward?) and the runners"
             )
-
-    async def checkpoint(
-        self, name: str, next_step: int, *, final: bool = False, extra: Mapping[str, Any] | None = None
-    ) -> dict[str, str]:
-        loop_state: dict[str, Any] = {**(extra or {}), "batch": next_step}
-        if final:
-            loop_state["final"] = True
-        return await checkpoint_utils.save_checkpoint_async(
-            self.training_client,
-            name,
-            self.config.log_path,
-            loop_state,
-            kind="both",
-            store=AtomicCheckpointIndex(self.config.log_path),
-        )
-
-    async def resume(self) -> CheckpointRecord | None:
-        """Create the training client from the newest loadable checkpoint; the one used, if any.
-
-        A checkpoint whose state cannot be loaded (other than a Tinker outage, which raises) is
-        reported by path and the previous one is tried. Without any, a directory holding an
-        earlier run's metrics is refused unless ``fresh_start``; with ``fresh_start`` its files
-        are renamed aside and the run starts over.
-        """
-        log_path = self.config.log_path
-        if self.config.fresh_start:
-            for moved in set_aside(log_path):
-                logger.warning("fresh_start: kept the earlier run's file as %s", moved)
-            await self.create_training_client(None)
-            return None
-        candidates = resume_candidates(log_path)
-        for record in candidates:
-            try:
-                await self.create_training_client(record.state_path)
-            except TinkerCallError as exc:
-                if is_transient(exc.error):
-                    raise  # the service is down, not the checkpoint
-                logger.error(
-                    "checkpoint %r (batch %s, %s) cannot be loaded, trying the previous one: %s",
-                    record.name,
-                    record.batch,
-                    record.state_path,
-                    exc.error,
-                )
-                continue
-            return record
-        if candidates or has_metrics(log_path):
-            raise no_usable_checkpoint(log_path, candidates)
-        await self.create_training_client(None)
-        return None
-
-
-def has_metrics(log_path: str | Path) -> bool:
-    """``log_path`` holds metrics of an earlier run (a resume needs its checkpoint)."""
-    path = Path(log_path) / "metrics.jsonl"
-    return path.exists() and path.stat().st_size > 0

@@ -39,7 +39,7 @@ AGENT_ERROR_LOGGER = "agentlightning.runner.agent"
 ECHO_LOGGERS = (
     "agentlightning.trainer.trainer",
     "agentlightning.execution.client_server",
-    "agl_tinker.loop.algo",
+    "agl_tinker.algorithm.strategy",
 )
 """Loggers that repeat the run's stop reason with a traceback as the run unwinds."""
 

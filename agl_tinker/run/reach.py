@@ -15,7 +15,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import TypeVar
 
-from agl_tinker.backend import BackendError
+from agl_tinker.backend_error import BackendError
 
 __all__ = ["PREFLIGHT_DEADLINE_S", "Deadline", "Unreachable", "check_store", "probe", "within"]
 

@@ -1,4 +1,4 @@
-"""The runner :func:`agl_tinker.loop.algo.fast_runner` builds: Agent-lightning's, plus a rollout deadline.
+"""The runner :func:`agl_tinker.algorithm.fast_runner` builds: Agent-lightning's, plus a rollout deadline.
 
 Agent-lightning 0.3.0's ``LitAgentRunner`` awaits the agent for as long as it takes. The store's
 watchdog marks an attempt ``timeout`` once it runs past ``RolloutConfig.timeout_seconds``, but the
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from agentlightning.runner import LitAgentRunner
@@ -24,6 +25,8 @@ from agentlightning.types import AttemptedRollout
 __all__ = ["DeadlineRunner", "remaining_s"]
 
 logger = logging.getLogger(__name__)
+
+_CLOSING = ("succeeded", "failed", "timeout")
 
 
 def remaining_s(rollout: AttemptedRollout, now: float | None = None) -> float | None:
@@ -47,9 +50,10 @@ class _TimeoutReportingStore:
     Everything else is the wrapped store's own.
     """
 
-    def __init__(self, store: LightningStore, cut: set[str]) -> None:
+    def __init__(self, store: LightningStore, cut: set[str], closed: dict[str, str]) -> None:
         self._store = store
         self._cut = cut
+        self._closed = closed
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -57,25 +61,44 @@ class _TimeoutReportingStore:
     async def update_attempt(self, rollout_id: str, attempt_id: str, **kwargs: Any) -> Any:
         if attempt_id in self._cut and kwargs.get("status") in ("succeeded", "failed"):
             kwargs["status"] = "timeout"
-        return await self._store.update_attempt(rollout_id, attempt_id, **kwargs)
+        result = await self._store.update_attempt(rollout_id, attempt_id, **kwargs)
+        if kwargs.get("status") in _CLOSING:
+            self._closed[attempt_id] = kwargs["status"]
+        return result
 
 
 class DeadlineRunner(LitAgentRunner[Any]):
     """``LitAgentRunner`` that cancels a rollout at its ``timeout_seconds`` and reports ``timeout``.
 
-    Takes ``LitAgentRunner``'s arguments. ``timed_out`` counts the attempts this runner cut.
+    Takes ``LitAgentRunner``'s arguments, plus ``on_finished(worker_id, rollout_id, status)``:
+    called once per rollout this runner ran, with the closing status it wrote (``succeeded``,
+    ``failed`` or ``timeout``; not called when that write failed). ``timed_out`` counts the
+    attempts this runner cut.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, on_finished: Callable[[str, str, str], None] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._cut: set[str] = set()
+        self._closed: dict[str, str] = {}
+        self._on_finished = on_finished
         self.timed_out = 0
 
     def get_store(self) -> LightningStore:
         # Structural stand-in for the store: every method but update_attempt is the store's own.
-        return cast(LightningStore, _TimeoutReportingStore(super().get_store(), self._cut))
+        return cast(LightningStore, _TimeoutReportingStore(super().get_store(), self._cut, self._closed))
 
     async def _step_impl(self, next_rollout: AttemptedRollout, raise_on_exception: bool = False) -> str:
+        attempt_id = next_rollout.attempt.attempt_id
+        try:
+            return await self._step_within_deadline(next_rollout, raise_on_exception)
+        finally:
+            status = self._closed.pop(attempt_id, None)
+            if status is not None and self._on_finished is not None:
+                self._on_finished(self.get_worker_id(), next_rollout.rollout_id, status)
+
+    async def _step_within_deadline(self, next_rollout: AttemptedRollout, raise_on_exception: bool) -> str:
         budget = remaining_s(next_rollout)
         if budget is None:
             return await super()._step_impl(next_rollout, raise_on_exception)

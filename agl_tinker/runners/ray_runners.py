@@ -1,7 +1,7 @@
 """Runners as Ray actors: the agent runs on a Ray cluster, the store and endpoint stay here.
 
 :class:`RayRunnerStrategy` is an Agent-lightning execution strategy. Like
-:class:`~agl_tinker.loop.algo.LeanServerStrategy` in one-command mode, it serves the store
+:class:`~agl_tinker.algorithm.LeanServerStrategy` in one-command mode, it serves the store
 (a :class:`~agl_tinker.store_server.LeanStoreServer`) and runs the algorithm (and so the policy
 endpoint) in this process; the runners are Ray actors placed on the cluster instead of processes
 forked here. Each actor runs the trainer's runner (``fast_runner()``: deadline, tracing) on the
@@ -37,7 +37,7 @@ from agentlightning.execution.base import AlgorithmBundle, RunnerBundle
 from agentlightning.execution.events import ExecutionEvent, ThreadingEvent
 from agentlightning.store.base import LightningStore
 
-from agl_tinker.loop.algo import LeanServerStrategy
+from agl_tinker.algorithm import LeanServerStrategy
 from agl_tinker.loop.errors import TrainingAborted
 from agl_tinker.runners.ray_actor import RunnerActor, RunnerParts
 from agl_tinker.runners.ray_cluster import RayRunnerSettings, connect

@@ -15,7 +15,7 @@ attributes that exporter no longer has, so every export fails with an ``Attribut
 :func:`repair_store_otlp_export` makes the endpoint switch reach that client too, and sends spans
 bound for the store through the plain OTLP/HTTP exporter (the store needs no AgentOps token);
 spans outside a rollout keep the exporter's own behaviour (bypassed by default). It is applied
-when :mod:`agl_tinker.loop.algo` is imported, i.e. in every process that builds a ``TinkerAlgorithm``
+when :mod:`agl_tinker.algorithm` is imported, i.e. in every process that builds a ``TinkerAlgorithm``
 or a runner from this package, and in the runner processes forked from it.
 """
 

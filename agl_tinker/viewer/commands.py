@@ -1,7 +1,7 @@
 """The viewer's ``agl-tinker`` subcommands: ``dryrun``, ``evaluate`` and ``view``.
 
 :func:`add_parsers` adds them to the CLI's parser; :data:`COMMANDS` says how each builds its
-``key=value`` settings (the CLI's :class:`~agl_tinker.cli.Command`). Importing this module is
+``key=value`` settings (the CLI's :class:`~agl_tinker.cli.command.Command`). Importing this module is
 cheap: everything heavy is imported once the settings are checked.
 """
 
@@ -16,9 +16,10 @@ from typing import Any
 
 import chz
 
-__all__ = ["COMMANDS", "DryrunSettings", "EvaluateSettings", "add_parsers"]
+from agl_tinker.loop.config import DEFAULT_MODEL
+from agl_tinker.loop.config_rules import at_least, greater_than
 
-_DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"  # TrainConfig's default (agl_tinker.loop.config.DEFAULT_MODEL)
+__all__ = ["COMMANDS", "DryrunSettings", "EvaluateSettings", "add_parsers"]
 
 
 @chz.chz
@@ -28,17 +29,25 @@ class DryrunSettings:
     tasks: str = chz.field(
         doc="Tasks: a CSV/JSONL/JSON/Parquet file, or MODULE:NAME of a list of task dicts."
     )
-    n: int | None = chz.field(default=4, doc="Run the first N tasks (None: all).")
+    n: int | None = chz.field(
+        default=4, validator=at_least(1, optional=True), doc="Run the first N tasks (None: all)."
+    )
     where: str | None = chz.field(default=None, doc="FIELD=VALUE: only tasks whose field has that value.")
-    model_name: str = chz.field(default=_DEFAULT_MODEL, doc="Base model the policy is (as in training).")
+    model_name: str = chz.field(default=DEFAULT_MODEL, doc="Base model the policy is (as in training).")
     checkpoint: str | None = chz.field(
         default=None,
         doc="A sampler path (tinker://...) or a run's log path (its last checkpoint). None: base.",
     )
-    temperature: float = chz.field(default=1.0, doc="Sampling temperature (training's default).")
-    max_tokens: int = chz.field(default=256, doc="max_tokens of a completion when the agent passes none.")
-    group_size: int = chz.field(default=1, doc="Rollouts per task.")
-    rollout_timeout_s: float = chz.field(default=300.0, doc="A rollout running longer is cut (timeout).")
+    temperature: float = chz.field(
+        default=1.0, validator=at_least(0), doc="Sampling temperature (training's default)."
+    )
+    max_tokens: int = chz.field(
+        default=256, validator=at_least(1), doc="max_tokens of a completion when the agent passes none."
+    )
+    group_size: int = chz.field(default=1, validator=at_least(1), doc="Rollouts per task.")
+    rollout_timeout_s: float = chz.field(
+        default=300.0, validator=greater_than(0), doc="A rollout running longer is cut (timeout)."
+    )
     out: str | None = chz.field(default=None, doc="Also write every rollout's transcript row to this JSONL.")
 
 
@@ -46,13 +55,17 @@ class DryrunSettings:
 class EvaluateSettings(DryrunSettings):
     """Settings of `agl-tinker evaluate AGENT`."""
 
-    n: int | None = chz.field(default=None, doc="Evaluate the first N tasks (None: all).")
-    temperature: float = chz.field(default=0.0, doc="Sampling temperature (validation's default).")
+    n: int | None = chz.field(
+        default=None, validator=at_least(1, optional=True), doc="Evaluate the first N tasks (None: all)."
+    )
+    temperature: float = chz.field(
+        default=0.0, validator=at_least(0), doc="Sampling temperature (validation's default)."
+    )
 
 
 def _command(name: str, settings: type) -> Callable[[argparse.Namespace], Any]:
     def build(args: argparse.Namespace) -> Any:
-        from agl_tinker.cli import Command
+        from agl_tinker.cli.command import Command
 
         return Command(f"agl-tinker {name}", settings, None)
 
@@ -66,29 +79,17 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
 """Subcommands that take ``key=value`` settings, and how each builds them."""
 
 
-def _checked(settings: Any) -> None:
-    from agl_tinker.cli import UsageError
-
-    for name in ("n", "group_size", "max_tokens"):
-        value = getattr(settings, name)
-        if value is not None and value < 1:
-            raise UsageError(f"{name} must be >= 1, got {value}")
-    if settings.temperature < 0 or settings.rollout_timeout_s <= 0:
-        raise UsageError("temperature must be >= 0 and rollout_timeout_s > 0")
-
-
 def _run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Any]:
     """The command's rollouts (transcript rows) and settings; a bad agent or task list is a usage error."""
     import asyncio
 
-    from agl_tinker.cli import UsageError
+    from agl_tinker.cli.settings import UsageError
     from agl_tinker.heavy_import import import_agentlightning
     from agl_tinker.viewer.dryrun import DryRun, dry_run, load_agent, load_task_list
 
     if not args.agent:
         raise UsageError(f"agl-tinker {args.command} needs the agent, as MODULE:FUNCTION")
     _, settings = COMMANDS[args.command](args).build(args, args.key_values)
-    _checked(settings)
     import_agentlightning()
     sys.path.insert(0, os.getcwd())  # MODULE:NAME of the user's own files, as `python -m` finds them
     try:
@@ -141,7 +142,7 @@ def _view(args: argparse.Namespace) -> int:
     import asyncio
     import contextlib
 
-    from agl_tinker.cli import UsageError
+    from agl_tinker.cli.settings import UsageError
     from agl_tinker.viewer.server import serve
 
     if not os.path.isdir(args.log_path):

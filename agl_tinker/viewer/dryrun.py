@@ -122,10 +122,11 @@ async def dry_run(agent: Any, tasks: Sequence[Mapping[str, Any]], run: DryRun) -
     from tinker_cookbook import model_info
 
     from agl_tinker import backend
+    from agl_tinker.algorithm import fast_runner
     from agl_tinker.core.trajectory import rollout_trajectory
-    from agl_tinker.dispatch.batch import DispatchConfig, dispatch_batch
+    from agl_tinker.dispatch.batch import dispatch_batch
+    from agl_tinker.dispatch.types import DispatchConfig
     from agl_tinker.endpoint.start import EndpointConfig, start_endpoint
-    from agl_tinker.loop.algo import fast_runner
     from agl_tinker.loop.batch_metrics import rollout_status
     from agl_tinker.loop.training_run import LLM_RESOURCE
     from agl_tinker.viewer.transcripts import step_transcripts

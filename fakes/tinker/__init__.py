@@ -2,7 +2,7 @@
 
 ``ServiceClient``, ``TrainingClient``, ``SamplingClient`` and ``RestClient`` take and return the
 real ``tinker.types`` objects and the SDK's own ``APIFuture`` class; behind them is a small
-trainable policy over the Qwen3 vocabulary (see ``fakes/README.md``).
+trainable policy over the served model's vocabulary (see ``fakes/README.md``, "The served lineup").
 """
 
 from tinker import APIFuture

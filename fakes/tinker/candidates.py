@@ -2,7 +2,7 @@
 
 For a prompt (everything before an assistant turn's content), the prior proposes behaviours;
 each becomes one token row per answer prefix of the model's chat format (``prefix + text +
-<|im_end|>``), plus, when drift is on, rows that split one token into two (same text,
+end-of-turn``, e.g. ``<|im_end|>``), plus, when drift is on, rows that split one token into two (same text,
 non-canonical tokens). Rows are what the
 policy mixes over; the prompt's hashed features and each behaviour's hashed features are
 what the trainable parameters read. Building this is the costly part, so it is cached.
@@ -43,7 +43,7 @@ def bucket(name: str, size: int) -> int:
 class CandidateSet:
     """The trie rows for one prompt and the features the trainable parameters see."""
 
-    rows: np.ndarray  # int64 [R, L], -1 padded; each row ends with <|im_end|>
+    rows: np.ndarray  # int64 [R, L], -1 padded; each row ends with the end-of-turn token
     lengths: np.ndarray  # int64 [R]
     prior: np.ndarray  # float64 [R]: behaviour prior logit + log share of this tokenization
     behaviour_of_row: np.ndarray  # int64 [R]
@@ -91,7 +91,7 @@ def _drift_variants(row: tuple[int, ...], vocab: Vocab) -> list[tuple[int, ...]]
 
 
 def _prefixed_rows(texts: list[str], vocab: Vocab, chat_format: ChatFormat) -> list[list[tuple[int, ...]]]:
-    """Per text, one token row per answer prefix (without the closing ``<|im_end|>``)."""
+    """Per text, one token row per answer prefix (without the closing end-of-turn token)."""
     out: list[list[tuple[int, ...]]] = [[] for _ in texts]
     for prefix in chat_format.answer_prefixes:
         head = tuple(t for piece in prefix[:-1] for t in vocab.encode(piece))
@@ -104,8 +104,11 @@ def _prefixed_rows(texts: list[str], vocab: Vocab, chat_format: ChatFormat) -> l
 def build_candidate_set(
     prompt: np.ndarray, vocab: Vocab, chat_format: ChatFormat, drift: float
 ) -> CandidateSet:
-    conversation = Conversation.parse(vocab.decode(prompt.tolist()))
+    conversation = Conversation.parse(
+        vocab.decode(prompt.tolist()), chat_format.turn, chat_format.end_of_turn, chat_format.tools
+    )
     behaviours = load_prior().behaviours(conversation, tool_call=chat_format.tool_call)
+    stop = vocab.single(chat_format.end_of_turn)
     encoded = _prefixed_rows([b.text for b in behaviours], vocab, chat_format)
     rows: list[tuple[int, ...]] = []
     prior: list[float] = []
@@ -114,7 +117,7 @@ def build_candidate_set(
         for ids in prefixed:
             # A prompt starts at most one prefix: the variants never compete, so each keeps the
             # behaviour's whole prior (their shares would cancel in the trie's normaliser anyway).
-            canonical = (*ids, vocab.im_end)
+            canonical = (*ids, stop)
             variants = _drift_variants(canonical, vocab) if drift > 0 else []
             shares = [(canonical, 1.0 - drift if variants else 1.0)]
             shares += [(v, drift / len(variants)) for v in variants]

@@ -1,6 +1,7 @@
-"""The simulated policy: a small trainable model over the full Qwen3 vocabulary.
+"""The simulated policy: a small trainable model over a served model's full vocabulary.
 
-Inside an assistant turn (after ``<|im_start|>assistant\\n``, before ``<|im_end|>``) the next
+Inside an assistant turn (after the chat format's assistant header, e.g. Qwen's
+``<|im_start|>assistant\\n``, before its end-of-turn token, e.g. ``<|im_end|>``) the next
 token is drawn from a mixture
 
     p(v | context) = (1 - eps) * p_trie(v | answer prefix) + eps * p_bg(v | previous token)
@@ -9,8 +10,8 @@ token is drawn from a mixture
 so far, weighted by ``softmax(prior + LoRA shift)``; the shift of behaviour ``b`` for prompt
 ``x`` is ``(A^T f(x)) . (B^T g(b)) + bias . g(b)`` with hashed sparse features ``f`` and ``g``,
 so what training learns on one prompt carries over to prompts that share features. ``p_bg``
-is a normaliser-cheap background over all 151,669 ids: a trainable softmax over 128 buckets
-(one of them is ``<|im_end|>`` alone), uniform inside a bucket. Outside assistant turns only
+is a normaliser-cheap background over all ids (151,669 for Qwen3): a trainable softmax over 128
+buckets (one of them is the end-of-turn token alone), uniform inside a bucket. Outside assistant turns only
 ``p_bg`` speaks. Every sequence therefore has a finite logprob, and the normaliser costs 128
 exps per position rather than 151k.
 
@@ -79,11 +80,11 @@ def initial_params(config: PolicyConfig, vocab: Vocab) -> dict[str, torch.Tensor
 
 
 class Buckets:
-    """The background's partition of the vocabulary: ``<|im_end|>`` alone, the rest by id mod 127."""
+    """The background's partition of the vocabulary: ``stop`` alone, the rest by id mod 127."""
 
-    def __init__(self, vocab: Vocab) -> None:
+    def __init__(self, vocab: Vocab, stop: int) -> None:
         self.vocab_size = vocab.size
-        self.stop = vocab.im_end
+        self.stop = stop
         ids = np.arange(vocab.size)
         self.of_token = np.where(ids == self.stop, 0, 1 + ids % (BUCKETS - 1)).astype(np.int64)
         self.size = np.bincount(self.of_token, minlength=BUCKETS).astype(np.float64)
@@ -115,8 +116,14 @@ class Policy:
         self.config = config
         self.vocab = vocab
         self.params = params
-        self.buckets = Buckets(vocab)
-        self._header = np.array(vocab.header, dtype=np.int64)
+        chat_format = config.base_model.chat_format
+        self.stop = vocab.single(chat_format.end_of_turn)
+        """The token that closes an assistant turn (the renderer's stop token)."""
+        self.end_of_text = vocab.single(chat_format.end_of_text)
+        self.header: tuple[int, ...] = vocab.encode(chat_format.assistant_header)
+        """The tokens that open an assistant turn."""
+        self.buckets = Buckets(vocab, self.stop)
+        self._header = np.array(self.header, dtype=np.int64)
         self._numpy: dict[str, np.ndarray] | None = None
         self._row_cache: dict[int, tuple[CandidateSet, np.ndarray]] = {}
         self._row_cache_lock = threading.Lock()
@@ -147,7 +154,7 @@ class Policy:
         """For each position k: the start of the assistant turn containing token k+1, or -1.
 
         Returns ``(last_anchor, in_turn)`` where ``last_anchor[k]`` is the largest index ``a <= k+1``
-        right after an assistant header, and ``in_turn[k]`` says no ``<|im_end|>`` came since.
+        right after an assistant header, and ``in_turn[k]`` says no end-of-turn token came since.
         """
         n = len(tokens)
         marks = np.full(n + 1, -1, dtype=np.int64)
@@ -159,7 +166,7 @@ class Policy:
             ends = np.flatnonzero(match) + h
             marks[ends] = ends
         last_anchor = np.maximum.accumulate(marks)[1:]
-        closes = np.where(tokens == self.vocab.im_end, np.arange(n), -1)
+        closes = np.where(tokens == self.stop, np.arange(n), -1)
         last_end = np.maximum.accumulate(closes) if n else closes
         in_turn = (last_anchor >= 0) & (last_end < last_anchor)
         return last_anchor, in_turn
@@ -311,7 +318,7 @@ class Policy:
         for start in starts[::-1]:
             if (tokens[start : start + h] == self._header).all():
                 anchor = int(start) + h
-                return anchor if not (tokens[anchor:] == self.vocab.im_end).any() else -1
+                return anchor if not (tokens[anchor:] == self.stop).any() else -1
         return -1
 
     # ---- numpy mirror for the sampler --------------------------------------------------------

@@ -16,6 +16,8 @@ import re
 from importlib import resources
 from typing import Any
 
+from fakes.lineup import QWEN_TOOLS, QWEN_TURN
+
 _SLOT = re.compile(r"\[\[(\w+)\]\]")
 _WORD = re.compile(r"[a-z0-9][a-z0-9'\-]*")
 _INT = re.compile(r"(?<![\w.])-?\d{1,6}(?![\w.]\d)")
@@ -24,7 +26,6 @@ _IDENTITY = re.compile(
     r"(?:\byou(?:'re| are)|\byour name is|\bcall yourself|\bpretend to be|\bact as)\s+([^.,!?;:\n\"]{1,60})",
     re.IGNORECASE,
 )
-_TOOLS_BLOCK = re.compile(r"<tools>\s*(.*?)\s*</tools>", re.DOTALL)
 _REACT_CUE = "final answer:"
 """A prompt asking for the text ReAct format (CrewAI's "Thought: ... Final Answer: ...") contains this."""
 _REACT_TOOL = re.compile(r"Tool Name: ([\w.\-]+)\nTool Arguments: \{'(\w+)'")
@@ -33,13 +34,25 @@ REACT_FINAL = "Thought: I now can give a great answer\nFinal Answer: "
 _REACT_ACTION = 'Thought: I should use a tool.\nAction: [[tool]]\nAction Input: {"[[arg]]": "[[query]]"}'
 _JSON_TOOL_CALL = re.compile(r"\n?<tool_call>.*</tool_call>", re.DOTALL)
 _XML_TOOL_CALL = "<tool_call>\n<function=[[tool]]>\n<parameter=[[arg]]>\n[[query]]\n</parameter>\n</function>\n</tool_call>"
-"""Qwen3.5's tool-call syntax; prior.json writes Qwen3's JSON one, which :func:`_as_xml` rewrites."""
+"""Qwen3.5's tool-call syntax; prior.json writes Qwen3's JSON one, which :func:`_rewrite_tool_call` rewrites."""
+_DSML_TOOL_CALL = (
+    '\n\n<｜DSML｜ calls>\n<｜DSML｜ invoke name="[[tool]]">\n'
+    '<｜DSML｜ parameter name="[[arg]]" string="true">[[query]]</｜DSML｜ parameter>\n'
+    "</｜DSML｜ invoke>\n</｜DSML｜ calls>"
+)
+"""DeepSeek V4's tool-call syntax: a DSML block, always after a blank line (as its template writes it)."""
+RAW_QUERY_SYNTAXES = ("xml", "dsml")
+"""Tool-call syntaxes whose argument values are raw text, not JSON string text."""
 
 
-def _as_xml(text: str) -> str:
-    """A tool-call template in Qwen3.5's syntax: a blank line after visible content, as its template."""
+def _rewrite_tool_call(text: str, syntax: str) -> str:
+    """A tool-call template (prior.json writes Qwen3's JSON syntax) in ``syntax``'s."""
     before = _JSON_TOOL_CALL.split(text, maxsplit=1)[0]
-    return (before + "\n\n" if before.strip() else "") + _XML_TOOL_CALL
+    if syntax == "xml":  # a blank line after visible content, as Qwen3.5's template writes it
+        return (before + "\n\n" if before.strip() else "") + _XML_TOOL_CALL
+    if syntax == "dsml":
+        return before + _DSML_TOOL_CALL
+    return text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,17 +63,26 @@ class Message:
 
 @dataclasses.dataclass(frozen=True)
 class Conversation:
-    """The chat a prompt renders, parsed back from its text (Qwen's ``<|im_start|>`` format)."""
+    """The chat a prompt renders, parsed back from its text in the model's chat format.
+
+    ``tools_pattern``: a regex whose first group holds the declared tools (see
+    ``fakes.lineup.ChatFormat.tools``).
+    """
 
     messages: tuple[Message, ...]
+    tools_pattern: str = QWEN_TOOLS
 
     @classmethod
-    def parse(cls, text: str) -> Conversation:
-        messages = []
-        for part in text.split("<|im_start|>")[1:]:
-            role, _, content = part.partition("\n")
-            messages.append(Message(role.strip(), content.split("<|im_end|>")[0].strip()))
-        return cls(tuple(messages))
+    def parse(
+        cls, text: str, turn: str = QWEN_TURN, end_of_turn: str = "<|im_end|>", tools: str = QWEN_TOOLS
+    ) -> Conversation:
+        """Each match of ``turn`` (a regex with ``role`` and ``content`` groups) is a message; a
+        turn's content stops at ``end_of_turn``. The defaults read Qwen's ``<|im_start|>`` format."""
+        messages = [
+            Message(m.group("role").strip().lower(), m.group("content").split(end_of_turn)[0].strip())
+            for m in re.finditer(turn, text, re.DOTALL)
+        ]
+        return cls(tuple(messages), tools)
 
     @property
     def system(self) -> str:
@@ -79,7 +101,7 @@ class Conversation:
     def tools(self) -> list[tuple[str, str]]:
         """(name, first argument name) of each tool declared in the system prompt."""
         found: list[tuple[str, str]] = []
-        for block in _TOOLS_BLOCK.findall(self.system):
+        for block in re.findall(self.tools_pattern, self.system, re.DOTALL):
             for line in block.splitlines():
                 try:
                     spec = json.loads(line)
@@ -118,7 +140,7 @@ class Prior:
 
     def behaviours(self, conversation: Conversation, tool_call: str = "json") -> list[Behaviour]:
         """Every candidate answer with its prior logit; tool calls in ``tool_call`` syntax
-        (``json``: Qwen3's, ``xml``: Qwen3.5's).
+        (``json``: Qwen3's, ``xml``: Qwen3.5's, ``dsml``: DeepSeek V4's, ``none``: no tool calls).
 
         A prompt that asks for the text ReAct format (see :data:`_REACT_CUE`) gets the same
         behaviours in that format: answers after ``Thought: ...\nFinal Answer: `` and tool calls
@@ -145,9 +167,11 @@ class Prior:
             text = template["text"]
             if react:
                 text = _REACT_ACTION if template["category"] == "tool_call" else REACT_FINAL + text
-            elif tool_call == "xml" and template["category"] == "tool_call":
-                text = _as_xml(text)
-            fillings = _fillings(text, slots, raw_query=tool_call == "xml" and not react)
+            elif template["category"] == "tool_call":
+                if tool_call == "none":
+                    continue
+                text = _rewrite_tool_call(text, tool_call)
+            fillings = _fillings(text, slots, raw_query=tool_call in RAW_QUERY_SYNTAXES and not react)
             if not fillings:
                 continue
             share = math.log(len(fillings))

@@ -1,7 +1,7 @@
 """Drawing tokens from the policy, one position at a time, in numpy.
 
 A ``Cursor`` follows a growing token sequence with the same turn logic as ``Policy.score``
-(assistant header opens a turn, ``<|im_end|>`` closes it) and keeps the set of candidate rows
+(assistant header opens a turn, the end-of-turn token closes it) and keeps the set of candidate rows
 still consistent with the answer so far, so each step costs a few small numpy operations.
 The next-token distribution is kept in factored form: explicit entries (trie tokens) plus one
 block per background bucket whose tokens share a probability; temperature, top-k and top-p act
@@ -39,7 +39,7 @@ class Cursor:
             raise ValueError("a prompt needs at least one token")
         self.policy = policy
         self.tokens: list[int] = [int(t) for t in tokens]
-        self._header = list(policy.vocab.header)
+        self._header = list(policy.header)
         self._rows: np.ndarray | None = None
         self._weights = np.zeros(0)
         self._alive = np.zeros(0, dtype=bool)
@@ -68,7 +68,7 @@ class Cursor:
     def advance(self, token: int) -> None:
         self.tokens.append(int(token))
         if self._rows is not None:
-            if token == self.policy.vocab.im_end:
+            if token == self.policy.stop:
                 self._rows = None
             elif self._length < self._rows.shape[1]:
                 self._alive &= self._rows[:, self._length] == token

@@ -268,13 +268,17 @@ class TrainingClient:
         with_optimizer: bool,
         user_metadata: dict[str, str] | None,
         overwrite: bool,
+        ttl_seconds: int | None = None,
     ) -> str:
         if not name or "/" in name:
             raise errors.bad_request(f"invalid checkpoint name {name!r}", path="weights/save")
         path = TinkerPath(self.model_id, kind, name)
         meta = {**policy_meta(self._policy.config), "user_metadata": user_metadata}
         optimizer = self._optimizer.state_dict() if with_optimizer else None
-        return self._runtime.store.save(path, meta, self._policy.params, optimizer, overwrite=overwrite)
+        store = self._runtime.store
+        return store.save(
+            path, meta, self._policy.params, optimizer, overwrite=overwrite, ttl_seconds=ttl_seconds
+        )
 
     def save_state(
         self,
@@ -286,7 +290,9 @@ class TrainingClient:
         """Weights and optimizer state under ``tinker://<model_id>/weights/<name>``."""
 
         def run() -> types.SaveWeightsResponse:
-            return types.SaveWeightsResponse(path=self._save("weights", name, True, user_metadata, overwrite))
+            return types.SaveWeightsResponse(
+                path=self._save("weights", name, True, user_metadata, overwrite, ttl_seconds)
+            )
 
         return self._submit("save_state", run)
 
@@ -368,10 +374,24 @@ class TrainingClient:
 
         def run() -> types.SaveWeightsForSamplerResponse:
             return types.SaveWeightsForSamplerResponse(
-                path=self._save("sampler_weights", name, False, user_metadata, overwrite=True)
+                path=self._save("sampler_weights", name, False, user_metadata, True, ttl_seconds)
             )
 
         return self._submit("save_weights_for_sampler", run, hold_s=self._runtime.config.save_sampler_s)
+
+    def save_weights_external(
+        self, name: str, ttl_seconds: int | None = None, age_encryption_recipients: list[str] | None = None
+    ) -> APIFuture[types.SaveWeightsExternalResponse]:
+        """The weights as a LoRA adapter under ``tinker://<model_id>/external_weights/<name>``
+        (see ``checkpoints.py``); age encryption is not simulated (a ``BadRequestError``)."""
+
+        def run() -> types.SaveWeightsExternalResponse:
+            if age_encryption_recipients:
+                raise errors.bad_request("age encryption of external weights is not simulated")
+            path = self._save("external_weights", name, False, None, True, ttl_seconds)
+            return types.SaveWeightsExternalResponse(path=path)
+
+        return self._submit("save_weights_external", run, hold_s=self._runtime.config.save_sampler_s)
 
     @deprecated(_ASYNC, category=FutureWarning)
     async def save_weights_for_sampler_async(

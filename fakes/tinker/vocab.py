@@ -1,4 +1,4 @@
-"""A served vocabulary (Qwen3's or Qwen3.5's) as the simulated policy needs it: ids, caching, token splits.
+"""A served vocabulary as the simulated policy needs it: ids, caching, token splits.
 
 Splits provide drift: a token whose byte-level string can be cut into two strings that are
 both tokens can be emitted as those two tokens; the decoded text is unchanged, the
@@ -14,8 +14,6 @@ from typing import Any
 from fakes.tokenizer import load_vocabulary
 from fakes.vocabularies import QWEN3, OfflineVocabulary
 
-ASSISTANT_HEADER = "<|im_start|>assistant\n"
-
 
 class Vocab:
     """Tokenizer plus the few ids and caches the policy uses on its hot paths."""
@@ -28,14 +26,11 @@ class Vocab:
         self._lock = threading.Lock()
         self._by_string: dict[str, int] | None = None
         self.size: int = len(tokenizer)
-        self.im_start: int = self._single("<|im_start|>")
-        self.im_end: int = self._single("<|im_end|>")
-        self.endoftext: int = self._single("<|endoftext|>")
-        self.header: tuple[int, ...] = tuple(self.encode(ASSISTANT_HEADER))
-        self.first_added_id: int = min(tokenizer.added_tokens_decoder)
+        self.added_ids: frozenset[int] = frozenset(tokenizer.added_tokens_decoder)
 
-    def _single(self, text: str) -> int:
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
+    def single(self, text: str) -> int:
+        """The id of ``text``, which must be one token (a chat format's marker)."""
+        ids = self.encode(text)
         if len(ids) != 1:
             raise RuntimeError(f"{text!r} is not a single token in this tokenizer")
         return int(ids[0])
@@ -63,7 +58,7 @@ class Vocab:
         if token_id in self._split_cache:
             return self._split_cache[token_id]
         result: tuple[int, int] | None = None
-        if token_id < self.first_added_id:
+        if token_id not in self.added_ids:
             by_string = self._strings()
             piece = self.tokenizer.convert_ids_to_tokens(token_id)
             cuts = sorted(range(1, len(piece)), key=lambda i: abs(2 * i - len(piece)))
@@ -79,7 +74,7 @@ class Vocab:
         with self._lock:
             if self._by_string is None:
                 self._by_string = {
-                    s: i for s, i in self.tokenizer.get_vocab().items() if i < self.first_added_id
+                    s: i for s, i in self.tokenizer.get_vocab().items() if i not in self.added_ids
                 }
             return self._by_string
 

@@ -1,10 +1,22 @@
 """The REST routes of ``tinker.RestClient`` (and the ``tinker`` CLI's run, checkpoint and session
-listings) over the simulator's checkpoint store and the wire service's sessions."""
+commands) over the simulator's checkpoint store and the wire service's sessions.
+
+External weights are downloaded as the service lets them be: ``external_weights_urls`` answers
+signed URLs (HMAC of the file and its expiry under a per-server secret, valid an hour) that
+``GET /sim-files/...`` serves without an API key, as a storage bucket would.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from tinker import types
@@ -14,6 +26,9 @@ from fakes.tinker.errors import bad_request, not_found
 
 from .http import _json
 from .service import WireService
+
+FILES = "/sim-files"
+URL_TTL_S = 3600
 
 
 def _page(request: web.Request, default_limit: int) -> tuple[int, int]:
@@ -37,9 +52,21 @@ class RestRoutes:
 
     def __init__(self, service: WireService) -> None:
         self.service = service
+        self._secret = secrets.token_bytes(32)
+
+    @property
+    def _store(self) -> Any:
+        return self.service.sim._runtime.store
 
     def routes(self, api: str) -> list[web.RouteDef]:
+        checkpoint = f"{api}/training_runs/{{run_id}}/checkpoints/{{kind}}/{{name}}"
         return [
+            web.put(f"{checkpoint}/ttl", self._set_ttl),
+            web.post(f"{checkpoint}/publish", self._publish),
+            web.delete(f"{checkpoint}/publish", self._unpublish),
+            web.get(f"{checkpoint}/external_weights_urls", self._external_weights_urls),
+            web.post(f"{api}/copy_weights", self._copy_weights),
+            web.get(f"{FILES}/{{run_id}}/{{kind}}/{{name}}/{{file}}", self._download),
             web.get(f"{api}/training_runs", self._list_training_runs),
             web.get(f"{api}/training_runs/{{run_id}}", self._training_run),
             web.get(f"{api}/training_runs/{{run_id}}/checkpoints", self._list_checkpoints),
@@ -119,3 +146,69 @@ class RestRoutes:
         ]
         samplers = [s for s in self.service.samplers if s.startswith(prefix)]
         return _json(types.GetSessionResponse(training_run_ids=runs, sampler_ids=samplers))
+
+    # ---- checkpoint TTL, publishing, copies, external weights ---------------------------------
+    @staticmethod
+    def _path(request: web.Request) -> TinkerPath:
+        m = request.match_info
+        return TinkerPath.parse(f"tinker://{m['run_id']}/{m['kind']}/{m['name']}")
+
+    async def _set_ttl(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        ttl = body.get("ttl_seconds") if isinstance(body, dict) else None
+        if ttl is not None and not isinstance(ttl, int):
+            raise bad_request("ttl_seconds must be an integer or null", path=request.path)
+        self._store.set_ttl(self._path(request), ttl)
+        return _json(None)
+
+    async def _publish(self, request: web.Request) -> web.Response:
+        self._store.set_public(self._path(request), True)
+        return _json(None)
+
+    async def _unpublish(self, request: web.Request) -> web.Response:
+        self._store.set_public(self._path(request), False)
+        return _json(None)
+
+    def _signature(self, path: str, expires: int) -> str:
+        return hmac.new(self._secret, f"{path}@{expires}".encode(), hashlib.sha256).hexdigest()
+
+    async def _external_weights_urls(self, request: web.Request) -> web.Response:
+        path = self._path(request)
+        expires = int(time.time()) + URL_TTL_S
+        origin = f"{request.scheme}://{request.host}"
+        urls = {}
+        for name in self._store.files(path):
+            rel = f"{quote(path.run_id, safe='')}/{path.kind}/{quote(path.name, safe='')}/{name}"
+            signature = self._signature(f"{path}/{name}", expires)
+            urls[name] = f"{origin}{FILES}/{rel}?expires={expires}&signature={signature}"
+        when = datetime.fromtimestamp(expires, UTC)
+        return _json(types.ExternalWeightsUrlsResponse(urls=urls, expires=when))
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        path, name = self._path(request), request.match_info["file"]
+        try:
+            expires = int(request.query.get("expires", ""))
+        except ValueError:
+            raise web.HTTPForbidden(text="unsigned URL") from None
+        signature = request.query.get("signature", "")
+        valid = hmac.compare_digest(signature, self._signature(f"{path}/{name}", expires))
+        if not valid or expires < time.time():
+            raise web.HTTPForbidden(text="the signed URL is invalid or has expired")
+        files = self._store.files(path)
+        if name not in files:
+            raise not_found(f"{path} has no file {name!r}", path="sim-files")
+        return web.FileResponse(files[name])
+
+    async def _copy_weights(self, request: web.Request) -> web.Response:
+        body = types.CopyWeightsRequest.model_validate(await request.json())
+        if body.session_id is not None:
+            if body.model_seq_id is None:
+                raise bad_request("copy_weights with session_id needs model_seq_id", path="copy_weights")
+            self.service.heartbeat(body.session_id)
+            run_id = f"{body.session_id}:train:{body.model_seq_id}"
+        elif body.destination_project_id:
+            run_id = f"{uuid.uuid4()}:train:0"
+        else:
+            raise bad_request("copy_weights needs destination_project_id or session_id", path="copy_weights")
+        copied = self._store.copy(TinkerPath.parse(body.source_path), run_id, body.ttl_seconds)
+        return _json(types.CopyWeightsResponse(tinker_path=str(copied)))

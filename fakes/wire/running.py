@@ -12,6 +12,7 @@ from typing import Any, Self
 from fakes.tinker import SimConfig
 
 from .faults import WireFaults
+from .memory import map_large_blocks
 from .server import WireServer
 
 
@@ -55,7 +56,9 @@ def start_in_thread(
 
 
 async def serve_forever(host: str, port: int, on_ready: Callable[[str], None], **kwargs: Any) -> None:
-    """Serve in the foreground until cancelled (``agl-tinker sim-server``)."""
+    """Serve in the foreground until cancelled (``agl-tinker sim-server``); the process is the
+    server's own, so its large blocks are mapped (see :func:`fakes.wire.memory.map_large_blocks`)."""
+    map_large_blocks()
     server = WireServer(**kwargs)
     on_ready(await server.start(host, port))
     try:

@@ -40,7 +40,7 @@ from .faults import Fault, FaultInjector, WireFaults
 from .futures import Promise
 from .http import _detail, _json
 from .memory import return_free_memory
-from .rest import RestRoutes
+from .rest import FILES, RestRoutes
 from .service import DEFAULT_SESSION_EXPIRY_S, WireService
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class WireServer:
     # ---- plumbing ----------------------------------------------------------------------------
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path != f"{API}/healthz":
+        if request.path != f"{API}/healthz" and not request.path.startswith(FILES):
             key = request.headers.get("X-API-Key", "")
             if not key.startswith(("tml-", "eyJ")):
                 return _detail(401, "missing or invalid API key (X-API-Key must start with 'tml-')")
@@ -237,6 +237,10 @@ class WireServer:
                 self._submit(T.SaveWeightsForSamplerRequest.model_validate, s.save_weights_for_sampler),
             ),
             web.post(
+                f"{API}/save_weights_external",
+                self._submit(T.SaveWeightsExternalRequest.model_validate, s.save_weights_external),
+            ),
+            web.post(
                 f"{API}/load_weights", self._submit(T.LoadWeightsRequest.model_validate, s.load_weights)
             ),
             web.post(f"{API}/create_sampling_session", self._create_sampling_session),
@@ -244,6 +248,7 @@ class WireServer:
             web.get(f"{API}/samplers/{{sampler_id}}", self._get_sampler),
             web.post(f"{API}/asample", self._asample),
             web.post(f"{API}/retrieve_future", self._retrieve_future),
+            web.post(f"{API}/retrieve_futures", self._retrieve_futures),
             web.post(f"{API}/cancel_future", self._cancel_future),
             *RestRoutes(s).routes(API),
         ]
@@ -328,6 +333,16 @@ class WireServer:
         if error is not None:
             return _json(_failure(error))
         return _result_response(value)
+
+    async def _retrieve_futures(self, request: web.Request) -> web.Response:
+        """The session poller's long poll (``sample_use_retrieve_futures``; see ``feeds.py``)."""
+        body = types.FuturesRetrieveRequest.model_validate(await request.json())
+        target = body.target
+        self.service.sampler(target.sampling_session_id)  # 404 for an unknown or released session
+        self.service.promises.drop(body.retrieved_request_ids)
+        timeout = self.poll_hold_s if body.timeout is None else min(body.timeout, self.poll_hold_s)
+        feed = self.service.feeds.feed(target.sampling_session_id, target.cloned_sampler_id)
+        return _json(await feed.poll(body.prev_cursor, timeout))
 
     async def _cancel_future(self, request: web.Request) -> web.Response:
         body = await request.json()

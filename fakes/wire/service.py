@@ -33,6 +33,7 @@ from fakes.tinker.stability import session_of
 
 from .codec import ForwardBackwardCall
 from .faults import FaultInjector
+from .feeds import Feeds
 from .futures import MAX_KEPT, Promise, PromiseTable
 
 # How long a request waits for an earlier seq_id of its run that never arrives (a client that
@@ -121,6 +122,7 @@ class WireService:
         self.rest = RestClient(sim._runtime)
         self.faults = faults
         self.promises = PromiseTable(loop)
+        self.feeds = Feeds(session_of)
         self.sessions: dict[str, str] = {}  # id -> "active" | "finished" (finished: the last FINISHED_KEPT)
         self._active: dict[str, _Session] = {}
         self.released_since_trim = False  # the server returns freed memory to the OS when set
@@ -130,9 +132,17 @@ class WireService:
 
     # ---- helpers ---------------------------------------------------------------------------
     def _track(
-        self, key: Hashable | None, work: Future[Any], transform: Callable[[Any], Any] = lambda v: v
+        self,
+        key: Hashable | None,
+        work: Future[Any],
+        transform: Callable[[Any], Any] = lambda v: v,
+        owner: str | None = None,
     ) -> Promise:
-        promise = self.promises.track(work, transform, delay_s=self.faults.slow())
+        """A promise for ``work``, remembered under ``key`` (for retries) and owned by the session
+        ``owner`` (default: the session that ``key``'s id names), which releases it."""
+        if owner is None and isinstance(key, tuple) and len(key) > 1 and isinstance(key[1], str):
+            owner = session_of(key[1])
+        promise = self.promises.track(work, transform, delay_s=self.faults.slow(), owner=owner)
         if key is not None:
             self._submitted[key] = promise
             while len(self._submitted) > MAX_KEPT:  # retries come within seconds, not 20k requests later
@@ -231,6 +241,8 @@ class WireService:
         prefix = f"{session_id}:"
         for key in [k for k in self._submitted if _owned_by(k, session_id, prefix)]:
             del self._submitted[key]
+        self.promises.release(session_id)
+        self.feeds.release(session_id)
 
     # ---- training runs -----------------------------------------------------------------------
     def create_model(self, request: types.CreateModelRequest) -> Promise:
@@ -299,6 +311,26 @@ class WireService:
                         name, request.ttl_seconds, request.overwrite, request.user_metadata
                     )
                 ),
+            ),
+        )
+
+    async def save_weights_external(self, request: types.SaveWeightsExternalRequest) -> Promise:
+        key = ("train", request.model_id, request.seq_id)
+        if (seen := self._seen(key)) is not None:
+            return seen
+        run = self.run(request.model_id)
+
+        def save() -> Any:
+            return run.client.save_weights_external(
+                request.path, request.ttl_seconds, request.age_encryption_recipients
+            )
+
+        return await self._apply(
+            run,
+            key,
+            request.seq_id,
+            lambda: self._track(
+                key, _call(save), lambda r: types.SaveWeightsExternalResponseInternal(path=r.path)
             ),
         )
 
@@ -415,8 +447,11 @@ class WireService:
                 session_id=session_of(request.sampling_session_id or ""),
             )
         )
-        promise = self._track(key if request.seq_id is not None else None, work)
+        promise = self._track(
+            key if request.seq_id is not None else None, work, owner=session_of(request.sampling_session_id)
+        )
         promise.sequence_ids = sequence_ids
+        self.feeds.watch(request.sampling_session_id, request.seq_id, promise)
         return promise, promise.sequence_ids
 
     def cancel(self, request_id: str) -> None:

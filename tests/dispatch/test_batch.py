@@ -22,16 +22,17 @@ from agentlightning.store.client_server import LightningStoreClient, LightningSt
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import AttemptedRollout, Rollout, RolloutConfig, Span
 
-from agl_tinker.dispatch.batch import (
+from agl_tinker.dispatch.batch import dispatch_batch
+from agl_tinker.dispatch.completion import open_completion_source
+from agl_tinker.dispatch.source_base import spread_timeouts
+from agl_tinker.dispatch.store_calls import StoreCaller
+from agl_tinker.dispatch.types import (
+    SERVED_CALLS_METADATA_KEY,
     DispatchConfig,
     DispatchError,
     DispatchProgress,
     ProcessError,
-    dispatch_batch,
 )
-from agl_tinker.dispatch.completion import open_completion_source, spread_timeouts
-from agl_tinker.dispatch.store_calls import StoreCaller
-from agl_tinker.dispatch.types import SERVED_CALLS_METADATA_KEY
 from agl_tinker.store_server import WAIT_ANY_PATH, LeanStoreServer
 from fakes.store import FaultyStore
 

@@ -18,13 +18,9 @@ from agentlightning.store.client_server import LightningStoreClient, LightningSt
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import AttemptedRollout
 
-from agl_tinker.dispatch.completion import (
-    CompletionSource,
-    LongPollSource,
-    StoreEventsSource,
-    WaitAnySource,
-    open_completion_source,
-)
+from agl_tinker.dispatch.completion import CompletionSource, open_completion_source
+from agl_tinker.dispatch.event_source import StoreEventsSource
+from agl_tinker.dispatch.poll_sources import LongPollSource, WaitAnySource
 from agl_tinker.dispatch.store_calls import StoreCaller
 from agl_tinker.dispatch.types import DispatchConfig, DispatchError, RolloutsLost
 from agl_tinker.store_server import LeanStoreServer

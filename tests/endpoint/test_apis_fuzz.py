@@ -244,6 +244,7 @@ def _post(http: httpx.Client, path: str, body: Any) -> httpx.Response:
     return response
 
 
+@pytest.mark.slow
 @FUZZ
 @given(body=PLAUSIBLE_RESPONSES | RESPONSES)
 def test_fuzzed_responses_bodies_never_get_a_5xx_and_every_4xx_says_why(

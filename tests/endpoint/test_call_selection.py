@@ -121,7 +121,7 @@ async def test_tool_health_counts_calls_and_tool_less_episodes_per_agent(served:
 )
 def test_bad_selection_config_names_the_field(tmp_path: Any, fields: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        TrainConfig(log_path=str(tmp_path), **fields).validate()
+        TrainConfig(log_path=str(tmp_path), **fields)
 
 
 def test_tool_health_sums_parse_failures_per_agent() -> None:

@@ -44,7 +44,8 @@ from tinker_cookbook.rl.types import TrajectoryGroup
 from agl_tinker import spans as S
 from agl_tinker.backend import get_tokenizer, service_client
 from agl_tinker.core.trajectory import RolloutTrajectory, rollout_trajectory, trajectory_group
-from agl_tinker.dispatch.batch import DispatchConfig, dispatch_batch
+from agl_tinker.dispatch.batch import dispatch_batch
+from agl_tinker.dispatch.types import DispatchConfig
 from agl_tinker.endpoint.start import Endpoint, EndpointConfig, start_endpoint
 from agl_tinker.endpoint.tito import TokenMemory
 from agl_tinker.examples.guess_number import env as genv

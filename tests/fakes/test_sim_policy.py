@@ -54,7 +54,7 @@ def _rl_batch(
     rng = np.random.default_rng(0)
     inputs, targets, extras = [], [], []
     for text in answers:
-        full = np.array([*prompt, *vocab.encode(text), vocab.im_end], dtype=np.int64)
+        full = np.array([*prompt, *vocab.encode(text), vocab.single("<|im_end|>")], dtype=np.int64)
         m, t = full[:-1], full[1:]
         with torch.no_grad():
             (current,) = policy.score([m], [t])

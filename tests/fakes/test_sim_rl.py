@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 import tinker
 from tinker_cookbook import renderers
 from tinker_cookbook.completers import TinkerTokenCompleter
@@ -77,6 +78,7 @@ async def _run(tmp_path) -> list[float]:  # type: ignore[no-untyped-def]
     return mean_rewards
 
 
+@pytest.mark.slow
 def test_cookbook_rl_loop_raises_mean_reward(tmp_path) -> None:  # type: ignore[no-untyped-def]
     warnings.simplefilter("ignore", FutureWarning)
     rewards = asyncio.run(_run(tmp_path))

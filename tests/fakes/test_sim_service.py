@@ -51,6 +51,7 @@ def _sft_datum(tok, answer: str) -> types.Datum:  # type: ignore[no-untyped-def]
     )
 
 
+@pytest.mark.slow
 def test_checkpoint_resumes_in_a_new_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
     service = ServiceClient(root_dir=tmp_path)
     tc = service.create_lora_training_client(BASE, rank=4, seed=1, user_metadata={"k": "v"}).result()

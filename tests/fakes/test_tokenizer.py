@@ -235,6 +235,7 @@ def private_cache(tmp_path, monkeypatch) -> Iterator[None]:
     yield
 
 
+@pytest.mark.slow
 def test_corrupt_cache_is_rebuilt_then_cached_load_is_fast(private_cache, tmp_path) -> None:
     def load(name: str):
         return fake_tokenizer.load_vocabulary.__wrapped__(fake_tokenizer.QWEN3)  # bypass the in-process cache

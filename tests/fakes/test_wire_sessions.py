@@ -67,6 +67,7 @@ def test_closing_the_sdk_session_releases_its_runs_and_samplers(server: RunningW
     assert _owned(server, session_id) == 0
     assert server.server.service.sessions[session_id] == "finished"
     assert not [k for k in server.server.service._submitted if session_id in str(k)]
+    assert len(server.server.service.promises) == 0  # its requests' results went with it
 
 
 def test_a_session_that_stops_heartbeating_expires(server: RunningWireServer) -> None:
@@ -78,6 +79,7 @@ def test_a_session_that_stops_heartbeating_expires(server: RunningWireServer) ->
         time.sleep(0.2)
     assert server.server.service.sessions[session_id] == "finished"
     assert server.server.service.heartbeat(session_id) == "finished"
+    assert len(server.server.service.promises) == 0
     with pytest.raises(tinker.APIStatusError) as raised:
         service.create_lora_training_client(MODEL, rank=4).result()
     assert raised.value.status_code == 410

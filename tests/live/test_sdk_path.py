@@ -116,6 +116,7 @@ _RESUME = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_save_state_and_resume_in_a_new_process(training: Any, target: Target) -> None:
     saved = training.save_state("live-resume").result()
     assert saved.path.startswith("tinker://") and "/weights/live-resume" in saved.path

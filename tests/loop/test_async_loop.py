@@ -21,8 +21,8 @@ from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
 
 from agl_tinker.dispatch.continuous import FinishedGroup, GroupRequest
 from agl_tinker.examples.hello.agent import hello_rollout
-from agl_tinker.loop.async_loop import FINAL_OUTCOMES, LEDGER_FILE, _Ledger, effective_ledger
 from agl_tinker.loop.config import ConfigError, TrainConfig
+from agl_tinker.loop.ledger import FINAL_OUTCOMES, LEDGER_FILE, GroupLedger, effective_ledger
 
 # Our loop calls the SDK through its non-deprecated methods (the `*_async` spellings are
 # deprecated; see agl_tinker/tinker_retry.py): a FutureWarning here is a regression.
@@ -71,9 +71,8 @@ def _assert_every_group_once(log_path: Path, n_groups: int) -> list[dict[str, An
 def test_overlap_configs_that_do_not_fit_the_batch_are_refused(
     tmp_path: Path, overrides: dict[str, Any], field: str
 ) -> None:
-    config = TrainConfig(log_path=str(tmp_path), batch_size=8, **overrides)
     with pytest.raises(ConfigError, match=field):
-        config.validate()
+        TrainConfig(log_path=str(tmp_path), batch_size=8, **overrides)
 
 
 def test_synchronous_stays_the_default(tmp_path: Path) -> None:
@@ -89,7 +88,7 @@ def _group(key: int, attempt: int = 0) -> FinishedGroup[Any]:
 
 
 def test_checkpoint_records_done_groups_and_a_restart_supersedes_redone_steps(tmp_path: Path) -> None:
-    ledger = _Ledger(tmp_path / LEDGER_FILE, start_step=0)
+    ledger = GroupLedger(tmp_path / LEDGER_FILE, start_step=0)
     ledger.record(0, _group(0), "trained", 0)
     ledger.record(0, _group(2), "excluded", 0)
     ledger.record(0, _group(1), "stale_requeued", 2)
@@ -99,7 +98,7 @@ def test_checkpoint_records_done_groups_and_a_restart_supersedes_redone_steps(tm
     assert state == {"async_done_below": 3, "async_done": [4]}
     ledger.record(2, _group(5), "trained", 1)  # after the checkpoint: lost with the kill
 
-    resumed = _Ledger.resume(tmp_path / LEDGER_FILE, 2, BATCH, state)
+    resumed = GroupLedger.resume(tmp_path / LEDGER_FILE, 2, BATCH, state)
     assert resumed.done == {0, 1, 2, 4}
     resumed.record(2, _group(3), "trained", 0)
     resumed.record(2, _group(5), "trained", 0)
@@ -114,7 +113,7 @@ def test_checkpoint_records_done_groups_and_a_restart_supersedes_redone_steps(tm
         (5, "trained"),
     ]
     # a synchronous checkpoint (no ledger keys) means whole batches done
-    assert _Ledger.resume(tmp_path / "x.jsonl", 2, BATCH, {}).done == set(range(2 * BATCH))
+    assert GroupLedger.resume(tmp_path / "x.jsonl", 2, BATCH, {}).done == set(range(2 * BATCH))
 
 
 # --------------------------------------------------------------------------------------------- async runs
@@ -144,6 +143,24 @@ def test_stragglers_are_requeued_or_dropped_never_trained_beyond_the_bound(tmp_p
     assert sum(s["async/stale_dropped"] for s in result.steps) == outcomes["stale_dropped"]
     trained = sum(s["groups/trained"] for s in result.steps)
     assert trained == outcomes["trained"]
+
+
+@pytest.mark.slow
+def test_pacing_drops_no_group_and_keeps_staleness_within_its_bound(tmp_path: Path) -> None:
+    """The stragglers of the test above, paced one step ahead: nothing is requeued or dropped,
+    every group is trained once (or excluded), none more than one version behind."""
+    steps = 6
+    config = hello_config(tmp_path, "paced", steps)
+    result = asyncio.run(run_hello(config, agent=with_stragglers(hello_rollout, 3.0, 3)))  # type: ignore[arg-type]
+    ledger = _assert_every_group_once(tmp_path, steps * BATCH)
+    assert {line["outcome"] for line in ledger} <= {"trained", "excluded"}, Counter(
+        line["outcome"] for line in ledger
+    )
+    assert max(line["staleness"] for line in ledger) <= 1
+    assert any(s["staleness/group_max"] == 1 for s in result.steps)  # it did run ahead
+    for s in result.steps:
+        assert s["async/stale_requeued"] == s["async/stale_dropped"] == 0, s
+        assert s["staleness/group_max"] <= 1 and s["staleness/call_max"] <= 1, s
 
 
 @pytest.mark.slow
@@ -189,9 +206,13 @@ def test_stream_minibatches_train_every_group_with_the_current_weights(tmp_path:
 
 
 @pytest.mark.slow
-def test_async_resume_after_sigkill_trains_no_group_twice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["async", "paced_inflight_sr"])
+def test_async_resume_after_sigkill_trains_no_group_twice(tmp_path: Path, mode: str) -> None:
     """Kill the async run right after its step-2 checkpoint, while groups are in flight; the restart
-    resumes at step 2, re-runs the groups that were in flight or waiting, and skips the done ones."""
+    resumes at step 2, re-runs the groups that were in flight or waiting, and skips the done ones.
+    Also in every new mode at once (one run, to keep CI short): paced (``sampling_steps_ahead``), with
+    in-flight clients and ``stable_reinforce`` (the restart is a new session: the groups it trains were
+    all sampled, and their ids recorded, in it)."""
     log_path = tmp_path / "run"
     steps, save_every = 5, 2
     cmd = [
@@ -200,6 +221,7 @@ def test_async_resume_after_sigkill_trains_no_group_twice(tmp_path: Path) -> Non
         str(log_path),
         str(steps),
         str(save_every),
+        mode,
     ]
     env = {**ENV, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), ENV.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -234,3 +256,10 @@ def test_async_resume_after_sigkill_trains_no_group_twice(tmp_path: Path) -> Non
     assert Counter(metrics_steps)[0] == 1 and Counter(metrics_steps)[1] == 1  # before the checkpoint: once
     assert sorted(set(metrics_steps)) == list(range(steps))
     assert [c["batch"] for c in _rows(checkpoints)] == [2, 4, 5]
+    rows = [r for r in _rows(log_path / "metrics.jsonl") if "reward/mean" in r]
+    if mode != "async":  # paced: nothing requeued or dropped, before or after the kill
+        assert {line["outcome"] for line in ledger} <= {"trained", "excluded"}, ledger
+        assert all(r["async/stale_requeued"] == r["async/stale_dropped"] == 0 for r in rows)
+    if mode == "paced_inflight_sr":  # every datum named this session's recorded sequences
+        assert all(r["datums/unrecorded"] == r["datums/expired"] == 0 for r in rows), rows
+        assert sum(r["train/datums"] for r in rows if r["step"] >= 2) > 0

@@ -76,6 +76,5 @@ async def test_a_publish_reaches_the_served_client_only_in_flight(tmp_path: Path
 
 
 def test_an_unknown_sampling_client_kind_is_refused(tmp_path: Path) -> None:
-    config = TrainConfig(log_path=str(tmp_path), sampling_client_kind="mutable")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="sampling_client_kind"):
-        config.validate()
+        TrainConfig(log_path=str(tmp_path), sampling_client_kind="mutable")  # type: ignore[arg-type]

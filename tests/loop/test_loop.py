@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from agl_tinker.algorithm import fit
 from agl_tinker.core.rewards import RewardMode
 from agl_tinker.examples.hello.agent import hello_agent, hello_dataset
-from agl_tinker.loop.algo import fit
 from agl_tinker.loop.config import ConfigError, TrainConfig
 from agl_tinker.loop.data import DatasetError, build_datasets
 
@@ -63,16 +63,14 @@ def _free_port() -> int:
     ],
 )
 def test_bad_config_names_the_field(tmp_path: Path, field: str, value: Any) -> None:
-    config = TrainConfig(log_path=str(tmp_path), **{field: value})
     with pytest.raises(ConfigError, match=field):
-        config.validate()
+        TrainConfig(log_path=str(tmp_path), **{field: value})
 
 
 def test_reward_mode_given_as_a_string_reaches_the_core_as_the_enum(tmp_path: Path) -> None:
     """The core compares modes by identity: ``"sum"`` used to behave as neither sum nor final."""
     for mode in RewardMode:
         config = TrainConfig(log_path=str(tmp_path), reward_mode=str(mode.value))  # type: ignore[arg-type]
-        config.validate()
         assert config.reward_options().mode is mode
 
 

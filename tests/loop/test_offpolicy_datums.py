@@ -25,6 +25,7 @@ from agl_tinker.core.trajectory import rollout_trajectory
 from agl_tinker.endpoint.start import EndpointConfig, start_endpoint
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.datums import group_datums, with_provenance
+from agl_tinker.loop.step_trainer import BusyClock, Learner, StepTrainer
 from fakes.tinker import ServiceClient, SimConfig
 
 MODEL = "Qwen/Qwen3-4B-Instruct-2507"
@@ -129,7 +130,8 @@ async def test_a_datum_whose_sample_was_not_recorded_is_left_out_and_counted(tmp
     made = await group_datums([rollouts], _config(tmp_path), kl_reference=None)
     assert made.unrecorded == 0 and len(made.data) == 3  # importance_sampling needs no ids
     assert [d.loss_fn_input_spans is None for d in made.data] == [False, True, False]
-    needed, unrecorded = with_provenance(made.data, made.valid, needed=True)
+    attached = with_provenance(made.data, made.valid, needed=True)
+    needed, unrecorded = attached.data, attached.unrecorded
     assert unrecorded == 1 and len(needed) == 2
     out = training.forward_backward([_without_mask(d) for d in needed], "stable_reinforce").result()
     assert len(out.loss_fn_outputs) == 2
@@ -141,3 +143,34 @@ async def test_a_datum_whose_sample_was_not_recorded_is_left_out_and_counted(tmp
         inputs = datum.loss_fn_inputs
         assert inputs["sequence_ratio_mask"].to_numpy().tolist() == inputs["mask"].to_numpy().tolist()
     training.forward([_without_mask(d) for d in gspo.data], "gspo").result()
+
+
+async def test_ids_recorded_before_a_resume_are_left_out_and_counted_never_sent(tmp_path: Path) -> None:
+    """A group sampled by an earlier process (weights version 0) reaches a run resumed at step 2 in a
+    new session: its ids are unknown to the new session, so its datums are left out and counted
+    (``datums/expired``), the step trains nothing and does not fail."""
+    warnings.simplefilter("ignore", FutureWarning)
+    before = ServiceClient(config=SimConfig(root_dir=tmp_path))
+    training = before.create_lora_training_client(MODEL, rank=4, seed=0).result()
+    rollouts = await _group(training, record=[True, True, True])
+    config = _config(tmp_path, loss_fn="stable_reinforce")
+    same_session = await group_datums([rollouts], config, kl_reference=None, session_start=0)
+    assert len(same_session.data) == 3 and same_session.expired == 0
+
+    after = ServiceClient(config=SimConfig(root_dir=tmp_path))  # the restarted process's session
+    resumed = after.create_lora_training_client(MODEL, rank=4, seed=0).result()
+    with pytest.raises(tinker.BadRequestError, match="unknown or expired"):  # what is avoided
+        resumed.forward([_without_mask(same_session.data[0])], "stable_reinforce").result()
+    made = await group_datums([rollouts], config, kl_reference=None, session_start=2)
+    assert made.data == [] and made.expired == 3 and made.unrecorded == 0
+    # the other losses keep the datums, without the old session's provenance
+    plain = await group_datums([rollouts], _config(tmp_path), kl_reference=None, session_start=2)
+    assert len(plain.data) == 3 and all(d.loss_fn_input_spans is None for d in plain.data)
+
+    learner = Learner(None, resumed, 0.05, 1, records_stability_info=True, session_start=2)
+    trainer = StepTrainer(learner, config, BusyClock(), 1, None)
+    await trainer.add(7, rollouts)
+    await trainer.finish()
+    metrics = trainer.metrics()
+    assert metrics["datums/expired"] == 3 and metrics["train/datums"] == 0 and metrics["optim/steps"] == 0
+    assert trainer.trained == set()  # the group is excluded, not trained

@@ -20,7 +20,7 @@ from agl_tinker.core.rewards import RewardOptions
 from agl_tinker.core.trajectory import rollout_trajectory
 from agl_tinker.endpoint.start import EndpointConfig, PolicyServing, start_policy_endpoint
 from agl_tinker.loop.config import ConfigError, PolicyConfig, TrainConfig
-from agl_tinker.loop.policies import unowned_calls
+from agl_tinker.loop.policy import unowned_calls
 
 # Our loop calls the SDK through its non-deprecated methods (the `*_async` spellings are
 # deprecated; see agl_tinker/tinker_retry.py): a FutureWarning here is a regression.
@@ -36,7 +36,6 @@ def _config(tmp_path: Any, **fields: Any) -> TrainConfig:
 
 def test_no_policies_is_the_single_policy_run(tmp_path: Any) -> None:
     config = _config(tmp_path)
-    config.validate()
     assert config.policies == {}
 
 
@@ -50,7 +49,6 @@ def test_policy_settings_fall_back_to_the_run_and_select_exact_model_names(tmp_p
             "answerer": PolicyConfig(models=("oracle", "judge"), learning_rate=0.5, num_substeps=2),
         },
     )
-    config.validate()
     player, answerer = config.policy_settings("player"), config.policy_settings("answerer")
     assert (player.models, player.lora_rank, player.learning_rate, player.num_substeps) == (
         ("player",),
@@ -73,7 +71,18 @@ def test_policy_settings_fall_back_to_the_run_and_select_exact_model_names(tmp_p
 
 def test_several_policies_take_a_kl_penalty(tmp_path: Any) -> None:
     """Each policy is penalised against its own base model (it used to be refused)."""
-    _config(tmp_path, policies={"a": PolicyConfig(), "b": PolicyConfig()}, kl_penalty_coef=0.1).validate()
+    _config(tmp_path, policies={"a": PolicyConfig(), "b": PolicyConfig()}, kl_penalty_coef=0.1)
+
+
+def test_several_policies_train_streamed_and_asynchronously(tmp_path: Any) -> None:
+    """Every schedule trains a list of policies (these used to be refused)."""
+    from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
+
+    policies = {"a": PolicyConfig(), "b": PolicyConfig()}
+    stream = StreamMinibatchConfig(groups_per_batch=8, num_minibatches=2)
+    _config(tmp_path, policies=policies, batch_size=8, stream_minibatch_config=stream)  # built: checked
+    asynchronous = AsyncConfig(max_steps_off_policy=1, groups_per_batch=8)
+    _config(tmp_path, policies=policies, batch_size=8, async_config=asynchronous)  # built: checked
 
 
 @pytest.mark.parametrize(
@@ -82,10 +91,6 @@ def test_several_policies_take_a_kl_penalty(tmp_path: Any) -> None:
         ({"policies": {"a": PolicyConfig(models=("m",)), "b": PolicyConfig(models=("m",))}}, "both policies"),
         ({"policies": {"a": PolicyConfig(), "b": PolicyConfig(models=("a",))}}, "both policies"),
         ({"policies": {"a b": PolicyConfig()}}, "policy name"),
-        ({"policies": {"a": PolicyConfig(lora_rank=0)}}, r"lora_rank"),
-        ({"policies": {"a": PolicyConfig(learning_rate=0.0)}}, r"learning_rate"),
-        ({"policies": {"a": PolicyConfig(agent_match="(")}}, r"agent_match"),
-        ({"policies": {"a": PolicyConfig(reward_key="")}}, r"reward_key"),
         ({"policies": {"a": PolicyConfig(models=("",))}}, r"empty name"),
         ({"policies": {"a": PolicyConfig()}, "agent_match": "x"}, "agent_match cannot be combined"),
         ({"policies": {"a": PolicyConfig()}, "model_aliases": ("x",)}, "model_aliases cannot"),
@@ -94,7 +99,22 @@ def test_several_policies_take_a_kl_penalty(tmp_path: Any) -> None:
 )
 def test_bad_policies_are_refused_naming_the_field(tmp_path: Any, fields: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        _config(tmp_path, **fields).validate()
+        _config(tmp_path, **fields)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"lora_rank": 0}, r"PolicyConfig\.lora_rank must be >= 1"),
+        ({"learning_rate": 0.0}, r"PolicyConfig\.learning_rate must be > 0"),
+        ({"agent_match": "("}, r"PolicyConfig\.agent_match is not a valid regular expression"),
+        ({"reward_key": ""}, r"PolicyConfig\.reward_key"),
+        ({"modles": ("a",)}, r"PolicyConfig has no setting 'modles': did you mean 'models'\?"),
+    ],
+)
+def test_a_bad_policy_field_is_refused_when_the_policy_is_built(fields: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        PolicyConfig(**fields)
 
 
 def test_command_line_sets_policies_and_refuses_unknown_fields(tmp_path: Any) -> None:

@@ -53,7 +53,9 @@ class _SubmitDoesTheWork:
         return _Done(type("Optim", (), {"metrics": {"loss": 1.0}})())
 
 
-async def _fake_group_datums(groups: Any, config: Any, *, kl_reference: Any) -> GroupDatums:
+async def _fake_group_datums(
+    groups: Any, config: Any, *, kl_reference: Any, session_start: int
+) -> GroupDatums:
     n = len(groups)
     return GroupDatums(
         valid=[object()] * n,

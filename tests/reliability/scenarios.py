@@ -19,9 +19,9 @@ import_agentlightning()  # as the agl-tinker commands do: seconds less per proce
 
 import agentlightning as agl
 
+from agl_tinker import algorithm as algo
 from agl_tinker.examples.clients import openai_client
 from agl_tinker.examples.hello.agent import hello_dataset, prompt_for, score
-from agl_tinker.loop import algo
 from agl_tinker.loop.config import TrainConfig
 
 

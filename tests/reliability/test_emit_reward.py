@@ -16,9 +16,9 @@ import agentlightning as agl
 import pytest
 from agentlightning.utils.otlp import LightningStoreOTLPExporter
 
+from agl_tinker import algorithm as algo
 from agl_tinker.examples.clients import openai_client
 from agl_tinker.examples.hello.agent import hello_dataset, prompt_for, score
-from agl_tinker.loop import algo
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.train import TrainResult
 from agl_tinker.runners.tracing import exporter_endpoint

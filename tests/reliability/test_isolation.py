@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from agentlightning.store.memory import InMemoryLightningStore
 
-from agl_tinker.loop import algo
+from agl_tinker.algorithm import LeanServerStrategy
 from agl_tinker.net import free_port
+from agl_tinker.runners.store_wait import StoreOfAnotherRun, wait_for_store
 from agl_tinker.store_server import LeanStoreServer
 
 HERE = Path(__file__).parent
@@ -26,10 +27,10 @@ HERE = Path(__file__).parent
 
 def test_the_strategy_takes_a_free_port_and_a_run_id_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AGL_SERVER_PORT", raising=False)
-    a, b = algo.LeanServerStrategy(n_runners=1), algo.LeanServerStrategy(n_runners=1)
+    a, b = LeanServerStrategy(n_runners=1), LeanServerStrategy(n_runners=1)
     assert 4747 not in (a.server_port, b.server_port)
     assert a.run_id != b.run_id
-    assert algo.LeanServerStrategy(n_runners=1, server_port=5123).server_port == 5123
+    assert LeanServerStrategy(n_runners=1, server_port=5123).server_port == 5123
 
 
 async def test_a_runner_refuses_the_store_of_another_run() -> None:
@@ -38,9 +39,9 @@ async def test_a_runner_refuses_the_store_of_another_run() -> None:
     )
     await server.start()
     try:
-        assert await algo.wait_for_store(server.endpoint, timeout_s=30, run_id="a")
-        with pytest.raises(algo.StoreOfAnotherRun, match="belongs to another run"):
-            await algo.wait_for_store(server.endpoint, timeout_s=30, run_id="b")
+        assert await wait_for_store(server.endpoint, timeout_s=30, run_id="a")
+        with pytest.raises(StoreOfAnotherRun, match="belongs to another run"):
+            await wait_for_store(server.endpoint, timeout_s=30, run_id="b")
     finally:
         await server.stop()
 

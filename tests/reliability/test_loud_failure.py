@@ -10,8 +10,8 @@ import pytest
 from reliability_harness import always_raises, hello_config, run_hello
 
 from agl_tinker import cli
+from agl_tinker.algorithm import fit
 from agl_tinker.examples.hello.agent import hello_dataset
-from agl_tinker.loop.algo import fit
 from agl_tinker.loop.config import ConfigError
 from agl_tinker.loop.errors import NoTrainableRollouts
 
@@ -39,7 +39,7 @@ async def test_max_empty_steps_zero_never_stops(tmp_path: Path) -> None:
 
 def test_negative_max_empty_steps_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="max_empty_steps"):
-        hello_config(tmp_path, max_empty_steps=-1).validate()
+        hello_config(tmp_path, max_empty_steps=-1)
 
 
 def test_the_cli_exits_1_with_the_reason(

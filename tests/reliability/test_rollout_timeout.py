@@ -78,7 +78,7 @@ async def test_a_rollout_within_its_timeout_is_left_alone() -> None:
 
 @pytest.mark.slow
 def test_a_run_with_half_its_agents_hanging_finishes_and_trains_the_rest(tmp_path: Path) -> None:
-    """Through ``agl_tinker.loop.algo.fit`` with no batch timeout: only the rollout timeout ends the hung ones."""
+    """Through ``agl_tinker.algorithm.fit`` with no batch timeout: only the rollout timeout ends the hung ones."""
     out = _run_scenario("hang", tmp_path, timeout_s=240)
     (step,) = out["steps"]
     assert step["excluded/timeout"] == 4, step

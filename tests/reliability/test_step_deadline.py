@@ -12,7 +12,8 @@ from agentlightning.types import Rollout, RolloutConfig, Span
 from reliability_harness import half_hang, hello_config, memory_store, run_hello
 from tinker_cookbook.rl.train import AsyncConfig
 
-from agl_tinker.dispatch.batch import DEADLINE_METADATA_KEY, DispatchConfig, dispatch_batch
+from agl_tinker.dispatch.batch import dispatch_batch
+from agl_tinker.dispatch.types import DEADLINE_METADATA_KEY, DispatchConfig
 from agl_tinker.loop.batch_metrics import rollout_status
 from agl_tinker.loop.errors import StepStalled
 from agl_tinker.loop.training_run import STALL_GRACE_S

@@ -167,6 +167,7 @@ async def test_the_algorithm_stops_with_a_clear_error_when_the_store_dies(
     assert (tmp_path / "run" / "checkpoints.jsonl").read_text().strip()
 
 
+@pytest.mark.slow
 async def test_a_store_restarted_on_its_port_is_noticed_as_lost(tmp_path: Path) -> None:
     """The same port answers again at once, from a fresh store that knows neither the rollouts in
     flight nor the run's resources (in process, so the restart is quicker than any give-up)."""

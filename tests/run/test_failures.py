@@ -104,7 +104,7 @@ AGENT = textwrap.dedent(
     import sys
     import agentlightning as agl
     from agl_tinker import TrainConfig
-    from agl_tinker.loop.algo import fit
+    from agl_tinker.algorithm import fit
 
     async def broken(task, llm):
         raise ValueError("boom")

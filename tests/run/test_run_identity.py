@@ -178,10 +178,11 @@ def test_q20_games_go_under_the_temp_dir_not_the_current_directory() -> None:
     import tempfile
 
     from agl_tinker import cli
+    from agl_tinker.cli.main import COMMANDS
 
     for argv in (["q20", "dryrun"], ["q20", "evaluate"]):
         rest, key_values = cli.split_key_values(argv)
         args = cli.build_parser().parse_args(rest)
-        _, own = cli._COMMANDS[args.command](args).build(args, key_values)
+        _, own = COMMANDS[args.command](args).build(args, key_values)
         assert os.path.isabs(own.out) and own.out.startswith(tempfile.gettempdir()), own.out
         assert own.out.endswith(f"q20-{argv[1]}-{Path(own.out).parent.name.split('-', 2)[2]}/games.jsonl")

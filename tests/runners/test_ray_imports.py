@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 RAY_MODULES = {ROOT / "agl_tinker" / "runners" / name for name in ("ray_cluster.py", "ray_actor.py")}
 
@@ -35,6 +37,7 @@ def test_no_module_but_the_ray_runner_modules_imports_ray() -> None:
     assert all(_imports_ray(p) for p in RAY_MODULES), "the Ray modules must still be where Ray is imported"
 
 
+@pytest.mark.slow
 def test_importing_the_ray_runners_does_not_import_ray() -> None:
     """Ray is imported when a run connects to a cluster, not when the strategy is imported."""
     code = (

@@ -16,8 +16,8 @@ import agentlightning as agl
 import pytest
 from agentlightning.execution.base import ExecutionStrategy
 
+from agl_tinker.algorithm import fast_runner
 from agl_tinker.examples.hello.agent import hello_agent
-from agl_tinker.loop.algo import fast_runner
 from agl_tinker.runners.deadline import DeadlineRunner
 from agl_tinker.runners.ray_cluster import ClusterUnreachable, RayRunnerSettings, probe
 from agl_tinker.runners.ray_runners import runner_parts

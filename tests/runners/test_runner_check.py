@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from agentlightning.tracer.agentops import AgentOpsTracer
 
-from agl_tinker.loop import algo
-from agl_tinker.loop.algo import check_runner, fast_runner
+from agl_tinker.algorithm import check_runner, fast_runner
+from agl_tinker.algorithm import tinker_algorithm as algo
 
 
 @pytest.fixture

@@ -147,5 +147,5 @@ def test_validation_rollouts_go_to_their_own_file_and_metrics(tmp_path: Path) ->
 
 def test_a_negative_sample_is_refused_by_the_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="transcripts_per_step"):
-        TrainConfig(log_path=str(tmp_path), transcripts_per_step=-1).validate()
-    TrainConfig(log_path=str(tmp_path), transcripts_per_step=0).validate()  # 0: transcripts off
+        TrainConfig(log_path=str(tmp_path), transcripts_per_step=-1)
+    TrainConfig(log_path=str(tmp_path), transcripts_per_step=0)  # 0: transcripts off

@@ -15,8 +15,8 @@ from typing import Any
 
 import chz
 
+from agl_tinker.algorithm import fit
 from agl_tinker.examples.duet.agent import CHECKER, SPEAKER, duet_agent, duet_dataset
-from agl_tinker.loop.algo import fit
 from agl_tinker.loop.config import PolicyConfig, TrainConfig, bind_cookbook_types
 from agl_tinker.loop.train import TrainResult
 
@@ -69,9 +69,7 @@ def config_from_argv(argv: list[str], log_path: str | None = None) -> TrainConfi
     for name, policy in DEFAULTS["policies"].items():  # as sub-parameters, so argv may set one field
         for field_name in chz.chz_fields(policy):
             flat[f"policies.{name}.{field_name}"] = getattr(policy, field_name)
-    config = chz.Blueprint(TrainConfig).apply({"log_path": log_path, **flat}).make_from_argv(argv)
-    config.validate()
-    return config
+    return chz.Blueprint(TrainConfig).apply({"log_path": log_path, **flat}).make_from_argv(argv)
 
 
 def main(argv: list[str] | None = None) -> None:

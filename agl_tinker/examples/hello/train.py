@@ -12,17 +12,17 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import agentlightning as agl
 from agentlightning.execution.client_server import ClientServerExecutionStrategy
 from agentlightning.store.client_server import LightningStoreClient
 
+from agl_tinker.algorithm import fit
 from agl_tinker.examples.hello import presets
 from agl_tinker.examples.hello.agent import hello_agent, hello_dataset
 from agl_tinker.examples.hello.presets import default_log_path
-from agl_tinker.loop.algo import LeanServerStrategy, fast_runner, fit, interrupt_watch
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.report import summary_lines
 from agl_tinker.loop.train import TrainResult, train
+from agl_tinker.runners.split import RunnersStopped, run_split_runners
 
 __all__ = ["default_log_path", "hello_config", "print_summary", "run_algo", "run_one_click", "run_runners"]
 
@@ -77,21 +77,12 @@ def run_algo(
     return asyncio.run(run())
 
 
-def run_runners(store_url: str, n_runners: int) -> None:
-    """Runner processes that execute the Hello agent for whatever algorithm feeds ``store_url``."""
-    host_port = store_url.split("://", 1)[-1].rstrip("/")
-    host, _, port = host_port.partition(":")
-    trainer = agl.Trainer(
-        n_runners=n_runners,
-        runner=fast_runner(),
-        strategy=LeanServerStrategy(
-            role="runner", n_runners=n_runners, server_host=host, server_port=int(port or 4747)
-        ),
+def run_runners(store_url: str, n_runners: int, *, every: int = 20, verbose: bool = False) -> RunnersStopped:
+    """Runner processes that execute the Hello agent for whatever algorithm feeds ``store_url``,
+    saying their progress; returns why they stopped (see :mod:`agl_tinker.runners.split`)."""
+    return run_split_runners(
+        hello_agent, store_url, n_runners, "Hello 1024 runners", every=every, verbose=verbose
     )
-    with interrupt_watch() as interrupted:
-        trainer.fit(hello_agent)
-    if interrupted:  # Agent-lightning stopped the runner processes and swallowed the Ctrl-C
-        raise KeyboardInterrupt
 
 
 def print_summary(result: TrainResult) -> None:

@@ -14,13 +14,13 @@ from typing import Any
 
 from agentlightning.store.memory import InMemoryLightningStore
 
+from agl_tinker.algorithm import fit
 from agl_tinker.backend import backend_name, get_tokenizer, service_client
 from agl_tinker.endpoint.start import EndpointConfig, start_endpoint
 from agl_tinker.examples.q20 import presets
 from agl_tinker.examples.q20.agent import Q20Task, q20_agent
 from agl_tinker.examples.q20.evaluate import GameProgress, Summary, evaluate, load_dataset
 from agl_tinker.examples.q20.presets import MODEL, default_log_path
-from agl_tinker.loop.algo import fit
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.report import summary_lines
 from agl_tinker.loop.train import TrainResult

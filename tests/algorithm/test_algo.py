@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from agentlightning.store.memory import InMemoryLightningStore
 
-from agl_tinker.loop import algo
+from agl_tinker.algorithm import tinker_algorithm as algo
 from agl_tinker.loop.config import TrainConfig
+from agl_tinker.runners.store_wait import wait_for_store
 from agl_tinker.store_server import LeanStoreServer
 
 
@@ -58,7 +59,7 @@ async def test_runners_wait_for_the_store_that_starts_after_them() -> None:
 
     starter = asyncio.create_task(start_later())
     try:
-        assert await algo.wait_for_store(f"http://127.0.0.1:{port}", timeout_s=30)
+        assert await wait_for_store(f"http://127.0.0.1:{port}", timeout_s=30)
         assert server.endpoint == f"http://127.0.0.1:{port}"
     finally:
         await starter
@@ -67,11 +68,11 @@ async def test_runners_wait_for_the_store_that_starts_after_them() -> None:
 
 async def test_waiting_for_a_store_gives_up_at_the_timeout_or_when_told_to_stop() -> None:
     endpoint = f"http://127.0.0.1:{_unused_port()}"  # nothing listens there
-    assert not await algo.wait_for_store(endpoint, timeout_s=0.3)
+    assert not await wait_for_store(endpoint, timeout_s=0.3)
     stop = threading.Event()
     stop.set()
     t = time.monotonic()
-    assert not await algo.wait_for_store(endpoint, stop, timeout_s=30)
+    assert not await wait_for_store(endpoint, stop, timeout_s=30)
     assert time.monotonic() - t < 1.0
 
 
@@ -89,3 +90,15 @@ def test_a_dataset_path_reaches_the_loop_as_a_path(monkeypatch: pytest.MonkeyPat
     asyncio.run(algorithm.run(path, (t for t in [{"identity": "b"}])))
     assert seen["train_tasks"] is path  # list(path) would fail, list(str) would be characters
     assert seen["val_tasks"] == [{"identity": "b"}]
+
+
+def test_the_old_import_path_gives_the_moved_names_with_a_warning() -> None:
+    import agl_tinker.algorithm
+    from agl_tinker.loop import algo as old
+
+    with pytest.warns(DeprecationWarning, match="import it from agl_tinker.algorithm"):
+        assert old.fit is agl_tinker.algorithm.fit
+    with pytest.warns(DeprecationWarning):
+        assert old.fast_runner is agl_tinker.algorithm.fast_runner
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = old.nothing
