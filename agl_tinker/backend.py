@@ -116,7 +116,11 @@ def _live_capabilities() -> Any:
     probe(url, deadline, what="Tinker", hint=hint)
 
     def ask() -> Any:
-        return tinker.RestClient().get_server_capabilities().result(timeout=deadline.left())
+        # The URL just probed, named: the SDK shares one REST holder per (base_url, api_key) for the
+        # process, so a client built from the environment alone would keep asking the first URL
+        # this process ever asked, after TINKER_BASE_URL changed (a test, a notebook).
+        rest = tinker.RestClient(base_url=url, api_key=os.environ.get("TINKER_API_KEY"))
+        return rest.get_server_capabilities().result(timeout=deadline.left())
 
     try:
         return within(

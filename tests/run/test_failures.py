@@ -46,6 +46,12 @@ def test_the_progress_line_says_how_many_were_excluded_and_why() -> None:
 
 @pytest.fixture
 def agent_logger() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger with the summary filter, in a process that is not verbose: the root logger at
+    WARNING, whatever level an earlier test in this process left it at (at INFO, as after a ``-v``
+    command, every traceback is shown by design)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
     logger = logging.getLogger("test.agent_errors")
     console = io.StringIO()
     handler = logging.StreamHandler(console)
@@ -56,6 +62,7 @@ def agent_logger() -> Iterator[tuple[logging.Logger, io.StringIO]]:
     yield logger, console
     logger.removeFilter(summary)
     logger.removeHandler(handler)
+    root.setLevel(level)
 
 
 def test_each_distinct_agent_error_is_shown_once_and_the_rest_go_to_the_run_log(
