@@ -79,7 +79,7 @@ from agentlightning.types import EnqueueRolloutRequest, Rollout, Span
 from agl_tinker.dispatch.batch import dispatch_batch
 from agl_tinker.dispatch.types import DispatchConfig, WaitStrategy
 from agl_tinker.runners.store_wait import wait_for_store
-from agl_tinker.store_server import serve_store
+from agl_tinker.split_store import serve_store
 
 BATCH_SIZE, GROUP_SIZE, N_BATCHES, N_RUNNERS = 8, 4, 6, 32
 WORK_S = (0.05, 0.3)

@@ -6,7 +6,7 @@ and 1024 idle runners (``1024x0``: nothing enqueued, every runner polls the empt
 
 Processes (2 shared cores here, so everyone competes for them, as on a one-machine deployment):
 
-* the store: ``agl-tinker store``'s server (:func:`agl_tinker.store_server.serve_store`);
+* the store: ``agl-tinker store``'s server (:func:`agl_tinker.split_store.serve_store`);
 * the endpoint: the lean policy endpoint over an instant sampler (no model cost: the answer is
   pre-tokenized), recording every call's span into the store over HTTP, as a split deployment does
   (in one-command and Ray modes it writes in-process, which costs the store less);
@@ -88,7 +88,7 @@ def _run(main: Any) -> None:
 
 def _store_main(port: int) -> None:
     _quiet()
-    from agl_tinker.store_server import serve_store
+    from agl_tinker.split_store import serve_store
 
     _run(serve_store("127.0.0.1", port))
 
