@@ -23,6 +23,7 @@ from tokenizer_corpus import CHATML, corpus
 from fakes.lineup import (
     CATALOG,
     DEEPSEEK_V4_1,
+    HARMONY,
     HYBRID,
     INSTRUCT,
     LLAMA3,
@@ -42,6 +43,7 @@ RENDERERS = {
     QWEN3_5: {"qwen3_5", "qwen3_8_xhigh_reasoning"},
     DEEPSEEK_V4_1: {"deepseekv4_1"},
     LLAMA3: {"llama3"},
+    HARMONY: {"gpt_oss_no_sysprompt", "gpt_oss_medium_reasoning"},
 }
 ONE_PER_FORMAT = {m.chat_format: name for name, m in reversed(CATALOG.items())}
 """One served model per chat format; the tool tests skip Llama 3's (its renderer declares no tools)."""
@@ -109,8 +111,8 @@ def test_name_variants_resolve_to_their_base_model(variant: str) -> None:
 
 
 def test_an_unserved_model_is_a_bad_request_naming_the_served_families() -> None:
-    with pytest.raises(tinker.BadRequestError, match=r"serves Qwen3.*Llama 3.*not 'openai/gpt-oss-20b'"):
-        ServiceClient().create_lora_training_client("openai/gpt-oss-20b", rank=2).result()
+    with pytest.raises(tinker.BadRequestError, match=r"serves Qwen3.*gpt-oss.*not 'moonshotai/Kimi-K2.6'"):
+        ServiceClient().create_lora_training_client("moonshotai/Kimi-K2.6", rank=2).result()
 
 
 @pytest.mark.parametrize("model_name", ["Qwen/Qwen3-8B", "Qwen/Qwen3.5-9B"])
