@@ -2,7 +2,8 @@
 
 For a prompt (everything before an assistant turn's content), the prior proposes behaviours;
 each becomes one token row per answer prefix of the model's chat format (``prefix + text +
-end-of-turn``, e.g. ``<|im_end|>``), plus, when drift is on, rows that split one token into two (same text,
+end-of-turn``, e.g. ``<|im_end|>``; a plain answer's text opens with the format's answer channel, a
+tool call's ends with its tool-call end where it has one, e.g. harmony's ``<|call|>``), plus, when drift is on, rows that split one token into two (same text,
 non-canonical tokens). Rows are what the
 policy mixes over; the prompt's hashed features and each behaviour's hashed features are
 what the trainable parameters read. Building this is the costly part, so it is cached.
@@ -105,11 +106,17 @@ def build_candidate_set(
     prompt: np.ndarray, vocab: Vocab, chat_format: ChatFormat, drift: float
 ) -> CandidateSet:
     conversation = Conversation.parse(
-        vocab.decode(prompt.tolist()), chat_format.turn, chat_format.end_of_turn, chat_format.tools
+        vocab.decode(prompt.tolist()),
+        chat_format.turn,
+        chat_format.end_of_turn,
+        chat_format.tools,
+        chat_format.roles,
     )
     behaviours = load_prior().behaviours(conversation, tool_call=chat_format.tool_call)
     stop = vocab.single(chat_format.end_of_turn)
-    encoded = _prefixed_rows([b.text for b in behaviours], vocab, chat_format)
+    call_stop = vocab.single(chat_format.tool_call_end) if chat_format.tool_call_end else stop
+    texts = [b.text if b.calls_tool else chat_format.answer_channel + b.text for b in behaviours]
+    encoded = _prefixed_rows(texts, vocab, chat_format)
     rows: list[tuple[int, ...]] = []
     prior: list[float] = []
     owner: list[int] = []
@@ -117,7 +124,7 @@ def build_candidate_set(
         for ids in prefixed:
             # A prompt starts at most one prefix: the variants never compete, so each keeps the
             # behaviour's whole prior (their shares would cancel in the trie's normaliser anyway).
-            canonical = (*ids, stop)
+            canonical = (*ids, call_stop if behaviour.calls_tool else stop)
             variants = _drift_variants(canonical, vocab) if drift > 0 else []
             shares = [(canonical, 1.0 - drift if variants else 1.0)]
             shares += [(v, drift / len(variants)) for v in variants]
