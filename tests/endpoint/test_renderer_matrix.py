@@ -20,7 +20,8 @@ from agl_tinker.endpoint.start import EndpointConfig, start_endpoint
 from fakes.lineup import CATALOG
 
 FAMILIES = {m.chat_format.name: name for name, m in reversed(CATALOG.items())}
-"""One served model per chat format: qwen3_instruct, qwen3 (hybrid thinking), qwen3_5, deepseekv4_1, llama3."""
+"""One served model per chat format: qwen3_instruct, qwen3 (hybrid thinking), qwen3_5, deepseekv4_1, llama3,
+gpt_oss (harmony)."""
 TOOL_FAMILIES = sorted(m.chat_format.name for m in CATALOG.values() if m.chat_format.tool_call != "none")
 """The families whose renderer has tool calls (the cookbook's Llama 3 renderer has none)."""
 
@@ -90,8 +91,11 @@ async def test_multi_turn_is_one_sequence_with_tito_and_drift_is_reported_withou
 ) -> None:
     turns = [{"user": "Let's talk. Say you are Bob."}] + [{"user": f"Turn {i}: go on."} for i in range(3)]
     alignment, answers = await _episode(FAMILIES[family], tito, drift=1.0, turns=turns)
-    # Thinking families' (empty) think blocks are parsed out of the answer, not shown as text.
-    assert all(a.content and "think>" not in a.content for a in answers), [a.content for a in answers]
+    # Thinking families' (empty) think blocks and harmony's channel headers are parsed out of the
+    # answer, not shown as text.
+    assert all(a.content and "think>" not in a.content and "<|" not in a.content for a in answers), [
+        a.content for a in answers
+    ]
     if tito:
         assert len(alignment.sequences) == 1 and not alignment.drift
     else:
