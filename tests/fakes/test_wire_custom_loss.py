@@ -14,13 +14,12 @@ import tinker
 import torch
 from tinker import types
 from tinker.lib.public_interfaces.custom_loss import encode_graph, trace_loss
+from wire_clients import MODEL, sft_datum
 
 from fakes.tinker import ServiceClient, SimConfig
 from fakes.tinker.custom_losses import CustomLoss, CustomLosses
-from fakes.tokenizer import load_tokenizer
 from fakes.wire import RunningWireServer, start_in_thread
 
-MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 RANKS: dict[str, types.CustomLossInputRank] = {"logprobs": 1, "weights": 1}
 
 
@@ -30,14 +29,7 @@ def neg_ll(logprobs, weights):  # type: ignore[no-untyped-def]
 
 
 def _datum(text: str) -> types.Datum:
-    tokens = load_tokenizer(MODEL).encode(text)
-    return types.Datum(
-        model_input=types.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={
-            "target_tokens": np.array(tokens[1:]),
-            "weights": np.ones(len(tokens) - 1, dtype=np.float32),
-        },
-    )
+    return sft_datum(text, weights=True)
 
 
 def _graph(fn, ranks=RANKS) -> tuple[tuple[types.CustomLossInput, ...], types.CustomLossGraph]:  # type: ignore[no-untyped-def]
