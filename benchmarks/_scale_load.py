@@ -70,6 +70,7 @@ class Load:
         model: str,
         model_ttft_s: float = 0.0,
         model_token_s: float = 0.0,
+        model_tokens: int | None = None,
         fetch_resources_each_rollout: bool = False,
     ) -> None:
         self.api = store_url + "/v1/agl"
@@ -80,6 +81,7 @@ class Load:
         self.seconds = seconds
         self.model_ttft_s = model_ttft_s
         self.model_token_s = model_token_s
+        self.model_tokens = model_tokens  # tokens each call is charged for; None: the answer's own
         self.fetch_resources_each_rollout = fetch_resources_each_rollout
         self.chat = json.dumps(
             {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16}
@@ -202,7 +204,7 @@ class Load:
         if not ok:
             self._error("chat")
         elif self.model_ttft_s or self.model_token_s:
-            tokens = json.loads(data)["usage"]["completion_tokens"]
+            tokens = self.model_tokens or json.loads(data)["usage"]["completion_tokens"]
             model_s = self.model_ttft_s + self.model_token_s * tokens
             if self.measuring:
                 self.stats["model_s"].append(model_s)

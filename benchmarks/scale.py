@@ -38,7 +38,8 @@ costs the ceilings follow from, whatever the machine's load: ``store_cpu_ms_per_
 
 ``AGL_BENCH_LEVELS=1024x16`` runs chosen levels only; ``AGL_BENCH_PROFILE_DIR=DIR`` also records
 the store and the endpoint with ``py-spy`` (collapsed stacks, one file per process and level);
-``AGL_BENCH_UVLOOP=1`` runs both servers' event loops on uvloop.
+``AGL_BENCH_UVLOOP=1`` runs both servers' event loops on uvloop; ``AGL_BENCH_MODEL_TOKENS=N``
+charges each offered call's model time for N tokens instead of the answer's own (~10).
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def parse_level(level: str) -> tuple[int, int, bool]:
 LEVELS = [parse_level(level) for level in os.environ.get("AGL_BENCH_LEVELS", DEFAULT_LEVELS).split(",")]
 PROFILE_DIR = os.environ.get("AGL_BENCH_PROFILE_DIR")  # py-spy profiles of the store and the endpoint
 SECONDS = float(os.environ.get("AGL_BENCH_SECONDS", "8"))
+# tokens each offered call's model time is charged for (default: the instant answer's own, ~10: ~1.1 s)
+MODEL_TOKENS = int(os.environ["AGL_BENCH_MODEL_TOKENS"]) if "AGL_BENCH_MODEL_TOKENS" in os.environ else None
 START_TIMEOUT_S = 180.0
 
 
@@ -208,7 +211,9 @@ def _level(
     from async_training import COST_MODEL  # benchmarks/async_training.py: the model's time per call
 
     model = (COST_MODEL["sample_ttft_s"], COST_MODEL["sample_token_s"]) if offered else (0.0, 0.0)
-    load = Load(store_url, served["template"], served["resources"], n, calls, SECONDS, MODEL, *model)
+    load = Load(
+        store_url, served["template"], served["resources"], n, calls, SECONDS, MODEL, *model, MODEL_TOKENS
+    )
     out = ctx.Queue()
     child = ctx.Process(target=run_level, args=(load, {k: p.pid for k, p in procs.items()}, out))
     child.start()
