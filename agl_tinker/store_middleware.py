@@ -5,8 +5,7 @@ Agent-lightning 0.3.0's ``LightningStoreServer`` wraps every request in two Star
 body; ``_log_time``: a debug line per request). Each such layer runs the rest of the app in a new
 task behind a memory stream, which costs more CPU than the route and the store together.
 :func:`replace_slow_middleware` swaps them for :class:`StoreErrorsAsJson`: same behaviour (same 500
-body, same debug line on the same logger), no task per request; then
-:class:`~agl_tinker.store_priority.RunningRolloutsFirst` orders waiting requests.
+body, same debug line on the same logger), no task per request.
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ from agentlightning.store.client_server import API_V1_AGL_PREFIX, API_V1_PREFIX
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.responses import JSONResponse
-
-from agl_tinker.store_priority import RunningRolloutsFirst
 
 __all__ = ["StoreErrorsAsJson", "replace_slow_middleware"]
 
@@ -99,7 +96,7 @@ class StoreErrorsAsJson:
 
 def replace_slow_middleware(app: Any) -> bool:
     """Swap the stock server's two ``BaseHTTPMiddleware`` layers in ``app`` (its FastAPI app) for
-    :class:`StoreErrorsAsJson` then ``RunningRolloutsFirst``; ``False``, with a warning, if this
+    :class:`StoreErrorsAsJson`; ``False``, with a warning, if this
     Agent-lightning does not add them (the server then works unchanged, at the stock speed)."""
     if app is None:
         return False
@@ -115,7 +112,6 @@ def replace_slow_middleware(app: Any) -> bool:
         return False
     kept = [m for i, m in enumerate(stack) if i not in slots]
     kept.insert(slots[0], Middleware(StoreErrorsAsJson))
-    kept.insert(slots[0] + 1, Middleware(RunningRolloutsFirst))
     stack[:] = kept
     app.middleware_stack = None  # rebuilt from user_middleware on the first request
     return True

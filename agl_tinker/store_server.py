@@ -6,9 +6,8 @@ body; ``_log_time``: a debug line per request). Each such layer runs the rest of
 task behind a memory stream, which costs more CPU than the route and the store together, so while a
 batch of rollouts finishes every store call, the runners' own included, queues behind it.
 ``LeanStoreServer`` swaps the two layers for one plain ASGI middleware with the same behaviour (same
-500 body, same debug line on the same logger), followed by one that serves a running rollout's
-requests before idle runners' polls when requests wait (:mod:`agl_tinker.store_priority`);
-``benchmarks/dispatch.py`` measures what that does to the bridge overhead over HTTP. Routes, models, the store, the client and
+500 body, same debug line on the same logger); ``benchmarks/dispatch.py`` measures what that does to
+the bridge overhead over HTTP. Routes, models, the store, the client and
 everything else are Agent-lightning's own, so ``LightningStoreClient`` and ``agl`` runners talk to
 it unchanged. uvicorn also parses HTTP with ``httptools`` when it is installed (a dependency of
 this package).
@@ -74,8 +73,7 @@ _WATCH_TTL_S = 300.0  # an unfinished rollout's event watcher lapses after this;
 
 
 class LeanStoreServer(LightningStoreServer):
-    """``LightningStoreServer`` with :class:`StoreErrorsAsJson` (then
-    :class:`~agl_tinker.store_priority.RunningRolloutsFirst`) in place of its two slow middlewares.
+    """``LightningStoreServer`` with :class:`StoreErrorsAsJson` in place of its two slow middlewares.
 
     Takes ``LightningStoreServer``'s arguments, plus ``run_id``: the run this server belongs to,
     served at :data:`RUN_PATH` so that runners started for a run can check they reached its store.
