@@ -22,9 +22,10 @@ Processes (2 shared cores here, so everyone competes for them, as on a one-machi
 Per level, after a warm-up (until every slot has finished a rollout, at most 60 s), for
 ``AGL_BENCH_SECONDS`` (default 8): ``rollouts_per_s``, ``calls_per_s`` (finished in the window);
 ``dispatch_p50_ms``/``dispatch_p99_ms``: one rollout's store round trips as its runner sees them
-(dequeue + resources + reward + finish, summed), with its mean (the Little's-law figure: a p99
-near it says no request starves), its start (dequeue + resources) and finish (reward + finish)
-parts; ``store_req_*``: one store request, and ``store_by_kind``: rate, mean, p50, p99 per kind
+(dequeue + resources + reward + finish, summed), over the rollouts that started and finished in
+the window (none when rollouts outlast it: then read the parts), with its mean (the Little's-law figure: a p99
+near it says no request starves), its start (dequeue + resources, every one in the window) and
+finish (reward + finish) parts; ``store_req_*``: one store request, and ``store_by_kind``: rate, mean, p50, p99 per kind
 (``dequeue_empty``: a poll of an empty queue); ``store_requests_out_mean``: requests the store
 held on average (Little's L); ``runner_store_requests_per_rollout``;
 ``call_p50_ms``/``call_p99_ms``: one chat completion; ``errors`` (and ``error_kinds``): failed
@@ -240,6 +241,7 @@ def _level(
         # fairness: Little's law gives the mean; a p99 near it says nobody starves
         "dispatch_mean_ms": _mean(part["dispatch_ms"]),
         "dispatch_start_p50_ms": _pct(part["dispatch_start_ms"], 0.5),  # dequeue + resources
+        "dispatch_start_p99_ms": _pct(part["dispatch_start_ms"], 0.99),
         "dispatch_finish_p50_ms": _pct(part["dispatch_finish_ms"], 0.5),  # reward + finish
         "dispatch_finish_p99_ms": _pct(part["dispatch_finish_ms"], 0.99),
         "store_req_mean_ms": _mean(part["store_ms"]),

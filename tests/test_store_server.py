@@ -18,8 +18,9 @@ from agentlightning.types import EnqueueRolloutRequest
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from agl_tinker.cli import build_parser
-from agl_tinker.store_priority import RunningRolloutsFirst
-from agl_tinker.store_server import MAX_WAIT_ANY_S, WAIT_ANY_PATH, LeanStoreServer, StoreErrorsAsJson
+from agl_tinker.store_middleware import StoreErrorsAsJson, replace_slow_middleware
+from agl_tinker.store_routes import MAX_WAIT_ANY_S, WAIT_ANY_PATH
+from agl_tinker.store_server import LeanStoreServer
 from fakes.store import FaultyStore
 
 AGL = "/v1/agl"
@@ -64,14 +65,11 @@ def test_the_two_slow_middlewares_are_replaced_by_one_asgi_layer() -> None:
     assert server.app is not None
     stack = server.app.user_middleware
     assert not any(m.cls is BaseHTTPMiddleware for m in stack), stack
-    classes = [m.cls for m in stack]
-    assert classes.count(StoreErrorsAsJson) == 1 and classes.count(RunningRolloutsFirst) == 1
-    # polls after running rollouts' work, right inside the error layer
-    assert classes.index(RunningRolloutsFirst) == classes.index(StoreErrorsAsJson) + 1
+    assert [m.cls for m in stack].count(StoreErrorsAsJson) == 1
     # CORS (pure ASGI) stays where Agent-lightning put it: inside the error layer
     stock = LightningStoreServer(InMemoryLightningStore(), host="127.0.0.1", port=free_port())
     assert stock.app is not None
-    assert [m.cls for m in stack if m.cls not in (StoreErrorsAsJson, RunningRolloutsFirst)] == [
+    assert [m.cls for m in stack if m.cls is not StoreErrorsAsJson] == [
         m.cls for m in stock.app.user_middleware if m.cls is not BaseHTTPMiddleware
     ]
 
@@ -83,7 +81,7 @@ def test_an_agent_lightning_without_those_middlewares_is_served_unchanged(
     assert server.app is not None
     before = list(server.app.user_middleware)
     with caplog.at_level(logging.WARNING, logger="agl_tinker.store_server"):
-        assert server._replace_middleware() is False  # nothing left to replace
+        assert replace_slow_middleware(server.app) is False  # nothing left to replace
     assert server.app.user_middleware == before
     assert "serving it unchanged" in caplog.text
 
