@@ -142,6 +142,7 @@ def test_the_cookbook_rl_loop_samples_grades_and_trains(
     assert all(0.0 <= m["reward/total"] <= 1.0 for m in metrics)
 
 
+@pytest.mark.slow
 def test_the_sdks_documented_calls_one_by_one(live_env: str, tmp_path: Path) -> None:
     service = tinker.ServiceClient()  # base URL and key from the environment, as documented
     supported = {m.model_name for m in service.get_server_capabilities().supported_models}
