@@ -9,9 +9,11 @@ and ``calls_per_rollout`` chat completions against the endpoint (which records e
 into the store, as in split mode). With ``model_ttft_s``/``model_token_s`` each call also takes a
 model's time after it is answered (ttft + s per completion token): an offered load, not a closed
 loop of instant calls. An empty queue is polled every
-50 ms (``fast_runner()``'s default); ``calls_per_rollout=0`` is a level of idle runners that only
-poll. A feeder plays the algorithm's part on the store: it keeps each slot's next rollout queued
-(one enqueue request per top-up, as a step enqueues its batch), and a releaser forgets finished
+``poll_interval_for(in_flight)`` s, as ``fit()`` sets its runners (50 ms up to 25 runners, ~2 s
+for 1024), each slot starting at a random point of its first interval, as runners do (not all at
+once); ``calls_per_rollout=0`` is a level of idle runners that only poll. A feeder plays the
+algorithm's part on the store: it keeps each slot's next rollout queued (one enqueue request per
+top-up, as a step enqueues its batch), and a releaser forgets finished
 rollouts 10 s after they finished (the algorithm releases what it has read; late span writes
 still land).
 
@@ -27,11 +29,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import time
 from collections import deque
 from typing import Any
 
-POLL_S = 0.05  # fast_runner()'s poll interval
+from agl_tinker.algorithm import poll_interval_for
+
 ENQUEUE_BATCH = 64  # the feeder tops the queue up once this many are missing
 RELEASE_AFTER_S = 10.0
 MAX_WARMUP_S = 60.0
@@ -70,6 +74,7 @@ class Load:
         model: str,
         model_ttft_s: float = 0.0,
         model_token_s: float = 0.0,
+        model_tokens: int | None = None,
         fetch_resources_each_rollout: bool = False,
     ) -> None:
         self.api = store_url + "/v1/agl"
@@ -80,7 +85,9 @@ class Load:
         self.seconds = seconds
         self.model_ttft_s = model_ttft_s
         self.model_token_s = model_token_s
+        self.model_tokens = model_tokens  # tokens each call is charged for; None: the answer's own
         self.fetch_resources_each_rollout = fetch_resources_each_rollout
+        self.poll_s = poll_interval_for(in_flight)
         self.chat = json.dumps(
             {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16}
         ).encode()
@@ -145,11 +152,13 @@ class Load:
     async def _slot(self, http: Any, i: int, first: list[bool]) -> None:
         dequeue = json.dumps({"limit": 1, "worker_id": f"Worker-{i}"}).encode()
         known_resources: set[str] = set()  # this runner's resources cache
+        await asyncio.sleep(random.uniform(0, self.poll_s))  # ok: runners start out of phase
         while not self.stopping:
             t0 = time.perf_counter()
+            started_measured = self.measuring
             got = await self._post(http, "/queues/rollouts/dequeue", dequeue, "dequeue")
             if not got:
-                await asyncio.sleep(POLL_S)  # ok: fast_runner's poll of an empty queue
+                await asyncio.sleep(self.poll_s)  # ok: fast_runner's poll of an empty queue
                 continue
             rollout = got[0]
             rid, aid = rollout["rollout_id"], rollout["attempt"]["attempt_id"]
@@ -157,6 +166,8 @@ class Load:
                 await self._get(http, f"/resources/{rollout['resources_id']}", "resources")
                 known_resources.add(rollout["resources_id"])
             start = time.perf_counter() - t0
+            if self.measuring:
+                self.stats["dispatch_start_ms"].append(start * 1000)
             url = self.llm_template.replace("RID", rid).replace("AID", aid) + "/chat/completions"
             for _ in range(self.calls):
                 await self._call(http, url)
@@ -185,9 +196,9 @@ class Load:
                 self.started += 1
             if self.measuring:  # finished inside the window
                 self.stats["rollouts"] += 1
-                self.stats["dispatch_ms"].append((start + finish) * 1000)
-                self.stats["dispatch_start_ms"].append(start * 1000)
                 self.stats["dispatch_finish_ms"].append(finish * 1000)
+                if started_measured:  # the whole rollout inside the window
+                    self.stats["dispatch_ms"].append((start + finish) * 1000)
 
     async def _call(self, http: Any, url: str) -> None:
         """One chat completion; then the model's time for it, when the load models one."""
@@ -202,7 +213,7 @@ class Load:
         if not ok:
             self._error("chat")
         elif self.model_ttft_s or self.model_token_s:
-            tokens = json.loads(data)["usage"]["completion_tokens"]
+            tokens = self.model_tokens or json.loads(data)["usage"]["completion_tokens"]
             model_s = self.model_ttft_s + self.model_token_s * tokens
             if self.measuring:
                 self.stats["model_s"].append(model_s)

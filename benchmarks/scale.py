@@ -22,9 +22,10 @@ Processes (2 shared cores here, so everyone competes for them, as on a one-machi
 Per level, after a warm-up (until every slot has finished a rollout, at most 60 s), for
 ``AGL_BENCH_SECONDS`` (default 8): ``rollouts_per_s``, ``calls_per_s`` (finished in the window);
 ``dispatch_p50_ms``/``dispatch_p99_ms``: one rollout's store round trips as its runner sees them
-(dequeue + resources + reward + finish, summed), with its mean (the Little's-law figure: a p99
-near it says no request starves), its start (dequeue + resources) and finish (reward + finish)
-parts; ``store_req_*``: one store request, and ``store_by_kind``: rate, mean, p50, p99 per kind
+(dequeue + resources + reward + finish, summed), over the rollouts that started and finished in
+the window (none when rollouts outlast it: then read the parts), with its mean (the Little's-law figure: a p99
+near it says no request starves), its start (dequeue + resources, every one in the window) and
+finish (reward + finish) parts; ``store_req_*``: one store request, and ``store_by_kind``: rate, mean, p50, p99 per kind
 (``dequeue_empty``: a poll of an empty queue); ``store_requests_out_mean``: requests the store
 held on average (Little's L); ``runner_store_requests_per_rollout``;
 ``call_p50_ms``/``call_p99_ms``: one chat completion; ``errors`` (and ``error_kinds``): failed
@@ -38,7 +39,8 @@ costs the ceilings follow from, whatever the machine's load: ``store_cpu_ms_per_
 
 ``AGL_BENCH_LEVELS=1024x16`` runs chosen levels only; ``AGL_BENCH_PROFILE_DIR=DIR`` also records
 the store and the endpoint with ``py-spy`` (collapsed stacks, one file per process and level);
-``AGL_BENCH_UVLOOP=1`` runs both servers' event loops on uvloop.
+``AGL_BENCH_UVLOOP=1`` runs both servers' event loops on uvloop; ``AGL_BENCH_MODEL_TOKENS=N``
+charges each offered call's model time for N tokens instead of the answer's own (~10).
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ def parse_level(level: str) -> tuple[int, int, bool]:
 LEVELS = [parse_level(level) for level in os.environ.get("AGL_BENCH_LEVELS", DEFAULT_LEVELS).split(",")]
 PROFILE_DIR = os.environ.get("AGL_BENCH_PROFILE_DIR")  # py-spy profiles of the store and the endpoint
 SECONDS = float(os.environ.get("AGL_BENCH_SECONDS", "8"))
+# tokens each offered call's model time is charged for (default: the instant answer's own, ~10: ~1.1 s)
+MODEL_TOKENS = int(os.environ["AGL_BENCH_MODEL_TOKENS"]) if "AGL_BENCH_MODEL_TOKENS" in os.environ else None
 START_TIMEOUT_S = 180.0
 
 
@@ -208,7 +212,9 @@ def _level(
     from async_training import COST_MODEL  # benchmarks/async_training.py: the model's time per call
 
     model = (COST_MODEL["sample_ttft_s"], COST_MODEL["sample_token_s"]) if offered else (0.0, 0.0)
-    load = Load(store_url, served["template"], served["resources"], n, calls, SECONDS, MODEL, *model)
+    load = Load(
+        store_url, served["template"], served["resources"], n, calls, SECONDS, MODEL, *model, MODEL_TOKENS
+    )
     out = ctx.Queue()
     child = ctx.Process(target=run_level, args=(load, {k: p.pid for k, p in procs.items()}, out))
     child.start()
@@ -235,6 +241,7 @@ def _level(
         # fairness: Little's law gives the mean; a p99 near it says nobody starves
         "dispatch_mean_ms": _mean(part["dispatch_ms"]),
         "dispatch_start_p50_ms": _pct(part["dispatch_start_ms"], 0.5),  # dequeue + resources
+        "dispatch_start_p99_ms": _pct(part["dispatch_start_ms"], 0.99),
         "dispatch_finish_p50_ms": _pct(part["dispatch_finish_ms"], 0.5),  # reward + finish
         "dispatch_finish_p99_ms": _pct(part["dispatch_finish_ms"], 0.99),
         "store_req_mean_ms": _mean(part["store_ms"]),

@@ -160,6 +160,8 @@ class CustomLoss:
     name: str
     inputs: tuple[types.CustomLossInput, ...]
     nodes: tuple[types.CustomLossNode, ...]
+    functions: Mapping[str, Any]
+    """The allowed callable of each ``call_function`` node, by node name."""
 
     @classmethod
     def build(
@@ -190,17 +192,18 @@ class CustomLoss:
         ):
             raise _refuse(name, "the graph must end with its one output node")
         seen: set[str] = set()
+        functions: dict[str, Any] = {}
         for node in graph.nodes:
             if node.name in seen:
                 raise _refuse(name, f"defines {node.name!r} twice")
             seen.add(node.name)
             if node.op == "call_function":
-                _resolve(name, node.target)
+                functions[node.name] = _resolve(name, node.target)
             elif node.op == "call_method" and node.target not in _allowed_methods():
                 raise _refuse(name, f"calls method {node.target!r}, which is not an allowed tensor method")
             elif node.op in ("get_attr", "call_module"):
                 raise _refuse(name, f"has a {node.op} node; a custom loss reads only its inputs")
-        loss = cls(loss_id, session_id, name, tuple(inputs), tuple(graph.nodes))
+        loss = cls(loss_id, session_id, name, tuple(inputs), tuple(graph.nodes), functions)
         loss._run_nodes([torch.zeros(1) for _ in inputs], dry=True)
         return loss
 
@@ -231,7 +234,7 @@ class CustomLoss:
                     raise _refuse(self.name, "reads a private or computed attribute")
                 env.values[node.name] = getattr(args[0], args[1])
             else:
-                env.values[node.name] = _resolve(self.name, node.target)(*args, **kwargs)
+                env.values[node.name] = self.functions[node.name](*args, **kwargs)
         raise _refuse(self.name, "the graph has no output")  # unreachable after build's checks
 
     def _output(self, output: Any) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -139,7 +140,7 @@ def _descriptor(uuid: int, name: str, parent: int | None = None) -> Any:
 class TraceRoutes:
     """``GET sessions/{id}/trace_export`` (ready at once) and the signed ``.pftrace`` download."""
 
-    def __init__(self, timeline: Timeline, signer: Signer, known: Any) -> None:
+    def __init__(self, timeline: Timeline, signer: Signer, known: Callable[[str], bool]) -> None:
         """``known(session_id)``: whether the service has (or had) the session."""
         self.timeline = timeline
         self._signer = signer

@@ -142,6 +142,7 @@ def test_the_cookbook_rl_loop_samples_grades_and_trains(
     assert all(0.0 <= m["reward/total"] <= 1.0 for m in metrics)
 
 
+@pytest.mark.slow
 def test_the_sdks_documented_calls_one_by_one(live_env: str, tmp_path: Path) -> None:
     service = tinker.ServiceClient()  # base URL and key from the environment, as documented
     supported = {m.model_name for m in service.get_server_capabilities().supported_models}
@@ -170,6 +171,19 @@ def test_the_sdks_documented_calls_one_by_one(live_env: str, tmp_path: Path) -> 
 
     custom = training.forward_backward_custom([datum], neg_ll).result()
     assert custom.metrics["neg_ll"] > 0
+
+    def traced_neg_ll(
+        logprobs: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = -(logprobs * weights).sum()
+        return loss, {"custom/neg_ll:sum": loss}
+
+    # the documented create_custom_loss example; with the served default config it runs client-side
+    handle = service.create_custom_loss(traced_neg_ll, input_ranks={"logprobs": 1, "weights": 1}).result()
+    traced = training.forward_backward_custom([datum], handle).result()
+    assert handle.loss_id is None and traced.metrics["custom/neg_ll:sum"] == pytest.approx(
+        custom.metrics["neg_ll"]
+    )
     training.optim_step(types.AdamParams(learning_rate=1e-2)).result()
     after = training.forward([datum], "cross_entropy").result().loss_fn_outputs[0]["logprobs"].to_numpy()
     assert after.sum() > before.sum()

@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 import tinker
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tinker import types
 from tinker.lib.public_interfaces.custom_loss import encode_graph, trace_loss
+from wire_clients import MODEL, sft_datum
 
 from fakes.tinker import ServiceClient, SimConfig
 from fakes.tinker.custom_losses import CustomLoss, CustomLosses
-from fakes.tokenizer import load_tokenizer
 from fakes.wire import RunningWireServer, start_in_thread
 
-MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 RANKS: dict[str, types.CustomLossInputRank] = {"logprobs": 1, "weights": 1}
 
 
@@ -30,14 +31,7 @@ def neg_ll(logprobs, weights):  # type: ignore[no-untyped-def]
 
 
 def _datum(text: str) -> types.Datum:
-    tokens = load_tokenizer(MODEL).encode(text)
-    return types.Datum(
-        model_input=types.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={
-            "target_tokens": np.array(tokens[1:]),
-            "weights": np.ones(len(tokens) - 1, dtype=np.float32),
-        },
-    )
+    return sft_datum(text, weights=True)
 
 
 def _graph(fn, ranks=RANKS) -> tuple[tuple[types.CustomLossInput, ...], types.CustomLossGraph]:  # type: ignore[no-untyped-def]
@@ -84,6 +78,7 @@ def test_the_sdk_uploads_a_loss_and_trains_with_it_on_the_server(server: Running
         server.server.service.sim._runtime.custom_losses.get(session_id, {"loss_id": handle.loss_id})
 
 
+@pytest.mark.slow
 def test_the_in_process_simulator_runs_a_created_loss_like_the_callable(tmp_path: Path) -> None:
     warnings.simplefilter("ignore", FutureWarning)
     service = ServiceClient(root_dir=tmp_path)
@@ -157,7 +152,46 @@ def test_a_rebuilt_loss_matches_the_traced_function_with_metrics_reduced_by_suff
         shaped(lp, torch.tensor(d.loss_fn_inputs["weights"].data))
         for lp, d in zip(logprobs, data, strict=True)
     ]
-    assert float(total) == pytest.approx(sum(float(e[0]) for e in expected))
-    assert metrics == {"custom/size:sum": 4.0, "custom/l:mean": pytest.approx(float(total) / 2)}
+    assert total.item() == pytest.approx(sum(e[0].item() for e in expected))
+    assert metrics == {"custom/size:sum": 4.0, "custom/l:mean": pytest.approx(total.item() / 2)}
     total.backward()
     assert logprobs[0].grad is not None and torch.isfinite(logprobs[0].grad).all()
+
+
+def clipped_ratio(logprobs, sampled, advantages):  # type: ignore[no-untyped-def]
+    ratio = torch.exp(logprobs - sampled)
+    loss = -torch.minimum(ratio * advantages, torch.clamp(ratio, 0.8, 1.2) * advantages).sum()
+    return loss, {"custom/ratio:mean": ratio.mean()}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(-8, 0), st.floats(-8, 0), st.floats(-2, 2)), min_size=1, max_size=6),
+    st.sampled_from(["neg_ll", "clipped_ratio"]),
+)
+def test_a_rebuilt_loss_has_the_traced_functions_value_and_gradient(
+    rows: list[tuple[float, float, float]], which: str
+) -> None:
+    fn, names = {
+        "neg_ll": (neg_ll, ["weights"]),
+        "clipped_ratio": (clipped_ratio, ["sampled", "advantages"]),
+    }[which]
+    inputs, graph = _graph(fn, {"logprobs": 1, **{n: 1 for n in names}})
+    loss = CustomLoss.build("s:loss:0", "s", which, inputs, graph)
+    columns = [np.asarray(c, dtype=np.float32) for c in zip(*rows, strict=True)]
+    datum = types.Datum(
+        model_input=types.ModelInput.from_ints([1] * len(rows)),
+        loss_fn_inputs={
+            "target_tokens": np.zeros(len(rows), dtype=np.int64),
+            **{n: columns[1 + i] for i, n in enumerate(names)},
+        },
+    )
+    rebuilt_lp = torch.tensor(columns[0], requires_grad=True)
+    direct_lp = torch.tensor(columns[0], requires_grad=True)
+    rebuilt, _ = loss.batch_loss([datum], [rebuilt_lp])
+    direct, _ = fn(direct_lp, *(torch.tensor(columns[1 + i]) for i in range(len(names))))
+    rebuilt.backward()
+    direct.backward()
+    assert rebuilt.item() == pytest.approx(direct.item(), rel=1e-6, abs=1e-6)
+    assert rebuilt_lp.grad is not None and direct_lp.grad is not None
+    assert torch.allclose(rebuilt_lp.grad, direct_lp.grad)

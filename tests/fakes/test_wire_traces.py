@@ -4,9 +4,6 @@ export-trace`` get a signed URL of a Perfetto trace of the session's requests fr
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 import warnings
@@ -18,6 +15,7 @@ import pytest
 import tinker
 from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
 from tinker import types
+from wire_clients import tinker_cli
 
 from fakes.tinker import SimConfig
 from fakes.tokenizer import load_tokenizer
@@ -120,17 +118,8 @@ def test_the_rest_client_exports_a_trace_of_the_sessions_requests(
 def test_the_cli_exports_and_downloads_a_trace(
     server: RunningWireServer, session_id: str, tmp_path: Path
 ) -> None:
-    env = {**os.environ, "TINKER_BASE_URL": server.url, "TINKER_API_KEY": "tml-test"}
-
-    def cli(*argv: str) -> str:
-        run = subprocess.run(
-            [sys.executable, "-m", "tinker.cli", *argv], env=env, capture_output=True, text=True, timeout=300
-        )
-        assert run.returncode == 0, run.stdout + run.stderr
-        return run.stdout
-
     out = tmp_path / "t.pftrace"
-    cli("session", "export-trace", session_id, "--output", str(out))
+    tinker_cli(server.url, "session", "export-trace", session_id, "--output", str(out))
     assert "optim_step" in {name for name, *_ in _slices(out.read_bytes())[1]}
-    url = cli("session", "export-trace", session_id, "--url-only").strip()
+    url = tinker_cli(server.url, "session", "export-trace", session_id, "--url-only").strip()
     assert url.startswith(server.url) and "signature=" in url
