@@ -51,7 +51,10 @@ class ChatFormat:
     ``tool_call_end``: the token that closes a turn that calls a tool, where it is not
     ``end_of_turn`` (harmony's ``<|call|>``; "" when the same). ``roles``: (regex, role) pairs that
     rename a turn's role as read (harmony's ``developer`` is the system prompt, ``functions.NAME``
-    a tool's answer); a role no regex fully matches keeps its name.
+    a tool's answer); a role no regex fully matches keeps its name. ``reasoning``: a message of
+    its own the model may write before it answers (harmony's analysis channel), then opening the
+    answer with ``assistant_header`` as the next message, never twice in a turn; ``reasoning_share``:
+    the prior's share of that choice in a fresh turn ("" and 0.0 where the family has none).
     """
 
     name: str
@@ -66,6 +69,8 @@ class ChatFormat:
     answer_channel: str = ""
     tool_call_end: str = ""
     roles: tuple[tuple[str, str], ...] = ()
+    reasoning: str = ""
+    reasoning_share: float = 0.0
 
     @property
     def closing_tokens(self) -> tuple[str, ...]:
@@ -108,8 +113,9 @@ LLAMA3 = ChatFormat(
 )
 
 HARMONY = ChatFormat(
-    # The generation prompt ends with "<|start|>assistant"; the model names its channel. A sampled
-    # answer ends with <|return|>, which history rewrites to <|end|>; a tool call ends with <|call|>.
+    # The generation prompt ends with "<|start|>assistant"; the model names its channel: analysis
+    # first a quarter of the time (its own message), then final or a tool call. A sampled answer
+    # ends with <|return|>, which history rewrites to <|end|>; a tool call ends with <|call|>.
     "gpt_oss",
     ((),),
     tool_call="harmony",
@@ -124,6 +130,8 @@ HARMONY = ChatFormat(
     answer_channel="<|channel|>final<|message|>",
     tool_call_end="<|call|>",
     roles=(("developer", "system"), (r"functions\..*", "tool")),
+    reasoning="<|channel|>analysis<|message|>Let me think about what was asked.<|end|>",
+    reasoning_share=0.25,
 )
 
 

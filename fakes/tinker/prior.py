@@ -114,6 +114,16 @@ class Conversation:
                 return message.content
         return ""
 
+    @property
+    def continues_answer(self) -> bool:
+        """Whether the turn the prompt opens follows the assistant's own message (harmony writes
+        its analysis and its answer as two messages of one turn)."""
+        return (
+            len(self.messages) >= 2
+            and self.messages[-2].role == "assistant"
+            and not self.messages[-1].content
+        )
+
     def dialogue(self) -> list[Message]:
         return [m for m in self.messages if m.role != "system" and m.content]
 

@@ -16,7 +16,7 @@ import pytest
 import quicktok
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_llama3_tokenizer import CORPUS as SHARED_CORPUS
+from tokenizer_corpus import corpus
 
 from fakes.tokenizer import GPT_OSS, load_qwen_ranks, load_tokenizer, offline_vocabulary
 
@@ -31,7 +31,7 @@ HARMONY_CORPUS = [
     "Don't STOP: HTTPServer's camelCaseWords, I'M HERE; 12345678 a/b/c\r\n\r\n  x",
 ]
 """Harmony messages, tool declarations and o200k's case-aware word pieces, beside the shared corpus."""
-CORPUS = [*SHARED_CORPUS, *HARMONY_CORPUS]
+CORPUS = corpus(HARMONY_CORPUS)
 
 
 @functools.cache
