@@ -6,14 +6,16 @@ supervised helpers before anything bigger runs.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import tinker
 from tinker_cookbook import renderers
 from tinker_cookbook.supervised.common import datum_from_model_input_weights
 
-from agl_tinker.backend import get_tokenizer, service_client
+from agl_tinker.backend import close_service, get_tokenizer, service_client
 
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 DEFAULT_RENDERER = "qwen3_instruct"
@@ -48,9 +50,22 @@ def run_smoke(
     learning_rate: float = 5e-2,
     backend: str | None = None,
 ) -> SmokeResult:
-    """Sample a greeting, fine-tune toward a fixed answer for ``steps`` steps, sample again."""
+    """Sample a greeting, fine-tune toward a fixed answer for ``steps`` steps, sample again.
+    The service session it opens is closed before it returns (live, it would heartbeat on)."""
     start = time.perf_counter()
     service = service_client(backend)
+    try:
+        before, after, losses = _exercise(service, model, renderer_name, steps, learning_rate)
+    except BaseException:
+        asyncio.run(close_service(service, failed=True))
+        raise
+    asyncio.run(close_service(service))
+    return SmokeResult(before=before, after=after, losses=losses, seconds=time.perf_counter() - start)
+
+
+def _exercise(
+    service: Any, model: str, renderer_name: str, steps: int, learning_rate: float
+) -> tuple[str, str, list[float]]:
     trainer = service.create_lora_training_client(base_model=model, rank=8).result()
     renderer = renderers.get_renderer(renderer_name, get_tokenizer(model))
     question: list[renderers.Message] = [{"role": "user", "content": "Say you are Ada."}]
@@ -66,4 +81,4 @@ def run_smoke(
         trainer.optim_step(adam).result()
         losses.append(float(out.metrics["loss:sum"]))
     after = _sample(trainer.save_weights_and_get_sampling_client().result(), renderer, question, seed=0)
-    return SmokeResult(before=before, after=after, losses=losses, seconds=time.perf_counter() - start)
+    return before, after, losses

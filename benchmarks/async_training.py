@@ -33,7 +33,9 @@ the slowest rollout, so the async sampler delivers a batch faster than a sync sa
 run (1.0: the trainer never waits). Every overlapped mode gets ``<mode>_speedup_vs_sync`` and
 ``<mode>_step_over_bound`` the same way; its summary adds ``groups_discarded`` (stale groups requeued or
 dropped: sampling thrown away, summed over the run), ``staleness_group_mean`` (versions behind, per
-trained group) and ``reward_vs_sync`` (its final reward minus sync's). Top-level figures are the worst over
+trained group) and ``reward_vs_sync`` (its final reward minus sync's). ``speedup_at_bound`` is the
+speedup an overlapped mode would reach at ``step_over_bound == 1.0`` (the sync step over
+``max(sampling, training)``): when sampling is shorter than training, no overlap can beat it. Top-level figures are the worst over
 agents. ``detail`` has the per-seed numbers.
 """
 
@@ -230,6 +232,7 @@ def _summary(runs: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
     sync_bound = statistics.fmean(max(r["sampling_s_mean"], r["training_s_mean"]) for r in runs["sync"])
     summary["sync_sampling_s"] = round(statistics.fmean(r["sampling_s_mean"] for r in runs["sync"]), 3)
     summary["sync_training_s"] = round(statistics.fmean(r["training_s_mean"] for r in runs["sync"]), 3)
+    summary["speedup_at_bound"] = round(sync["step_s_mean"] / sync_bound, 3)
     for mode, mode_runs in runs.items():
         if mode == "sync":
             continue

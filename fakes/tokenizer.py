@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from fakes.vocabularies import (
     DEEPSEEK_V4,
     DEFAULT_MODEL_NAME,
+    GPT_OSS,
     LLAMA3,
     OFFLINE_MODEL_NAMES,
     QWEN3,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEEPSEEK_V4",
     "DEFAULT_MODEL_NAME",
+    "GPT_OSS",
     "LLAMA3",
     "OFFLINE_MODEL_NAMES",
     "QWEN3",

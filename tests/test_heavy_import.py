@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,3 +80,20 @@ def test_the_cheap_public_names_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(heavy_import, "import_agentlightning", lambda: calls.append("import"))
     assert agl_tinker.TrainConfig and agl_tinker.load_tasks
     assert calls == []
+
+
+class _Node:
+    """A reference cycle: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_freeze_survivors_frees_garbage_then_freezes_what_is_alive() -> None:
+    alive, dead = _Node(), _Node()
+    dead_ref = weakref.ref(dead)
+    del dead
+    heavy_import.freeze_survivors()
+    assert dead_ref() is None  # collected before the freeze, not kept
+    assert not any(o is alive for o in gc.get_objects())  # out of every generation the collector walks
+    assert alive.me is alive

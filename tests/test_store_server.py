@@ -18,7 +18,9 @@ from agentlightning.types import EnqueueRolloutRequest
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from agl_tinker.cli import build_parser
-from agl_tinker.store_server import MAX_WAIT_ANY_S, WAIT_ANY_PATH, LeanStoreServer, StoreErrorsAsJson
+from agl_tinker.store_middleware import StoreErrorsAsJson, replace_slow_middleware
+from agl_tinker.store_routes import MAX_WAIT_ANY_S, WAIT_ANY_PATH
+from agl_tinker.store_server import LeanStoreServer
 from fakes.store import FaultyStore
 
 AGL = "/v1/agl"
@@ -79,7 +81,7 @@ def test_an_agent_lightning_without_those_middlewares_is_served_unchanged(
     assert server.app is not None
     before = list(server.app.user_middleware)
     with caplog.at_level(logging.WARNING, logger="agl_tinker.store_server"):
-        assert server._replace_middleware() is False  # nothing left to replace
+        assert replace_slow_middleware(server.app) is False  # nothing left to replace
     assert server.app.user_middleware == before
     assert "serving it unchanged" in caplog.text
 

@@ -111,18 +111,27 @@ def poll_interval_for(n_runners: int) -> float:
 
 
 def fast_runner(
-    poll_interval: float = 0.05, on_finished: Callable[[str, str, str], None] | None = None
+    poll_interval: float = 0.05,
+    on_finished: Callable[[str, str, str], None] | None = None,
+    cache_resources: bool = True,
 ) -> LitAgentRunner[Any]:
     """A runner that notices new rollouts within ``poll_interval`` (Agent-lightning's default is 5 s).
 
     It traces with plain OpenTelemetry: the endpoint already records every LLM call with its
     tokens, so the runner only needs to capture rewards and the agent's own spans. A rollout that
     runs past its ``timeout_seconds`` is cancelled and reported ``timeout`` (see
-    :class:`agl_tinker.runners.deadline.DeadlineRunner`, which also calls ``on_finished``).
+    :class:`agl_tinker.runners.deadline.DeadlineRunner`, which also calls ``on_finished``). It
+    fetches each resources snapshot from the store once, not before every rollout
+    (:mod:`agl_tinker.runners.resources_cache`): ``TinkerAlgorithm`` never changes a snapshot in
+    place; pass ``cache_resources=False`` for an algorithm that does (``update_resources``).
     """
     summarise_failures()  # the first traceback of each distinct agent error, later ones counted
     return DeadlineRunner(
-        OtelTracer(), poll_interval=poll_interval, interval_jitter=poll_interval / 5, on_finished=on_finished
+        OtelTracer(),
+        poll_interval=poll_interval,
+        interval_jitter=poll_interval / 5,
+        on_finished=on_finished,
+        cache_resources=cache_resources,
     )
 
 

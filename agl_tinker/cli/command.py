@@ -8,14 +8,20 @@ heavy is imported or started.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import chz
 
 from agl_tinker.cli.settings import Layers, blueprint, make_settings, make_train_config, route
 
-__all__ = ["Command", "RunFinished", "flag_values", "train_layers"]
+__all__ = ["Command", "RunFinished", "carried", "flag_values", "train_layers"]
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 FLAG_KEYS = {
     "steps": "max_steps",
@@ -41,6 +47,22 @@ def flag_values(args: argparse.Namespace, target: type) -> dict[str, Any]:
     names = set(chz.chz_fields(target))
     values = {FLAG_KEYS[k]: v for k, v in vars(args).items() if k in FLAG_KEYS and v is not None}
     return {k: v for k, v in values.items() if k in names}
+
+
+def carried(cls: type[T], settings: Any, **renamed: str) -> T:
+    """The ``cls`` dataclass a command runs with, from its built chz ``settings``: each field of
+    ``cls`` takes the setting of the same name (or the one ``renamed`` names for it,
+    ``address="ray_address"``); a field no setting gives keeps its default.
+
+    Raises:
+        TypeError: ``renamed`` names a field ``cls`` lacks or a setting ``settings`` lacks.
+    """
+    given, fields = set(chz.chz_fields(type(settings))), {f.name for f in dataclasses.fields(cls)}
+    wrong = {k: v for k, v in renamed.items() if k not in fields or v not in given}
+    if wrong:
+        raise TypeError(f"{cls.__name__} from {type(settings).__name__}: no such field or setting in {wrong}")
+    sources = {name: renamed.get(name, name) for name in fields}
+    return cls(**{name: getattr(settings, source) for name, source in sources.items() if source in given})
 
 
 def _train_config_type() -> type:

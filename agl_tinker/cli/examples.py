@@ -17,16 +17,11 @@ def _ray_strategy(own: Any) -> Any:
     """The Ray runner strategy ``runners=ray`` asks for, or ``None`` (runner processes)."""
     if getattr(own, "runners", None) != "ray":
         return None
+    from agl_tinker.cli.command import carried
     from agl_tinker.runners.ray_cluster import RayRunnerSettings
     from agl_tinker.runners.ray_runners import RayRunnerStrategy
 
-    settings = RayRunnerSettings(
-        address=own.ray_address,
-        n_runners=own.n_runners,
-        num_cpus=own.runner_cpus,
-        rollouts_per_runner=own.rollouts_per_runner,
-        store_public_host=own.store_public_host,
-    )
+    settings = carried(RayRunnerSettings, own, address="ray_address", num_cpus="runner_cpus")
     return RayRunnerStrategy(settings, server_host=own.store_host)
 
 

@@ -41,7 +41,7 @@ from agl_tinker.dispatch.event_source import StoreEventsSource
 from agl_tinker.dispatch.poll_sources import LongPollSource, WaitAnySource
 from agl_tinker.dispatch.store_calls import StoreCaller
 from agl_tinker.dispatch.types import DispatchConfig, DispatchError
-from agl_tinker.store_server import completion_events
+from agl_tinker.store_release import completion_events
 
 __all__ = ["CompletionSource", "open_completion_source"]
 

@@ -19,7 +19,7 @@ from agl_tinker.agl_internals import client_request_json
 from agl_tinker.dispatch.source_base import CLIENT_MAX_WAIT_S, NoWaitAny, SourceBase, spread_timeouts
 from agl_tinker.dispatch.store_calls import StoreCaller
 from agl_tinker.dispatch.types import DispatchConfig, DispatchError, RolloutsLost
-from agl_tinker.store_server import MAX_WAIT_ANY_S, WAIT_ANY_PATH, WaitAnyResponse
+from agl_tinker.store_routes import MAX_WAIT_ANY_S, WAIT_ANY_PATH, WaitAnyResponse
 
 __all__ = ["LongPollSource", "WaitAnySource"]
 

@@ -13,7 +13,7 @@ each round of rollouts that finished together to :meth:`RolloutReader.read`, whi
    (:data:`SERVED_CALLS_METADATA_KEY`), and the round's counts are released once read;
 4. on :meth:`RolloutReader.release`, which the dispatcher awaits once it has handed the outcomes on
    (off the path from a finished rollout to its group's training), releases the round's finished
-   rollouts from the store (:func:`agl_tinker.store_server.release_rollouts`): their results are
+   rollouts from the store (:func:`agl_tinker.store_release.release_rollouts`): their results are
    taken, and a store that kept them would grow by a batch every step.
 
 Rollouts ``cancelled`` in the store stay (a runner may still write to them); a store that cannot
@@ -43,7 +43,7 @@ from agl_tinker.dispatch.types import (
     StoreCallError,
     outcome_of,
 )
-from agl_tinker.store_server import release_rollouts
+from agl_tinker.store_release import release_rollouts
 
 __all__ = ["RELEASED_STATUSES", "RolloutReader"]
 

@@ -20,6 +20,7 @@ from agentlightning.types import LLM, ProxyLLM
 from agl_tinker.endpoint.provider import TinkerChatProvider
 from agl_tinker.endpoint.registration import register, unregister
 from agl_tinker.endpoint.span_recorder import SpanRecorder
+from agl_tinker.heavy_import import freeze_survivors
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,7 @@ async def start_policy_endpoint(
         port=config.port,
         routes=routes,
     )
+    freeze_survivors()  # what serves lives as long as the endpoint: out of the collector's view
     try:
         await server.start()
     except BaseException:
@@ -337,6 +339,7 @@ async def start_endpoint(
         )
     else:
         raise ValueError(f"unknown endpoint mode {config.mode!r}; use 'lean' or 'proxy'")
+    freeze_survivors()  # what serves lives as long as the endpoint: out of the collector's view
     try:
         await server.start()
     except BaseException:

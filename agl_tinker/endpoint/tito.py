@@ -85,20 +85,27 @@ def continuation_after_stop(
     """For a renderer rendered whole: the tokens of ``rendered`` (the whole conversation's
     generation prompt) after the assistant message ``messages[start - 1]``.
 
-    Found by its closing token: when the renderer's one stop token occurs in ``rendered`` exactly
+    Found by its closing token when the renderer's one stop token occurs in ``rendered`` exactly
     once per assistant message (DeepSeek V4.1 closes assistant messages, and only them, with
-    ``<｜end▁of▁sentence｜>``), the k-th occurrence ends the k-th assistant message. None when it
-    does not (a renderer that closes every message with its stop token, as Qwen's do), where only
+    ``<｜end▁of▁sentence｜>``): the k-th occurrence ends the k-th assistant message. Otherwise (a
+    renderer that closes every message with its stop token, as Qwen's do, or one whose history
+    closes an answer with another token than sampling stopped at, as gpt-oss's harmony rewrites
+    ``<|return|>`` to ``<|end|>``), found as the tail: the rendering of ``messages[start:]`` message
+    by message (:func:`render_continuation`) when ``rendered`` ends with exactly those tokens, so the
+    new messages render the same in the whole conversation. None when neither holds, where only
     the full render is right.
     """
+    if start < 1 or messages[start - 1]["role"] != "assistant":
+        return None
     stop = _single_stop_token(renderer)
     assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    if stop is None or start < 1 or messages[start - 1]["role"] != "assistant":
+    ends = [k for k, token in enumerate(rendered) if token == stop] if stop is not None else []
+    if stop is not None and len(ends) == len(assistants):
+        return list(rendered[ends[assistants.index(start - 1)] + 1 :])
+    tail = render_continuation(renderer, messages, start)
+    if tail is None or not tail or len(tail) >= len(rendered) or list(rendered[-len(tail) :]) != tail:
         return None
-    ends = [k for k, token in enumerate(rendered) if token == stop]
-    if len(ends) != len(assistants):
-        return None
-    return list(rendered[ends[assistants.index(start - 1)] + 1 :])
+    return tail
 
 
 def render_continuation(renderer: Renderer, messages: Sequence[Message], start: int) -> list[int] | None:
@@ -157,7 +164,6 @@ class TokenMemory:
         self._entries: OrderedDict[bytes, tuple[int, ...]] = OrderedDict()
         self._total_tokens = 0
         self._incremental = renders_incrementally(renderer)
-        self.enabled = self._incremental or _single_stop_token(renderer) is not None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -168,10 +174,10 @@ class TokenMemory:
 
         Also returns the conversation digests so :meth:`remember` does not hash the history twice.
         """
-        digests = conversation_digests(messages, scope) if self.enabled else []
+        digests = conversation_digests(messages, scope)
         whole: list[int] | None = None  # the full render, made once if needed
         for i in range(len(messages) - 1, -1, -1):
-            if not self.enabled or messages[i]["role"] != "assistant":
+            if messages[i]["role"] != "assistant":
                 continue
             remembered = self._entries.get(digests[i])
             if remembered is None:
@@ -199,8 +205,6 @@ class TokenMemory:
     ) -> None:
         """Remember the exact tokens of ``conversation + [answer]`` (digests of the conversation,
         as :meth:`plan` returned them for the same ``scope``)."""
-        if not self.enabled:
-            return
         key = extend_digest(digests[-1] if digests else scope_digest(scope), answer)
         sequence = (*prompt, *sampled)
         if len(sequence) > self._max_tokens:

@@ -1,7 +1,8 @@
 """Training configuration, in the cookbook's ``chz`` style, checked when it is built.
 
 Fields only: their rules are :mod:`agl_tinker.loop.config_rules` (per-field validators named in each
-``chz.field``, cross-field rules in one function), run by chz from ``__init__``, so a config is
+``chz.field``, cross-field rules in one function; the settings a policy of several may set for
+itself are declared once, in :data:`agl_tinker.loop.policy_config.PER_POLICY`), run by chz from ``__init__``, so a config is
 checked the same way whether it comes from the command line, a script or ``TinkerAlgorithm``.
 A keyword that is no field is refused with the closest field's name, as on the command line.
 """
@@ -24,7 +25,7 @@ from agl_tinker.loop.config_rules import (
     one_of,
     regex,
 )
-from agl_tinker.loop.policy_config import PolicyConfig, ResolvedPolicy, policy_configs
+from agl_tinker.loop.policy_config import PolicyConfig, ResolvedPolicy, policy_configs, run_field
 
 if TYPE_CHECKING:
     from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
@@ -65,22 +66,13 @@ class TrainConfig(KnownKeywords):
     log_path: str = chz.field(
         doc="Metrics, checkpoints and the reward curve go here; an existing run here is resumed."
     )
-    model_name: str = chz.field(
-        default=DEFAULT_MODEL,
-        doc="Base model to train (must be served by the backend; the simulator serves Qwen3 models).",
-    )
+    model_name: str = run_field("model_name", DEFAULT_MODEL)
     renderer_name: str | None = chz.field(
         default=None, doc="Cookbook renderer; `None` uses the one the cookbook recommends for `model_name`."
     )
-    lora_rank: int = chz.field(validator=at_least(1), default=16, doc="LoRA rank of the trained adapter.")
-    learning_rate: float = chz.field(
-        validator=greater_than(0), default=4e-5, doc="Adam learning rate of each optimiser step."
-    )
-    num_substeps: int = chz.field(
-        validator=at_least(1),
-        default=1,
-        doc="Optimiser steps per training step (the batch is split into this many minibatches).",
-    )
+    lora_rank: int = run_field("lora_rank", 16)
+    learning_rate: float = run_field("learning_rate", 4e-5)
+    num_substeps: int = run_field("num_substeps", 1)
     loss_fn: LossFn = chz.field(
         validator=one_of(get_args(LossFn)),
         default="importance_sampling",

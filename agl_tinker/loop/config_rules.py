@@ -3,8 +3,8 @@
 Two kinds, as chz runs them from a config's ``__init__`` (so a config from the command line, a
 script or ``TinkerAlgorithm`` is checked the same way, once, before anything starts):
 
-- per-field rules (:func:`at_least`, :func:`greater_than`, :func:`one_of`, :func:`regex`, ...):
-  chz field validators, named in each field's ``validator=``;
+- per-field rules (:class:`Rule`: :func:`at_least`, :func:`greater_than`, :func:`one_of`, ...; and
+  :func:`regex`): chz field validators, named in each field's ``validator=``;
 - cross-field rules: :func:`check_train_config`, the one function that relates fields to each
   other (batch shape, overlap configs, several policies, the loss and its settings).
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, replace
 from typing import Any, Self
 
 import chz
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "FieldRule",
     "KnownKeywords",
+    "Rule",
     "at_least",
     "check_train_config",
     "did_you_mean",
@@ -44,7 +46,8 @@ class ConfigError(ValueError):
 
 
 FieldRule = Callable[[Any, str], None]
-"""A chz field validator: ``rule(config, attribute_name)``; raises :class:`ConfigError`."""
+"""A chz field validator: ``rule(config, attribute_name)``; raises :class:`ConfigError` (a
+:class:`Rule`, or a function such as :func:`regex`)."""
 
 LOSS_CONFIG_KEYS: dict[str, frozenset[str]] = {
     "importance_sampling": frozenset(),
@@ -69,57 +72,57 @@ def _name(config: Any, attribute: str) -> str:
     return getattr(type(config), "field_label_prefix", "") + field
 
 
-def at_least(low: float, *, optional: bool = False) -> FieldRule:
-    """The value is ``>= low`` (or ``None`` when ``optional``)."""
-    suffix = " or None" if optional else ""
+@dataclass(frozen=True)
+class Rule:
+    """A per-field rule (a chz field validator): the values ``passes`` accepts, said as ``must be
+    {asks}`` in the error; ``optional`` also accepts ``None`` (``... or None``)."""
 
-    def rule(config: Any, attribute: str) -> None:
+    asks: str
+    passes: Callable[[Any], bool]
+    optional: bool = False
+    shown: Callable[[Any], str] = str
+    """How the refused value is written (``repr`` where quotes matter)."""
+
+    def __call__(self, config: Any, attribute: str) -> None:
         value = getattr(config, attribute)
-        if value is None and optional:
+        if value is None and self.optional:
             return
-        if value is None or not value >= low:
-            raise ConfigError(f"{_name(config, attribute)} must be >= {low}{suffix}, got {value}")
+        if value is None or not self.passes(value):
+            suffix = " or None" if self.optional else ""
+            raise ConfigError(
+                f"{_name(config, attribute)} must be {self.asks}{suffix}, got {self.shown(value)}"
+            )
 
-    return rule
+    def or_none(self) -> Rule:
+        """The same rule, also accepting ``None``."""
+        return replace(self, optional=True)
 
 
-def greater_than(low: float, *, optional: bool = False) -> FieldRule:
+def at_least(low: float, *, optional: bool = False) -> Rule:
+    """The value is ``>= low`` (or ``None`` when ``optional``); NaN is refused."""
+    return Rule(f">= {low}", lambda value: value >= low, optional)
+
+
+def greater_than(low: float, *, optional: bool = False) -> Rule:
     """The value is ``> low`` (or ``None`` when ``optional``); NaN is refused."""
-    suffix = " or None" if optional else ""
-
-    def rule(config: Any, attribute: str) -> None:
-        value = getattr(config, attribute)
-        if value is None and optional:
-            return
-        if value is None or not value > low:
-            raise ConfigError(f"{_name(config, attribute)} must be > {low}{suffix}, got {value}")
-
-    return rule
+    return Rule(f"> {low}", lambda value: value > low, optional)
 
 
-def in_interval(low: float, high: float, *, closed: bool) -> FieldRule:
+def in_interval(low: float, high: float, *, closed: bool) -> Rule:
     """``low <= value <= high`` (``closed``) or ``low <= value < high``."""
-    shown = f"in {low}..{high}" if closed else f"in [{low}, {high})"
-
-    def rule(config: Any, attribute: str) -> None:
-        value = getattr(config, attribute)
-        inside = low <= value <= high if closed else low <= value < high
-        if not inside:
-            raise ConfigError(f"{_name(config, attribute)} must be {shown}, got {value}")
-
-    return rule
+    if closed:
+        return Rule(f"in {low}..{high}", lambda value: low <= value <= high)
+    return Rule(f"in [{low}, {high})", lambda value: low <= value < high)
 
 
-def one_of(choices: Iterable[Any]) -> FieldRule:
+def one_of(choices: Iterable[Any]) -> Rule:
     """The value is one of ``choices`` (chz does not check ``Literal`` or enum values itself)."""
     allowed = tuple(choices)
+    return Rule(f"one of {list(allowed)}", lambda value: value in allowed, shown=repr)
 
-    def rule(config: Any, attribute: str) -> None:
-        value = getattr(config, attribute)
-        if value not in allowed:
-            raise ConfigError(f"{_name(config, attribute)} must be one of {list(allowed)}, got {value!r}")
 
-    return rule
+non_empty = Rule("a non-empty name", lambda value: value != "", optional=True, shown=repr)
+"""The value is ``None`` or a non-empty string."""
 
 
 def regex(config: Any, attribute: str) -> None:
@@ -131,12 +134,6 @@ def regex(config: Any, attribute: str) -> None:
         re.compile(value)
     except (re.error, TypeError) as exc:
         raise ConfigError(f"{_name(config, attribute)} is not a valid regular expression: {exc}") from None
-
-
-def non_empty(config: Any, attribute: str) -> None:
-    """The value is ``None`` or a non-empty string."""
-    if getattr(config, attribute) == "":
-        raise ConfigError(f"{_name(config, attribute)} must be a non-empty name or None")
 
 
 def did_you_mean(key: str, known: Collection[str]) -> str:

@@ -11,13 +11,49 @@ import chz
 from agl_tinker.loop.config_rules import (
     ConfigError,
     KnownKeywords,
+    Rule,
     at_least,
     greater_than,
     non_empty,
     regex,
 )
 
-__all__ = ["PolicyConfig", "ResolvedPolicy", "policy_configs"]
+__all__ = ["PER_POLICY", "PerPolicy", "PolicyConfig", "ResolvedPolicy", "policy_configs", "run_field"]
+
+
+@dataclass(frozen=True)
+class PerPolicy:
+    """A ``TrainConfig`` setting each policy of several may set for itself (unset: the run's)."""
+
+    doc: str
+    rule: Rule | None = None
+
+
+PER_POLICY: dict[str, PerPolicy] = {
+    "model_name": PerPolicy(
+        "Base model to train (must be served by the backend; the simulator serves Qwen3 models)."
+    ),
+    "lora_rank": PerPolicy("LoRA rank of the trained adapter.", at_least(1)),
+    "learning_rate": PerPolicy("Adam learning rate of each optimiser step.", greater_than(0)),
+    "num_substeps": PerPolicy(
+        "Optimiser steps per training step (the batch is split into this many minibatches).", at_least(1)
+    ),
+}
+"""The one place for these settings' rules and meaning: ``TrainConfig`` declares each with
+:func:`run_field`, ``PolicyConfig`` with :func:`_policy_field` (the same rule, ``None`` allowed)."""
+
+
+def run_field(name: str, default: Any) -> Any:
+    """``TrainConfig``'s chz field for the per-policy setting ``name``."""
+    setting = PER_POLICY[name]
+    return chz.field(default=default, validator=setting.rule, doc=setting.doc)
+
+
+def _policy_field(name: str) -> Any:
+    """``PolicyConfig``'s chz field for ``name``: unset (``None``) takes the ``TrainConfig`` value."""
+    setting = PER_POLICY[name]
+    rule = setting.rule.or_none() if setting.rule else None
+    return chz.field(default=None, validator=rule, doc=f"{setting.doc} None: TrainConfig.{name}.")
 
 
 @chz.chz
@@ -46,21 +82,15 @@ class PolicyConfig(KnownKeywords):
         doc="None: the episode reward (shared by every policy). A name: that reward dimension, e.g. "
         '`emit_reward({"team": 1.0, "checker": 0.0}, primary_key="team")` with reward_key="checker".',
     )
-    model_name: str | None = chz.field(default=None, doc="Base model (None: TrainConfig.model_name).")
-    renderer_name: str | None = chz.field(default=None, doc="Cookbook renderer (None: as TrainConfig).")
-    lora_rank: int | None = chz.field(
-        default=None, validator=at_least(1, optional=True), doc="LoRA rank (None: TrainConfig.lora_rank)."
-    )
-    learning_rate: float | None = chz.field(
+    model_name: str | None = _policy_field("model_name")
+    renderer_name: str | None = chz.field(
         default=None,
-        validator=greater_than(0, optional=True),
-        doc="Adam learning rate (None: TrainConfig.learning_rate).",
+        doc="Cookbook renderer (None: TrainConfig.renderer_name for TrainConfig.model_name, else the one "
+        "the cookbook recommends).",
     )
-    num_substeps: int | None = chz.field(
-        default=None,
-        validator=at_least(1, optional=True),
-        doc="Optimiser steps per training step (None: TrainConfig.num_substeps).",
-    )
+    lora_rank: int | None = _policy_field("lora_rank")
+    learning_rate: float | None = _policy_field("learning_rate")
+    num_substeps: int | None = _policy_field("num_substeps")
 
     def served_models(self, name: str) -> tuple[str, ...]:
         """The ``model`` names this policy (called ``name``) answers."""
@@ -96,15 +126,13 @@ class ResolvedPolicy:
     @classmethod
     def of(cls, policy: PolicyConfig, name: str, run: Any) -> ResolvedPolicy:
         """``policy`` (called ``name``) with the unset fields taken from ``run`` (a ``TrainConfig``)."""
+        own = {key: getattr(policy, key) for key in PER_POLICY}
         return cls(
             name=name,
             models=policy.served_models(name),
             agent_match=policy.agent_match,
             reward_key=policy.reward_key,
-            model_name=policy.model_name or run.model_name,
             renderer_name=policy.renderer_name
             or (run.renderer_name if policy.model_name in (None, run.model_name) else None),
-            lora_rank=policy.lora_rank if policy.lora_rank is not None else run.lora_rank,
-            learning_rate=policy.learning_rate if policy.learning_rate is not None else run.learning_rate,
-            num_substeps=policy.num_substeps if policy.num_substeps is not None else run.num_substeps,
+            **{key: getattr(run, key) if value is None else value for key, value in own.items()},
         )

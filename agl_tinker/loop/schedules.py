@@ -212,9 +212,11 @@ class ContinuousSchedule:
         dispatcher = self._dispatcher
         assert dispatcher is not None, "fill() runs inside running()"
         index = step.step
-        if self.pacer is not None:  # the step's weights are served: release what they allow
-            await dispatcher.submit(self.pacer.release())
-        elif not self.asynchronous:
+        # Paced: the step's weights are served, so the pacer releases what they allow now; the
+        # groups reach the store only once the step has taken what already finished (or must wait):
+        # starting them first would make the runners compete with the step's hand-over.
+        to_submit = self.pacer.release() if self.pacer is not None else []
+        if not self.asynchronous:
             await dispatcher.submit(self._requests(index, index + 1))
         read_before = dispatcher.read_s
         self._taken = []
@@ -223,7 +225,13 @@ class ContinuousSchedule:
         batch_size = self.run.config.batch_size
         while len(self._taken) < batch_size:
             if self.pacer is not None:
+                for finished in self._drain(dispatcher, index):
+                    self.pacer.hold(finished)
                 picked = self.pacer.take_next(batch_size - len(self._taken))
+                if picked is None and to_submit:
+                    await dispatcher.submit(to_submit)
+                    to_submit = []
+                    continue
                 if picked is None and self.pacer.outstanding:
                     t_wait = time.perf_counter()
                     self.pacer.hold(await self._next_group(dispatcher, index))
@@ -252,6 +260,8 @@ class ContinuousSchedule:
                 continue
             self._taken.append((group, staleness))
             await step.add(group.request.key, [o.result for o in group.outcomes])
+        if to_submit:
+            await dispatcher.submit(to_submit)
         if not self._taken:
             return None
         return Sampled(
@@ -277,6 +287,15 @@ class ContinuousSchedule:
                 f"no group finished for {limit:.0f}s at step {step}: are the runners alive, or stuck "
                 "inside agents? (rollout_timeout_s x max_attempts x group_size, plus grace)"
             ) from None
+        except (StoreCallError, RolloutsLost) as exc:
+            raise StoreLost(self.run.lost_message(step, exc)) from exc
+
+    def _drain(
+        self, dispatcher: ContinuousDispatcher[PolicyResults], step: int
+    ) -> list[FinishedGroup[PolicyResults]]:
+        """Every group finished and not handed out yet, without waiting (nor yielding to the loop)."""
+        try:
+            return dispatcher.take_finished()
         except (StoreCallError, RolloutsLost) as exc:
             raise StoreLost(self.run.lost_message(step, exc)) from exc
 

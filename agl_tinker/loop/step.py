@@ -18,7 +18,7 @@ from tinker_cookbook.rl.train import StreamMinibatchConfig
 
 from agl_tinker.dispatch.types import BatchResult
 from agl_tinker.loop.policy import PolicyResults, policy_view
-from agl_tinker.loop.policy_metrics import rollout_metrics, write_transcripts
+from agl_tinker.loop.policy_metrics import rollout_metrics, staleness_by_policy, write_transcripts
 from agl_tinker.loop.step_metrics import StepTimes, step_row, sum_policy_metrics
 from agl_tinker.loop.step_trainer import BusyClock, StepTrainer
 from agl_tinker.loop.training_run import TrainingRun
@@ -101,6 +101,7 @@ class TrainingStep:
         run, step, names = self.run, self.step, self.run.names
         batch = sampled.batch
         metrics = rollout_metrics(batch, step, names)
+        metrics.update(staleness_by_policy(batch, step, names))
         metrics.update(write_transcripts(run.transcripts, batch, step, names))
         for trainer in self.trainers:
             metrics.update(trainer.metrics())

@@ -1,8 +1,8 @@
 """A training step's metrics row, one way for every schedule (sync, stream, async).
 
 Rollout counters come from :func:`~agl_tinker.loop.batch_metrics.batch_metrics`; this adds what
-the schedule measured (:class:`StepTimes`), the staleness of what was trained, and the dispatch
-figures, so a row of any mode carries the same keys and curves of two modes compare.
+the schedule measured (:class:`StepTimes`), the staleness of what was trained
+(:func:`staleness_metrics`), and the dispatch figures, so a row of any mode carries the same keys and curves of two modes compare.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from agl_tinker.core.trajectory import RolloutTrajectory
 from agl_tinker.dispatch.types import BatchResult, RolloutOutcome
 from agl_tinker.runners.supervise import RESTARTS
 
-__all__ = ["StepTimes", "call_staleness", "step_row"]
+__all__ = ["StepTimes", "call_staleness", "staleness_metrics", "step_row", "sum_policy_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,23 @@ def call_staleness(outcomes: Iterable[RolloutOutcome[RolloutTrajectory]], step: 
     return out
 
 
+def staleness_metrics(
+    groups: Iterable[Iterable[RolloutOutcome[RolloutTrajectory]]], step: int, prefix: str = ""
+) -> dict[str, float]:
+    """``staleness/{call,group}_{mean,max}`` (after ``prefix``) of ``groups`` (each group's
+    outcomes): how many weights versions the calls are behind ``step``; a group is as stale as its
+    oldest call."""
+    per_group = [call_staleness(outcomes, step) for outcomes in groups]
+    calls = [s for group in per_group for s in group]
+    group_staleness = [max(group, default=0) for group in per_group]
+    return {
+        f"{prefix}staleness/call_mean": _mean(calls),
+        f"{prefix}staleness/call_max": max(calls, default=0),
+        f"{prefix}staleness/group_mean": _mean(group_staleness),
+        f"{prefix}staleness/group_max": max(group_staleness, default=0),
+    }
+
+
 def step_row(
     batch: BatchResult[RolloutTrajectory],
     step: int,
@@ -72,7 +89,8 @@ def step_row(
     groups_in_flight: int = 0,
     runner_restarts: int,
 ) -> dict[str, Any]:
-    """The schedule's part of a step's row: progress, staleness, dispatch and time figures.
+    """The schedule's part of a step's row: progress, dispatch and time figures (the staleness of
+    each policy's calls: :func:`staleness_metrics`, by policy in ``policy_metrics``).
 
     Args:
         batch: the step's trained-or-excluded groups (stale ones left out).
@@ -84,8 +102,6 @@ def step_row(
         runner_restarts: runners (processes or Ray actors) that died and were replaced during
             the step; 0 where the run does not start its runners (split mode).
     """
-    group_staleness = [max(call_staleness(g.outcomes, step), default=0) for g in batch.groups]
-    calls = call_staleness(batch.outcomes, step)
     stats = batch.stats
     wall = max(times.step_s, 1e-9)
     return {
@@ -95,10 +111,6 @@ def step_row(
         "rollouts/skipped": stats.n_skipped,
         "dispatch/overhead_ms_p50": stats.overhead_ms(0.5),
         "dispatch/detect_ms_p50": stats.detect_ms(0.5),
-        "staleness/call_mean": _mean(calls),
-        "staleness/call_max": max(calls, default=0),
-        "staleness/group_mean": _mean(group_staleness),
-        "staleness/group_max": max(group_staleness, default=0),
         "async/stale_requeued": requeued,
         "async/stale_dropped": stale_dropped,
         "async/groups_in_flight": groups_in_flight,

@@ -5,6 +5,9 @@
   in) is shown once, with a line saying that later ones are counted, not shown; the progress line
   counts them (:func:`exclusion_text`). With a run log (:func:`open_run_log`), every traceback goes
   to ``<log_path>/run.log``, and "once" holds across the run's runner processes.
+* **Connection errors**: a runner that cannot connect to the store or to the policy endpoint (the
+  error or one in its cause chain is a refused or dropped connection) is said to be one, naming the
+  address and what to check, not labelled an agent error (:func:`unreachable`).
 * **The run's stop reason**: an error the CLI reports in one line (a run error) is logged by
   Agent-lightning's trainer and strategy and by our own strategy as it unwinds; those copies are
   kept out of the console (they stay in the run log).
@@ -22,6 +25,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import httpx
+import openai
+
 __all__ = [
     "AGENT_ERROR_LOGGER",
     "RUN_LOG",
@@ -32,6 +39,7 @@ __all__ = [
     "exclusion_text",
     "open_run_log",
     "summarise_failures",
+    "unreachable",
 ]
 
 RUN_LOG = "run.log"
@@ -95,6 +103,57 @@ def error_key(exc: BaseException) -> str:
     return f"{type(exc).__name__}{where}"
 
 
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    aiohttp.ClientConnectorError,
+    aiohttp.ServerDisconnectedError,
+    httpx.ConnectError,
+    httpx.RemoteProtocolError,
+)
+"""Exceptions that mean the peer could not be reached or dropped the connection (the store client
+raises aiohttp's; the OpenAI client wraps httpx's in ``openai.APIConnectionError``)."""
+
+
+def _address(exc: BaseException) -> str | None:
+    """The address a connection error was about, when it carries one."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"{exc.host}:{exc.port}"
+    request = getattr(exc, "request", None)  # openai.APIError and httpx.RequestError carry one
+    url = getattr(request, "url", None) if isinstance(exc, (openai.APIError, httpx.RequestError)) else None
+    return str(url) if url is not None else None
+
+
+def unreachable(exc: BaseException) -> tuple[str, str | None] | None:
+    """``(error type, address or None)`` when ``exc`` is a connection error or was caused by one
+    (its ``__cause__`` / ``__context__`` chain), else ``None``. A timeout is not one: the peer
+    answered the connection."""
+    chain, seen = [], set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    connection = [
+        e
+        for e in chain
+        if isinstance(e, CONNECTION_ERRORS)
+        or (isinstance(e, openai.APIConnectionError) and not isinstance(e, openai.APITimeoutError))
+    ]
+    if not connection:
+        return None
+    address = next((a for a in map(_address, chain) if a is not None), None)
+    return type(connection[0]).__name__, address
+
+
+def _connection_text(kind: str, address: str | None) -> str:
+    where = address or "its store or policy endpoint"
+    return (
+        f"The runner could not connect to {where} ({kind}): a connection error, not an error in the agent. "
+        f"Check that the process serving {where} (the store the trainer started, or the policy endpoint "
+        "the agent was given as its base_url) is still running and reachable from this runner"
+    )
+
+
 class AgentErrorSummary(logging.Filter):
     """On Agent-lightning's runner logger: the first record of each distinct agent error passes,
     later ones are counted (:attr:`counts`) and written to the run log only."""
@@ -122,13 +181,17 @@ class AgentErrorSummary(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.exc_info or record.exc_info[1] is None or _verbose():
             return True
-        key = error_key(record.exc_info[1])
+        connection = unreachable(record.exc_info[1])
+        key = error_key(record.exc_info[1]) if connection is None else " to ".join(filter(None, connection))
         self.counts[key] += 1
         if self._first_in_run(key):
-            record.msg = (
-                f"{record.getMessage()} The agent raised {key}; later {key} errors are counted in the "
-                "progress line, not shown"
-                + (f" (every traceback: {_RunLog.directory / RUN_LOG})" if _RunLog.directory else "")
+            said = (
+                f"The agent raised {key}; later {key} errors"
+                if connection is None
+                else f"{_connection_text(*connection)}; later ones"
+            )
+            record.msg = f"{record.getMessage()} {said} are counted in the progress line, not shown" + (
+                f" (every traceback: {_RunLog.directory / RUN_LOG})" if _RunLog.directory else ""
             )
             record.args = None
             return True

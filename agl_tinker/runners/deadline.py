@@ -7,7 +7,8 @@ queued behind it never start. :class:`DeadlineRunner` cancels the agent where it
 attempt's ``timeout_seconds`` have passed, reports the attempt ``timeout`` (never the
 ``succeeded``/``failed`` the stock runner writes while unwinding), and moves on to the next
 rollout. An agent that blocks its event loop (synchronous code) cannot be cancelled this way; the
-store's watchdog still marks it.
+store's watchdog still marks it. It also fetches each resources snapshot once
+(:mod:`agl_tinker.runners.resources_cache`), unless built with ``cache_resources=False``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any, cast
 from agentlightning.runner import LitAgentRunner
 from agentlightning.store.base import LightningStore
 from agentlightning.types import AttemptedRollout
+
+from agl_tinker.runners.resources_cache import CachingResourcesStore, ResourcesCache
 
 __all__ = ["DeadlineRunner", "remaining_s"]
 
@@ -72,22 +75,33 @@ class DeadlineRunner(LitAgentRunner[Any]):
 
     Takes ``LitAgentRunner``'s arguments, plus ``on_finished(worker_id, rollout_id, status)``:
     called once per rollout this runner ran, with the closing status it wrote (``succeeded``,
-    ``failed`` or ``timeout``; not called when that write failed). ``timed_out`` counts the
-    attempts this runner cut.
+    ``failed`` or ``timeout``; not called when that write failed), and ``cache_resources``: fetch
+    each resources snapshot once (``resources_cache``; the default), or before every rollout as
+    the stock runner does (``False``). ``timed_out`` counts the attempts this runner cut;
+    ``resources`` is its snapshot cache (``None`` without one).
     """
 
     def __init__(
-        self, *args: Any, on_finished: Callable[[str, str, str], None] | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        on_finished: Callable[[str, str, str], None] | None = None,
+        cache_resources: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._cut: set[str] = set()
         self._closed: dict[str, str] = {}
         self._on_finished = on_finished
         self.timed_out = 0
+        self.resources = ResourcesCache() if cache_resources else None
 
     def get_store(self) -> LightningStore:
-        # Structural stand-in for the store: every method but update_attempt is the store's own.
-        return cast(LightningStore, _TimeoutReportingStore(super().get_store(), self._cut, self._closed))
+        # Structural stand-ins for the store: every method but update_attempt (and
+        # get_resources_by_id, with the cache) is the store's own.
+        store = super().get_store()
+        if self.resources is not None:
+            store = cast(LightningStore, CachingResourcesStore(store, self.resources))
+        return cast(LightningStore, _TimeoutReportingStore(store, self._cut, self._closed))
 
     async def _step_impl(self, next_rollout: AttemptedRollout, raise_on_exception: bool = False) -> str:
         attempt_id = next_rollout.attempt.attempt_id

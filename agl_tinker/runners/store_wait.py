@@ -13,7 +13,7 @@ import aiohttp
 from agentlightning.execution.events import ExecutionEvent
 from agentlightning.store.client_server import API_V1_AGL_PREFIX
 
-from agl_tinker.store_server import RUN_PATH
+from agl_tinker.store_routes import RUN_PATH
 
 __all__ = ["StoreOfAnotherRun", "wait_for_store"]
 
@@ -36,7 +36,7 @@ async def wait_for_store(
 
     Gives up silently after ``timeout_s`` or once ``stop_evt`` is set: whoever talks to the store
     next reports a store that is really down. With ``run_id``, the server must also announce that
-    run (:data:`~agl_tinker.store_server.RUN_PATH`); one that answers with another (or is not a
+    run (:data:`~agl_tinker.store_routes.RUN_PATH`); one that answers with another (or is not a
     :class:`LeanStoreServer`) raises :class:`StoreOfAnotherRun`.
     """
     base = endpoint.rstrip("/") + API_V1_AGL_PREFIX

@@ -83,6 +83,7 @@ def _run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Any]:
     """The command's rollouts (transcript rows) and settings; a bad agent or task list is a usage error."""
     import asyncio
 
+    from agl_tinker.cli.command import carried
     from agl_tinker.cli.settings import UsageError
     from agl_tinker.heavy_import import import_agentlightning
     from agl_tinker.viewer.dryrun import DryRun, dry_run, load_agent, load_task_list
@@ -97,15 +98,7 @@ def _run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Any]:
         tasks = load_task_list(settings.tasks, n=settings.n, where=settings.where)
     except (ValueError, ImportError) as error:
         raise UsageError(str(error)) from error
-    run = DryRun(
-        model_name=settings.model_name,
-        checkpoint=settings.checkpoint,
-        temperature=settings.temperature,
-        max_tokens=settings.max_tokens,
-        group_size=settings.group_size,
-        rollout_timeout_s=settings.rollout_timeout_s,
-    )
-    rows = asyncio.run(dry_run(agent, tasks, run))
+    rows = asyncio.run(dry_run(agent, tasks, carried(DryRun, settings)))
     if settings.out:
         with open(settings.out, "w") as f:
             f.writelines(json.dumps(r, default=str) + "\n" for r in rows)

@@ -2,7 +2,8 @@
 
 For a prompt (everything before an assistant turn's content), the prior proposes behaviours;
 each becomes one token row per answer prefix of the model's chat format (``prefix + text +
-end-of-turn``, e.g. ``<|im_end|>``), plus, when drift is on, rows that split one token into two (same text,
+end-of-turn``, e.g. ``<|im_end|>``; a plain answer's text opens with the format's answer channel, a
+tool call's ends with its tool-call end where it has one, e.g. harmony's ``<|call|>``), plus, when drift is on, rows that split one token into two (same text,
 non-canonical tokens). Rows are what the
 policy mixes over; the prompt's hashed features and each behaviour's hashed features are
 what the trainable parameters read. Building this is the costly part, so it is cached.
@@ -29,6 +30,8 @@ from .vocab import Vocab
 PROMPT_FEATURES = 4096
 BEHAVIOUR_FEATURES = 4096
 _WORD = re.compile(r"[a-z0-9]+")
+REASONING = "reasoning"
+"""Template and category of the reasoning message a format may write before its answer."""
 _CACHE_SIZE = int(os.environ.get("AGL_TINKER_SIM_CANDIDATE_CACHE", "256"))
 """Prompts whose candidate sets stay cached (~40 KB each): enough for a step's sampling and
 training to share them; more only grows the process of a run that sees new prompts every step."""
@@ -101,15 +104,41 @@ def _prefixed_rows(texts: list[str], vocab: Vocab, chat_format: ChatFormat) -> l
     return out
 
 
+def _with_reasoning(
+    behaviours: list[Behaviour], conversation: Conversation, chat_format: ChatFormat
+) -> list[Behaviour]:
+    """``behaviours``, plus the format's reasoning message (its own behaviour, ending with the
+    assistant header) when it has one and the turn is fresh; it gets ``reasoning_share`` of the
+    prior mass."""
+    if not chat_format.reasoning or conversation.continues_answer or not behaviours:
+        return behaviours
+    share = chat_format.reasoning_share
+    mass = float(np.logaddexp.reduce([b.prior_logit for b in behaviours]))
+    logit = mass + math.log(share / (1.0 - share))
+    text = chat_format.reasoning + chat_format.assistant_header
+    return [*behaviours, Behaviour(text, REASONING, REASONING, (), logit)]
+
+
 def build_candidate_set(
     prompt: np.ndarray, vocab: Vocab, chat_format: ChatFormat, drift: float
 ) -> CandidateSet:
     conversation = Conversation.parse(
-        vocab.decode(prompt.tolist()), chat_format.turn, chat_format.end_of_turn, chat_format.tools
+        vocab.decode(prompt.tolist()),
+        chat_format.turn,
+        chat_format.end_of_turn,
+        chat_format.tools,
+        chat_format.roles,
     )
-    behaviours = load_prior().behaviours(conversation, tool_call=chat_format.tool_call)
+    behaviours = _with_reasoning(
+        load_prior().behaviours(conversation, tool_call=chat_format.tool_call), conversation, chat_format
+    )
     stop = vocab.single(chat_format.end_of_turn)
-    encoded = _prefixed_rows([b.text for b in behaviours], vocab, chat_format)
+    call_stop = vocab.single(chat_format.tool_call_end) if chat_format.tool_call_end else stop
+    texts = [
+        b.text if b.calls_tool or b.category == REASONING else chat_format.answer_channel + b.text
+        for b in behaviours
+    ]
+    encoded = _prefixed_rows(texts, vocab, chat_format)
     rows: list[tuple[int, ...]] = []
     prior: list[float] = []
     owner: list[int] = []
@@ -117,7 +146,9 @@ def build_candidate_set(
         for ids in prefixed:
             # A prompt starts at most one prefix: the variants never compete, so each keeps the
             # behaviour's whole prior (their shares would cancel in the trie's normaliser anyway).
-            canonical = (*ids, stop)
+            # A reasoning row ends with the header that opens the answer: no stop token closes it.
+            end = () if behaviour.category == REASONING else (call_stop if behaviour.calls_tool else stop,)
+            canonical = (*ids, *end)
             variants = _drift_variants(canonical, vocab) if drift > 0 else []
             shares = [(canonical, 1.0 - drift if variants else 1.0)]
             shares += [(v, drift / len(variants)) for v in variants]

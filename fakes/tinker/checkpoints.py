@@ -19,12 +19,16 @@ import json
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tinker import types
 
 from . import errors
+
+if TYPE_CHECKING:
+    from .optim import Adam
+    from .policy import Policy
 
 KINDS = {"weights": "training", "sampler_weights": "sampler", "external_weights": "external"}
 MIN_TTL_S, MAX_TTL_S = 3600, 10 * 365 * 86400
@@ -238,3 +242,26 @@ def _write_adapter(directory: Path, meta: dict[str, Any], tensors: dict[str, tor
         "task_type": "CAUSAL_LM",
     }
     (directory / "adapter_config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+
+
+def restore(store: CheckpointStore, path: TinkerPath, policy: Policy, optimizer: Adam | None) -> None:
+    """Load ``path``'s parameters into ``policy`` (and its optimizer state into ``optimizer``, if
+    given); a checkpoint of another base model or LoRA rank, or without the optimizer state asked
+    for, is a ``BadRequestError``."""
+    snapshot = store.load(path)
+    if snapshot.meta["base_model"] != policy.config.base_model.name:
+        raise errors.bad_request(
+            f"{path} was trained from {snapshot.meta['base_model']}, not this base model"
+        )
+    if snapshot.meta["rank"] != policy.config.rank:
+        raise errors.bad_request(
+            f"{path} has LoRA rank {snapshot.meta['rank']}, this run has {policy.config.rank}"
+        )
+    with torch.no_grad():
+        for name, value in snapshot.params.items():
+            policy.params[name].copy_(value)
+    policy.invalidate()
+    if optimizer is not None:
+        if snapshot.optimizer is None:
+            raise errors.bad_request(f"{path} has no optimizer state (saved for sampling)")
+        optimizer.load_state_dict(snapshot.optimizer)

@@ -119,6 +119,9 @@ class Policy:
         chat_format = config.base_model.chat_format
         self.stop = vocab.single(chat_format.end_of_turn)
         """The token that closes an assistant turn (the renderer's stop token)."""
+        self.closers = np.array([vocab.single(t) for t in chat_format.closing_tokens], dtype=np.int64)
+        """Every token that closes an assistant turn: ``stop``, and the one closing a tool call if
+        the format has its own (harmony's ``<|call|>``)."""
         self.end_of_text = vocab.single(chat_format.end_of_text)
         self.header: tuple[int, ...] = vocab.encode(chat_format.assistant_header)
         """The tokens that open an assistant turn."""
@@ -166,7 +169,7 @@ class Policy:
             ends = np.flatnonzero(match) + h
             marks[ends] = ends
         last_anchor = np.maximum.accumulate(marks)[1:]
-        closes = np.where(tokens == self.stop, np.arange(n), -1)
+        closes = np.where(np.isin(tokens, self.closers), np.arange(n), -1)
         last_end = np.maximum.accumulate(closes) if n else closes
         in_turn = (last_anchor >= 0) & (last_end < last_anchor)
         return last_anchor, in_turn
@@ -318,7 +321,7 @@ class Policy:
         for start in starts[::-1]:
             if (tokens[start : start + h] == self._header).all():
                 anchor = int(start) + h
-                return anchor if not (tokens[anchor:] == self.stop).any() else -1
+                return anchor if not np.isin(tokens[anchor:], self.closers).any() else -1
         return -1
 
     # ---- numpy mirror for the sampler --------------------------------------------------------

@@ -41,6 +41,11 @@ _DSML_TOOL_CALL = (
     "</｜DSML｜ invoke>\n</｜DSML｜ calls>"
 )
 """DeepSeek V4's tool-call syntax: a DSML block, always after a blank line (as its template writes it)."""
+_HARMONY_TOOL_CALL = (
+    ' to=functions.[[tool]]<|channel|>commentary <|constrain|>json<|message|>{"[[arg]]": "[[query]]"}'
+)
+"""gpt-oss's tool call: a commentary message to the tool, right after ``<|start|>assistant``. Text
+before the call would be a message of its own (a preamble), so a harmony call has none."""
 RAW_QUERY_SYNTAXES = ("xml", "dsml")
 """Tool-call syntaxes whose argument values are raw text, not JSON string text."""
 
@@ -52,6 +57,8 @@ def _rewrite_tool_call(text: str, syntax: str) -> str:
         return (before + "\n\n" if before.strip() else "") + _XML_TOOL_CALL
     if syntax == "dsml":
         return before + _DSML_TOOL_CALL
+    if syntax == "harmony":
+        return _HARMONY_TOOL_CALL
     return text
 
 
@@ -74,12 +81,24 @@ class Conversation:
 
     @classmethod
     def parse(
-        cls, text: str, turn: str = QWEN_TURN, end_of_turn: str = "<|im_end|>", tools: str = QWEN_TOOLS
+        cls,
+        text: str,
+        turn: str = QWEN_TURN,
+        end_of_turn: str = "<|im_end|>",
+        tools: str = QWEN_TOOLS,
+        roles: tuple[tuple[str, str], ...] = (),
     ) -> Conversation:
-        """Each match of ``turn`` (a regex with ``role`` and ``content`` groups) is a message; a
-        turn's content stops at ``end_of_turn``. The defaults read Qwen's ``<|im_start|>`` format."""
+        """Each match of ``turn`` (a regex with ``role`` and ``content`` groups; a content group
+        that did not take part reads as empty) is a message; a turn's content stops at
+        ``end_of_turn``; a role that one of ``roles``' regexes fully matches is renamed to its
+        pair's role. The defaults read Qwen's ``<|im_start|>`` format."""
+
+        def role(name: str) -> str:
+            name = name.strip().lower()
+            return next((alias for pattern, alias in roles if re.fullmatch(pattern, name)), name)
+
         messages = [
-            Message(m.group("role").strip().lower(), m.group("content").split(end_of_turn)[0].strip())
+            Message(role(m.group("role")), (m.group("content") or "").split(end_of_turn)[0].strip())
             for m in re.finditer(turn, text, re.DOTALL)
         ]
         return cls(tuple(messages), tools)
@@ -95,11 +114,28 @@ class Conversation:
                 return message.content
         return ""
 
+    @property
+    def continues_answer(self) -> bool:
+        """Whether the turn the prompt opens follows the assistant's own message (harmony writes
+        its analysis and its answer as two messages of one turn)."""
+        return (
+            len(self.messages) >= 2
+            and self.messages[-2].role == "assistant"
+            and not self.messages[-1].content
+        )
+
     def dialogue(self) -> list[Message]:
         return [m for m in self.messages if m.role != "system" and m.content]
 
     def tools(self) -> list[tuple[str, str]]:
-        """(name, first argument name) of each tool declared in the system prompt."""
+        """(name, first argument name) of each tool declared in the system prompt: each match of a
+        pattern with a ``name`` group is one tool (``arg``, when it matched, its first argument);
+        otherwise the pattern's first group holds one JSON declaration per line."""
+        pattern = re.compile(self.tools_pattern, re.DOTALL)
+        if "name" in pattern.groupindex:
+            return [
+                (m.group("name"), m.groupdict().get("arg") or "query") for m in pattern.finditer(self.system)
+            ]
         found: list[tuple[str, str]] = []
         for block in re.findall(self.tools_pattern, self.system, re.DOTALL):
             for line in block.splitlines():
@@ -129,6 +165,7 @@ class Behaviour:
     category: str
     fills: tuple[tuple[str, str], ...]
     prior_logit: float
+    calls_tool: bool = False  # a tool call in the chat format's own syntax (not ReAct text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +177,8 @@ class Prior:
 
     def behaviours(self, conversation: Conversation, tool_call: str = "json") -> list[Behaviour]:
         """Every candidate answer with its prior logit; tool calls in ``tool_call`` syntax
-        (``json``: Qwen3's, ``xml``: Qwen3.5's, ``dsml``: DeepSeek V4's, ``none``: no tool calls).
+        (``json``: Qwen3's, ``xml``: Qwen3.5's, ``dsml``: DeepSeek V4's, ``harmony``: gpt-oss's,
+        ``none``: no tool calls).
 
         A prompt that asks for the text ReAct format (see :data:`_REACT_CUE`) gets the same
         behaviours in that format: answers after ``Thought: ...\nFinal Answer: `` and tool calls
@@ -165,6 +203,7 @@ class Prior:
                 logit += float(spec["cue_bonus"])
             logit += math.log(float(template["weight"]) / category_weight[template["category"]])
             text = template["text"]
+            calls_tool = template["category"] == "tool_call" and not react
             if react:
                 text = _REACT_ACTION if template["category"] == "tool_call" else REACT_FINAL + text
             elif template["category"] == "tool_call":
@@ -176,7 +215,10 @@ class Prior:
                 continue
             share = math.log(len(fillings))
             for filled, fills in fillings:
-                out.append(Behaviour(filled, template["id"], template["category"], fills, logit - share))
+                behaviour = Behaviour(
+                    filled, template["id"], template["category"], fills, logit - share, calls_tool
+                )
+                out.append(behaviour)
         return out
 
     def _slots(self, conversation: Conversation) -> dict[str, list[Any]]:

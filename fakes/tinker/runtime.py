@@ -11,6 +11,7 @@ import torch
 
 from .checkpoints import CheckpointStore
 from .config import SimConfig
+from .custom_losses import CustomLosses
 from .errors import FaultInjector
 from .futures import Dispatcher
 from .stability import StabilityLedger
@@ -45,6 +46,8 @@ class Runtime:
         self._sampler_seq = itertools.count()
         self.stability = StabilityLedger(config.stability_ttl_s)
         """Sequences recorded by ``record_stability_info=True`` samplers, for every session."""
+        self.custom_losses = CustomLosses()
+        """Losses uploaded by ``create_custom_loss``, for every session."""
 
     def new_model_id(self) -> str:
         return f"{self.session_id}:train:{next(self._model_seq)}"

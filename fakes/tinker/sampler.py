@@ -40,6 +40,7 @@ class Cursor:
         self.policy = policy
         self.tokens: list[int] = [int(t) for t in tokens]
         self._header = list(policy.header)
+        self._closers = set(policy.closers.tolist())
         self._rows: np.ndarray | None = None
         self._weights = np.zeros(0)
         self._alive = np.zeros(0, dtype=bool)
@@ -68,7 +69,7 @@ class Cursor:
     def advance(self, token: int) -> None:
         self.tokens.append(int(token))
         if self._rows is not None:
-            if token == self.policy.stop:
+            if token in self._closers:
                 self._rows = None
             elif self._length < self._rows.shape[1]:
                 self._alive &= self._rows[:, self._length] == token

@@ -108,7 +108,7 @@ class SamplingClient:
             raise errors.bad_request("num_samples must be >= 1", path="asample")
         context = policy.config.base_model.max_context_length
         check_sample_budget(len(tokens), params.max_tokens, context)
-        stop_tokens, stop_strings = _stops(params.stop, {policy.stop, policy.end_of_text})
+        stop_tokens, stop_strings = _stops(params.stop, {policy.end_of_text, *policy.closers.tolist()})
         max_tokens = min(params.max_tokens or DEFAULT_MAX_TOKENS, context - len(tokens))
         outputs: list[tuple[list[int], list[float], str]] = []
         for i in range(num_samples):

@@ -9,6 +9,7 @@ fill in what is not given.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import secrets
 import warnings
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from typing import Any, Literal, Self
 
 from tinker import types
 from tinker.lib.public_interfaces.api_future import AwaitableConcurrentFuture
+from tinker.lib.public_interfaces.custom_loss import LossHandle, PerDatumLossFn, encode_graph, trace_loss
 from typing_extensions import deprecated
 
 from . import errors
@@ -66,6 +68,7 @@ class ServiceClient:
         self._user_metadata = user_metadata
         self._runtime = Runtime(config)
         self._closed = False
+        self._custom_loss_seq = itertools.count()
 
     def __enter__(self) -> Self:
         return self
@@ -313,6 +316,23 @@ class ServiceClient:
             retry_config=retry_config,
             record_stability_info=record_stability_info,
         )
+
+    # ---- custom losses ---------------------------------------------------------------------------
+    def create_custom_loss(
+        self, fn: PerDatumLossFn, input_ranks: Mapping[str, types.CustomLossInputRank]
+    ) -> AwaitableConcurrentFuture[LossHandle]:
+        """The SDK's tracing and checks, then the loss stored as the service stores an uploaded one
+        (``custom_losses.py``): its handle carries a ``loss_id`` that ``forward_backward_custom`` sends."""
+        self._check_open()
+        handle = trace_loss(fn, input_ranks, self._runtime.session_id)
+        seq_id = next(self._custom_loss_seq)
+
+        def run() -> LossHandle:
+            create = self._runtime.custom_losses.create
+            loss_id = create(handle.session_id, seq_id, handle.name, handle.inputs, encode_graph(handle))
+            return dataclasses.replace(handle, loss_id=loss_id)
+
+        return self._runtime.dispatcher.call(self._runtime.control_pool, "create_custom_loss", run)
 
     # ---- REST ------------------------------------------------------------------------------------
     @deprecated("deprecated in the SDK: use RestClient().get_server_capabilities()", category=FutureWarning)

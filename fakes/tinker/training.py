@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from tinker import types
 from tinker.lib.public_interfaces.api_future import APIFuture
+from tinker.lib.public_interfaces.custom_loss import LossHandle
 from tinker.types.optimizer import OptimParamsBase
 from typing_extensions import deprecated
 
 from . import errors, losses
-from .checkpoints import TinkerPath
+from .checkpoints import TinkerPath, restore
 from .datums import ParsedDatum, parse
 from .futures import ClientFuture
 from .inflight import InflightClientWeights, InflightTarget, Snapshot
@@ -113,6 +114,10 @@ class TrainingClient:
         loss_fn_config: Mapping[str, float | str] | None,
         backward: bool,
     ) -> types.ForwardBackwardOutput:
+        if loss_fn == "custom":  # an uploaded loss (``ServiceClient.create_custom_loss``), by id
+            custom = self._runtime.custom_losses.get(self.session_id, loss_fn_config)
+            custom.check_inputs(data)
+            return self._run_custom(data, custom.batch_loss, backward)
         parsed = self._parse(data)
         for p in parsed:
             losses.check(loss_fn, {"target_tokens", *p.tensors}, loss_fn_config)
@@ -127,6 +132,19 @@ class TrainingClient:
             if backward:
                 self._accumulate(total)
         return self._output(logprobs, total.item())
+
+    def _run_custom(
+        self, data: list[types.Datum], loss_fn: CustomLossFn, backward: bool
+    ) -> types.ForwardBackwardOutput:
+        """``loss_fn(data, logprobs) -> (loss, metrics)`` on the datums' logprobs."""
+        with torch.set_grad_enabled(backward):
+            logprobs = self._logprobs(self._parse(data))
+            loss, metrics = loss_fn(data, logprobs)
+            if backward:
+                self._accumulate(loss)
+        out = self._output(logprobs, float(loss.detach()))
+        out.metrics.update({k: float(v) for k, v in metrics.items()})
+        return out
 
     def _recorded(self, parsed: ParsedDatum) -> torch.Tensor:
         return recorded_logprobs(
@@ -186,33 +204,30 @@ class TrainingClient:
     def forward_backward_custom(
         self,
         data: list[types.Datum],
-        loss_fn: CustomLossFn,
+        loss_fn: CustomLossFn | LossHandle,
         *,
         loss_type_input: Literal["logprobs"] | None = None,
     ) -> APIFuture[types.ForwardBackwardOutput]:
-        """A user loss on per-datum logprob tensors (callables only, not traced ``LossHandle``s)."""
+        """A user loss on the datums' logprob tensors: a callable, or a ``LossHandle`` from
+        ``ServiceClient.create_custom_loss`` (run by its ``loss_id``, as the service runs uploaded losses)."""
         if loss_type_input is not None and loss_type_input != "logprobs":
             raise ValueError(f"Unsupported loss_type_input={loss_type_input!r}")
-        if not callable(loss_fn):
-            raise errors.bad_request("the simulator runs custom losses given as Python callables only")
+        if isinstance(loss_fn, LossHandle):
+            if loss_fn.session_id != self.session_id or loss_fn.loss_id is None:
+                raise ValueError(f"LossHandle {loss_fn.name!r} was not created in this client's session")
+            return self.forward_backward(data, "custom", {"loss_id": loss_fn.loss_id})
 
-        def run() -> types.ForwardBackwardOutput:
-            parsed = self._parse(data)
-            with torch.enable_grad():
-                logprobs = self._logprobs(parsed)
-                loss, metrics = loss_fn(data, logprobs)
-                self._accumulate(loss)
-            out = self._output(logprobs, float(loss.detach()))
-            out.metrics.update({k: float(v) for k, v in metrics.items()})
-            return out
-
-        return self._submit("forward_backward_custom", run, hold_s=self._train_cost_s(data))
+        return self._submit(
+            "forward_backward_custom",
+            lambda: self._run_custom(data, loss_fn, backward=True),
+            hold_s=self._train_cost_s(data),
+        )
 
     @deprecated(_ASYNC, category=FutureWarning)
     async def forward_backward_custom_async(
         self,
         data: list[types.Datum],
-        loss_fn: CustomLossFn,
+        loss_fn: CustomLossFn | LossHandle,
         *,
         loss_type_input: Literal["logprobs"] | None = None,
     ) -> APIFuture[types.ForwardBackwardOutput]:
@@ -309,23 +324,9 @@ class TrainingClient:
         )
 
     def _load(self, path: str, optimizer: bool) -> types.LoadWeightsResponse:
-        snapshot = self._runtime.store.load(TinkerPath.parse(path))
-        if snapshot.meta["base_model"] != self._policy.config.base_model.name:
-            raise errors.bad_request(
-                f"{path} was trained from {snapshot.meta['base_model']}, not this base model"
-            )
-        if snapshot.meta["rank"] != self._policy.config.rank:
-            raise errors.bad_request(
-                f"{path} has LoRA rank {snapshot.meta['rank']}, this run has {self._policy.config.rank}"
-            )
-        with torch.no_grad():
-            for name, value in snapshot.params.items():
-                self._policy.params[name].copy_(value)
-        self._policy.invalidate()
-        if optimizer:
-            if snapshot.optimizer is None:
-                raise errors.bad_request(f"{path} has no optimizer state (saved for sampling)")
-            self._optimizer.load_state_dict(snapshot.optimizer)
+        restore(
+            self._runtime.store, TinkerPath.parse(path), self._policy, self._optimizer if optimizer else None
+        )
         return types.LoadWeightsResponse(path=path, model_id=self.model_id)
 
     @deprecated(

@@ -2,16 +2,12 @@
 commands) over the simulator's checkpoint store and the wire service's sessions.
 
 External weights are downloaded as the service lets them be: ``external_weights_urls`` answers
-signed URLs (HMAC of the file and its expiry under a per-server secret, valid an hour) that
-``GET /sim-files/...`` serves without an API key, as a storage bucket would.
+signed URLs (``signing.py``) that ``GET /sim-files/...`` serves without an API key, as a storage
+bucket would.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,9 +22,9 @@ from fakes.tinker.errors import bad_request, not_found
 
 from .http import _json
 from .service import WireService
+from .signing import Signer
 
 FILES = "/sim-files"
-URL_TTL_S = 3600
 
 
 def _page(request: web.Request, default_limit: int) -> tuple[int, int]:
@@ -50,9 +46,9 @@ def _get_training_run(run_id: str) -> Callable[[Any], Any]:
 class RestRoutes:
     """Handlers for the REST paths; every store read runs through the simulated ``RestClient``."""
 
-    def __init__(self, service: WireService) -> None:
+    def __init__(self, service: WireService, signer: Signer) -> None:
         self.service = service
-        self._secret = secrets.token_bytes(32)
+        self._signer = signer
 
     @property
     def _store(self) -> Any:
@@ -169,31 +165,20 @@ class RestRoutes:
         self._store.set_public(self._path(request), False)
         return _json(None)
 
-    def _signature(self, path: str, expires: int) -> str:
-        return hmac.new(self._secret, f"{path}@{expires}".encode(), hashlib.sha256).hexdigest()
-
     async def _external_weights_urls(self, request: web.Request) -> web.Response:
         path = self._path(request)
-        expires = int(time.time()) + URL_TTL_S
+        expires = self._signer.expiry()
         origin = f"{request.scheme}://{request.host}"
         urls = {}
         for name in self._store.files(path):
-            rel = f"{quote(path.run_id, safe='')}/{path.kind}/{quote(path.name, safe='')}/{name}"
-            signature = self._signature(f"{path}/{name}", expires)
-            urls[name] = f"{origin}{FILES}/{rel}?expires={expires}&signature={signature}"
+            rel = f"{FILES}/{quote(path.run_id, safe='')}/{path.kind}/{quote(path.name, safe='')}/{name}"
+            urls[name] = self._signer.url(origin, rel, key=f"{path}/{name}", expires=expires)
         when = datetime.fromtimestamp(expires, UTC)
         return _json(types.ExternalWeightsUrlsResponse(urls=urls, expires=when))
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
         path, name = self._path(request), request.match_info["file"]
-        try:
-            expires = int(request.query.get("expires", ""))
-        except ValueError:
-            raise web.HTTPForbidden(text="unsigned URL") from None
-        signature = request.query.get("signature", "")
-        valid = hmac.compare_digest(signature, self._signature(f"{path}/{name}", expires))
-        if not valid or expires < time.time():
-            raise web.HTTPForbidden(text="the signed URL is invalid or has expired")
+        self._signer.check(request, f"{path}/{name}")
         files = self._store.files(path)
         if name not in files:
             raise not_found(f"{path} has no file {name!r}", path="sim-files")

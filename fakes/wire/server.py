@@ -29,19 +29,15 @@ from tinker.types.try_again_response import TryAgainResponse
 from fakes.tinker import ServiceClient, SimConfig
 from fakes.tinker.rest import capabilities
 
-from .codec import (
-    PROTO_CONTENT_TYPE,
-    CodecError,
-    decode_forward_backward,
-    encode_forward_backward_output,
-    encode_sample_response,
-)
+from .codec import PROTO_CONTENT_TYPE, CodecError, decode_forward_backward
 from .faults import Fault, FaultInjector, WireFaults
 from .futures import Promise
-from .http import _detail, _json
+from .http import _detail, _json, failure, result_response
 from .memory import return_free_memory
 from .rest import FILES, RestRoutes
 from .service import DEFAULT_SESSION_EXPIRY_S, WireService
+from .signing import Signer
+from .traces import Timeline, TraceRoutes
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +46,8 @@ DEFAULT_POLL_HOLD_S = 20.0  # below the SDK's 45 s retrieve_future timeout
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Flags of /client/config: plain API-key auth (no JWT exchange), per-request futures polling,
-# client-side custom losses, server-allocated clone ids for unpickled sampling clients.
+# client-side custom losses (served server-side too: ``custom_loss_server_side=True``),
+# server-allocated clone ids for unpickled sampling clients.
 DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
     "pjwt_auth_enabled": False,
     "sample_use_retrieve_futures": False,
@@ -58,23 +55,6 @@ DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
     "sample_join_sampling_session": True,
     "proto_compress_fwdbwd": False,
 }
-
-
-def _failure(error: BaseException) -> dict[str, str]:
-    """A failed future's answer (``RequestFailedResponse``): user errors are the caller's."""
-    user = isinstance(error, (ValueError, TypeError, NotImplementedError)) or (
-        isinstance(error, tinker.APIStatusError) and error.status_code < 500
-    )
-    message = error.message if isinstance(error, tinker.APIError) else str(error)
-    return {"error": message or type(error).__name__, "category": "user" if user else "server"}
-
-
-def _result_response(value: Any) -> web.Response:
-    if isinstance(value, types.SampleResponse):
-        return web.Response(body=encode_sample_response(value), content_type=PROTO_CONTENT_TYPE)
-    if isinstance(value, types.ForwardBackwardOutput):
-        return web.Response(body=encode_forward_backward_output(value), content_type=PROTO_CONTENT_TYPE)
-    return _json(value)
 
 
 class WireServer:
@@ -101,6 +81,8 @@ class WireServer:
             raise ValueError(f"session_expiry_s must be > 0, got {session_expiry_s}")
         self.session_expiry_s = session_expiry_s
         self.url = ""
+        self.signer = Signer()
+        self.timeline = Timeline()
         self._reaper: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._service: WireService | None = None
@@ -187,10 +169,19 @@ class WireServer:
     def _try_again(request_id: str) -> web.Response:
         return _json(TryAgainResponse(request_id=request_id, queue_state="active"))
 
-    @staticmethod
     def _future(
-        promise: Promise, model_id: str | None = None, sequence_ids: list[str] | None = None
+        self,
+        request: web.Request,
+        promise: Promise,
+        model_id: str | None = None,
+        sequence_ids: list[str] | None = None,
+        track: str | None = None,
+        name: str | None = None,
     ) -> web.Response:
+        """The ``UntypedAPIFuture`` answer; the request goes on its session's timeline (``traces.py``)."""
+        if promise.owner is not None:
+            route = name or request.path.rsplit("/", 1)[-1]
+            self.timeline.record(promise.owner, track or model_id or promise.owner, route, promise)
         return _json(
             types.UntypedAPIFuture(
                 request_id=promise.request_id, model_id=model_id, sample_sequence_ids=sequence_ids
@@ -207,7 +198,7 @@ class WireServer:
             promise = call(body)
             if asyncio.iscoroutine(promise):
                 promise = await promise
-            return self._future(promise, getattr(body, "model_id", None))
+            return self._future(request, promise, getattr(body, "model_id", None))
 
         return handle
 
@@ -225,6 +216,10 @@ class WireServer:
             web.post(f"{API}/telemetry", self._telemetry),
             web.post(
                 f"{API}/create_model", self._submit(T.CreateModelRequest.model_validate, s.create_model)
+            ),
+            web.post(
+                f"{API}/create_custom_loss",
+                self._submit(T.CreateCustomLossRequest.model_validate, s.create_custom_loss),
             ),
             web.post(f"{API}/get_info", self._get_info),
             web.post(f"{API}/forward_backward", self._forward_backward),
@@ -250,7 +245,8 @@ class WireServer:
             web.post(f"{API}/retrieve_future", self._retrieve_future),
             web.post(f"{API}/retrieve_futures", self._retrieve_futures),
             web.post(f"{API}/cancel_future", self._cancel_future),
-            *RestRoutes(s).routes(API),
+            *RestRoutes(s, self.signer).routes(API),
+            *TraceRoutes(self.timeline, self.signer, lambda sid: sid in s.sessions).routes(API),
         ]
 
     # ---- service, session, config --------------------------------------------------------------
@@ -296,7 +292,7 @@ class WireServer:
             return _detail(415, f"forward_backward takes {PROTO_CONTENT_TYPE} bodies")
         call = decode_forward_backward(await request.read(), request.headers.get("Content-Encoding"))
         promise = await self.service.forward_backward(call)
-        return self._future(promise, call.model_id)
+        return self._future(request, promise, call.model_id, name="forward" if call.forward_only else None)
 
     # ---- sampling ------------------------------------------------------------------------------
     async def _create_sampling_session(self, request: web.Request) -> web.StreamResponse:
@@ -317,7 +313,7 @@ class WireServer:
             return answer
         body = types.SampleRequest.model_validate(await request.json())
         promise, sequence_ids = self.service.asample(body)
-        return self._future(promise, sequence_ids=sequence_ids)
+        return self._future(request, promise, sequence_ids=sequence_ids, track=body.sampling_session_id)
 
     # ---- futures -------------------------------------------------------------------------------
     async def _retrieve_future(self, request: web.Request) -> web.StreamResponse:
@@ -331,8 +327,8 @@ class WireServer:
             return self._try_again(body.request_id)
         value, error = promise.outcome()
         if error is not None:
-            return _json(_failure(error))
-        return _result_response(value)
+            return _json(failure(error))
+        return result_response(value)
 
     async def _retrieve_futures(self, request: web.Request) -> web.Response:
         """The session poller's long poll (``sample_use_retrieve_futures``; see ``feeds.py``)."""

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import dataclasses
 import time
 import uuid
 import warnings
@@ -35,83 +33,13 @@ from .codec import ForwardBackwardCall
 from .faults import FaultInjector
 from .feeds import Feeds
 from .futures import MAX_KEPT, Promise, PromiseTable
+from .runs import Run, Sampler, SessionClock, call_sim, done_future, failed, in_seq_order, owned_by
 
-# How long a request waits for an earlier seq_id of its run that never arrives (a client that
-# reserved an id and then failed before sending it) before it is applied anyway.
-GAP_WAIT_S = 30.0
 DEFAULT_SESSION_EXPIRY_S = 120.0
 """A session that neither heartbeats (the SDK does every 10 s) nor calls for this long has
 expired: the SDK warns its user after missing heartbeats for the same time."""
 FINISHED_KEPT = 10_000
 """Finished sessions remembered (to answer their heartbeats 410, not 404)."""
-
-
-@dataclasses.dataclass
-class _Run:
-    client: TrainingClient
-    session_id: str
-    next_seq: int = 1
-    turn: asyncio.Condition = dataclasses.field(default_factory=asyncio.Condition)
-
-
-@dataclasses.dataclass
-class _Sampler:
-    client: SamplingClient
-    base_model: str
-    model_path: str | None
-    session_id: str
-    clones: int = 0
-
-
-@dataclasses.dataclass
-class _Session:
-    last_seen: float = dataclasses.field(default_factory=time.monotonic)
-
-
-def _done(value: Any) -> Future[Any]:
-    future: Future[Any] = Future()
-    future.set_result(value)
-    return future
-
-
-def _failed(error: BaseException) -> Future[Any]:
-    future: Future[Any] = Future()
-    future.set_exception(error)
-    return future
-
-
-def _call(fn: Callable[[], Any]) -> Future[Any]:
-    """The simulator call's concurrent future; an exception raised at call time fails it."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # the SDK-deprecated load_state* methods
-            return fn().future()  # type: ignore[no-any-return]
-    except Exception as exc:
-        return _failed(exc)
-
-
-def _owned_by(key: Hashable, session_id: str, prefix: str) -> bool:
-    """Whether a remembered submission's key names the session or one of its runs or samplers."""
-    return (
-        isinstance(key, tuple)
-        and len(key) > 1
-        and isinstance(key[1], str)
-        and (key[1] == session_id or key[1].startswith(prefix))
-    )
-
-
-async def in_seq_order(run: _Run, seq_id: int | None, submit: Callable[[], Promise]) -> Promise:
-    """Apply ``submit`` once every earlier ``seq_id`` of ``run`` has been applied."""
-    async with run.turn:
-        if seq_id is not None and run.next_seq < seq_id:
-            # a missing request that never comes: go on after GAP_WAIT_S rather than hang
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.turn.wait_for(lambda: run.next_seq >= seq_id), GAP_WAIT_S)
-        promise = submit()
-        if seq_id is not None:
-            run.next_seq = max(run.next_seq, seq_id + 1)
-        run.turn.notify_all()
-    return promise
 
 
 class WireService:
@@ -124,10 +52,10 @@ class WireService:
         self.promises = PromiseTable(loop)
         self.feeds = Feeds(session_of)
         self.sessions: dict[str, str] = {}  # id -> "active" | "finished" (finished: the last FINISHED_KEPT)
-        self._active: dict[str, _Session] = {}
+        self._active: dict[str, SessionClock] = {}
         self.released_since_trim = False  # the server returns freed memory to the OS when set
-        self.runs: dict[str, _Run] = {}
-        self.samplers: dict[str, _Sampler] = {}
+        self.runs: dict[str, Run] = {}
+        self.samplers: dict[str, Sampler] = {}
         self._submitted: collections.OrderedDict[Hashable, Promise] = collections.OrderedDict()
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -153,20 +81,20 @@ class WireService:
         return self._submitted.get(key)
 
     async def _apply(
-        self, run: _Run, key: Hashable, seq_id: int | None, submit: Callable[[], Promise]
+        self, run: Run, key: Hashable, seq_id: int | None, submit: Callable[[], Promise]
     ) -> Promise:
         """``submit`` in ``seq_id`` order, once per key: a retry that waited alongside the
         original gets the original's promise."""
         return await in_seq_order(run, seq_id, lambda: self._seen(key) or submit())
 
-    def run(self, model_id: str) -> _Run:
+    def run(self, model_id: str) -> Run:
         run = self.runs.get(model_id)
         if run is None:
             raise not_found(f"training run {model_id!r} is not loaded in this server", path="model")
         self._seen_now(run.session_id)
         return run
 
-    def sampler(self, sampler_id: str) -> _Sampler:
+    def sampler(self, sampler_id: str) -> Sampler:
         sampler = self.samplers.get(sampler_id)
         if sampler is None:
             raise not_found(f"sampling session {sampler_id!r} not found", path="sampler")
@@ -191,7 +119,7 @@ class WireService:
 
     def _register_run(self, session_id: str) -> Callable[[TrainingClient], TrainingClient]:
         def register(client: TrainingClient) -> TrainingClient:
-            self.runs[client.model_id] = _Run(client, session_id)
+            self.runs[client.model_id] = Run(client, session_id)
             return client
 
         return register
@@ -200,7 +128,7 @@ class WireService:
     def create_session(self, request: types.CreateSessionRequest) -> types.CreateSessionResponse:
         session_id = str(uuid.uuid4())
         self.sessions[session_id] = "active"
-        self._active[session_id] = _Session()
+        self._active[session_id] = SessionClock()
         return types.CreateSessionResponse(session_id=session_id)
 
     def heartbeat(self, session_id: str) -> str:
@@ -239,10 +167,11 @@ class WireService:
         for sampler_id in [i for i, sampler in self.samplers.items() if sampler.session_id == session_id]:
             del self.samplers[sampler_id]
         prefix = f"{session_id}:"
-        for key in [k for k in self._submitted if _owned_by(k, session_id, prefix)]:
+        for key in [k for k in self._submitted if owned_by(k, session_id, prefix)]:
             del self._submitted[key]
         self.promises.release(session_id)
         self.feeds.release(session_id)
+        self.sim._runtime.custom_losses.release(session_id)
 
     # ---- training runs -----------------------------------------------------------------------
     def create_model(self, request: types.CreateModelRequest) -> Promise:
@@ -266,6 +195,21 @@ class WireService:
         register = self._register_run(request.session_id)
         return self._track(key, work, lambda c: types.CreateModelResponse(model_id=register(c).model_id))
 
+    def create_custom_loss(self, request: types.CreateCustomLossRequest) -> Promise:
+        """Store the session's traced loss (checked against the simulator's allowed operations)."""
+        key = ("custom_loss", request.session_id, request.custom_loss_seq_id)
+        if (seen := self._seen(key)) is not None:
+            return seen
+        self._session(request.session_id)
+        try:
+            loss_id = self.sim._runtime.custom_losses.create(
+                request.session_id, request.custom_loss_seq_id, request.name, request.inputs, request.graph
+            )
+            work = done_future(loss_id)
+        except Exception as exc:  # a refused graph fails the request (the SDK raises it from result())
+            work = failed(exc)
+        return self._track(key, work, lambda loss_id: types.CreateCustomLossResponse(loss_id=loss_id))
+
     def get_info(self, request: types.GetInfoRequest) -> types.GetInfoResponse:
         return self.run(request.model_id).client.get_info()
 
@@ -277,7 +221,7 @@ class WireService:
         method = run.client.forward if call.forward_only else run.client.forward_backward
 
         def submit() -> Promise:
-            work = _call(lambda: method(call.data, call.loss_fn, call.loss_fn_config))  # type: ignore[arg-type]
+            work = call_sim(lambda: method(call.data, call.loss_fn, call.loss_fn_config))  # type: ignore[arg-type]
             return self._track(key, work)
 
         return await self._apply(run, key, call.seq_id, submit)
@@ -291,7 +235,7 @@ class WireService:
             run,
             key,
             request.seq_id,
-            lambda: self._track(key, _call(lambda: run.client.optim_step(request.optim_params))),
+            lambda: self._track(key, call_sim(lambda: run.client.optim_step(request.optim_params))),
         )
 
     async def save_weights(self, request: types.SaveWeightsRequest) -> Promise:
@@ -306,7 +250,7 @@ class WireService:
             request.seq_id,
             lambda: self._track(
                 key,
-                _call(
+                call_sim(
                     lambda: run.client.save_state(
                         name, request.ttl_seconds, request.overwrite, request.user_metadata
                     )
@@ -330,7 +274,7 @@ class WireService:
             key,
             request.seq_id,
             lambda: self._track(
-                key, _call(save), lambda r: types.SaveWeightsExternalResponseInternal(path=r.path)
+                key, call_sim(save), lambda r: types.SaveWeightsExternalResponseInternal(path=r.path)
             ),
         )
 
@@ -342,7 +286,7 @@ class WireService:
 
         def submit() -> Promise:
             if (name := request.path) is not None:
-                work = _call(
+                work = call_sim(
                     lambda: run.client.save_weights_for_sampler(
                         name, request.ttl_seconds, request.user_metadata
                     )
@@ -351,11 +295,11 @@ class WireService:
                     key, work, lambda r: types.SaveWeightsForSamplerResponseInternal(path=r.path)
                 )
             sampler_id = f"{run.session_id}:sample:{request.sampling_session_seq_id}"
-            work = _call(lambda: run.client.save_weights_and_get_sampling_client(kind=request.kind))
+            work = call_sim(lambda: run.client.save_weights_and_get_sampling_client(kind=request.kind))
             base = run.client.get_info().model_data.model_name or ""
 
             def register(client: SamplingClient) -> types.SaveWeightsForSamplerResponseInternal:
-                self.samplers[sampler_id] = _Sampler(client, base, None, run.session_id)
+                self.samplers[sampler_id] = Sampler(client, base, None, run.session_id)
                 return types.SaveWeightsForSamplerResponseInternal(sampling_session_id=sampler_id)
 
             return self._track(key, work, register)
@@ -386,7 +330,7 @@ class WireService:
         run = self.run(request.model_id)
         load = run.client.load_state_with_optimizer if request.optimizer else run.client.load_state
         return await self._apply(
-            run, key, request.seq_id, lambda: self._track(key, _call(lambda: load(request.path)))
+            run, key, request.seq_id, lambda: self._track(key, call_sim(lambda: load(request.path)))
         )
 
     # ---- sampling ----------------------------------------------------------------------------
@@ -401,7 +345,7 @@ class WireService:
                 client = await asyncio.wrap_future(
                     self.sim.create_sampling_client(request.model_path, request.base_model).future()
                 )
-            self.samplers[sampler_id] = _Sampler(
+            self.samplers[sampler_id] = Sampler(
                 client, client.get_base_model(), request.model_path, request.session_id
             )
         return types.CreateSamplingSessionResponse(sampling_session_id=sampler_id)
@@ -429,7 +373,7 @@ class WireService:
         sampler = self.sampler(request.sampling_session_id).client
         target = request.target_prompt_logprobs
         sequence_ids = [str(uuid.uuid4()) for _ in range(request.num_samples)]
-        work = _call(
+        work = call_sim(
             lambda: sampler.submit_sample(
                 request.prompt,
                 request.num_samples,

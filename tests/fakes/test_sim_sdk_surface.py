@@ -19,6 +19,7 @@ COVERED = {
         "__init__",
         "close",
         "get_console_url",
+        "create_custom_loss",
         "create_lora_training_client",
         "create_lora_training_client_async",
         "create_training_client_from_state",

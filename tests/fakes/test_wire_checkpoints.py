@@ -5,9 +5,6 @@ simulator (these were 404s): TTLs, publishing, external weights and their signed
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 import warnings
@@ -19,12 +16,12 @@ import pytest
 import tinker
 from safetensors.numpy import load_file
 from tinker import types
+from wire_clients import MODEL, tinker_cli, trained_run
 
 from fakes.tinker import SimConfig
 from fakes.tokenizer import load_tokenizer
 from fakes.wire import RunningWireServer, start_in_thread
 
-MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 DAY = 86400
 
 
@@ -38,15 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningWireServ
 def trained(server: RunningWireServer) -> Iterator[tuple[tinker.ServiceClient, tinker.TrainingClient]]:
     warnings.simplefilter("ignore", FutureWarning)
     service = tinker.ServiceClient(base_url=server.url, api_key="tml-test")
-    tc = service.create_lora_training_client(MODEL, rank=4, seed=0).result()
-    tokens = load_tokenizer(MODEL).encode("hello there, general kenobi")
-    datum = types.Datum(
-        model_input=types.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={"target_tokens": np.array(tokens[1:])},
-    )
-    tc.forward_backward([datum], "cross_entropy").result()
-    tc.optim_step(types.AdamParams(learning_rate=0.01)).result()
-    yield service, tc
+    yield service, trained_run(service)
     service.close("success").result()
 
 
@@ -122,14 +111,9 @@ def test_the_cli_downloads_publishes_and_sets_ttls(
 ) -> None:
     _service, tc = trained
     path = tc.save_state("for-cli").result().path
-    env = {**os.environ, "TINKER_BASE_URL": server.url, "TINKER_API_KEY": "tml-test"}
 
     def cli(*argv: str) -> str:
-        run = subprocess.run(
-            [sys.executable, "-m", "tinker.cli", *argv], env=env, capture_output=True, text=True, timeout=300
-        )
-        assert run.returncode == 0, run.stdout + run.stderr
-        return run.stdout
+        return tinker_cli(server.url, *argv)
 
     cli("checkpoint", "download", path, "--output", str(tmp_path / "out"))
     (adapter,) = tmp_path.glob("out/**/adapter_model.safetensors")

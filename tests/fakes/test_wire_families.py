@@ -1,4 +1,4 @@
-"""The families served beyond Qwen (DeepSeek V4.1, Llama 3) work through the wire simulator with the
+"""The families served beyond Qwen (DeepSeek V4.1, Llama 3, gpt-oss) work through the wire simulator with the
 unmodified SDK as in process: listed by ``get_server_capabilities``, trained, and sampled in their own
 chat format (the cookbook's renderer parses the answer cleanly), with ``:peft:N`` name variants."""
 
@@ -18,9 +18,13 @@ from fakes.tinker import SimConfig
 from fakes.tokenizer import load_tokenizer
 from fakes.wire import RunningWireServer, start_in_thread
 
-pytestmark = pytest.mark.slow  # ~20 s: two models' tokenizers, renderers and a wire session each
+pytestmark = pytest.mark.slow  # ~25 s: three models' tokenizers, renderers and a wire session each
 
-MODELS = ["deepseek-ai/DeepSeek-V4.1-Flash:peft:262144", "meta-llama/Llama-3.1-8B-Instruct"]
+MODELS = [
+    "deepseek-ai/DeepSeek-V4.1-Flash:peft:262144",
+    "meta-llama/Llama-3.1-8B-Instruct",
+    "openai/gpt-oss-120b:peft:131072",
+]
 
 
 @pytest.fixture(scope="module")

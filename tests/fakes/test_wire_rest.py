@@ -3,22 +3,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tinker
-from tinker import types
+from wire_clients import MODEL, sft_datum, tinker_cli
 
 from fakes.tinker import SimConfig
-from fakes.tokenizer import load_tokenizer
 from fakes.wire import start_in_thread
-
-MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 
 
 @pytest.mark.slow
@@ -27,12 +20,7 @@ def test_rest_listings_through_the_sdk_and_the_cli(tmp_path: Path) -> None:
     with start_in_thread(SimConfig(root_dir=tmp_path)) as server:
         service = tinker.ServiceClient(base_url=server.url, api_key="tml-test")
         tc = service.create_lora_training_client(MODEL, rank=4, seed=0).result()
-        tokens = load_tokenizer(MODEL).encode("hello there")
-        datum = types.Datum(
-            model_input=types.ModelInput.from_ints(tokens[:-1]),
-            loss_fn_inputs={"target_tokens": np.array(tokens[1:])},
-        )
-        tc.forward_backward([datum], "cross_entropy").result()
+        tc.forward_backward([sft_datum("hello there")], "cross_entropy").result()
         state = tc.save_state("first").result().path
         rest = service.create_rest_client()
 
@@ -49,19 +37,10 @@ def test_rest_listings_through_the_sdk_and_the_cli(tmp_path: Path) -> None:
         assert session_id in rest.list_sessions().result().sessions
         assert rest.get_session(session_id).result().training_run_ids == [tc.model_id]
 
-        env = {**os.environ, "TINKER_BASE_URL": server.url, "TINKER_API_KEY": "tml-test"}
         for argv, shown in (
             (["run", "list"], tc.model_id.split(":")[0][:8]),
             (["checkpoint", "list"], "weights/first"),
         ):
-            run = subprocess.run(
-                [sys.executable, "-m", "tinker.cli", *argv],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
-            assert run.returncode == 0, run.stderr
-            assert shown in run.stdout, run.stdout
+            output = tinker_cli(server.url, *argv, timeout=120)
+            assert shown in output, output
         service.close("success").result()

@@ -36,7 +36,8 @@ from fakes.wire.codec import (
 from fakes.wire.faults import FaultInjector
 from fakes.wire.futures import PromiseTable
 from fakes.wire.memory import map_large_blocks
-from fakes.wire.service import WireService, _done, _Run, in_seq_order
+from fakes.wire.runs import Run, done_future, in_seq_order
+from fakes.wire.service import WireService
 
 
 def _request(config: dict[str, float | str] | None) -> types.ForwardBackwardRequest:
@@ -155,7 +156,7 @@ def test_forward_backward_output_encodes_what_the_sdk_decodes() -> None:
 
 
 async def test_requests_of_a_run_apply_in_seq_id_order() -> None:
-    run = _Run(client=None, session_id="s")  # type: ignore[arg-type]
+    run = Run(client=None, session_id="s")  # type: ignore[arg-type]
     applied: list[int] = []
     table = PromiseTable(asyncio.get_running_loop())
 
@@ -178,13 +179,13 @@ async def test_a_retry_waiting_beside_its_original_is_applied_once(tmp_path: Pat
     service = WireService(
         ServiceClient(root_dir=tmp_path), FaultInjector(WireFaults()), asyncio.get_running_loop()
     )
-    run = _Run(client=None, session_id="s")  # type: ignore[arg-type]
+    run = Run(client=None, session_id="s")  # type: ignore[arg-type]
     applied: list[str] = []
 
     def submit(name: str):  # type: ignore[no-untyped-def]
         def go():  # type: ignore[no-untyped-def]
             applied.append(name)
-            return service._track(("train", "m", 2), _done(name))
+            return service._track(("train", "m", 2), done_future(name))
 
         return go
 
@@ -192,7 +193,9 @@ async def test_a_retry_waiting_beside_its_original_is_applied_once(tmp_path: Pat
         asyncio.create_task(service._apply(run, ("train", "m", 2), 2, submit(n))) for n in ("a", "retry")
     ]
     await asyncio.sleep(0)
-    await service._apply(run, ("train", "m", 1), 1, lambda: service._track(("train", "m", 1), _done("one")))
+    await service._apply(
+        run, ("train", "m", 1), 1, lambda: service._track(("train", "m", 1), done_future("one"))
+    )
     first, retried = await asyncio.gather(*waiting)
     assert applied == ["a"] and first is retried
 

@@ -83,6 +83,7 @@ def test_a_session_that_stops_heartbeating_expires(server: RunningWireServer) ->
     with pytest.raises(tinker.APIStatusError) as raised:
         service.create_lora_training_client(MODEL, rank=4).result()
     assert raised.value.status_code == 410
+    service.close("success").result()  # stops its heartbeats, which would outlive the server
 
 
 def test_prompt_logprobs_through_the_wire_equal_the_in_process_ones(tmp_path: Path) -> None:
@@ -95,11 +96,8 @@ def test_prompt_logprobs_through_the_wire_equal_the_in_process_ones(tmp_path: Pa
     assert prompt.length > 170
     params = types.SamplingParams(max_tokens=4, seed=1)
     server = start_in_thread(SimConfig(root_dir=tmp_path))  # default expiry: this test is about logprobs
-    wire = (
-        tinker.ServiceClient(base_url=server.url, api_key="tml-test")
-        .create_sampling_client(base_model=MODEL)
-        .result()
-    )
+    service = tinker.ServiceClient(base_url=server.url, api_key="tml-test")
+    wire = service.create_sampling_client(base_model=MODEL).result()
     local = ServiceClient(root_dir=tmp_path).create_sampling_client(base_model=MODEL).result()
     answers = [
         client.sample(prompt, 1, params, include_prompt_logprobs=True, topk_prompt_logprobs=4).result()
@@ -113,6 +111,7 @@ def test_prompt_logprobs_through_the_wire_equal_the_in_process_ones(tmp_path: Pa
         assert [i for i, _ in got] == [i for i, _ in want]
         assert [lp for _, lp in got] == pytest.approx([lp for _, lp in want])
     assert wire.compute_logprobs(prompt).result() == pytest.approx(answers[1].prompt_logprobs)
+    service.close("success").result()
     server.close()
 
 

@@ -7,6 +7,7 @@ refused, in the same words, on the command line.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,22 @@ def test_every_field_sits_in_a_commented_section() -> None:
     assert len(sections) >= 8
     first_field = min(body.index(f"\n    {name}: ") for name in chz.chz_fields(TrainConfig))
     assert body.index(sections[0]) < first_field
+
+
+def test_a_per_policy_setting_has_one_rule_for_the_run_and_its_policies() -> None:
+    """``PER_POLICY`` declares each setting a policy may override once: the run's field and the
+    policy's take the same rule (the policy's also takes None, its default: the run's value)."""
+    from agl_tinker.loop.policy_config import PER_POLICY
+
+    assert set(PER_POLICY) <= set(chz.chz_fields(TrainConfig)) & set(chz.chz_fields(PolicyConfig))
+    for name, setting in PER_POLICY.items():
+        assert getattr(PolicyConfig(), name) is None
+        if setting.rule is None:
+            continue
+        bad = {"lora_rank": 0, "learning_rate": 0.0, "num_substeps": 0}[name]
+        with pytest.raises(ConfigError, match=f"^{name} must be {re.escape(setting.rule.asks)}, got"):
+            TrainConfig(log_path=LOG, **{name: bad})
+        with pytest.raises(
+            ConfigError, match=rf"^PolicyConfig\.{name} must be {re.escape(setting.rule.asks)} or None"
+        ):
+            PolicyConfig(**{name: bad})

@@ -88,6 +88,7 @@ def _check_run(tmp_path: Path, mode: str, n_policies: int, kl: bool) -> set[str]
             groups = s[f"{p}groups/trained"] + s[f"{p}groups/dropped"] + s[f"{p}groups/constant_removed"]
             assert groups == BATCH, (case, p, s)
             assert (f"{p}kl_policy_base" in s) is kl, (case, p, sorted(s))
+            assert s[f"{p}staleness/group_max"] <= 1, (case, p, s)  # each policy's own calls
         if n_policies > 1:
             assert s["train/datums"] == sum(s[f"{p}train/datums"] for p in prefixes), (case, s)
             assert s["calls/unowned"] == 0, (case, s)

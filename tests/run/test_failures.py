@@ -13,10 +13,13 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 
 from agl_tinker.loop.progress import ProgressDisplay
 from agl_tinker.loop.report import summary_lines
+from agl_tinker.net import free_port
 from agl_tinker.run import failures
 from agl_tinker.run.flat_reward import FlatRewardWatch
 
@@ -146,3 +149,59 @@ def test_an_agent_that_always_raises_gives_a_short_readable_output(tmp_path: Pat
     assert "excluded 16/16: failed 16" in out
     assert out.count("had no rollout to train on") == 1  # the final error, once
     assert (tmp_path / "run" / "run.log").read_text().count("ValueError: boom") >= 31
+
+
+def _log_error(logger: logging.Logger, error: BaseException, message: str) -> None:
+    logger.error(message, exc_info=(type(error), error, error.__traceback__))
+
+
+async def test_a_store_the_runner_cannot_reach_is_a_connection_error_naming_its_address(
+    agent_logger: tuple[logging.Logger, io.StringIO],
+) -> None:
+    """Agent-lightning's runner logs its failed store calls on the agent logger: the summary says
+    it could not connect, to which address, and what to check; not that the agent raised."""
+    from agentlightning.store.client_server import LightningStoreClient
+
+    logger, console = agent_logger
+    port = free_port()
+    client = LightningStoreClient(f"http://127.0.0.1:{port}", retry_delays=(), health_retry_delays=())
+    try:
+        with pytest.raises(Exception) as caught:
+            await client.update_attempt("ro-1", "at-1", status="failed")
+    finally:
+        await client.close()
+    for _ in range(3):
+        _log_error(logger, caught.value, "Exception during update_attempt.")
+    shown = console.getvalue()
+    assert shown.count("Exception during update_attempt") == 1, shown  # later ones counted
+    assert f"could not connect to 127.0.0.1:{port} (ClientConnectorError)" in shown
+    assert "not an error in the agent" in shown and "still running and reachable" in shown
+    assert "The agent raised" not in shown
+
+
+def test_an_endpoint_the_agents_client_cannot_reach_is_a_connection_error_naming_its_url(
+    agent_logger: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, console = agent_logger
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
+    with pytest.raises(openai.APIConnectionError) as caught:
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    client.close()
+    _log_error(logger, caught.value, "Exception during rollout.")
+    shown = console.getvalue()
+    assert f"could not connect to {url}/chat/completions (APIConnectionError)" in shown, shown
+    assert "The agent raised" not in shown
+
+
+def test_what_counts_as_unreachable() -> None:
+    assert failures.unreachable(_raise(ValueError)) is None
+    timeout = openai.APITimeoutError(request=httpx.Request("POST", "http://127.0.0.1:1/v1"))
+    assert failures.unreachable(timeout) is None  # the peer answered; it was slow
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError as e:
+            raise RuntimeError("the agent's tool failed") from e
+    except RuntimeError as wrapped:
+        assert failures.unreachable(wrapped) == ("ConnectionRefusedError", None)
