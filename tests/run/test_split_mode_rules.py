@@ -4,6 +4,7 @@ and leaving, the runner command's progress lines, its stop line, and the store w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import threading
 import time
@@ -180,3 +181,48 @@ def test_the_store_watch_leaves_a_store_that_answers_alone() -> None:
     watch.stop()
     loop.call_soon_threadsafe(loop.stop)
     assert not stop.is_set() and watch.reason is None
+
+
+async def test_the_store_serves_on_when_its_own_health_probe_cannot_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a loaded machine did in CI: Agent-lightning's launcher probed the store's health from
+    its own start, gave up after its startup window ("Server is not healthy ... after 60.0 s"),
+    shut the answering store down, and the process then outlived its SIGINT. Here the probe can
+    never pass (it asks an address nothing listens on) and the window is short: the store must
+    serve on regardless, and stop when cancelled (as Ctrl-C does)."""
+    import urllib.request
+
+    import agl_tinker.split_store as split_store
+
+    launcher_args = split_store.PythonServerLauncherArgs
+
+    def unreachable_probe(**kwargs: object) -> object:
+        return launcher_args(**{**kwargs, "access_host": "127.0.0.2", "startup_timeout": 0.5})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(split_store, "PythonServerLauncherArgs", unreachable_probe)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/agl/health"
+    serving = asyncio.create_task(
+        split_store.serve_store("127.0.0.1", port, presence=RunnerPresence(say=print))
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # up: the port answers
+            try:
+                status = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=1).status)
+                break
+            except OSError:
+                assert not serving.done(), serving
+                assert time.monotonic() < deadline, "the store never answered"
+                await asyncio.sleep(0.05)
+        assert status == 200
+        await asyncio.sleep(1.5)  # well past the launcher's 0.5 s window
+        assert not serving.done(), serving.exception()
+        assert await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).status) == 200
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(serving, 30)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=1)
