@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import warnings
 
-import numpy as np
+from logprob_parity import assert_sampled_logprobs_are_the_trainers
 from tinker import types
 from tinker_cookbook import model_info, renderers
 
@@ -53,12 +53,4 @@ def test_reasoning_comes_once_before_the_answer_and_never_reaches_its_text() -> 
         answer = renderers.get_text_content(message)
         assert termination.is_clean and answer and "<|" not in answer and "Let me think" not in answer
     # The trainer's logprobs of a two-message turn are the sampler's.
-    seq = reasoned[0]
-    tc = service.create_lora_training_client(MODEL, rank=2, seed=0).result()
-    full = prompt.to_ints() + seq.tokens
-    datum = types.Datum(
-        model_input=types.ModelInput.from_ints(full[:-1]),
-        loss_fn_inputs={"target_tokens": np.array(full[1:])},
-    )
-    forward = tc.forward([datum], "cross_entropy").result().loss_fn_outputs[0]["logprobs"].data
-    np.testing.assert_allclose(forward[-len(seq.tokens) :], seq.logprobs, atol=1e-5)
+    assert_sampled_logprobs_are_the_trainers(service, MODEL, prompt, reasoned[0])

@@ -11,11 +11,11 @@ import functools
 import json
 import warnings
 
-import numpy as np
 import pytest
 import tinker
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from logprob_parity import assert_sampled_logprobs_are_the_trainers
 from tinker import types
 from tinker_cookbook import model_info, renderers
 from tokenizer_corpus import CHATML, corpus
@@ -183,16 +183,7 @@ def test_the_simulated_model_answers_in_each_chat_format(model_name: str) -> Non
         assert termination.is_clean
         answers.append(renderers.get_text_content(message))
     assert any("Bob" in a for a in answers), answers
-    # The sampler's logprobs are the trainer's: forward on prompt + answer gives the same numbers.
-    tc = service.create_lora_training_client(model_name, rank=2, seed=0).result()
-    seq = result.sequences[0]
-    full = prompt.to_ints() + seq.tokens
-    datum = types.Datum(
-        model_input=types.ModelInput.from_ints(full[:-1]),
-        loss_fn_inputs={"target_tokens": np.array(full[1:])},
-    )
-    forward = tc.forward([datum], "cross_entropy").result().loss_fn_outputs[0]["logprobs"].data
-    np.testing.assert_allclose(forward[-len(seq.tokens) :], seq.logprobs, atol=1e-5)
+    assert_sampled_logprobs_are_the_trainers(service, model_name, prompt, result.sequences[0])
 
 
 @pytest.mark.parametrize("model_name", [n for f, n in ONE_PER_FORMAT.items() if f.tool_call != "none"])

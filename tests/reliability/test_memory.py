@@ -9,9 +9,7 @@ per-step memory over a long run is measured by ``benchmarks/memory.py --mode syn
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,8 @@ import agentlightning as agl
 import pytest
 from agentlightning.store.client_server import LightningStoreClient, LightningStoreServer
 from agentlightning.store.memory import InMemoryLightningStore
-from agentlightning.tracer.dummy import DummyTracer
 from agentlightning.types import Span
+from quiet_tracer import QuietTracer
 from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
 
 from agl_tinker.examples.hello.agent import hello_agent, hello_dataset
@@ -29,15 +27,6 @@ from agl_tinker.loop.train import train
 from agl_tinker.net import free_port
 from agl_tinker.runners.deadline import DeadlineRunner
 from agl_tinker.store_server import LeanStoreServer, completion_events, release_rollouts
-
-
-class _QuietTracer(DummyTracer):
-    @contextlib.asynccontextmanager
-    async def trace_context(self, name: str | None = None, **kwargs: Any) -> AsyncIterator[None]:
-        yield
-
-    def get_last_trace(self) -> list[Span]:
-        return []
 
 
 async def _finished_and_running(store: Any) -> tuple[str, str]:
@@ -108,7 +97,7 @@ async def test_the_training_loop_leaves_no_finished_rollout_or_span_in_the_store
     tmp_path: Path, mode: str
 ) -> None:
     store = InMemoryLightningStore(thread_safe=True)
-    runner = DeadlineRunner(_QuietTracer(), poll_interval=0.01)
+    runner = DeadlineRunner(QuietTracer(), poll_interval=0.01)
     runner.init(hello_agent)
     runner.init_worker(0, store)
     stop = threading.Event()

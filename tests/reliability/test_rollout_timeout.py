@@ -7,35 +7,22 @@ but the runner never took the next rollout, and a step waiting on those rollouts
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import agentlightning as agl
 import pytest
 from agentlightning.store.memory import InMemoryLightningStore
-from agentlightning.tracer.dummy import DummyTracer
-from agentlightning.types import RolloutConfig, Span
+from agentlightning.types import RolloutConfig
+from quiet_tracer import QuietTracer
 
 from agl_tinker.runners.deadline import DeadlineRunner
 
 HERE = Path(__file__).parent
-
-
-class _QuietTracer(DummyTracer):
-    """A tracer that records nothing (the runner emits the returned reward itself)."""
-
-    @contextlib.asynccontextmanager
-    async def trace_context(self, name: str | None = None, **kwargs: Any) -> AsyncIterator[None]:
-        yield
-
-    def get_last_trace(self) -> list[Span]:
-        return []
 
 
 async def maybe_hang(task: dict[str, Any], llm: agl.LLM) -> float:
@@ -50,7 +37,7 @@ async def test_a_hung_rollout_is_cancelled_at_its_timeout_and_the_runner_moves_o
     config = RolloutConfig(timeout_seconds=0.5)
     hung = await store.enqueue_rollout({"hang": True}, config=config)
     fine = await store.enqueue_rollout({"hang": False}, config=config)
-    runner = DeadlineRunner(_QuietTracer(), max_rollouts=2, poll_interval=0.01)
+    runner = DeadlineRunner(QuietTracer(), max_rollouts=2, poll_interval=0.01)
     runner.init(agl.rollout(maybe_hang))
     runner.init_worker(0, store)
 
@@ -68,7 +55,7 @@ async def test_a_rollout_within_its_timeout_is_left_alone() -> None:
     store = InMemoryLightningStore(scan_debounce_seconds=0)
     await store.add_resources({"llm": agl.LLM(endpoint="http://127.0.0.1:9/v1", model="m")})
     rollout = await store.enqueue_rollout({"hang": False}, config=RolloutConfig(timeout_seconds=30))
-    runner = DeadlineRunner(_QuietTracer(), max_rollouts=1, poll_interval=0.01)
+    runner = DeadlineRunner(QuietTracer(), max_rollouts=1, poll_interval=0.01)
     runner.init(agl.rollout(maybe_hang))
     runner.init_worker(0, store)
     await asyncio.wait_for(runner.iter(), timeout=20)

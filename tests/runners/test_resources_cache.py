@@ -7,17 +7,15 @@ the five store round trips of a one-call rollout, for a snapshot ``TinkerAlgorit
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import agentlightning as agl
 import pytest
 from agentlightning.store.memory import InMemoryLightningStore
-from agentlightning.tracer.dummy import DummyTracer
-from agentlightning.types import ResourcesUpdate, Span
+from agentlightning.types import ResourcesUpdate
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from quiet_tracer import QuietTracer
 
 from agl_tinker.algorithm import fast_runner
 from agl_tinker.runners.deadline import DeadlineRunner
@@ -34,15 +32,6 @@ class _CountingStore(InMemoryLightningStore):
     async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
         self.fetched.append(resources_id)
         return await super().get_resources_by_id(resources_id)
-
-
-class _QuietTracer(DummyTracer):
-    @contextlib.asynccontextmanager
-    async def trace_context(self, name: str | None = None, **kwargs: Any) -> AsyncIterator[None]:
-        yield
-
-    def get_last_trace(self) -> list[Span]:
-        return []
 
 
 SEEN: list[str] = []
@@ -74,7 +63,7 @@ async def test_a_runner_fetches_each_snapshot_once_and_hands_the_agent_the_right
         await store.enqueue_rollout({"x": 1}, resources_id=rid)
     SEEN.clear()
 
-    await _run(store, DeadlineRunner(_QuietTracer(), max_rollouts=6, poll_interval=0.01), 6)
+    await _run(store, DeadlineRunner(QuietTracer(), max_rollouts=6, poll_interval=0.01), 6)
 
     assert sorted(store.fetched) == sorted([train, val])
     handed = [endpoint.rsplit("/", 1)[1] for endpoint in SEEN]
@@ -87,7 +76,7 @@ async def test_without_the_cache_the_runner_fetches_before_every_rollout_as_agen
     for _ in range(3):
         await store.enqueue_rollout({"x": 1}, resources_id=train)
 
-    runner = DeadlineRunner(_QuietTracer(), max_rollouts=3, poll_interval=0.01, cache_resources=False)
+    runner = DeadlineRunner(QuietTracer(), max_rollouts=3, poll_interval=0.01, cache_resources=False)
     await _run(store, runner, 3)
 
     assert store.fetched == [train] * 3 and runner.resources is None
