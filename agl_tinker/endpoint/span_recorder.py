@@ -214,8 +214,7 @@ class SpanRecorder:
             try:
                 return await self._write(batch)
             except Exception as exc:
-                self._failed += len(batch)
-                if _is_refusal(exc):
+                if _is_refusal(exc):  # dropped, not failed: a refusal is never retried
                     logger.warning("store refused %d LLM-call spans: %s", len(batch), exc)
                     return 0, len(batch)
                 self._failed += len(batch)

@@ -83,6 +83,25 @@ async def test_a_failing_store_delays_spans_but_loses_none() -> None:
         recorder.record(record)
     await asyncio.wait_for(recorder.flush(), timeout=5)
     assert recorder.written == 3 and sum(store.batches) == 3
+    assert recorder.failed == 2 * 3 and recorder.dropped == 0  # per span and per failed try, once
+    await recorder.close()
+
+
+class RefusingStore(CountingStore):
+    """Refuses every sequence id allocation, as a store does for a rollout it does not know."""
+
+    async def get_many_span_sequence_ids(self, rollout_attempt_ids: Any) -> Any:
+        raise ValueError("unknown rollout")
+
+
+async def test_a_refused_batch_is_dropped_not_failed() -> None:
+    store = RefusingStore()
+    recorder = SpanRecorder(store, linger_s=0.0, retry_delay_s=0.01)
+    await recorder.start()
+    for record in await _records(store, 3):
+        recorder.record(record)
+    await asyncio.wait_for(recorder.flush(), timeout=5)
+    assert (recorder.written, recorder.dropped, recorder.failed) == (0, 3, 0)
     await recorder.close()
 
 
