@@ -91,6 +91,8 @@ class LeanServer:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
+        """Serve on a thread of its own; raises what opening raised (the port taken), having
+        closed what it opened (the span recorder's writer, the app runner, the loop)."""
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         caller = asyncio.get_running_loop()
 
@@ -99,8 +101,13 @@ class LeanServer:
             self._loop = loop
             try:
                 loop.run_until_complete(self._open())
-            except BaseException as exc:
-                caller.call_soon_threadsafe(ready.set_exception, exc)
+            except BaseException as exc:  # e.g. the port is taken: close what _open got to start
+                try:
+                    loop.run_until_complete(self._close())
+                finally:
+                    loop.close()
+                    self._loop = None
+                    caller.call_soon_threadsafe(ready.set_exception, exc)
                 return
             caller.call_soon_threadsafe(ready.set_result, None)
             loop.run_forever()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -388,3 +389,28 @@ async def test_what_the_endpoint_was_built_from_is_frozen_when_it_starts(tokeniz
         assert not any(o is built for o in gc.get_objects())
     finally:
         await endpoint.stop()
+
+
+async def test_a_lean_server_that_cannot_bind_closes_what_it_opened() -> None:
+    """A taken port fails ``start`` with the span recorder's writer stopped and the loop closed
+    (they were left pending: "Task was destroyed but it is pending"); the server can start again."""
+    from agl_tinker.endpoint.lean_server import LeanServer
+    from agl_tinker.endpoint.span_recorder import SpanRecorder
+
+    recorder = SpanRecorder(InMemoryLightningStore())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        no_provider: Any = None  # /health asks no provider
+        server = LeanServer(no_provider, "m", "m", recorder=recorder, port=taken.getsockname()[1])
+        with pytest.raises(OSError):
+            await server.start()
+    with pytest.raises(RuntimeError, match="before start"):
+        await recorder.flush()  # the writer was closed with the server
+    server.port = 0
+    await server.start()
+    try:
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{server.url}/health")).json()["status"] == "ok"
+    finally:
+        await server.stop()
