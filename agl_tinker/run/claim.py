@@ -29,7 +29,8 @@ class ResumeRefused(ConfigError):
 def claim_run(config: TrainConfig) -> None:
     """Lock ``config.log_path`` for this process, open its run log (``run.log``: warnings, errors,
     every agent traceback) and summarise failures on the console, then refuse at once what a
-    resume would refuse.
+    resume would refuse. A refusal gives up the lock and closes the run log again, unless this
+    process held the lock before the call.
 
     Raises:
         lock.LogPathInUse: another process runs on this ``log_path``.
@@ -37,17 +38,23 @@ def claim_run(config: TrainConfig) -> None:
         identity.IdentityMismatch: the recorded run has another model, renderer, LoRA rank, loss or
             policies (the dataset is compared once it is loaded, by ``train``).
     """
+    newly = not lock.holds(config.log_path)
     lock.claim(config.log_path)
-    failures.open_run_log(config.log_path)
-    failures.summarise_failures()
-    if config.fresh_start:
-        return
-    from agl_tinker.loop.checkpoints import missing_index_error
+    try:
+        failures.open_run_log(config.log_path)
+        failures.summarise_failures()
+        if config.fresh_start:
+            return
+        from agl_tinker.loop.checkpoints import missing_index_error
 
-    error = missing_index_error(config.log_path, list(config.policies))
-    if error is not None:
-        raise ResumeRefused(str(error))
-    identity.check_identity(config, identity.config_identity(config))
+        error = missing_index_error(config.log_path, list(config.policies))
+        if error is not None:
+            raise ResumeRefused(str(error))
+        identity.check_identity(config, identity.config_identity(config))
+    except BaseException:
+        if newly:  # a refused run holds nothing: the process may go on (a notebook) or retry
+            release_run(config)
+        raise
 
 
 def release_run(config: TrainConfig) -> None:

@@ -59,7 +59,7 @@ def test_a_resume_with_another_identity_is_refused_naming_fields_and_fix(
     message = str(refused.value)
     assert "\n" not in message and fragment in message, message
     assert "use another log_path" in message and "identity_override=true" in message
-    lock.release(tmp_path)
+    assert not lock.holds(tmp_path)
 
 
 def test_another_dataset_is_refused_once_it_is_known(tmp_path: Path) -> None:
@@ -110,7 +110,18 @@ def test_metrics_without_an_index_are_refused_before_anything_starts(tmp_path: P
     (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
     with pytest.raises(ResumeRefused, match=r"checkpoints\.jsonl is missing"):
         claim_run(_config(tmp_path))
-    lock.release(tmp_path)
+    assert not lock.holds(tmp_path)  # a refused run holds no lock (another process may take it)
+
+
+def test_a_refusal_keeps_a_lock_held_before_the_claim(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
+    lock.claim(tmp_path)
+    try:
+        with pytest.raises(ResumeRefused):
+            claim_run(_config(tmp_path))
+        assert lock.holds(tmp_path)
+    finally:
+        lock.release(tmp_path)
 
 
 def test_several_policies_resume_from_their_own_indexes(tmp_path: Path) -> None:
@@ -120,7 +131,6 @@ def test_several_policies_resume_from_their_own_indexes(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
     with pytest.raises(ResumeRefused, match=r"policies/\*/checkpoints\.jsonl is missing"):
         claim_run(_config(tmp_path, policies=policies))
-    lock.release(tmp_path)
     for name in policies:
         (tmp_path / "policies" / name).mkdir(parents=True)
         (tmp_path / "policies" / name / "checkpoints.jsonl").write_text("")
