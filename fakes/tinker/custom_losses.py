@@ -9,8 +9,9 @@ its suffix (``:sum`` adds over datums, ``:mean`` averages), as the SDK's client-
 
 Nothing in a graph is executed as code: each node is interpreted against an allow-list built from
 torch's own list of tensor functions (``torch.overrides.get_overridable_functions``: pure tensor
-operations, so no ``torch.load``/``torch.save``), ``math`` and ``operator``, and tensor methods
-other than those that leave torch or run backward. A graph with anything else is refused with
+operations, so no ``torch.load``/``torch.save``), ``math`` and ``operator`` (less ``call``,
+``attrgetter`` and ``methodcaller``, which would reach the rest), and tensor methods other than
+those that leave torch or run backward. A graph with anything else is refused with
 ``tinker.BadRequestError``, as are inputs that do not match their declared ranks.
 """
 
@@ -58,6 +59,9 @@ _REFUSED_METHODS = frozenset(
         "set_",
     }
 )
+# ``operator`` callables that call or read whatever a value names: through them a graph would run
+# the refused methods above (``call(methodcaller("item"), x)``) or read private attributes.
+_REFUSED_OPERATORS = frozenset({operator.call, operator.attrgetter, operator.methodcaller})
 _TORCH_CONSTANTS: dict[str, type] = {
     "dtype": torch.dtype,
     "layout": torch.layout,
@@ -73,7 +77,7 @@ def _allowed_functions() -> frozenset[Any]:
     allowed: set[Any] = {fn for ns in namespaces for fn in overridable.get(ns, [])}
     for module in (math, operator):
         allowed |= {v for k, v in vars(module).items() if callable(v) and not k.startswith("_")}
-    return frozenset(allowed)
+    return frozenset(allowed - _REFUSED_OPERATORS)
 
 
 @cache

@@ -116,6 +116,9 @@ def test_only_allowed_operations_are_rebuilt() -> None:
     _refused(_with_node(graph, mul, target="builtins.open"), inputs, "may only call")
     _refused(_with_node(graph, summed, target="backward"), inputs, "not an allowed tensor method")
     _refused(_with_node(graph, summed, target="item"), inputs, "not an allowed tensor method")
+    for calls_what_it_is_given in ("operator.call", "operator.methodcaller", "operator.attrgetter"):
+        # call(methodcaller("item"), x) would run a refused method; attrgetter reads private attributes
+        _refused(_with_node(graph, mul, target=calls_what_it_is_given), inputs, "not an allowed operation")
     _refused(_with_node(graph, mul, op="get_attr"), inputs, "reads only its inputs")
     _refused(
         _with_node(graph, mul, args=[{"ref": "later"}, {"ref": "weights"}]), inputs, "before it is defined"
