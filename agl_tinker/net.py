@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import socket
 
-__all__ = ["free_port"]
+__all__ = ["SPLIT_STORE_PORT", "free_port"]
+
+SPLIT_STORE_PORT = 4747  # ok: split mode's documented default, not a port any run binds unasked
+"""Split mode's store port when none is given: Agent-lightning's (``agl store``, and its strategies
+without ``AGL_SERVER_PORT``), so its store and ours pair with either runner command."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:

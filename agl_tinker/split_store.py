@@ -26,6 +26,7 @@ from typing import Any
 from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.utils.server_launcher import PythonServerLauncherArgs
 
+from agl_tinker.net import SPLIT_STORE_PORT
 from agl_tinker.store_server import LeanStoreServer
 
 __all__ = ["DEFAULT_LEAVE_AFTER_S", "PresenceStoreServer", "RunnerPresence", "serve_store"]
@@ -107,7 +108,7 @@ class PresenceStoreServer(LeanStoreServer):
 
 async def serve_store(
     host: str = "127.0.0.1",
-    port: int = 4747,
+    port: int = SPLIT_STORE_PORT,
     cors_origins: list[str] | None = None,
     presence: RunnerPresence | None = None,
 ) -> None:

@@ -14,10 +14,11 @@ import chz
 from agl_tinker.cli.command import Command, train_layers
 from agl_tinker.examples.q20.presets import SPLITS
 from agl_tinker.loop.config_rules import at_least, one_of
+from agl_tinker.net import SPLIT_STORE_PORT
 
 __all__ = ["hello_command", "q20_command"]
 
-STORE_URL = "http://127.0.0.1:4747"  # ok: split mode's documented default, the port of Agent-lightning's `agl store`; --store overrides it
+STORE_URL = f"http://127.0.0.1:{SPLIT_STORE_PORT}"  # split mode's documented default; --store overrides it
 
 
 @chz.chz

@@ -16,6 +16,7 @@ from agl_tinker.cli.command import Command, RunFinished
 from agl_tinker.cli.example_settings import STORE_URL, hello_command, q20_command
 from agl_tinker.cli.running import Interrupted
 from agl_tinker.cli.settings import UsageError, one_line, split_key_values
+from agl_tinker.net import SPLIT_STORE_PORT
 from agl_tinker.viewer import commands as viewer_commands
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -54,9 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument(
         "--host", default="127.0.0.1", help="address to bind (0.0.0.0: reachable from other machines)"
     )
-    store.add_argument(
-        "--port", type=int, default=4747
-    )  # ok: same documented split-mode default as STORE_URL
+    store.add_argument("--port", type=int, default=SPLIT_STORE_PORT)
     store.add_argument(
         "--cors-origin", dest="cors_origins", action="append", help="allowed CORS origin (repeatable)"
     )

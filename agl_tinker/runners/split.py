@@ -31,6 +31,7 @@ from agentlightning.store.base import LightningStore
 from agentlightning.store.client_server import API_V1_AGL_PREFIX
 
 from agl_tinker.algorithm import LeanServerStrategy, fast_runner, interrupt_watch
+from agl_tinker.net import SPLIT_STORE_PORT
 from agl_tinker.run.reach import Deadline, Unreachable, probe
 from agl_tinker.runners.progress import ProgressPrinter
 
@@ -189,7 +190,10 @@ def run_split_runners(
     host, _, port = host_port.partition(":")
     progress = ProgressPrinter(label, every=every, verbose=verbose)
     strategy = SplitRunnerStrategy(
-        n_runners=n_runners, server_host=host, server_port=int(port or 4747), gone_after_s=gone_after_s
+        n_runners=n_runners,
+        server_host=host,
+        server_port=int(port or SPLIT_STORE_PORT),
+        gone_after_s=gone_after_s,
     )
     trainer = agl.Trainer(
         n_runners=n_runners, runner=fast_runner(on_finished=progress.sender), strategy=strategy
