@@ -34,7 +34,8 @@ key                                 type                       meaning
 ``agl_tinker.prefix_fingerprint``   str (hex)                  fingerprint of ``prompt_token_ids[:L]``
 ``agl_tinker.tool_calls.parse_failures`` int                   tool calls in the answer that did not parse
                                                                (returned as text); absent when none
-``agl_tinker.tools_offered``        int                        number of tools the request declared
+``agl_tinker.tools_offered``        int                        number of tools the prompt declares (0 under
+                                                               ``tool_choice: none``, hosted tools not counted)
 ``agl_tinker.api``                  str                        API the agent called: ``chat.completions``,
                                                                ``responses`` or ``messages`` (lean endpoint)
 =================================  =========================  ==============================================
@@ -211,12 +212,10 @@ def reward_attributes(value: float, *, name: str = "primary", **dimensions: floa
     return attrs
 
 
-def request_attributes(agent_name: str | None, tools: object, api: str | None = None) -> dict[str, Any]:
+def request_attributes(agent_name: str | None, tools_offered: int, api: str | None = None) -> dict[str, Any]:
     """What an LLM-call span records about the request itself: the agent name it gave (when it
-    gave a non-empty one), how many tools it offered (``tools``: their list, or their count; 0 when
-    absent or not a list) and the API it called (when given)."""
-    offered = tools if isinstance(tools, int) else len(tools) if isinstance(tools, list) else 0
-    attrs: dict[str, Any] = {AGL_TOOLS_OFFERED: offered}
+    gave a non-empty one), how many tools its prompt declares and the API it called (when given)."""
+    attrs: dict[str, Any] = {AGL_TOOLS_OFFERED: tools_offered}
     if agent_name:
         attrs[AGL_AGENT_NAME] = agent_name
     if api is not None:

@@ -41,6 +41,7 @@ class ParsedCall:
     span_messages: list[dict[str, Any]]
     """The input in OpenAI chat form, as the span records it."""
     tools_offered: int
+    """Tools the prompt declares to the policy (0 when ``tool_choice`` forbids calling them)."""
     ignored_tools: int = 0
     """Declared tools the policy cannot call (hosted/server tools), not rendered."""
     api_call: Any = None
@@ -72,10 +73,6 @@ class WireApi(Protocol):
         ...
 
 
-def _tool_count(tools: object) -> int:
-    return len(tools) if isinstance(tools, list) else 0
-
-
 class _ConversationParse(Protocol):
     """What a Responses or Messages parse holds (:class:`ResponsesCall`, :class:`MessagesCall`)."""
 
@@ -105,7 +102,8 @@ class ChatCompletionsApi:
 
     def parse(self, body: dict[str, Any], provider: TinkerChatProvider) -> ParsedCall:
         request = provider.parse(body)
-        return ParsedCall(request, body["messages"], _tool_count(body.get("tools")))
+        # the catalog the parse kept (none under tool_choice "none"), as the other two APIs count
+        return ParsedCall(request, body["messages"], len(request.tool_specs))
 
     def error(self, status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
         return openai_error(status, message, kind)

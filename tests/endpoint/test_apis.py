@@ -181,6 +181,27 @@ def test_an_answer_given_through_chat_is_reused_through_responses(rig: Rig) -> N
     assert [s.attributes[S.AGL_API] for s in spans] == ["chat.completions", "responses"]
 
 
+def test_a_forbidden_catalog_is_not_offered_tools_on_any_api(rig: Rig) -> None:
+    """``tool_choice: none`` drops the catalog from the prompt: every API's span then records no
+    tool offered (chat recorded the declared count), so the tool-health metrics do not count the
+    episode as offered tools and never calling them."""
+    rig.script("Hi.", "Hi.", "Hi.")
+    rollout_id, base = rig.rollout()
+    client = _openai(base)
+    chat_tools = [
+        {"type": "function", "function": {k: FUNCTION_TOOL[k] for k in ("name", "description", "parameters")}}
+    ]
+    hi = [{"role": "user", "content": "hi"}]
+    client.chat.completions.create(model=MODEL, messages=hi, tools=chat_tools, tool_choice="none")
+    client.responses.create(model=MODEL, input="hi", tools=[FUNCTION_TOOL], tool_choice="none")
+    _anthropic(base).messages.create(
+        model=MODEL, max_tokens=16, messages=hi, tools=[ANTHROPIC_TOOL], tool_choice={"type": "none"}
+    )
+    spans = sorted(rig.spans(rollout_id), key=lambda s: s.sequence_id)
+    assert [s.attributes[S.AGL_API] for s in spans] == ["chat.completions", "responses", "messages"]
+    assert [s.attributes[S.AGL_TOOLS_OFFERED] for s in spans] == [0, 0, 0]
+
+
 def test_responses_refuses_previous_response_id_and_hosted_tools_are_ignored_and_counted(rig: Rig) -> None:
     rig.script("Hi.")
     client = _openai(rig.endpoint.url)
