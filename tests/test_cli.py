@@ -194,6 +194,22 @@ def test_stopped_message_names_the_step_and_the_checkpoint(tmp_path: Path) -> No
     assert "after the last step (9)" in tracker.stopped_message(log_path_given=True)
 
 
+def test_stopped_message_of_several_policies_names_their_checkpoint(tmp_path: Path) -> None:
+    """Several policies index their checkpoints under policies/<name>/, not in the log path (the
+    message said "before the first checkpoint; ... to start again" while a rerun resumed)."""
+    tracker = cli.StepTracker(str(tmp_path), n_steps=10, policies=["a", "b"])
+    for name in ("a", "b"):
+        (tmp_path / "policies" / name).mkdir(parents=True)
+        record = {"name": "000004", "batch": 4, "state_path": f"tinker://{name}/weights/000004"}
+        (tmp_path / "policies" / name / "checkpoints.jsonl").write_text(json.dumps(record) + "\n")
+    tracker(5, {})
+    message = tracker.stopped_message(log_path_given=True)
+    assert (
+        message
+        == "stopped at step 6; rerun the same command to resume from checkpoint 000004 (tinker://a/weights/000004)"
+    )
+
+
 def test_a_ctrl_c_during_fit_is_noted_and_the_handler_restored() -> None:
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt), interrupt_watch() as interrupted:
