@@ -132,10 +132,15 @@ class ProxyServer:
         return self.proxy.server_launcher.access_endpoint
 
     async def start(self) -> None:
+        """Register the provider and start the proxy; a failed start undoes both (:meth:`stop`)."""
         await self.recorder.start()
         ProxySpanLogger.recorders[self.litellm_model] = (self.recorder, self.served_model)
         _PROVIDERS[self.served_model] = self.provider
-        await self.proxy.start()
+        try:
+            await self.proxy.start()
+        except BaseException:
+            await self.stop()
+            raise
 
     async def flush(self) -> None:
         await self.recorder.flush()

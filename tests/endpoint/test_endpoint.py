@@ -414,3 +414,32 @@ async def test_a_lean_server_that_cannot_bind_closes_what_it_opened() -> None:
             assert (await client.get(f"{server.url}/health")).json()["status"] == "ok"
     finally:
         await server.stop()
+
+
+async def test_a_proxy_server_that_fails_to_start_leaves_no_registration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its provider, span logger entry and recorder writer were left registered for the process."""
+    from agl_tinker.endpoint import llmproxy
+    from agl_tinker.endpoint.span_recorder import SpanRecorder
+
+    recorder = SpanRecorder(InMemoryLightningStore())
+    provider: Any = object()  # registered, never asked: nothing is served
+    server = llmproxy.ProxyServer(
+        provider,
+        "agl-test/never",
+        "never-served",
+        store=LightningStoreThreaded(InMemoryLightningStore()),
+        recorder=recorder,
+    )
+
+    async def refuse() -> None:
+        raise OSError("address already in use")
+
+    monkeypatch.setattr(server.proxy, "start", refuse)
+    with pytest.raises(OSError):
+        await server.start()
+    assert "never-served" not in llmproxy._PROVIDERS
+    assert "agl-test/never" not in llmproxy.ProxySpanLogger.recorders
+    with pytest.raises(RuntimeError, match="before start"):
+        await recorder.flush()
