@@ -24,6 +24,8 @@ from tinker_cookbook.renderers import Message, Renderer, ToolSpec
 from agl_tinker.endpoint.conversation import BadRequest, Conversation, prompt_messages
 
 MAX_STOP_SEQUENCES = 4
+NESTED_TOO_DEEPLY = "request body is nested too deeply to decode"
+"""The 400 for a body whose JSON nests past Python's recursion limit (``json.loads`` recurses)."""
 MAX_SEED = 2**63 - 1
 
 

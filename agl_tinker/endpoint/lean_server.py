@@ -34,6 +34,7 @@ import litellm
 from aiohttp import web
 from litellm.types.utils import ModelResponse
 
+from agl_tinker.endpoint.chat_request import NESTED_TOO_DEEPLY
 from agl_tinker.endpoint.conversation import BadRequest
 from agl_tinker.endpoint.generation import generation_from_response, span_attributes
 from agl_tinker.endpoint.model_names import slash_free_aliases
@@ -198,6 +199,8 @@ class LeanServer:
             body = json.loads(await request.read())
         except (json.JSONDecodeError, UnicodeDecodeError):
             return api.error(400, "request body must be valid JSON")
+        except RecursionError:  # json.loads recurses once per nesting level
+            return api.error(400, NESTED_TOO_DEEPLY)
         if not isinstance(body, dict):
             return api.error(400, "request body must be a JSON object")
         model = self._model(body)

@@ -20,7 +20,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from agl_tinker.endpoint.chat_request import BadRequest
+from agl_tinker.endpoint.chat_request import NESTED_TOO_DEEPLY, BadRequest
 from agl_tinker.endpoint.generation import generation_from_response, span_attributes
 from agl_tinker.endpoint.provider import TinkerChatProvider
 from agl_tinker.endpoint.request_scope import llmproxy_rollout_headers
@@ -49,6 +49,8 @@ class RequestGuard(BaseHTTPMiddleware):
                 body = json.loads(await request.body())
             except (json.JSONDecodeError, UnicodeDecodeError):
                 return _bad_request("request body must be valid JSON")
+            except RecursionError:  # json.loads recurses once per nesting level
+                return _bad_request(NESTED_TOO_DEEPLY)
             if not isinstance(body, dict):
                 return _bad_request("request body must be a JSON object")
             provider = _PROVIDERS.get(str(body.get("model")))

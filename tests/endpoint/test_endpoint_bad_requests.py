@@ -138,6 +138,18 @@ def test_history_tool_call_arguments_that_are_not_json_are_a_400(served: Served)
         assert "messages[1].tool_calls[0].function.arguments" in message and "JSON object" in message
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses", "/v1/messages"])
+def test_a_body_nested_too_deeply_to_decode_is_a_400(served: Served, path: str) -> None:
+    """``json.loads`` raises RecursionError past Python's recursion limit: that was a 500."""
+    if served.mode == "proxy" and path != "/v1/chat/completions":
+        pytest.skip("the LLMProxy mode serves chat completions only")
+    deep = b'{"model": "%s", "messages": %s%s}' % (MODEL.encode(), b"[" * 100_000, b"]" * 100_000)
+    response = served.post(deep, path)
+    assert response.status_code == 400, (response.status_code, response.text[:300])
+    error = response.json()["error"]
+    assert "nested too deeply" in (error["message"] if isinstance(error, dict) else str(error))
+
+
 def test_negative_seed_is_a_400_that_says_seeds_are_non_negative(served: Served) -> None:
     assert "non-negative" in _error(served.post(_body(seed=-1)))
     assert "non-negative" in _error(served.post(_body(seed=2**64)))
