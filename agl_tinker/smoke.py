@@ -16,8 +16,8 @@ from tinker_cookbook import renderers
 from tinker_cookbook.supervised.common import datum_from_model_input_weights
 
 from agl_tinker.backend import close_service, get_tokenizer, service_client
+from agl_tinker.loop.config import DEFAULT_MODEL
 
-DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 DEFAULT_RENDERER = "qwen3_instruct"
 
 

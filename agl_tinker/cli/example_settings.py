@@ -13,6 +13,7 @@ import chz
 
 from agl_tinker.cli.command import Command, train_layers
 from agl_tinker.examples.q20.presets import SPLITS
+from agl_tinker.loop.config import DEFAULT_MODEL
 from agl_tinker.loop.config_rules import at_least, one_of
 from agl_tinker.net import SPLIT_STORE_PORT
 
@@ -114,7 +115,7 @@ class Q20EvaluateSettings:
     base_url: str | None = chz.field(
         default=None, doc="OpenAI-compatible /v1 URL to evaluate (None: the backend's base model, offline)."
     )
-    model: str = chz.field(default="Qwen/Qwen3-4B-Instruct-2507", doc="Model name to evaluate.")
+    model: str = chz.field(default=DEFAULT_MODEL, doc="Model name to evaluate.")
 
 
 def _probe_ray_cluster(settings: HelloOneClickSettings) -> None:

@@ -16,6 +16,7 @@ from agl_tinker.cli.command import Command, RunFinished
 from agl_tinker.cli.example_settings import STORE_URL, hello_command, q20_command
 from agl_tinker.cli.running import Interrupted
 from agl_tinker.cli.settings import UsageError, one_line, split_key_values
+from agl_tinker.loop.config import DEFAULT_MODEL
 from agl_tinker.net import SPLIT_STORE_PORT
 from agl_tinker.viewer import commands as viewer_commands
 
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     smoke = sub.add_parser("smoke", help="sample, fine-tune a few steps and sample again")
-    smoke.add_argument("--model", default="Qwen/Qwen3-4B-Instruct-2507")
+    smoke.add_argument("--model", default=DEFAULT_MODEL)
     smoke.add_argument("--steps", type=int, default=5)
     smoke.add_argument("--lr", type=float, default=5e-2)
     smoke.set_defaults(func=services.smoke)
