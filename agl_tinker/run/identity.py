@@ -71,7 +71,8 @@ def dataset_fingerprint(tasks: Iterable[Mapping[str, Any]]) -> str:
 
 
 def backend_description() -> str:
-    """Where training runs: ``simulator (in process)``, ``wire simulator at URL`` or ``live Tinker at URL``."""
+    """Where training runs: ``simulator (in process)`` or ``live Tinker at URL`` (the live backend at
+    ``TINKER_BASE_URL``, which may be ``agl-tinker sim-server``'s wire simulator: it cannot be told apart)."""
     from agl_tinker import backend
 
     if backend.backend_name() == "sim":
