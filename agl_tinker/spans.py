@@ -35,7 +35,8 @@ key                                 type                       meaning
 ``agl_tinker.tool_calls.parse_failures`` int                   tool calls in the answer that did not parse
                                                                (returned as text); absent when none
 ``agl_tinker.tools_offered``        int                        number of tools the prompt declares (0 under
-                                                               ``tool_choice: none``, hosted tools not counted)
+                                                               ``tool_choice: none``, hosted tools not
+                                                               counted; lean endpoint)
 ``agl_tinker.api``                  str                        API the agent called: ``chat.completions``,
                                                                ``responses`` or ``messages`` (lean endpoint)
 =================================  =========================  ==============================================
