@@ -4,7 +4,8 @@ Slower than the lean server (every call also goes through the LiteLLM proxy) but
 integration: its middleware rewrites rollout paths and allocates span sequence ids, and its
 stream-conversion middleware serves ``stream=True``. Spans are written by :class:`ProxySpanLogger`,
 a LiteLLM callback feeding the same :class:`SpanRecorder` and attribute schema as the lean server,
-so both modes store identical calls. The proxy runs on its own thread, hence the store must be
+so both modes store the same calls (less what the lean server adds about the request itself: agent
+name, tools offered, API; :func:`agl_tinker.spans.request_attributes`). The proxy runs on its own thread, hence the store must be
 thread-safe (it is wrapped in ``LightningStoreThreaded`` when it is not).
 """
 
