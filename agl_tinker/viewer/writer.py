@@ -113,9 +113,11 @@ class TranscriptWriter:
     def _bounded(self, rows: list[dict[str, Any]]) -> list[str]:
         """Rows as JSON lines, at most ``max_bytes`` in all: summaries first, details while they fit."""
         summaries = [{k: v for k, v in r.items() if k not in DETAIL_KEYS} for r in rows]
+        detailed = [i for i, r in enumerate(rows) if "calls" in r]
+        for i in detailed:  # cut until its details fit: the marker's bytes are counted from the start
+            summaries[i]["detail_cut"] = True
         lines = [json.dumps(s, separators=(",", ":")) + "\n" for s in summaries]
         total = sum(len(line.encode()) for line in lines)
-        detailed = [i for i, r in enumerate(rows) if "calls" in r]
         # most telling first: excluded and drifting rows come before the others (pick_detailed's order)
         detailed.sort(
             key=lambda i: rows[i]["exclusion"] is None and not rows[i]["drift"] and not rows[i]["gaps"]
@@ -126,7 +128,4 @@ class TranscriptWriter:
             if total + extra <= self.max_bytes:
                 lines[i] = full
                 total += extra
-            else:
-                summaries[i]["detail_cut"] = True
-                lines[i] = json.dumps(summaries[i], separators=(",", ":")) + "\n"
         return lines
