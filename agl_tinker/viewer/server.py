@@ -61,6 +61,7 @@ def make_app(log_path: str | Path) -> web.Application:
             _int(request.match_info["step"], "step"),
             _int(request.match_info["index"], "index"),
             _policy(request),
+            _kind(request),
         )
         if row is None:
             raise web.HTTPNotFound(text="no such rollout")

@@ -64,6 +64,10 @@ async def test_served_page_and_api_hold_what_the_page_shows(viewer: tuple[Path, 
         assert run["steps"] == {"": [0, 1, 2, 3]} and run["evals"] == {"": [2]}
         evals = await (await http.get(url + "api/step/2?kind=eval")).json()
         assert len(evals) == 3 and (await http.get(url + "api/step/2?kind=nope")).status == 400
+        for summary in evals:  # the page opens an evaluation's rollout with its kind (it got step 2's)
+            row = await (await http.get(url + f"api/rollout/2/{summary['index']}?kind=eval")).json()
+            assert {k: row[k] for k in summary if k in row} == {k: v for k, v in summary.items() if k in row}
+        assert (await http.get(url + "api/rollout/2/3?kind=eval")).status == 404  # 3 evaluated, 12 trained
         metrics = await (await http.get(url + "api/metrics?since=0")).json()
         assert metrics["total"] == 4 and "reward/mean" in metrics["rows"][0]
         rows = await (await http.get(url + "api/step/3")).json()
