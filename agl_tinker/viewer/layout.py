@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DETAIL_KEYS", "KINDS", "TRANSCRIPTS_DIR", "transcript_file"]
+__all__ = ["DETAIL_KEYS", "KINDS", "POLICY_NAME", "TRANSCRIPTS_DIR", "transcript_file"]
 
 TRANSCRIPTS_DIR = "transcripts"
 
 KINDS = ("step", "eval")
 """``step``: a training step's rollouts; ``eval``: the validation rollouts run before step N (``eval_NNNNNN``)."""
+
+POLICY_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+"""A policy name as a transcript file name carries it (``step_NNNNNN.<policy>.jsonl``)."""
 
 DETAIL_KEYS = ("calls", "drift_reports", "gap_reports", "reward_events", "skipped_calls", "token_text")
 """Keys of a detailed row beyond its summary."""

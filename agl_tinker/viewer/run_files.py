@@ -13,11 +13,11 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from agl_tinker.viewer.layout import DETAIL_KEYS, TRANSCRIPTS_DIR, transcript_file
+from agl_tinker.viewer.layout import DETAIL_KEYS, POLICY_NAME, TRANSCRIPTS_DIR, transcript_file
 
 __all__ = ["RunFiles"]
 
-_STEP_FILE = re.compile(r"^(step|eval)_(\d{6,})(?:\.([A-Za-z0-9][A-Za-z0-9_.-]*))?\.jsonl$")
+_STEP_FILE = re.compile(rf"^(step|eval)_(\d{{6,}})(?:\.({POLICY_NAME}))?\.jsonl$")
 _CACHED_STEPS = 8
 
 
@@ -80,7 +80,7 @@ class RunFiles:
         Raises:
             ValueError: ``policy`` is not a policy name, or ``kind`` not one of ``step``, ``eval``.
         """
-        if policy and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", policy):
+        if policy and not re.fullmatch(POLICY_NAME, policy):
             raise ValueError(f"bad policy name {policy!r}")
         path = transcript_file(self.path, step, policy, kind)
         name = path.name

@@ -80,6 +80,8 @@ async def test_served_page_and_api_hold_what_the_page_shows(viewer: tuple[Path, 
         assert row["drift_reports"] and row["token_text"]
         assert (await http.get(url + "api/rollout/3/999")).status == 404
         assert (await http.get(url + "api/step/x")).status == 400
+        for policy in ("..", "_x", "é"):  # names no transcript file can carry: were 500s
+            assert (await http.get(url + "api/step/3", params={"policy": policy})).status == 400
         write_step(log, 4, n_groups=3)  # a live run writes a step: the next poll sees it
         assert (await (await http.get(url + "api/run")).json())["steps"][""][-1] == 4
         more = await (await http.get(url + "api/metrics?since=4")).json()
