@@ -51,10 +51,12 @@ def freeze_survivors() -> None:
 
     The endpoint calls it as it starts: what it was built from (imports done after Agent-lightning's,
     the tokenizer, the renderer, the store) lives as long as it serves. Unfrozen, those objects are
-    walked by every full collection, and the spans an in-process store keeps start one every few
-    thousand calls: 0.4-1.3 s of CPU with the whole process paused on the development machine
-    (``benchmarks/endpoint.py``: a 1-client window that held one read as 2-7 ms of server CPU per call
-    instead of about 1).
+    walked by every full collection, the first of which comes within the first calls served (start-up's
+    own objects count towards it) and the next ones as the spans an in-process store keeps pile up
+    (about 20 tracked objects a call, a quarter of the collected heap between two): 1.3 s with the
+    whole process paused on the development machine (920k objects), which read as 2-7 ms of server
+    CPU per call in the 1-client window of ``benchmarks/endpoint.py`` it landed in. Frozen, a full
+    collection walks only what was built since (the kept spans), and the first is paid here.
 
     Garbage is collected first, so nothing is kept that a collection would free; an object alive now
     that later becomes cyclic garbage stays (frozen) until ``gc.unfreeze()``, one freed by reference

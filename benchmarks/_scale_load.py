@@ -155,7 +155,6 @@ class Load:
         await asyncio.sleep(random.uniform(0, self.poll_s))  # ok: runners start out of phase
         while not self.stopping:
             t0 = time.perf_counter()
-            started_measured = self.measuring
             got = await self._post(http, "/queues/rollouts/dequeue", dequeue, "dequeue")
             if not got:
                 await asyncio.sleep(self.poll_s)  # ok: fast_runner's poll of an empty queue
@@ -197,8 +196,7 @@ class Load:
             if self.measuring:  # finished inside the window
                 self.stats["rollouts"] += 1
                 self.stats["dispatch_finish_ms"].append(finish * 1000)
-                if started_measured:  # the whole rollout inside the window
-                    self.stats["dispatch_ms"].append((start + finish) * 1000)
+                self.stats["dispatch_ms"].append((start + finish) * 1000)
 
     async def _call(self, http: Any, url: str) -> None:
         """One chat completion; then the model's time for it, when the load models one."""

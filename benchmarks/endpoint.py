@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import gc
 import multiprocessing
 import os
 import statistics
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from _capture_proxy import capture_proxy  # benchmarks/ is on sys.path when a script runs
+from _rounds import FullCollections, figures
 from _stdout import emit_json, json_stdout
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -156,30 +159,12 @@ async def _window(
     window = {
         "p50": _pct(run["latencies"], 0.5),
         "cpu": (time.process_time() - cpu) * 1000 / calls,
+        "calls": calls,
         "failures": run["failures"],
     }
     if target.daemon_cpu_seconds:
         window["daemon"] = (target.daemon_cpu_seconds() - daemon) * 1000 / calls
     return window
-
-
-def _figures(windows: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
-    """One route's figures from its windows by client count: medians over the rounds, the rounds' CPU."""
-
-    def median(key: str) -> dict[str, float]:
-        return {str(c): round(statistics.median(w[key] for w in ws), 3) for c, ws in windows.items()}
-
-    figures: dict[str, Any] = {
-        "overhead_ms_p50": median("p50"),
-        "server_cpu_ms_per_call": median("cpu"),
-        "server_cpu_ms_per_call_rounds": {
-            str(c): [round(w["cpu"], 3) for w in ws] for c, ws in windows.items()
-        },
-        "failed_requests": sum(w["failures"] for ws in windows.values() for w in ws),
-    }
-    if all("daemon" in w for ws in windows.values() for w in ws):
-        figures["store_daemon_cpu_ms_per_call"] = median("daemon")
-    return figures
 
 
 async def measure(
@@ -249,7 +234,8 @@ async def measure_cpu(pool: concurrent.futures.ProcessPoolExecutor, data_dir: Pa
     rounds: a route's first call pays one-time lazy imports (about 1 s for Messages). The lean
     endpoint records into a store in this process, so its CPU holds recording; the capture proxy's
     store daemon is another process, reported beside it as ``store_daemon_cpu_ms_per_call``:
-    ``lean_vs_capture_cpu`` compares the lean figure with the sum of the two (target: <= 1)."""
+    ``lean_vs_capture_cpu`` compares the lean figure with the sum of the two (target: <= 1).
+    ``full_collections`` counts the process's full collections during the rounds and their time."""
     from agentlightning.store.memory import InMemoryLightningStore
     from agentlightning.store.threading import LightningStoreThreaded
 
@@ -258,6 +244,7 @@ async def measure_cpu(pool: concurrent.futures.ProcessPoolExecutor, data_dir: Pa
 
     tokenizer = get_tokenizer(MODEL)
     sampler = InstantSampler(tokenizer)
+    full_collections = FullCollections()
     with capture_proxy(sampler, tokenizer, MODEL, data_dir) as capture:
         store = LightningStoreThreaded(InMemoryLightningStore())
         endpoint = await start_endpoint(
@@ -282,15 +269,18 @@ async def measure_cpu(pool: concurrent.futures.ProcessPoolExecutor, data_dir: Pa
             windows: dict[tuple[str, str], dict[int, list[dict[str, Any]]]] = {
                 (t.server, t.route): {1: [], 16: []} for t in targets
             }
+            gc.callbacks.append(full_collections.observe)
             for clients in (1, 16):
                 for round_ in range(ROUNDS):
                     for target in targets if round_ % 2 == 0 else targets[::-1]:
                         window = await _window(pool, target, clients)
                         windows[target.server, target.route][clients].append(window)
         finally:
+            with contextlib.suppress(ValueError):
+                gc.callbacks.remove(full_collections.observe)
             await endpoint.stop()
-    routes: dict[str, Any] = {route: _figures(windows["lean", route]) for route in LEAN_ROUTES}
-    captured = {route: _figures(windows["capture", route]) for route in CAPTURE_ROUTES}
+    routes: dict[str, Any] = {route: figures(windows["lean", route]) for route in LEAN_ROUTES}
+    captured = {route: figures(windows["capture", route]) for route in CAPTURE_ROUTES}
     chat = routes["chat"]
     routes["p50_vs_chat_1_client"] = {
         route: round(routes[route]["overhead_ms_p50"]["1"] / chat["overhead_ms_p50"]["1"], 3)
@@ -317,7 +307,12 @@ async def measure_cpu(pool: concurrent.futures.ProcessPoolExecutor, data_dir: Pa
         }
         for route in CAPTURE_ROUTES
     }
-    return {"routes": routes, "capture_proxy": captured, "lean_vs_capture_cpu": versus}
+    return {
+        "routes": routes,
+        "capture_proxy": captured,
+        "lean_vs_capture_cpu": versus,
+        "full_collections": {"count": full_collections.count, "seconds": round(full_collections.seconds, 3)},
+    }
 
 
 async def main() -> None:

@@ -22,8 +22,8 @@ Processes (2 shared cores here, so everyone competes for them, as on a one-machi
 Per level, after a warm-up (until every slot has finished a rollout, at most 60 s), for
 ``AGL_BENCH_SECONDS`` (default 8): ``rollouts_per_s``, ``calls_per_s`` (finished in the window);
 ``dispatch_p50_ms``/``dispatch_p99_ms``: one rollout's store round trips as its runner sees them
-(dequeue + resources + reward + finish, summed), over the rollouts that started and finished in
-the window (none when rollouts outlast it: then read the parts), with its mean (the Little's-law figure: a p99
+(dequeue + resources + reward + finish, summed) of the rollouts finished in the window (at 1024 in
+flight, rollouts that outlast the window began before it), with its mean (the Little's-law figure: a p99
 near it says no request starves), its start (dequeue + resources, every one in the window) and
 finish (reward + finish) parts; ``store_req_*``: one store request, and ``store_by_kind``: rate, mean, p50, p99 per kind
 (``dequeue_empty``: a poll of an empty queue); ``store_requests_out_mean``: requests the store
@@ -34,7 +34,9 @@ second (1.0 = one core); ``*_loop_runnable_frac``, the part of the window its ma
 event loop) was running or waiting for a CPU (near 1.0: saturated, it always had work);
 ``*_loop_cpu_wait_frac``, the part it waited for a CPU (others' load); ``*_rss_mb``. And the CPU
 costs the ceilings follow from, whatever the machine's load: ``store_cpu_ms_per_rollout``,
-``store_cpu_ms_per_request``, ``endpoint_cpu_ms_per_call``. The algorithm's reads
+``store_cpu_ms_per_request``, ``endpoint_cpu_ms_per_call``; ``work_per_cpu_1024_vs_64``: the
+work a CPU second does at 1024 in flight over that at 64, per server and calls per rollout (1.0:
+no collapse, whatever share of the machine each level got). The algorithm's reads
 (``query_spans``, wait-for-any) are not driven here: ``dispatch.py`` measures them.
 
 ``AGL_BENCH_LEVELS=1024x16`` runs chosen levels only; ``AGL_BENCH_PROFILE_DIR=DIR`` also records
@@ -299,7 +301,22 @@ def main() -> None:
         for calls in (1, 16)
         if (1024, calls) in by and (64, calls) in by
     }
-    emit_json({"levels": levels, "calls_per_s_1024_vs_64": kept, "cpus": os.cpu_count(), "seconds": SECONDS})
+    # the same in CPU cost per unit of work, which the machine's other load does not move
+    cost = {
+        f"{server}_{calls}": round(by[(64, calls)][key] / max(by[(1024, calls)][key] or 0, 1e-9), 2)
+        for calls in (1, 16)
+        for server, key in (("store", "store_cpu_ms_per_request"), ("endpoint", "endpoint_cpu_ms_per_call"))
+        if (1024, calls) in by and (64, calls) in by and by[(64, calls)][key] is not None
+    }
+    emit_json(
+        {
+            "levels": levels,
+            "calls_per_s_1024_vs_64": kept,
+            "work_per_cpu_1024_vs_64": cost,
+            "cpus": os.cpu_count(),
+            "seconds": SECONDS,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ class Conversation:
         its analysis and its answer as two messages of one turn)."""
         return (
             len(self.messages) >= 2
-            and self.messages[-2].role == "assistant"
+            and self.messages[-2].role == self.messages[-1].role == "assistant"
             and not self.messages[-1].content
         )
 
