@@ -15,8 +15,8 @@ __all__ = ["FLAT_WARNING", "FlatRewardWatch", "group_reward_metrics"]
 FLAT_WARNING = (
     "warning: steps {first}-{last} had nothing to learn from (every group scored the same, or no datum "
     "trained): the agent may never produce a rewarded answer, or always fail. Look at a few answers "
-    "(`agl-tinker q20 dryrun` prints transcripts; or log them in your agent) and see the README's "
-    "'What the offline simulator can and cannot learn'"
+    "(`agl-tinker dryrun MODULE:FUNCTION tasks=FILE` prints each rollout of your agent) and see the "
+    "README's 'What the offline simulator can and cannot learn'"
 )
 
 

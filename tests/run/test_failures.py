@@ -151,6 +151,51 @@ def test_an_agent_that_always_raises_gives_a_short_readable_output(tmp_path: Pat
     assert (tmp_path / "run" / "run.log").read_text().count("ValueError: boom") >= 31
 
 
+FLAT_AGENT = textwrap.dedent(
+    """
+    import sys
+    import agentlightning as agl
+    from openai import AsyncOpenAI
+    from agl_tinker import TrainConfig
+    from agl_tinker.algorithm import fit
+
+    async def flat(task, llm):
+        client = AsyncOpenAI(base_url=llm.get_base_url(), api_key="unused")
+        messages = [{"role": "user", "content": "hi"}]
+        await client.chat.completions.create(model=llm.model, messages=messages, max_tokens=8)
+        return 0.5
+
+    config = TrainConfig(log_path=sys.argv[1], max_steps=5, batch_size=2, group_size=2, max_tokens=8)
+    fit(agl.rollout(flat), config, [{"x": i} for i in range(10)], n_runners=1)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_flat_reward_run_says_so_once_pointing_at_dryrun(tmp_path: Path) -> None:
+    """A run whose every group scores the same: one warning, after the default 3 flat steps, that
+    names the command showing the user's own agent's rollouts (not only 20 Questions')."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "HF_HUB_OFFLINE": "1",
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", FLAT_AGENT, str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    warnings = [line for line in out.splitlines() if "had nothing to learn from" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: steps 0-2 "), out
+    assert "`agl-tinker dryrun MODULE:FUNCTION tasks=FILE`" in warnings[0]
+    assert out.index(warnings[0]) > out.index("step 2 (3/5)") and "step 4 (5/5)" in out
+
+
 def _log_error(logger: logging.Logger, error: BaseException, message: str) -> None:
     logger.error(message, exc_info=(type(error), error, error.__traceback__))
 
