@@ -71,7 +71,9 @@ def dataset_fingerprint(tasks: Iterable[Mapping[str, Any]]) -> str:
 
 
 def backend_description() -> str:
-    """Where training runs: ``simulator (in process)``, ``wire simulator at URL`` or ``live Tinker at URL``."""
+    """Where training runs: ``simulator (in process)``, or ``live Tinker at URL`` (``TINKER_BASE_URL``:
+    the service, or a wire simulator such as ``agl-tinker sim-server``'s, which the run cannot tell
+    apart), or ``live Tinker at the Tinker service`` (the SDK's default URL)."""
     from agl_tinker import backend
 
     if backend.backend_name() == "sim":
