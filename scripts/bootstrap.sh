@@ -20,7 +20,7 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 # The CPU build of torch, for any Python it is built for, from PyTorch's CPU index (a ~200 MB wheel);
 # a CPU wheel already at hand (pip's find-links, a local index) satisfies the same pin. Otherwise the
-# configured indexes decide: on Linux x86_64 PyPI serves only a CUDA build (about 6.4 GB in the venv
+# configured indexes decide: on Linux x86_64 PyPI serves only a CUDA build (about 4.6 GB in the venv
 # with its nvidia-* libraries); macOS, Windows and Linux aarch64 wheels on PyPI are CPU builds.
 TORCH=torch==2.13.0
 # `+cpu` is the local version PyTorch's CPU index gives its Linux/Windows wheels.
@@ -38,7 +38,7 @@ if ! "$VENV/bin/python" -m pip install -q --retries 0 --timeout 15 --only-binary
             exit 3
         fi
     else
-        echo "bootstrap: $TORCH_INDEX is unreachable; installing $TORCH for Python $py from the configured indexes (on Linux x86_64 without a local CPU wheel: the CUDA build, about 6.4 GB; AGL_TINKER_TORCH_INDEX names a mirror of the CPU index)" >&2
+        echo "bootstrap: $TORCH_INDEX is unreachable; installing $TORCH for Python $py from the configured indexes (on Linux x86_64 without a local CPU wheel: the CUDA build, about 4.6 GB with its libraries; AGL_TINKER_TORCH_INDEX names a mirror of the CPU index)" >&2
         "$VENV/bin/python" -m pip install -q "$TORCH"
     fi
 fi

@@ -131,22 +131,25 @@ class Command:
             self.check_own(own)
         if self.train_layers is None:
             return None, own
-        from agl_tinker.loop.preflight import check_early, check_setup
-
         config = make_train_config(self.train_layers, routed[0])
+        _answer_from_the_log_path(config)
+        from agl_tinker.loop.preflight import check_early, check_setup  # heavy: torch, openai
+
         check_early(config.log_path, config.model_name)
-        _stop_if_finished(config)
         check_setup(config)
         return config, own
 
 
-def _stop_if_finished(config: Any) -> None:
-    """Raise :class:`RunFinished` with its one line, before any server starts."""
-    from agl_tinker.run.claim import finished_message
+def _answer_from_the_log_path(config: Any) -> None:
+    """What the files already in the log path decide, before the heavy imports and any server:
+    :class:`RunFinished` with its one line for a finished run, the refusals of a run that cannot be
+    resumed (:func:`agl_tinker.run.claim.refuse_unresumable`; ``check_setup`` repeats them)."""
+    from agl_tinker.run.claim import finished_message, refuse_unresumable
 
     message = finished_message(config)
     if message is not None:
         raise RunFinished(message)
+    refuse_unresumable(config)
 
 
 def _arguments_of(help_text: str) -> str:

@@ -17,7 +17,7 @@ class StepTracker:
     """``on_step`` callback that remembers how far a run got, for the Ctrl-C message.
 
     ``policies``: a several-policy run's names; their checkpoints are indexed per policy
-    (:func:`agl_tinker.loop.checkpoints.policy_dir`), all at the same steps: the first one's is named.
+    (:func:`agl_tinker.run.layout.policy_dir`), all at the same steps: the first one's is named.
     """
 
     def __init__(self, log_path: str, n_steps: int | None = None, policies: Sequence[str] = ()) -> None:
@@ -33,7 +33,7 @@ class StepTracker:
         """``stopped at step N; rerun ... to resume from checkpoint ...`` (steps 0-based, as everywhere)."""
         from tinker_cookbook import checkpoint_utils
 
-        from agl_tinker.loop.checkpoints import policy_dir
+        from agl_tinker.run.layout import policy_dir
 
         if self.last_step is None:
             stopped = "stopped"

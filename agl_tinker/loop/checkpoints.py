@@ -31,9 +31,9 @@ from tinker_cookbook.checkpoint_utils import CHECKPOINTS_BASE_NAME, CheckpointRe
 from tinker_cookbook.stores.storage import storage_from_uri
 from tinker_cookbook.stores.training_store import TrainingRunStore
 
-logger = logging.getLogger(__name__)
+from agl_tinker.run.layout import METRICS_FILE, missing_index_message
 
-METRICS_BASE_NAME = "metrics.jsonl"
+logger = logging.getLogger(__name__)
 
 
 class ResumeError(RuntimeError):
@@ -146,33 +146,11 @@ def resume_candidates(log_path: str | Path) -> list[CheckpointRecord]:
     return list(reversed(usable))
 
 
-POLICIES_DIR = "policies"
-"""``log_path/policies/<name>/`` holds a policy's checkpoint index and reward curve (several policies)."""
-
-
-def policy_dir(log_path: str | Path, name: str) -> Path:
-    """Where policy ``name`` of a several-policy run keeps its checkpoint index and reward curve."""
-    return Path(log_path) / POLICIES_DIR / name
-
-
 def missing_index_error(log_path: str | Path, policies: Sequence[str] = ()) -> ResumeError | None:
-    """The refusal for a ``log_path`` with metrics rows but no checkpoint index, if that is the case.
-
-    ``policies``: a several-policy run's names; each keeps its index in :func:`policy_dir`, and
-    the run can resume when any of them has one (the metrics rows are the run's, in ``log_path``).
-    """
-    log_path = Path(log_path)
-    metrics = log_path / METRICS_BASE_NAME
-    dirs = [policy_dir(log_path, name) for name in policies] or [log_path]
-    indexes = [d / CHECKPOINTS_BASE_NAME for d in dirs]
-    if any(i.exists() for i in indexes) or not _has_rows(metrics):
-        return None
-    index = indexes[0] if len(indexes) == 1 else log_path / POLICIES_DIR / "*" / CHECKPOINTS_BASE_NAME
-    return ResumeError(
-        f"{metrics} holds metrics of an earlier run but {index} is missing, so it cannot be "
-        "resumed; restore the checkpoint index, use another log_path, or set fresh_start=True "
-        "to start over (the old files are kept, renamed aside)"
-    )
+    """The refusal for a ``log_path`` with metrics rows but no checkpoint index, if that is the case
+    (:func:`agl_tinker.run.layout.missing_index_message`, which the CLI asks before importing this)."""
+    message = missing_index_message(log_path, policies)
+    return None if message is None else ResumeError(message)
 
 
 def no_usable_checkpoint(log_path: str | Path, tried: list[CheckpointRecord]) -> ResumeError:
@@ -185,15 +163,11 @@ def no_usable_checkpoint(log_path: str | Path, tried: list[CheckpointRecord]) ->
     )
 
 
-def _has_rows(path: Path) -> bool:
-    return path.exists() and any(line.strip() for line in path.read_text(errors="replace").splitlines())
-
-
 def set_aside(log_path: str | Path) -> list[Path]:
     """Rename ``metrics.jsonl`` and ``checkpoints.jsonl`` aside (``<name>.old-<time>``) for a fresh run."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     moved = []
-    for name in (METRICS_BASE_NAME, CHECKPOINTS_BASE_NAME):
+    for name in (METRICS_FILE, CHECKPOINTS_BASE_NAME):
         path = Path(log_path) / name
         if path.exists():
             target = path.with_name(f"{name}.old-{stamp}")
@@ -207,7 +181,7 @@ def truncate_metrics(log_path: str | Path, next_step: int) -> int:
 
     The file is replaced atomically, so a crash here loses nothing the restart would not redo.
     """
-    path = Path(log_path) / METRICS_BASE_NAME
+    path = Path(log_path) / METRICS_FILE
     if not path.exists():
         return 0
     kept: list[str] = []

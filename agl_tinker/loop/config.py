@@ -298,7 +298,7 @@ class TrainConfig(KnownKeywords):
         validator=at_least(0),
         default=3,
         doc="Warn once when this many steps in a row had nothing to learn from (every group scored the same, "
-        "or no datum trained). 0 never warns.",
+        "or no datum trained); a note instead when the reward rose to that level (learnt). 0 never warns.",
     )
 
     # -- Tinker call retries (transient errors, the SDK's own rules) --------------------------------

@@ -25,9 +25,9 @@ from agl_tinker.core.reconstruct import ReconstructOptions
 from agl_tinker.core.rewards import RewardOptions
 from agl_tinker.core.trajectory import RolloutTrajectory
 from agl_tinker.dispatch.types import BatchResult, GroupResult, RolloutOutcome
-from agl_tinker.loop.checkpoints import policy_dir
 from agl_tinker.loop.config import PROVENANCE_LOSSES, TrainConfig
 from agl_tinker.loop.step_trainer import Learner
+from agl_tinker.run.layout import policy_dir
 
 __all__ = ["Policy", "PolicyResults", "make_policies", "policy_view", "unowned_calls"]
 

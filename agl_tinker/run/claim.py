@@ -3,8 +3,10 @@ nothing but the configuration and the files already there (a missing checkpoint 
 run's identity). Called by :func:`agl_tinker.loop.preflight.check_setup`, so by the CLI and by
 ``TinkerAlgorithm``; :func:`agl_tinker.loop.train.train` repeats it with the dataset known.
 
-This module stays light to import (no tinker, no cookbook): the CLI asks :func:`finished_message`
-before its heavy imports, so a rerun of a finished run answers in a moment.
+This module stays light to import (no tinker, no cookbook, no openai): the CLI asks
+:func:`finished_message` and :func:`refuse_unresumable` before its heavy imports, so a rerun of a
+finished run, a log path without its checkpoint index and one holding another run are answered in
+a moment (they waited for torch's import, and for the model check, before).
 """
 
 from __future__ import annotations
@@ -13,13 +15,18 @@ import json
 from pathlib import Path
 
 from agl_tinker.loop.config import ConfigError, TrainConfig
-from agl_tinker.run import failures, identity, lock
+from agl_tinker.run import identity, layout, lock
 
-__all__ = ["CHECKPOINT_INDEX", "ResumeRefused", "claim_run", "finished_message", "release_run"]
+__all__ = [
+    "CHECKPOINT_INDEX",
+    "ResumeRefused",
+    "claim_run",
+    "finished_message",
+    "refuse_unresumable",
+    "release_run",
+]
 
-CHECKPOINT_INDEX = "checkpoints.jsonl"
-"""The cookbook's ``checkpoint_utils.CHECKPOINTS_BASE_NAME`` (a test keeps them equal), named here
-so that reading it costs no import of the cookbook."""
+CHECKPOINT_INDEX = layout.CHECKPOINT_INDEX
 
 
 class ResumeRefused(ConfigError):
@@ -38,27 +45,41 @@ def claim_run(config: TrainConfig) -> None:
         identity.IdentityMismatch: the recorded run has another model, renderer, LoRA rank, loss or
             policies (the dataset is compared once it is loaded, by ``train``).
     """
+    from agl_tinker.run import failures  # imports openai: not for the early refusals
+
     newly = not lock.holds(config.log_path)
     lock.claim(config.log_path)
     try:
         failures.open_run_log(config.log_path)
         failures.summarise_failures()
-        if config.fresh_start:
-            return
-        from agl_tinker.loop.checkpoints import missing_index_error
-
-        error = missing_index_error(config.log_path, list(config.policies))
-        if error is not None:
-            raise ResumeRefused(str(error))
-        identity.check_identity(config, identity.config_identity(config))
+        refuse_unresumable(config)
     except BaseException:
         if newly:  # a refused run holds nothing: the process may go on (a notebook) or retry
             release_run(config)
         raise
 
 
+def refuse_unresumable(config: TrainConfig) -> None:
+    """Refuse what the files already in ``config.log_path`` make unresumable; nothing with
+    ``fresh_start`` (which sets the earlier run aside).
+
+    Raises:
+        ResumeRefused: metrics of an earlier run but no checkpoint index.
+        identity.IdentityMismatch: the recorded run has another model, renderer, LoRA rank, loss or
+            policies.
+    """
+    if config.fresh_start:
+        return
+    message = layout.missing_index_message(config.log_path, list(config.policies))
+    if message is not None:
+        raise ResumeRefused(message)
+    identity.check_identity(config, identity.config_identity(config))
+
+
 def release_run(config: TrainConfig) -> None:
     """Undo :func:`claim_run`: close the run log and give up the lock."""
+    from agl_tinker.run import failures
+
     failures.close_run_log()
     lock.release(config.log_path)
 

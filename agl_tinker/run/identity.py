@@ -71,8 +71,9 @@ def dataset_fingerprint(tasks: Iterable[Mapping[str, Any]]) -> str:
 
 
 def backend_description() -> str:
-    """Where training runs: ``simulator (in process)`` or ``live Tinker at URL`` (the live backend at
-    ``TINKER_BASE_URL``, which may be ``agl-tinker sim-server``'s wire simulator: it cannot be told apart)."""
+    """Where training runs: ``simulator (in process)``, or ``live Tinker at URL`` (``TINKER_BASE_URL``:
+    the service, or a wire simulator such as ``agl-tinker sim-server``'s, which the run cannot tell
+    apart), or ``live Tinker at the Tinker service`` (the SDK's default URL)."""
     from agl_tinker import backend
 
     if backend.backend_name() == "sim":

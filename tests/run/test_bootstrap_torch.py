@@ -1,5 +1,5 @@
 """``scripts/bootstrap.sh`` on a Python without a CPU build of torch at hand (issue 34): with
-``AGL_TINKER_TORCH=cpu`` it stops in one line (exit 3) instead of downloading the 6.4 GB CUDA
+``AGL_TINKER_TORCH=cpu`` it stops in one line (exit 3) instead of downloading the 4.6 GB CUDA
 build, and it builds its venv where ``AGL_TINKER_VENV`` says, never in the repository's ``.venv``."""
 
 from __future__ import annotations

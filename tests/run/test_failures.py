@@ -104,6 +104,38 @@ def test_the_flat_reward_warning_comes_once_after_n_flat_steps() -> None:
     assert FlatRewardWatch(0).see(0, flat) is None
 
 
+def _step(reward: float, *, flat: bool) -> dict[str, float | int]:
+    return {"reward/mean": reward, "groups/valid": 8, "groups/constant": 8 if flat else 3, "train/datums": 32}
+
+
+def test_a_reward_that_rose_to_its_plateau_gets_a_learnt_note_not_the_warning() -> None:
+    """Hello 1024 reaches +1.000 in every group by step 9: its tasks are learnt, nothing is wrong."""
+    rewards = [-0.06, 0.0, 0.16, 0.5, 1.0, 1.0, 1.0]
+    watch = FlatRewardWatch()  # the default: 3 flat steps
+    lines = [watch.see(step, _step(r, flat=step >= 4)) for step, r in enumerate(rewards)]
+    assert [i for i, line in enumerate(lines) if line] == [6]
+    assert lines[6] == (
+        "note: steps 4-6 had nothing left to learn from: every group scored the same, reward +1.000, up from "
+        "-0.060 at step 0; the tasks look learnt, and more steps will not change the policy on them"
+    )
+
+
+@pytest.mark.parametrize(
+    "rewards",
+    [[0.0, 0.0, 0.0], [0.5, 0.2, 0.0, 0.0, 0.0]],
+    ids=["flat from the start", "fallen to its plateau"],
+)
+def test_a_reward_that_never_rose_to_its_plateau_gets_the_warning(rewards: list[float]) -> None:
+    watch = FlatRewardWatch()
+    first = len(rewards) - 3
+    lines = [watch.see(step, _step(r, flat=step >= first)) for step, r in enumerate(rewards)]
+    assert lines[:-1] == [None] * (len(rewards) - 1)
+    assert str(lines[-1]).startswith(
+        f"warning: steps {first}-{first + 2} had nothing to learn from (every group scored the same, reward "
+        "+0.000, or no datum trained): the agent may never produce a rewarded answer"
+    )
+
+
 def test_a_resumed_runs_summary_names_its_steps() -> None:
     lines = summary_lines("Hello 1024", [0.1, 0.2, 0.3, 0.4], [], {}, 1.0, first_step=4)
     assert "steps trained:      4 (step 4 -> step 7, resumed at step 4)" in lines
@@ -149,6 +181,51 @@ def test_an_agent_that_always_raises_gives_a_short_readable_output(tmp_path: Pat
     assert "excluded 16/16: failed 16" in out
     assert out.count("had no rollout to train on") == 1  # the final error, once
     assert (tmp_path / "run" / "run.log").read_text().count("ValueError: boom") >= 31
+
+
+FLAT_AGENT = textwrap.dedent(
+    """
+    import sys
+    import agentlightning as agl
+    from openai import AsyncOpenAI
+    from agl_tinker import TrainConfig
+    from agl_tinker.algorithm import fit
+
+    async def flat(task, llm):
+        client = AsyncOpenAI(base_url=llm.get_base_url(), api_key="unused")
+        messages = [{"role": "user", "content": "hi"}]
+        await client.chat.completions.create(model=llm.model, messages=messages, max_tokens=8)
+        return 0.5
+
+    config = TrainConfig(log_path=sys.argv[1], max_steps=5, batch_size=2, group_size=2, max_tokens=8)
+    fit(agl.rollout(flat), config, [{"x": i} for i in range(10)], n_runners=1)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_flat_reward_run_says_so_once_pointing_at_dryrun(tmp_path: Path) -> None:
+    """A run whose every group scores the same: one warning, after the default 3 flat steps, that
+    names the command showing the user's own agent's rollouts (not only 20 Questions')."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "HF_HUB_OFFLINE": "1",
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", FLAT_AGENT, str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    warnings = [line for line in out.splitlines() if "had nothing to learn from" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: steps 0-2 "), out
+    assert "`agl-tinker dryrun MODULE:FUNCTION tasks=FILE`" in warnings[0]
+    assert out.index(warnings[0]) > out.index("step 2 (3/5)") and "step 4 (5/5)" in out
 
 
 def _log_error(logger: logging.Logger, error: BaseException, message: str) -> None:

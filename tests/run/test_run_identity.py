@@ -160,6 +160,46 @@ def test_the_cli_refuses_another_identity_in_one_line_exit_2(tmp_path: Path) -> 
     assert issubclass(ResumeRefused, ConfigError)  # the missing-index refusal takes the same path: exit 2
 
 
+ANSWER_EARLY = """
+import sys
+from agl_tinker.cli.main import main
+codes = [main(["hello", "--log-path", path, *sys.argv[-1:]]) for path in sys.argv[1:4]]
+heavy = sorted({"torch", "openai", "tinker", "transformers", "tinker_cookbook.checkpoint_utils"} & set(sys.modules))
+print(codes, heavy)
+"""
+
+
+def test_what_the_log_path_decides_is_answered_before_the_heavy_imports(tmp_path: Path) -> None:
+    """A finished run (exit 0), metrics without their checkpoint index and another run's identity
+    (exit 2) are answered from the files alone: nothing imports torch or openai first (the
+    missing-index refusal took 7-12 s at load 3-4, waiting for torch and the model check)."""
+    finished, no_index, other = tmp_path / "finished", tmp_path / "no_index", tmp_path / "other"
+    finished.mkdir()
+    (finished / "checkpoints.jsonl").write_text(
+        '{"name": "final", "batch": 20, "state_path": "tinker://r/w/final"}\n'
+    )
+    no_index.mkdir()
+    (no_index / "metrics.jsonl").write_text('{"step": 0}\n')
+    identity.record_run(_config(other, lora_rank=8), TASKS)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "HF_HUB_OFFLINE": "1",
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", ANSWER_EARLY, str(finished), str(no_index), str(other), "lora_rank=4"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.stdout.strip().splitlines()[-1] == "[0, 2, 2] []", run.stdout + run.stderr
+    said = run.stderr.strip().splitlines()
+    assert len(said) == 2 and "checkpoints.jsonl is missing" in said[0] and "lora_rank 8 -> 4" in said[1]
+    assert not (no_index / "run.lock").exists() and not (other / "run.lock").exists()  # nothing claimed
+
+
 def test_the_index_name_is_the_cookbooks() -> None:
     from tinker_cookbook.checkpoint_utils import CHECKPOINTS_BASE_NAME
 
