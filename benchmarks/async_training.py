@@ -37,6 +37,12 @@ trained group) and ``reward_vs_sync`` (its final reward minus sync's). ``speedup
 speedup an overlapped mode would reach at ``step_over_bound == 1.0`` (the sync step over
 ``max(sampling, training)``): when sampling is shorter than training, no overlap can beat it. Top-level figures are the worst over
 agents. ``detail`` has the per-seed numbers.
+
+The run shares the machine's CPUs: ``load_avg`` (1/5/15-minute load averages at the start and at the
+end) and each mode's ``cpu_s_per_step`` (this process's CPU time per timed step: agents, runners,
+store, endpoint, loop and the simulator together) say how far CPU contention, not the cost model,
+set the figures. The simulator's own compute runs inside each call's modelled duration (a floor
+from submission, ``fakes.tinker.futures``), never on top of it; it still competes for the CPUs.
 """
 
 from __future__ import annotations
@@ -141,6 +147,12 @@ def _config(log_path: str, mode: str, steps: int, seed: int) -> TrainConfig:
 async def _run(agent: AgentFn, mode: str, steps: int, seed: int) -> dict[str, Any]:
     random.seed(seed)
     ends: list[float] = []
+    cpu: list[float] = []
+
+    def on_step(_step: int, _metrics: Mapping[str, Any]) -> None:
+        ends.append(time.perf_counter())
+        cpu.append(time.process_time())
+
     with tempfile.TemporaryDirectory() as tmp:
         store = InMemoryLightningStore()
         service = backend.service_client(root_dir=Path(tmp) / "sim", **COST_MODEL)
@@ -151,7 +163,7 @@ async def _run(agent: AgentFn, mode: str, steps: int, seed: int) -> dict[str, An
                 hello_dataset("train"),
                 service=service,
                 show_progress=False,
-                on_step=lambda _step, _metrics: ends.append(time.perf_counter()),
+                on_step=on_step,
             )
     timed = result.steps[1:]
     step_s = [b - a for a, b in itertools.pairwise(ends)]
@@ -164,6 +176,7 @@ async def _run(agent: AgentFn, mode: str, steps: int, seed: int) -> dict[str, An
         "step_s_mean": statistics.fmean(step_s),
         "trainer_idle_frac": statistics.fmean(idle),
         "final_reward": statistics.fmean(result.rewards[-3:]),
+        "cpu_s_per_step": (cpu[-1] - cpu[0]) / len(step_s),
         "sampling_s_mean": statistics.fmean(s["time/sampling_s"] for s in timed),
         "training_s_mean": statistics.fmean(s["time/training_s"] + s["time/swap_s"] for s in timed),
     }
@@ -180,7 +193,7 @@ async def _run(agent: AgentFn, mode: str, steps: int, seed: int) -> dict[str, An
 
 
 def _mean_over_seeds(runs: list[dict[str, Any]]) -> dict[str, float]:
-    keys = ("groups_per_s", "step_s_mean", "trainer_idle_frac", "final_reward")
+    keys = ("groups_per_s", "step_s_mean", "trainer_idle_frac", "final_reward", "cpu_s_per_step")
     return {k: round(statistics.fmean(r[k] for r in runs), 4) for k in keys}
 
 
@@ -197,6 +210,7 @@ def main() -> None:
     warnings.simplefilter("ignore", FutureWarning)
     logging.disable(logging.WARNING)
     report: dict[str, Any] = {
+        "load_avg": {"start": [round(x, 2) for x in os.getloadavg()]},
         "cost_model": COST_MODEL,
         "save_sampler_share": None,  # of the sync run's training time per step, set below
         "steps": args.steps,
@@ -222,6 +236,7 @@ def main() -> None:
                 worst.setdefault(key, []).append(value)
     for key, values in worst.items():
         report[key] = min(values) if key.endswith("speedup_vs_sync") else max(values)
+    report["load_avg"]["end"] = [round(x, 2) for x in os.getloadavg()]
     emit_json(report)
 
 

@@ -49,6 +49,7 @@ from agl_tinker import backend
 from agl_tinker.loop.checkpoints import truncate_metrics
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.data import TaskDataset, build_datasets
+from agl_tinker.loop.metric_tables import setup_metrics_logging
 from agl_tinker.loop.report import write_reward_curve
 from agl_tinker.loop.result import TrainResult
 from agl_tinker.loop.schedules import Schedule, pick_schedule
@@ -151,13 +152,7 @@ async def train(
         result = TrainResult(log_path=log_path, start_step=start_step, end_step=max(start_step, n_steps))
         if resume is not None and start_step < n_steps:
             truncate_metrics(log_path, start_step)  # the steps from start_step on are redone
-        ml_logger = ml_log.setup_logging(
-            log_dir=str(log_path),
-            wandb_project=config.wandb_project,
-            wandb_name=config.wandb_name,
-            config=config,
-            do_configure_logging_module=False,
-        )
+        ml_logger = setup_metrics_logging(str(log_path), config.wandb_project, config.wandb_name, config)
         ml_logger = with_first_metrics(ml_logger, override_metrics)
         run.progress.note(announce_run(config))  # the backend and where the outputs go, first
         if resume is not None:

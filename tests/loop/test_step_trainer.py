@@ -111,3 +111,48 @@ def test_busy_clock_unions_overlapping_work() -> None:
     clock.end()
     clock.end()
     assert 0.015 < clock.busy_s < 1.0
+
+
+class _RecordsCalls(_SubmitDoesTheWork):
+    """Records the keywords of every ``forward_backward_async``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fb_kwargs: list[dict[str, Any]] = []
+
+    async def forward_backward_async(self, data: list[tinker.Datum], **kwargs: Any) -> _Done:
+        self.fb_kwargs.append(kwargs)
+        return await super().forward_backward_async(data)
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "loss_fn_config", "streamed"),
+    [
+        (
+            "cispo",
+            {"clip_low_threshold": 0.5, "clip_high_threshold": 1.5},
+            False,
+        ),  # the cookbook's train_step
+        ("dro", {"beta": 0.1}, True),  # streamed minibatches
+        ("stable_reinforce", {"kl_coeff": 0.01}, False),  # the provenance path
+    ],
+)
+async def test_the_loss_and_its_config_reach_every_forward_backward(
+    monkeypatch: pytest.MonkeyPatch, loss_fn: str, loss_fn_config: dict[str, float], streamed: bool
+) -> None:
+    monkeypatch.setattr(step_trainer, "group_datums", _fake_group_datums)
+    client = _RecordsCalls()
+    config = TrainConfig(
+        log_path="unused",
+        batch_size=4,
+        group_size=2,
+        loss_fn=loss_fn,  # type: ignore[arg-type]
+        loss_fn_config=loss_fn_config,
+    )
+    stream = StreamMinibatchConfig(groups_per_batch=4, num_minibatches=2) if streamed else None
+    trainer = StepTrainer(Learner(None, client, 0.01, 1), config, BusyClock(), 4, stream)
+    for key in range(4):
+        await trainer.add(key, [])
+    await trainer.finish()
+    assert client.fb_kwargs and client.optim_steps >= 1
+    assert all(kw == {"loss_fn": loss_fn, "loss_fn_config": loss_fn_config} for kw in client.fb_kwargs)
