@@ -41,7 +41,8 @@ class WaitAnyResponse(BaseModel):
     finished: list[AttemptedRollout | Rollout]
     """The asked-for rollouts in a terminal status (each with its latest attempt, if any)."""
     unknown: list[str]
-    """Asked-for ids the store does not know; the answer comes at once when there are any."""
+    """Asked-for ids the store does not know (never enqueued, or released, even while the request
+    waited); the answer comes at once when there are any."""
 
 
 class ReleaseRequest(BaseModel):

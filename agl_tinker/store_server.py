@@ -126,7 +126,9 @@ class LeanStoreServer(LightningStoreServer):
         Each check is the store's own ``wait_for_rollouts(timeout=0)``, which also runs its
         ``RolloutConfig`` watchdog. Between checks the request sleeps on a server-wide signal that
         a watcher task per asked-for rollout (one per rollout, shared by requests) raises when the
-        rollout's completion event fires, so a check costs O(ids) and a wait no thread.
+        rollout's completion event fires, so a check costs O(ids) and a wait no thread. A rollout
+        released (:data:`RELEASE_PATH`) before or while the request waits is gone: it is reported in
+        ``unknown``, which ends the wait like a finished one.
         """
         events = self._events
         if events is None:  # the route is only registered with events; a direct call may lack them
@@ -134,20 +136,22 @@ class LeanStoreServer(LightningStoreServer):
         ids = list(dict.fromkeys(request.rollout_ids))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.timeout
-        unknown = [rid for rid in ids if rid not in events]
         while True:
             signal = self._signal()  # taken before the check: a completion after it sets this one
             done = await self.wait_for_rollouts(rollout_ids=ids, timeout=0)
+            unknown = _unknown(ids, events)  # after the check: one released while it ran is gone
             remaining = deadline - loop.time()
             if done or unknown or remaining <= 0:
                 break
             if self._watch(ids, events):
-                continue  # one finished between the check and its watcher: check again
+                continue  # one finished or was released since the check: check again
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(signal.wait(), remaining)
         finished: list[AttemptedRollout | Rollout] = []
         if done:
             finished = list(await self.query_rollouts(rollout_id_in=[r.rollout_id for r in done]))
+            answered = {r.rollout_id for r in finished}  # one released since the check is gone too
+            unknown = [rid for rid in _unknown(ids, events) if rid not in answered]
         return WaitAnyResponse(finished=finished, unknown=unknown)
 
     def _signal(self) -> asyncio.Event:
@@ -156,12 +160,15 @@ class LeanStoreServer(LightningStoreServer):
         return self._finished_signal
 
     def _watch(self, ids: list[str], events: Mapping[str, Any]) -> bool:
-        """Start a watcher for each unwatched id; ``True`` if one's event is already set."""
+        """Start a watcher for each unwatched id; ``True`` if one's event is set or gone (released).
+
+        Either way the caller checks again, and its next check reports a released id as unknown.
+        """
         for rid in ids:
             if rid in self._watchers:
                 continue
-            event = events[rid]
-            if event.is_set():
+            event = events.get(rid)
+            if event is None or event.is_set():
                 return True
             self._watchers[rid] = asyncio.create_task(self._watch_one(rid, event))
         return False
@@ -176,6 +183,11 @@ class LeanStoreServer(LightningStoreServer):
             self._watchers.pop(rid, None)
         signal, self._finished_signal = self._signal(), asyncio.Event()
         signal.set()
+
+
+def _unknown(ids: list[str], events: Mapping[str, Any]) -> list[str]:
+    """The ids the store does not know (never enqueued, or released since): no completion event."""
+    return [rid for rid in ids if rid not in events]
 
 
 async def _awaited(event: Any) -> None:

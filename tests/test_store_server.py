@@ -19,7 +19,8 @@ from starlette.middleware.base import BaseHTTPMiddleware
 
 from agl_tinker.cli import build_parser
 from agl_tinker.store_middleware import StoreErrorsAsJson, replace_slow_middleware
-from agl_tinker.store_routes import MAX_WAIT_ANY_S, WAIT_ANY_PATH
+from agl_tinker.store_release import release_rollouts
+from agl_tinker.store_routes import MAX_WAIT_ANY_S, WAIT_ANY_PATH, WaitAnyRequest
 from agl_tinker.store_server import LeanStoreServer
 from fakes.store import FaultyStore
 
@@ -319,3 +320,31 @@ async def test_wait_any_needs_completion_events_else_the_route_is_absent() -> No
             assert status in (404, 405)
         finally:
             await server.stop()
+
+
+async def test_wait_any_reports_a_rollout_released_while_it_waits_as_unknown() -> None:
+    """A watched rollout that finishes and is released between two checks is gone: ``unknown``, not a 500."""
+    server = LeanStoreServer(InMemoryLightningStore(), host="127.0.0.1", port=free_port())
+    a, b = await server.enqueue_many_rollouts([EnqueueRolloutRequest(input={})] * 2)
+    claimed = await server.dequeue_rollout(worker_id="w")
+    assert claimed is not None and claimed.rollout_id == a.rollout_id
+    check = server.wait_for_rollouts
+    checks = 0
+
+    async def check_then_finish_and_release_a(**kwargs: Any) -> Any:
+        nonlocal checks
+        checks += 1
+        done = await check(**kwargs)
+        if checks == 1:  # after the first check saw nothing finished, before its watchers start
+            await server.update_attempt(a.rollout_id, claimed.attempt.attempt_id, status="succeeded")
+            assert await release_rollouts(server, [a.rollout_id]) == [a.rollout_id]
+        return done
+
+    server.wait_for_rollouts = check_then_finish_and_release_a  # type: ignore[method-assign]
+    ids = [a.rollout_id, b.rollout_id]
+    answer = await asyncio.wait_for(
+        server.wait_any(WaitAnyRequest(rollout_ids=ids, timeout=MAX_WAIT_ANY_S)), 5
+    )
+    assert (answer.finished, answer.unknown) == ([], [a.rollout_id])
+    for task in list(server._watchers.values()):  # b's watcher, left to lapse in a real server
+        task.cancel()

@@ -26,6 +26,7 @@ from agl_tinker.endpoint.generation import generation_from_response, span_attrib
 from agl_tinker.endpoint.provider import TinkerChatProvider
 from agl_tinker.endpoint.request_scope import llmproxy_rollout_headers
 from agl_tinker.endpoint.span_recorder import CallRecord, SpanRecorder
+from agl_tinker.endpoint.wire import openai_error_body
 from agl_tinker.net import free_port
 
 _PROVIDERS: dict[str, TinkerChatProvider] = {}
@@ -33,8 +34,7 @@ _PROVIDERS: dict[str, TinkerChatProvider] = {}
 
 
 def _bad_request(message: str) -> JSONResponse:
-    error = {"message": message, "type": "invalid_request_error", "param": None, "code": "400"}
-    return JSONResponse({"error": error}, status_code=400)
+    return JSONResponse(openai_error_body(message), status_code=400)
 
 
 class RequestGuard(BaseHTTPMiddleware):

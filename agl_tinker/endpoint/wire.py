@@ -25,11 +25,15 @@ from agl_tinker.endpoint.responses_request import parse_responses_request
 from agl_tinker.endpoint.sse import chat_chunks
 
 
+def openai_error_body(message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
+    """An OpenAI-shaped error body (the ``openai`` client reads ``error.message``); one shape for
+    the lean server and the LLMProxy mode's request guard."""
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
 def openai_error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
-    """An OpenAI-shaped error body (the ``openai`` client reads ``error.message``)."""
-    return web.json_response(
-        {"error": {"message": message, "type": kind, "param": None, "code": None}}, status=status
-    )
+    """:func:`openai_error_body` as an aiohttp answer."""
+    return web.json_response(openai_error_body(message, kind), status=status)
 
 
 @dataclass(frozen=True)

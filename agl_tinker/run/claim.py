@@ -84,10 +84,10 @@ def release_run(config: TrainConfig) -> None:
     lock.release(config.log_path)
 
 
-def _newest_checkpoint(log_path: Path) -> dict[str, object] | None:
+def _newest_checkpoint(index_dir: Path) -> dict[str, object] | None:
     """The index line with the highest ``batch`` and a ``state_path``; unreadable lines are skipped
     (the resume reports them)."""
-    path = log_path / CHECKPOINT_INDEX
+    path = index_dir / CHECKPOINT_INDEX
     if not path.exists():
         return None
     newest: dict[str, object] | None = None
@@ -110,15 +110,24 @@ def _newest_checkpoint(log_path: Path) -> dict[str, object] | None:
 def finished_message(config: TrainConfig) -> str | None:
     """One line when ``config.log_path`` holds a run that already finished ``max_steps`` steps (a
     rerun has nothing to do), else ``None``. Without ``max_steps`` the step count depends on the
-    dataset, so nothing is said here."""
+    dataset, so nothing is said here.
+
+    A run is finished when the newest checkpoint of its index reaches ``max_steps``; a
+    several-policy run (``config.policies``) when every policy's own index
+    (:func:`agl_tinker.run.layout.policy_dir`) does, each policy's weights then named."""
     if config.max_steps is None or config.fresh_start:
         return None
-    newest = _newest_checkpoint(Path(config.log_path))
-    if newest is None or int(newest["batch"]) < config.max_steps:  # type: ignore[call-overload]
-        return None
-    weights = newest.get("sampler_path") or newest["state_path"]
+    names = list(config.policies)
+    newest: list[dict[str, object]] = []
+    for index_dir in layout.index_dirs(config.log_path, names):
+        record = _newest_checkpoint(index_dir)
+        if record is None or int(record["batch"]) < config.max_steps:  # type: ignore[call-overload]
+            return None
+        newest.append(record)
+    weights = [str(record.get("sampler_path") or record["state_path"]) for record in newest]
+    where = ", ".join(f"{name} {w}" for name, w in zip(names, weights, strict=True)) if names else weights[0]
     return (
         f"{config.log_path} holds a finished run: all {config.max_steps} steps done (checkpoint "
-        f"{newest.get('name')}: {weights}); nothing to do. Raise max_steps to train further, or use "
+        f"{newest[0].get('name')}: {where}); nothing to do. Raise max_steps to train further, or use "
         "another log_path for a new run"
     )

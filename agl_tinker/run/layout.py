@@ -13,7 +13,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["CHECKPOINT_INDEX", "METRICS_FILE", "POLICIES_DIR", "missing_index_message", "policy_dir"]
+__all__ = [
+    "CHECKPOINT_INDEX",
+    "METRICS_FILE",
+    "POLICIES_DIR",
+    "index_dirs",
+    "missing_index_message",
+    "policy_dir",
+]
 
 METRICS_FILE = "metrics.jsonl"
 """One JSON row per step, written by the cookbook's ``ml_log``."""
@@ -30,6 +37,12 @@ def policy_dir(log_path: str | os.PathLike[str], name: str) -> Path:
     return Path(log_path) / POLICIES_DIR / name
 
 
+def index_dirs(log_path: str | os.PathLike[str], policies: Sequence[str] = ()) -> list[Path]:
+    """The directories holding a run's checkpoint indexes: one per policy of a several-policy run
+    (``policies``: their names), else ``log_path`` itself."""
+    return [policy_dir(log_path, name) for name in policies] or [Path(log_path)]
+
+
 def _has_rows(path: Path) -> bool:
     return path.exists() and any(line.strip() for line in path.read_text(errors="replace").splitlines())
 
@@ -44,8 +57,7 @@ def missing_index_message(log_path: str | os.PathLike[str], policies: Sequence[s
     """
     log_path = Path(log_path)
     metrics = log_path / METRICS_FILE
-    dirs = [policy_dir(log_path, name) for name in policies] or [log_path]
-    indexes = [d / CHECKPOINT_INDEX for d in dirs]
+    indexes = [d / CHECKPOINT_INDEX for d in index_dirs(log_path, policies)]
     if any(i.exists() for i in indexes) or not _has_rows(metrics):
         return None
     index = indexes[0] if len(indexes) == 1 else log_path / POLICIES_DIR / "*" / CHECKPOINT_INDEX

@@ -6,7 +6,9 @@ runner stays inside the agent: an agent that hangs holds its runner forever, and
 queued behind it never start. :class:`DeadlineRunner` cancels the agent where it runs when the
 attempt's ``timeout_seconds`` have passed, reports the attempt ``timeout`` (never the
 ``succeeded``/``failed`` the stock runner writes while unwinding), and moves on to the next
-rollout. An agent that blocks its event loop (synchronous code) cannot be cancelled this way; the
+rollout. The deadline covers the agent and its spans: once the runner starts its closing write of
+an attempt it did not cut, the attempt is finished and the deadline no longer applies (it was
+rewritten ``timeout`` when the deadline passed while the store confirmed that write). An agent that blocks its event loop (synchronous code) cannot be cancelled this way; the
 store's watchdog still marks it. It also fetches each resources snapshot once
 (:mod:`agl_tinker.runners.resources_cache`), unless built with ``cache_resources=False``.
 """
@@ -50,20 +52,28 @@ class _TimeoutReportingStore:
     ``LitAgentRunner._step_impl`` ends every attempt with ``update_attempt(status="succeeded"
     | "failed")``, also when it unwinds from a cancellation; for an attempt the deadline cut, that
     write becomes ``status="timeout"``, so no reader ever sees it succeeded or plainly failed.
-    Everything else is the wrapped store's own.
+    Before the closing write of an attempt not cut it calls ``closing(attempt_id)``, which disarms
+    the attempt's deadline: a finished attempt's status is never overwritten. Everything else is
+    the wrapped store's own.
     """
 
-    def __init__(self, store: LightningStore, cut: set[str], closed: dict[str, str]) -> None:
+    def __init__(
+        self, store: LightningStore, cut: set[str], closed: dict[str, str], closing: Callable[[str], None]
+    ) -> None:
         self._store = store
         self._cut = cut
         self._closed = closed
+        self._closing = closing
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
     async def update_attempt(self, rollout_id: str, attempt_id: str, **kwargs: Any) -> Any:
-        if attempt_id in self._cut and kwargs.get("status") in ("succeeded", "failed"):
-            kwargs["status"] = "timeout"
+        if kwargs.get("status") in ("succeeded", "failed"):
+            if attempt_id in self._cut:
+                kwargs["status"] = "timeout"
+            else:
+                self._closing(attempt_id)
         result = await self._store.update_attempt(rollout_id, attempt_id, **kwargs)
         if kwargs.get("status") in _CLOSING:
             self._closed[attempt_id] = kwargs["status"]
@@ -91,6 +101,7 @@ class DeadlineRunner(LitAgentRunner[Any]):
         super().__init__(*args, **kwargs)
         self._cut: set[str] = set()
         self._closed: dict[str, str] = {}
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}  # armed per attempt, while it runs
         self._on_finished = on_finished
         self.timed_out = 0
         self.resources = ResourcesCache() if cache_resources else None
@@ -101,7 +112,13 @@ class DeadlineRunner(LitAgentRunner[Any]):
         store = super().get_store()
         if self.resources is not None:
             store = cast(LightningStore, CachingResourcesStore(store, self.resources))
-        return cast(LightningStore, _TimeoutReportingStore(store, self._cut, self._closed))
+        return cast(LightningStore, _TimeoutReportingStore(store, self._cut, self._closed, self._disarm))
+
+    def _disarm(self, attempt_id: str) -> None:
+        """The attempt is closing: its deadline no longer applies."""
+        timer = self._deadlines.pop(attempt_id, None)
+        if timer is not None:
+            timer.cancel()
 
     async def _step_impl(self, next_rollout: AttemptedRollout, raise_on_exception: bool = False) -> str:
         attempt_id = next_rollout.attempt.attempt_id
@@ -127,7 +144,7 @@ class DeadlineRunner(LitAgentRunner[Any]):
             self._cut.add(attempt_id)
             task.cancel()
 
-        timer = asyncio.get_running_loop().call_later(budget, cut)
+        self._deadlines[attempt_id] = asyncio.get_running_loop().call_later(budget, cut)
         try:
             return await super()._step_impl(next_rollout, raise_on_exception)
         except asyncio.CancelledError:
@@ -143,7 +160,7 @@ class DeadlineRunner(LitAgentRunner[Any]):
             )
             return next_rollout.rollout_id
         finally:
-            timer.cancel()
+            self._disarm(attempt_id)
             self._cut.discard(attempt_id)
 
     async def _report_timeout(self, rollout: AttemptedRollout) -> None:

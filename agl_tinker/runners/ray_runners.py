@@ -197,7 +197,7 @@ class _ActorPool:
     def _give_up(self, worker_id: int) -> str | None:
         """Mark the attempt the dead slot held ``unresponsive``: the store retries or ends it now."""
         try:
-            return asyncio.run(give_up_current_attempt(self._store_url, f"Worker-{worker_id}"))
+            return asyncio.run(give_up_current_attempt(self._store_url, worker_id))
         except Exception as e:  # the store's watchdog still times the attempt out
             logger.warning("could not give up the rollout of dead runner actor %d: %s", worker_id, e)
             return None

@@ -7,6 +7,7 @@ it without the training loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import aiohttp
@@ -37,7 +38,7 @@ async def wait_for_store(
     Gives up silently after ``timeout_s`` or once ``stop_evt`` is set: whoever talks to the store
     next reports a store that is really down. With ``run_id``, the server must also announce that
     run (:data:`~agl_tinker.store_routes.RUN_PATH`); one that answers with another (or is not a
-    :class:`LeanStoreServer`) raises :class:`StoreOfAnotherRun`.
+    :class:`LeanStoreServer`, or no agl-tinker store at all) raises :class:`StoreOfAnotherRun` at once.
     """
     base = endpoint.rstrip("/") + API_V1_AGL_PREFIX
     deadline = time.monotonic() + timeout_s
@@ -56,8 +57,25 @@ async def wait_for_store(
 
 
 async def _check_run(http: aiohttp.ClientSession, base: str, endpoint: str, run_id: str) -> None:
+    """Raise :class:`StoreOfAnotherRun` unless the server announces ``run_id``.
+
+    A 200 answer that is not a JSON object is a server of another kind (its page fallback, say):
+    said at once, since asking again would get the same answer.
+    """
     async with http.get(base + RUN_PATH) as response:
-        found = (await response.json()).get("run_id") if response.status == 200 else None
+        status, text = response.status, await response.text(errors="replace")
+    found = None
+    if status == 200:
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise StoreOfAnotherRun(
+                f"the server at {endpoint} answers but is not an agl-tinker store server ({RUN_PATH} "
+                f"gave {text[:60]!r}); check the store address, not taking its rollouts"
+            )
+        found = answer.get("run_id")
     if found != run_id:
         raise StoreOfAnotherRun(
             f"the store server at {endpoint} belongs to another run (run id {found!r}, this runner's "

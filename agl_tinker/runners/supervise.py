@@ -30,7 +30,14 @@ from collections.abc import Callable, MutableSequence
 from agentlightning.execution.events import ExecutionEvent
 from agentlightning.store.client_server import LightningStoreClient
 
-__all__ = ["DEATHS", "RESTARTS", "ROLLOUTS_GIVEN_UP", "RunnerSupervisor", "give_up_current_attempt"]
+__all__ = [
+    "DEATHS",
+    "RESTARTS",
+    "ROLLOUTS_GIVEN_UP",
+    "RunnerSupervisor",
+    "give_up_current_attempt",
+    "runner_worker_id",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,19 +53,24 @@ _WAKE_S = 0.5  # how often the wait on the sentinels also looks at the stop even
 _STORE_CALL_S = 10.0
 
 
-async def give_up_current_attempt(store_url: str, worker_id: str) -> str | None:
-    """Mark the attempt ``worker_id`` was running ``unresponsive``; the rollout id, or ``None``.
+def runner_worker_id(worker: int) -> str:
+    """The id runner ``worker`` carries in the store: ``LitAgentRunner.get_worker_id``'s format."""
+    return f"Worker-{worker}"
 
-    Reads the store's ``Worker`` record (Agent-lightning's runners are ``Worker-<n>``); does
-    nothing when it shows no attempt in progress.
+
+async def give_up_current_attempt(store_url: str, worker: int) -> str | None:
+    """Mark the attempt runner ``worker`` was running ``unresponsive``; the rollout id, or ``None``.
+
+    Reads the store's ``Worker`` record (:func:`runner_worker_id`); does nothing when it shows no
+    attempt in progress.
     """
     client = LightningStoreClient(store_url)
     try:
         async with asyncio.timeout(_STORE_CALL_S):
-            worker = await client.get_worker_by_id(worker_id)
-            if worker is None or not worker.current_rollout_id or not worker.current_attempt_id:
+            record = await client.get_worker_by_id(runner_worker_id(worker))
+            if record is None or not record.current_rollout_id or not record.current_attempt_id:
                 return None
-            rollout_id, attempt_id = worker.current_rollout_id, worker.current_attempt_id
+            rollout_id, attempt_id = record.current_rollout_id, record.current_attempt_id
             attempts = await client.query_attempts(rollout_id)
             current = next((a for a in attempts if a.attempt_id == attempt_id), None)
             if current is None or current.status not in ("preparing", "running"):
@@ -161,7 +173,7 @@ class RunnerSupervisor:
         if self.store_url is None:
             return
         try:
-            rollout_id = asyncio.run(give_up_current_attempt(self.store_url, f"Worker-{worker}"))
+            rollout_id = asyncio.run(give_up_current_attempt(self.store_url, worker))
         except Exception as e:  # the store's watchdog still times the rollout out
             logger.warning("could not give up the rollout of dead runner %d: %s", worker, e)
             return

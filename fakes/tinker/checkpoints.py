@@ -167,10 +167,13 @@ class CheckpointStore:
         return {name: self._dir(path) / name for name in EXTERNAL_FILES}
 
     def copy(self, source: TinkerPath, run_id: str, ttl_seconds: int | None) -> TinkerPath:
-        """``source`` copied into a new training run ``run_id`` (not trainable, unpublished)."""
+        """``source`` copied into a new training run ``run_id`` (not trainable, unpublished); 409 if
+        ``run_id`` holds that checkpoint already (the same copy asked twice)."""
         meta = self.meta(source)
         expires_at = _expires_at(ttl_seconds)
         copied = TinkerPath(run_id, source.kind, source.name)
+        if self._dir(copied).exists():
+            raise errors.conflict(f"checkpoint {copied} already exists", path="copy_weights")
         self.write_run(
             run_id, {**self.read_run(source.run_id), "copied_from": str(source), "trainable": False}
         )

@@ -2,7 +2,7 @@
 
 Callers of the simulator catch exactly what they would catch with the live service:
 ``tinker.BadRequestError`` (400) for invalid input, ``tinker.NotFoundError`` (404) for unknown
-checkpoints, and ``tinker.InternalServerError`` (503, retryable by the SDK's own rules) for
+checkpoints, ``tinker.ConflictError`` (409) for a copy onto an existing checkpoint, and ``tinker.InternalServerError`` (503, retryable by the SDK's own rules) for
 injected transient failures.
 """
 
@@ -19,9 +19,9 @@ import tinker
 SIM_BASE_URL = "https://sim.tinker.invalid"
 
 
-def _response(status: int, path: str, message: str) -> httpx.Response:
+def _response(status: int, path: str, message: str, headers: dict[str, str] | None = None) -> httpx.Response:
     request = httpx.Request("POST", f"{SIM_BASE_URL}/api/v1/{path}")
-    return httpx.Response(status, request=request, json={"detail": message})
+    return httpx.Response(status, request=request, json={"detail": message}, headers=headers)
 
 
 def bad_request(message: str, path: str = "request") -> tinker.BadRequestError:
@@ -30,6 +30,13 @@ def bad_request(message: str, path: str = "request") -> tinker.BadRequestError:
 
 def not_found(message: str, path: str = "weights") -> tinker.NotFoundError:
     return tinker.NotFoundError(message, response=_response(404, path, message), body={"detail": message})
+
+
+def conflict(message: str, path: str = "request") -> tinker.ConflictError:
+    """409: the request clashes with what exists. ``x-should-retry: false``, which the wire server
+    passes on: the SDK retries a bare 409 (its lock timeout), and asking again changes nothing."""
+    response = _response(409, path, message, headers={"x-should-retry": "false"})
+    return tinker.ConflictError(message, response=response, body={"detail": message})
 
 
 def gone(message: str, path: str = "session") -> tinker.APIStatusError:

@@ -39,6 +39,15 @@ def _page(request: web.Request, default_limit: int) -> tuple[int, int]:
     return limit, offset
 
 
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    """The request's JSON body, which must be an object: a 400 with the service's ``{"detail"}``
+    body otherwise (malformed JSON is one already, by the server's middleware)."""
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object", path=request.path)
+    return body
+
+
 def _get_training_run(run_id: str) -> Callable[[Any], Any]:
     return lambda rest: rest.get_training_run(run_id)
 
@@ -109,7 +118,7 @@ class RestRoutes:
         return _json(types.CheckpointsListResponse(checkpoints=every[offset : offset + limit], cursor=cursor))
 
     async def _weights_info(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await _json_object(request)
         path = TinkerPath.parse(str(body.get("tinker_path", "")))
         store = self.service.sim._runtime.store
         if path.name not in {c.checkpoint_id.split("/", 1)[1] for c in store.list(path.run_id)}:
@@ -150,8 +159,7 @@ class RestRoutes:
         return TinkerPath.parse(f"tinker://{m['run_id']}/{m['kind']}/{m['name']}")
 
     async def _set_ttl(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        ttl = body.get("ttl_seconds") if isinstance(body, dict) else None
+        ttl = (await _json_object(request)).get("ttl_seconds")
         if ttl is not None and not isinstance(ttl, int):
             raise bad_request("ttl_seconds must be an integer or null", path=request.path)
         self._store.set_ttl(self._path(request), ttl)

@@ -144,7 +144,11 @@ class WireServer:
         try:
             return await handler(request)
         except tinker.APIStatusError as exc:
-            return _detail(exc.status_code, exc.message)
+            answer = _detail(exc.status_code, exc.message)
+            retry = exc.response.headers.get("x-should-retry")  # the error's own retry hint
+            if retry is not None:
+                answer.headers["x-should-retry"] = retry
+            return answer
         except (pydantic.ValidationError, CodecError, json.JSONDecodeError) as exc:
             return _detail(400, str(exc))
 

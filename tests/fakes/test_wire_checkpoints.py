@@ -128,3 +128,57 @@ def test_the_cli_downloads_publishes_and_sets_ttls(
     assert _checkpoint(rest, path).public
     cli("checkpoint", "set-ttl", path, "--ttl", str(DAY))
     assert _checkpoint(rest, path).expires_at is not None
+
+
+def _send(
+    server: RunningWireServer, method: str, route: str, body: str
+) -> tuple[int, dict[str, str], object]:
+    """A raw request to the simulator: status, headers, JSON body (what a client of any kind sees)."""
+    request = urllib.request.Request(
+        server.url + route,
+        data=body.encode(),
+        method=method,
+        headers={"X-API-Key": "tml-test", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request) as answer:
+            status, headers, raw = answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as error:
+        status, headers, raw = error.code, dict(error.headers), error.read()
+    try:
+        return status, headers, json.loads(raw)
+    except ValueError:
+        return status, headers, raw.decode(errors="replace")  # not the service's shape (a bare 500)
+
+
+def test_copying_a_checkpoint_into_a_run_that_holds_it_is_a_conflict_not_retried(
+    server: RunningWireServer, trained: tuple[tinker.ServiceClient, tinker.TrainingClient]
+) -> None:
+    _, tc = trained
+    source = tc.save_weights_for_sampler("copied-twice").result().path
+    session = next(iter(server.server.service.sessions))
+    body = json.dumps({"session_id": session, "model_seq_id": 90, "source_path": source})
+    status, _, first = _send(server, "POST", "/api/v1/copy_weights", body)
+    assert status == 200 and isinstance(first, dict), first
+    status, headers, again = _send(server, "POST", "/api/v1/copy_weights", body)
+    assert status == 409 and again == {"detail": f"checkpoint {first['tinker_path']} already exists"}
+    assert headers.get("x-should-retry") == "false"  # the SDK retries a bare 409 (a lock timeout)
+    assert _checkpoint(_rest(server), first["tinker_path"]).tinker_path == first["tinker_path"]  # kept
+
+
+@pytest.mark.parametrize("body", ["{", "[3600]", '"x"', "null"])
+def test_a_ttl_or_weights_info_body_that_is_no_json_object_is_a_400(
+    server: RunningWireServer, trained: tuple[tinker.ServiceClient, tinker.TrainingClient], body: str
+) -> None:
+    _, tc = trained
+    path = tc.save_state(f"ttl-body-{len(body)}", ttl_seconds=DAY).result().path
+    run_id, kind, name = path.removeprefix("tinker://").split("/")
+    ttl_route = f"/api/v1/training_runs/{run_id}/checkpoints/{kind}/{name}/ttl"
+    for method, route in (
+        ("PUT", ttl_route),
+        ("POST", "/api/v1/weights_info"),
+        ("POST", "/api/v1/copy_weights"),
+    ):
+        status, _, answer = _send(server, method, route, body)
+        assert status == 400 and isinstance(answer, dict) and set(answer) == {"detail"}, (route, answer)
+    assert _checkpoint(_rest(server), path).expires_at is not None  # the TTL was left as it was

@@ -7,6 +7,7 @@ agent.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -15,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agentlightning.store.client_server import API_V1_AGL_PREFIX
 from agentlightning.store.memory import InMemoryLightningStore
+from aiohttp import web
 
 from agl_tinker.algorithm import LeanServerStrategy
 from agl_tinker.net import free_port
 from agl_tinker.runners.store_wait import StoreOfAnotherRun, wait_for_store
+from agl_tinker.store_routes import RUN_PATH
 from agl_tinker.store_server import LeanStoreServer
 
 HERE = Path(__file__).parent
@@ -79,3 +83,28 @@ def _start_run(reward: float, log_path: Path, env: dict[str, str]) -> subprocess
         text=True,
         env=env,
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [("<html>a dashboard</html>", "text/html"), ("[1, 2]", "application/json"), ("{", "application/json")],
+)
+async def test_a_runner_reaching_a_server_that_is_no_agl_tinker_store_says_so_at_once(
+    body: str, content_type: str
+) -> None:
+    """Health answers 200 but the run route is no JSON object: a one-line error, not 120 s of retries."""
+    app = web.Application()
+    app.router.add_get(API_V1_AGL_PREFIX + "/health", lambda _: web.json_response({"status": "ok"}))
+    app.router.add_get(
+        API_V1_AGL_PREFIX + RUN_PATH, lambda _: web.Response(text=body, content_type=content_type)
+    )
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        with pytest.raises(StoreOfAnotherRun, match="answers but is not an agl-tinker store server"):
+            await asyncio.wait_for(wait_for_store(f"http://{host}:{port}", timeout_s=30, run_id="a"), 10)
+    finally:
+        await runner.cleanup()

@@ -87,3 +87,32 @@ def _run_scenario(name: str, tmp_path: Path, timeout_s: float) -> dict[str, Any]
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+class _SlowToConfirmStore(InMemoryLightningStore):
+    """Writes a ``succeeded`` attempt at once, then takes a second to answer (a slow store server)."""
+
+    async def update_attempt(self, rollout_id: str, attempt_id: str, **kwargs: Any) -> Any:
+        result = await super().update_attempt(rollout_id, attempt_id, **kwargs)
+        if kwargs.get("status") == "succeeded":
+            await asyncio.sleep(1.0)
+        return result
+
+
+async def test_a_deadline_that_passes_during_the_closing_write_leaves_the_finished_attempt_alone() -> None:
+    store = _SlowToConfirmStore(scan_debounce_seconds=0)
+    await store.add_resources({"llm": agl.LLM(endpoint="http://127.0.0.1:9/v1", model="m")})
+    rollout = await store.enqueue_rollout({"hang": False}, config=RolloutConfig(timeout_seconds=0.5))
+    finished: list[tuple[str, str]] = []
+    runner = DeadlineRunner(
+        QuietTracer(),
+        max_rollouts=1,
+        poll_interval=0.01,
+        on_finished=lambda _worker, rid, status: finished.append((rid, status)),
+    )
+    runner.init(agl.rollout(maybe_hang))
+    runner.init_worker(0, store)
+    await asyncio.wait_for(runner.iter(), timeout=20)
+    attempts = await store.query_attempts(rollout.rollout_id)
+    assert [a.status for a in attempts] == ["succeeded"]  # finished before its deadline: never rewritten
+    assert runner.timed_out == 0 and finished == [(rollout.rollout_id, "succeeded")]

@@ -71,3 +71,14 @@ def test_a_process_that_keeps_dying_stops_the_run_instead_of_looping() -> None:
     supervisor = RunnerSupervisor([spawn(0)], spawn, stop, store_url=None, max_deaths=3)  # type: ignore[operator,arg-type]
     supervisor.run()  # returns once it has given up
     assert stop.is_set() and len(started) == 3 and supervisor.replaced == 2
+
+
+def test_the_worker_id_a_dead_runner_is_looked_up_by_is_the_one_agent_lightnings_runner_carries() -> None:
+    from agentlightning.runner import LitAgentRunner
+    from quiet_tracer import QuietTracer
+
+    from agl_tinker.runners.supervise import runner_worker_id
+
+    runner: LitAgentRunner[object] = LitAgentRunner(QuietTracer())
+    runner.worker_id = 3
+    assert runner_worker_id(3) == runner.get_worker_id() == "Worker-3"

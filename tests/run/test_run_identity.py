@@ -236,3 +236,31 @@ def test_q20_games_go_under_the_temp_dir_not_the_current_directory() -> None:
         _, own = COMMANDS[args.command](args).build(args, key_values)
         assert os.path.isabs(own.out) and own.out.startswith(tempfile.gettempdir()), own.out
         assert own.out.endswith(f"q20-{argv[1]}-{Path(own.out).parent.name.split('-', 2)[2]}/games.jsonl")
+
+
+def test_a_finished_several_policy_run_is_recognised_when_every_policy_reached_the_last_step(
+    tmp_path: Path,
+) -> None:
+    from agl_tinker.loop.config import PolicyConfig
+    from agl_tinker.run.claim import finished_message
+    from agl_tinker.run.layout import policy_dir
+
+    def index(name: str, batch: int) -> None:
+        policy_dir(tmp_path, name).mkdir(parents=True, exist_ok=True)
+        record = {"name": f"{batch:06d}", "batch": batch, "state_path": f"tinker://{name}/weights/{batch}"}
+        with (policy_dir(tmp_path, name) / "checkpoints.jsonl").open("a") as f:
+            f.write(json.dumps({**record, "sampler_path": f"tinker://{name}/sampler_weights/{batch}"}) + "\n")
+
+    config = _config(tmp_path, max_steps=20, policies={"a": PolicyConfig(), "b": PolicyConfig()})
+    index("a", 10)
+    index("a", 20)
+    index("b", 10)
+    assert finished_message(config) is None  # b has not reached step 20: it resumes
+    index("b", 20)
+    assert finished_message(config) == (
+        f"{tmp_path} holds a finished run: all 20 steps done (checkpoint 000020: "
+        "a tinker://a/sampler_weights/20, b tinker://b/sampler_weights/20); nothing to do. Raise "
+        "max_steps to train further, or use another log_path for a new run"
+    )
+    assert finished_message(_config(tmp_path, max_steps=20)) is None  # one policy: log_path's own index
+    assert finished_message(_config(tmp_path, max_steps=25, policies=config.policies)) is None
