@@ -5,7 +5,7 @@ Agent-lightning 0.3.0's ``LightningStoreServer`` wraps every request in two Star
 body; ``_log_time``: a debug line per request). Each such layer runs the rest of the app in a new
 task behind a memory stream, which costs more CPU than the route and the store together.
 :func:`replace_slow_middleware` swaps them for :class:`StoreErrorsAsJson`: same behaviour (same 500
-body, same debug line on the same logger), no task per request.
+body, same debug line on the same logger; a store's refusal is a 400, see the class), no task per request.
 """
 
 from __future__ import annotations
@@ -43,7 +43,14 @@ class StoreErrorsAsJson:
 
     For ``/v1/agl`` requests an unhandled exception becomes a 500 with
     ``{"detail", "error_type", "traceback"}`` (the client retries 5xx, and treats other errors as
-    final), exactly as ``_app_exception_handler`` does; other paths re-raise. Each ``/v1/agl`` and
+    final), exactly as ``_app_exception_handler`` does; other paths re-raise. One difference: a
+    ``ValueError``, which is how Agent-lightning's stores refuse a request (a span or status for a
+    rollout or attempt they do not hold: released, or never enqueued), becomes a 400 with the
+    store's message as ``detail``. The stock server answers 500, so its client retries a refusal
+    that cannot succeed and then fails the whole call: for the endpoint's span writer, a batch of
+    up to 512 calls of live rollouts lost to one late call of a released one. A 400 is what
+    ``LightningStoreClient`` documents as "do not retry", and the writer then stores the batch span
+    by span and counts the one refused. Each ``/v1/agl`` and
     ``/v1/traces`` request is logged at debug level with its status and duration, as
     ``_log_time`` does, only when that logger is enabled for debug.
     """
@@ -73,13 +80,18 @@ class StoreErrorsAsJson:
         except Exception as exc:
             if not is_agl or status:  # not ours to convert, or the response already began
                 raise
-            _server_logger.exception("Unhandled application error", exc_info=exc)
-            payload = {
-                "detail": "Internal server error",
-                "error_type": type(exc).__name__,
-                "traceback": traceback.format_exc(),
-            }
-            await JSONResponse(status_code=500, content=payload)(scope, receive, send_tracked)
+            if isinstance(exc, ValueError):  # the store refused the request: final, not a failure
+                logger.debug("store refused %s %s: %s", scope.get("method"), path, exc)
+                refused = {"detail": str(exc), "error_type": type(exc).__name__}
+                await JSONResponse(status_code=400, content=refused)(scope, receive, send_tracked)
+            else:
+                _server_logger.exception("Unhandled application error", exc_info=exc)
+                payload = {
+                    "detail": "Internal server error",
+                    "error_type": type(exc).__name__,
+                    "traceback": traceback.format_exc(),
+                }
+                await JSONResponse(status_code=500, content=payload)(scope, receive, send_tracked)
         if _server_logger.isEnabledFor(logging.DEBUG):
             client = scope.get("client")
             who = f"{client[0]}:{client[1]}" if client else "unknown"

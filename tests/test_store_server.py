@@ -18,6 +18,7 @@ from agentlightning.types import EnqueueRolloutRequest
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from agl_tinker.cli import build_parser
+from agl_tinker.endpoint.span_recorder import CallRecord, SpanRecorder
 from agl_tinker.store_middleware import StoreErrorsAsJson, replace_slow_middleware
 from agl_tinker.store_release import release_rollouts
 from agl_tinker.store_routes import MAX_WAIT_ANY_S, WAIT_ANY_PATH, WaitAnyRequest
@@ -218,6 +219,68 @@ async def test_a_store_error_becomes_a_retryable_500_with_the_stock_body(
     assert any(
         r.levelno == logging.ERROR and r.getMessage() == "Unhandled application error" for r in server_log
     )
+
+
+async def test_a_store_refusal_is_a_final_400_where_the_stock_server_answers_500(
+    both: dict[str, str],
+) -> None:
+    """The one answer that differs from the stock server's: a span for a rollout the store does not
+    hold (released) is refused with the store's message, and the client does not retry it."""
+    span = {
+        "rollout_id": "ro-released",
+        "attempt_id": "at-1",
+        "sequence_id": 1,
+        "trace_id": "0" * 32,
+        "span_id": "1" * 16,
+        "parent_id": None,
+        "name": "agl_tinker.llm_call",
+        "status": {"status_code": "OK"},
+        "attributes": {},
+        "events": [],
+        "links": [],
+        "start_time": 1.0,
+        "end_time": 2.0,
+        "context": None,
+        "parent": None,
+        "resource": {"attributes": {}, "schema_url": ""},
+    }
+    answers = {}
+    async with aiohttp.ClientSession() as http:
+        for name, base in both.items():
+            async with http.post(base + AGL + "/spans", json=span) as r:
+                answers[name] = (r.status, await r.json())
+    assert answers["stock"][0] == 500
+    assert answers["lean"] == (400, {"detail": "Rollout ro-released not found", "error_type": "ValueError"})
+
+
+async def test_the_span_writer_over_http_keeps_a_batchs_live_spans_when_one_rollout_is_gone() -> None:
+    """A late call of a released rollout shares a batch with live rollouts' calls: before, the lean
+    server's 500 made the writer retry the batch and then drop all of it."""
+    store = InMemoryLightningStore()
+    server = await _serving(LeanStoreServer, store)
+    client = LightningStoreClient(server.endpoint)
+    recorder = SpanRecorder(client, linger_s=0.0, retry_delay_s=0.01)
+    try:
+        live = [await store.start_rollout(input={"i": i}) for i in range(2)]
+        released = await store.start_rollout(input={"late": True})
+        await store.update_attempt(released.rollout_id, released.attempt.attempt_id, status="succeeded")
+        assert await release_rollouts(store, [released.rollout_id]) == [released.rollout_id]
+        now = time.time()
+        # Queued before the writer starts, so the three calls make one batch.
+        for rollout in (live[0], released, live[1]):
+            recorder.record(CallRecord(rollout.rollout_id, rollout.attempt.attempt_id, {"x": 1}, now, now))
+        await recorder.start()
+        started = time.perf_counter()
+        await asyncio.wait_for(recorder.flush(), timeout=30)
+        took = time.perf_counter() - started
+        stored = {r.rollout_id: len(await store.query_spans(r.rollout_id, attempt_id="latest")) for r in live}
+    finally:
+        await recorder.close()
+        await client.close()
+        await server.stop()
+    assert stored == {live[0].rollout_id: 1, live[1].rollout_id: 1}
+    assert (recorder.dropped, recorder.failed) == (1, 0)
+    assert took < 10, took  # refused at once: not the client's 5xx retries, then the writer's
 
 
 async def test_requests_are_logged_at_debug_like_the_stock_server(
