@@ -108,6 +108,30 @@ def _normalized(value: Any) -> Any:
     return value
 
 
+def _span_body(
+    rollout_id: str, attempt_id: str, sequence_id: int, attributes: dict[str, Any]
+) -> dict[str, Any]:
+    """A span as ``POST /v1/agl/spans`` takes it (an annotation span with these attributes)."""
+    return {
+        "rollout_id": rollout_id,
+        "attempt_id": attempt_id,
+        "sequence_id": sequence_id,
+        "trace_id": "0" * 32,
+        "span_id": "1" * 16,
+        "parent_id": None,
+        "name": "agentlightning.annotation",
+        "status": {"status_code": "OK"},
+        "attributes": attributes,
+        "events": [],
+        "links": [],
+        "start_time": 1.0,
+        "end_time": 2.0,
+        "context": None,
+        "parent": None,
+        "resource": {"attributes": {}, "schema_url": ""},
+    }
+
+
 async def _script(base: str) -> list[tuple[str, int, Any]]:
     """The calls a runner and the algorithm make in a batch, plus bad requests; (what, status, body)."""
     out: list[tuple[str, int, Any]] = []
@@ -130,24 +154,8 @@ async def _script(base: str) -> list[tuple[str, int, Any]]:
         seq = await call(
             "next sequence id", "POST", "/spans/next", json={"rollout_id": rid, "attempt_id": aid}
         )
-        span = {
-            "rollout_id": rid,
-            "attempt_id": aid,
-            "sequence_id": seq["sequence_id"],
-            "trace_id": "0" * 32,
-            "span_id": "1" * 16,
-            "parent_id": None,
-            "name": "agentlightning.annotation",
-            "status": {"status_code": "OK"},
-            "attributes": {"agentlightning.reward.0.name": "primary", "agentlightning.reward.0.value": 1.0},
-            "events": [],
-            "links": [],
-            "start_time": 1.0,
-            "end_time": 2.0,
-            "context": None,
-            "parent": None,
-            "resource": {"attributes": {}, "schema_url": ""},
-        }
+        reward = {"agentlightning.reward.0.name": "primary", "agentlightning.reward.0.value": 1.0}
+        span = _span_body(rid, aid, seq["sequence_id"], reward)
         await call("add span", "POST", "/spans", json=span)
         await call("update attempt", "POST", f"/rollouts/{rid}/attempts/{aid}", json={"status": "succeeded"})
         await call("wait", "POST", "/waits/rollouts", json={"rollout_ids": [rid], "timeout": 0})
@@ -226,24 +234,7 @@ async def test_a_store_refusal_is_a_final_400_where_the_stock_server_answers_500
 ) -> None:
     """The one answer that differs from the stock server's: a span for a rollout the store does not
     hold (released) is refused with the store's message, and the client does not retry it."""
-    span = {
-        "rollout_id": "ro-released",
-        "attempt_id": "at-1",
-        "sequence_id": 1,
-        "trace_id": "0" * 32,
-        "span_id": "1" * 16,
-        "parent_id": None,
-        "name": "agl_tinker.llm_call",
-        "status": {"status_code": "OK"},
-        "attributes": {},
-        "events": [],
-        "links": [],
-        "start_time": 1.0,
-        "end_time": 2.0,
-        "context": None,
-        "parent": None,
-        "resource": {"attributes": {}, "schema_url": ""},
-    }
+    span = _span_body("ro-released", "at-1", 1, {})
     answers = {}
     async with aiohttp.ClientSession() as http:
         for name, base in both.items():
