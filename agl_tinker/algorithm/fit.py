@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import agentlightning as agl
@@ -23,8 +25,8 @@ __all__ = ["fit", "interrupt_watch"]
 def fit(
     agent: agl.LitAgent[Any],
     config: TrainConfig,
-    train_tasks: Sequence[Any],
-    val_tasks: Sequence[Any] | None = None,
+    train_tasks: Sequence[Any] | str | os.PathLike[str],
+    val_tasks: Sequence[Any] | str | os.PathLike[str] | None = None,
     *,
     n_runners: int = 2,
     required_fields: Sequence[str] = (),
@@ -34,6 +36,9 @@ def fit(
     strategy: ClientServerExecutionStrategy | None = None,
 ) -> TrainResult:
     """One command: store server, this algorithm and ``n_runners`` runner processes via ``agl.Trainer``.
+
+    ``train_tasks``/``val_tasks``: lists of task dicts, or a CSV/JSONL/JSON/Parquet file's path (a
+    ``str`` or ``Path``), as :func:`agl_tinker.loop.train.train` takes them.
 
     ``on_step(step, metrics)`` is called after each training step (see :func:`agl_tinker.loop.train.train`).
     ``strategy`` replaces the runner processes (and ``n_runners``, ``store_*``), e.g. with
@@ -52,7 +57,9 @@ def fit(
     )
     with interrupt_watch() as interrupted:
         trainer.fit(
-            agent, train_dataset=list(train_tasks), val_dataset=list(val_tasks) if val_tasks else None
+            agent,
+            train_dataset=_dataset(train_tasks),
+            val_dataset=_dataset(val_tasks) if val_tasks else None,
         )
     if algorithm.error is not None:
         raise algorithm.error
@@ -61,6 +68,15 @@ def fit(
             raise KeyboardInterrupt  # Agent-lightning stopped its processes and swallowed the Ctrl-C
         raise RuntimeError("training did not finish: see the log above")
     return algorithm.result
+
+
+def _dataset(tasks: Sequence[Any] | str | os.PathLike[str]) -> Any:
+    """Tasks as ``agl.Trainer.fit`` passes them on to the algorithm: a file's path as a ``Path``
+    (``Trainer.fit`` sends a plain string to its old ``fit_v0`` API; ``list()`` would split it into
+    characters), anything else as a list."""
+    if isinstance(tasks, (str, os.PathLike)):
+        return Path(tasks)
+    return list(tasks)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Agent-lightning's ``Algorithm`` over the loop: ``agl.Trainer(algorithm=TinkerAlgorithm(...)).fit(agent, ...)``.
 
-Also the runner the algorithm needs (:func:`fast_runner`) and the check that refuses one that
-would fail (:func:`check_runner`).
+Also the runner the algorithm needs (:func:`fast_runner`) and the check that warns of one whose
+rollouts would fail (:func:`check_runner`).
 """
 
 from __future__ import annotations
@@ -136,13 +136,13 @@ def fast_runner(
 
 
 def check_runner(trainer: Any) -> None:
-    """Refuse a trainer whose runners would trace with AgentOps (Agent-lightning's default tracer).
+    """Warn of a trainer whose runners would trace with AgentOps (Agent-lightning's default tracer).
 
     With the pinned versions, AgentOps records an assistant tool-call message as
     ``gen_ai.prompt.N.content=None``, which Agent-lightning's ``Span`` model rejects: every rollout
     of a tool-using agent fails inside the tracer (its OTLP exporter also errors on ``_headers``).
     The endpoint records every LLM call itself, so the runner needs no LLM instrumentation:
-    :func:`fast_runner` traces with plain OpenTelemetry. Raised before any rollout runs; a trainer
+    :func:`fast_runner` traces with plain OpenTelemetry. Logged before any rollout runs; a trainer
     that only runs the algorithm (split mode) is not checked, its runners are built elsewhere.
 
     A warning, not an error: an agent without tool calls (rewarding with ``agl.emit_reward`` or by
