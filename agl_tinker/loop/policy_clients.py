@@ -22,6 +22,7 @@ from agl_tinker.loop.checkpoints import (
     set_aside,
 )
 from agl_tinker.loop.policy import Policy
+from agl_tinker.run.layout import has_metrics
 from agl_tinker.tinker_retry import (
     Retrier,
     RetryingSamplingClient,
@@ -30,7 +31,7 @@ from agl_tinker.tinker_retry import (
     is_transient,
 )
 
-__all__ = ["PolicyClients", "has_metrics"]
+__all__ = ["PolicyClients"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,12 +160,6 @@ class PolicyClients:
             first = paths if first is None else first
         assert first is not None
         return first
-
-
-def has_metrics(log_path: str | Path) -> bool:
-    """``log_path`` holds metrics of an earlier run (a resume needs its checkpoint)."""
-    path = Path(log_path) / "metrics.jsonl"
-    return path.exists() and path.stat().st_size > 0
 
 
 def _at_batch(records: Sequence[CheckpointRecord], batch: int | None) -> CheckpointRecord | None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agl_tinker.run.layout import CHECKPOINT_INDEX, METRICS_FILE
+
 __all__ = ["TrainResult"]
 
 
@@ -33,8 +35,8 @@ class TrainResult:
 
     @property
     def metrics_path(self) -> Path:
-        return self.log_path / "metrics.jsonl"
+        return self.log_path / METRICS_FILE
 
     @property
     def checkpoints_path(self) -> Path:
-        return self.log_path / "checkpoints.jsonl"
+        return self.log_path / CHECKPOINT_INDEX

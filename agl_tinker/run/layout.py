@@ -17,6 +17,7 @@ __all__ = [
     "CHECKPOINT_INDEX",
     "METRICS_FILE",
     "POLICIES_DIR",
+    "has_metrics",
     "index_dirs",
     "missing_index_message",
     "policy_dir",
@@ -43,7 +44,10 @@ def index_dirs(log_path: str | os.PathLike[str], policies: Sequence[str] = ()) -
     return [policy_dir(log_path, name) for name in policies] or [Path(log_path)]
 
 
-def _has_rows(path: Path) -> bool:
+def has_metrics(log_path: str | os.PathLike[str]) -> bool:
+    """``log_path`` holds metrics rows of an earlier run (a non-blank line of :data:`METRICS_FILE`):
+    the run there cannot start over from step 0 without its checkpoint, or ``fresh_start``."""
+    path = Path(log_path) / METRICS_FILE
     return path.exists() and any(line.strip() for line in path.read_text(errors="replace").splitlines())
 
 
@@ -58,7 +62,7 @@ def missing_index_message(log_path: str | os.PathLike[str], policies: Sequence[s
     log_path = Path(log_path)
     metrics = log_path / METRICS_FILE
     indexes = [d / CHECKPOINT_INDEX for d in index_dirs(log_path, policies)]
-    if any(i.exists() for i in indexes) or not _has_rows(metrics):
+    if any(i.exists() for i in indexes) or not has_metrics(log_path):
         return None
     index = indexes[0] if len(indexes) == 1 else log_path / POLICIES_DIR / "*" / CHECKPOINT_INDEX
     return (

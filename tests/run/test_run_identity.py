@@ -264,3 +264,21 @@ def test_a_finished_several_policy_run_is_recognised_when_every_policy_reached_t
     )
     assert finished_message(_config(tmp_path, max_steps=20)) is None  # one policy: log_path's own index
     assert finished_message(_config(tmp_path, max_steps=25, policies=config.policies)) is None
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"), [(None, False), ("", False), ("\n \n", False), ('{"step": 0}\n', True)]
+)
+def test_one_rule_says_whether_a_log_path_holds_metrics(
+    tmp_path: Path, content: str | None, expected: bool
+) -> None:
+    """The check before anything starts and the resume in the loop decide it alike: before, the
+    loop counted any byte (a file of blank lines was an earlier run there, not here)."""
+    from agl_tinker.loop import policy_clients
+    from agl_tinker.run.layout import has_metrics, missing_index_message
+
+    if content is not None:
+        (tmp_path / "metrics.jsonl").write_text(content)
+    assert has_metrics(tmp_path) is expected
+    assert (missing_index_message(tmp_path) is not None) is expected
+    assert policy_clients.has_metrics is has_metrics  # the loop's resume asks the same rule
