@@ -160,6 +160,7 @@ class StepTrainer:
         self._keys: list[int] = []
         self._substep_groups = 0
         self._substep_has_data = False
+        self._optim_steps = 0
         self._pending_fb: list[Any] = []
         self.data: list[tinker.Datum] = []
         self.training_logprobs: list[Any] = []
@@ -209,6 +210,7 @@ class StepTrainer:
                     )
                 finally:
                     self.clock.end()
+                self._optim_steps += min(self.learner.num_substeps, len(data))  # train_step's split
                 self._extra.update({f"optim/{k}": v for k, v in optim.items()})
             return
         if self._minibatch:
@@ -221,7 +223,7 @@ class StepTrainer:
         out: dict[str, Any] = {**self._counts, **self._extra}
         out["train/datums"] = len(self.data)
         out["optim/lr"] = self.learner.learning_rate
-        out["optim/steps"] = self.learner.num_substeps if self.data else 0
+        out["optim/steps"] = self._optim_steps
         if self.data and len(self.training_logprobs) == len(self.data):
             out.update(compute_kl_sample_train(self.data, self.training_logprobs))
         return {f"{self.learner.prefix}{k}": v for k, v in out.items()}
@@ -278,6 +280,7 @@ class StepTrainer:
         except BaseException:
             self.clock.end()
             raise
+        self._optim_steps += 1
         pending, self._pending_fb = self._pending_fb, []
         for future in pending:
             result = await self.clock.wait(future)

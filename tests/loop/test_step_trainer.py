@@ -156,3 +156,48 @@ async def test_the_loss_and_its_config_reach_every_forward_backward(
     await trainer.finish()
     assert client.fb_kwargs and client.optim_steps >= 1
     assert all(kw == {"loss_fn": loss_fn, "loss_fn_config": loss_fn_config} for kw in client.fb_kwargs)
+
+
+async def _datums_of_nonempty_groups(
+    groups: Any, config: Any, *, kl_reference: Any, session_start: int
+) -> GroupDatums:
+    """One datum per group that has rollouts; an empty group is dropped (trains nothing)."""
+    kept = [i for i, g in enumerate(groups) if g]
+    return GroupDatums(
+        valid=[object()] * len(kept),
+        trained=kept,
+        dropped=len(groups) - len(kept),
+        constant_removed=0,
+        data=[_datum() for _ in kept],
+    )
+
+
+async def test_optim_steps_counts_the_steps_taken_with_fewer_datums_than_substeps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cookbook's ``train_step`` splits the data into ``min(num_substeps, datums)`` batches:
+    two datums and four substeps are two optimiser steps (the row used to say four)."""
+    monkeypatch.setattr(step_trainer, "group_datums", _datums_of_nonempty_groups)
+    client = _SubmitDoesTheWork()
+    config = TrainConfig(log_path="unused", batch_size=4, group_size=2, num_substeps=4)
+    trainer = StepTrainer(Learner(None, client, 0.01, 4), config, BusyClock(), 4, None)
+    for key in range(4):
+        await trainer.add(key, [object()] if key < 2 else [])  # type: ignore[list-item]
+    await trainer.finish()
+    assert client.optim_steps == 2
+    assert trainer.metrics()["optim/steps"] == 2
+
+
+async def test_optim_steps_in_streaming_skips_a_substep_that_trained_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(step_trainer, "group_datums", _datums_of_nonempty_groups)
+    client = _SubmitDoesTheWork()
+    config = TrainConfig(log_path="unused", batch_size=4, group_size=2, num_substeps=2)
+    stream = StreamMinibatchConfig(groups_per_batch=4, num_minibatches=1)
+    trainer = StepTrainer(Learner(None, client, 0.01, 2), config, BusyClock(), 4, stream)
+    for key in range(4):
+        await trainer.add(key, [object()] if key < 2 else [])  # type: ignore[list-item]
+    await trainer.finish()
+    assert client.optim_steps == 1  # the second substep's groups were all dropped
+    assert trainer.metrics()["optim/steps"] == 1
