@@ -1,4 +1,4 @@
-"""The group ledger of the overlapped schedules: where each group of the run ended up.
+"""The group ledger of the continuous schedules (streamed minibatches, overlapped steps): where each group ended up.
 
 Each group of the run has a key, its position in the run's stream (``batch * batch_size +
 index``). Every group taken off the stream ends in ``groups.jsonl`` (in the log directory) as
