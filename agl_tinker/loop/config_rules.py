@@ -202,12 +202,17 @@ def _check_overlap(config: Any) -> None:
                 f"stream_minibatch_config.groups_per_batch ({stream.groups_per_batch}) must equal "
                 f"batch_size ({config.batch_size})"
             )
-        per_substep, rest = divmod(config.batch_size, config.num_substeps)
-        if rest or stream.num_minibatches < 1 or per_substep % stream.num_minibatches:
-            raise ConfigError(
-                f"stream_minibatch_config: batch_size ({config.batch_size}) must split into num_substeps "
-                f"({config.num_substeps}) x num_minibatches ({stream.num_minibatches}) equal minibatches"
-            )
+        substeps = {"num_substeps": config.num_substeps}  # and each policy's own, trained alike
+        for name, policy in (config.policies or {}).items():
+            if policy.num_substeps is not None:
+                substeps[f"policies[{name!r}].num_substeps"] = policy.num_substeps
+        for label, n in substeps.items():
+            per_substep, rest = divmod(config.batch_size, n)
+            if rest or stream.num_minibatches < 1 or per_substep % stream.num_minibatches:
+                raise ConfigError(
+                    f"stream_minibatch_config: batch_size ({config.batch_size}) must split into {label} "
+                    f"({n}) x num_minibatches ({stream.num_minibatches}) equal minibatches"
+                )
 
 
 def _check_policies(config: Any) -> None:

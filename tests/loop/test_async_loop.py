@@ -21,7 +21,7 @@ from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
 
 from agl_tinker.dispatch.continuous import FinishedGroup, GroupRequest
 from agl_tinker.examples.hello.agent import hello_rollout
-from agl_tinker.loop.config import ConfigError, TrainConfig
+from agl_tinker.loop.config import ConfigError, PolicyConfig, TrainConfig
 from agl_tinker.loop.ledger import FINAL_OUTCOMES, LEDGER_FILE, GroupLedger, effective_ledger
 
 # Our loop calls the SDK through its non-deprecated methods (the `*_async` spellings are
@@ -65,6 +65,13 @@ def _assert_every_group_once(log_path: Path, n_groups: int) -> list[dict[str, An
                 "num_substeps": 3,
             },
             "num_substeps",
+        ),
+        (  # a policy's own num_substeps is split by the same rule (it was not checked)
+            {
+                "stream_minibatch_config": StreamMinibatchConfig(groups_per_batch=8, num_minibatches=2),
+                "policies": {"a": PolicyConfig(), "b": PolicyConfig(num_substeps=3)},
+            },
+            r"policies\['b'\]\.num_substeps \(3\)",
         ),
     ],
 )
