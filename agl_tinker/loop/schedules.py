@@ -48,6 +48,7 @@ from agl_tinker.dispatch.types import (
     RolloutsLost,
     StoreCallError,
 )
+from agl_tinker.loop.checkpoints import ResumeError
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.errors import StepStalled, StoreLost
 from agl_tinker.loop.ledger import LEDGER_FILE, GroupLedger
@@ -91,11 +92,32 @@ class Schedule(Protocol):
 
 
 def pick_schedule(run: TrainingRun, resume: CheckpointRecord | None, start_step: int) -> Schedule:
-    """The run's schedule: synchronous batches, streamed minibatches, or overlapped async steps."""
+    """The run's schedule: synchronous batches, streamed minibatches, or overlapped async steps.
+
+    Raises:
+        ResumeError: the checkpoint was saved by an asynchronous run whose done groups are not the
+            first ``start_step`` batches, and this run is not asynchronous: only the asynchronous
+            schedule rolls out exactly the groups not done, so another one would train some groups
+            twice and lose others.
+    """
     cfg = run.config
+    if cfg.async_config is None and resume is not None:
+        _refuse_partial_batches(resume, start_step, cfg.batch_size)
     if cfg.async_config is None and cfg.stream_minibatch_config is None:
         return BatchSchedule(run)
     return ContinuousSchedule(run, resume, start_step)
+
+
+def _refuse_partial_batches(resume: CheckpointRecord, start_step: int, batch_size: int) -> None:
+    """Refuse a checkpoint whose group ledger is not whole batches (see :func:`pick_schedule`)."""
+    ledger = GroupLedger.resume(Path(), start_step, batch_size, resume.extra)
+    if ledger.done != set(range(start_step * batch_size)):
+        raise ResumeError(
+            f"checkpoint {resume.name!r} was saved by an asynchronous run: the groups it trained are "
+            f"not the first {start_step} batches (groups.jsonl), so only async_config resumes it "
+            "without training a group twice or losing one; resume with the run's async_config, "
+            "or set fresh_start=True"
+        )
 
 
 class BatchSchedule:

@@ -13,14 +13,17 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from async_run import BATCH, hello_config, run_hello, with_stragglers
+from tinker_cookbook.checkpoint_utils import CheckpointRecord
 from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
 
 from agl_tinker.dispatch.continuous import FinishedGroup, GroupRequest
 from agl_tinker.examples.hello.agent import hello_rollout
+from agl_tinker.loop.checkpoints import ResumeError
 from agl_tinker.loop.config import ConfigError, PolicyConfig, TrainConfig
 from agl_tinker.loop.ledger import FINAL_OUTCOMES, LEDGER_FILE, GroupLedger, effective_ledger
 
@@ -270,3 +273,26 @@ def test_async_resume_after_sigkill_trains_no_group_twice(tmp_path: Path, mode: 
     if mode == "paced_inflight_sr":  # every datum named this session's recorded sequences
         assert all(r["datums/unrecorded"] == r["datums/expired"] == 0 for r in rows), rows
         assert sum(r["train/datums"] for r in rows if r["step"] >= 2) > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_async_checkpoint_is_not_resumed_by_another_schedule(tmp_path: Path, stream: bool) -> None:
+    """Its done groups are not whole batches: a synchronous or streamed resume of step 2 would
+    train group 16 (done) again and never roll out group 9 (not done). Before, it did both."""
+    from agl_tinker.loop.schedules import pick_schedule
+
+    ledger = GroupLedger(tmp_path / LEDGER_FILE, start_step=0)
+    for key in [*range(9), *range(10, 17)]:  # 16 groups trained in 2 steps, group 9 requeued
+        ledger.record(0, _group(key), "trained", 0)
+    record = CheckpointRecord(name="000002", batch=2, extra=ledger.loop_state())
+    overrides: dict[str, Any] = {}
+    if stream:
+        overrides["stream_minibatch_config"] = StreamMinibatchConfig(
+            groups_per_batch=BATCH, num_minibatches=1
+        )
+    run: Any = SimpleNamespace(config=TrainConfig(log_path=str(tmp_path), batch_size=BATCH, **overrides))
+    with pytest.raises(ResumeError, match=r"asynchronous run.*async_config"):
+        pick_schedule(run, record, 2)
+    whole = GroupLedger.resume(tmp_path / LEDGER_FILE, 2, BATCH, {})  # a synchronous checkpoint
+    whole_record = CheckpointRecord(name="000002", batch=2, extra=whole.loop_state())
+    assert pick_schedule(run, whole_record, 2) is not None
