@@ -55,6 +55,8 @@ def test_quiet_by_default_no_table_is_rendered_and_rows_are_still_written(
 def test_the_table_is_rendered_and_logged_when_its_logger_shows_info(
     tmp_path: Path, tables: list[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Quiet first, set here: an earlier test may have left the logger (or the root) at INFO.
+    caplog.set_level(logging.WARNING, logger=TABLE_LOGGER)
     logger = setup_metrics_logging(str(tmp_path), None, None, None)
     logger.log_metrics({"reward/mean": 0.5}, step=0)  # quiet: nothing
     caplog.set_level(logging.INFO, logger=TABLE_LOGGER)  # turned on during the run
