@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import hypothesis  # noqa: F401  (see below)
@@ -22,6 +24,17 @@ LIVE_SKIP_REASON = (
     "--live was given but TINKER_API_KEY is not set: skipping the live target (the real Tinker "
     "service needs a key); without --live the same tests run against the wire simulator"
 )
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_level_restored() -> Iterator[None]:
+    """Each test leaves the root logger at the level it found. Code under test sets it (the CLI's
+    ``-v``, Agent-lightning's logging setup), and a test of "quiet by default" that inherits another
+    test's INFO fails or passes by test order (twice a CI failure)."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
