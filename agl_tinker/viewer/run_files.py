@@ -13,6 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from agl_tinker.run.layout import METRICS_FILE
 from agl_tinker.viewer.layout import DETAIL_KEYS, POLICY_NAME, TRANSCRIPTS_DIR, transcript_file
 
 __all__ = ["RunFiles"]
@@ -37,7 +38,7 @@ class RunFiles:
 
     def metrics(self) -> list[dict[str, Any]]:
         """Every row of ``metrics.jsonl`` so far (new lines are read, earlier ones kept)."""
-        path = self.path / "metrics.jsonl"
+        path = self.path / METRICS_FILE
         try:
             stat = path.stat()
         except FileNotFoundError:
