@@ -160,21 +160,26 @@ AGENT = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
-def test_an_agent_that_always_raises_gives_a_short_readable_output(tmp_path: Path) -> None:
+def _run_script(source: str, log_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a user's training script in a fresh Python, ``log_path`` as its argument."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "HF_HUB_OFFLINE": "1",
     }
-    run = subprocess.run(
-        [sys.executable, "-c", AGENT, str(tmp_path / "run")],
+    return subprocess.run(
+        [sys.executable, "-c", source, str(log_path)],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+@pytest.mark.slow
+def test_an_agent_that_always_raises_gives_a_short_readable_output(tmp_path: Path) -> None:
+    run = _run_script(AGENT, tmp_path / "run")
     out = run.stdout + run.stderr
     assert len(out.splitlines()) <= 30, out  # 32 failed rollouts: once 32 tracebacks
     assert out.count("Traceback") == 1 and "later ValueError at <string>:" in out, out
@@ -207,19 +212,7 @@ FLAT_AGENT = textwrap.dedent(
 def test_a_flat_reward_run_says_so_once_pointing_at_dryrun(tmp_path: Path) -> None:
     """A run whose every group scores the same: one warning, after the default 3 flat steps, that
     names the command showing the user's own agent's rollouts (not only 20 Questions')."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        "HF_HUB_OFFLINE": "1",
-    }
-    run = subprocess.run(
-        [sys.executable, "-c", FLAT_AGENT, str(tmp_path / "run")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = _run_script(FLAT_AGENT, tmp_path / "run")
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
     warnings = [line for line in out.splitlines() if "had nothing to learn from" in line]
