@@ -18,15 +18,12 @@ from agl_tinker.loop.config import ConfigError, TrainConfig
 from agl_tinker.run import identity, layout, lock
 
 __all__ = [
-    "CHECKPOINT_INDEX",
     "ResumeRefused",
     "claim_run",
     "finished_message",
     "refuse_unresumable",
     "release_run",
 ]
-
-CHECKPOINT_INDEX = layout.CHECKPOINT_INDEX
 
 
 class ResumeRefused(ConfigError):
@@ -87,7 +84,7 @@ def release_run(config: TrainConfig) -> None:
 def _newest_checkpoint(index_dir: Path) -> dict[str, object] | None:
     """The index line with the highest ``batch`` and a ``state_path``; unreadable lines are skipped
     (the resume reports them)."""
-    path = index_dir / CHECKPOINT_INDEX
+    path = index_dir / layout.CHECKPOINT_INDEX
     if not path.exists():
         return None
     newest: dict[str, object] | None = None

@@ -203,7 +203,7 @@ def test_what_the_log_path_decides_is_answered_before_the_heavy_imports(tmp_path
 def test_the_index_name_is_the_cookbooks() -> None:
     from tinker_cookbook.checkpoint_utils import CHECKPOINTS_BASE_NAME
 
-    from agl_tinker.run.claim import CHECKPOINT_INDEX
+    from agl_tinker.run.layout import CHECKPOINT_INDEX
 
     assert CHECKPOINT_INDEX == CHECKPOINTS_BASE_NAME
 
