@@ -8,8 +8,9 @@ attempt's ``timeout_seconds`` have passed, reports the attempt ``timeout`` (neve
 ``succeeded``/``failed`` the stock runner writes while unwinding), and moves on to the next
 rollout. The deadline covers the agent and its spans: once the runner starts its closing write of
 an attempt it did not cut, the attempt is finished and the deadline no longer applies (it was
-rewritten ``timeout`` when the deadline passed while the store confirmed that write). An agent that blocks its event loop (synchronous code) cannot be cancelled this way; the
-store's watchdog still marks it. It also fetches each resources snapshot once
+rewritten ``timeout`` when the deadline passed while the store confirmed that write). An agent
+that blocks its event loop (synchronous code) cannot be cancelled this way; the store's watchdog
+still marks it. It also fetches each resources snapshot once
 (:mod:`agl_tinker.runners.resources_cache`), unless built with ``cache_resources=False``.
 """
 
