@@ -42,8 +42,7 @@ def import_frozen(name: str) -> None:
     finally:
         if was_enabled:
             gc.enable()
-    gc.collect()
-    gc.freeze()
+    freeze_survivors()
 
 
 def freeze_survivors() -> None:
