@@ -103,7 +103,7 @@ def continuation_after_stop(
     if stop is not None and len(ends) == len(assistants):
         return list(rendered[ends[assistants.index(start - 1)] + 1 :])
     tail = render_continuation(renderer, messages, start)
-    if tail is None or not tail or len(tail) >= len(rendered) or list(rendered[-len(tail) :]) != tail:
+    if not tail or len(tail) >= len(rendered) or list(rendered[-len(tail) :]) != tail:
         return None
     return tail
 
