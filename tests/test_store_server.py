@@ -250,7 +250,7 @@ async def test_the_span_writer_over_http_keeps_a_batchs_live_spans_when_one_roll
     store = InMemoryLightningStore()
     server = await _serving(LeanStoreServer, store)
     client = LightningStoreClient(server.endpoint)
-    recorder = SpanRecorder(client, linger_s=0.0, retry_delay_s=0.01)
+    recorder = SpanRecorder(client)  # the endpoint's defaults
     try:
         live = [await store.start_rollout(input={"i": i}) for i in range(2)]
         released = await store.start_rollout(input={"late": True})
