@@ -75,9 +75,13 @@ def test_runners_spread_over_the_nodes_survive_the_loss_of_one_mid_step(
     cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Three runners land on three nodes. Once step 0 is done, a runner's node is removed while
-    step 1's rollouts run (each sample takes 0.3 s). Its actor is replaced on the spare node, the
-    rollout it held is retried, every step completes and trains each of its rollouts exactly once."""
-    monkeypatch.setenv("AGL_TINKER_SIM_SAMPLE_TTFT_S", "0.3")
+    step 1's rollouts run (each sample takes 1 s). Its actor is replaced on the spare node, the
+    rollout it held is retried, every step completes and trains each of its rollouts exactly once.
+
+    A sample takes 1 s so that steps 1 and 2 (3 rounds of rollouts each) outlast Ray's report of the
+    death (about 2 s after the removal here): with 0.3 s samples a fast run could finish before it,
+    leaving the restart in no step's row (seen in CI on a quiet machine)."""
+    monkeypatch.setenv("AGL_TINKER_SIM_SAMPLE_TTFT_S", "1.0")
     strategy = RayRunnerStrategy(RayRunnerSettings(n_runners=3, num_cpus=1, max_restarts=2))
     removed: list[dict[str, Any]] = []
     t0 = strategy.created_at  # the zero of strategy.events' times
