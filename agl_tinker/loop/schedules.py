@@ -234,6 +234,7 @@ class ContinuousSchedule:
         dispatcher = self._dispatcher
         assert dispatcher is not None, "fill() runs inside running()"
         index = step.step
+        await self.run.check_store(index)  # a restarted store is noticed here, with the run's message
         # Paced: the step's weights are served, so the pacer releases what they allow now; the
         # groups reach the store only once the step has taken what already finished (or must wait):
         # starting them first would make the runners compete with the step's hand-over.

@@ -54,6 +54,10 @@ class RecordingStep:
         self.trained.add(key)
 
 
+async def _store_known(step: int) -> None:
+    """The run's store check: the store still knows the run."""
+
+
 def _schedule(tmp_path: Path) -> ContinuousSchedule:
     config = TrainConfig(
         log_path=str(tmp_path),
@@ -65,7 +69,9 @@ def _schedule(tmp_path: Path) -> ContinuousSchedule:
     )
     tasks = [{"i": i} for i in range(BATCH * STEPS)]
     dataset = SimpleNamespace(get_batch=lambda b: tasks[b * BATCH : (b + 1) * BATCH])
-    run = SimpleNamespace(config=config, n_steps=STEPS, train_ds=dataset, stall_timeout_s=lambda: None)
+    run = SimpleNamespace(
+        config=config, n_steps=STEPS, train_ds=dataset, stall_timeout_s=lambda: None, check_store=_store_known
+    )
     return ContinuousSchedule(run, None, 0)  # type: ignore[arg-type]
 
 

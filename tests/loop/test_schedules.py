@@ -13,6 +13,7 @@ from tinker_cookbook.rl.train import AsyncConfig, StreamMinibatchConfig
 
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.data import build_datasets
+from agl_tinker.loop.errors import StoreLost
 from agl_tinker.loop.schedules import BatchSchedule, ContinuousSchedule, groups_ahead, pick_schedule
 from agl_tinker.loop.train import claimed
 from agl_tinker.run.lock import holds
@@ -72,6 +73,38 @@ def test_a_resumed_continuous_schedule_dispatches_only_the_groups_not_done(tmp_p
     keys = [r.key for r in schedule._requests(0, 3)]
     assert keys == [k for k in range(3 * BATCH) if k not in {0, 1, 2, 5, 9}]
     assert all(r.attempt == 0 for r in schedule._requests(0, 3))
+
+
+class _Dispatcher:
+    """Stands in for the continuous dispatcher: records what is submitted, has no groups."""
+
+    def __init__(self) -> None:
+        self.submitted: list[Any] = []
+        self.read_s = 0.0
+        self.pending_groups = self.running_groups = self.waiting_groups = 0
+
+    async def submit(self, requests: Any, *, front: bool = False) -> None:
+        self.submitted.extend(requests)
+
+
+@pytest.mark.parametrize("mode", ["stream", "async"])
+async def test_the_continuous_schedule_checks_the_store_before_each_step(tmp_path: Path, mode: str) -> None:
+    """A restarted store is noticed at the step's start with the run's message, as the batch
+    schedule notices it, not later through whatever the dispatcher's store calls raise."""
+    run = _run(_config(tmp_path, mode))
+    checked: list[int] = []
+
+    async def check_store(step: int) -> None:
+        checked.append(step)
+        raise StoreLost(f"lost the LightningStore during step {step}")
+
+    run.check_store = check_store
+    schedule = ContinuousSchedule(run, None, 0)
+    dispatcher = _Dispatcher()
+    schedule._dispatcher = dispatcher  # type: ignore[assignment]
+    with pytest.raises(StoreLost, match="during step 1"):
+        await schedule.fill(SimpleNamespace(step=1))  # type: ignore[arg-type]
+    assert checked == [1] and dispatcher.submitted == []
 
 
 def test_the_run_lock_is_held_inside_claimed_and_released_when_it_raises(tmp_path: Path) -> None:
