@@ -26,8 +26,10 @@ class StepTimes:
     """Where a step's wall time went, in seconds.
 
     Attributes:
-        step_s: from the previous step's end (or this step's start) to this step's end.
-        sampling_s: until the step's last group was collected.
+        step_s: from the previous step's end (or this step's start) to this step's end: the
+            previous step's checkpoint and this step's evaluation included.
+        sampling_s: from the schedule starting the step's sampling (after the evaluation) until
+            the step's last group was collected: the cookbook's ``time/sampling`` span.
         waiting_s: of that, waiting for rollouts to finish.
         processing_s: reading finished rollouts and rebuilding their trajectories.
         training_s: from the last group collected to the optimiser's last step done.

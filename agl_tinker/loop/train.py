@@ -199,6 +199,7 @@ async def run_steps(
                 metrics.update(evaluation)
             training = TrainingStep(run, step, clock, schedule.stream)
             busy_before = clock.busy_s
+            t_sampling = time.perf_counter()  # after the evaluation and the last step's checkpoint
             sampled = await schedule.fill(training)
             if sampled is None:
                 logger.info("no groups left to train at step %d: the run ends early", step)
@@ -212,7 +213,7 @@ async def run_steps(
             schedule.after_step(training)
             times = StepTimes(
                 step_s=t_end - last_end,
-                sampling_s=t_collected - last_end,
+                sampling_s=t_collected - t_sampling,
                 waiting_s=sampled.waiting_s,
                 processing_s=sampled.processing_s,
                 training_s=t_trained - t_collected,
