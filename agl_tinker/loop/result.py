@@ -18,6 +18,8 @@ class TrainResult:
     log_path: Path
     start_step: int
     end_step: int
+    """The step the run reached (its final checkpoint's ``batch``): ``n_steps``, or less when the
+    stream of groups ended early."""
     steps: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     final_state_path: str | None = None

@@ -159,8 +159,9 @@ async def train(
             run.progress.note(resume_message(resume.name, resume.state_path, start_step, n_steps))
         try:
             await run.start(start_step)
-            await run_steps(run, pick_schedule(run, resume, start_step), ml_logger, result, on_step)
-            await _final(run, ml_logger, result, resume)
+            schedule = pick_schedule(run, resume, start_step)
+            await run_steps(run, schedule, ml_logger, result, on_step)
+            await _final(run, ml_logger, result, resume, schedule)
         finally:
             await run.stop()
             ml_logger.close()
@@ -181,10 +182,10 @@ async def run_steps(
     """The one outer loop: steps ``result.start_step .. run.n_steps`` of any schedule.
 
     Per step: evaluate when due; the schedule hands the step its groups (``None``: the stream has
-    none left, the run ends early); every policy trains and publishes its new weights; one metrics
-    row is logged (metrics first: a kill before the checkpoint repeats the step on resume, never
-    hides it); a checkpoint every ``save_every`` steps carries the schedule's state; then progress
-    and ``on_step``.
+    none left, the run ends early at that step, ``result.end_step``, its evaluation logged); every
+    policy trains and publishes its new weights; one metrics row is logged (metrics first: a kill
+    before the checkpoint repeats the step on resume, never hides it); a checkpoint every
+    ``save_every`` steps carries the schedule's state; then progress and ``on_step``.
     """
     cfg = run.config
     clock = BusyClock()
@@ -203,6 +204,9 @@ async def run_steps(
             sampled = await schedule.fill(training)
             if sampled is None:
                 logger.info("no groups left to train at step %d: the run ends early", step)
+                result.end_step = step
+                if metrics:  # this step's evaluation, of the run's last weights
+                    ml_logger.log_metrics(metrics, step=step)
                 break
             t_collected = time.perf_counter()
             await training.finish()
@@ -233,16 +237,25 @@ async def run_steps(
 
 
 async def _final(
-    run: TrainingRun, ml_logger: ml_log.Logger, result: TrainResult, resume: CheckpointRecord | None
+    run: TrainingRun,
+    ml_logger: ml_log.Logger,
+    result: TrainResult,
+    resume: CheckpointRecord | None,
+    schedule: Schedule,
 ) -> None:
-    """The final evaluation and checkpoint, or, for a run its checkpoint already covers, its paths."""
-    n_steps = run.n_steps
-    if result.start_step < n_steps or resume is None:
-        if run.val_ds is not None and run.config.eval_every:
-            evaluation = await run.evaluate(n_steps)
-            result.evals.append({"step": n_steps, **evaluation})
-            ml_logger.log_metrics(evaluation, step=n_steps)
-        paths = await run.checkpoint("final", n_steps, final=True)
+    """The final evaluation and checkpoint, or, for a run its checkpoint already covers, its paths.
+
+    Both are labelled with the step the run reached (``result.end_step``: ``n_steps`` unless the
+    stream of groups ended early), and the checkpoint carries the schedule's state as every
+    checkpoint does: a resume from it starts at that step, with the groups it already trained."""
+    reached = result.end_step
+    if result.start_step < run.n_steps or resume is None:
+        evaluated = bool(result.evals) and result.evals[-1]["step"] == reached  # these weights, at that step
+        if run.val_ds is not None and run.config.eval_every and not evaluated:
+            evaluation = await run.evaluate(reached)
+            result.evals.append({"step": reached, **evaluation})
+            ml_logger.log_metrics(evaluation, step=reached)
+        paths = await run.checkpoint("final", reached, final=True, extra=schedule.checkpoint_state())
         result.final_state_path = paths.get("state_path")
         result.final_sampler_path = paths.get("sampler_path")
     else:
