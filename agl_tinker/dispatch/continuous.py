@@ -315,6 +315,8 @@ class ContinuousDispatcher(Generic[T]):
             release.add_done_callback(self._releases.discard)
             await self._refill()  # finished rollouts free room under max_rollouts
         except asyncio.CancelledError:
+            for rid in rollout_ids:  # finished (some released by the reader): nothing to cancel at close
+                self._by_rollout.pop(rid, None)
             raise
         except BaseException as e:
             self._finished.put_nowait(e)

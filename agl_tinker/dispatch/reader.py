@@ -107,6 +107,9 @@ class RolloutReader(Generic[T]):
             cut: rollouts ended by the dispatcher's stall deadline: one still unfinished by its
                 runner is judged failed, its attempt timed out (:data:`DEADLINE_METADATA_KEY`).
 
+        A round cancelled midway releases the rollouts it had read (their outcomes are lost with
+        the round); the ones not read yet stay in the store as they finished.
+
         Raises:
             ProcessError: ``process`` raised on a rollout (the cause is chained).
             StoreCallError: a store call kept failing, or ``query_rollouts`` lost a rollout.
@@ -119,13 +122,19 @@ class RolloutReader(Generic[T]):
         if missing:
             query = functools.partial(self._store.query_rollouts, rollout_id_in=missing)
             queried = asyncio.ensure_future(self._call("query_rollouts", query))
+        reads = [
+            asyncio.ensure_future(self._read_one(rid, slot, given.get(rid), queried, source, rid in cut))
+            for rid, slot in slots.items()
+        ]
         try:
-            results = await asyncio.gather(
-                *(
-                    self._read_one(rid, slot, given.get(rid), queried, source, rid in cut)
-                    for rid, slot in slots.items()
-                )
+            results = await asyncio.gather(*reads)
+        except asyncio.CancelledError:
+            # Cancelled (the run is shutting down): the outcomes read are dropped, so the store
+            # forgets their rollouts as it would after the round (they would stay for good).
+            await self.release(
+                [r.result() for r in reads if r.done() and not r.cancelled() and not r.exception()]
             )
+            raise
         finally:
             if queried is not None:
                 queried.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import agentlightning as agl
@@ -14,6 +15,7 @@ from agentlightning.types import Rollout, Span
 
 from agl_tinker.dispatch import reader as reader_module
 from agl_tinker.dispatch.continuous import ContinuousDispatcher, GroupRequest
+from agl_tinker.dispatch.store_calls import StoreCaller
 from agl_tinker.runners.inprocess import InProcessRunners
 
 GROUP = 2
@@ -141,3 +143,76 @@ async def test_process_errors_surface_from_next_group() -> None:
         await dispatcher.submit(_requests(1))
         with pytest.raises(Exception, match="boom"):
             await asyncio.wait_for(dispatcher.next_group(), 30)
+
+
+class _SpansHeld:
+    """Stands in for ``store.query_spans``: the rollouts in ``held`` (all of them: ``None``) never
+    get their spans; ``all_asked`` is set once ``expected`` rollouts were asked for."""
+
+    def __init__(self, store: InMemoryLightningStore, expected: int, held: set[str] | None = None) -> None:
+        self.query_spans = store.query_spans
+        self.expected = expected
+        self.held = held
+        self.asked: set[str] = set()
+        self.all_asked = asyncio.Event()
+
+    async def __call__(self, rollout_id: str, *args: Any, **kwargs: Any) -> Sequence[Span]:
+        self.asked.add(rollout_id)
+        if len(self.asked) >= self.expected:
+            self.all_asked.set()
+        if self.held is None or rollout_id in self.held:
+            await asyncio.Event().wait()  # ok: a read that does not end before the shutdown
+        return await self.query_spans(rollout_id, *args, **kwargs)
+
+
+async def _finished_rollouts(store: InMemoryLightningStore, n: int) -> list[str]:
+    """``n`` rollouts run to ``succeeded`` by in-process runners; their ids."""
+    async with InProcessRunners(store, _agent({}), concurrency=n):
+        enqueued = await store.enqueue_many_rollouts(
+            [agl.EnqueueRolloutRequest(input={"n": i}) for i in range(n)]
+        )
+        ids = [r.rollout_id for r in enqueued]
+        for _ in range(3000):
+            if all(r.status == "succeeded" for r in await store.query_rollouts(rollout_id_in=ids)):
+                return ids
+            await asyncio.sleep(0.01)  # ok: polling the store for the runners' results
+    raise AssertionError("the rollouts did not finish")
+
+
+async def test_a_read_round_cancelled_at_shutdown_releases_what_it_had_read() -> None:
+    """The rollouts a cancelled round had read are taken: the store forgets them, as after a
+    whole round. The one still being read stays as it finished."""
+    store = await _store()
+    read, unread = await _finished_rollouts(store, 2)
+    store.query_spans = _SpansHeld(store, 2, held={unread})  # type: ignore[method-assign]
+    source = SimpleNamespace(finished_rollouts={}, noticed={})
+    processed = asyncio.Event()
+
+    def process(rollout: Rollout, spans: Sequence[Span]) -> tuple[str, int]:
+        processed.set()  # the first rollout's read ends with this call
+        return _process(rollout, spans)
+
+    reader = reader_module.RolloutReader(store, process, StoreCaller(0))
+    round_ = asyncio.create_task(reader.read({read: (0, 0), unread: (0, 1)}, source))  # type: ignore[arg-type]
+    await asyncio.wait_for(processed.wait(), 30)
+    round_.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await round_
+    assert reader.released == 1
+    assert [(r.rollout_id, r.status) for r in await store.query_rollouts()] == [(unread, "succeeded")]
+
+
+async def test_closing_leaves_the_rollouts_of_a_cancelled_read_round_as_they_finished() -> None:
+    """A round still reading at close holds finished rollouts: closing does not mark them
+    cancelled (nor fail on the ones the round released)."""
+    store = await _store()
+    spans = _SpansHeld(store, GROUP)
+    store.query_spans = spans  # type: ignore[method-assign]
+    async with (
+        InProcessRunners(store, _agent({}), concurrency=4),
+        ContinuousDispatcher(store, GROUP, _process) as dispatcher,
+    ):
+        await dispatcher.submit(_requests(1))
+        await asyncio.wait_for(spans.all_asked.wait(), 30)
+    rollouts = await store.query_rollouts()
+    assert len(rollouts) == GROUP and {r.status for r in rollouts} == {"succeeded"}
