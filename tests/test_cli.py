@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from agl_tinker import cli
 from agl_tinker.algorithm import interrupt_watch
 from agl_tinker.cli.examples import message_text
 from agl_tinker.cli.main import COMMANDS
+from agl_tinker.cli.settings import flags_taking_values
 from agl_tinker.loop.config import ConfigError, TrainConfig
 from agl_tinker.loop.preflight import SetupError, check_log_path, check_model
 
@@ -25,10 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _args(argv: list[str]) -> Any:
-    rest, key_values = cli.split_key_values(argv)
-    args = cli.build_parser().parse_args(rest)
-    args.key_values = key_values
-    return args
+    return cli.parse_args(argv)
 
 
 def _build(argv: list[str]) -> tuple[Any, Any]:
@@ -43,6 +42,41 @@ def test_key_values_are_told_from_flags_and_positionals() -> None:
     )
     assert rest == ["hello", "algo", "--store", "http://h:1"]
     assert kv == ["learning_rate=0.1", "n_runners=3"]
+
+
+@pytest.mark.parametrize("value", ["a=b", "runs.v2=x"])
+def test_a_flag_value_that_reads_key_value_is_the_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """``--log-path a=b`` is the log path ``a=b``; it was taken for a setting ``a`` (unknown)."""
+    monkeypatch.chdir(tmp_path)
+    config, _ = _build(["hello", "--ci", "--log-path", value, "batch_size=2"])
+    assert config.log_path == value and config.batch_size == 2
+    args = _args(["q20", "evaluate", "--out", value, "limit=3", "--split", "train"])
+    assert (args.out, args.key_values) == (value, ["limit=3"])
+
+
+def test_key_values_after_a_flag_without_a_value_stay_settings() -> None:
+    """``--ci`` takes no value: the ``key=value`` after it is a setting, as before."""
+    args = _args(["hello", "--ci", "max_steps=3", "--steps", "2"])
+    assert (args.ci, args.steps, args.key_values) == (True, 2, ["max_steps=3"])
+    assert cli.split_key_values(["hello", "--log-path", "a=b"]) == (["hello", "--log-path"], ["a=b"])
+
+
+def test_each_flag_takes_a_value_in_every_command_or_in_none() -> None:
+    """:func:`flags_taking_values` is one set for all commands: a flag that took a value in one
+    command and none in another would swallow a setting there."""
+    takes: dict[str, set[bool]] = {}
+    parsers = [cli.build_parser()]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            for flag in action.option_strings:
+                takes.setdefault(flag, set()).add(action.nargs != 0)
+    assert {flag for flag, kinds in takes.items() if len(kinds) > 1} == set()
+    assert {"--log-path", "--store", "--out"} <= flags_taking_values(cli.build_parser())
+    assert "--ci" not in flags_taking_values(cli.build_parser())
 
 
 def test_hello_layers_presets_flags_then_key_values(tmp_path: Path) -> None:

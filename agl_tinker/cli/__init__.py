@@ -6,8 +6,8 @@ chz), ``command`` (what one command builds), ``example_settings`` and ``examples
 """
 
 from agl_tinker.cli.command import Command
-from agl_tinker.cli.main import build_parser, main
+from agl_tinker.cli.main import build_parser, main, parse_args
 from agl_tinker.cli.running import StepTracker
 from agl_tinker.cli.settings import UsageError, split_key_values
 
-__all__ = ["Command", "StepTracker", "UsageError", "build_parser", "main", "split_key_values"]
+__all__ = ["Command", "StepTracker", "UsageError", "build_parser", "main", "parse_args", "split_key_values"]

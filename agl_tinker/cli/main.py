@@ -15,12 +15,12 @@ from agl_tinker.cli import examples, services
 from agl_tinker.cli.command import Command, RunFinished
 from agl_tinker.cli.example_settings import STORE_URL, hello_command, q20_command
 from agl_tinker.cli.running import Interrupted
-from agl_tinker.cli.settings import UsageError, one_line, split_key_values
+from agl_tinker.cli.settings import UsageError, flags_taking_values, one_line, split_key_values
 from agl_tinker.loop.config import DEFAULT_MODEL
 from agl_tinker.net import SPLIT_STORE_PORT
 from agl_tinker.viewer import commands as viewer_commands
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "main", "parse_args"]
 
 _DESCRIPTION = "The ``agl-tinker`` console script: the examples, offline by default (``AGL_TINKER_BACKEND=live`` for Tinker)."
 
@@ -163,12 +163,20 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return (UsageError, *found)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (2: unusable settings, 130: stopped by Ctrl-C)."""
-    rest, key_values = split_key_values(sys.argv[1:] if argv is None else argv)
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line parsed: flags and positionals by argparse, ``key=value`` settings in
+    ``key_values`` (a flag's own value stays the flag's: ``--log-path a=b``)."""
     parser = build_parser()
+    rest, key_values = split_key_values(argv, flags_taking_values(parser))
     args = parser.parse_args(rest)
     args.key_values = key_values
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (2: unusable settings, 130: stopped by Ctrl-C)."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    key_values = args.key_values
     verbose = bool(getattr(args, "verbose", False))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     try:

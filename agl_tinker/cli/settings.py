@@ -10,9 +10,10 @@ torch) unless a setting needs it: see :func:`make_train_config`.
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import chz
@@ -29,6 +30,7 @@ __all__ = [
     "Layers",
     "UsageError",
     "blueprint",
+    "flags_taking_values",
     "make_settings",
     "make_train_config",
     "one_line",
@@ -46,13 +48,34 @@ class UsageError(ValueError):
     """A command-line argument cannot be used; the message says which and what to do."""
 
 
-def split_key_values(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``argv`` -> (arguments for argparse, ``key=value`` settings)."""
+def split_key_values(argv: Sequence[str], value_flags: Collection[str] = ()) -> tuple[list[str], list[str]]:
+    """``argv`` -> (arguments for argparse, ``key=value`` settings).
+
+    The argument right after one of ``value_flags`` is that flag's value, even when it reads
+    ``key=value`` (``--log-path a=b``); :func:`flags_taking_values` lists a parser's."""
     rest: list[str] = []
     settings: list[str] = []
+    is_value = False
     for arg in argv:
-        (settings if _KEY_VALUE.match(arg) else rest).append(arg)
+        (settings if _KEY_VALUE.match(arg) and not is_value else rest).append(arg)
+        is_value = not is_value and arg in value_flags
     return rest, settings
+
+
+def flags_taking_values(parser: argparse.ArgumentParser) -> frozenset[str]:
+    """The option strings of ``parser`` and of its subcommands' parsers that take a value.
+
+    One set for every subcommand: a flag must take a value in all of them or in none
+    (``tests/test_cli.py`` checks it)."""
+    flags: set[str] = set()
+    parsers = [parser]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.option_strings and action.nargs != 0:
+                flags.update(action.option_strings)
+    return frozenset(flags)
 
 
 def route(key_values: Sequence[str], targets: Sequence[type], command: str) -> list[list[str]]:
