@@ -20,6 +20,7 @@ from agentlightning.tracer.otel import OtelTracer
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.preflight import check_setup
 from agl_tinker.loop.train import TrainResult, train
+from agl_tinker.run.claim import release_run
 from agl_tinker.run.failures import summarise_failures
 from agl_tinker.runners.deadline import DeadlineRunner
 from agl_tinker.runners.tracing import repair_store_otlp_export
@@ -38,6 +39,10 @@ class TinkerAlgorithm(agl.Algorithm):
     The trainer's runners (processes it forks, or runners elsewhere connected to its store) run
     the agent; this algorithm serves the policy to them, trains on their traces and hot-swaps the
     weights. ``result`` holds the run's :class:`TrainResult` once ``fit`` returns.
+
+    Building it claims ``config.log_path`` (:func:`~agl_tinker.loop.preflight.check_setup`); the
+    claim is given up when :meth:`run` ends, failed or not (a claim held outside it, the CLI's,
+    stays).
     """
 
     def __init__(
@@ -51,6 +56,7 @@ class TinkerAlgorithm(agl.Algorithm):
     ) -> None:
         super().__init__()
         check_setup(config, check_service=service is None)  # fail now, before any server or runner
+        self._claimed = True  # check_setup claimed the log path: given up when the run ends
         self.config = config
         self.required_fields = tuple(required_fields)
         self.service = service
@@ -89,6 +95,10 @@ class TinkerAlgorithm(agl.Algorithm):
         except Exception as exc:
             self.error = exc
             raise
+        finally:
+            if self._claimed:
+                self._claimed = False
+                release_run(self.config)
 
 
 def _as_task_source(dataset: Any) -> Any:

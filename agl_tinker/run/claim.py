@@ -33,8 +33,8 @@ class ResumeRefused(ConfigError):
 def claim_run(config: TrainConfig) -> None:
     """Lock ``config.log_path`` for this process, open its run log (``run.log``: warnings, errors,
     every agent traceback) and summarise failures on the console, then refuse at once what a
-    resume would refuse. A refusal gives up the lock and closes the run log again, unless this
-    process held the lock before the call.
+    resume would refuse. Claims nest (:mod:`agl_tinker.run.lock` counts them): each is undone by
+    one :func:`release_run`, and a refusal undoes its own, so an outer claim keeps the lock.
 
     Raises:
         lock.LogPathInUse: another process runs on this ``log_path``.
@@ -44,15 +44,13 @@ def claim_run(config: TrainConfig) -> None:
     """
     from agl_tinker.run import failures  # imports openai: not for the early refusals
 
-    newly = not lock.holds(config.log_path)
     lock.claim(config.log_path)
     try:
         failures.open_run_log(config.log_path)
         failures.summarise_failures()
         refuse_unresumable(config)
     except BaseException:
-        if newly:  # a refused run holds nothing: the process may go on (a notebook) or retry
-            release_run(config)
+        release_run(config)  # a refused run holds nothing: the process may go on (a notebook) or retry
         raise
 
 
@@ -74,11 +72,12 @@ def refuse_unresumable(config: TrainConfig) -> None:
 
 
 def release_run(config: TrainConfig) -> None:
-    """Undo :func:`claim_run`: close the run log and give up the lock."""
+    """Undo one :func:`claim_run`; the outermost closes the run log and gives up the lock."""
     from agl_tinker.run import failures
 
-    failures.close_run_log()
     lock.release(config.log_path)
+    if not lock.holds(config.log_path):
+        failures.close_run_log()
 
 
 def _newest_checkpoint(index_dir: Path) -> dict[str, object] | None:

@@ -6,8 +6,9 @@ one must fail at once instead. The lock is an OS file lock (``fcntl.flock``) on
 included, so a crashed run never leaves a stale lock behind. The file keeps the holder's pid, for
 the message the next run prints.
 
-Within one process the lock is re-entrant: :func:`claim` on a path this process already holds does
-nothing, so the CLI, ``TinkerAlgorithm`` and ``train`` may each claim it. A forked child (runner
+Within one process the lock is re-entrant and counted: the CLI, ``TinkerAlgorithm`` and ``train``
+may each :func:`claim` it, nested, and only the :func:`release` of the outermost claim gives it
+up (``train`` ending inside the CLI's run leaves the lock to the CLI). A forked child (runner
 processes) closes its inherited copy of the descriptor, so only the training process holds the lock.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from agl_tinker.loop.config import ConfigError
@@ -24,8 +26,17 @@ __all__ = ["LOCK_FILE", "LogPathInUse", "claim", "holds", "release"]
 
 LOCK_FILE = "run.lock"
 
-_held: dict[Path, int] = {}
-"""Resolved log path -> the open descriptor holding its lock, in this process."""
+
+@dataclass
+class _Hold:
+    fd: int
+    """The open descriptor holding the lock."""
+    claims: int = 1
+    """Claims not released yet; the lock is given up when the last one is."""
+
+
+_held: dict[Path, _Hold] = {}
+"""Resolved log path -> this process's hold of its lock."""
 
 
 class LogPathInUse(ConfigError):
@@ -42,13 +53,15 @@ def holds(log_path: str | os.PathLike[str]) -> bool:
 
 
 def claim(log_path: str | os.PathLike[str]) -> None:
-    """Hold the lock of ``log_path`` (created as a directory if needed) until :func:`release` or exit.
+    """Hold the lock of ``log_path`` (created as a directory if needed) until as many
+    :func:`release` calls as claims, or exit.
 
     Raises:
         LogPathInUse: another process holds it; the message names the path and that process.
     """
     key = _key(log_path)
     if key in _held:
+        _held[key].claims += 1
         return
     key.mkdir(parents=True, exist_ok=True)
     fd = os.open(key / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -63,26 +76,32 @@ def claim(log_path: str | os.PathLike[str]) -> None:
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _held[key] = fd
+    _held[key] = _Hold(fd)
 
 
 def release(log_path: str | os.PathLike[str]) -> None:
-    """Give up the lock of ``log_path`` if this process holds it (the file stays, empty of meaning)."""
-    fd = _held.pop(_key(log_path), None)
-    if fd is None:
+    """Undo one :func:`claim` of ``log_path``; the last one gives the lock up (the file stays,
+    empty of meaning). Nothing when this process does not hold it."""
+    key = _key(log_path)
+    hold = _held.get(key)
+    if hold is None:
         return
+    hold.claims -= 1
+    if hold.claims > 0:
+        return
+    del _held[key]
     try:
-        os.ftruncate(fd, 0)
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.ftruncate(hold.fd, 0)
+        fcntl.flock(hold.fd, fcntl.LOCK_UN)
     finally:
-        os.close(fd)
+        os.close(hold.fd)
 
 
 def _forget_in_child() -> None:
     """After ``fork``: close the inherited descriptors without unlocking (the parent keeps the lock)."""
-    for fd in _held.values():
+    for hold in _held.values():
         with contextlib.suppress(OSError):
-            os.close(fd)
+            os.close(hold.fd)
     _held.clear()
 
 

@@ -4,6 +4,7 @@ one-command strategy starts runners only once its store answers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -15,6 +16,8 @@ from agentlightning.store.memory import InMemoryLightningStore
 
 from agl_tinker.algorithm import tinker_algorithm as algo
 from agl_tinker.loop.config import TrainConfig
+from agl_tinker.run.claim import claim_run, release_run
+from agl_tinker.run.lock import holds
 from agl_tinker.runners.store_wait import wait_for_store
 from agl_tinker.store_server import LeanStoreServer
 
@@ -74,6 +77,48 @@ async def test_waiting_for_a_store_gives_up_at_the_timeout_or_when_told_to_stop(
     t = time.monotonic()
     assert not await wait_for_store(endpoint, stop, timeout_s=30)
     assert time.monotonic() - t < 1.0
+
+
+def _train_holding_the_lock(log_path: Any, fails: bool) -> Any:
+    async def fake_train(config: TrainConfig, *args: Any, **kw: Any) -> Any:
+        assert holds(log_path)
+        if fails:
+            raise RuntimeError("the run failed")
+        return "result"
+
+    return fake_train
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_algorithm_gives_up_its_claim_on_the_log_path_when_its_run_ends(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, fails: bool
+) -> None:
+    """Its claim (made when it was built) is held through the run and given up after it, failed
+    or not: another process may train there then. ``train``'s own claim is nested in it."""
+    monkeypatch.setattr(algo, "train", _train_holding_the_lock(tmp_path, fails))
+    algorithm = algo.TinkerAlgorithm(TrainConfig(log_path=str(tmp_path)))
+    algorithm.set_store(InMemoryLightningStore())
+    assert holds(tmp_path)
+    with contextlib.suppress(RuntimeError):
+        asyncio.run(algorithm.run([{"identity": "a"}]))
+    assert not holds(tmp_path)
+
+
+def test_a_second_run_of_the_algorithm_gives_up_no_claim_it_does_not_hold(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    config = TrainConfig(log_path=str(tmp_path))
+    monkeypatch.setattr(algo, "train", _train_holding_the_lock(tmp_path, False))
+    claim_run(config)  # the CLI's claim, outside the algorithm's
+    try:
+        algorithm = algo.TinkerAlgorithm(config)
+        algorithm.set_store(InMemoryLightningStore())
+        for _ in range(2):
+            asyncio.run(algorithm.run([{"identity": "a"}]))
+            assert holds(tmp_path)
+    finally:
+        release_run(config)
+    assert not holds(tmp_path)
 
 
 def test_a_dataset_path_reaches_the_loop_as_a_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:

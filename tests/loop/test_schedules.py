@@ -3,6 +3,7 @@ dispatches, and which groups a resumed run dispatches again; the run lock around
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +17,8 @@ from agl_tinker.loop.data import build_datasets
 from agl_tinker.loop.errors import StoreLost
 from agl_tinker.loop.schedules import BatchSchedule, ContinuousSchedule, groups_ahead, pick_schedule
 from agl_tinker.loop.train import claimed
+from agl_tinker.run.claim import claim_run, release_run
+from agl_tinker.run.failures import RUN_LOG
 from agl_tinker.run.lock import holds
 
 BATCH = 4
@@ -105,6 +108,22 @@ async def test_the_continuous_schedule_checks_the_store_before_each_step(tmp_pat
     with pytest.raises(StoreLost, match="during step 1"):
         await schedule.fill(SimpleNamespace(step=1))  # type: ignore[arg-type]
     assert checked == [1] and dispatcher.submitted == []
+
+
+def test_train_ending_inside_an_outer_claim_leaves_the_lock_and_the_run_log_to_it(tmp_path: Path) -> None:
+    """The CLI and ``TinkerAlgorithm`` claim the log path before ``train`` does: the end of
+    ``train`` (``claimed``) used to release the lock and close ``run.log`` under them."""
+    config = TrainConfig(log_path=str(tmp_path))
+    claim_run(config)  # the outer claim (check_setup)
+    try:
+        with claimed(config):
+            assert holds(tmp_path)
+        assert holds(tmp_path)
+        logging.getLogger("agl_tinker.test").warning("after train, before the command ends")
+    finally:
+        release_run(config)
+    assert not holds(tmp_path)
+    assert "after train, before the command ends" in (tmp_path / RUN_LOG).read_text()
 
 
 def test_the_run_lock_is_held_inside_claimed_and_released_when_it_raises(tmp_path: Path) -> None:

@@ -78,6 +78,10 @@ def test_the_lock_is_reentrant_in_one_process_and_released_for_others(tmp_path: 
     lock.claim(tmp_path)
     lock.claim(tmp_path)  # the CLI, TinkerAlgorithm and train() each claim it
     lock.release(tmp_path)
+    assert lock.holds(tmp_path)  # claims are counted: the outer one still holds it
+    lock.release(tmp_path)
+    assert not lock.holds(tmp_path)
+    lock.release(tmp_path)  # releasing a lock not held does nothing
     assert isinstance(lock.LogPathInUse("x"), ConfigError)  # a setup error: one line, exit status 2
     holder = _holder(tmp_path)  # another process can take it now
     holder.kill()
