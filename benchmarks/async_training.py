@@ -2,8 +2,12 @@
 
 Run ``python benchmarks/async_training.py`` (``--steps``, ``--seeds``, ``--agents`` to change the
 workload, ``--modes`` to run some modes only); prints one JSON line. Same agents, same cost model
-(``cost_model`` in the JSON, the simulator's knobs; ``save_sampler_share`` states the save-for-sampler
-cost as a share of a step's training), six modes per agent:
+(``cost_model`` in the JSON, the simulator's knobs), six modes per agent. A save-for-sampler writes
+the weights (``save_sampler_s``) and serving replicas load them (``sampler_load_s``): a snapshot save
+waits for both on the training queue, an in-flight save only for the write (the SDK's in-flight
+contract; its weights reach samplers a load later). ``save_sampler_share`` states what a snapshot
+save costs the queue, ``(save + load) / training`` per sync step, and ``inflight_save_share`` what an
+in-flight save costs it, ``save / training`` (the worst over agents). The modes:
 
 * ``sync``: the default loop (dispatch a batch, wait for its slowest rollout, train, swap);
 * ``stream``: ``stream_minibatch_config`` with 4 minibatches (``forward_backward`` per minibatch as
@@ -35,14 +39,18 @@ run (1.0: the trainer never waits). Every overlapped mode gets ``<mode>_speedup_
 dropped: sampling thrown away, summed over the run), ``staleness_group_mean`` (versions behind, per
 trained group) and ``reward_vs_sync`` (its final reward minus sync's). ``speedup_at_bound`` is the
 speedup an overlapped mode would reach at ``step_over_bound == 1.0`` (the sync step over
-``max(sampling, training)``): when sampling is shorter than training, no overlap can beat it. Top-level figures are the worst over
-agents. ``detail`` has the per-seed numbers.
+``max(sampling, training)``): when sampling is shorter than training, no overlap can beat it. Both are
+sync's, whose training includes a snapshot save's load: in-flight modes do not queue the load, so
+their training per step is ``sampler_load_s`` shorter, and their ``step_over_bound`` can fall below 1
+and their speedup exceed ``speedup_at_bound``. Top-level figures are the worst over agents.
+``detail`` has the per-seed numbers.
 
 The run shares the machine's CPUs: ``load_avg`` (1/5/15-minute load averages at the start and at the
 end) and each mode's ``cpu_s_per_step`` (this process's CPU time per timed step: agents, runners,
 store, endpoint, loop and the simulator together) say how far CPU contention, not the cost model,
 set the figures. The simulator's own compute runs inside each call's modelled duration (a floor
-from submission, ``fakes.tinker.futures``), never on top of it; it still competes for the CPUs.
+from submission, ``fakes.tinker.futures``), never on top of it (except an in-flight save's ~1.5 ms,
+which takes effect as its write ends); it still competes for the CPUs.
 """
 
 from __future__ import annotations
@@ -77,6 +85,7 @@ from agl_tinker.examples.hello.agent import hello_dataset, hello_rollout, prompt
 from agl_tinker.loop.config import TrainConfig
 from agl_tinker.loop.train import train
 from agl_tinker.runners.inprocess import AgentFn, InProcessRunners
+from fakes.tinker.config import SimConfig
 
 BATCH, GROUP = 8, 4
 COST_MODEL = {
@@ -86,9 +95,18 @@ COST_MODEL = {
     # per step (32 Hello datums, ~800 tokens): ~2 s of forward_backward + optim + save
     "train_token_s": 0.0021,
     "optim_step_s": 0.1,
-    # save-for-sampler: about a fifth of a step's training (both kinds of sampling client pay it,
-    # serialised on the training queue)
-    "save_sampler_s": 0.4,
+    # save-for-sampler: about a fifth of a step's training, split as the SDK's SamplingClientKind
+    # contract splits it: writing the checkpoint (0.1 s, every save, serialised on the training queue)
+    # and serving replicas loading it (0.3 s). A snapshot save returns a client serving its weights, so
+    # it waits for the load: snapshot modes still pay 0.4 s on the queue. An in-flight save "does not
+    # wait for serving replicas to finish loading weights": it pays 0.1 s on the queue and its weights
+    # reach samplers 0.3 s later (calls of clients made at that save wait for them meanwhile).
+    "save_sampler_s": 0.1,
+    "sampler_load_s": 0.3,
+}
+SAVE_QUEUE_S = {  # JSON key -> how long a save of that kind holds the training queue
+    "save_sampler_share": SimConfig(**COST_MODEL).sampler_save_hold_s,  # snapshot: write + load
+    "inflight_save_share": SimConfig(**COST_MODEL).save_sampler_s,  # in-flight: write only
 }
 MODES = ("sync", "stream", "async", "inflight_pace_is", "inflight_pace_sr", "inflight_pace2_sr")
 PACED = {  # mode -> (sampling_steps_ahead, loss_fn)
@@ -212,7 +230,8 @@ def main() -> None:
     report: dict[str, Any] = {
         "load_avg": {"start": [round(x, 2) for x in os.getloadavg()]},
         "cost_model": COST_MODEL,
-        "save_sampler_share": None,  # of the sync run's training time per step, set below
+        "save_sampler_share": None,  # a snapshot save's queue time over the sync run's training per step
+        "inflight_save_share": None,  # an in-flight save's queue time over the same
         "steps": args.steps,
         "seeds": args.seeds,
         "detail": {},
@@ -229,8 +248,9 @@ def main() -> None:
             mode: [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rs]
             for mode, rs in runs.items()
         }
-        share = summary["sync_training_s"] and COST_MODEL["save_sampler_s"] / summary["sync_training_s"]
-        report["save_sampler_share"] = round(max(report["save_sampler_share"] or 0.0, share), 3)
+        for key, queue_s in SAVE_QUEUE_S.items():
+            share = summary["sync_training_s"] and queue_s / summary["sync_training_s"]
+            report[key] = round(max(report[key] or 0.0, share), 3)
         for key, value in summary.items():
             if key.endswith(("_speedup_vs_sync", "_step_over_bound", "_discarded")):
                 worst.setdefault(key, []).append(value)

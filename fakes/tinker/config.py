@@ -11,7 +11,14 @@ import os
 from pathlib import Path
 
 ENV_PREFIX = "AGL_TINKER_SIM_"
-COST_KNOBS = ("sample_ttft_s", "sample_token_s", "train_token_s", "optim_step_s", "save_sampler_s")
+COST_KNOBS = (
+    "sample_ttft_s",
+    "sample_token_s",
+    "train_token_s",
+    "optim_step_s",
+    "save_sampler_s",
+    "sampler_load_s",
+)
 """The cost model's knobs (seconds), see :class:`SimConfig`."""
 
 
@@ -45,16 +52,25 @@ class SimConfig:
       sampling calls overlap, as on the service's batched samplers.
     - ``train_token_s``: per token of the datums' model inputs, for ``forward``/``forward_backward``.
     - ``optim_step_s``: each ``optim_step``.
-    - ``save_sampler_s``: each ``save_weights_for_sampler``/``save_weights_and_get_sampling_client``.
+    - ``save_sampler_s``: writing the weights of each ``save_weights_for_sampler``/
+      ``save_weights_and_get_sampling_client`` (and ``save_weights_external``).
+    - ``sampler_load_s``: the serving replicas loading the saved weights. Who waits for it follows
+      the SDK's ``SamplingClientKind`` contract (:attr:`sampler_save_hold_s`,
+      :attr:`inflight_visible_after_s`): a snapshot save (and a ``save_weights_for_sampler`` path,
+      whose clients load it) completes once loaded, so it holds the training queue
+      ``save_sampler_s + sampler_load_s``; an in-flight save "does not wait for serving replicas to
+      finish loading weights", so it holds the queue ``save_sampler_s`` only and its weights reach
+      samplers ``sampler_load_s`` (plus ``inflight_delay_s``) after it completes.
 
     Training costs hold the training client's request queue (one at a time per training client,
     in submission order, as on the service); different training clients do not wait for each other.
 
     Off-policy contracts:
 
-    - ``inflight_delay_s``: how long a ``kind="inflight"`` save takes to reach the samplers of
-      existing clients (default 0: at once); until then they may sample on the previous weights,
-      never on weights older than their own save (see ``fakes.tinker.inflight``).
+    - ``inflight_delay_s``: how long a ``kind="inflight"`` save's weights, once loaded, take to
+      reach the samplers (default 0: at once); until then existing clients may sample on the
+      previous weights, and a client created at that save waits for them: never weights older than
+      its own save (see ``fakes.tinker.inflight``).
     - ``stability_ttl_s``: how long a sequence recorded with ``record_stability_info=True`` can be
       trained on after its last use (default one day, as documented; see ``fakes.tinker.stability``).
     """
@@ -71,6 +87,7 @@ class SimConfig:
     train_token_s: float = 0.0
     optim_step_s: float = 0.0
     save_sampler_s: float = 0.0
+    sampler_load_s: float = 0.0
     inflight_delay_s: float = 0.0
     stability_ttl_s: float = 86400.0
 
@@ -100,6 +117,18 @@ class SimConfig:
     def train_cost_s(self, n_tokens: int) -> float:
         """Modelled duration of a ``forward``/``forward_backward`` call over ``n_tokens`` input tokens."""
         return self.train_token_s * n_tokens
+
+    @property
+    def sampler_save_hold_s(self) -> float:
+        """How long a save whose client serves its weights at once (a snapshot, a sampler path)
+        holds the training queue: writing them, then the replicas loading them."""
+        return self.save_sampler_s + self.sampler_load_s
+
+    @property
+    def inflight_visible_after_s(self) -> float:
+        """How long after an in-flight save completes (it holds the queue ``save_sampler_s`` only)
+        its weights reach samplers: the replicas load them, then the update propagates."""
+        return self.sampler_load_s + self.inflight_delay_s
 
     @property
     def checkpoint_root(self) -> Path:

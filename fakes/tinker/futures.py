@@ -46,12 +46,16 @@ class Dispatcher:
         *,
         cost_of: Callable[[T], float] | None = None,
         hold_s: float = 0.0,
+        effect_at_end: bool = False,
     ) -> Future[T]:
         """Run ``fn`` on ``executor``; its future completes no sooner than ``latency_s`` after now.
 
         ``hold_s``: the worker stays busy until ``hold_s`` after ``fn`` started (the executor's
         later work waits). ``cost_of(result)``: extra seconds before the future completes, not
         holding the worker (calls overlap). Neither applies to a call that failed.
+        ``effect_at_end``: run ``fn`` when the hold ends instead of when it begins, for a call whose
+        effect others see before its future completes (an in-flight save reaches clients that are
+        already sampling): it takes effect as it completes. Its compute then adds to the hold.
         """
         future: Future[T] = Future()
         start = time.monotonic()
@@ -69,6 +73,8 @@ class Dispatcher:
             extra_s = 0.0
             try:
                 self._faults.maybe_fail(operation)
+                if effect_at_end and hold_s > 0:
+                    time.sleep(hold_s)
                 result = fn()
                 if cost_of is not None:
                     extra_s = cost_of(result)

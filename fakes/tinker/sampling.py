@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from . import errors
 from .catalog import resolve
 from .checkpoints import TinkerPath
 from .datums import check_sample_budget, tokens_of
-from .inflight import Snapshot, Weights
+from .inflight import Serving, Snapshot, Weights
 from .policy import Policy, PolicyConfig, initial_params
 from .sampler import Cursor, generate
 from .stability import Recorded, session_of
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 DEFAULT_MAX_TOKENS = 512
+R = TypeVar("R")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +90,30 @@ class SamplingClient:
         self._record = record_stability_info
 
     # ---- sampling -------------------------------------------------------------------------
+    def _call(self, run: Callable[[Serving], R], cost_s: Callable[[R], float]) -> APIFuture[R]:
+        """``run`` on the sampling pool, on the weights a call starting now is served by.
+
+        The call lasts ``cost_s(result)``, plus the time those weights still take to reach the
+        samplers (an in-flight client created at a save the replicas are still loading waits for it:
+        the client's guarantee), served by the dispatcher's timer so that calls still overlap."""
+        ready_in_s = 0.0
+
+        def on_weights() -> R:
+            nonlocal ready_in_s
+            serving = self._weights.serve()
+            ready_in_s = serving.ready_in_s
+            return run(serving)
+
+        return self._runtime.dispatcher.call(
+            self._runtime.sampling_pool,
+            "asample",
+            on_weights,
+            cost_of=lambda result: ready_in_s + cost_s(result),
+        )
+
     def _sample(
         self,
+        serving: Serving,
         prompt: types.ModelInput,
         num_samples: int,
         params: types.SamplingParams,
@@ -99,7 +123,7 @@ class SamplingClient:
         prompt_logprobs_last_n: int | None,
         recording: _Recording | None = None,
     ) -> types.SampleResponse:
-        version, policy = self._weights.serving()
+        version, policy = serving.version, serving.policy
         vocab = policy.vocab
         tokens = tokens_of(prompt, vocab.size, "prompt")
         if len(tokens) == 0:
@@ -249,10 +273,9 @@ class SamplingClient:
         if sequence_ids is not None and len(sequence_ids) != num_samples:
             raise ValueError(f"{len(sequence_ids)} sequence ids for {num_samples} samples")
         recording = _Recording(session_id or self._session_id, record, sequence_ids)
-        return self._runtime.dispatcher.call(
-            self._runtime.sampling_pool,
-            "asample",
-            lambda: self._sample(
+        return self._call(
+            lambda serving: self._sample(
+                serving,
                 prompt,
                 num_samples,
                 sampling_params,
@@ -262,7 +285,7 @@ class SamplingClient:
                 prompt_logprobs_last_n,
                 recording,
             ),
-            cost_of=self._sample_cost_s,
+            self._sample_cost_s,
         )
 
     @deprecated(_ASYNC, category=FutureWarning)
@@ -295,17 +318,15 @@ class SamplingClient:
     ) -> APIFuture[list[float | None]]:
         """Logprob of each prompt token given the ones before it (``None`` for the first)."""
 
-        def run() -> list[float | None]:
+        def run(serving: Serving) -> list[float | None]:
             response = self._sample(
-                prompt, 1, types.SamplingParams(max_tokens=1), True, 0, 0, prompt_logprobs_last_n
+                serving, prompt, 1, types.SamplingParams(max_tokens=1), True, 0, 0, prompt_logprobs_last_n
             )
             assert response.prompt_logprobs is not None
             return response.prompt_logprobs
 
         ttft_s = self._runtime.config.sample_cost_s(0)
-        return self._runtime.dispatcher.call(
-            self._runtime.sampling_pool, "asample", run, cost_of=lambda _: ttft_s
-        )
+        return self._call(run, lambda _: ttft_s)
 
     @deprecated(_ASYNC, category=FutureWarning)
     async def compute_logprobs_async(

@@ -1,8 +1,9 @@
 """``TrainingClient`` of the simulator: same methods, arguments and return types as the SDK's.
 
 Requests run in submission order on one worker thread, like the service's per-model queue; the
-cost model's training costs (``SimConfig.train_token_s``, ``optim_step_s``, ``save_sampler_s``)
-keep that worker busy, so they add up per training client.
+cost model's training costs (``SimConfig.train_token_s``, ``optim_step_s``, ``save_sampler_s``, and
+``sampler_load_s`` for the saves that wait for it) keep that worker busy, so they add up per
+training client.
 Gradients accumulate over ``forward_backward`` calls until ``optim_step`` applies them.
 Sampler saves are numbered (the weights version a sampling client was created at); in-flight saves
 publish to the one shared target of this training model (:mod:`fakes.tinker.inflight`).
@@ -378,7 +379,9 @@ class TrainingClient:
                 path=self._save("sampler_weights", name, False, user_metadata, True, ttl_seconds)
             )
 
-        return self._submit("save_weights_for_sampler", run, hold_s=self._runtime.config.save_sampler_s)
+        # its clients (``create_sampling_client(path)``) serve it at once: the save includes the load
+        hold_s = self._runtime.config.sampler_save_hold_s
+        return self._submit("save_weights_for_sampler", run, hold_s=hold_s)
 
     def save_weights_external(
         self, name: str, ttl_seconds: int | None = None, age_encryption_recipients: list[str] | None = None
@@ -458,7 +461,12 @@ class TrainingClient:
         kind: types.SamplingClientKind = "snapshot",
     ) -> ClientFuture[SamplingClient]:
         """A sampler on the current weights (in memory, no file): a snapshot, or (``kind="inflight"``)
-        a new version of this model's shared in-flight target, which existing in-flight clients adopt."""
+        a new version of this model's shared in-flight target, which existing in-flight clients adopt.
+
+        A snapshot save holds the training queue while the weights are written and loaded
+        (``SimConfig.sampler_save_hold_s``); an in-flight save only while they are written
+        (``save_sampler_s``), and publishes them as it completes: they reach samplers
+        ``SimConfig.inflight_visible_after_s`` later (:mod:`fakes.tinker.inflight`)."""
         from .sampling import SamplingClient
 
         if name is not None:
@@ -472,7 +480,7 @@ class TrainingClient:
             weights: Snapshot | InflightClientWeights
             if kind == "inflight":
                 if self._inflight is None:
-                    self._inflight = InflightTarget(self._runtime.config.inflight_delay_s)
+                    self._inflight = InflightTarget(self._runtime.config.inflight_visible_after_s)
                 self._inflight.publish(version, policy)
                 weights = InflightClientWeights(self._inflight, version)
             else:
@@ -485,9 +493,15 @@ class TrainingClient:
                 record_stability_info=record_stability_info,
             )
 
+        config = self._runtime.config
+        inflight = kind == "inflight"
         return ClientFuture(
             self._runtime.dispatcher.submit(
-                self._queue, "save_weights_for_sampler", run, hold_s=self._runtime.config.save_sampler_s
+                self._queue,
+                "save_weights_for_sampler",
+                run,
+                hold_s=config.save_sampler_s if inflight else config.sampler_save_hold_s,
+                effect_at_end=inflight,  # no sampler sees the version before its save completes
             )
         )
 

@@ -1,6 +1,8 @@
 """``sampling_client_kind`` through ``Learner.publish`` on the simulator (issue 37): with
 ``"inflight"`` a publish reaches the client the endpoint already serves (so a call still on it runs
-on the new weights or newer than the version it recorded), with ``"snapshot"`` it does not."""
+on the new weights or newer than the version it recorded), with ``"snapshot"`` it does not; while
+the replicas load a publish (``sampler_load_s``) every call still runs on weights no older than the
+version it recorded."""
 
 from __future__ import annotations
 
@@ -39,9 +41,9 @@ def _ran_on(service: ServiceClient, client: Any, prompt: list[int]) -> set[int]:
     return {ledger.peek(seq.sequence_id).weights_version for seq in response.sequences}  # type: ignore[union-attr]
 
 
-async def _publish_twice(tmp_path: Path, kind: str) -> tuple[ServiceClient, _Endpoint, list[int]]:
+def _learner(tmp_path: Path, kind: str, **knobs: float) -> tuple[ServiceClient, Any, Learner, list[int]]:
     warnings.simplefilter("ignore", FutureWarning)
-    service = ServiceClient(config=SimConfig(root_dir=tmp_path))
+    service = ServiceClient(config=SimConfig(root_dir=tmp_path, **knobs))
     tc = service.create_lora_training_client(BASE, rank=4, seed=0).result()
     prompt = list(tc.get_tokenizer().encode("Say you are 617"))
     learner = Learner(
@@ -52,6 +54,11 @@ async def _publish_twice(tmp_path: Path, kind: str) -> tuple[ServiceClient, _End
         records_stability_info=True,
         sampling_client_kind=kind,
     )
+    return service, tc, learner, prompt
+
+
+async def _publish_twice(tmp_path: Path, kind: str) -> tuple[ServiceClient, _Endpoint, list[int]]:
+    service, tc, learner, prompt = _learner(tmp_path, kind)
     endpoint = _Endpoint()
     await learner.publish(endpoint, 0)
     tc.optim_step(tinker.AdamParams(learning_rate=0.05)).result()
@@ -73,6 +80,25 @@ async def test_a_publish_reaches_the_served_client_only_in_flight(tmp_path: Path
         assert old == new  # it adopted the published weights: never older than it recorded
     else:
         assert max(old) < min(new)  # a snapshot keeps its weights
+
+
+@pytest.mark.asyncio
+async def test_while_a_publish_loads_every_call_runs_on_weights_no_older_than_it_recorded(
+    tmp_path: Path,
+) -> None:
+    service, tc, learner, prompt = _learner(tmp_path, "inflight", sampler_load_s=0.5)
+    endpoint = _Endpoint()
+    await learner.publish(endpoint, 0)
+    (first, recorded_first, _) = endpoint.served[0]
+    loaded = _ran_on(service, first, prompt)  # the simulator's version 1 is the loop's version 0
+    tc.optim_step(tinker.AdamParams(learning_rate=0.05)).result()
+    await learner.publish(endpoint, 1)
+    (second, recorded_second, _) = endpoint.served[1]
+    during = _ran_on(service, first, prompt)  # a call still on the old client, while v1 loads
+    new = _ran_on(service, second, prompt)  # a call on the new client waits for v1
+    after = _ran_on(service, first, prompt)
+    assert (loaded, during, new, after) == ({1}, {1}, {2}, {2})
+    assert (recorded_first, recorded_second) == (0, 1)  # lower bounds: each ran on its version or newer
 
 
 def test_an_unknown_sampling_client_kind_is_refused(tmp_path: Path) -> None:
