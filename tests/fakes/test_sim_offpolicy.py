@@ -179,6 +179,7 @@ def test_with_a_propagation_delay_samples_never_run_on_weights_older_than_their_
 def test_inflight_target_serves_the_newest_visible_version_never_older_than_the_client(
     saves: list[float], delay: float, probes: list[tuple[int, float]]
 ) -> None:
+    """...and a sample on a version not visible yet (its client's own) waits exactly until it is."""
     now = [0.0]
     target = InflightTarget(delay, clock=lambda: now[0])
     published: list[tuple[int, float]] = []
@@ -189,9 +190,11 @@ def test_inflight_target_serves_the_newest_visible_version_never_older_than_the_
     for client, wait in sorted(probes, key=lambda p: p[1]):
         min_version = published[client % len(published)][0]
         now[0] = max(now[0], published[-1][1] + wait * 0.1)
-        version, _ = InflightClientWeights(target, min_version).serving()
+        serving = InflightClientWeights(target, min_version).serve()
         visible = [v for v, at in published if at + delay <= now[0]]
-        assert version == max([min_version, *visible])
+        assert serving.version == max([min_version, *visible])
+        visible_at = dict(published)[serving.version] + delay
+        assert serving.ready_in_s == pytest.approx(max(0.0, visible_at - now[0]))
 
 
 # ---- context --------------------------------------------------------------------------------------------

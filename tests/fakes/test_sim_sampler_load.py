@@ -19,8 +19,6 @@ from typing import Any
 import numpy as np
 import pytest
 import tinker
-from hypothesis import given
-from hypothesis import strategies as st
 from tinker import types
 
 from fakes.tinker import ServiceClient, SimConfig
@@ -95,30 +93,6 @@ def test_a_client_at_a_version_still_loading_waits_for_it_while_older_clients_ke
     now[0] = 1.3
     assert first.serve().version == 2 and first.serve().ready_in_s == 0.0
     assert second.serve().ready_in_s == 0.0
-
-
-@given(
-    gaps=st.lists(st.floats(min_value=0.0, max_value=5.0), min_size=1, max_size=8),
-    lag=st.floats(min_value=0.0, max_value=3.0),
-    probes=st.lists(st.tuples(st.integers(0, 7), st.floats(min_value=0.0, max_value=10.0)), max_size=10),
-)
-def test_a_sample_waits_exactly_until_the_version_it_runs_on_is_visible(
-    gaps: list[float], lag: float, probes: list[tuple[int, float]]
-) -> None:
-    now = [0.0]
-    target = InflightTarget(lag, clock=lambda: now[0])
-    published: list[tuple[int, float]] = []
-    for version, gap in enumerate(gaps, start=1):
-        now[0] += gap
-        target.publish(version, policy=object())  # type: ignore[arg-type]
-        published.append((version, now[0]))
-    for client, wait in sorted(probes, key=lambda p: p[1]):
-        min_version = published[client % len(published)][0]
-        now[0] = max(now[0], published[-1][1] + wait * 0.1)
-        serving = InflightClientWeights(target, min_version).serve()
-        visible_at = dict(published)[serving.version] + lag
-        assert serving.ready_in_s == pytest.approx(max(0.0, visible_at - now[0]))
-        assert serving.version >= min_version
 
 
 # ---- the simulator's training queue and samplers -----------------------------------------------------
