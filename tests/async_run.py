@@ -81,14 +81,16 @@ async def run_hello(
     concurrency: int = BATCH * GROUP,
     store: InMemoryLightningStore | None = None,
     tasks: Any = None,
+    val_tasks: Any = None,
 ) -> TrainResult:
     """Train ``config`` on ``tasks`` (Hello's by default) with in-process runners, against
-    ``store`` (a fresh one by default)."""
+    ``store`` (a fresh one by default); validated on ``val_tasks`` (none by default) every
+    ``config.eval_every`` steps."""
     store = store if store is not None else InMemoryLightningStore()
     service = backend.service_client(root_dir=Path(config.log_path) / "sim", **dict(costs or {}))
     tasks = hello_dataset("train") if tasks is None else tasks
     async with InProcessRunners(store, agent, concurrency=concurrency):
-        return await train(config, store, tasks, service=service, show_progress=False)
+        return await train(config, store, tasks, val_tasks, service=service, show_progress=False)
 
 
 RESUME_MODES: dict[str, tuple[str, dict[str, Any]]] = {
