@@ -43,11 +43,6 @@ class Weights(abc.ABC):
     def serve(self) -> Serving:
         """The weights a sample starting now runs on, and how long it waits for them."""
 
-    def serving(self) -> tuple[int, Policy]:
-        """The weights version a sample starting now runs on, and its policy."""
-        serving = self.serve()
-        return serving.version, serving.policy
-
 
 class Snapshot(Weights):
     """Fixed weights (``kind="snapshot"``, or a client from a saved path), loaded when the client is."""

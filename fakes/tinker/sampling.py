@@ -84,7 +84,7 @@ class SamplingClient:
         self._runtime = runtime
         self._weights = weights
         self._model_path = model_path
-        self._base_model = weights.serving()[1].config.base_model.name
+        self._base_model = weights.serve().policy.config.base_model.name
         self._sampler_id = runtime.new_sampler_id(session_id)
         self._session_id = session_of(self._sampler_id)
         self._record = record_stability_info
