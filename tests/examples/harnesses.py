@@ -137,7 +137,7 @@ def train_one_step(alignments: list[Any], rewards: list[float], model: str) -> t
 
     Returns the number of datums trained and, per datum, how much the summed logprob of its
     sampled tokens moved (a ``forward`` after the step minus the one before it): the rewarded
-    episode's must rise and the other's fall, or the step did not train on what was recorded.
+    episode's must rise against the other's, or the step did not train on what was recorded.
     """
     trajectories = [
         alignment_trajectory(alignment, [0.0] * (len(alignment.steps) - 1) + [reward])

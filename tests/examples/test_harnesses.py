@@ -1,7 +1,7 @@
 """Codex CLI and opencode, installed from npm and run unchanged against the endpoint (issue 32):
 a tool-using episode is one token sequence with no drift and every tool call it sent back matched,
 and one training step on a group of two such episodes (rewarded 1 and 0) moves the policy toward
-the rewarded one. Skipped, saying why, when npm or the packages cannot
+the rewarded one (the rewarded episode's logprob rises against the other's). Skipped, saying why, when npm or the packages cannot
 be had."""
 
 from __future__ import annotations
@@ -117,7 +117,10 @@ async def _run_group(
         train_one_step, [e.alignment for e in episodes], [1.0, 0.0], MODEL
     )
     assert datums == 2  # one sequence per episode: one datum each
-    assert moved[0] > 0 > moved[1], moved
+    # The two episodes share most of their sampled tokens ("Done.", the tool call's syntax), which a
+    # +1/-1 advantage pair moves the same way, so the step promises the gap, not each sign: 0.19-0.30
+    # in 18 runs (a lone moved[0] ranged -0.01..0.18), 0.0 with learning_rate 1e-9.
+    assert moved[0] - moved[1] > 0.05, moved
 
 
 def _check_one_sequence(trajectory: Any, api: str) -> None:
