@@ -28,7 +28,9 @@ of step 1 to the end of the last step: the first step, with start-up, is exclude
 ``step_s_mean`` (over the same steps), ``trainer_idle_frac`` (share of those steps during which the
 training client had no work: for ``sync``, ``1 - (training + swap) / step``), ``final_reward``
 (mean training reward of the last 3 steps: for ``async`` these were sampled one version earlier,
-so it lags a little). ``speedup_async_vs_sync`` is the ratio of ``groups_per_s``;
+so it lags a little), ``final_eval_reward`` (the run's final weights, evaluated after the last timed
+step: each validation identity played ``EVAL_REPEATS`` times at the training temperature; this is
+the trained policy's reward, with no sampling lag). ``speedup_async_vs_sync`` is the ratio of ``groups_per_s``;
 ``async_step_over_bound`` divides the async step time by ``max(sampling, training)`` per step as the
 sync run measured them (its ``time/sampling_s`` and ``time/training_s + time/swap_s``): 1.0 is perfect
 pipelining. It can fall below 1: continuous dispatch also removes the sync step's ramp-up and its wait for
@@ -37,7 +39,9 @@ the slowest rollout, so the async sampler delivers a batch faster than a sync sa
 run (1.0: the trainer never waits). Every overlapped mode gets ``<mode>_speedup_vs_sync`` and
 ``<mode>_step_over_bound`` the same way; its summary adds ``groups_discarded`` (stale groups requeued or
 dropped: sampling thrown away, summed over the run), ``staleness_group_mean`` (versions behind, per
-trained group) and ``reward_vs_sync`` (its final reward minus sync's). ``speedup_at_bound`` is the
+trained group), ``reward_vs_sync`` (its final reward minus sync's) and ``eval_vs_sync`` (its final
+evaluation minus sync's), both also top-level as ``<mode>_reward_vs_sync`` and ``<mode>_eval_vs_sync``.
+``speedup_at_bound`` is the
 speedup an overlapped mode would reach at ``step_over_bound == 1.0`` (the sync step over
 ``max(sampling, training)``): when sampling is shorter than training, no overlap can beat it. Both are
 sync's, whose training includes a snapshot save's load: in-flight modes do not queue the load, so
@@ -83,6 +87,7 @@ from agl_tinker import backend
 from agl_tinker.examples.clients import openai_client
 from agl_tinker.examples.hello.agent import hello_dataset, hello_rollout, prompt_for, score
 from agl_tinker.loop.config import TrainConfig
+from agl_tinker.loop.result import TrainResult
 from agl_tinker.loop.train import train
 from agl_tinker.runners.inprocess import AgentFn, InProcessRunners
 from fakes.tinker.config import SimConfig
@@ -116,6 +121,8 @@ PACED = {  # mode -> (sampling_steps_ahead, loss_fn)
     "inflight_pace2_sr": (2, "stable_reinforce"),
 }
 TOOL_MEDIAN_S, TOOL_SIGMA = 0.3, 1.0
+EVAL_REPEATS = 4
+"""Each of Hello's 24 validation identities is played this many times by the final evaluation."""
 
 
 async def lookup_rollout(task: Mapping[str, Any], llm: agl.LLM) -> float:
@@ -159,6 +166,9 @@ def _config(log_path: str, mode: str, steps: int, seed: int) -> TrainConfig:
         max_tokens=32,
         seed=seed,
         rollout_timeout_s=120.0,
+        # evaluation at the start and the end only, outside the timed steps, at the training temperature
+        eval_every=steps,
+        eval_temperature=1.0,
         **extra,
     )
 
@@ -180,6 +190,7 @@ async def _run(agent: AgentFn, mode: str, steps: int, seed: int) -> dict[str, An
                 _config(tmp, mode, steps, seed),
                 store,
                 hello_dataset("train"),
+                hello_dataset("val") * EVAL_REPEATS,
                 service=service,
                 show_progress=False,
                 on_step=on_step,
@@ -195,6 +206,7 @@ async def _run(agent: AgentFn, mode: str, steps: int, seed: int) -> dict[str, An
         "step_s_mean": statistics.fmean(step_s),
         "trainer_idle_frac": statistics.fmean(idle),
         "final_reward": statistics.fmean(result.rewards[-3:]),
+        "final_eval_reward": _final_eval(result, steps),
         "cpu_s_per_step": (cpu[-1] - cpu[0]) / len(step_s),
         "sampling_s_mean": statistics.fmean(s["time/sampling_s"] for s in timed),
         "training_s_mean": statistics.fmean(s["time/training_s"] + s["time/swap_s"] for s in timed),
@@ -211,8 +223,23 @@ async def _run(agent: AgentFn, mode: str, steps: int, seed: int) -> dict[str, An
     return out
 
 
+def _final_eval(result: TrainResult, steps: int) -> float:
+    """The mean reward of the evaluation of the run's final weights."""
+    final = result.evals[-1]
+    if final["step"] != steps or final["eval/reward/mean"] is None:
+        raise RuntimeError(f"the run did not evaluate its final weights at step {steps}: {result.evals}")
+    return float(final["eval/reward/mean"])
+
+
 def _mean_over_seeds(runs: list[dict[str, Any]]) -> dict[str, float]:
-    keys = ("groups_per_s", "step_s_mean", "trainer_idle_frac", "final_reward", "cpu_s_per_step")
+    keys = (
+        "groups_per_s",
+        "step_s_mean",
+        "trainer_idle_frac",
+        "final_reward",
+        "final_eval_reward",
+        "cpu_s_per_step",
+    )
     return {k: round(statistics.fmean(r[k] for r in runs), 4) for k in keys}
 
 
@@ -253,10 +280,10 @@ def main() -> None:
             share = summary["sync_training_s"] and queue_s / summary["sync_training_s"]
             report[key] = round(max(report[key] or 0.0, share), 3)
         for key, value in summary.items():
-            if key.endswith(("_speedup_vs_sync", "_step_over_bound", "_discarded")):
+            if key.endswith(("_speedup_vs_sync", "_step_over_bound", "_discarded", "_vs_sync")):
                 worst.setdefault(key, []).append(value)
     for key, values in worst.items():
-        report[key] = min(values) if key.endswith("speedup_vs_sync") else max(values)
+        report[key] = min(values) if key.endswith("_vs_sync") else max(values)
     report["load_avg"]["end"] = [round(x, 2) for x in os.getloadavg()]
     emit_json(report)
 
@@ -281,8 +308,11 @@ def _summary(runs: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
         )
         figures["staleness_group_max"] = max(r["staleness_group_max"] for r in mode_runs)
         figures["reward_vs_sync"] = round(figures["final_reward"] - sync["final_reward"], 4)
+        figures["eval_vs_sync"] = round(figures["final_eval_reward"] - sync["final_eval_reward"], 4)
         summary[f"{mode}_speedup_vs_sync"] = round(figures["groups_per_s"] / sync["groups_per_s"], 3)
         summary[f"{mode}_step_over_bound"] = round(figures["step_s_mean"] / sync_bound, 3)
+        summary[f"{mode}_reward_vs_sync"] = figures["reward_vs_sync"]
+        summary[f"{mode}_eval_vs_sync"] = figures["eval_vs_sync"]
         if mode != "stream":
             summary[f"{mode}_discarded"] = figures["groups_discarded"]
         if mode == "async":  # the names earlier runs reported
