@@ -142,14 +142,16 @@ class Command:
 
 def _answer_from_the_log_path(config: Any) -> None:
     """What the files already in the log path decide, before the heavy imports and any server:
-    :class:`RunFinished` with its one line for a finished run, the refusals of a run that cannot be
-    resumed (:func:`agl_tinker.run.claim.refuse_unresumable`; ``check_setup`` repeats them)."""
+    the refusals of a run that cannot be resumed (:func:`agl_tinker.run.claim.refuse_unresumable`;
+    ``check_setup`` repeats them), then :class:`RunFinished` with its one line for a finished run.
+    Refusals first: a finished run asked for with another model or LoRA rank is another run, and
+    "nothing to do" would let the user believe it had been trained."""
     from agl_tinker.run.claim import finished_message, refuse_unresumable
 
+    refuse_unresumable(config)
     message = finished_message(config)
     if message is not None:
         raise RunFinished(message)
-    refuse_unresumable(config)
 
 
 def _arguments_of(help_text: str) -> str:

@@ -163,7 +163,7 @@ def test_the_cli_refuses_another_identity_in_one_line_exit_2(tmp_path: Path) -> 
 ANSWER_EARLY = """
 import sys
 from agl_tinker.cli.main import main
-codes = [main(["hello", "--log-path", path, *sys.argv[-1:]]) for path in sys.argv[1:4]]
+codes = [main(["hello", "--log-path", path, *sys.argv[-1:]]) for path in sys.argv[1:-1]]
 heavy = sorted({"torch", "openai", "tinker", "transformers", "tinker_cookbook.checkpoint_utils"} & set(sys.modules))
 print(codes, heavy)
 """
@@ -171,16 +171,20 @@ print(codes, heavy)
 
 def test_what_the_log_path_decides_is_answered_before_the_heavy_imports(tmp_path: Path) -> None:
     """A finished run (exit 0), metrics without their checkpoint index and another run's identity
-    (exit 2) are answered from the files alone: nothing imports torch or openai first (the
-    missing-index refusal took 7-12 s at load 3-4, waiting for torch and the model check)."""
+    (exit 2), finished or not, are answered from the files alone: nothing imports torch or openai
+    first (the missing-index refusal took 7-12 s at load 3-4, waiting for torch and the model check).
+    A finished run asked for with another identity is refused, not called finished: "nothing to do"
+    would say the new configuration had been trained (it was, before the refusals came first)."""
     finished, no_index, other = tmp_path / "finished", tmp_path / "no_index", tmp_path / "other"
-    finished.mkdir()
-    (finished / "checkpoints.jsonl").write_text(
-        '{"name": "final", "batch": 20, "state_path": "tinker://r/w/final"}\n'
-    )
+    finished_other = tmp_path / "finished_other"
+    index = '{"name": "final", "batch": 20, "state_path": "tinker://r/w/final"}\n'
+    for path in (finished, finished_other):
+        path.mkdir()
+        (path / "checkpoints.jsonl").write_text(index)
     no_index.mkdir()
     (no_index / "metrics.jsonl").write_text('{"step": 0}\n')
-    identity.record_run(_config(other, lora_rank=8), TASKS)
+    for path in (other, finished_other):
+        identity.record_run(_config(path, lora_rank=8), TASKS)
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -188,16 +192,23 @@ def test_what_the_log_path_decides_is_answered_before_the_heavy_imports(tmp_path
         "HF_HUB_OFFLINE": "1",
     }
     run = subprocess.run(
-        [sys.executable, "-c", ANSWER_EARLY, str(finished), str(no_index), str(other), "lora_rank=4"],
+        [
+            sys.executable,
+            "-c",
+            ANSWER_EARLY,
+            *map(str, (finished, no_index, other, finished_other)),
+            "lora_rank=4",
+        ],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert run.stdout.strip().splitlines()[-1] == "[0, 2, 2] []", run.stdout + run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "[0, 2, 2, 2] []", run.stdout + run.stderr
     said = run.stderr.strip().splitlines()
-    assert len(said) == 2 and "checkpoints.jsonl is missing" in said[0] and "lora_rank 8 -> 4" in said[1]
-    assert not (no_index / "run.lock").exists() and not (other / "run.lock").exists()  # nothing claimed
+    assert len(said) == 3 and "checkpoints.jsonl is missing" in said[0], said
+    assert "lora_rank 8 -> 4" in said[1] and "lora_rank 8 -> 4" in said[2], said
+    assert not any((p / "run.lock").exists() for p in (no_index, other, finished_other))  # nothing claimed
 
 
 def test_the_index_name_is_the_cookbooks() -> None:
