@@ -1,8 +1,8 @@
 """Codex CLI and opencode, installed from npm and run unchanged against the endpoint (issue 32):
 a tool-using episode is one token sequence with no drift and every tool call it sent back matched,
 and one training step on a group of two such episodes (rewarded 1 and 0) moves the policy toward
-the rewarded one (the rewarded episode's logprob rises against the other's). Skipped, saying why, when npm or the packages cannot
-be had."""
+the rewarded one (its logprob rises against the other's). Skipped, saying why, when npm or the
+packages cannot be had."""
 
 from __future__ import annotations
 

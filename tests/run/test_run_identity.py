@@ -174,7 +174,7 @@ def test_what_the_log_path_decides_is_answered_before_the_heavy_imports(tmp_path
     (exit 2), finished or not, are answered from the files alone: nothing imports torch or openai
     first (the missing-index refusal took 7-12 s at load 3-4, waiting for torch and the model check).
     A finished run asked for with another identity is refused, not called finished: "nothing to do"
-    would say the new configuration had been trained (it was, before the refusals came first)."""
+    would say the new configuration had been trained (it did, while "finished" was answered first)."""
     finished, no_index, other = tmp_path / "finished", tmp_path / "no_index", tmp_path / "other"
     finished_other = tmp_path / "finished_other"
     index = '{"name": "final", "batch": 20, "state_path": "tinker://r/w/final"}\n'
