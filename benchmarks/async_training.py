@@ -121,6 +121,9 @@ PACED = {  # mode -> (sampling_steps_ahead, loss_fn)
     "inflight_pace2_sr": (2, "stable_reinforce"),
 }
 TOOL_MEDIAN_S, TOOL_SIGMA = 0.3, 1.0
+TOP_LEVEL = ("_speedup_vs_sync", "_reward_vs_sync", "_eval_vs_sync", "_step_over_bound", "_discarded")
+"""Suffixes of the per-agent figures reported top-level too, worst over agents (the lowest of the
+``_vs_sync`` ones, the highest of the others)."""
 EVAL_REPEATS = 4
 """Each of Hello's 24 validation identities is played this many times by the final evaluation."""
 
@@ -280,7 +283,7 @@ def main() -> None:
             share = summary["sync_training_s"] and queue_s / summary["sync_training_s"]
             report[key] = round(max(report[key] or 0.0, share), 3)
         for key, value in summary.items():
-            if key.endswith(("_speedup_vs_sync", "_step_over_bound", "_discarded", "_vs_sync")):
+            if key.endswith(TOP_LEVEL):
                 worst.setdefault(key, []).append(value)
     for key, values in worst.items():
         report[key] = min(values) if key.endswith("_vs_sync") else max(values)
