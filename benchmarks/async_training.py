@@ -111,8 +111,8 @@ COST_MODEL = {
 }
 _SIM = SimConfig(**COST_MODEL)  # the simulator's reading of the knobs (who waits for the load)
 SAVE_QUEUE_S = {  # JSON key -> how long a save of that kind holds the training queue
-    "save_sampler_share": _SIM.sampler_save_hold_s,  # snapshot: write + load
-    "inflight_save_share": _SIM.save_sampler_s,  # in-flight: write only
+    "save_sampler_share": _SIM.save_hold_s("snapshot"),  # write + load
+    "inflight_save_share": _SIM.save_hold_s("inflight"),  # write only
 }
 MODES = ("sync", "stream", "async", "inflight_pace_is", "inflight_pace_sr", "inflight_pace2_sr")
 PACED = {  # mode -> (sampling_steps_ahead, loss_fn)

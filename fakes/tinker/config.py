@@ -55,7 +55,7 @@ class SimConfig:
     - ``save_sampler_s``: writing the weights of each ``save_weights_for_sampler``/
       ``save_weights_and_get_sampling_client`` (and ``save_weights_external``).
     - ``sampler_load_s``: the serving replicas loading the saved weights. Who waits for it follows
-      the SDK's ``SamplingClientKind`` contract (:attr:`sampler_save_hold_s`,
+      the SDK's ``SamplingClientKind`` contract (:meth:`save_hold_s`,
       :attr:`inflight_visible_after_s`): a snapshot save (and a ``save_weights_for_sampler`` path,
       whose clients load it) completes once loaded, so it holds the training queue
       ``save_sampler_s + sampler_load_s``; an in-flight save "does not wait for serving replicas to
@@ -118,11 +118,12 @@ class SimConfig:
         """Modelled duration of a ``forward``/``forward_backward`` call over ``n_tokens`` input tokens."""
         return self.train_token_s * n_tokens
 
-    @property
-    def sampler_save_hold_s(self) -> float:
-        """How long a save whose client serves its weights at once (a snapshot, a sampler path)
-        holds the training queue: writing them, then the replicas loading them."""
-        return self.save_sampler_s + self.sampler_load_s
+    def save_hold_s(self, kind: str) -> float:
+        """How long a save-for-sampler of ``kind`` holds the training queue. ``"snapshot"`` (also a
+        ``save_weights_for_sampler`` path, whose clients serve it at once): writing the weights, then
+        the replicas loading them. ``"inflight"``: writing them only (the SDK's contract: it "does
+        not wait for serving replicas to finish loading weights")."""
+        return self.save_sampler_s if kind == "inflight" else self.save_sampler_s + self.sampler_load_s
 
     @property
     def inflight_visible_after_s(self) -> float:

@@ -3,7 +3,7 @@
 The SDK's ``SamplingClientKind`` contract, as modelled here:
 
 - ``snapshot``: the weights of the save, forever, served as soon as the save completes (the save
-  includes the replicas loading them: ``SimConfig.sampler_save_hold_s``).
+  includes the replicas loading them: ``SimConfig.save_hold_s``).
 - ``inflight``: every in-flight client of one training model refers to the same mutable target;
   each in-flight save publishes a new version of it, which existing and new clients adopt. The
   save completes without waiting for serving replicas to load the weights, so a version becomes

@@ -380,7 +380,7 @@ class TrainingClient:
             )
 
         # its clients (``create_sampling_client(path)``) serve it at once: the save includes the load
-        hold_s = self._runtime.config.sampler_save_hold_s
+        hold_s = self._runtime.config.save_hold_s("snapshot")
         return self._submit("save_weights_for_sampler", run, hold_s=hold_s)
 
     def save_weights_external(
@@ -463,10 +463,10 @@ class TrainingClient:
         """A sampler on the current weights (in memory, no file): a snapshot, or (``kind="inflight"``)
         a new version of this model's shared in-flight target, which existing in-flight clients adopt.
 
-        A snapshot save holds the training queue while the weights are written and loaded
-        (``SimConfig.sampler_save_hold_s``); an in-flight save only while they are written
-        (``save_sampler_s``), and publishes them as it completes: they reach samplers
-        ``SimConfig.inflight_visible_after_s`` later (:mod:`fakes.tinker.inflight`)."""
+        A snapshot save holds the training queue while the weights are written and loaded, an
+        in-flight save only while they are written (``SimConfig.save_hold_s``), and publishes them
+        as it completes: they reach samplers ``SimConfig.inflight_visible_after_s`` later
+        (:mod:`fakes.tinker.inflight`)."""
         from .sampling import SamplingClient
 
         if name is not None:
@@ -493,15 +493,13 @@ class TrainingClient:
                 record_stability_info=record_stability_info,
             )
 
-        config = self._runtime.config
-        inflight = kind == "inflight"
         return ClientFuture(
             self._runtime.dispatcher.submit(
                 self._queue,
                 "save_weights_for_sampler",
                 run,
-                hold_s=config.save_sampler_s if inflight else config.sampler_save_hold_s,
-                effect_at_end=inflight,  # no sampler sees the version before its save completes
+                hold_s=self._runtime.config.save_hold_s(kind),
+                effect_at_end=kind == "inflight",  # no sampler sees the version before its save completes
             )
         )
 

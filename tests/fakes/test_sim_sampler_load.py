@@ -66,9 +66,10 @@ def _inflight(tc: Any) -> Any:
 # ---- the knob ----------------------------------------------------------------------------------------
 def test_the_load_defaults_to_zero_and_splits_by_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     assert SimConfig().sampler_load_s == 0.0
-    assert SimConfig().sampler_save_hold_s == 0.0 and SimConfig().inflight_visible_after_s == 0.0
+    assert SimConfig().save_hold_s("snapshot") == 0.0 and SimConfig().inflight_visible_after_s == 0.0
     config = SimConfig(save_sampler_s=0.1, sampler_load_s=0.3, inflight_delay_s=0.2)
-    assert config.sampler_save_hold_s == pytest.approx(0.4)  # a snapshot waits for the load
+    assert config.save_hold_s("snapshot") == pytest.approx(0.4)  # a snapshot waits for the load
+    assert config.save_hold_s("inflight") == pytest.approx(0.1)  # an in-flight save does not
     assert config.inflight_visible_after_s == pytest.approx(0.5)  # an in-flight save's weights lag it
     monkeypatch.setenv("AGL_TINKER_SIM_SAMPLER_LOAD_S", "0.7")
     assert SimConfig.from_env().sampler_load_s == 0.7
