@@ -94,7 +94,12 @@ async def _episode(
 async def test_multi_turn_is_one_sequence_with_tito_and_drift_is_reported_without(
     family: str, tito: bool
 ) -> None:
-    turns = [{"user": "Let's talk. Say you are Bob."}] + [{"user": f"Turn {i}: go on."} for i in range(3)]
+    # Seeded turns, as in the tests below: unseeded, the background (free text, ~1e-4 a token) could
+    # sample a special token such as Llama 3's <|reserved_special_token_62|> into an answer, which
+    # one CI run of this test hit; drift=1.0 still samples every answer non-canonically.
+    turns = [{"user": "Let's talk. Say you are Bob.", "seed": 0}] + [
+        {"user": f"Turn {i}: go on.", "seed": i + 1} for i in range(3)
+    ]
     alignment, answers, _sampled = await _episode(FAMILIES[family], tito, drift=1.0, turns=turns)
     # Thinking families' (empty) think blocks and harmony's channel headers are parsed out of the
     # answer, not shown as text.
