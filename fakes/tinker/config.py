@@ -9,6 +9,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tinker import types
 
 ENV_PREFIX = "AGL_TINKER_SIM_"
 COST_KNOBS = (
@@ -118,7 +122,7 @@ class SimConfig:
         """Modelled duration of a ``forward``/``forward_backward`` call over ``n_tokens`` input tokens."""
         return self.train_token_s * n_tokens
 
-    def save_hold_s(self, kind: str) -> float:
+    def save_hold_s(self, kind: types.SamplingClientKind) -> float:
         """How long a save-for-sampler of ``kind`` holds the training queue. ``"snapshot"`` (also a
         ``save_weights_for_sampler`` path, whose clients serve it at once): writing the weights, then
         the replicas loading them. ``"inflight"``: writing them only (the SDK's contract: it "does
